@@ -1,0 +1,155 @@
+"""Network inference: any 2-D image in, float32 probability maps out (numpy in, numpy out).
+
+Large images are cut into overlapping tiles that are predicted a few at a time
+and blended with weights that fade towards the inner tile edges, so memory is
+bounded by the tile size and the result matches whole-image inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .preprocess import normalize_image
+from .weights import NucleiModel
+
+#: Images up to this many pixels a side run in one piece; larger ones are tiled.
+#: 512 keeps a tile's activations around 100 MB for the bundled models.
+TILE_SIZE = 512
+#: Overlap between neighbouring tiles: more than the receptive-field margin that
+#: the networks' padding disturbs, so blended tiles agree with whole-image inference.
+TILE_OVERLAP = 64
+#: Tiles predicted together in one forward pass.
+TILE_BATCH = 4
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class Cancelled(Exception):
+    """Raised when the ``cancelled`` callback of :func:`predict_probabilities` returns True."""
+
+
+def predict_probabilities(
+    image: np.ndarray,
+    model: NucleiModel,
+    *,
+    tile_size: int = TILE_SIZE,
+    overlap: int = TILE_OVERLAP,
+    batch_size: int = TILE_BATCH,
+    progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Predict nucleus and boundary probabilities for a 2-D image.
+
+    Parameters
+    ----------
+    image : ndarray
+        ``(H, W)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA; any integer or float dtype.
+    model : NucleiModel
+        From :func:`napari_nucleiseg.weights.load_weights`.
+    tile_size, overlap : int
+        Tiling of images larger than ``tile_size`` on a side.
+    batch_size : int
+        Tiles per forward pass.
+    progress : callable, optional
+        Called as ``progress(done_tiles, total_tiles)`` after each batch.
+    cancelled : callable, optional
+        Polled between batches; when it returns True, :class:`Cancelled` is raised.
+
+    Returns
+    -------
+    ndarray
+        ``(2, H, W)`` float32 in [0, 1]: channel 0 nucleus, channel 1 nucleus boundary.
+    """
+    normalized = normalize_image(image, model.percentiles)
+    return predict_normalized(
+        normalized, model.network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+        progress=progress, cancelled=cancelled,
+    )
+
+
+def predict_normalized(
+    normalized: np.ndarray,
+    network: torch.nn.Module,
+    *,
+    tile_size: int = TILE_SIZE,
+    overlap: int = TILE_OVERLAP,
+    batch_size: int = TILE_BATCH,
+    progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """As :func:`predict_probabilities`, for an already normalised ``(H, W, 3)`` float32 image."""
+    if overlap * 2 >= tile_size:
+        raise ValueError(f"overlap ({overlap}) must be less than half the tile size ({tile_size})")
+    height, width = normalized.shape[:2]
+    tiles = list(_tile_starts(height, width, tile_size, overlap))
+    result = np.zeros((2, height, width), dtype=np.float32)
+    weight_sum = np.zeros((height, width), dtype=np.float32) if len(tiles) > 1 else None
+    network.eval()
+    done = 0
+    with torch.inference_mode():
+        for first in range(0, len(tiles), batch_size):
+            if cancelled is not None and cancelled():
+                raise Cancelled("Segmentation cancelled.")
+            batch = tiles[first : first + batch_size]
+            crops = [normalized[y : y + tile_size, x : x + tile_size] for y, x in batch]
+            probabilities = _predict_batch(network, crops)
+            for (y, x), crop, prob in zip(batch, crops, probabilities):
+                h, w = crop.shape[:2]
+                if weight_sum is None:
+                    result[:, y : y + h, x : x + w] = prob
+                    continue
+                window = _blend_window(y, x, h, w, height, width, overlap)
+                result[:, y : y + h, x : x + w] += prob * window
+                weight_sum[y : y + h, x : x + w] += window
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(tiles))
+    if weight_sum is not None:
+        result /= weight_sum
+    return result
+
+
+def _predict_batch(network: torch.nn.Module, crops: list[np.ndarray]) -> list[np.ndarray]:
+    """Run crops of equal size in one pass; crops at the image edge (smaller) go alone."""
+    shapes = {crop.shape for crop in crops}
+    if len(shapes) > 1:
+        return [p for crop in crops for p in _predict_batch(network, [crop])]
+    batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+    return list(torch.sigmoid(network(batch)).numpy())
+
+
+def _tile_starts(height: int, width: int, tile_size: int, overlap: int) -> Iterator[tuple[int, int]]:
+    step = tile_size - overlap
+    for y in _axis_starts(height, tile_size, step):
+        for x in _axis_starts(width, tile_size, step):
+            yield y, x
+
+
+def _axis_starts(length: int, tile_size: int, step: int) -> list[int]:
+    if length <= tile_size:
+        return [0]
+    starts = list(range(0, length - tile_size, step))
+    starts.append(length - tile_size)  # the last tile ends exactly at the edge, full-sized
+    return starts
+
+
+def _blend_window(y: int, x: int, h: int, w: int, height: int, width: int, overlap: int) -> np.ndarray:
+    """Weights that ramp up from the tile edges shared with neighbours; 1 elsewhere."""
+    rows = _ramp(h, overlap, fade_start=y > 0, fade_end=y + h < height)
+    cols = _ramp(w, overlap, fade_start=x > 0, fade_end=x + w < width)
+    return np.outer(rows, cols).astype(np.float32)
+
+
+def _ramp(length: int, overlap: int, *, fade_start: bool, fade_end: bool) -> np.ndarray:
+    ramp = np.ones(length, dtype=np.float32)
+    # Linear ramp that starts above zero so every pixel keeps some weight.
+    edge = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+    n = min(overlap, length)
+    if fade_start:
+        ramp[:n] = np.minimum(ramp[:n], edge[:n])
+    if fade_end:
+        ramp[length - n :] = np.minimum(ramp[length - n :], edge[:n][::-1])
+    return ramp

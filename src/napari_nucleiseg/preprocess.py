@@ -1,0 +1,100 @@
+"""Turn any supported 2-D image into the network's input (numpy only, no torch).
+
+Training and inference both call :func:`normalize_image`, so what the model
+learnt on is exactly what it sees in the plugin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Percentiles mapped to 0 and 1. The 1st percentile is the background level in
+#: almost every microscopy image; the 99.8th keeps the brightest nuclei from
+#: being clipped by a few hot pixels.
+DEFAULT_PERCENTILES = (1.0, 99.8)
+
+#: Percentiles of very large images are estimated on at most this many pixels
+#: (a regular grid), so normalising a whole slide costs milliseconds, and a
+#: tile sees the same normalisation as the whole image.
+PERCENTILE_SAMPLE_PIXELS = 1_000_000
+
+
+class ImageError(ValueError):
+    """An image the segmentation cannot work on; the message is one sentence for the user."""
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Return a ``(H, W, 3)`` view or copy of a 2-D gray, RGB or RGBA ``image``.
+
+    Gray ``(H, W)`` or ``(H, W, 1)`` is repeated into three channels; the alpha
+    channel of RGBA ``(H, W, 4)`` is dropped. The dtype is kept.
+
+    Raises
+    ------
+    ImageError
+        For anything else: stacks, 2- or 5-channel images, empty images.
+    """
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.uint8)
+    if not (np.issubdtype(image.dtype, np.number)) or np.iscomplexobj(image):
+        raise ImageError(f"Images of type {image.dtype} are not supported; expected integers or floats.")
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        rgb = np.broadcast_to(image[..., None], (*image.shape, 3))
+    elif image.ndim == 3 and image.shape[-1] in (3, 4):
+        rgb = image[..., :3]
+    else:
+        raise ImageError(
+            f"An image of shape {image.shape} is not a 2-D gray, RGB or RGBA image; "
+            "expected (height, width), (height, width, 3) or (height, width, 4)."
+        )
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageError(f"The image is empty (shape {image.shape}).")
+    return rgb
+
+
+def normalize_image(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
+    """Normalise a 2-D image for the network.
+
+    Parameters
+    ----------
+    image : ndarray
+        ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``, any integer or float dtype.
+    percentiles : (float, float)
+        The low and high percentiles (over all three channels together, so colour is kept)
+        that map to 0 and 1.
+
+    Returns
+    -------
+    ndarray
+        ``(H, W, 3)`` float32, finite. NaN becomes the low percentile and +/-inf the
+        high/low one; a constant image becomes all zeros.
+    """
+    rgb = as_rgb(image)
+    sample = _percentile_sample(rgb)
+    finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
+    if finite.size == 0:
+        return np.zeros(rgb.shape, dtype=np.float32)
+    low, high = np.percentile(finite, percentiles)
+    scale = float(high - low)
+    if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero
+        scale = float(finite.max() - low)
+    out = rgb.astype(np.float32)
+    if rgb.dtype.kind == "f":
+        np.nan_to_num(out, copy=False, nan=low, posinf=high, neginf=low)
+    out -= np.float32(low)
+    if scale > 0:
+        out /= np.float32(scale)
+    else:
+        out[...] = 0
+    # Keep very bright or very dark outliers from dominating the activations.
+    np.clip(out, -1.0, 3.0, out=out)
+    return out
+
+
+def _percentile_sample(rgb: np.ndarray) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    step = max(1, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
+    return np.asarray(rgb[::step, ::step])

@@ -1,0 +1,215 @@
+"""One self-describing weights file per model: tensors plus the metadata to rebuild and use it.
+
+The file is a `safetensors <https://huggingface.co/docs/safetensors>`_ file: it
+cannot run code when loaded (unlike a pickle), and its header holds our
+metadata as JSON under the key ``"nucleiseg"``::
+
+    {
+      "format": "napari-nucleiseg-weights", "format_version": 1,
+      "architecture": "unet", "kwargs": {...},
+      "normalization": {"method": "percentile", "percentiles": [1.0, 99.8]},
+      "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 10,
+      "training": {...}, "metrics": {...}, "package_version": "..."
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+FORMAT_NAME = "napari-nucleiseg-weights"
+FORMAT_VERSION = 1
+METADATA_KEY = "nucleiseg"
+WEIGHTS_SUFFIX = ".safetensors"
+
+#: Used when a weights file does not (yet) carry calibrated values.
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BOUNDARY_THRESHOLD = 0.5
+DEFAULT_MIN_SIZE = 10
+
+BUNDLED_MODELS = ("unet", "unetpp", "hrnet")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class NucleiModel:
+    """A network ready for inference, with the metadata of the file it came from."""
+
+    network: Any  # torch.nn.Module, in eval mode
+    metadata: dict[str, Any]
+    path: Path | None = None
+    name: str = field(default="")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata.get("threshold", DEFAULT_THRESHOLD))
+
+    @property
+    def boundary_threshold(self) -> float:
+        return float(self.metadata.get("boundary_threshold", DEFAULT_BOUNDARY_THRESHOLD))
+
+    @property
+    def min_size(self) -> int:
+        return int(self.metadata.get("min_size", DEFAULT_MIN_SIZE))
+
+    @property
+    def percentiles(self) -> tuple[float, float]:
+        low, high = self.metadata.get("normalization", {}).get("percentiles", (1.0, 99.8))
+        return float(low), float(high)
+
+
+def weights_dir() -> Path:
+    """The folder of bundled weights: inside the installed package, or the repo's ``weights/``."""
+    packaged = Path(str(resources.files("napari_nucleiseg"))) / "weights"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "weights"
+
+
+def bundled_weights_path(name: str) -> Path:
+    """Path of the bundled weights file of model ``name`` (one of :data:`BUNDLED_MODELS`)."""
+    if name not in BUNDLED_MODELS:
+        raise WeightsError(f"Unknown model {name!r}; expected one of: {', '.join(BUNDLED_MODELS)}.")
+    path = weights_dir() / f"{name}{WEIGHTS_SUFFIX}"
+    if not path.is_file():
+        raise WeightsError(f"The bundled weights of {name!r} are missing ({path}); reinstall napari-nucleiseg.")
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Read and check the metadata of a weights file without importing torch.
+
+    Raises
+    ------
+    WeightsError
+        If the file is missing, empty, truncated, not a safetensors file, or not ours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path.name}: no such file ({path}).")
+    size = path.stat().st_size
+    if size == 0:
+        raise WeightsError(f"{path.name}: the file is empty.")
+    with open(path, "rb") as stream:
+        prefix = stream.read(8)
+        if len(prefix) < 8:
+            raise WeightsError(f"{path.name}: the file is truncated (only {size} bytes).")
+        header_size = int.from_bytes(prefix, "little")
+        if header_size <= 0 or header_size > 100_000_000:
+            raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file (no safetensors header).")
+        if 8 + header_size > size:
+            raise WeightsError(f"{path.name}: the file is truncated (its header is cut off).")
+        try:
+            header = json.loads(stream.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file (unreadable header).") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file (unreadable header).")
+    data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if 8 + header_size + data_end > size:
+        raise WeightsError(
+            f"{path.name}: the file is truncated ({size} bytes, expected {8 + header_size + data_end})."
+        )
+    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if raw is None:
+        raise WeightsError(f"{path.name}: a safetensors file, but not a napari-nucleiseg weights file (no metadata).")
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError:
+        raise WeightsError(f"{path.name}: its napari-nucleiseg metadata is unreadable.") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file.")
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise WeightsError(
+            f"{path.name}: written by a newer napari-nucleiseg (format {metadata['format_version']}); please upgrade."
+        )
+    for key in ("architecture", "kwargs"):
+        if key not in metadata:
+            raise WeightsError(f"{path.name}: its metadata lacks {key!r}.")
+    return metadata
+
+
+def save_weights(path: str | Path, network: Any, metadata: dict[str, Any], *, half: bool = True) -> Path:
+    """Write ``network``'s state dict and ``metadata`` to ``path`` (float16 unless ``half=False``).
+
+    ``metadata`` must hold ``architecture`` and ``kwargs``; format fields and
+    the package version are added.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    path = Path(path)
+    full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "package_version": __version__}
+    full.update(metadata)
+    for key in ("architecture", "kwargs"):
+        if key not in full:
+            raise ValueError(f"metadata needs {key!r}")
+    tensors = {}
+    for key, tensor in network.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if half and tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        tensors[key] = tensor.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(full)})
+    return path
+
+
+def load_weights(source: str | Path) -> NucleiModel:
+    """Load a model by bundled name (``"unet"``, ``"unetpp"``, ``"hrnet"``) or from a weights file.
+
+    The network is returned in eval mode with float32 parameters.
+
+    Raises
+    ------
+    WeightsError
+        Naming the file and what is wrong: missing, empty, truncated, not ours,
+        an unknown architecture, or tensors that do not fit the architecture.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .models import build_model
+
+    path = bundled_weights_path(str(source)) if str(source) in BUNDLED_MODELS else Path(source)
+    metadata = read_metadata(path)
+    try:
+        network = build_model(metadata["architecture"], **metadata["kwargs"])
+    except ValueError as error:
+        raise WeightsError(f"{path.name}: {error}") from None
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise WeightsError(f"{path.name}: the tensors cannot be read ({error}).") from None
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong_shape:
+            details.append(f"{len(wrong_shape)} of the wrong shape (e.g. {wrong_shape[0]})")
+        raise WeightsError(
+            f"{path.name}: the tensors do not match a {metadata['architecture']!r} model: " + ", ".join(details) + "."
+        )
+    state = {k: v.to(expected[k].dtype) for k, v in tensors.items()}
+    network.load_state_dict(state)
+    network.eval()
+    if not all(torch.isfinite(p).all() for p in network.parameters()):
+        raise WeightsError(f"{path.name}: the weights hold NaN or infinite values.")
+    name = metadata.get("name") or path.stem
+    return NucleiModel(network=network, metadata=metadata, path=path, name=name)
