@@ -79,8 +79,12 @@ def predict_normalized(
     batch_size: int = TILE_BATCH,
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
-    """As :func:`predict_probabilities`, for an already normalised ``(H, W, 3)`` float32 image."""
+    """As :func:`predict_probabilities`, for an already normalised ``(H, W, 3)`` float32 image.
+
+    ``device`` is where the input goes (default: the device of the network's parameters).
+    """
     if overlap * 2 >= tile_size:
         raise ValueError(f"overlap ({overlap}) must be less than half the tile size ({tile_size})")
     height, width = normalized.shape[:2]
@@ -88,6 +92,8 @@ def predict_normalized(
     result = np.zeros((2, height, width), dtype=np.float32)
     weight_sum = np.zeros((height, width), dtype=np.float32) if len(tiles) > 1 else None
     network.eval()
+    if device is None:
+        device = next(network.parameters()).device
     done = 0
     with torch.inference_mode():
         for first in range(0, len(tiles), batch_size):
@@ -95,7 +101,7 @@ def predict_normalized(
                 raise Cancelled("Segmentation cancelled.")
             batch = tiles[first : first + batch_size]
             crops = [normalized[y : y + tile_size, x : x + tile_size] for y, x in batch]
-            probabilities = _predict_batch(network, crops)
+            probabilities = _predict_batch(network, crops, device)
             for (y, x), crop, prob in zip(batch, crops, probabilities):
                 h, w = crop.shape[:2]
                 if weight_sum is None:
@@ -112,13 +118,13 @@ def predict_normalized(
     return result
 
 
-def _predict_batch(network: torch.nn.Module, crops: list[np.ndarray]) -> list[np.ndarray]:
-    """Run crops of equal size in one pass; crops at the image edge (smaller) go alone."""
+def _predict_batch(network: torch.nn.Module, crops: list[np.ndarray], device) -> list[np.ndarray]:
+    """Run crops of equal size in one pass; crops of other sizes go alone."""
     shapes = {crop.shape for crop in crops}
     if len(shapes) > 1:
-        return [p for crop in crops for p in _predict_batch(network, [crop])]
-    batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
-    return list(torch.sigmoid(network(batch)).numpy())
+        return [p for crop in crops for p in _predict_batch(network, [crop], device)]
+    batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous().to(device)
+    return list(torch.sigmoid(network(batch)).float().cpu().numpy())
 
 
 def _tile_starts(height: int, width: int, tile_size: int, overlap: int) -> Iterator[tuple[int, int]]:

@@ -1,0 +1,142 @@
+"""DSB2018 image/label pairs, training targets and augmentation (numpy/scipy/skimage).
+
+Two layouts are read:
+
+- ours: ``<root>/images/<id>.png`` + ``<root>/labels/<id>.png`` (uint16 instance labels),
+  optionally with ``<root>/../splits.json`` naming the ids of each split;
+- Kaggle's: ``<root>/<id>/images/<id>.png`` + ``<root>/<id>/masks/*.png`` (one binary mask per nucleus).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import color
+from skimage.io import imread
+from skimage.segmentation import find_boundaries
+
+from napari_nucleiseg.preprocess import as_rgb, normalize_image
+
+
+def find_dataset_root(data: Path) -> Path:
+    """Accept the dsb2018 folder itself or its ``stage1_train`` subfolder."""
+    data = Path(data)
+    if (data / "stage1_train").is_dir():
+        return data / "stage1_train"
+    return data
+
+
+def list_ids(data: Path, split: str | None) -> list[str]:
+    """Ids of ``split`` (from splits.json beside the data) or every id in the folder."""
+    root = find_dataset_root(data)
+    if split:
+        for candidate in (root / "splits.json", root.parent / "splits.json"):
+            if candidate.is_file():
+                return sorted(json.loads(candidate.read_text())[split])
+        raise FileNotFoundError(f"no splits.json beside {root} to pick the {split!r} split from")
+    if (root / "images").is_dir():
+        return sorted(p.stem for p in (root / "images").glob("*.png"))
+    return sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+
+
+def load_pair(data: Path, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``(H, W, 3)`` uint8 (alpha dropped) and instance labels ``(H, W)`` int32."""
+    root = find_dataset_root(data)
+    if (root / "images" / f"{sample_id}.png").is_file():
+        image = imread(root / "images" / f"{sample_id}.png")
+        labels = imread(root / "labels" / f"{sample_id}.png").astype(np.int32)
+    else:
+        folder = root / sample_id
+        image = imread(folder / "images" / f"{sample_id}.png")
+        labels = np.zeros(image.shape[:2], dtype=np.int32)
+        for index, mask_path in enumerate(sorted((folder / "masks").glob("*.png")), start=1):
+            labels[imread(mask_path) > 0] = index
+    return np.ascontiguousarray(as_rgb(image)), labels
+
+
+def make_targets(labels: np.ndarray) -> np.ndarray:
+    """``(2, H, W)`` float32 targets: nucleus mask and nucleus boundary.
+
+    The boundary is each nucleus's inner rim (``find_boundaries(mode="inner")``):
+    where two nuclei touch, it draws the line that the watershed splits along.
+    """
+    nucleus = labels > 0
+    boundary = find_boundaries(labels, mode="inner") & nucleus
+    return np.stack([nucleus, boundary]).astype(np.float32)
+
+
+class Augmenter:
+    """Random geometric and photometric changes for images unlike the training set.
+
+    Geometry (one warp): flips, 90-degree rotations, scale 0.6-1.6 and an elastic
+    deformation (a coarse random displacement grid, smoothed, as in the U-Net paper).
+    Appearance: brightness, contrast, gamma, hue and saturation, colour -> gray and
+    gray -> tinted colour, inversion (fluorescence <-> brightfield look), blur, noise.
+    """
+
+    def __init__(self, crop_size: int, rng: np.random.Generator) -> None:
+        self.crop_size = crop_size
+        self.rng = rng
+
+    def __call__(self, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return a normalised ``(3, S, S)`` float32 crop and its ``(2, S, S)`` targets."""
+        image, labels = self.warp_crop(image.astype(np.float32) / 255.0, labels)
+        image = self.appearance(image)
+        normalized = normalize_image(image)
+        return np.ascontiguousarray(normalized.transpose(2, 0, 1)), make_targets(labels)
+
+    def warp_crop(self, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rng, size = self.rng, self.crop_size
+        height, width = labels.shape
+        scale = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))  # >1 zooms in
+        extent = size / scale
+        cy = rng.uniform(min(extent / 2, height / 2), max(height - extent / 2, height / 2))
+        cx = rng.uniform(min(extent / 2, width / 2), max(width - extent / 2, width / 2))
+        grid = (np.arange(size, dtype=np.float32) - size / 2 + 0.5) / scale
+        yy, xx = np.meshgrid(grid + cy, grid + cx, indexing="ij")
+        if rng.random() < 0.5:
+            coarse = rng.normal(0, 1, size=(2, 5, 5)).astype(np.float32)
+            zoom = size / 5
+            displacement = ndi.zoom(coarse, (1, zoom, zoom), order=3)[:, :size, :size]
+            strength = rng.uniform(0, 4) / scale
+            yy += displacement[0] * strength
+            xx += displacement[1] * strength
+        coords = np.stack([yy, xx])
+        warped = np.stack(
+            [ndi.map_coordinates(image[..., c], coords, order=1, mode="reflect") for c in range(3)], axis=-1
+        )
+        warped_labels = ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=0)
+        k = int(rng.integers(4))
+        warped, warped_labels = np.rot90(warped, k), np.rot90(warped_labels, k)
+        if rng.random() < 0.5:
+            warped, warped_labels = warped[:, ::-1], warped_labels[:, ::-1]
+        return np.ascontiguousarray(warped), np.ascontiguousarray(warped_labels)
+
+    def appearance(self, image: np.ndarray) -> np.ndarray:
+        rng = self.rng
+        is_gray = np.allclose(image[..., 0], image[..., 1], atol=1e-3) and np.allclose(image[..., 1], image[..., 2], atol=1e-3)
+        if not is_gray and rng.random() < 0.2:  # colour -> gray
+            image = np.repeat(image.mean(axis=-1, keepdims=True), 3, axis=-1)
+            is_gray = True
+        if rng.random() < 0.2:  # fluorescence <-> brightfield / stained-tissue look
+            image = 1.0 - image
+        if is_gray and rng.random() < 0.2:  # gray -> tinted colour, e.g. a stain
+            tint = rng.uniform(0.3, 1.0, size=3).astype(np.float32)
+            image = 1.0 - (1.0 - image) * tint if image.mean() > 0.5 else image * tint
+        elif not is_gray and rng.random() < 0.5:  # hue and saturation
+            hsv = color.rgb2hsv(np.clip(image, 0, 1))
+            hsv[..., 0] = (hsv[..., 0] + rng.uniform(-0.1, 0.1)) % 1.0
+            hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.6, 1.4), 0, 1)
+            image = color.hsv2rgb(hsv).astype(np.float32)
+        if rng.random() < 0.5:  # contrast, brightness
+            image = (image - image.mean()) * rng.uniform(0.6, 1.4) + image.mean() + rng.uniform(-0.1, 0.1)
+        if rng.random() < 0.3:  # gamma
+            image = np.clip(image, 0, None) ** rng.uniform(0.6, 1.6)
+        if rng.random() < 0.2:  # blur
+            image = ndi.gaussian_filter(image, sigma=(rng.uniform(0.3, 1.2),) * 2 + (0,))
+        if rng.random() < 0.3:  # noise
+            image = image + rng.normal(0, rng.uniform(0.005, 0.05) * (image.std() + 1e-3), image.shape)
+        return image.astype(np.float32)

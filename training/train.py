@@ -1,0 +1,218 @@
+"""Train a nucleus segmentation model on DSB2018 and write a napari-nucleiseg weights file.
+
+Example (the command behind the bundled UNet; see weights/README.md)::
+
+    python training/train.py --model unet --data ../shared/data/dsb2018 --out runs/unet \
+        --epochs 40 --time-budget 25
+
+Each epoch trains on one random augmented crop of every ``train`` image, then scores
+the model on ``val`` (DSB2018 instance score at threshold 0.5). The best epoch is written
+to ``<out>/best.safetensors``; ``<out>/checkpoint.pt`` holds everything needed to
+``--resume``. Training stops at ``--epochs``, after ``--patience`` epochs without
+improvement, or when ``--time-budget`` minutes have passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import Augmenter, list_ids, load_pair  # noqa: E402
+from metrics import instance_scores, pixel_confusion, pixel_scores  # noqa: E402
+
+from napari_nucleiseg.inference import predict_normalized  # noqa: E402
+from napari_nucleiseg.models import build_model  # noqa: E402
+from napari_nucleiseg.postprocess import labels_from_probabilities  # noqa: E402
+from napari_nucleiseg.preprocess import DEFAULT_PERCENTILES, normalize_image  # noqa: E402
+from napari_nucleiseg.weights import save_weights  # noqa: E402
+
+#: Architecture arguments of the bundled models: 0.5-0.8 M parameters, a few minutes per
+#: epoch on 2 CPU cores at 192-pixel crops.
+MODEL_KWARGS = {
+    "unet": {"base_channels": 16, "depth": 3},
+    "unetpp": {"base_channels": 16, "depth": 3},
+    "hrnet": {"stem_channels": 16, "widths": [24, 48, 96], "blocks": 2},
+}
+
+
+class CropDataset(Dataset):
+    """One random augmented crop per image per epoch."""
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], crop_size: int, seed: int) -> None:
+        self.pairs = pairs
+        self.crop_size = crop_size
+        self.seed = seed
+        self.augmenter = Augmenter(crop_size, np.random.default_rng(seed))
+
+    def reseed(self, seed: int) -> None:
+        self.augmenter.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, targets = self.augmenter(*self.pairs[index])
+        return torch.from_numpy(image), torch.from_numpy(targets)
+
+
+def _worker_init(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(info.seed % 2**32)
+
+
+def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice, on both channels (nucleus, boundary)."""
+    bce = F.binary_cross_entropy_with_logits(logits, targets)
+    probabilities = torch.sigmoid(logits)
+    dims = (0, 2, 3)
+    intersection = (probabilities * targets).sum(dims)
+    dice = (2 * intersection + 1) / (probabilities.sum(dims) + targets.sum(dims) + 1)
+    return bce + (1 - dice).mean()
+
+
+def model_loss(network: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss, averaged over UNet++'s deep-supervision heads where the model has them."""
+    if hasattr(network, "forward_all"):
+        outputs = network.forward_all(images)
+        return sum(segmentation_loss(o, targets) for o in outputs) / len(outputs)
+    return segmentation_loss(network(images), targets)
+
+
+def validate(network, pairs, device, threshold=0.5, min_size=10) -> dict[str, float]:
+    """Mean DSB2018 instance score and pooled pixel scores on ``pairs``."""
+    network.eval()
+    scores, confusion = [], np.zeros(4, dtype=np.int64)
+    for image, truth in pairs:
+        probabilities = predict_normalized(normalize_image(image, DEFAULT_PERCENTILES), network, device=device)
+        labels = labels_from_probabilities(probabilities, threshold, min_size=min_size, split=True)
+        scores.append(instance_scores(labels, truth)["dsb_score"])
+        confusion += pixel_confusion(labels, truth)
+    return {"dsb_score": float(np.mean(scores)), **pixel_scores(confusion)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODEL_KWARGS), default="unet")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"),
+                        help="dsb2018 folder (images/ + labels/ + splits.json) or a Kaggle stage1_train folder")
+    parser.add_argument("--train-split", default="train", help="split of splits.json to train on ('' = all)")
+    parser.add_argument("--val-split", default="val", help="split to select the best epoch on ('' = none)")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--crop-size", type=int, default=192)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--patience", type=int, default=8, help="epochs without val improvement before stopping")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--time-budget", type=float, default=None, help="minutes; stop after the epoch that passes it")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="data loading processes")
+    parser.add_argument("--limit", type=int, default=None, help="use only this many images of each split (smoke tests)")
+    parser.add_argument("--max-batches", type=int, default=None, help="batches per epoch (smoke tests)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    command = "python training/train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    train_ids = list_ids(args.data, args.train_split or None)[: args.limit]
+    val_ids = list_ids(args.data, args.val_split)[: args.limit] if args.val_split else []
+    train_pairs = [load_pair(args.data, i) for i in train_ids]
+    val_pairs = [load_pair(args.data, i) for i in val_ids]
+    print(f"{args.model}: {len(train_pairs)} training images, {len(val_pairs)} validation images", flush=True)
+
+    kwargs = MODEL_KWARGS[args.model]
+    network = build_model(args.model, **kwargs).to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "elapsed": 0.0, "history": []}
+    checkpoint_path = args.out / "checkpoint.pt"
+    if args.resume and checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        network.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state = checkpoint["state"]
+        print(f"resumed from epoch {state['epoch']} (best {state['best_score']:.4f})", flush=True)
+
+    dataset = CropDataset(train_pairs, args.crop_size, args.seed)
+    generator = torch.Generator().manual_seed(args.seed + state["epoch"])
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=generator,
+                        num_workers=args.workers, worker_init_fn=_worker_init if args.workers else None,
+                        persistent_workers=False)
+    n_params = sum(p.numel() for p in network.parameters())
+    start = time.perf_counter() - state["elapsed"]
+    while state["epoch"] < args.epochs:
+        epoch = state["epoch"] + 1
+        dataset.reseed(args.seed * 1000 + epoch)
+        network.train()
+        losses = []
+        for batch_index, (images, targets) in enumerate(loader):
+            if args.max_batches is not None and batch_index >= args.max_batches:
+                break
+            loss = model_loss(network, images.to(device), targets.to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        scores = validate(network, val_pairs, device) if val_pairs else {"dsb_score": -float(np.mean(losses))}
+        scheduler.step(scores["dsb_score"])
+        state["epoch"] = epoch
+        state["elapsed"] = time.perf_counter() - start
+        state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), **scores})
+        improved = scores["dsb_score"] > state["best_score"]
+        if improved:
+            state["best_score"], state["best_epoch"] = scores["dsb_score"], epoch
+            metadata = {
+                "name": args.model,
+                "architecture": args.model,
+                "kwargs": kwargs,
+                "normalization": {"method": "percentile", "percentiles": list(DEFAULT_PERCENTILES)},
+                "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 10,
+                "training": {
+                    "data": f"DSB2018 stage1_train (fixed masks), split {args.train_split!r}: {len(train_pairs)} images",
+                    "epochs": epoch, "crop_size": args.crop_size, "batch_size": args.batch_size, "lr": args.lr,
+                    "seed": args.seed, "minutes": round(state["elapsed"] / 60, 1), "device": str(device),
+                    "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                    "parameters": n_params, "command": command,
+                },
+                "metrics": {"val_during_training": {k: round(v, 4) for k, v in scores.items()}},
+            }
+            save_weights(args.out / "best.safetensors", network, metadata)
+        torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state": state}, checkpoint_path)
+        print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  val dsb {scores['dsb_score']:.4f}  "
+              f"mIoU {scores.get('mean_iou', float('nan')):.4f}  lr {optimizer.param_groups[0]['lr']:.1e}  "
+              f"{state['elapsed'] / 60:.1f} min{'  *' if improved else ''}", flush=True)
+        if epoch - state["best_epoch"] >= args.patience:
+            print(f"early stop: no improvement for {args.patience} epochs", flush=True)
+            break
+        if args.time_budget is not None and state["elapsed"] > args.time_budget * 60:
+            print(f"time budget of {args.time_budget} min reached", flush=True)
+            break
+    (args.out / "history.json").write_text(json.dumps(state["history"], indent=1))
+    print(f"best epoch {state['best_epoch']}: val dsb {state['best_score']:.4f} -> {args.out / 'best.safetensors'}")
+    return state
+
+
+if __name__ == "__main__":
+    main()
