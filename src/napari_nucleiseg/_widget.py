@@ -1,0 +1,514 @@
+"""The dock widget: pick an image and a model, segment, tune the result, correct it by hand, export.
+
+UI only. The network runs in a napari thread worker (:mod:`.inference`); the threshold, minimum
+size and splitting re-run only the post-processing (:mod:`.postprocess`) on the probability maps
+cached from the last run. Layers are touched only on the main thread.
+
+Nothing the user made is overwritten: the widget updates its Labels layer in place only while
+the layer holds exactly what the widget last wrote; once the user has edited it by hand, a new
+result goes to a new layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QLabeledDoubleSlider
+
+from . import _layers
+from .preprocess import ImageError
+from .weights import BUNDLED_MODELS, DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, WeightsError, bundled_weights_path, read_metadata
+
+logger = logging.getLogger(__name__)
+
+CUSTOM_WEIGHTS_ITEM = "Custom weights file..."
+#: The per-nucleus table is measured this long after the last change, so dragging the slider
+#: or painting stays fluid; the count follows at once.
+TABLE_DELAY_MS = 250
+#: Progress bar resolution within a run (planes x tiles are mapped onto it).
+PROGRESS_STEPS = 1000
+
+
+@dataclass
+class _Cache:
+    """The probability maps of the last finished run, from which every re-threshold starts."""
+
+    image: Image
+    probabilities: np.ndarray  # (*leading, 2, Y, X) float32
+    boundary_threshold: float
+    model_name: str
+
+
+@dataclass
+class _Failure:
+    """Why a run ended early, as one sentence (a worker must not return an exception)."""
+
+    message: str
+    cancelled: bool = False
+
+
+@dataclass
+class _Output:
+    """A Labels layer the widget wrote: for which image, and a fingerprint of what it wrote."""
+
+    image: Image
+    checksum: int
+
+
+class NucleiSegWidget(QWidget):
+    """Dock widget of napari-nucleiseg.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer whose image layers are segmented and which receives the results.
+    """
+
+    #: Tiles done and total in the plane being predicted; emitted from the worker thread.
+    _tile_progress = Signal(int, int)
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        #: Run the prediction in the calling thread instead of a worker (for tests and scripts).
+        self.run_synchronously: bool = False
+        self._cache: _Cache | None = None
+        #: The Labels layer each segmented image (by unique id) writes to ...
+        self._outputs: dict[Any, Labels] = {}
+        #: ... and, for every Labels layer the widget made, what it last wrote there.
+        self._written: dict[Labels, _Output] = {}
+        self._probability_layers: dict[Any, Image] = {}
+        self._model: Any = None  # the last loaded NucleiModel, reused while its file is unchanged
+        self._model_key: tuple[str, int] | None = None
+        self._worker: Any = None
+        self._cancel = threading.Event()
+        self._plane: tuple[int, int] = (0, 1)  # plane being predicted, number of planes
+        self._writing = False  # the widget itself is writing a Labels layer: not a hand edit
+        self._edited: set[Labels] = set()  # hand-edited layers whose count is not yet updated
+        self._count_timer = QTimer(self, singleShot=True, interval=0)
+        self._count_timer.timeout.connect(self._recount_edited)
+        self._stale_tables: set[Labels] = set()
+        self._table_timer = QTimer(self, singleShot=True, interval=TABLE_DELAY_MS)
+        self._table_timer.timeout.connect(self._refresh_stale_tables)
+        self._build_ui()
+        self._tile_progress.connect(self._on_tile_progress)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.viewer.layers.events.moved.connect(self._on_layers_changed)
+        self._on_layers_changed()
+        self._on_model_changed()
+
+    # ---- building the UI ------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        self.image_combo = QComboBox(toolTip="The image layer to segment (gray, RGB, or a stack of them)")
+        self.model_combo = QComboBox()
+        for name in BUNDLED_MODELS:
+            self.model_combo.addItem(name, name)
+        self.model_combo.addItem(CUSTOM_WEIGHTS_ITEM, None)
+        self._describe_bundled_models()
+        self.model_combo.activated.connect(self._on_model_activated)
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self._last_model_index = 0
+
+        self.segment_button = QPushButton("Segment", toolTip="Run the network on the image")
+        self.cancel_button = QPushButton("Cancel", enabled=False)
+        self.progress_bar = QProgressBar(maximum=PROGRESS_STEPS, textVisible=True, visible=False)
+        self.probability_check = QCheckBox("Show probability map")
+
+        self.threshold_slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.threshold_slider.setRange(0.05, 0.95)
+        self.threshold_slider.setSingleStep(0.01)
+        self.threshold_slider.setDecimals(2)
+        self.threshold_slider.setToolTip("Nucleus probability above which a pixel is nucleus")
+        self.min_size_spin = QSpinBox(minimum=0, maximum=100_000, suffix=" px", toolTip="Smaller objects are dropped")
+        self.split_check = QCheckBox("Split touching nuclei", checked=True)
+        self.count_label = QLabel("No segmentation yet")
+        self.count_label.setWordWrap(True)
+        self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Model", self.model_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.segment_button)
+        buttons.addWidget(self.cancel_button)
+        tuning = QFormLayout()
+        tuning.addRow("Threshold", self.threshold_slider)
+        tuning.addRow("Min size", self.min_size_spin)
+        layout = QVBoxLayout(self)
+        for item in (form, buttons):
+            layout.addLayout(item)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.probability_check)
+        layout.addLayout(tuning)
+        layout.addWidget(self.split_check)
+        layout.addWidget(self.count_label)
+        layout.addWidget(self.export_button)
+        layout.addStretch(1)
+
+        self.segment_button.clicked.connect(self.segment)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.threshold_slider.valueChanged.connect(self._on_postprocess_changed)
+        self.min_size_spin.valueChanged.connect(self._on_postprocess_changed)
+        self.split_check.toggled.connect(self._on_postprocess_changed)
+        self.probability_check.toggled.connect(self._show_probabilities)
+        self.export_button.clicked.connect(self._on_export_clicked)
+
+    def _describe_bundled_models(self) -> None:
+        for index, name in enumerate(BUNDLED_MODELS):
+            try:
+                tooltip = _layers.describe_weights(read_metadata(bundled_weights_path(name)))
+            except WeightsError as error:
+                tooltip = str(error)
+            self.model_combo.setItemData(index, tooltip, Qt.ItemDataRole.ToolTipRole)
+
+    # ---- image layer picker ---------------------------------------------------------------
+
+    def _image_layers(self) -> list[Image]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _on_layers_changed(self, event=None) -> None:
+        """Rebuild the image list, keeping the chosen layer, and follow renames of every image."""
+        current = self.image_layer
+        layers = self._image_layers()
+        self.image_combo.clear()
+        for layer in layers:
+            self.image_combo.addItem(layer.name, layer)
+            layer.events.name.connect(self._on_layers_changed)  # connecting twice is a no-op
+        added = getattr(event, "value", None) if event is not None and event.type == "inserted" else None
+        if added in layers and not self._writing:
+            self.image_combo.setCurrentIndex(layers.index(added))  # the image the user just opened
+        elif current in layers:
+            self.image_combo.setCurrentIndex(layers.index(current))
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        if isinstance(layer, Image):
+            layer.events.name.disconnect(self._on_layers_changed)
+            self._outputs.pop(layer.unique_id, None)
+            self._probability_layers.pop(layer.unique_id, None)
+            if self._cache is not None and self._cache.image is layer:
+                self._cache = None  # free the probability maps
+        self._written.pop(layer, None)
+        self._on_layers_changed()
+
+    @property
+    def image_layer(self) -> Image | None:
+        """The image layer chosen in the picker, if any."""
+        return self.image_combo.currentData()
+
+    # ---- model picker ---------------------------------------------------------------------
+
+    def _on_model_activated(self, index: int) -> None:
+        if self.model_combo.itemText(index) == CUSTOM_WEIGHTS_ITEM:
+            path, _ = QFileDialog.getOpenFileName(self, "Open a napari-nucleiseg weights file", "",
+                                                  "Weights (*.safetensors);;All files (*)")
+            if not path or not self.set_weights_file(path):
+                self.model_combo.setCurrentIndex(self._last_model_index)
+        self._last_model_index = self.model_combo.currentIndex()
+
+    def set_weights_file(self, path: str | Path) -> bool:
+        """Use the weights file at ``path``, after checking it; on a bad file, say why and return False."""
+        path = Path(path)
+        try:
+            metadata = read_metadata(path)
+        except WeightsError as error:
+            show_error(str(error))
+            return False
+        index = self.model_combo.findData(str(path))
+        if index < 0:
+            index = self.model_combo.count() - 1  # custom files go just above "Custom weights file..."
+            self.model_combo.insertItem(index, path.name, str(path))
+        self.model_combo.setItemData(index, f"{path}\n{_layers.describe_weights(metadata)}", Qt.ItemDataRole.ToolTipRole)
+        self.model_combo.setCurrentIndex(index)
+        self._last_model_index = index
+        return True
+
+    def _weights_path(self) -> Path:
+        source = self.model_combo.currentData()
+        if source in BUNDLED_MODELS:
+            return bundled_weights_path(source)
+        if source is None:
+            raise WeightsError("Choose a model or a weights file first.")
+        return Path(source)
+
+    def _on_model_changed(self, index: int | None = None) -> None:
+        """A model's calibrated threshold and minimum size become the starting point."""
+        try:
+            metadata = read_metadata(self._weights_path())
+        except WeightsError:
+            metadata = {}
+        with _blocked(self.threshold_slider, self.min_size_spin):
+            self.threshold_slider.setValue(float(metadata.get("threshold", DEFAULT_THRESHOLD)))
+            self.min_size_spin.setValue(int(metadata.get("min_size", DEFAULT_MIN_SIZE)))
+
+    # ---- segmenting -----------------------------------------------------------------------
+
+    def segment(self) -> None:
+        """Segment the chosen image with the chosen model (in a worker thread unless synchronous)."""
+        if self._worker is not None:
+            return
+        image = self.image_layer
+        if image is None:
+            others = [f"'{layer.name}' is a {type(layer).__name__} layer" for layer in self.viewer.layers]
+            detail = f" ({', '.join(others[:2])})" if others else ""
+            show_error(f"There is no image layer to segment{detail}; open an image first.")
+            return
+        try:
+            if image.multiscale:
+                raise ImageError(f"'{image.name}' is a multiscale image, which cannot be segmented; "
+                                 "open its full-resolution level as an image.")
+            leading, plane = _layers.stack_shape(image.data.shape, image.rgb)
+            weights = self._weights_path()
+            read_metadata(weights)
+        except (ImageError, WeightsError) as error:
+            show_error(str(error))
+            return
+        self._cancel.clear()
+        self._plane = (0, int(np.prod(leading)))
+        probabilities = np.zeros((*leading, 2, *plane), dtype=np.float32)
+        job = (image, weights, leading, probabilities)
+        self._set_running(True)
+        if self.run_synchronously:
+            generator = self._predict(*job)
+            try:
+                while True:
+                    self._on_plane_done(next(generator))
+            except StopIteration as stop:
+                self._on_run_returned(stop.value)
+            return
+        worker = thread_worker(self._predict, start_thread=False, ignore_errors=True)(*job)
+        worker.yielded.connect(self._on_plane_done)
+        worker.returned.connect(self._on_run_returned)
+        worker.finished.connect(lambda: self._set_running(False))
+        self._worker = worker
+        worker.start()
+
+    def _predict(self, image: Image, weights: Path, leading: tuple, probabilities: np.ndarray):
+        """Generator run in the worker: load the model, predict plane by plane, yield progress.
+
+        Returns ``(image, probabilities, model, model_key)``, or a :class:`_Failure` when the run
+        ended early (cancelled, bad weights, bad image): the main thread shows it as one sentence.
+        """
+        from .inference import Cancelled
+        from .weights import load_weights
+
+        try:
+            key = (str(weights), weights.stat().st_mtime_ns)
+            model = self._model if key == self._model_key else load_weights(weights)
+            for done, (index, plane_probabilities) in enumerate(
+                _layers.predict_planes(image.data, leading, model, on_tile=self._tile_progress.emit,
+                                       cancelled=self._cancel.is_set),
+                start=1,
+            ):
+                probabilities[index] = plane_probabilities
+                yield done
+        except Cancelled:
+            return _Failure("Segmentation cancelled; no layer was changed.", cancelled=True)
+        except (WeightsError, ImageError) as error:
+            return _Failure(str(error))
+        except Exception as error:  # never a traceback dialog; the log keeps the details
+            logger.exception("Segmentation of %r failed", image.name)
+            return _Failure(f"Segmentation failed: {error}")
+        return image, probabilities, model, key
+
+    def cancel(self) -> None:
+        """Stop the run at the next plane or tile; the layers stay as they were."""
+        self._cancel.set()
+        self.cancel_button.setEnabled(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.segment_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.progress_bar.setVisible(running)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("Loading the model..." if running else "")
+        if not running:
+            self._worker = None
+
+    def _on_tile_progress(self, done: int, total: int) -> None:
+        plane, planes = self._plane
+        self.progress_bar.setValue(int(PROGRESS_STEPS * (plane + done / max(total, 1)) / planes))
+        where = f"plane {plane + 1}/{planes}, " if planes > 1 else ""
+        self.progress_bar.setFormat(f"{where}tile {done}/{total}")
+
+    def _on_plane_done(self, planes_done: int) -> None:
+        self._plane = (planes_done, self._plane[1])
+        self.progress_bar.setValue(int(PROGRESS_STEPS * planes_done / self._plane[1]))
+
+    def _on_run_returned(self, outcome) -> None:
+        self._set_running(False)
+        if isinstance(outcome, _Failure):
+            (show_info if outcome.cancelled else show_error)(outcome.message)
+            return
+        image, probabilities, model, self._model_key = outcome
+        self._model = model
+        self._cache = _Cache(image, probabilities, model.boundary_threshold, model.name)
+        self._update_result()
+        self._show_probabilities()
+
+    # ---- post-processing and output layers --------------------------------------------------
+
+    def _on_postprocess_changed(self, *_) -> None:
+        if self._cache is not None:
+            self._update_result()
+
+    def _update_result(self) -> None:
+        """Post-process the cached probabilities and write the labels, count and table."""
+        cache = self._cache
+        labels = _layers.labels_from_stack(
+            cache.probabilities, threshold=self.threshold_slider.value(), min_size=self.min_size_spin.value(),
+            split=self.split_check.isChecked(), boundary_threshold=cache.boundary_threshold,
+        )
+        layer = self._outputs.get(cache.image.unique_id)
+        if layer is None or layer not in self.viewer.layers:
+            layer = self._add_labels_layer(cache.image, labels)
+        elif self._written[layer].checksum != _layers.checksum(layer.data):
+            edited = layer
+            layer = self._add_labels_layer(cache.image, labels)
+            show_info(f"'{edited.name}' was edited by hand and is kept; the new result is in '{layer.name}'.")
+        else:
+            self._write(layer, labels)
+        self._outputs[cache.image.unique_id] = layer
+        self._mark_changed(layer, count=int(labels.max()))  # fresh labels are numbered 1..N
+
+    def _add_labels_layer(self, image: Image, labels: np.ndarray) -> Labels:
+        taken = {layer.name for layer in self.viewer.layers}
+        name = _layers.unique_name(f"{image.name} nuclei", taken)
+        self._writing = True
+        try:
+            layer = self.viewer.add_labels(labels, name=name, scale=image.scale, translate=image.translate)
+        finally:
+            self._writing = False
+        self._written[layer] = _Output(image, _layers.checksum(labels))
+        layer.events.paint.connect(self._on_hand_edit)
+        layer.events.data.connect(self._on_hand_edit)
+        return layer
+
+    def _write(self, layer: Labels, labels: np.ndarray) -> None:
+        self._writing = True
+        try:
+            layer.data = labels
+        finally:
+            self._writing = False
+        self._written[layer].checksum = _layers.checksum(labels)
+
+    def _on_hand_edit(self, event) -> None:
+        # napari emits `paint` just before it writes the pixels: recount once control returns.
+        if not self._writing:
+            self._edited.add(event.source)
+            self._count_timer.start()
+
+    def _recount_edited(self) -> None:
+        while self._edited:
+            self._mark_changed(self._edited.pop())
+
+    def _mark_changed(self, layer: Labels, count: int | None = None) -> None:
+        """Show the new count at once; measure the table when the changes pause."""
+        if count is None:
+            count = _layers.count_labels(layer.data)
+        self.count_label.setText(f"{count} nuclei in '{layer.name}'")
+        self._stale_tables.add(layer)
+        self._table_timer.start()
+
+    def _refresh_stale_tables(self) -> None:
+        for layer in list(self._stale_tables):
+            self._refresh_table(layer)
+
+    def _refresh_table(self, layer: Labels) -> None:
+        self._stale_tables.discard(layer)
+        source = self._written[layer].image
+        # Mean intensities come from the image, unless it was swapped for one of another shape.
+        same_shape = source.data.shape[: layer.ndim] == layer.data.shape
+        layer.features = _layers.nuclei_table(layer.data, source.data if same_shape else None, source.rgb)
+
+    def _show_probabilities(self, *_) -> None:
+        cache = self._cache
+        if cache is None or not self.probability_check.isChecked():
+            return
+        nucleus = cache.probabilities[..., 0, :, :]
+        layer = self._probability_layers.get(cache.image.unique_id)
+        if layer is not None and layer in self.viewer.layers:
+            layer.data = nucleus
+            return
+        self._writing = True  # not an image the user opened: the picker keeps its choice
+        try:
+            self._probability_layers[cache.image.unique_id] = self.viewer.add_image(
+                nucleus, name=f"{cache.image.name} nucleus probability", colormap="magma", blending="additive",
+                opacity=0.6, contrast_limits=(0, 1), scale=cache.image.scale, translate=cache.image.translate,
+            )
+        finally:
+            self._writing = False
+
+    # ---- export ---------------------------------------------------------------------------
+
+    @property
+    def labels_layer(self) -> Labels | None:
+        """The Labels layer the widget last wrote for the cached image (or edited since)."""
+        if self._cache is None:
+            return None
+        layer = self._outputs.get(self._cache.image.unique_id)
+        return layer if layer in self.viewer.layers else None
+
+    def _on_export_clicked(self) -> None:
+        layer = self.labels_layer
+        if layer is None:
+            show_warning("Segment an image first; there is no table to export.")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export the nuclei table", f"{layer.name}.csv", "CSV (*.csv)")
+        if path:
+            self.export_csv(path, layer)
+
+    def export_csv(self, path: str | Path, layer: Labels | None = None) -> bool:
+        """Write the per-nucleus table of ``layer`` (default: the current result) to ``path``."""
+        layer = layer or self.labels_layer
+        if layer is None:
+            show_warning("Segment an image first; there is no table to export.")
+            return False
+        if layer in self._stale_tables or "label" not in layer.features:
+            self._refresh_table(layer)
+        try:
+            layer.features.drop(columns="index", errors="ignore").to_csv(path, index=False)
+        except OSError as error:
+            show_error(f"Cannot write {path}: {error.strerror or error}.")
+            return False
+        show_info(f"Saved {len(layer.features)} nuclei to {path}.")
+        return True
+
+
+class _blocked:
+    """Block the signals of some widgets for the duration of a ``with`` block."""
+
+    def __init__(self, *widgets: QWidget):
+        self._widgets = widgets
+
+    def __enter__(self):
+        for widget in self._widgets:
+            widget.blockSignals(True)
+
+    def __exit__(self, *exc):
+        for widget in self._widgets:
+            widget.blockSignals(False)

@@ -1,0 +1,382 @@
+"""The dock widget in a real napari viewer, driven the way a user drives it.
+
+Most tests replace the network with :class:`FakeNetwork`, whose probabilities are read off the
+image, so thresholds, splitting and counts have known answers and the number of network runs
+can be counted. One test runs a real (tiny, untrained) weights file end to end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from napari.layers import Labels
+
+from napari_nucleiseg import _widget, inference
+from napari_nucleiseg._widget import PROGRESS_STEPS, NucleiSegWidget
+
+pytestmark = pytest.mark.gui
+
+#: In images fed to FakeNetwork, pixels of this value are nucleus boundary (channel 1).
+BOUNDARY_VALUE = 150
+RUN_TIMEOUT_MS = 60_000
+
+
+class FakeNetwork:
+    """Stands in for ``inference.predict_probabilities``: nucleus probability = gray value / 255.
+
+    Counts its calls, reports one tile of progress, and can be slowed down to test cancelling.
+    """
+
+    def __init__(self, delay: float = 0.0):
+        self.calls = 0
+        self.delay = delay
+        self.started = threading.Event()
+
+    def __call__(self, image, model, *, progress=None, cancelled=None):
+        self.calls += 1
+        self.started.set()
+        deadline = time.monotonic() + self.delay
+        while time.monotonic() < deadline:
+            if cancelled is not None and cancelled():
+                raise inference.Cancelled("Segmentation cancelled.")
+            time.sleep(0.01)
+        gray = np.asarray(image, dtype=np.float32)
+        if gray.ndim == 3:
+            gray = gray[..., :3].mean(axis=-1)
+        if progress is not None:
+            progress(1, 1)
+        return np.stack([gray / 255, (gray == BOUNDARY_VALUE).astype(np.float32)])
+
+
+class Notifications:
+    """Records what the widget shows the user, by kind."""
+
+    def __init__(self, monkeypatch):
+        self.messages: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
+        for kind, messages in self.messages.items():
+            monkeypatch.setattr(_widget, f"show_{kind}", messages.append)
+
+
+def disk(shape, center, radius):
+    yy, xx = np.indices(shape)
+    return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2
+
+
+def blobs(values=(90, 140, 200, 240), shape=(64, 200), radius=9) -> np.ndarray:
+    """Separate disks of the given gray values along a row: nucleus probabilities ~ value / 255."""
+    image = np.zeros(shape, dtype=np.uint8)
+    for k, value in enumerate(values):
+        image[disk(shape, (shape[0] // 2, 25 + 45 * k), radius)] = value
+    return image
+
+
+def touching_pair(shape=(64, 96)) -> np.ndarray:
+    """Two overlapping disks whose contact line the (fake) network calls boundary."""
+    image = np.zeros(shape, dtype=np.uint8)
+    left, right = disk(shape, (32, 36), 14), disk(shape, (32, 60), 14)
+    image[left | right] = 220
+    contact = np.zeros(shape, dtype=bool)
+    contact[:, 47:49] = True
+    image[(left | right) & contact] = BOUNDARY_VALUE
+    return image
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    return Notifications(monkeypatch)
+
+
+@pytest.fixture
+def fake_network(monkeypatch):
+    network = FakeNetwork()
+    monkeypatch.setattr(inference, "predict_probabilities", network)
+    return network
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer, tiny_weights):
+    viewer = make_napari_viewer()
+    widget = NucleiSegWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.set_weights_file(tiny_weights["unet"])
+    return viewer, widget
+
+
+def click_segment(qtbot, widget: NucleiSegWidget) -> None:
+    qtbot.mouseClick(widget.segment_button, _widget.Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=RUN_TIMEOUT_MS)
+
+
+def wait_for_table(qtbot, layer, rows: int) -> None:
+    """The table is measured shortly after the last change (the count follows at once)."""
+    qtbot.waitUntil(lambda: len(layer.features) == rows, timeout=5_000)
+
+
+def labels_layers(viewer):
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def test_the_sample_segmented_with_real_weights_gives_labels_count_and_table(viewer_and_widget, qtbot):
+    viewer, widget = viewer_and_widget
+    viewer.open_sample("napari-nucleiseg", "fluorescence")
+    image = viewer.layers[0]
+    assert widget.image_combo.currentText() == image.name
+    # The tiny model's calibrated values are the starting point of the controls.
+    assert widget.threshold_slider.value() == pytest.approx(0.45)
+    assert widget.min_size_spin.value() == 7
+
+    click_segment(qtbot, widget)
+
+    (labels,) = labels_layers(viewer)
+    assert labels.name == f"{image.name} nuclei"
+    assert labels.data.shape == image.data.shape
+    count = len(np.unique(labels.data[labels.data > 0]))
+    assert widget.count_label.text() == f"{count} nuclei in '{labels.name}'"
+    wait_for_table(qtbot, labels, count)
+    assert labels.features["area"].sum() == np.count_nonzero(labels.data)
+
+
+def test_threshold_min_size_and_split_rerun_only_the_postprocessing(viewer_and_widget, fake_network, qtbot):
+    viewer, widget = viewer_and_widget
+    image = viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert labels.data.max() == 4 and widget.count_label.text().startswith("4 nuclei")
+
+    counts = {}
+    for threshold in (0.5, 0.7, 0.9):
+        widget.threshold_slider.setValue(threshold)  # what dragging the slider emits, tick by tick
+        counts[threshold] = labels.data.max()
+        assert widget.count_label.text().startswith(f"{counts[threshold]} nuclei")
+    assert counts == {0.5: 3, 0.7: 2, 0.9: 1}
+
+    widget.threshold_slider.setValue(0.3)
+    widget.min_size_spin.setValue(int(disk((64, 64), (32, 32), 9).sum()) + 1)  # bigger than every disk
+    assert labels.data.max() == 0 and widget.count_label.text().startswith("0 nuclei")
+
+    assert fake_network.calls == 1  # the network ran once; everything after re-used its output
+    assert labels_layers(viewer) == [labels]  # ... and went to the same layer, in place
+    assert image.name in widget.image_combo.currentText()
+
+
+def test_splitting_separates_touching_nuclei(viewer_and_widget, fake_network, qtbot):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(touching_pair(), name="pair")
+    widget.split_check.setChecked(True)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert labels.data.max() == 2
+
+    widget.split_check.setChecked(False)
+    assert labels.data.max() == 1 and widget.count_label.text().startswith("1 nuclei")
+    widget.split_check.setChecked(True)
+    assert labels.data.max() == 2
+    assert fake_network.calls == 1
+
+
+def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
+    viewer_and_widget, fake_network, notifications, qtbot
+):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.5)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert labels.data.max() == 3
+
+    # Paint a new nucleus in the empty corner with napari's brush, as a user would.
+    labels.brush_size = 7
+    labels.selected_label = 4
+    labels.paint((8, 8), 4)
+    painted = labels.data == 4
+    assert painted.any()
+    qtbot.waitUntil(lambda: widget.count_label.text().startswith("4 nuclei"), timeout=5_000)
+    wait_for_table(qtbot, labels, 4)
+    assert list(labels.features["label"]) == [1, 2, 3, 4]
+    assert labels.features.set_index("label").loc[4, "area"] == painted.sum()
+
+    # Erase one nucleus: the count follows.
+    labels.fill((32, 115), 0)
+    qtbot.waitUntil(lambda: widget.count_label.text().startswith("3 nuclei"), timeout=5_000)
+
+    # Moving the threshold after the edit writes a new layer and keeps the edited one as it is.
+    edited = labels.data.copy()
+    widget.threshold_slider.setValue(0.3)
+    first, second = labels_layers(viewer)
+    assert first is labels and np.array_equal(first.data, edited)
+    assert second.name == "blobs nuclei [2]" and second.data.max() == 4
+    assert any("edited by hand" in message for message in notifications.messages["info"])
+    assert widget.count_label.text() == "4 nuclei in 'blobs nuclei [2]'"
+
+    # The new layer is the widget's own until edited: it follows the slider in place.
+    widget.threshold_slider.setValue(0.7)
+    assert labels_layers(viewer) == [first, second] and second.data.max() == 2
+
+    # Segmenting again never discards edits either.
+    second.data_setitem((np.array([60]), np.array([5])), 9)  # an edit napari records (and emits)
+    click_segment(qtbot, widget)
+    assert [layer.name for layer in labels_layers(viewer)] == ["blobs nuclei", "blobs nuclei [2]", "blobs nuclei [3]"]
+    assert np.array_equal(first.data, edited) and second.data[60, 5] == 9
+
+
+def test_export_csv_writes_the_table_as_the_user_edited_it(
+    viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
+):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    labels.fill((32, 25), 0)  # the user deletes a nucleus, then exports at once
+
+    path = tmp_path / "nuclei.csv"
+    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(path), ""))
+    qtbot.mouseClick(widget.export_button, _widget.Qt.MouseButton.LeftButton)
+
+    table = pd.read_csv(path)
+    assert list(table["label"]) == [2, 3, 4]
+    assert table["area"].sum() == np.count_nonzero(labels.data)
+    assert {"centroid_y", "centroid_x", "mean_intensity"} <= set(table.columns)
+    assert "index" not in table.columns
+    assert table["mean_intensity"].round().tolist() == [140, 200, 240]
+    assert notifications.messages["error"] == []
+
+
+def test_a_stack_is_segmented_plane_by_plane_with_progress(viewer_and_widget, fake_network, qtbot):
+    viewer, widget = viewer_and_widget
+    stack = np.stack([blobs((200,)), blobs((200, 200)), blobs((200, 200, 200))])
+    image = viewer.add_image(stack, name="stack")
+    progress = []
+    widget.progress_bar.valueChanged.connect(progress.append)
+
+    click_segment(qtbot, widget)
+
+    (labels,) = labels_layers(viewer)
+    assert labels.data.shape == stack.shape == image.data.shape
+    assert fake_network.calls == 3
+    assert [len(np.unique(plane[plane > 0])) for plane in labels.data] == [1, 2, 3]
+    assert widget.count_label.text().startswith("6 nuclei")  # every nucleus of the stack has its own label
+    assert len(set(progress)) >= 3 and max(progress) == PROGRESS_STEPS
+    wait_for_table(qtbot, labels, 6)
+    assert labels.features["axis_0"].tolist() == [0, 1, 1, 2, 2, 2]
+
+
+def test_an_rgb_stack_is_recognised_by_the_layers_rgb_flag(viewer_and_widget, fake_network, qtbot):
+    viewer, widget = viewer_and_widget
+    gray = np.stack([blobs((200,)), blobs((200, 200))])
+    viewer.add_image(np.repeat(gray[..., None], 3, axis=-1), name="rgb stack", rgb=True)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert labels.data.shape == gray.shape
+    assert labels.data.max() == 3 and fake_network.calls == 2
+
+
+def test_cancel_stops_between_planes_and_leaves_the_layers_alone(
+    viewer_and_widget, monkeypatch, notifications, qtbot
+):
+    viewer, widget = viewer_and_widget
+    slow = FakeNetwork(delay=0.5)
+    monkeypatch.setattr(inference, "predict_probabilities", slow)
+    viewer.add_image(np.stack([blobs()] * 8), name="long stack")
+
+    qtbot.mouseClick(widget.segment_button, _widget.Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
+    assert widget.cancel_button.isEnabled() and not widget.segment_button.isEnabled()
+    qtbot.mouseClick(widget.cancel_button, _widget.Qt.MouseButton.LeftButton)  # the window answers mid-run
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=RUN_TIMEOUT_MS)
+
+    assert slow.calls < 8
+    assert labels_layers(viewer) == []
+    assert notifications.messages["info"] == ["Segmentation cancelled; no layer was changed."]
+    assert widget.segment_button.isEnabled() and not widget.progress_bar.isVisible()
+
+
+def test_the_probability_map_can_be_shown(viewer_and_widget, fake_network, qtbot):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="blobs")
+    click_segment(qtbot, widget)
+    widget.probability_check.setChecked(True)
+    probability = viewer.layers["blobs nucleus probability"]
+    assert probability.data.shape == (64, 200)
+    assert probability.data.max() == pytest.approx(240 / 255)
+
+
+def test_the_image_picker_follows_added_renamed_and_removed_layers(viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    items = lambda: [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]  # noqa: E731
+    first = viewer.add_image(blobs(), name="first")
+    viewer.add_points([[1, 1]], name="points")
+    second = viewer.add_image(blobs(), name="second")
+    assert items() == ["first", "second"] and widget.image_layer is second  # the image just opened
+    widget.image_combo.setCurrentIndex(0)
+    first.name = "renamed"
+    assert items() == ["renamed", "second"] and widget.image_layer is first
+    viewer.layers.remove(first)
+    assert items() == ["second"] and widget.image_layer is second
+    viewer.layers.remove(second)
+    assert items() == [] and widget.image_layer is None
+
+
+def test_bad_input_gets_one_sentence_and_no_traceback(viewer_and_widget, notifications, monkeypatch, tmp_path, qtbot):
+    viewer, widget = viewer_and_widget
+    errors = notifications.messages["error"]
+
+    click_segment(qtbot, widget)  # nothing open
+    viewer.add_points([[1, 1]], name="spots")
+    click_segment(qtbot, widget)  # only a Points layer
+    assert errors[0] == "There is no image layer to segment; open an image first."
+    assert "'spots' is a Points layer" in errors[1]
+
+    not_ours = tmp_path / "not ours.safetensors"
+    not_ours.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    model_before = widget.model_combo.currentText()
+    assert not widget.set_weights_file(not_ours)
+    assert "not a napari-nucleiseg weights file" in errors[-1]
+    assert widget.model_combo.currentText() == model_before
+
+    viewer.add_image([np.zeros((64, 64)), np.zeros((32, 32))], multiscale=True, name="pyramid")
+    click_segment(qtbot, widget)
+    assert "multiscale" in errors[-1]
+
+    # The bundled weights are not installed: say so when the user picks one.
+    monkeypatch.setattr("napari_nucleiseg.weights.weights_dir", lambda: tmp_path)
+    viewer.add_image(blobs(), name="blobs")
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("unet"))
+    click_segment(qtbot, widget)
+    assert "bundled weights of 'unet' are missing" in errors[-1]
+
+    assert labels_layers(viewer) == []
+    for message in errors:
+        assert "\n" not in message and "Traceback" not in message and message.endswith(".")
+
+
+def test_a_weights_file_of_another_architecture_is_reported_after_loading(
+    viewer_and_widget, notifications, tmp_path, qtbot
+):
+    from napari_nucleiseg.weights import read_metadata, save_weights
+
+    viewer, widget = viewer_and_widget
+    from conftest import build_tiny
+
+    metadata = read_metadata(widget._weights_path())  # a tiny unet's metadata on hrnet tensors
+    wrong = save_weights(tmp_path / "wrong.safetensors", build_tiny("hrnet"), metadata)
+    assert widget.set_weights_file(wrong)
+    viewer.add_image(blobs(), name="blobs")
+    click_segment(qtbot, widget)
+    (message,) = notifications.messages["error"]
+    assert message.startswith("wrong.safetensors: the tensors do not match a 'unet' model")
+    assert labels_layers(viewer) == []
+
+
+def test_tiny_and_constant_images_segment_without_error(viewer_and_widget, notifications, qtbot):
+    viewer, widget = viewer_and_widget
+    for data in (np.full((1, 1), 7, dtype=np.uint8), np.full((40, 50), 100, dtype=np.uint16)):
+        viewer.add_image(data, name=f"image {data.shape}")
+        click_segment(qtbot, widget)
+    assert notifications.messages["error"] == []
+    assert [layer.data.shape for layer in labels_layers(viewer)] == [(1, 1), (40, 50)]
