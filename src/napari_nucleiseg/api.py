@@ -1,5 +1,226 @@
-"""Placeholder: replaced by the post-processing helper."""
+"""The Python API: segment the nuclei of one image in one call.
+
+Importing this module is cheap: torch, scikit-image and pandas are imported
+when :func:`segment` first runs, so ``import napari_nucleiseg`` stays fast.
+
+>>> from napari_nucleiseg import segment
+>>> result = segment(image, model="unet")                    # doctest: +SKIP
+>>> result.count, result.labels.shape, result.table.columns   # doctest: +SKIP
+"""
+
 from __future__ import annotations
-SegmentationResult = None
-def segment(*args, **kwargs):
-    raise NotImplementedError
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .weights import NucleiModel
+
+ModelSource = Union[str, os.PathLike, "NucleiModel"]
+
+#: Weights files kept loaded at once; a model of the bundled size holds a few MB.
+MODEL_CACHE_SIZE = 8
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """What :func:`segment` found in one image, and the settings it used.
+
+    Attributes
+    ----------
+    labels : ndarray
+        ``(H, W)`` instance labels: 0 background, nuclei 1..N; uint16, or uint32
+        above 65,535 nuclei.
+    probabilities : ndarray
+        ``(2, H, W)`` float32 in [0, 1]: nucleus and nucleus-boundary probability.
+        Re-threshold them with :func:`napari_nucleiseg.postprocess.labels_from_probabilities`
+        without running the network again.
+    table : pandas.DataFrame
+        One row per nucleus; columns of :func:`napari_nucleiseg.postprocess.measure_nuclei`.
+    count : int
+        Number of nuclei (N).
+    model_name : str
+        Name of the model that produced the probabilities.
+    threshold, boundary_threshold : float
+        Nucleus and boundary probability thresholds used.
+    min_size : int
+        Smallest nucleus kept, in pixels.
+    split : bool
+        Whether touching nuclei were separated.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    table: pd.DataFrame
+    count: int
+    model_name: str
+    threshold: float
+    boundary_threshold: float
+    min_size: int
+    split: bool
+
+
+def segment(
+    image: np.ndarray,
+    model: ModelSource = "unet",
+    *,
+    threshold: float | None = None,
+    min_size: int | None = None,
+    split: bool = True,
+    boundary_threshold: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> SegmentationResult:
+    """Find the nuclei in a 2-D image.
+
+    Parameters
+    ----------
+    image : ndarray
+        ``(H, W)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA; 8- or 16-bit
+        integers or floats, any size (large images are processed in tiles).
+    model : str, path or NucleiModel
+        A bundled model (``"unet"``, ``"unetpp"``, ``"hrnet"``), the path of a
+        weights file, or a model from :func:`load_model`. Files are loaded once
+        and kept (see :func:`load_model`).
+    threshold : float, optional
+        Nucleus probability threshold in [0, 1]. Default: the value calibrated
+        for the model, stored in its weights file.
+    min_size : int, optional
+        Nuclei smaller than this many pixels are dropped. Default: the model's.
+    split : bool
+        Separate touching nuclei along the predicted boundaries.
+    boundary_threshold : float, optional
+        Boundary probability above which a pixel cannot seed a nucleus when
+        splitting. Default: the model's.
+    progress : callable, optional
+        Called as ``progress(done_tiles, total_tiles)`` while the network runs.
+    cancelled : callable, optional
+        Polled between tiles; when it returns True the run stops with
+        ``napari_nucleiseg.inference.Cancelled``.
+
+    Returns
+    -------
+    SegmentationResult
+        Labels, probabilities, the per-nucleus table, the count and the settings used.
+
+    Raises
+    ------
+    napari_nucleiseg.weights.WeightsError
+        If the model cannot be found or its weights file is unusable.
+    napari_nucleiseg.preprocess.ImageError
+        If the image is not a 2-D gray, RGB or RGBA image.
+    napari_nucleiseg.inference.Cancelled
+        If ``cancelled()`` returned True.
+    """
+    from .inference import predict_probabilities
+
+    nuclei_model = load_model(model)
+    threshold = nuclei_model.threshold if threshold is None else threshold
+    min_size = nuclei_model.min_size if min_size is None else min_size
+    if boundary_threshold is None:
+        boundary_threshold = nuclei_model.boundary_threshold
+    _check_settings(threshold, min_size, boundary_threshold)  # before the slow part
+    probabilities = predict_probabilities(image, nuclei_model, progress=progress, cancelled=cancelled)
+    return result_from_probabilities(
+        probabilities,
+        image,
+        model_name=nuclei_model.name,
+        threshold=threshold,
+        min_size=min_size,
+        split=split,
+        boundary_threshold=boundary_threshold,
+    )
+
+
+def result_from_probabilities(
+    probabilities: np.ndarray,
+    image: np.ndarray | None = None,
+    *,
+    model_name: str = "",
+    threshold: float,
+    min_size: int,
+    split: bool = True,
+    boundary_threshold: float,
+) -> SegmentationResult:
+    """Post-process ``(2, H, W)`` probabilities into a :class:`SegmentationResult`.
+
+    The second half of :func:`segment`, for re-thresholding cached probabilities
+    without running the network again. ``image`` (``(H, W)``, ``(H, W, 3)`` or
+    ``(H, W, 4)``) gives the table's ``mean_intensity``; without it that column is NaN.
+    """
+    from .postprocess import count_nuclei, labels_from_probabilities, measure_nuclei
+
+    _check_settings(threshold, min_size, boundary_threshold)
+    labels = labels_from_probabilities(
+        probabilities, threshold, min_size=min_size, split=split, boundary_threshold=boundary_threshold
+    )
+    return SegmentationResult(
+        labels=labels,
+        probabilities=probabilities,
+        table=measure_nuclei(labels, image),
+        count=count_nuclei(labels),
+        model_name=model_name,
+        threshold=float(threshold),
+        boundary_threshold=float(boundary_threshold),
+        min_size=int(min_size),
+        split=bool(split),
+    )
+
+
+def load_model(model: ModelSource = "unet") -> NucleiModel:
+    """The :class:`~napari_nucleiseg.weights.NucleiModel` for a bundled name or a weights file.
+
+    A file is read once and the model kept (up to :data:`MODEL_CACHE_SIZE`); a
+    file changed on disk since is read again. A ``NucleiModel`` is returned as is.
+
+    Raises
+    ------
+    napari_nucleiseg.weights.WeightsError
+        For an unknown name, a missing file, or a file that is not usable weights;
+        the message names the file and says what is wrong.
+    """
+    from .weights import BUNDLED_MODELS, NucleiModel, WeightsError, bundled_weights_path
+
+    if isinstance(model, NucleiModel):
+        return model
+    if isinstance(model, str) and model in BUNDLED_MODELS:
+        path = bundled_weights_path(model)
+    else:
+        path = Path(model).expanduser()
+        if not path.exists() and isinstance(model, str) and path.suffix == "" and len(path.parts) == 1:
+            # A bare word that is no file: most likely a mistyped model name.
+            raise WeightsError(
+                f"Unknown model {model!r}; expected one of {', '.join(BUNDLED_MODELS)} or the path of a weights file."
+            )
+    path = path.resolve()
+    if not path.is_file():
+        from .weights import load_weights
+
+        return load_weights(path)  # raises the WeightsError that says what is missing
+    stat = path.stat()
+    return _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=MODEL_CACHE_SIZE)
+def _load_cached(path: str, mtime_ns: int, size: int) -> NucleiModel:
+    """Load one weights file; modification time and size are part of the key so edits are seen."""
+    from .weights import load_weights
+
+    return load_weights(path)
+
+
+def _check_settings(threshold: float, min_size: int, boundary_threshold: float) -> None:
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
+    if not 0 <= boundary_threshold <= 1:
+        raise ValueError(f"boundary_threshold must be between 0 and 1, not {boundary_threshold}")
+    if min_size < 0 or int(min_size) != min_size:
+        raise ValueError(f"min_size must be a whole number of pixels >= 0, not {min_size}")

@@ -1,0 +1,376 @@
+"""``nucleiseg``: segment the nuclei of many images from the command line (no Qt).
+
+Example::
+
+    nucleiseg segment images/ extra.tif --out results/ --model unet
+
+For each image it writes ``results/<stem>_labels.tif`` (instance labels of the
+image's height and width), and for the whole run ``results/counts.csv`` (one
+row per image) and ``results/nuclei.csv`` (one row per nucleus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .api import SegmentationResult
+
+#: Files taken from a folder given as INPUT (case-insensitive).
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+TIFF_SUFFIXES = (".tif", ".tiff")
+COUNTS_FILE = "counts.csv"
+NUCLEI_FILE = "nuclei.csv"
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # nothing segmented, or the run could not start (weights, output folder, existing outputs)
+EXIT_USAGE = 2  # as argparse: the command line itself is wrong
+
+#: At most this many existing outputs are listed when refusing to overwrite.
+LISTED_EXISTING = 5
+
+EPILOG = """\
+exit status: 0 if at least one image was segmented, 1 if none was (or the run
+could not start), 2 for a wrong command line. Unreadable images are reported on
+stderr and skipped. Existing outputs are only replaced with --overwrite.
+"""
+
+
+class CommandError(Exception):
+    """Stops the run with a one-sentence message and an exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UnreadableImage(Exception):
+    """An input file that cannot be read as an image."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input image and the files it writes."""
+
+    source: Path
+    labels_path: Path
+    probability_path: Path | None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``nucleiseg`` command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or argparse's usage error (already printed)
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run_segment(args)
+    except CommandError as error:
+        print(f"nucleiseg: {error}", file=sys.stderr)
+        return error.status
+    except KeyboardInterrupt:
+        print("nucleiseg: interrupted.", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .weights import BUNDLED_MODELS
+
+    parser = argparse.ArgumentParser(prog="nucleiseg", description="Find cell nuclei in microscopy images.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    seg = commands.add_parser(
+        "segment",
+        help="segment image files or folders of images",
+        description="Segment the nuclei of image files and folders (png, tif/tiff, jpg/jpeg).",
+        epilog=EPILOG,
+    )
+    seg.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file or folder of images")
+    seg.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+    seg.add_argument("--model", choices=BUNDLED_MODELS, default=None, help="bundled model (default: unet)")
+    seg.add_argument("--weights", type=Path, metavar="FILE", help="a weights file to use instead of a bundled model")
+    seg.add_argument("--threshold", type=_probability, metavar="T",
+                     help="nucleus probability threshold in [0, 1] (default: the model's calibrated one)")
+    seg.add_argument("--min-size", type=_pixels, metavar="N",
+                     help="drop nuclei smaller than N pixels (default: the model's)")
+    seg.add_argument("--no-split", dest="split", action="store_false", help="do not separate touching nuclei")
+    seg.add_argument("--save-probability", action="store_true",
+                     help="also write <stem>_probability.tif: float32 (2, H, W), nucleus and boundary")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return parser
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """The ``segment`` command: plan, check, then segment every image."""
+    if args.weights is not None and args.model is not None:
+        raise CommandError("give either --model or --weights, not both.", EXIT_USAGE)
+    sources, problems = collect_images(args.inputs)
+    for problem in problems:
+        print(f"nucleiseg: {problem}", file=sys.stderr)
+    if not sources:
+        raise CommandError("no images to segment (png, tif, tiff, jpg or jpeg).")
+    jobs = plan_jobs(sources, args.out, save_probability=args.save_probability)
+    if not args.overwrite:
+        refuse_existing(jobs, args.out)
+
+    from .api import load_model, segment
+    from .preprocess import ImageError
+    from .weights import WeightsError
+
+    try:
+        model = load_model(args.weights if args.weights is not None else (args.model or "unet"))
+    except WeightsError as error:
+        raise CommandError(_one_line(error)) from None
+    prepare_output_folder(args.out)
+
+    count_rows, tables = [], []
+    for job in _progress_bar(jobs):
+        try:
+            image = read_image(job.source)
+            result = segment(image, model, threshold=args.threshold, min_size=args.min_size, split=args.split)
+        except (ImageError, MemoryError, UnreadableImage) as error:
+            _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}")
+            continue
+        write_outputs(job, result)
+        count_rows.append(
+            {
+                "file": str(job.source),
+                "nuclei": result.count,
+                "height": result.labels.shape[0],
+                "width": result.labels.shape[1],
+                "mean_area": float(result.table["area"].mean()) if result.count else float("nan"),
+                "labels_file": job.labels_path.name,
+                "model": result.model_name,
+                "threshold": result.threshold,
+                "min_size": result.min_size,
+                "split": result.split,
+            }
+        )
+        tables.append(result.table.assign(file=str(job.source)))
+
+    if not count_rows:
+        raise CommandError("no image could be segmented.")
+    write_tables(args.out, count_rows, tables)
+    total = sum(row["nuclei"] for row in count_rows)
+    print(f"Segmented {len(count_rows)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
+    return EXIT_OK
+
+
+def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
+    """Expand folders to their image files (not recursively); returns the files and what was wrong.
+
+    Explicit files are kept whatever their suffix is (an unsupported one is a
+    problem); the same file named twice is segmented once.
+    """
+    sources: list[Path] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"no images in folder {path}")
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                problems.append(f"skipped {path}: not a png, tif, tiff, jpg or jpeg file")
+                continue
+            found = [path]
+        else:
+            problems.append(f"skipped {path}: no such file or folder")
+            continue
+        for file in found:
+            key = file.resolve()
+            if key not in seen:
+                seen.add(key)
+                sources.append(file)
+    return sources, problems
+
+
+def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list[Job]:
+    """The output files of every source; two sources that would write the same file are a usage error."""
+    jobs, by_stem = [], {}
+    for source in sources:
+        if source.stem in by_stem:
+            raise CommandError(
+                f"{by_stem[source.stem]} and {source} would both write {source.stem}_labels.tif; "
+                "segment them into different --out folders.",
+                EXIT_USAGE,
+            )
+        by_stem[source.stem] = source
+        probability = out / f"{source.stem}_probability.tif" if save_probability else None
+        jobs.append(Job(source, out / f"{source.stem}_labels.tif", probability))
+    return jobs
+
+
+def refuse_existing(jobs: list[Job], out: Path) -> None:
+    """Raise if any output of the run already exists, naming them."""
+    planned = [out / COUNTS_FILE, out / NUCLEI_FILE]
+    for job in jobs:
+        planned.append(job.labels_path)
+        if job.probability_path is not None:
+            planned.append(job.probability_path)
+    existing = [path for path in planned if path.exists()]
+    if existing:
+        names = ", ".join(path.name for path in existing[:LISTED_EXISTING])
+        more = f" and {len(existing) - LISTED_EXISTING} more" if len(existing) > LISTED_EXISTING else ""
+        raise CommandError(f"{out} already holds {names}{more}; use --overwrite to replace them.")
+
+
+def prepare_output_folder(out: Path) -> None:
+    """Create ``out`` if missing and check that it can be written to."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CommandError(f"cannot use {out} as the output folder: it is a file.") from None
+    except OSError as error:
+        raise CommandError(f"cannot create the output folder {out}: {error.strerror or error}.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot write to the output folder {out}: permission denied.")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read one 2-D image: tifffile for TIFF, imageio for the rest.
+
+    A gray+alpha image keeps its gray channel; a TIFF stored channels-first
+    ``(3 or 4, H, W)`` is moved to channels-last. Anything else is returned as
+    read and judged by the segmentation.
+
+    Raises
+    ------
+    UnreadableImage
+        If the file cannot be decoded.
+    """
+    try:
+        image = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_other(path)
+    except UnreadableImage:
+        raise
+    except Exception as error:  # decoders raise anything from OSError to ValueError and their own types
+        raise UnreadableImage(f"not a readable image ({_one_line(error) or type(error).__name__})") from None
+    image = np.asarray(image)
+    if image.size == 0:
+        raise UnreadableImage("not a readable image (no image data)")
+    while image.ndim > 2 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim == 3 and image.shape[-1] == 2:  # gray + alpha
+        image = image[..., 0]
+    elif image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
+        image = np.moveaxis(image, 0, -1)
+    return image
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import logging
+
+    import tifffile
+
+    # tifffile logs a damaged file's problems and returns an empty array; the caller reports it in one line.
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        return tifffile.imread(path)
+    finally:
+        logger.setLevel(level)
+
+
+def _read_other(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+    from imageio.core.request import InitializationError
+
+    try:
+        return iio.imread(path, plugin="pillow")
+    except OSError as error:
+        if isinstance(error.__cause__, InitializationError):  # imageio's "can not handle the given uri"
+            raise UnreadableImage("not a readable image (damaged file or unknown format)") from None
+        raise
+
+
+def write_outputs(job: Job, result: SegmentationResult) -> None:
+    """Write the labels (and probabilities) of one image as zlib-compressed TIFF."""
+    import tifffile
+
+    try:
+        tifffile.imwrite(job.labels_path, result.labels, compression="zlib", photometric="minisblack")
+        if job.probability_path is not None:
+            tifffile.imwrite(
+                job.probability_path,
+                result.probabilities.astype(np.float32, copy=False),
+                compression="zlib",
+                photometric="minisblack",
+                metadata={"axes": "CYX"},
+            )
+    except OSError as error:
+        raise CommandError(f"cannot write {job.labels_path.parent}: {error.strerror or error}.") from None
+
+
+def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) -> None:
+    """Write counts.csv (one row per image) and nuclei.csv (one row per nucleus, ``file`` first)."""
+    import pandas as pd
+
+    from .postprocess import MEASUREMENT_COLUMNS
+
+    nuclei = pd.concat(tables, ignore_index=True)[["file", *MEASUREMENT_COLUMNS]]
+    try:
+        pd.DataFrame(count_rows).to_csv(out / COUNTS_FILE, index=False)
+        nuclei.to_csv(out / NUCLEI_FILE, index=False)
+    except OSError as error:
+        raise CommandError(f"cannot write the tables in {out}: {error.strerror or error}.") from None
+
+
+def _progress_bar(jobs: list[Job]):
+    """Iterate over ``jobs``, with a progress bar only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return jobs
+    from tqdm import tqdm
+
+    return tqdm(jobs, unit="image", file=sys.stderr)
+
+
+def _report(message: str) -> None:
+    """One line on stderr that does not break a progress bar."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _pixels(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The Python API: segment() with real weights files, and an import that stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import napari_nucleiseg
+from napari_nucleiseg import SegmentationResult, segment
+from napari_nucleiseg.api import load_model, result_from_probabilities
+from napari_nucleiseg.inference import Cancelled, predict_probabilities
+from napari_nucleiseg.postprocess import MEASUREMENT_COLUMNS, count_nuclei, labels_from_probabilities
+from napari_nucleiseg.preprocess import ImageError
+from napari_nucleiseg.weights import WeightsError, load_weights, save_weights
+
+from conftest import (
+    TINY_BOUNDARY_THRESHOLD,
+    TINY_KWARGS,
+    TINY_MIN_SIZE,
+    TINY_THRESHOLD,
+    blob_image,
+    build_tiny,
+    tiny_metadata,
+)
+
+IMAGE = blob_image((96, 128))
+
+
+@pytest.mark.parametrize("name", sorted(TINY_KWARGS))
+def test_segment_returns_consistent_labels_table_and_count(tiny_weights, name):
+    result = segment(IMAGE, tiny_weights[name])
+    assert isinstance(result, SegmentationResult)
+    assert result.labels.shape == IMAGE.shape and result.labels.dtype == np.uint16
+    assert result.probabilities.shape == (2, *IMAGE.shape) and result.probabilities.dtype == np.float32
+    assert result.count == count_nuclei(result.labels) == result.labels.max()
+    assert list(result.table.columns) == list(MEASUREMENT_COLUMNS)
+    assert list(result.table["label"]) == list(range(1, result.count + 1))
+    assert result.table["mean_intensity"].notna().all()
+    assert result.model_name == f"tiny-{name}"
+
+
+def test_default_settings_come_from_the_weights_file(tiny_weights):
+    result = segment(IMAGE, tiny_weights["unet"])
+    assert (result.threshold, result.boundary_threshold, result.min_size) == (
+        TINY_THRESHOLD, TINY_BOUNDARY_THRESHOLD, TINY_MIN_SIZE,
+    )
+    assert result.split is True
+    expected = labels_from_probabilities(
+        result.probabilities, TINY_THRESHOLD, min_size=TINY_MIN_SIZE, boundary_threshold=TINY_BOUNDARY_THRESHOLD
+    )
+    np.testing.assert_array_equal(result.labels, expected)
+
+
+def test_explicit_settings_are_used(tiny_weights):
+    result = segment(IMAGE, tiny_weights["hrnet"], threshold=0.6, min_size=3, split=False, boundary_threshold=0.2)
+    assert (result.threshold, result.min_size, result.split, result.boundary_threshold) == (0.6, 3, False, 0.2)
+    expected = labels_from_probabilities(result.probabilities, 0.6, min_size=3, split=False)
+    np.testing.assert_array_equal(result.labels, expected)
+
+
+def test_extreme_thresholds(tiny_weights):
+    everything = segment(IMAGE, tiny_weights["unet"], threshold=0.0, split=False)
+    assert everything.count == 1 and (everything.labels == 1).all()
+    nothing = segment(IMAGE, tiny_weights["unet"], threshold=1.0)
+    assert nothing.count == 0 and len(nothing.table) == 0
+    assert list(nothing.table.columns) == list(MEASUREMENT_COLUMNS)
+
+
+def test_probabilities_are_those_of_the_model(tiny_weights):
+    result = segment(IMAGE, tiny_weights["unetpp"])
+    np.testing.assert_array_equal(result.probabilities, predict_probabilities(IMAGE, load_weights(tiny_weights["unetpp"])))
+
+
+def test_model_as_path_string_or_loaded_model(tiny_weights):
+    path = tiny_weights["unet"]
+    by_path = segment(IMAGE, path)
+    by_string = segment(IMAGE, str(path))
+    by_model = segment(IMAGE, load_weights(path))
+    np.testing.assert_array_equal(by_path.labels, by_string.labels)
+    np.testing.assert_array_equal(by_path.labels, by_model.labels)
+
+
+def test_loaded_models_are_cached_until_the_file_changes(tmp_path):
+    path = save_weights(tmp_path / "m.safetensors", build_tiny("unet"), tiny_metadata("unet"))
+    first = load_model(path)
+    assert load_model(str(path)) is first
+    save_weights(path, build_tiny("unet", seed=1), tiny_metadata("unet") | {"threshold": 0.3})
+    second = load_model(path)
+    assert second is not first and second.threshold == 0.3
+
+
+def test_rethresholding_cached_probabilities(tiny_weights):
+    result = segment(IMAGE, tiny_weights["unet"])
+    again = result_from_probabilities(
+        result.probabilities, IMAGE, model_name=result.model_name, threshold=0.3, min_size=0, boundary_threshold=0.5
+    )
+    assert again.threshold == 0.3
+    np.testing.assert_array_equal(again.labels, labels_from_probabilities(result.probabilities, 0.3, min_size=0))
+    assert again.count == len(again.table)
+
+
+def test_progress_and_cancel_reach_the_network(tiny_weights):
+    calls = []
+    segment(IMAGE, tiny_weights["unet"], progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1]
+    with pytest.raises(Cancelled):
+        segment(IMAGE, tiny_weights["unet"], cancelled=lambda: True)
+
+
+@pytest.mark.parametrize(
+    "model, fragment",
+    [("unett", "unet, unetpp, hrnet"), ("missing/model.safetensors", "no such file")],
+)
+def test_unknown_models_are_a_weights_error(model, fragment):
+    with pytest.raises(WeightsError, match=fragment):
+        segment(IMAGE, model)
+
+
+def test_bad_weights_file_is_a_weights_error(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(WeightsError, match="broken.safetensors"):
+        segment(IMAGE, path)
+
+
+@pytest.mark.parametrize("settings", [{"threshold": 1.5}, {"threshold": float("nan")}, {"min_size": -1},
+                                      {"boundary_threshold": -0.1}])
+def test_bad_settings_are_value_errors(tiny_weights, settings):
+    with pytest.raises(ValueError):
+        segment(IMAGE, tiny_weights["unet"], **settings)
+
+
+def test_bad_image_is_an_image_error(tiny_weights):
+    with pytest.raises(ImageError):
+        segment(np.zeros((3, 40, 40, 2)), tiny_weights["unet"])
+
+
+def test_import_leaves_torch_and_qt_unimported():
+    code = (
+        "import sys, napari_nucleiseg\n"
+        "from napari_nucleiseg import segment, SegmentationResult\n"
+        "import napari_nucleiseg.cli\n"
+        "heavy = sorted(m for m in ('torch', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'napari')\n"
+        "               if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+
+
+def test_public_api():
+    assert {"segment", "SegmentationResult", "__version__"} <= set(napari_nucleiseg.__all__)

@@ -1,0 +1,213 @@
+"""The ``nucleiseg segment`` command: files and folders in, label images and tables out."""
+
+from __future__ import annotations
+
+import shutil
+
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_nucleiseg import segment
+from napari_nucleiseg.cli import main
+
+from conftest import blob_image
+
+GOOD = {"a.png": (96, 128), "b.tif": (80, 72)}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two good images (one PNG, one TIFF), one corrupt PNG and a stray text file."""
+    images = tmp_path / "images"
+    images.mkdir()
+    iio.imwrite(images / "a.png", np.stack([blob_image(GOOD["a.png"])] * 3, axis=-1))
+    tifffile.imwrite(images / "b.tif", blob_image(GOOD["b.tif"], centers=((20, 20), (50, 40))).astype(np.uint16) * 200)
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    (images / "notes.txt").write_text("not an image")
+    return images
+
+
+def run(capsys, *args):
+    status = main(["segment", *map(str, args)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_folder_with_a_corrupt_file(capsys, folder, tmp_path, tiny_weights):
+    out = tmp_path / "out" / "nested"  # created, parents too
+    status, stdout, stderr = run(capsys, folder, "--out", out, "--weights", tiny_weights["hrnet"])
+
+    assert status == 0
+    error_lines = stderr.strip().splitlines()
+    assert len(error_lines) == 1 and "broken.png" in error_lines[0]
+    assert "Traceback" not in stderr and "notes.txt" not in stderr
+    assert "Segmented 2 of 3 images" in stdout
+
+    counts = pd.read_csv(out / "counts.csv")
+    assert sorted(counts["file"].map(lambda f: f.split("/")[-1])) == ["a.png", "b.tif"]
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    assert nuclei.columns[0] == "file"
+    for row in counts.itertuples():
+        stem = row.file.split("/")[-1].rsplit(".", 1)[0]
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        assert labels.shape == GOOD[row.file.split("/")[-1]]
+        assert labels.dtype == np.uint16
+        assert row.nuclei == labels.max() == len(np.unique(labels)) - 1
+        assert (nuclei["file"] == row.file).sum() == row.nuclei
+    assert counts["nuclei"].sum() > 0
+    assert not (out / "broken_labels.tif").exists()
+    assert not list(out.glob("*_probability.tif"))
+
+
+def test_outputs_match_the_python_api(capsys, folder, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    status, _, _ = run(
+        capsys, folder / "a.png", "--out", out, "--weights", tiny_weights["unet"],
+        "--threshold", "0.4", "--min-size", "3", "--no-split", "--save-probability",
+    )
+    assert status == 0
+    expected = segment(iio.imread(folder / "a.png"), tiny_weights["unet"], threshold=0.4, min_size=3, split=False)
+    np.testing.assert_array_equal(tifffile.imread(out / "a_labels.tif"), expected.labels)
+    probability = tifffile.imread(out / "a_probability.tif")
+    assert probability.dtype == np.float32
+    np.testing.assert_allclose(probability, expected.probabilities, atol=1e-6)
+    counts = pd.read_csv(out / "counts.csv")
+    assert counts.loc[0, "nuclei"] == expected.count
+    assert (counts.loc[0, "threshold"], counts.loc[0, "min_size"], counts.loc[0, "split"]) == (0.4, 3, False)
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    np.testing.assert_allclose(nuclei["area"], expected.table["area"])
+
+
+def test_real_image(capsys, dsb_image_paths, tmp_path, tiny_weights):
+    source = dsb_image_paths[0]
+    status, _, stderr = run(capsys, source, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
+    assert status == 0, stderr
+    labels = tifffile.imread(tmp_path / "out" / f"{source.stem}_labels.tif")
+    assert labels.shape == iio.imread(source).shape[:2]
+
+
+def test_existing_outputs_are_not_overwritten(capsys, folder, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
+    assert run(capsys, *arguments)[0] == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert {"a_labels.tif", "b_labels.tif", "counts.csv", "nuclei.csv"} <= set(before)
+
+    # A different threshold would change the outputs, if they were written.
+    status, _, stderr = run(capsys, *arguments, "--threshold", "0.1")
+    assert status == 1
+    assert "--overwrite" in stderr and "a_labels.tif" in stderr and "counts.csv" in stderr
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+    status, _, _ = run(capsys, *arguments, "--threshold", "0.1", "--overwrite")
+    assert status == 0
+    assert pd.read_csv(out / "counts.csv")["threshold"].eq(0.1).all()
+    assert (out / "a_labels.tif").read_bytes() != before["a_labels.tif"]
+
+
+def test_one_existing_output_blocks_the_whole_run(capsys, folder, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b_labels.tif").write_bytes(b"keep me")
+    status, _, stderr = run(capsys, folder, "--out", out, "--weights", tiny_weights["unet"])
+    assert status == 1 and "b_labels.tif" in stderr
+    assert sorted(path.name for path in out.iterdir()) == ["b_labels.tif"]
+    assert (out / "b_labels.tif").read_bytes() == b"keep me"
+
+
+def test_only_bad_files(capsys, tmp_path, tiny_weights):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"garbage")
+    (bad / "y.tif").write_bytes(b"II*\x00garbage")
+    status, _, stderr = run(capsys, bad, tmp_path / "missing.png", "--out", tmp_path / "out", "--weights",
+                            tiny_weights["unet"])
+    assert status == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 4  # one line per bad input, then that nothing was segmented
+    for name in ("missing.png", "x.png", "y.tif"):
+        assert sum(name in line for line in lines) == 1
+    assert not (tmp_path / "out" / "counts.csv").exists()
+
+
+def test_unsupported_image_shape_is_skipped(capsys, folder, tmp_path, tiny_weights):
+    tifffile.imwrite(folder / "stack.tif", np.zeros((5, 32, 32), np.uint8))
+    status, _, stderr = run(capsys, folder, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
+    assert status == 0
+    assert "stack.tif" in stderr and "broken.png" in stderr
+    assert len(pd.read_csv(tmp_path / "out" / "counts.csv")) == 2
+
+
+def test_empty_folder(capsys, tmp_path, tiny_weights):
+    (tmp_path / "empty").mkdir()
+    status, _, stderr = run(capsys, tmp_path / "empty", "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
+    assert status == 1 and "empty" in stderr
+
+
+def test_bad_weights_file_is_one_sentence(capsys, folder, tmp_path):
+    weights = tmp_path / "bad.safetensors"
+    weights.write_bytes(b"")
+    status, _, stderr = run(capsys, folder, "--out", tmp_path / "out", "--weights", weights)
+    assert status == 1
+    # The weights are loaded before any image is read: one line, and nothing else happened.
+    assert len(stderr.strip().splitlines()) == 1
+    assert "bad.safetensors" in stderr and "empty" in stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_that_cannot_be_created(capsys, folder, tmp_path, tiny_weights):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    status, _, stderr = run(capsys, folder / "a.png", "--out", blocker / "out", "--weights", tiny_weights["unet"])
+    assert status == 1
+    assert len(stderr.strip().splitlines()) == 1 and "output folder" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        [],  # no INPUT, no --out
+        ["x.png"],  # no --out
+        ["x.png", "--out", "o", "--threshold", "1.5"],
+        ["x.png", "--out", "o", "--threshold", "high"],
+        ["x.png", "--out", "o", "--min-size", "-3"],
+        ["x.png", "--out", "o", "--model", "resnet"],
+        ["x.png", "--out", "o", "--model", "unet", "--weights", "w.safetensors"],
+    ],
+)
+def test_usage_errors_exit_with_2(capsys, tmp_path, monkeypatch, arguments):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.png").write_bytes(b"")
+    status, _, stderr = run(capsys, *arguments)
+    assert status == 2
+    assert stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([]) == 2
+    assert "segment" in capsys.readouterr().err
+
+
+def test_same_stem_twice_is_a_usage_error(capsys, folder, tmp_path, tiny_weights):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(folder / "a.png", other / "a.tif")
+    status, _, stderr = run(capsys, folder / "a.png", other / "a.tif", "--out", tmp_path / "out",
+                            "--weights", tiny_weights["unet"])
+    assert status == 2 and "a_labels.tif" in stderr
+
+
+def test_the_same_file_twice_is_segmented_once(capsys, folder, tmp_path, tiny_weights):
+    status, _, _ = run(capsys, folder, folder / "a.png", "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
+    assert status == 0
+    assert len(pd.read_csv(tmp_path / "out" / "counts.csv")) == 2
+
+
+def test_help_exits_cleanly(capsys):
+    assert main(["segment", "--help"]) == 0
+    assert "--save-probability" in capsys.readouterr().out

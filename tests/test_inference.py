@@ -1,0 +1,154 @@
+"""Inference: any supported image in, (2, H, W) float32 probabilities out; tiling does not change them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_nucleiseg.inference import TILE_OVERLAP, Cancelled, predict_probabilities
+from napari_nucleiseg.preprocess import ImageError
+from napari_nucleiseg.weights import load_weights
+
+from conftest import TINY_KWARGS, blob_image
+
+
+@pytest.fixture(scope="module")
+def models(tiny_weights):
+    return {name: load_weights(path) for name, path in tiny_weights.items()}
+
+
+def _check_probabilities(probabilities, shape):
+    assert probabilities.shape == (2, *shape)
+    assert probabilities.dtype == np.float32
+    assert np.isfinite(probabilities).all()
+    assert probabilities.min() >= 0 and probabilities.max() <= 1
+
+
+@pytest.mark.parametrize("name", sorted(TINY_KWARGS))
+def test_tiled_equals_whole_image(models, name):
+    # 320 x 288 is a multiple of every model's downsampling factor: see the next test for other sizes.
+    image = blob_image((320, 288), centers=((40, 40), (100, 200), (250, 60), (160, 150), (300, 270)))
+    calls = []
+    whole = predict_probabilities(image, models[name])
+    tiled = predict_probabilities(
+        image, models[name], tile_size=192, overlap=TILE_OVERLAP,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert calls[-1][1] == 4, "the image should have been cut into 2 x 2 tiles"
+    # The comparison means something only where the prediction varies across the image.
+    assert np.ptp(whole, axis=(1, 2)).min() > 0.5
+    # Blending cannot remove all of the tile edges' influence (the receptive field is wider than the
+    # overlap); for these steep tiny models a few pixels differ by up to ~0.04, and the mean by ~3e-4.
+    difference = np.abs(tiled - whole)
+    assert difference.max() < 0.06
+    assert difference.mean() < 1e-3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Known bug in inference.py: for sizes that are not a multiple of the network's downsampling factor, "
+    "whole-image inference pads by reflection inside the model while a tile at the same edge is not padded, so "
+    "probabilities near the bottom/right edges differ (by up to ~0.9 for the tiny models). Fix: pad the image once "
+    "in inference.py before tiling and crop after; then remove this marker.",
+)
+@pytest.mark.parametrize("name", sorted(TINY_KWARGS))
+def test_tiled_equals_whole_image_at_odd_sizes(models, name):
+    image = blob_image((300, 281), centers=((40, 40), (100, 200), (250, 60), (290, 270)))
+    whole = predict_probabilities(image, models[name])
+    tiled = predict_probabilities(image, models[name], tile_size=192, overlap=TILE_OVERLAP)
+    assert np.abs(tiled - whole).max() < 0.06
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["gray-uint8", "gray-uint16", "gray-float32", "gray-float64", "rgb-uint8", "rgba-uint8", "gray-channel-axis"],
+)
+def test_supported_images_give_probability_maps(models, kind):
+    gray = blob_image((45, 61))
+    image = {
+        "gray-uint8": gray,
+        "gray-uint16": gray.astype(np.uint16) * 257,
+        "gray-float32": gray.astype(np.float32) / 255,
+        "gray-float64": gray.astype(np.float64) * 3.5 - 100,
+        "rgb-uint8": np.stack([gray, gray // 2, gray], axis=-1),
+        "rgba-uint8": np.dstack([gray, gray, gray, np.full_like(gray, 255)]),
+        "gray-channel-axis": gray[..., None],
+    }[kind]
+    _check_probabilities(predict_probabilities(image, models["unet"]), (45, 61))
+
+
+def test_bit_depth_and_scale_do_not_matter(models):
+    # Per-image percentile normalisation: the same picture at another bit depth or scale is the same input.
+    gray = blob_image((64, 64))
+    as_uint8 = predict_probabilities(gray, models["hrnet"])
+    as_uint16 = predict_probabilities(gray.astype(np.uint16) * 257, models["hrnet"])
+    as_float = predict_probabilities(gray / 255.0, models["hrnet"])
+    np.testing.assert_allclose(as_uint16, as_uint8, atol=1e-4)
+    np.testing.assert_allclose(as_float, as_uint8, atol=1e-4)
+
+
+def test_gray_equals_rgb_of_equal_channels_and_alpha_is_ignored(models):
+    gray = blob_image((50, 40))
+    rgb = np.stack([gray] * 3, axis=-1)
+    rgba = np.dstack([rgb, np.random.default_rng(1).integers(0, 256, gray.shape, dtype=np.uint8)])
+    reference = predict_probabilities(gray, models["unet"])
+    np.testing.assert_allclose(predict_probabilities(rgb, models["unet"]), reference, atol=1e-6)
+    np.testing.assert_allclose(predict_probabilities(rgba, models["unet"]), reference, atol=1e-6)
+
+
+def test_the_image_content_matters(models):
+    # Guards the tests above against a model whose output ignores its input.
+    a = predict_probabilities(blob_image((64, 64), seed=0), models["unet"])
+    b = predict_probabilities(blob_image((64, 64), centers=((20, 44),), seed=1), models["unet"])
+    assert np.abs(a - b).max() > 0.1
+
+
+def test_nan_and_constant_images_give_finite_maps(models):
+    image = blob_image((40, 40)).astype(np.float32)
+    image[5:10, 5:10] = np.nan
+    image[20, 20] = np.inf
+    _check_probabilities(predict_probabilities(image, models["unet"]), (40, 40))
+    _check_probabilities(predict_probabilities(np.zeros((33, 17), np.uint8), models["unet"]), (33, 17))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 250), (7, 5)])
+def test_tiny_and_thin_images(models, shape):
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    _check_probabilities(predict_probabilities(image, models["unetpp"], tile_size=64, overlap=16), shape)
+
+
+@pytest.mark.parametrize("shape", [(10, 20, 2), (5, 10, 10), (3, 4, 5, 6), (0, 10)])
+def test_unsupported_shapes_are_an_image_error(models, shape):
+    with pytest.raises(ImageError):
+        predict_probabilities(np.zeros(shape, np.uint8), models["unet"])
+
+
+def test_progress_counts_every_tile_once(models):
+    calls = []
+    predict_probabilities(
+        blob_image((200, 150)), models["hrnet"], tile_size=64, overlap=16, batch_size=3,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    done = [d for d, _ in calls]
+    totals = {t for _, t in calls}
+    assert len(totals) == 1
+    (total,) = totals
+    assert total > 3
+    assert done == sorted(done) and done[-1] == total
+    assert len(calls) == -(-total // 3)  # one call per batch of three
+
+
+def test_cancel_before_the_first_batch(models):
+    with pytest.raises(Cancelled):
+        predict_probabilities(blob_image((64, 64)), models["unet"], cancelled=lambda: True)
+
+
+def test_cancel_midway_stops_further_batches(models):
+    calls = []
+    polls = iter([False, True])
+    with pytest.raises(Cancelled):
+        predict_probabilities(
+            blob_image((200, 200)), models["unet"], tile_size=64, overlap=16, batch_size=2,
+            progress=lambda done, total: calls.append(done), cancelled=lambda: next(polls),
+        )
+    assert calls == [2]

@@ -1,0 +1,264 @@
+"""Post-processing: probabilities -> instance labels -> counts and per-nucleus measurements."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from skimage.measure import regionprops_table
+
+from napari_nucleiseg.postprocess import (
+    MEASUREMENT_COLUMNS,
+    count_nuclei,
+    labels_from_probabilities,
+    measure_nuclei,
+)
+
+from conftest import disk
+
+SHAPE = (64, 96)
+RIM = 2.5  # pixels: width of the boundary band the network is trained to predict
+
+
+def probabilities_of(disks, shape=SHAPE):
+    """``(2, H, W)`` probabilities drawn from geometry: nucleus = union of the disks, boundary = rim of each."""
+    nucleus = np.zeros(shape, bool)
+    boundary = np.zeros(shape, bool)
+    for center, radius in disks:
+        inside = disk(shape, center, radius)
+        nucleus |= inside
+        boundary |= inside & ~disk(shape, center, radius - RIM)
+    return np.stack([nucleus, boundary]).astype(np.float32)
+
+
+TOUCHING = [((32, 32), 14), ((32, 58), 14)]  # centres 26 apart, radii 14: they overlap by 2 pixels
+
+
+def test_two_touching_disks_are_split():
+    labels = labels_from_probabilities(probabilities_of(TOUCHING), 0.5, min_size=10, split=True)
+    assert count_nuclei(labels) == 2
+    # Each disk is (almost all) one label of its own.
+    for center, radius in TOUCHING:
+        inside = disk(SHAPE, center, radius)
+        ids, sizes = np.unique(labels[inside], return_counts=True)
+        assert ids[sizes.argmax()] == labels[center]
+        assert sizes.max() >= 0.85 * inside.sum()
+    assert labels[TOUCHING[0][0]] != labels[TOUCHING[1][0]]
+    # Nothing of the union is lost: the watershed fills the rims back in.
+    assert np.array_equal(labels > 0, probabilities_of(TOUCHING)[0] > 0.5)
+
+
+def test_two_touching_disks_stay_one_without_splitting():
+    labels = labels_from_probabilities(probabilities_of(TOUCHING), 0.5, min_size=10, split=False)
+    assert count_nuclei(labels) == 1
+
+
+def test_separate_disks_are_separate_either_way():
+    disks = [((20, 20), 8), ((40, 70), 10), ((50, 20), 6)]
+    for split in (True, False):
+        assert count_nuclei(labels_from_probabilities(probabilities_of(disks), min_size=10, split=split)) == 3
+
+
+def test_soft_probabilities_split_too():
+    # Smooth the hard geometry the way a network's output is smooth.
+    from scipy.ndimage import gaussian_filter
+
+    soft = np.stack([gaussian_filter(channel, 1.5) for channel in probabilities_of(TOUCHING)])
+    assert count_nuclei(labels_from_probabilities(soft, 0.5, split=True, boundary_threshold=0.3)) == 2
+    assert count_nuclei(labels_from_probabilities(soft, 0.5, split=False)) == 1
+
+
+def test_threshold_changes_the_mask():
+    probabilities = probabilities_of([((32, 48), 20)])
+    probabilities[0] *= np.linspace(0.2, 1.0, SHAPE[1])[None, :]  # fades out towards the left
+    low = labels_from_probabilities(probabilities, 0.3, min_size=0, split=False)
+    high = labels_from_probabilities(probabilities, 0.7, min_size=0, split=False)
+    assert (high > 0).sum() < (low > 0).sum()
+    assert np.all(low[high > 0] > 0)
+
+
+def test_min_size_drops_small_nuclei_and_renumbers():
+    disks = [((10, 10), 3), ((40, 60), 12), ((20, 80), 2)]  # about 29, 450 and 13 pixels
+    probabilities = probabilities_of(disks)
+    kept = labels_from_probabilities(probabilities, min_size=100, split=False)
+    assert count_nuclei(kept) == 1 and kept.max() == 1
+    assert kept[40, 60] == 1 and kept[10, 10] == 0 and kept[20, 80] == 0
+    assert count_nuclei(labels_from_probabilities(probabilities, min_size=20, split=False)) == 2
+    assert count_nuclei(labels_from_probabilities(probabilities, min_size=0, split=False)) == 3
+
+
+def test_holes_are_filled():
+    probabilities = probabilities_of([((32, 48), 15)])
+    probabilities[0][disk(SHAPE, (32, 48), 5)] = 0  # a dark nucleolus
+    labels = labels_from_probabilities(probabilities, split=False)
+    assert count_nuclei(labels) == 1
+    assert labels[32, 48] == 1
+
+
+def test_labels_are_consecutive_uint16():
+    disks = [((12, 12 + 18 * i), 6) for i in range(5)] + [((45, 10 + 20 * i), 7) for i in range(4)]
+    labels = labels_from_probabilities(probabilities_of(disks), min_size=10)
+    assert labels.dtype == np.uint16
+    assert labels.shape == SHAPE
+    assert set(np.unique(labels)) == set(range(count_nuclei(labels) + 1))
+    assert count_nuclei(labels) == len(disks)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_more_than_65535_nuclei_use_uint32(split):
+    # One isolated pixel on every other row and column: 256 x 258 = 66,048 nuclei.
+    probabilities = np.zeros((2, 512, 516), np.float32)
+    probabilities[0, ::2, ::2] = 1
+    labels = labels_from_probabilities(probabilities, min_size=1, split=split)
+    assert labels.dtype == np.uint32
+    assert count_nuclei(labels) == 256 * 258 == labels.max()
+
+
+def test_nan_probabilities_count_as_background():
+    probabilities = probabilities_of(TOUCHING)
+    probabilities[:, :, :5] = np.nan
+    probabilities[1, 32, 30:34] = np.nan  # NaN boundary inside a nucleus
+    probabilities[0, 0:3, 60:90] = np.nan
+    labels = labels_from_probabilities(probabilities, split=True)
+    assert count_nuclei(labels) == 2
+    assert np.all(labels[:, :5] == 0)
+
+
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("shape", [(0, 0), (0, 7), (1, 1), (40, 30)])
+def test_empty_probabilities_give_empty_labels(shape, split):
+    labels = labels_from_probabilities(np.zeros((2, *shape), np.float32), split=split)
+    assert labels.shape == shape and labels.dtype == np.uint16
+    assert count_nuclei(labels) == 0
+
+
+def test_probabilities_need_two_channels():
+    with pytest.raises(ValueError, match="shape"):
+        labels_from_probabilities(np.zeros((64, 64), np.float32))
+
+
+def test_count_ignores_background_and_gaps():
+    labels = np.zeros((8, 8), np.uint32)
+    labels[0, 0] = 3
+    labels[5, 5:7] = 70_000
+    labels[7, 7] = 3
+    assert count_nuclei(labels) == 2
+    assert count_nuclei(np.zeros((3, 3), np.uint16)) == 0
+
+
+# --- measurements ------------------------------------------------------------------------------------
+
+
+def rectangles():
+    """Two rectangles with known geometry (labels 2 and 7, not consecutive) and an image of two gray levels."""
+    labels = np.zeros((40, 50), np.uint16)
+    labels[5:15, 7:27] = 2  # 10 x 20
+    labels[20:36, 30:34] = 7  # 16 x 4
+    image = np.zeros((40, 50), np.uint8)
+    image[5:15, 7:27] = 100
+    image[20:36, 30:34] = 30
+    image[20:28, 30:34] = 50  # upper half brighter: mean 40
+    return labels, image
+
+
+def test_measurements_of_known_shapes():
+    labels, image = rectangles()
+    table = measure_nuclei(labels, image)
+    assert list(table.columns) == list(MEASUREMENT_COLUMNS)
+    assert list(table["label"]) == [2, 7]
+    first, second = table.iloc[0], table.iloc[1]
+    assert first["area"] == 200 and second["area"] == 64
+    assert (first["centroid_y"], first["centroid_x"]) == (9.5, 16.5)
+    assert (second["centroid_y"], second["centroid_x"]) == (27.5, 31.5)
+    assert tuple(first[["bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"]]) == (5, 7, 15, 27)
+    assert tuple(second[["bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"]]) == (20, 30, 36, 34)
+    assert first["mean_intensity"] == 100 and second["mean_intensity"] == 40
+    assert first["equivalent_diameter"] == pytest.approx(np.sqrt(4 * 200 / np.pi))
+    assert first["solidity"] == pytest.approx(1.0)
+    # A 16 x 4 bar is more elongated than a 10 x 20 one; neither is a circle.
+    assert 0 < first["eccentricity"] < second["eccentricity"] < 1
+
+
+def test_rgb_intensity_is_the_mean_of_the_colour_channels():
+    labels, gray = rectangles()
+    rgb = np.stack([gray, gray * 2, np.zeros_like(gray)], axis=-1).astype(np.uint16)
+    rgba = np.dstack([rgb, np.full(gray.shape, 7, np.uint16)])
+    expected = measure_nuclei(labels, gray)["mean_intensity"].to_numpy()
+    np.testing.assert_allclose(measure_nuclei(labels, rgb)["mean_intensity"], expected)  # (g + 2g + 0) / 3 = g
+    np.testing.assert_allclose(measure_nuclei(labels, rgba)["mean_intensity"], expected)
+
+
+def test_without_an_image_mean_intensity_is_nan():
+    labels, _ = rectangles()
+    table = measure_nuclei(labels)
+    assert list(table.columns) == list(MEASUREMENT_COLUMNS)
+    assert table["mean_intensity"].isna().all()
+    assert table["area"].notna().all()
+
+
+def test_measurements_agree_with_scikit_image():
+    labels = labels_from_probabilities(
+        probabilities_of([((15, 15), 9), ((40, 30), 12), ((30, 70), 10), ((30, 82), 8), ((55, 85), 5)]), min_size=5
+    )
+    # Irregular shapes: cut a notch out of some nuclei.
+    labels[35:45, 25:29] = 0
+    image = np.random.default_rng(0).random(labels.shape)
+    table = measure_nuclei(labels, image)
+    reference = regionprops_table(
+        labels, image,
+        properties=("label", "area", "centroid", "bbox", "intensity_mean", "eccentricity", "perimeter",
+                    "equivalent_diameter_area", "solidity"),
+    )
+    pairs = {
+        "label": "label", "area": "area", "centroid_y": "centroid-0", "centroid_x": "centroid-1",
+        "bbox_min_y": "bbox-0", "bbox_min_x": "bbox-1", "bbox_max_y": "bbox-2", "bbox_max_x": "bbox-3",
+        "mean_intensity": "intensity_mean", "eccentricity": "eccentricity", "perimeter": "perimeter",
+        "equivalent_diameter": "equivalent_diameter_area", "solidity": "solidity",
+    }
+    assert set(pairs) == set(MEASUREMENT_COLUMNS)
+    for ours, theirs in pairs.items():
+        np.testing.assert_allclose(table[ours].to_numpy(), reference[theirs], rtol=1e-9, atol=1e-9, err_msg=ours)
+
+
+def test_one_row_per_counted_nucleus():
+    disks = [((12, 12 + 18 * i), 6) for i in range(5)] + [((45, 10 + 20 * i), 7) for i in range(4)]
+    labels = labels_from_probabilities(probabilities_of(disks))
+    table = measure_nuclei(labels)
+    assert len(table) == count_nuclei(labels)
+    assert table["area"].sum() == (labels > 0).sum()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32, np.int64])
+def test_empty_labels_give_an_empty_table_with_the_same_columns(dtype):
+    table = measure_nuclei(np.zeros((30, 20), dtype), np.ones((30, 20)))
+    assert isinstance(table, pd.DataFrame)
+    assert list(table.columns) == list(MEASUREMENT_COLUMNS)
+    assert len(table) == 0
+    filled = measure_nuclei(rectangles()[0])
+    assert dict(table.dtypes) == dict(filled.dtypes)
+
+
+def test_many_nuclei():
+    # A grid of 1,600 small 4 x 3 nuclei.
+    labels = np.zeros((400, 400), np.uint32)
+    labels[2::10, 2::10] = np.arange(1, 1601).reshape(40, 40)
+    labels = np.maximum.reduce([np.roll(labels, (dy, dx), (0, 1)) for dy in range(4) for dx in range(3)])
+    table = measure_nuclei(labels, labels.astype(np.float32))
+    assert len(table) == 1600 == count_nuclei(labels)
+    assert (table["area"] == 12).all()
+    np.testing.assert_allclose(table["mean_intensity"], table["label"])
+
+
+@pytest.mark.parametrize(
+    "labels, image",
+    [
+        (np.zeros((4, 5, 6), np.uint16), None),
+        (np.zeros((4, 5), np.float32), None),
+        (np.zeros((4, 5), np.uint16), np.zeros((5, 4))),
+        (np.full((4, 5), -1, np.int32), None),
+    ],
+    ids=["3-d", "float", "image-of-another-size", "negative"],
+)
+def test_bad_inputs_are_value_errors(labels, image):
+    with pytest.raises(ValueError):
+        measure_nuclei(labels, image)

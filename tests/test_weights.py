@@ -1,0 +1,194 @@
+"""Weights files: a round trip keeps model and metadata, and every kind of bad file says what is wrong."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from napari_nucleiseg import __version__
+from napari_nucleiseg.weights import (
+    FORMAT_NAME,
+    METADATA_KEY,
+    WeightsError,
+    load_weights,
+    read_metadata,
+    save_weights,
+)
+
+from conftest import TINY_KWARGS, build_tiny, tiny_metadata
+
+NAMES = sorted(TINY_KWARGS)
+
+
+def _outputs(network, seed=0):
+    x = torch.rand(2, 3, 45, 37, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return network.eval()(x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_round_trip_keeps_metadata_and_outputs(tmp_path, name):
+    network = build_tiny(name)
+    metadata = tiny_metadata(name) | {"metrics": {"dsb_score": 0.61}, "training": {"epochs": 3}}
+    path = save_weights(tmp_path / "model.safetensors", network, metadata)
+
+    model = load_weights(path)
+
+    for key, value in metadata.items():
+        assert model.metadata[key] == value
+    assert model.metadata["format"] == FORMAT_NAME
+    assert model.metadata["package_version"] == __version__
+    assert read_metadata(path) == model.metadata
+    assert model.path == path
+    assert model.name == metadata["name"]
+    assert model.threshold == metadata["threshold"]
+    assert model.boundary_threshold == metadata["boundary_threshold"]
+    assert model.min_size == metadata["min_size"]
+    assert not model.network.training
+    assert all(p.dtype == torch.float32 for p in model.network.parameters())
+    # Tensors are stored as float16: outputs agree to float16 precision, as probabilities.
+    expected = torch.sigmoid(_outputs(network))
+    actual = torch.sigmoid(_outputs(model.network))
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0.02)
+    assert (actual - expected).abs().mean() < 2e-3
+
+
+def test_full_precision_round_trip_is_exact(tmp_path):
+    network = build_tiny("unet")
+    path = save_weights(tmp_path / "model.safetensors", network, tiny_metadata("unet"), half=False)
+    torch.testing.assert_close(_outputs(load_weights(path).network), _outputs(network), rtol=0, atol=0)
+
+
+def test_batch_norm_statistics_survive(tmp_path):
+    network = build_tiny("hrnet")
+    path = save_weights(tmp_path / "model.safetensors", network, tiny_metadata("hrnet"), half=False)
+    loaded = load_weights(path).network.state_dict()
+    for key, tensor in network.state_dict().items():
+        if "running_" in key:
+            torch.testing.assert_close(loaded[key], tensor)
+
+
+def test_reading_metadata_does_not_need_torch(tiny_weights, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_nucleiseg.weights import read_metadata\n"
+        f"print(read_metadata({str(tiny_weights['unet'])!r})['architecture'])\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "unet"
+
+
+# --- bad files: each raises WeightsError naming the file ------------------------------------------
+
+
+def _write_bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def good_file(tmp_path):
+    return save_weights(tmp_path / "good.safetensors", build_tiny("unet"), tiny_metadata("unet"))
+
+
+def _expect_error(path, *fragments):
+    with pytest.raises(WeightsError) as info:
+        load_weights(path)
+    message = str(info.value)
+    assert path.name in message
+    for fragment in fragments:
+        assert fragment in message
+    assert "\n" not in message
+    return message
+
+
+def test_missing_file(tmp_path):
+    _expect_error(tmp_path / "absent.safetensors", "no such file")
+
+
+def test_empty_file(tmp_path):
+    _expect_error(_write_bytes(tmp_path / "empty.safetensors", b""), "empty")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.01], ids=["data-cut", "header-cut"])
+def test_truncated_file(tmp_path, good_file, keep):
+    data = good_file.read_bytes()
+    path = _write_bytes(tmp_path / "cut.safetensors", data[: max(9, int(len(data) * keep))])
+    _expect_error(path, "truncated")
+
+
+def test_shorter_than_a_header(tmp_path, good_file):
+    _expect_error(_write_bytes(tmp_path / "stub.safetensors", good_file.read_bytes()[:5]), "truncated")
+
+
+def test_random_bytes(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    _expect_error(_write_bytes(tmp_path / "noise.safetensors", data), "not a napari-nucleiseg weights file")
+
+
+def test_text_file(tmp_path):
+    _expect_error(_write_bytes(tmp_path / "notes.safetensors", b"these are not weights\n" * 20), "not a")
+
+
+def test_safetensors_file_that_is_not_ours(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3, 3)}, str(path), metadata={"framework": "pt"})
+    _expect_error(path, "not a napari-nucleiseg weights file")
+
+
+def test_our_key_with_someone_elses_json(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(path), metadata={METADATA_KEY: json.dumps({"format": "other"})})
+    _expect_error(path, "not a napari-nucleiseg weights file")
+
+
+def test_tensors_of_another_architecture(tmp_path):
+    # Metadata says unet, tensors come from an hrnet.
+    path = save_weights(tmp_path / "mixed.safetensors", build_tiny("hrnet"), tiny_metadata("unet"))
+    _expect_error(path, "do not match", "unet")
+
+
+def test_tensors_of_another_size(tmp_path):
+    metadata = tiny_metadata("unet") | {"kwargs": {"base_channels": 8, "depth": 3}}
+    path = save_weights(tmp_path / "resized.safetensors", build_tiny("unet"), metadata)
+    _expect_error(path, "wrong shape")
+
+
+def test_unknown_architecture(tmp_path):
+    path = save_weights(tmp_path / "alien.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"architecture": "resnet"})
+    message = _expect_error(path, "resnet")
+    for name in NAMES:
+        assert name in message
+
+
+def test_invalid_architecture_arguments(tmp_path):
+    metadata = tiny_metadata("unet") | {"kwargs": {"base_channels": 4, "flavour": "vanilla"}}
+    path = save_weights(tmp_path / "odd-kwargs.safetensors", build_tiny("unet"), metadata)
+    _expect_error(path, "flavour")
+
+
+def test_nan_weights(tmp_path):
+    network = build_tiny("unet")
+    with torch.no_grad():
+        next(network.parameters()).fill_(float("nan"))
+    path = save_weights(tmp_path / "nan.safetensors", network, tiny_metadata("unet"))
+    _expect_error(path, "NaN")
+
+
+def test_file_from_a_newer_format(tmp_path):
+    path = save_weights(tmp_path / "future.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"format_version": 99})
+    _expect_error(path, "newer")
+
+
+def test_saving_needs_architecture_and_kwargs(tmp_path):
+    with pytest.raises(ValueError, match="architecture"):
+        save_weights(tmp_path / "x.safetensors", build_tiny("unet"), {"kwargs": {}})
