@@ -18,19 +18,32 @@ def pixel_confusion(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def pixel_scores(confusion: np.ndarray) -> dict[str, float]:
-    """Foreground IoU, background IoU, the case study's mean IoU (their mean) and Dice."""
+    """Foreground IoU, background IoU, the case study's mean IoU (their mean) and Dice.
+
+    A class absent from both masks counts as perfectly segmented (1.0): an image
+    without nuclei where none are found scores 1, not 0.
+    """
     tp, fp, fn, tn = (float(v) for v in confusion)
-    fg = tp / max(tp + fp + fn, 1.0)
-    bg = tn / max(tn + fp + fn, 1.0)
-    return {"mean_iou": (fg + bg) / 2, "foreground_iou": fg, "dice": 2 * tp / max(2 * tp + fp + fn, 1.0)}
+    fg = _ratio(tp, tp + fp + fn)
+    bg = _ratio(tn, tn + fp + fn)
+    return {"mean_iou": (fg + bg) / 2, "foreground_iou": fg, "dice": _ratio(2 * tp, 2 * tp + fp + fn)}
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 1.0
 
 
 def instance_iou(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """IoU matrix ``(n_truth, n_predicted)`` of two label images (labels need not be consecutive)."""
-    truth_ids, truth_inv = np.unique(truth, return_inverse=True)
-    pred_ids, pred_inv = np.unique(predicted, return_inverse=True)
+    """IoU matrix ``(n_truth, n_predicted)`` of two label images (labels need not be consecutive).
+
+    Rows and columns follow the increasing non-zero label values.
+    """
+    if np.shape(predicted) != np.shape(truth):
+        raise ValueError(f"the prediction {np.shape(predicted)} and the truth {np.shape(truth)} differ in shape")
+    truth_ids, truth_inv = _ids_and_inverse(truth)
+    pred_ids, pred_inv = _ids_and_inverse(predicted)
     n_t, n_p = len(truth_ids), len(pred_ids)
-    overlap = np.bincount(truth_inv.ravel() * n_p + pred_inv.ravel(), minlength=n_t * n_p).reshape(n_t, n_p)
+    overlap = np.bincount(truth_inv * n_p + pred_inv, minlength=n_t * n_p).reshape(n_t, n_p)
     area_t = overlap.sum(axis=1, keepdims=True)
     area_p = overlap.sum(axis=0, keepdims=True)
     iou = overlap / np.maximum(area_t + area_p - overlap, 1)
@@ -39,22 +52,53 @@ def instance_iou(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return iou[np.ix_(keep_t, keep_p)]
 
 
+#: Above this label value, :func:`_ids_and_inverse` sorts instead of using a lookup table.
+_LOOKUP_MAX_LABEL = 1 << 24
+
+
+def _ids_and_inverse(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted label values present and each pixel's index among them (flat), like ``np.unique``.
+
+    Label images are small non-negative integers; a lookup table then does in linear time
+    what sorting every pixel does in ``n log n`` (the bulk of the time in calibration).
+    """
+    flat = np.asarray(labels).ravel()
+    if flat.dtype.kind in "iub" and flat.size and flat.min() >= 0 and flat.max() < _LOOKUP_MAX_LABEL:
+        flat = flat.astype(np.intp, copy=False)
+        ids = np.flatnonzero(np.bincount(flat))
+        lookup = np.zeros(ids[-1] + 1, dtype=np.intp)
+        lookup[ids] = np.arange(ids.size)
+        return ids, lookup[flat]
+    ids, inverse = np.unique(flat, return_inverse=True)
+    return ids, inverse.ravel()
+
+
 def instance_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """DSB2018 score (mean over IoU 0.5..0.95 of TP/(TP+FP+FN)), F1 at IoU 0.5 and counts.
 
-    With IoU > 0.5 a match is unique, so thresholding the IoU matrix matches objects.
+    See :func:`scores_from_iou`.
     """
-    iou = instance_iou(predicted, truth)
+    return scores_from_iou(instance_iou(predicted, truth))
+
+
+def scores_from_iou(iou: np.ndarray) -> dict[str, float]:
+    """Instance scores from an IoU matrix ``(n_truth, n_predicted)`` (:func:`instance_iou`).
+
+    A pair matches when its IoU is above the threshold; above 0.5 a match is unique,
+    so counting the entries above it counts matched objects. With neither truth nor
+    prediction, precision and F1 are 1. The relative count error is
+    ``|n_predicted - n_truth| / n_truth`` (divided by 1 when there is no truth).
+    Dropping columns of ``iou`` scores the prediction without those objects.
+    """
     n_truth, n_pred = iou.shape
     precisions = []
     f1_05 = 0.0
     for t in IOU_THRESHOLDS:
         tp = int(np.count_nonzero(iou > t))
         fp, fn = n_pred - tp, n_truth - tp
-        denominator = tp + fp + fn
-        precisions.append(tp / denominator if denominator else 1.0)
+        precisions.append(_ratio(tp, tp + fp + fn))
         if np.isclose(t, 0.5):
-            f1_05 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
+            f1_05 = _ratio(2 * tp, 2 * tp + fp + fn)
     count_error = abs(n_pred - n_truth) / max(n_truth, 1)
     return {
         "dsb_score": float(np.mean(precisions)),

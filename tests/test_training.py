@@ -1,0 +1,281 @@
+"""Training and evaluation scripts: metrics on hand-made labels, calibration on synthetic
+probabilities, and smoke tests of train.py and evaluate.py on a few real DSB2018 images."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+
+import evaluate  # noqa: E402
+import train  # noqa: E402
+from data import list_ids, load_pair, make_targets  # noqa: E402
+from metrics import instance_scores, pixel_confusion, pixel_scores  # noqa: E402
+
+from napari_nucleiseg.inference import predict_probabilities  # noqa: E402
+from napari_nucleiseg.postprocess import labels_from_probabilities  # noqa: E402
+from napari_nucleiseg.weights import load_weights, read_metadata, save_weights  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "dsb2018"
+needs_data = pytest.mark.skipif(not (DATA / "splits.json").is_file(), reason=f"DSB2018 data not found at {DATA}")
+
+
+def boxes(shape, corners) -> np.ndarray:
+    """Label image with one rectangle ``(y0, y1, x0, x1)`` per object, labelled 1..N."""
+    labels = np.zeros(shape, dtype=np.int32)
+    for index, (y0, y1, x0, x1) in enumerate(corners, start=1):
+        labels[y0:y1, x0:x1] = index
+    return labels
+
+
+THREE = boxes((40, 40), [(2, 10, 2, 10), (20, 30, 5, 12), (5, 15, 25, 35)])  # 64, 70 and 100 pixels
+
+
+# metrics.py ----------------------------------------------------------------------------------
+
+
+def test_perfect_prediction_scores_one_whatever_the_label_values():
+    predicted = np.where(THREE > 0, THREE * 7 + 300, 0).astype(np.uint16)
+    scores = instance_scores(predicted, THREE)
+    assert scores["dsb_score"] == 1.0 and scores["f1_iou50"] == 1.0 and scores["count_error"] == 0.0
+    assert (scores["n_truth"], scores["n_predicted"]) == (3, 3)
+    assert pixel_scores(pixel_confusion(predicted, THREE)) == {"mean_iou": 1.0, "foreground_iou": 1.0, "dice": 1.0}
+
+
+@pytest.mark.parametrize("offset", [2**31, -5])
+def test_label_values_far_from_zero_are_matched_too(offset):
+    predicted = np.where(THREE > 0, THREE.astype(np.int64) + offset, 0)
+    truth = np.where(THREE == 3, 0, THREE)
+    scores = instance_scores(predicted, truth)
+    assert (scores["n_truth"], scores["n_predicted"]) == (2, 3)
+    assert scores["dsb_score"] == pytest.approx(2 / 3)
+
+
+def test_one_missed_object_is_one_false_negative_at_every_threshold():
+    predicted = np.where(THREE == 3, 0, THREE)
+    scores = instance_scores(predicted, THREE)
+    assert scores["dsb_score"] == pytest.approx(2 / 3)  # TP 2, FP 0, FN 1 at every IoU threshold
+    assert scores["f1_iou50"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+    assert scores["count_error"] == pytest.approx(1 / 3)
+    tp, fp, fn, tn = pixel_confusion(predicted, THREE)
+    assert (tp, fp, fn, tn) == (134, 0, 100, 1600 - 234)
+    assert pixel_scores([tp, fp, fn, tn])["foreground_iou"] == pytest.approx(134 / 234)
+
+
+def test_partial_overlap_matches_only_below_its_iou():
+    truth = boxes((20, 30), [(5, 15, 5, 15)])
+    shifted = boxes((20, 30), [(5, 15, 7, 17)])  # IoU 80 / 120 = 0.67: a hit at 0.5, 0.55, 0.6, 0.65
+    scores = instance_scores(shifted, truth)
+    assert scores["dsb_score"] == pytest.approx(4 / 10)
+    assert scores["f1_iou50"] == 1.0
+
+
+def test_merging_two_nuclei_costs_instance_score_but_no_pixel_score():
+    truth = boxes((20, 30), [(5, 15, 5, 11), (5, 15, 11, 13)])  # touching: 60 and 20 pixels
+    merged = (truth > 0).astype(np.int32)
+    scores = instance_scores(merged, truth)
+    # IoU with the big one 60/80 = 0.75: a hit at 0.5..0.7 (5 thresholds) with FN 1, then FP 1 + FN 2.
+    assert scores["dsb_score"] == pytest.approx(5 * (1 / 2) / 10)
+    assert scores["f1_iou50"] == pytest.approx(2 / 3)
+    assert scores["count_error"] == pytest.approx(0.5)
+    assert pixel_scores(pixel_confusion(merged, truth))["mean_iou"] == 1.0
+
+
+def test_splitting_one_nucleus_in_halves_matches_nothing():
+    truth = boxes((20, 30), [(5, 15, 5, 15)])
+    halves = boxes((20, 30), [(5, 15, 5, 10), (5, 15, 10, 15)])  # IoU 0.5 each: not above 0.5
+    scores = instance_scores(halves, truth)
+    assert scores["dsb_score"] == 0.0 and scores["f1_iou50"] == 0.0
+    assert scores["count_error"] == 1.0
+    assert pixel_scores(pixel_confusion(halves, truth))["dice"] == 1.0
+
+
+def test_empty_prediction_of_an_empty_image_is_perfect():
+    empty = np.zeros(THREE.shape, dtype=np.int32)
+    assert pixel_scores(pixel_confusion(empty, empty)) == {"mean_iou": 1.0, "foreground_iou": 1.0, "dice": 1.0}
+    assert instance_scores(empty, empty)["dsb_score"] == 1.0
+    assert instance_scores(THREE, empty)["dsb_score"] == 0.0
+
+
+def test_pixel_scores_of_a_pooled_confusion():
+    scores = pixel_scores(pixel_confusion(np.array([1, 1, 1, 0, 0, 0, 0, 0]), np.array([1, 1, 0, 1, 0, 0, 0, 0])))
+    assert scores["foreground_iou"] == pytest.approx(2 / 4)
+    assert scores["mean_iou"] == pytest.approx((2 / 4 + 4 / 6) / 2)
+    assert scores["dice"] == pytest.approx(4 / 6)
+
+
+# evaluate.py: baselines and calibration -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dark_nuclei", [False, True])
+def test_otsu_baseline_takes_the_minority_side_as_nuclei(dark_nuclei):
+    truth = boxes((60, 60), [(5, 15, 5, 15), (30, 42, 30, 44)])
+    gray = np.where(truth > 0, 200, 30).astype(np.uint8)
+    if dark_nuclei:  # stained tissue or brightfield: dark nuclei on a bright background
+        gray = 255 - gray
+    labels = evaluate.otsu_labels(np.stack([gray, gray, gray // 2], axis=-1))
+    assert instance_scores(labels, truth)["dsb_score"] == 1.0
+
+
+def synthetic_probabilities(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Plausible ``(2, H, W)`` probabilities: blurred nucleus and boundary targets, plus small false blobs."""
+    nucleus, boundary = (ndi.gaussian_filter(t, 1.0) for t in make_targets(truth))
+    blobs = np.zeros_like(nucleus)
+    for y, x in rng.integers(2, min(truth.shape) - 4, size=(6, 2)):
+        blobs[y : y + 2, x : x + rng.integers(1, 4)] = rng.uniform(0.4, 0.8)  # 2-6 pixels of debris
+    return np.clip(np.stack([np.maximum(nucleus, blobs), boundary * 1.5]), 0, 1).astype(np.float32)
+
+
+def test_calibration_finds_the_best_grid_point_of_the_plugin_post_processing():
+    rng = np.random.default_rng(1)
+    truths = [boxes((48, 48), [(3, 13, 3, 14), (3, 13, 14, 24), (28, 40, 8, 20)]),
+              boxes((48, 48), [(10, 22, 10, 22), (22, 30, 12, 25), (30, 44, 30, 44)])]
+    samples = [evaluate.Sample(str(i), np.zeros((*t.shape, 3), np.uint8), t) for i, t in enumerate(truths)]
+    probabilities = [synthetic_probabilities(t, rng) for t in truths]
+    grid = {"thresholds": [0.3, 0.5, 0.7], "boundary_thresholds": [0.2, 0.5], "min_sizes": [0, 8]}
+
+    best, points = evaluate.calibrate(probabilities, samples, *grid.values())
+
+    brute_force = {}
+    for t in grid["thresholds"]:
+        for b in grid["boundary_thresholds"]:
+            for m in grid["min_sizes"]:
+                brute_force[t, b, m] = np.mean([
+                    instance_scores(labels_from_probabilities(p, t, min_size=m, boundary_threshold=b), s.truth)[
+                        "dsb_score"]
+                    for p, s in zip(probabilities, samples)])
+    assert {(p["threshold"], p["boundary_threshold"], p["min_size"]): p["dsb_score"] for p in points} == \
+        pytest.approx(brute_force)
+    assert len(set(np.round(list(brute_force.values()), 6))) > 2, "the grid should matter on this data"
+    assert brute_force[best.threshold, best.boundary_threshold, best.min_size] == max(brute_force.values())
+
+
+def tiny_weights(folder: Path, name: str = "tiny", fit_steps: int = 0) -> Path:
+    """A tiny UNet saved with ``save_weights``; ``fit_steps`` Adam steps on two ``train`` crops make
+    its probabilities follow the nuclei a little, so that calibration has something to choose."""
+    import torch
+
+    from napari_nucleiseg.models import build_model
+    from napari_nucleiseg.preprocess import normalize_image
+
+    torch.manual_seed(0)
+    kwargs = {"base_channels": 4, "depth": 2}
+    network = build_model("unet", **kwargs)
+    if fit_steps:
+        pairs = [load_pair(DATA, i) for i in list_ids(DATA, "train")[:2]]
+        images = torch.stack([torch.from_numpy(normalize_image(im[:128, :128]).transpose(2, 0, 1).copy())
+                              for im, _ in pairs])
+        targets = torch.stack([torch.from_numpy(make_targets(labels[:128, :128])) for _, labels in pairs])
+        optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+        for _ in range(fit_steps):
+            loss = train.segmentation_loss(network(images), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    metadata = {"name": name, "architecture": "unet", "kwargs": kwargs, "threshold": 0.5,
+                "boundary_threshold": 0.5, "min_size": 10,
+                "normalization": {"method": "percentile", "percentiles": [1.0, 99.8]}}
+    return save_weights(folder / f"{name}.safetensors", network.eval(), metadata)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_calibrated_copy_refuses_to_overwrite_its_source(tmp_path):
+    source = tiny_weights(tmp_path)
+    before = digest(source)
+    with pytest.raises(ValueError, match="source"):
+        evaluate.write_calibrated_weights(source, tmp_path, evaluate.Settings(0.4, 0.6, 5), {}, {})
+    assert digest(source) == before
+
+
+@needs_data
+def test_evaluate_and_calibrate_on_two_images(tmp_path):
+    source = tiny_weights(tmp_path / "source", fit_steps=20)
+    before = digest(source)
+    out = tmp_path / "out"
+    out.mkdir()
+    report = evaluate.main([
+        "--weights", str(source), "--data", str(DATA), "--split", "val", "--limit", "2",
+        "--json", str(out / "report.json"), "--markdown", str(out / "table.md"), "--per-image", str(out / "rows.csv"),
+        "--calibrate", "--thresholds", "0.3", "0.5", "0.7", "--boundary-thresholds", "0.3", "0.6",
+        "--min-sizes", "0", "10", "--write-weights", str(out / "calibrated"),
+    ])
+
+    methods = [r["method"] for r in report["results"]]
+    assert methods == ["tiny", "tiny, no splitting", "Otsu + connected components"]
+    for result in report["results"]:
+        metrics = result["metrics"]
+        assert metrics["n_images"] == 2
+        for key in ("mean_iou", "foreground_iou", "dice", "dsb_score", "f1_iou50"):
+            assert 0.0 <= metrics[key] <= 1.0, (result["method"], key)
+        assert metrics["count_error_mean"] >= 0.0
+    assert json.loads((out / "report.json").read_text())["results"] == report["results"]
+    table = (out / "table.md").read_text().splitlines()
+    assert sum(line.startswith("| ") for line in table) == 2 + 3  # header, rule and a row per method
+    rows = list(csv.DictReader((out / "rows.csv").open()))
+    assert len(rows) == 3 * 2 and {r["method"] for r in rows} == set(methods)
+
+    # The model row is the plugin's pipeline with the calibrated settings.
+    best = report["calibration"]["tiny"]["best"]
+    grid_scores = [point["dsb_score"] for point in report["calibration"]["tiny"]["grid"]]
+    assert len(grid_scores) == 3 * 2 * 2 and max(grid_scores) > min(grid_scores)
+    assert report["results"][0]["metrics"]["dsb_score"] == pytest.approx(max(grid_scores))
+    model = load_weights(source)
+    for row in rows[:2]:
+        image, truth = load_pair(DATA, row["image_id"])
+        labels = labels_from_probabilities(predict_probabilities(image, model), best["threshold"],
+                                           min_size=best["min_size"], boundary_threshold=best["boundary_threshold"])
+        assert float(row["dsb_score"]) == pytest.approx(instance_scores(labels, truth)["dsb_score"])
+    assert [r["image_id"] for r in rows[:2]] == list_ids(DATA, "val")[:2]
+
+    calibrated = out / "calibrated" / "tiny.safetensors"
+    assert report["written"] == [str(calibrated)]
+    assert digest(source) == before
+    metadata = read_metadata(calibrated)
+    assert (metadata["threshold"], metadata["boundary_threshold"], metadata["min_size"]) == \
+        (best["threshold"], best["boundary_threshold"], best["min_size"])
+    assert metadata["metrics"]["calibrated_on"] == "val (2 images)"
+    assert metadata["metrics"]["val"]["dsb_score"] == pytest.approx(report["results"][0]["metrics"]["dsb_score"],
+                                                                    abs=1e-4)
+    assert metadata["kwargs"] == read_metadata(source)["kwargs"]
+    from safetensors.torch import load_file
+
+    original, copied = load_file(str(source)), load_file(str(calibrated))
+    assert original.keys() == copied.keys()
+    assert all(copied[k].dtype == original[k].dtype and (copied[k] == original[k]).all() for k in original)
+    assert load_weights(calibrated).threshold == best["threshold"]
+
+
+# train.py ------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_training_smoke_writes_usable_weights_and_resumes(tmp_path, capsys):
+    args = ["--model", "unet", "--data", str(DATA), "--limit", "2", "--max-batches", "2", "--batch-size", "2",
+            "--crop-size", "64", "--workers", "0", "--out", str(tmp_path)]
+    state = train.main([*args, "--epochs", "1"])
+    assert state["epoch"] == 1
+
+    model = load_weights(tmp_path / "best.safetensors")
+    assert model.metadata["training"]["epochs"] == 1
+    image, _ = load_pair(DATA, list_ids(DATA, "val")[0])
+    probabilities = predict_probabilities(image[:70, :90], model)
+    assert probabilities.shape == (2, 70, 90) and probabilities.dtype == np.float32
+    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+
+    resumed = train.main([*args, "--epochs", "2", "--resume"])
+    assert "resumed from epoch 1" in capsys.readouterr().out
+    assert resumed["epoch"] == 2
+    assert [entry["epoch"] for entry in resumed["history"]] == [1, 2]
+    assert [e["epoch"] for e in json.loads((tmp_path / "history.json").read_text())] == [1, 2]

@@ -1,0 +1,353 @@
+"""Score weights files on DSB2018 image/label pairs through the plugin's own inference and post-processing.
+
+Example (the table in weights/README.md)::
+
+    python training/evaluate.py --weights weights/unet.safetensors weights/unetpp.safetensors \
+        weights/hrnet.safetensors --data ../shared/data/dsb2018 --split val --markdown table.md
+
+Calibration: choose threshold, boundary threshold and minimum size on ``val`` and write
+a copy of each weights file, with those values and the metrics they reach, to a folder::
+
+    python training/evaluate.py --weights runs/unet/best.safetensors --split val \
+        --calibrate --write-weights weights/
+
+Every model runs once per image (:func:`predict_probabilities`, as in the plugin); the
+probability maps are kept and re-thresholded for the no-splitting baseline and the grid
+search (:func:`labels_from_probabilities`, as in the plugin).
+
+Metrics. Pixel scores (the case study's mean IoU = mean of foreground and background IoU,
+foreground IoU, Dice) are pooled over all pixels of the split. Instance scores (DSB2018
+score, F1 at IoU 0.5, relative count error) are computed per image, then averaged over
+images (count error: median and mean).
+
+Baselines. "no splitting": the same model and settings, nuclei = connected components of
+the thresholded mask. "Otsu": gray = mean of the RGB channels, Otsu's threshold, the side
+of it with fewer pixels is nucleus (bright nuclei on dark fluorescence, dark nuclei on
+bright tissue or brightfield), 4-connected components, no size filter or hole filling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from skimage.filters import threshold_otsu
+from skimage.measure import label as connected_components
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import list_ids, load_pair  # noqa: E402
+from metrics import instance_iou, instance_scores, pixel_confusion, pixel_scores, scores_from_iou  # noqa: E402
+
+from napari_nucleiseg.inference import predict_probabilities  # noqa: E402
+from napari_nucleiseg.postprocess import labels_from_probabilities  # noqa: E402
+from napari_nucleiseg.weights import METADATA_KEY, WEIGHTS_SUFFIX, load_weights, read_metadata  # noqa: E402
+
+#: Calibration grid. The network is trained towards 0/1 targets, so useful thresholds lie
+#: near the middle; min sizes span debris (a few pixels) to the smallest real nuclei (~30 px).
+DEFAULT_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.3 .. 0.7
+DEFAULT_BOUNDARY_THRESHOLDS = DEFAULT_THRESHOLDS
+DEFAULT_MIN_SIZES = (0, 5, 10, 20, 30)
+
+#: Summary metrics: key, markdown column header, format.
+TABLE_COLUMNS = (
+    ("mean_iou", "mean IoU (pooled)", "{:.3f}"),
+    ("foreground_iou", "foreground IoU (pooled)", "{:.3f}"),
+    ("dice", "Dice (pooled)", "{:.3f}"),
+    ("dsb_score", "DSB2018 score (mean/image)", "{:.3f}"),
+    ("f1_iou50", "F1 @ IoU 0.5 (mean/image)", "{:.3f}"),
+    ("count_error_median", "count error (median/image)", "{:.1%}"),
+    ("count_error_mean", "count error (mean/image)", "{:.1%}"),
+)
+PER_IMAGE_COLUMNS = ("method", "image_id", "height", "width", "n_truth", "n_predicted", "mean_iou",
+                     "foreground_iou", "dice", "dsb_score", "f1_iou50", "count_error")
+
+
+@dataclass
+class Sample:
+    """One image ``(H, W, 3)`` uint8 and its instance labels ``(H, W)`` int32."""
+
+    id: str
+    image: np.ndarray
+    truth: np.ndarray
+
+
+@dataclass
+class Settings:
+    """Post-processing settings, as stored in a weights file."""
+
+    threshold: float
+    boundary_threshold: float
+    min_size: int
+
+    def label(self, probabilities: np.ndarray, split: bool = True) -> np.ndarray:
+        return labels_from_probabilities(probabilities, self.threshold, min_size=self.min_size, split=split,
+                                         boundary_threshold=self.boundary_threshold)
+
+    def describe(self, split: bool = True) -> str:
+        boundary = f"{self.boundary_threshold:.2f}" if split else "-"
+        return f"{self.threshold:.2f} / {boundary} / {self.min_size}"
+
+
+def load_samples(data: Path, split: str | None, limit: int | None = None) -> list[Sample]:
+    """The first ``limit`` pairs (sorted ids) of ``split``, or of the whole folder when ``split`` is empty."""
+    return [Sample(i, *load_pair(data, i)) for i in list_ids(data, split or None)[:limit]]
+
+
+def otsu_labels(image: np.ndarray) -> np.ndarray:
+    """Baseline labels ``(H, W)`` int32 of an ``(H, W, 3)`` image: Otsu on the gray image, minority side, 4-connected."""
+    gray = np.asarray(image, dtype=np.float32).mean(axis=-1)
+    if gray.min() == gray.max():
+        return np.zeros(gray.shape, dtype=np.int32)
+    mask = gray > threshold_otsu(gray)
+    if np.count_nonzero(mask) > mask.size / 2:  # nuclei are darker than their surroundings
+        mask = ~mask
+    return connected_components(mask, connectivity=1).astype(np.int32)
+
+
+def image_scores(labels: np.ndarray, truth: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Per-image scores of predicted ``labels`` against ``truth`` and the pixel confusion to pool."""
+    confusion = pixel_confusion(labels, truth)
+    return {**pixel_scores(confusion), **instance_scores(labels, truth)}, confusion
+
+
+def score_method(method: str, label_images, samples: list[Sample]) -> tuple[dict, list[dict]]:
+    """Summary (pooled pixel scores, per-image instance scores averaged) and per-image rows."""
+    rows, pooled = [], np.zeros(4, dtype=np.int64)
+    for sample, labels in zip(samples, label_images):
+        scores, confusion = image_scores(labels, sample.truth)
+        pooled += confusion
+        rows.append({"method": method, "image_id": sample.id, "height": labels.shape[0], "width": labels.shape[1],
+                     **scores})
+    count_errors = [row["count_error"] for row in rows]
+    summary = {
+        **pixel_scores(pooled),
+        "dsb_score": float(np.mean([row["dsb_score"] for row in rows])),
+        "f1_iou50": float(np.mean([row["f1_iou50"] for row in rows])),
+        "count_error_median": float(np.median(count_errors)),
+        "count_error_mean": float(np.mean(count_errors)),
+        "n_images": len(rows),
+    }
+    return summary, rows
+
+
+def predict_all(model, samples: list[Sample], log=None) -> list[np.ndarray]:
+    """``(2, H, W)`` float32 probabilities of every sample, computed once, as the plugin does."""
+    probabilities = []
+    for index, sample in enumerate(samples, start=1):
+        probabilities.append(predict_probabilities(sample.image, model))
+        if log is not None and (index % 10 == 0 or index == len(samples)):
+            log(f"  inference {index}/{len(samples)}")
+    return probabilities
+
+
+def dsb_scores_by_min_size(labels: np.ndarray, truth: np.ndarray, min_sizes) -> list[float]:
+    """DSB2018 score of ``labels`` without the objects under each of ``min_sizes`` pixels.
+
+    Equals scoring ``labels_from_probabilities(..., min_size=m)`` for each ``m``: the size
+    filter is the last step there and only deletes objects, which leaves every other
+    object's IoU unchanged. So one IoU matrix serves every minimum size.
+    """
+    iou = instance_iou(labels, truth)
+    sizes = np.bincount(labels.ravel())
+    areas = sizes[1:][sizes[1:] > 0]  # the columns of ``iou``: labels present, in increasing order
+    return [scores_from_iou(iou[:, areas >= m])["dsb_score"] for m in min_sizes]
+
+
+def calibrate(probabilities: list[np.ndarray], samples: list[Sample], thresholds, boundary_thresholds, min_sizes,
+              log=None) -> tuple[Settings, list[dict]]:
+    """The settings of the grid with the highest mean DSB2018 score (splitting on), and every grid point.
+
+    Ties go to the first point in grid order (lower values first).
+    """
+    grid, best, best_score = [], None, -1.0
+    for threshold in thresholds:
+        for boundary_threshold in boundary_thresholds:
+            per_image = np.array([
+                dsb_scores_by_min_size(
+                    labels_from_probabilities(p, threshold, min_size=0, split=True,
+                                              boundary_threshold=boundary_threshold),
+                    s.truth, min_sizes)
+                for p, s in zip(probabilities, samples)
+            ])
+            for min_size, score in zip(min_sizes, per_image.mean(axis=0)):
+                grid.append({"threshold": threshold, "boundary_threshold": boundary_threshold,
+                             "min_size": int(min_size), "dsb_score": float(score)})
+                if score > best_score:
+                    best_score, best = score, Settings(float(threshold), float(boundary_threshold), int(min_size))
+        if log is not None:
+            log(f"  calibration: threshold {threshold:.2f} done, best so far {best_score:.4f} ({best})")
+    return best, grid
+
+
+def write_calibrated_weights(source: Path, destination: Path, settings: Settings, metrics: dict,
+                             calibration: dict) -> Path:
+    """Copy ``source`` into the folder ``destination`` as ``<name>.safetensors`` with new settings and metrics.
+
+    The tensors are copied unchanged (float16 stays float16); the metadata gets the
+    calibrated ``threshold``, ``boundary_threshold`` and ``min_size``, and ``metrics``
+    merged into its ``"metrics"``. Refuses to overwrite ``source`` itself.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source = Path(source)
+    metadata = read_metadata(source)
+    name = metadata.get("name") or source.stem
+    target = Path(destination) / f"{name}{WEIGHTS_SUFFIX}"
+    if target.resolve() == source.resolve() or (target.exists() and os.path.samefile(target, source)):
+        raise ValueError(f"{target} is the source weights file; write the calibrated copy to another folder")
+    with safe_open(str(source), framework="pt") as stream:
+        header = dict(stream.metadata() or {})
+        tensors = {key: stream.get_tensor(key) for key in stream.keys()}
+    metadata.update({
+        "threshold": settings.threshold,
+        "boundary_threshold": settings.boundary_threshold,
+        "min_size": settings.min_size,
+        "metrics": {**metadata.get("metrics", {}), **metrics},
+        "calibration": calibration,
+    })
+    header[METADATA_KEY] = json.dumps(metadata)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    save_file(tensors, str(partial), metadata=header)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)  # safetensors writes 0600; a shipped file should be readable
+    os.replace(partial, target)  # a reader never sees a half-written file
+    read_metadata(target)
+    return target
+
+
+def markdown_table(results: list[dict], caption: str) -> str:
+    """One markdown table: a row per model or baseline, a column per summary metric."""
+    header = ["method", *(title for _, title, _ in TABLE_COLUMNS), "threshold / boundary / min size"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    for result in results:
+        cells = [result["method"], *(fmt.format(result["metrics"][key]) for key, _, fmt in TABLE_COLUMNS),
+                 result["settings"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + caption + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, nargs="+", required=True, help="weights files to evaluate")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"),
+                        help="dsb2018 folder (images/ + labels/ + splits.json) or a Kaggle stage1_train folder")
+    parser.add_argument("--split", default="val", help="split of splits.json ('' = every image in the folder)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted ids)")
+    parser.add_argument("--json", type=Path, help="write the summaries (and calibration grids) here")
+    parser.add_argument("--markdown", type=Path, help="write the table here")
+    parser.add_argument("--per-image", type=Path, help="write one CSV row per method and image here")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="grid-search threshold, boundary threshold and min size for the best DSB2018 score")
+    parser.add_argument("--write-weights", type=Path, metavar="DEST",
+                        help="with --calibrate: folder for calibrated copies <name>.safetensors")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS))
+    parser.add_argument("--boundary-thresholds", type=float, nargs="+", default=list(DEFAULT_BOUNDARY_THRESHOLDS))
+    parser.add_argument("--min-sizes", type=int, nargs="+", default=list(DEFAULT_MIN_SIZES))
+    parser.add_argument("--device", default=None, help="torch device for inference (default: cuda if available)")
+    args = parser.parse_args(argv)
+    if args.write_weights and not args.calibrate:
+        parser.error("--write-weights needs --calibrate")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    samples = load_samples(args.data, args.split, args.limit)
+    if not samples:
+        raise SystemExit(f"no images in {args.data} (split {args.split!r})")
+    split_name = args.split or "all"
+    log(f"{len(samples)} images of {args.data} (split {split_name!r})")
+
+    results, per_image, calibrations, written = [], [], {}, []
+    for path in args.weights:
+        model = load_weights(path)
+        model.network.to(device)
+        name = model.name
+        if any(result["method"] == name for result in results):  # two files of one model: tell them apart
+            name = f"{name} ({path})"
+        log(f"{name} ({path}): {device}")
+        start = time.perf_counter()
+        probabilities = predict_all(model, samples, log)
+        inference_seconds = time.perf_counter() - start
+        settings = Settings(model.threshold, model.boundary_threshold, model.min_size)
+        if args.calibrate:
+            start = time.perf_counter()
+            settings, grid = calibrate(probabilities, samples, args.thresholds, args.boundary_thresholds,
+                                       args.min_sizes, log)
+            calibrations[name] = {"best": vars(settings), "seconds": round(time.perf_counter() - start, 1),
+                                  "grid": grid}
+            log(f"  calibrated: {settings}")
+        start = time.perf_counter()
+        for method, split in ((name, True), (f"{name}, no splitting", False)):
+            summary, rows = score_method(method, (settings.label(p, split) for p in probabilities), samples)
+            results.append({"method": method, "weights": str(path), "split_nuclei": split,
+                            "settings": settings.describe(split), **({"parameters": vars(settings)} if split else {}),
+                            "metrics": summary})
+            per_image += rows
+        postprocess_seconds = time.perf_counter() - start
+        results[-2]["seconds"] = {"inference": round(inference_seconds, 1), "postprocess": round(postprocess_seconds, 1)}
+        log(f"  inference {inference_seconds:.1f} s, post-processing and scoring {postprocess_seconds:.1f} s")
+        if args.write_weights:
+            metrics = {split_name: _rounded(results[-2]["metrics"]),
+                       f"{split_name}_no_splitting": _rounded(results[-1]["metrics"]),
+                       "calibrated_on": f"{split_name} ({len(samples)} images)"}
+            calibration = {"objective": "mean DSB2018 instance score, splitting on",
+                           "thresholds": list(args.thresholds), "boundary_thresholds": list(args.boundary_thresholds),
+                           "min_sizes": list(args.min_sizes)}
+            if str(Path(args.write_weights) / f"{model.name}{WEIGHTS_SUFFIX}") in written:
+                raise SystemExit(f"two of the weights files are named {model.name!r}; calibrate them separately")
+            target = write_calibrated_weights(path, args.write_weights, settings, metrics, calibration)
+            written.append(str(target))
+            log(f"  wrote {target}")
+
+    summary, rows = score_method("Otsu + connected components", (otsu_labels(s.image) for s in samples), samples)
+    results.append({"method": "Otsu + connected components", "settings": "Otsu, minority side / - / 0",
+                    "metrics": summary})
+    per_image += rows
+
+    caption = (f"On `{split_name}` ({len(samples)} images of {args.data.name}). Pixel scores are pooled over all "
+               "pixels; instance scores are computed per image, then averaged (count error = |found - true| / true). "
+               "\"no splitting\": the same model and settings without the watershed split. Otsu: gray image, "
+               "Otsu threshold, the minority side is nucleus, 4-connected components."
+               + (" Settings calibrated on this split." if args.calibrate else " Settings as stored in each weights file."))
+    table = markdown_table(results, caption)
+    print(table)
+    report = {"data": str(args.data), "split": split_name, "n_images": len(samples),
+              "image_ids": [s.id for s in samples], "results": results, "written": written}
+    if calibrations:
+        report["calibration"] = calibrations
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.per_image:
+        with open(args.per_image, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=PER_IMAGE_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(per_image)
+    return report
+
+
+def _rounded(metrics: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+if __name__ == "__main__":
+    main()
