@@ -44,13 +44,6 @@ def test_tiled_equals_whole_image(models, name):
     assert difference.mean() < 1e-3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Known bug in inference.py: for sizes that are not a multiple of the network's downsampling factor, "
-    "whole-image inference pads by reflection inside the model while a tile at the same edge is not padded, so "
-    "probabilities near the bottom/right edges differ (by up to ~0.9 for the tiny models). Fix: pad the image once "
-    "in inference.py before tiling and crop after; then remove this marker.",
-)
 @pytest.mark.parametrize("name", sorted(TINY_KWARGS))
 def test_tiled_equals_whole_image_at_odd_sizes(models, name):
     image = blob_image((300, 281), centers=((40, 40), (100, 200), (250, 60), (290, 270)))

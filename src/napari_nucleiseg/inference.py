@@ -21,6 +21,9 @@ TILE_SIZE = 512
 #: Overlap between neighbouring tiles: more than the receptive-field margin that
 #: the networks' padding disturbs, so blended tiles agree with whole-image inference.
 TILE_OVERLAP = 64
+#: Images are padded to a multiple of this before tiling: 2**(pooling steps) of every bundled
+#: network (8) and of deeper custom ones up to 5 steps. Tile sizes must be multiples of it.
+PAD_MULTIPLE = 32
 #: Tiles predicted together in one forward pass.
 TILE_BATCH = 4
 
@@ -87,6 +90,10 @@ def predict_normalized(
     """
     if overlap * 2 >= tile_size:
         raise ValueError(f"overlap ({overlap}) must be less than half the tile size ({tile_size})")
+    # Pad once, here, to a size every network divides without padding of its own: then an
+    # edge tile sees the same padded pixels as whole-image inference does.
+    original_height, original_width = normalized.shape[:2]
+    normalized = _pad_to_multiple(normalized, PAD_MULTIPLE)
     height, width = normalized.shape[:2]
     tiles = list(_tile_starts(height, width, tile_size, overlap))
     result = np.zeros((2, height, width), dtype=np.float32)
@@ -115,7 +122,7 @@ def predict_normalized(
                 progress(done, len(tiles))
     if weight_sum is not None:
         result /= weight_sum
-    return result
+    return np.ascontiguousarray(result[:, :original_height, :original_width])
 
 
 def _predict_batch(network: torch.nn.Module, crops: list[np.ndarray], device) -> list[np.ndarray]:
@@ -125,6 +132,16 @@ def _predict_batch(network: torch.nn.Module, crops: list[np.ndarray], device) ->
         return [p for crop in crops for p in _predict_batch(network, [crop], device)]
     batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous().to(device)
     return list(torch.sigmoid(network(batch)).float().cpu().numpy())
+
+
+def _pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad ``(H, W, C)`` at the bottom and right to multiples of ``multiple`` (mirror, or edge if too small)."""
+    height, width = image.shape[:2]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not (pad_h or pad_w):
+        return image
+    mode = "reflect" if pad_h < height and pad_w < width else "edge"
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
 
 
 def _tile_starts(height: int, width: int, tile_size: int, overlap: int) -> Iterator[tuple[int, int]]:
