@@ -108,7 +108,7 @@ def viewer_and_widget(make_napari_viewer, tiny_weights):
 
 def click_segment(qtbot, widget: NucleiSegWidget) -> None:
     qtbot.mouseClick(widget.segment_button, _widget.Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
 
 
 def wait_for_table(qtbot, layer, rows: int) -> None:
@@ -288,7 +288,7 @@ def test_cancel_stops_between_planes_and_leaves_the_layers_alone(
     qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
     assert widget.cancel_button.isEnabled() and not widget.segment_button.isEnabled()
     qtbot.mouseClick(widget.cancel_button, _widget.Qt.MouseButton.LeftButton)  # the window answers mid-run
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
 
     assert slow.calls < 8
     assert labels_layers(viewer) == []
@@ -320,6 +320,50 @@ def test_the_image_picker_follows_added_renamed_and_removed_layers(viewer_and_wi
     assert items() == ["second"] and widget.image_layer is second
     viewer.layers.remove(second)
     assert items() == [] and widget.image_layer is None
+
+
+def test_the_model_picker_describes_models_and_opens_custom_weights_files(
+    viewer_and_widget, tiny_weights, notifications, monkeypatch, tmp_path
+):
+    viewer, widget = viewer_and_widget
+    combo = widget.model_combo
+    tooltip = lambda index: combo.itemData(index, _widget.Qt.ItemDataRole.ToolTipRole)  # noqa: E731
+    assert [combo.itemText(i) for i in range(combo.count())] == [
+        "unet", "unetpp", "hrnet", "tiny-unet.safetensors", "Custom weights file...",
+    ]
+    assert "Trained on: none: random initialisation" in tooltip(combo.currentIndex())
+    for index in range(3):  # bundled models: what they were trained on, or that they are missing
+        assert "Trained on" in tooltip(index) or "missing" in tooltip(index)
+
+    def choose_custom(path):
+        monkeypatch.setattr(_widget.QFileDialog, "getOpenFileName", lambda *args, **kwargs: (str(path), ""))
+        custom = combo.findText("Custom weights file...")
+        combo.setCurrentIndex(custom)
+        combo.activated.emit(custom)  # what picking the item with the mouse emits
+
+    choose_custom(tiny_weights["hrnet"])
+    assert combo.currentText() == "tiny-hrnet.safetensors"
+    assert "Architecture: hrnet" in tooltip(combo.currentIndex())
+
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    choose_custom(tmp_path / "empty.safetensors")
+    assert notifications.messages["error"] == ["empty.safetensors: the file is empty."]
+    assert combo.currentText() == "tiny-hrnet.safetensors"  # back to the last good choice
+
+    choose_custom("")  # the dialog was cancelled
+    assert combo.currentText() == "tiny-hrnet.safetensors"
+
+
+def test_running_synchronously_gives_what_the_worker_gives(viewer_and_widget, fake_network, qtbot):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="blobs")
+    click_segment(qtbot, widget)
+    threaded = labels_layers(viewer)[0].data.copy()
+    viewer.layers.remove(labels_layers(viewer)[0])
+    widget.run_synchronously = True
+    widget.segment()
+    assert not widget.running
+    assert np.array_equal(labels_layers(viewer)[0].data, threaded) and threaded.max() == 3
 
 
 def test_bad_input_gets_one_sentence_and_no_traceback(viewer_and_widget, notifications, monkeypatch, tmp_path, qtbot):

@@ -7,13 +7,19 @@ piece can be tested on plain arrays. A *plane* is one 2-D image, gray ``(Y, X)``
 
 from __future__ import annotations
 
+import logging
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .preprocess import ImageError
+from .weights import WeightsError
+
+logger = logging.getLogger(__name__)
 
 #: Label images get this dtype unless a stack holds more nuclei than it can number.
 LABELS_DTYPE = np.uint16
@@ -38,6 +44,70 @@ def stack_shape(shape: tuple[int, ...], rgb: bool) -> tuple[tuple[int, ...], tup
     if 0 in shape:
         raise ImageError(f"The image is empty (shape {tuple(shape)}).")
     return leading, plane
+
+
+@dataclass
+class Prediction:
+    """What a run of :func:`predict_stack` produced."""
+
+    probabilities: np.ndarray  # (*leading, 2, Y, X) float32
+    model: Any  # the NucleiModel, to be reused while its file is unchanged
+    model_key: tuple[str, int]
+
+
+@dataclass
+class Failure:
+    """Why a run ended early, as one sentence for the user."""
+
+    message: str
+    cancelled: bool = False
+
+
+def file_key(path: Path) -> tuple[str, int]:
+    """Identifies a weights file and its version: path and modification time."""
+    try:
+        return str(path), path.stat().st_mtime_ns
+    except OSError:
+        return str(path), -1
+
+
+def predict_stack(
+    data: Any,
+    shape: tuple[int, ...],
+    weights: Path,
+    *,
+    model: Any = None,
+    on_tile: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Generator[int, None, Prediction | Failure]:
+    """Load the model (unless given) and predict every plane of ``data``; yield planes done.
+
+    ``shape`` is ``(*leading, Y, X)``. Runs in a worker thread. Everything that can go wrong
+    is returned as a :class:`Failure` (a worker that raises or returns an exception would end
+    in a traceback dialog); unexpected errors are logged with their traceback.
+    """
+    from .inference import Cancelled
+    from .weights import load_weights
+
+    leading = shape[:-2]
+    try:
+        key = file_key(weights)
+        model = model if model is not None else load_weights(weights)
+        probabilities = np.zeros((*leading, 2, *shape[-2:]), dtype=np.float32)
+        planes = predict_planes(data, leading, model, on_tile=on_tile, cancelled=cancelled)
+        for done, (index, plane_probabilities) in enumerate(planes, start=1):
+            probabilities[index] = plane_probabilities
+            yield done
+    except Cancelled:
+        return Failure("Segmentation cancelled; no layer was changed.", cancelled=True)
+    except (WeightsError, ImageError) as error:
+        return Failure(str(error))
+    except MemoryError:
+        return Failure(f"Not enough memory to segment an image of shape {tuple(shape)}.")
+    except Exception as error:
+        logger.exception("Segmentation failed")
+        return Failure(f"Segmentation failed: {error}")
+    return Prediction(probabilities, model, key)
 
 
 def predict_planes(

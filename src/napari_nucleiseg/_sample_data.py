@@ -11,9 +11,9 @@ import numpy as np
 
 #: name -> (file in ``samples/``, layer name); the name is what napari.yaml's commands pass.
 SAMPLES = {
-    "fluorescence": ("fluorescence.png", "fluorescence (DSB2018 0402a81e)"),
-    "tissue": ("tissue.png", "tissue (DSB2018 65c8527c)"),
-    "brightfield": ("brightfield.png", "brightfield (DSB2018 4217e25d)"),
+    "fluorescence": ("fluorescence.png", "fluorescence sample"),
+    "tissue": ("tissue.png", "tissue sample"),
+    "brightfield": ("brightfield.png", "brightfield sample"),
 }
 
 

@@ -11,9 +11,9 @@ result goes to a new layer.
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 from superqt import QLabeledDoubleSlider
+from superqt.utils import signals_blocked
 
 from . import _layers
 from .preprocess import ImageError
 from .weights import BUNDLED_MODELS, DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, WeightsError, bundled_weights_path, read_metadata
-
-logger = logging.getLogger(__name__)
 
 CUSTOM_WEIGHTS_ITEM = "Custom weights file..."
 #: The per-nucleus table is measured this long after the last change, so dragging the slider
@@ -58,15 +57,7 @@ class _Cache:
     image: Image
     probabilities: np.ndarray  # (*leading, 2, Y, X) float32
     boundary_threshold: float
-    model_name: str
-
-
-@dataclass
-class _Failure:
-    """Why a run ended early, as one sentence (a worker must not return an exception)."""
-
-    message: str
-    cancelled: bool = False
+    model_key: tuple[str, int]  # weights file and its modification time
 
 
 @dataclass
@@ -100,10 +91,14 @@ class NucleiSegWidget(QWidget):
         #: ... and, for every Labels layer the widget made, what it last wrote there.
         self._written: dict[Labels, _Output] = {}
         self._probability_layers: dict[Any, Image] = {}
+        self._shown: Labels | None = None  # the layer whose count is shown and whose table is exported
         self._model: Any = None  # the last loaded NucleiModel, reused while its file is unchanged
         self._model_key: tuple[str, int] | None = None
         self._worker: Any = None
+        self._running_image: Image | None = None  # the image being segmented
         self._cancel = threading.Event()
+        cancel = self._cancel  # closing the viewer mid-run stops the worker (not via self: it is going)
+        self.destroyed.connect(lambda *_: cancel.set())
         self._plane: tuple[int, int] = (0, 1)  # plane being predicted, number of planes
         self._writing = False  # the widget itself is writing a Labels layer: not a hand edit
         self._edited: set[Labels] = set()  # hand-edited layers whose count is not yet updated
@@ -149,24 +144,24 @@ class NucleiSegWidget(QWidget):
         self.count_label.setWordWrap(True)
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
 
-        form = QFormLayout()
-        form.addRow("Image", self.image_combo)
-        form.addRow("Model", self.model_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.segment_button)
         buttons.addWidget(self.cancel_button)
-        tuning = QFormLayout()
-        tuning.addRow("Threshold", self.threshold_slider)
-        tuning.addRow("Min size", self.min_size_spin)
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Model", self.model_combo)
+        run_box = QVBoxLayout()  # a hidden progress bar leaves no gap here, unlike a row of its own
+        run_box.addLayout(buttons)
+        run_box.addWidget(self.progress_bar)
+        form.addRow(run_box)
+        form.addRow(self.probability_check)
+        form.addRow("Threshold", self.threshold_slider)
+        form.addRow("Min size", self.min_size_spin)
+        form.addRow(self.split_check)
+        form.addRow(self.count_label)
+        form.addRow(self.export_button)
         layout = QVBoxLayout(self)
-        for item in (form, buttons):
-            layout.addLayout(item)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.probability_check)
-        layout.addLayout(tuning)
-        layout.addWidget(self.split_check)
-        layout.addWidget(self.count_label)
-        layout.addWidget(self.export_button)
+        layout.addLayout(form)
         layout.addStretch(1)
 
         self.segment_button.clicked.connect(self.segment)
@@ -213,6 +208,11 @@ class NucleiSegWidget(QWidget):
             if self._cache is not None and self._cache.image is layer:
                 self._cache = None  # free the probability maps
         self._written.pop(layer, None)
+        self._edited.discard(layer)
+        self._stale_tables.discard(layer)
+        if layer is self._shown:
+            self._shown = None
+            self.count_label.setText("No segmentation shown")
         self._on_layers_changed()
 
     @property
@@ -256,12 +256,20 @@ class NucleiSegWidget(QWidget):
         return Path(source)
 
     def _on_model_changed(self, index: int | None = None) -> None:
-        """A model's calibrated threshold and minimum size become the starting point."""
+        """Before any run, the chosen model's calibrated threshold and minimum size are the start.
+
+        Once a result is shown the controls keep describing it; the new model's values are
+        applied when its first run finishes (see :meth:`_on_run_returned`).
+        """
+        if self._cache is not None:
+            return
         try:
-            metadata = read_metadata(self._weights_path())
+            self._apply_calibration(read_metadata(self._weights_path()))
         except WeightsError:
-            metadata = {}
-        with _blocked(self.threshold_slider, self.min_size_spin):
+            self._apply_calibration({})
+
+    def _apply_calibration(self, metadata: dict) -> None:
+        with signals_blocked(self.threshold_slider), signals_blocked(self.min_size_spin):
             self.threshold_slider.setValue(float(metadata.get("threshold", DEFAULT_THRESHOLD)))
             self.min_size_spin.setValue(int(metadata.get("min_size", DEFAULT_MIN_SIZE)))
 
@@ -269,7 +277,7 @@ class NucleiSegWidget(QWidget):
 
     def segment(self) -> None:
         """Segment the chosen image with the chosen model (in a worker thread unless synchronous)."""
-        if self._worker is not None:
+        if self.running:
             return
         image = self.image_layer
         if image is None:
@@ -289,51 +297,30 @@ class NucleiSegWidget(QWidget):
             return
         self._cancel.clear()
         self._plane = (0, int(np.prod(leading)))
-        probabilities = np.zeros((*leading, 2, *plane), dtype=np.float32)
-        job = (image, weights, leading, probabilities)
+        self._running_image = image
         self._set_running(True)
+        run = partial(_layers.predict_stack, image.data, (*leading, *plane), weights,
+                      model=self._model if self._model_key == _layers.file_key(weights) else None,
+                      on_tile=self._tile_progress.emit, cancelled=self._cancel.is_set)
         if self.run_synchronously:
-            generator = self._predict(*job)
+            generator = run()
             try:
                 while True:
                     self._on_plane_done(next(generator))
             except StopIteration as stop:
                 self._on_run_returned(stop.value)
+            self._on_run_finished()
             return
-        worker = thread_worker(self._predict, start_thread=False, ignore_errors=True)(*job)
-        worker.yielded.connect(self._on_plane_done)
-        worker.returned.connect(self._on_run_returned)
-        worker.finished.connect(lambda: self._set_running(False))
-        self._worker = worker
-        worker.start()
+        self._worker = thread_worker(run, start_thread=False, ignore_errors=True)()
+        self._worker.yielded.connect(self._on_plane_done)
+        self._worker.returned.connect(self._on_run_returned)
+        self._worker.finished.connect(self._on_run_finished)
+        self._worker.start()
 
-    def _predict(self, image: Image, weights: Path, leading: tuple, probabilities: np.ndarray):
-        """Generator run in the worker: load the model, predict plane by plane, yield progress.
-
-        Returns ``(image, probabilities, model, model_key)``, or a :class:`_Failure` when the run
-        ended early (cancelled, bad weights, bad image): the main thread shows it as one sentence.
-        """
-        from .inference import Cancelled
-        from .weights import load_weights
-
-        try:
-            key = (str(weights), weights.stat().st_mtime_ns)
-            model = self._model if key == self._model_key else load_weights(weights)
-            for done, (index, plane_probabilities) in enumerate(
-                _layers.predict_planes(image.data, leading, model, on_tile=self._tile_progress.emit,
-                                       cancelled=self._cancel.is_set),
-                start=1,
-            ):
-                probabilities[index] = plane_probabilities
-                yield done
-        except Cancelled:
-            return _Failure("Segmentation cancelled; no layer was changed.", cancelled=True)
-        except (WeightsError, ImageError) as error:
-            return _Failure(str(error))
-        except Exception as error:  # never a traceback dialog; the log keeps the details
-            logger.exception("Segmentation of %r failed", image.name)
-            return _Failure(f"Segmentation failed: {error}")
-        return image, probabilities, model, key
+    @property
+    def running(self) -> bool:
+        """Whether a segmentation is running."""
+        return self._running_image is not None
 
     def cancel(self) -> None:
         """Stop the run at the next plane or tile; the layers stay as they were."""
@@ -346,8 +333,6 @@ class NucleiSegWidget(QWidget):
         self.progress_bar.setVisible(running)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("Loading the model..." if running else "")
-        if not running:
-            self._worker = None
 
     def _on_tile_progress(self, done: int, total: int) -> None:
         plane, planes = self._plane
@@ -359,14 +344,21 @@ class NucleiSegWidget(QWidget):
         self._plane = (planes_done, self._plane[1])
         self.progress_bar.setValue(int(PROGRESS_STEPS * planes_done / self._plane[1]))
 
-    def _on_run_returned(self, outcome) -> None:
+    def _on_run_finished(self) -> None:
+        self._worker = self._running_image = None
         self._set_running(False)
-        if isinstance(outcome, _Failure):
+
+    def _on_run_returned(self, outcome: _layers.Prediction | _layers.Failure) -> None:
+        image = self._running_image
+        self._set_running(False)
+        if isinstance(outcome, _layers.Failure):
             (show_info if outcome.cancelled else show_error)(outcome.message)
             return
-        image, probabilities, model, self._model_key = outcome
-        self._model = model
-        self._cache = _Cache(image, probabilities, model.boundary_threshold, model.name)
+        probabilities, model, key = outcome.probabilities, outcome.model, outcome.model_key
+        if self._cache is not None and self._cache.model_key != key:
+            self._apply_calibration(model.metadata)  # another model than the last run's
+        self._model, self._model_key = model, key
+        self._cache = _Cache(image, probabilities, model.boundary_threshold, key)
         self._update_result()
         self._show_probabilities()
 
@@ -427,9 +419,10 @@ class NucleiSegWidget(QWidget):
             self._mark_changed(self._edited.pop())
 
     def _mark_changed(self, layer: Labels, count: int | None = None) -> None:
-        """Show the new count at once; measure the table when the changes pause."""
+        """Show the layer's count at once; measure its table when the changes pause."""
         if count is None:
             count = _layers.count_labels(layer.data)
+        self._shown = layer
         self.count_label.setText(f"{count} nuclei in '{layer.name}'")
         self._stale_tables.add(layer)
         self._table_timer.start()
@@ -440,6 +433,8 @@ class NucleiSegWidget(QWidget):
 
     def _refresh_table(self, layer: Labels) -> None:
         self._stale_tables.discard(layer)
+        if layer not in self._written:
+            return  # removed from the viewer meanwhile
         source = self._written[layer].image
         # Mean intensities come from the image, unless it was swapped for one of another shape.
         same_shape = source.data.shape[: layer.ndim] == layer.data.shape
@@ -467,11 +462,8 @@ class NucleiSegWidget(QWidget):
 
     @property
     def labels_layer(self) -> Labels | None:
-        """The Labels layer the widget last wrote for the cached image (or edited since)."""
-        if self._cache is None:
-            return None
-        layer = self._outputs.get(self._cache.image.unique_id)
-        return layer if layer in self.viewer.layers else None
+        """The Labels layer whose count the widget shows: the last one written or edited."""
+        return self._shown
 
     def _on_export_clicked(self) -> None:
         layer = self.labels_layer
@@ -483,13 +475,12 @@ class NucleiSegWidget(QWidget):
             self.export_csv(path, layer)
 
     def export_csv(self, path: str | Path, layer: Labels | None = None) -> bool:
-        """Write the per-nucleus table of ``layer`` (default: the current result) to ``path``."""
+        """Write the per-nucleus table of ``layer`` (default: :attr:`labels_layer`) to ``path``."""
         layer = layer or self.labels_layer
         if layer is None:
             show_warning("Segment an image first; there is no table to export.")
             return False
-        if layer in self._stale_tables or "label" not in layer.features:
-            self._refresh_table(layer)
+        self._refresh_table(layer)  # measured afresh: edits made a moment ago are in
         try:
             layer.features.drop(columns="index", errors="ignore").to_csv(path, index=False)
         except OSError as error:
@@ -498,17 +489,3 @@ class NucleiSegWidget(QWidget):
         show_info(f"Saved {len(layer.features)} nuclei to {path}.")
         return True
 
-
-class _blocked:
-    """Block the signals of some widgets for the duration of a ``with`` block."""
-
-    def __init__(self, *widgets: QWidget):
-        self._widgets = widgets
-
-    def __enter__(self):
-        for widget in self._widgets:
-            widget.blockSignals(True)
-
-    def __exit__(self, *exc):
-        for widget in self._widgets:
-            widget.blockSignals(False)

@@ -1,0 +1,120 @@
+"""Drive the real napari window through the plugin's key steps and save a screenshot of each.
+
+    xvfb-run -a python docs/screenshots.py                      # bundled unet weights
+    xvfb-run -a python docs/screenshots.py --weights FILE.safetensors
+
+Writes to docs/images/:
+
+1_open.png        the sample image and the widget
+2_segmented.png   after Segment: one Labels layer, the count
+3_threshold.png   the threshold slider moved: the same layer follows, the network does not run again
+4_painted.png     a nucleus painted by hand with napari's brush: the count follows
+5_kept.png        the threshold moved after the edit: the edited layer is kept, the result is a new layer
+6_stack.png       a stack being segmented plane by plane: progress bar and Cancel
+widget.png        the widget alone
+
+Look at them before putting them in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import napari
+import numpy as np
+from qtpy.QtCore import QRect
+from qtpy.QtWidgets import QApplication
+from scipy import ndimage as ndi
+
+HERE = Path(__file__).resolve().parent
+WINDOW_SIZE = (1500, 900)
+
+
+def wait(seconds: float = 0.3) -> None:
+    """Let Qt draw (and workers report) for a moment."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, help="a weights file to use instead of the bundled unet")
+    parser.add_argument("--sample", default="fluorescence", choices=["fluorescence", "tissue", "brightfield"])
+    parser.add_argument("--out", type=Path, default=HERE / "images")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    try:  # napari's one-time "PyQt5 is deprecated" toast would cover the image in every picture
+        import napari._qt.qt_main_window as qt_main_window
+
+        qt_main_window.SHOW_QT_WARNING = False
+    except (ImportError, AttributeError):
+        pass
+    viewer = napari.Viewer(title="napari-nucleiseg")
+    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    viewer.open_sample("napari-nucleiseg", args.sample)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
+    if args.weights is not None and not widget.set_weights_file(args.weights):
+        raise SystemExit(f"cannot use {args.weights}")
+
+    def shot(name: str) -> None:
+        viewer.reset_view()
+        wait()
+        path = args.out / name
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        print(f"{path}: {widget.count_label.text()}")
+
+    shot("1_open.png")
+
+    widget.segment_button.click()
+    wait_for_run(widget)
+    labels = widget.labels_layer
+    if labels is None:
+        raise SystemExit("the segmentation produced no layer; see the notifications above")
+    shot("2_segmented.png")
+
+    widget.threshold_slider.setValue(round(widget.threshold_slider.value() + 0.2, 2))
+    shot("3_threshold.png")
+
+    # A hand correction: paint a nucleus where the model found none (the spot farthest from any
+    # nucleus and from the image border), in a bright colour, then move the threshold.
+    distance = ndi.distance_transform_edt(np.pad(labels.data == 0, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(np.argmax(distance), distance.shape)
+    labels.brush_size = int(np.clip(2 * distance[y, x] - 6, 5, 30))
+    first_free = int(labels.data.max()) + 1
+    labels.selected_label = max(range(first_free, first_free + 50), key=lambda v: labels.get_color(v)[:3].sum())
+    labels.paint((y, x), labels.selected_label)
+    shot("4_painted.png")
+    widget.threshold_slider.setValue(round(widget.threshold_slider.value() - 0.2, 2))
+    shot("5_kept.png")
+
+    # A stack: the sample and flipped copies of it, segmented plane by plane.
+    image = viewer.layers[0]
+    planes = [image.data, image.data[::-1], image.data[:, ::-1], image.data[::-1, ::-1]] * 4
+    for layer in list(viewer.layers)[1:]:
+        layer.visible = False
+    viewer.add_image(np.stack(planes), name="stack", rgb=image.rgb)
+    widget.segment_button.click()
+    while widget.running and widget.progress_bar.value() < widget.progress_bar.maximum() * 0.4:
+        wait(0.02)
+    shot("6_stack.png")
+    wait_for_run(widget)
+
+    height = widget.layout().sizeHint().height()
+    widget.grab(QRect(0, 0, widget.width(), height)).save(str(args.out / "widget.png"))
+    print(args.out / "widget.png")
+    viewer.close()
+
+
+def wait_for_run(widget, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while widget.running and time.monotonic() < deadline:
+        wait(0.1)
+
+
+if __name__ == "__main__":
+    main()
