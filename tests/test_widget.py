@@ -366,6 +366,26 @@ def test_running_synchronously_gives_what_the_worker_gives(viewer_and_widget, fa
     assert np.array_equal(labels_layers(viewer)[0].data, threaded) and threaded.max() == 3
 
 
+def test_closing_the_widget_mid_run_stops_the_worker(make_napari_viewer, tiny_weights, monkeypatch, qtbot):
+    slow = FakeNetwork(delay=0.3)
+    monkeypatch.setattr(inference, "predict_probabilities", slow)
+    viewer = make_napari_viewer()
+    widget = NucleiSegWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget)
+    widget.set_weights_file(tiny_weights["unet"])
+    viewer.add_image(np.stack([blobs()] * 20), name="long stack")
+    widget.segment()
+    qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
+    viewer.window.remove_dock_widget(dock)
+    widget.deleteLater()
+    with qtbot.waitSignal(widget.destroyed, timeout=5_000):
+        pass
+    calls = slow.calls
+    time.sleep(1.0)
+    assert slow.calls <= calls + 1 < 20  # at most the plane under way finishes
+    assert labels_layers(viewer) == []
+
+
 def test_bad_input_gets_one_sentence_and_no_traceback(viewer_and_widget, notifications, monkeypatch, tmp_path, qtbot):
     viewer, widget = viewer_and_widget
     errors = notifications.messages["error"]

@@ -12,6 +12,7 @@ result goes to a new layer.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -60,6 +61,12 @@ class _Cache:
     model_key: tuple[str, int]  # weights file and its modification time
 
 
+class _TileProgress(QObject):
+    """Tiles done and total in the plane being predicted, emitted from the worker thread."""
+
+    done = Signal(int, int)
+
+
 @dataclass
 class _Output:
     """A Labels layer the widget wrote: for which image, and a fingerprint of what it wrote."""
@@ -76,9 +83,6 @@ class NucleiSegWidget(QWidget):
     napari_viewer : napari.Viewer
         The viewer whose image layers are segmented and which receives the results.
     """
-
-    #: Tiles done and total in the plane being predicted; emitted from the worker thread.
-    _tile_progress = Signal(int, int)
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -97,21 +101,23 @@ class NucleiSegWidget(QWidget):
         self._worker: Any = None
         self._running_image: Image | None = None  # the image being segmented
         self._cancel = threading.Event()
-        cancel = self._cancel  # closing the viewer mid-run stops the worker (not via self: it is going)
-        self.destroyed.connect(lambda *_: cancel.set())
         self._plane: tuple[int, int] = (0, 1)  # plane being predicted, number of planes
-        self._writing = False  # the widget itself is writing a Labels layer: not a hand edit
+        self._writing = False  # see _self_writing
         self._edited: set[Labels] = set()  # hand-edited layers whose count is not yet updated
         self._count_timer = QTimer(self, singleShot=True, interval=0)
         self._count_timer.timeout.connect(self._recount_edited)
         self._stale_tables: set[Labels] = set()
         self._table_timer = QTimer(self, singleShot=True, interval=TABLE_DELAY_MS)
         self._table_timer.timeout.connect(self._refresh_stale_tables)
+        self._last_model_index = 0  # the model to go back to when a custom file is refused
         self._build_ui()
-        self._tile_progress.connect(self._on_tile_progress)
+        self._tiles = _TileProgress()  # no parent: the worker may still report while the widget goes
+        self._tiles.done.connect(self._on_tile_progress)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.events.moved.connect(self._on_layers_changed)
+        cancel = self._cancel  # closing the widget mid-run stops the worker (not via self: it is going)
+        self.destroyed.connect(lambda *_: cancel.set())
         self._on_layers_changed()
         self._on_model_changed()
 
@@ -126,7 +132,6 @@ class NucleiSegWidget(QWidget):
         self._describe_bundled_models()
         self.model_combo.activated.connect(self._on_model_activated)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
-        self._last_model_index = 0
 
         self.segment_button = QPushButton("Segment", toolTip="Run the network on the image")
         self.cancel_button = QPushButton("Cancel", enabled=False)
@@ -301,7 +306,7 @@ class NucleiSegWidget(QWidget):
         self._set_running(True)
         run = partial(_layers.predict_stack, image.data, (*leading, *plane), weights,
                       model=self._model if self._model_key == _layers.file_key(weights) else None,
-                      on_tile=self._tile_progress.emit, cancelled=self._cancel.is_set)
+                      on_tile=self._tiles.done.emit, cancelled=self._cancel.is_set)
         if self.run_synchronously:
             generator = run()
             try:
@@ -390,23 +395,26 @@ class NucleiSegWidget(QWidget):
     def _add_labels_layer(self, image: Image, labels: np.ndarray) -> Labels:
         taken = {layer.name for layer in self.viewer.layers}
         name = _layers.unique_name(f"{image.name} nuclei", taken)
-        self._writing = True
-        try:
+        with self._self_writing():
             layer = self.viewer.add_labels(labels, name=name, scale=image.scale, translate=image.translate)
-        finally:
-            self._writing = False
         self._written[layer] = _Output(image, _layers.checksum(labels))
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)
         return layer
 
     def _write(self, layer: Labels, labels: np.ndarray) -> None:
+        with self._self_writing():
+            layer.data = labels
+        self._written[layer].checksum = _layers.checksum(labels)
+
+    @contextmanager
+    def _self_writing(self):
+        """Layer events fired inside are the widget's own doing: not hand edits, not new images."""
         self._writing = True
         try:
-            layer.data = labels
+            yield
         finally:
             self._writing = False
-        self._written[layer].checksum = _layers.checksum(labels)
 
     def _on_hand_edit(self, event) -> None:
         # napari emits `paint` just before it writes the pixels: recount once control returns.
@@ -449,14 +457,11 @@ class NucleiSegWidget(QWidget):
         if layer is not None and layer in self.viewer.layers:
             layer.data = nucleus
             return
-        self._writing = True  # not an image the user opened: the picker keeps its choice
-        try:
+        with self._self_writing():  # not an image the user opened: the picker keeps its choice
             self._probability_layers[cache.image.unique_id] = self.viewer.add_image(
                 nucleus, name=f"{cache.image.name} nucleus probability", colormap="magma", blending="additive",
                 opacity=0.6, contrast_limits=(0, 1), scale=cache.image.scale, translate=cache.image.translate,
             )
-        finally:
-            self._writing = False
 
     # ---- export ---------------------------------------------------------------------------
 
