@@ -14,9 +14,9 @@ from napari_nucleiseg.preprocess import ImageError
     [
         ((5, 7), False, (), (5, 7)),
         ((5, 7, 3), True, (), (5, 7)),
-        ((5, 7, 3), False, (5,), (7, 3)),  # not RGB for napari: a stack of 5 planes of 7 x 3
-        ((2, 4, 5, 7), False, (2, 4), (5, 7)),
-        ((2, 5, 7, 4), True, (2,), (5, 7)),
+        ((50, 70, 30), False, (50,), (70, 30)),  # not RGB for napari: a stack of 50 planes of 70 x 30
+        ((2, 4, 50, 70), False, (2, 4), (50, 70)),
+        ((2, 50, 70, 4), True, (2,), (50, 70)),
         ((1, 1), False, (), (1, 1)),
     ],
 )
@@ -24,7 +24,10 @@ def test_stack_shape_follows_the_layers_rgb_flag(shape, rgb, leading, plane):
     assert _layers.stack_shape(shape, rgb) == (leading, plane)
 
 
-@pytest.mark.parametrize(("shape", "rgb"), [((7,), False), ((5, 3), True), ((5, 7, 2), True), ((0, 7), False)])
+@pytest.mark.parametrize(
+    ("shape", "rgb"),
+    [((7,), False), ((5, 3), True), ((5, 7, 2), True), ((0, 7), False), ((3, 0, 7), False), ((256, 256, 2), False)],
+)
 def test_stack_shape_rejects_what_holds_no_plane_in_one_sentence(shape, rgb):
     with pytest.raises(ImageError) as error:
         _layers.stack_shape(shape, rgb)

@@ -246,6 +246,10 @@ def test_export_csv_writes_the_table_as_the_user_edited_it(
     assert table["mean_intensity"].round().tolist() == [140, 200, 240]
     assert notifications.messages["error"] == []
 
+    assert not widget.export_csv(tmp_path / "no such folder" / "nuclei.csv")
+    (message,) = notifications.messages["error"]
+    assert message.startswith("Cannot write") and "\n" not in message
+
 
 def test_a_stack_is_segmented_plane_by_plane_with_progress(viewer_and_widget, fake_network, qtbot):
     viewer, widget = viewer_and_widget
@@ -437,10 +441,22 @@ def test_a_weights_file_of_another_architecture_is_reported_after_loading(
     assert labels_layers(viewer) == []
 
 
-def test_tiny_and_constant_images_segment_without_error(viewer_and_widget, notifications, qtbot):
+def test_tiny_constant_and_odd_valued_images_segment_without_error(viewer_and_widget, notifications, qtbot):
     viewer, widget = viewer_and_widget
-    for data in (np.full((1, 1), 7, dtype=np.uint8), np.full((40, 50), 100, dtype=np.uint16)):
-        viewer.add_image(data, name=f"image {data.shape}")
+    odd = np.linspace(-5.0, 5.0, 33 * 45, dtype=np.float32).reshape(33, 45)
+    odd[3, 4], odd[10, 10], odd[20, 30] = np.nan, np.inf, -np.inf
+    images = [np.full((1, 1), 7, dtype=np.uint8), np.full((40, 50), 100, dtype=np.uint16), odd]
+    for index, data in enumerate(images):
+        viewer.add_image(data, name=f"image {index}")
         click_segment(qtbot, widget)
     assert notifications.messages["error"] == []
-    assert [layer.data.shape for layer in labels_layers(viewer)] == [(1, 1), (40, 50)]
+    assert [layer.data.shape for layer in labels_layers(viewer)] == [image.shape for image in images]
+
+
+def test_a_two_channel_image_gets_one_sentence(viewer_and_widget, notifications, qtbot):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.zeros((64, 64, 2), dtype=np.uint8), name="two channels")
+    click_segment(qtbot, widget)
+    (message,) = notifications.messages["error"]
+    assert "too small to hold nuclei" in message and "Split Stack" in message
+    assert labels_layers(viewer) == []

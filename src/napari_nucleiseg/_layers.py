@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 #: Label images get this dtype unless a stack holds more nuclei than it can number.
 LABELS_DTYPE = np.uint16
+#: Stack planes narrower than this cannot hold a nucleus: such a "stack" is almost always an
+#: image whose last axis holds a few channels (napari shows a (Y, X, 2) array as Y planes of X x 2).
+MIN_STACK_PLANE_SIDE = 8
 
 
 def stack_shape(shape: tuple[int, ...], rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
@@ -43,6 +46,11 @@ def stack_shape(shape: tuple[int, ...], rgb: bool) -> tuple[tuple[int, ...], tup
     plane = tuple(shape[len(leading) : len(leading) + 2])
     if 0 in shape:
         raise ImageError(f"The image is empty (shape {tuple(shape)}).")
+    if leading and min(plane) < MIN_STACK_PLANE_SIDE:
+        raise ImageError(
+            f"The planes of this {tuple(shape)} stack are {plane[0]} x {plane[1]} pixels, too small to hold nuclei; "
+            "if its last axis holds channels, split them (right-click the layer > Split Stack)."
+        )
     return leading, plane
 
 

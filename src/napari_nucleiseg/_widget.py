@@ -436,17 +436,20 @@ class NucleiSegWidget(QWidget):
         self._table_timer.start()
 
     def _refresh_stale_tables(self) -> None:
-        for layer in list(self._stale_tables):
-            self._refresh_table(layer)
+        """Measure the tables of changed layers in workers: a large image's table takes seconds."""
+        while self._stale_tables:
+            layer = self._stale_tables.pop()
+            if layer in self._written:  # not removed from the viewer meanwhile
+                labels = np.array(layer.data)  # a snapshot: the user may paint on while it is measured
+                worker = thread_worker(_layers.nuclei_table, start_thread=False)(labels, *self._table_image(layer))
+                worker.returned.connect(partial(_set_features, layer, _layers.checksum(labels)))
+                worker.start()
 
-    def _refresh_table(self, layer: Labels) -> None:
-        self._stale_tables.discard(layer)
-        if layer not in self._written:
-            return  # removed from the viewer meanwhile
+    def _table_image(self, layer: Labels) -> tuple[Any, bool]:
+        """The image that mean intensities come from (None if it was swapped for one of another shape)."""
         source = self._written[layer].image
-        # Mean intensities come from the image, unless it was swapped for one of another shape.
         same_shape = source.data.shape[: layer.ndim] == layer.data.shape
-        layer.features = _layers.nuclei_table(layer.data, source.data if same_shape else None, source.rgb)
+        return (source.data if same_shape else None), source.rgb
 
     def _show_probabilities(self, *_) -> None:
         cache = self._cache
@@ -485,8 +488,12 @@ class NucleiSegWidget(QWidget):
         if layer is None:
             show_warning("Segment an image first; there is no table to export.")
             return False
-        self._refresh_table(layer)  # measured afresh: edits made a moment ago are in
+        self._stale_tables.discard(layer)  # measured afresh here: edits made a moment ago are in
+        layer.features = _layers.nuclei_table(np.asarray(layer.data), *self._table_image(layer))
+        path = Path(path)
         try:
+            if not path.parent.is_dir():
+                raise FileNotFoundError(0, f"the folder {path.parent} does not exist")
             layer.features.drop(columns="index", errors="ignore").to_csv(path, index=False)
         except OSError as error:
             show_error(f"Cannot write {path}: {error.strerror or error}.")
@@ -494,3 +501,8 @@ class NucleiSegWidget(QWidget):
         show_info(f"Saved {len(layer.features)} nuclei to {path}.")
         return True
 
+
+def _set_features(layer: Labels, measured: int, table) -> None:
+    """Give ``layer`` the table measured on labels of checksum ``measured``, unless they changed since."""
+    if _layers.checksum(layer.data) == measured:
+        layer.features = table
