@@ -62,6 +62,7 @@ def main() -> None:
         raise SystemExit(f"cannot use {args.weights}")
 
     def shot(name: str) -> None:
+        wait()  # let the dock widget settle the canvas size first
         viewer.reset_view()
         wait()
         path = args.out / name
@@ -103,10 +104,12 @@ def main() -> None:
         wait(0.02)
     shot("6_stack.png")
     wait_for_run(widget)
+    wait()
 
     height = widget.layout().sizeHint().height()
     widget.grab(QRect(0, 0, widget.width(), height)).save(str(args.out / "widget.png"))
     print(args.out / "widget.png")
+    wait(2.0)  # the table of the last result is measured in a worker; napari.run() would await it on quit
     viewer.close()
 
 
