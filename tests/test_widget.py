@@ -173,7 +173,7 @@ def test_splitting_separates_touching_nuclei(viewer_and_widget, fake_network, qt
     assert labels.data.max() == 2
 
     widget.split_check.setChecked(False)
-    assert labels.data.max() == 1 and widget.count_label.text().startswith("1 nuclei")
+    assert labels.data.max() == 1 and widget.count_label.text().startswith("1 nucleus in")
     widget.split_check.setChecked(True)
     assert labels.data.max() == 2
     assert fake_network.calls == 1

@@ -431,7 +431,7 @@ class NucleiSegWidget(QWidget):
         if count is None:
             count = _layers.count_labels(layer.data)
         self._shown = layer
-        self.count_label.setText(f"{count} nuclei in '{layer.name}'")
+        self.count_label.setText(f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'")
         self._stale_tables.add(layer)
         self._table_timer.start()
 
