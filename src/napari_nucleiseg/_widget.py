@@ -11,8 +11,9 @@ result goes to a new layer.
 
 from __future__ import annotations
 
+import os
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -491,11 +492,20 @@ class NucleiSegWidget(QWidget):
         self._stale_tables.discard(layer)  # measured afresh here: edits made a moment ago are in
         layer.features = _layers.nuclei_table(np.asarray(layer.data), *self._table_image(layer))
         path = Path(path)
+        # Written beside the target and then renamed over it: a write that fails half-way (a full
+        # disk) leaves an existing file of that name as it was.
+        partial_path = path.with_name(f".{path.name}.partial")
         try:
             if not path.parent.is_dir():
                 raise FileNotFoundError(0, f"the folder {path.parent} does not exist")
-            layer.features.drop(columns="index", errors="ignore").to_csv(path, index=False)
+            if path.is_file() and not os.access(path, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+                # The rename below would replace it without asking.
+                raise PermissionError(0, "the file is read-only")
+            layer.features.drop(columns="index", errors="ignore").to_csv(partial_path, index=False)
+            partial_path.replace(path)
         except OSError as error:
+            with suppress(OSError):
+                partial_path.unlink()
             show_error(f"Cannot write {path}: {error.strerror or error}.")
             return False
         show_info(f"Saved {len(layer.features)} nuclei to {path}.")

@@ -199,8 +199,13 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
 
 
 def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list[Job]:
-    """The output files of every source; two sources that would write the same file are a usage error."""
+    """The output files of every source.
+
+    Two sources that would write the same file, or an output that would replace one of the
+    inputs, are usage errors.
+    """
     jobs, by_stem = [], {}
+    inputs = {source.resolve(): source for source in sources}
     for source in sources:
         if source.stem in by_stem:
             raise CommandError(
@@ -210,7 +215,15 @@ def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list
             )
         by_stem[source.stem] = source
         probability = out / f"{source.stem}_probability.tif" if save_probability else None
-        jobs.append(Job(source, out / f"{source.stem}_labels.tif", probability))
+        job = Job(source, out / f"{source.stem}_labels.tif", probability)
+        for output in (job.labels_path, job.probability_path):
+            if output is not None and output.resolve() in inputs:  # not even with --overwrite
+                raise CommandError(
+                    f"the output of {source} would replace the input image {inputs[output.resolve()]}; "
+                    "choose another --out folder.",
+                    EXIT_USAGE,
+                )
+        jobs.append(job)
     return jobs
 
 
@@ -243,17 +256,19 @@ def prepare_output_folder(out: Path) -> None:
 def read_image(path: Path) -> np.ndarray:
     """Read one 2-D image: tifffile for TIFF, imageio for the rest.
 
-    A gray+alpha image keeps its gray channel; a TIFF stored channels-first
-    ``(3 or 4, H, W)`` is moved to channels-last. Anything else is returned as
-    read and judged by the segmentation.
+    A gray+alpha image keeps its gray channel (a 2-channel TIFF only when its second
+    channel is marked as alpha: otherwise it holds two channels of data, which the
+    segmentation refuses); a TIFF stored channels-first ``(3 or 4, H, W)`` is moved
+    to channels-last. Anything else is returned as read and judged by the segmentation.
 
     Raises
     ------
     UnreadableImage
         If the file cannot be decoded.
     """
+    is_tiff = path.suffix.lower() in TIFF_SUFFIXES
     try:
-        image = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_other(path)
+        image = _read_tiff(path) if is_tiff else _read_other(path)
     except UnreadableImage:
         raise
     except Exception as error:  # decoders raise anything from OSError to ValueError and their own types
@@ -263,7 +278,7 @@ def read_image(path: Path) -> np.ndarray:
         raise UnreadableImage("not a readable image (no image data)")
     while image.ndim > 2 and image.shape[0] == 1:
         image = image[0]
-    if image.ndim == 3 and image.shape[-1] == 2:  # gray + alpha
+    if image.ndim == 3 and image.shape[-1] == 2 and (not is_tiff or _tiff_has_alpha(path)):  # gray + alpha
         image = image[..., 0]
     elif image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
         image = np.moveaxis(image, 0, -1)
@@ -285,6 +300,18 @@ def _read_tiff(path: Path) -> np.ndarray:
         logger.setLevel(level)
 
 
+def _tiff_has_alpha(path: Path) -> bool:
+    """Whether the first page of a TIFF declares an alpha channel among its extra samples."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            extra = tiff.pages.first.extrasamples
+    except Exception:  # it was read a moment ago; if it cannot be now, do not guess
+        return False
+    return any(sample in (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA) for sample in extra)
+
+
 def _read_other(path: Path) -> np.ndarray:
     import imageio.v3 as iio
     from imageio.core.request import InitializationError
@@ -292,8 +319,11 @@ def _read_other(path: Path) -> np.ndarray:
     try:
         return iio.imread(path, plugin="pillow")
     except OSError as error:
-        if isinstance(error.__cause__, InitializationError):  # imageio's "can not handle the given uri"
+        cause = error.__cause__
+        if isinstance(cause, InitializationError):  # imageio's "can not handle the given uri"
             raise UnreadableImage("not a readable image (damaged file or unknown format)") from None
+        if isinstance(cause, Exception) and str(cause):  # Pillow's reason, e.g. a JPEG cut short in its header
+            raise UnreadableImage(f"not a readable image ({_one_line(cause)})") from None
         raise
 
 

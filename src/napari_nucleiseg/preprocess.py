@@ -18,6 +18,11 @@ DEFAULT_PERCENTILES = (1.0, 99.8)
 #: tile sees the same normalisation as the whole image.
 PERCENTILE_SAMPLE_PIXELS = 1_000_000
 
+#: Float images whose largest magnitude lies outside this range are divided by it before
+#: normalising (which does not change the result: percentiles scale with the image). Their values
+#: would otherwise overflow to inf, or vanish to 0, in float32, and every pixel would become NaN.
+FLOAT32_SAFE_MAGNITUDE = (1e-30, 1e30)
+
 
 class ImageError(ValueError):
     """An image the segmentation cannot work on; the message is one sentence for the user."""
@@ -48,7 +53,8 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     else:
         raise ImageError(
             f"An image of shape {image.shape} is not a 2-D gray, RGB or RGBA image; "
-            "expected (height, width), (height, width, 3) or (height, width, 4)."
+            "expected (height, width), (height, width, 3) or (height, width, 4); "
+            "segment stacks plane by plane, and images of other channels one channel at a time."
         )
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(f"The image is empty (shape {image.shape}).")
@@ -77,6 +83,11 @@ def normalize_image(image: np.ndarray, percentiles: tuple[float, float] = DEFAUL
     finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
     if finite.size == 0:
         return np.zeros(rgb.shape, dtype=np.float32)
+    if rgb.dtype.kind == "f":
+        peak = float(np.abs(finite).max())
+        if peak > 0 and not FLOAT32_SAFE_MAGNITUDE[0] <= peak <= FLOAT32_SAFE_MAGNITUDE[1]:
+            with np.errstate(over="ignore", under="ignore"):  # pixels beyond the sample's peak: +/-inf, handled below
+                rgb, finite = rgb / peak, finite / peak
     low, high = np.percentile(finite, percentiles)
     scale = float(high - low)
     if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero

@@ -97,7 +97,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     size = path.stat().st_size
     if size == 0:
         raise WeightsError(f"{path.name}: the file is empty.")
-    with open(path, "rb") as stream:
+    try:
+        stream = open(path, "rb")
+    except OSError as error:  # e.g. no permission to read it
+        raise WeightsError(f"{path.name}: the file cannot be read ({error.strerror or error}).") from None
+    with stream:
         prefix = stream.read(8)
         if len(prefix) < 8:
             raise WeightsError(f"{path.name}: the file is truncated (only {size} bytes).")
@@ -110,9 +114,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             header = json.loads(stream.read(header_size))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file (unreadable header).") from None
-    if not isinstance(header, dict):
+    tensors = {key: entry for key, entry in header.items() if key != "__metadata__"} if isinstance(header, dict) else {}
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict) or not all(
+        _is_tensor_entry(entry) for entry in tensors.values()
+    ):
         raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file (unreadable header).")
-    data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    data_end = max((entry["data_offsets"][1] for entry in tensors.values()), default=0)
     if 8 + header_size + data_end > size:
         raise WeightsError(
             f"{path.name}: the file is truncated ({size} bytes, expected {8 + header_size + data_end})."
@@ -122,18 +129,56 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise WeightsError(f"{path.name}: a safetensors file, but not a napari-nucleiseg weights file (no metadata).")
     try:
         metadata = json.loads(raw)
-    except json.JSONDecodeError:
+    except (TypeError, json.JSONDecodeError):
         raise WeightsError(f"{path.name}: its napari-nucleiseg metadata is unreadable.") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file.")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise WeightsError(
-            f"{path.name}: written by a newer napari-nucleiseg (format {metadata['format_version']}); please upgrade."
-        )
+    version = metadata.get("format_version", 0)
+    if not _is_number(version):
+        raise WeightsError(f"{path.name}: its format version {version!r} is not a number.")
+    if version > FORMAT_VERSION:
+        raise WeightsError(f"{path.name}: written by a newer napari-nucleiseg (format {version}); please upgrade.")
     for key in ("architecture", "kwargs"):
         if key not in metadata:
             raise WeightsError(f"{path.name}: its metadata lacks {key!r}.")
+    problem = _metadata_problem(metadata)
+    if problem is not None:
+        raise WeightsError(f"{path.name}: {problem}.")
     return metadata
+
+
+def _is_tensor_entry(entry: Any) -> bool:
+    """Whether ``entry`` is a safetensors header entry with integer ``data_offsets`` (begin, end)."""
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    return isinstance(offsets, list) and len(offsets) == 2 and all(type(offset) is int for offset in offsets)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """What is wrong with the types or ranges of ``metadata`` (a hand-edited file), if anything:
+    caught here, such values would fail later, far from the file, with a bare TypeError."""
+    if not isinstance(metadata["architecture"], str):
+        return f"its architecture {metadata['architecture']!r} is not a name"
+    if not isinstance(metadata["kwargs"], dict):
+        return f"its architecture arguments {metadata['kwargs']!r} are not a mapping of names to values"
+    for key in ("threshold", "boundary_threshold"):
+        value = metadata.get(key, DEFAULT_THRESHOLD)
+        if not (_is_number(value) and 0 <= value <= 1):
+            return f"its {key} {value!r} is not a number between 0 and 1"
+    min_size = metadata.get("min_size", DEFAULT_MIN_SIZE)
+    if not (_is_number(min_size) and min_size >= 0 and int(min_size) == min_size):
+        return f"its min_size {min_size!r} is not a whole number of pixels >= 0"
+    normalization = metadata.get("normalization", {})
+    percentiles = normalization.get("percentiles", (1.0, 99.8)) if isinstance(normalization, dict) else None
+    if not (
+        isinstance(percentiles, (list, tuple)) and len(percentiles) == 2 and all(map(_is_number, percentiles))
+        and 0 <= percentiles[0] < percentiles[1] <= 100
+    ):
+        return f"its normalization percentiles {percentiles!r} are not two increasing numbers in [0, 100]"
+    return None
 
 
 def save_weights(path: str | Path, network: Any, metadata: dict[str, Any], *, half: bool = True) -> Path:
@@ -187,6 +232,11 @@ def load_weights(source: str | Path) -> NucleiModel:
         network = build_model(metadata["architecture"], **metadata["kwargs"])
     except ValueError as error:
         raise WeightsError(f"{path.name}: {error}") from None
+    except (TypeError, RuntimeError, MemoryError) as error:  # e.g. negative or absurd layer sizes
+        raise WeightsError(
+            f"{path.name}: a {metadata['architecture']!r} model cannot be built from its arguments "
+            f"{metadata['kwargs']} ({' '.join(str(error).split())[:200]})."
+        ) from None
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as error:

@@ -1,0 +1,729 @@
+"""Bad input, tried on every surface: the Python API, the ``nucleiseg`` CLI and the dock widget.
+
+Each bad input gets a correct result or a one-sentence error (an ``ImageError``, ``WeightsError`` or
+``ValueError`` in the API, one line on stderr and the documented exit status in the CLI, one napari
+notification in the widget), and nothing the user had is overwritten or lost. The tables below are
+the list; what is tested elsewhere is named here rather than tested twice:
+
+* empty 0-size image -> API: ImageError (below); CLI: skipped (below); widget: napari 0.9.2 cannot
+  open a 0-size image at all, the widget's own guard is ``test_layers.py::test_stack_shape_rejects...``
+* 1x1, constant, NaN/inf, 16-bit, float, negative -> the same result as the 8-bit image (below);
+  real networks give finite maps on them (``test_inference.py``), the widget segments them
+  (``test_widget.py::test_tiny_constant_and_odd_valued_images...`` and below)
+* 2-channel -> one sentence everywhere (below; widget: ``test_widget.py::test_a_two_channel_image...``)
+* 5-D -> API and CLI: one sentence; widget: a stack, segmented plane by plane (below)
+* more than 65,535 nuclei -> uint32 labels in the API, the CLI's TIFF and the widget's layer (below,
+  marked slow; post-processing alone: ``test_postprocess.py::test_more_than_65535_nuclei_use_uint32``)
+* corrupt or truncated image files -> CLI: skipped with one line (below; garbage files:
+  ``test_cli.py::test_folder_with_a_corrupt_file``, ``test_only_bad_files``)
+* weights of the wrong architecture, truncated, not ours -> one sentence naming the file on every
+  surface (below; the loader alone: ``test_weights.py``)
+* read-only output folder -> CLI and widget export: one sentence, nothing written (below); missing
+  output folder -> CLI: created (``test_cli.py::test_folder_with_a_corrupt_file``), widget export:
+  one sentence (``test_widget.py::test_export_csv_writes_the_table_as_the_user_edited_it``)
+* cancel mid-run -> API: ``Cancelled`` between tiles (below); widget: between planes
+  (``test_widget.py::test_cancel_stops_between_planes...``) and between tiles (below); CLI: Ctrl-C
+  exits with status 130 and one line (below)
+* threshold moved after hand edits -> the edited layer is kept and the result goes to a new one
+  (``test_widget.py::test_hand_edits_update_the_count_and_table_and_are_never_overwritten``, and
+  below with uint32 labels)
+
+Most tests use :class:`PixelNetwork`, a network whose nucleus probability is a steep function of
+each normalised pixel: the labels then follow from the normalisation alone, so an image re-encoded
+as 16-bit, float or negative must give exactly the labels of the 8-bit original.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+from safetensors.torch import save_file
+
+import napari_nucleiseg.api
+from napari_nucleiseg import segment
+from napari_nucleiseg.cli import main
+from napari_nucleiseg.inference import Cancelled
+from napari_nucleiseg.preprocess import ImageError
+from napari_nucleiseg.weights import METADATA_KEY, NucleiModel, WeightsError, save_weights
+
+from conftest import blob_image, build_tiny, tiny_metadata
+
+#: The 8-bit original: three bright disks (radius 12) on a noisy dark background.
+BLOBS = blob_image((96, 128))
+BLOB_CENTERS = ((30, 30), (60, 90), (70, 40))
+#: A user id without any rights here, to make read-only folders read-only even when tests run as root.
+NOBODY = 65534
+
+
+class PixelNetwork(torch.nn.Module):
+    """Nucleus logit ``20 * (mean of the normalised channels - 0.5)``, boundary logit -20.
+
+    Follows the contract of the real networks, ``(B, 3, H, W)`` in and ``(B, 2, H, W)`` out. With
+    ``delay``, every forward pass takes that long (to cancel a run in the middle); with
+    ``interrupt_on_call``, that call raises KeyboardInterrupt, as Ctrl-C does. ``calls`` counts them.
+    """
+
+    def __init__(self, delay: float = 0.0, interrupt_on_call: int | None = None):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # inference reads the device off a parameter
+        self.delay = delay
+        self.interrupt_on_call = interrupt_on_call
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.interrupt_on_call:
+            raise KeyboardInterrupt
+        time.sleep(self.delay)
+        nucleus = x.mean(dim=1, keepdim=True)
+        return torch.cat([20 * (nucleus - 0.5), torch.full_like(nucleus, -20.0)], dim=1)
+
+
+def pixel_model(**network_options) -> NucleiModel:
+    metadata = {
+        "architecture": "pixel", "kwargs": {}, "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 0,
+        "normalization": {"method": "percentile", "percentiles": [1.0, 99.8]},
+    }
+    return NucleiModel(network=PixelNetwork(**network_options).eval(), metadata=metadata, name="pixel")
+
+
+@pytest.fixture(scope="module")
+def reference_labels() -> np.ndarray:
+    labels = segment(BLOBS, pixel_model()).labels
+    assert labels.max() == 3 and all(labels[center] > 0 for center in BLOB_CENTERS)
+    return labels
+
+
+def one_sentence(message: str) -> bool:
+    return bool(message) and "\n" not in message and "Traceback" not in message
+
+
+def checkerboard(shape=(512, 516), dim_every_other_row=False) -> np.ndarray:
+    """One bright isolated pixel on every other row and column: 256 x 258 = 66,048 nuclei.
+
+    With ``dim_every_other_row``, the nuclei of every other of their rows are dim (value 100,
+    nucleus probability about 0.1 for :class:`PixelNetwork`), so a threshold of 0.5 keeps half.
+    """
+    image = np.zeros(shape, np.uint8)
+    image[::2, ::2] = 255
+    if dim_every_other_row:
+        image[2::4, ::2] = 100
+    return image
+
+
+# ---- images -----------------------------------------------------------------------------------
+
+def _with_nan_and_inf() -> np.ndarray:
+    image = BLOBS.astype(np.float32)
+    image[0:5, 0:5] = np.nan  # background
+    image[30, 30] = np.inf  # inside a nucleus
+    image[90, 5] = -np.inf  # background
+    return image
+
+
+#: Images that hold the picture of BLOBS in another encoding: each must give BLOBS' labels.
+SAME_PICTURE = [
+    pytest.param(lambda: BLOBS.astype(np.uint16) * 250, id="16-bit"),
+    pytest.param(lambda: BLOBS / 255.0, id="float64-0-to-1"),
+    pytest.param(lambda: BLOBS.astype(np.float32) - 1000, id="negative-float"),
+    pytest.param(lambda: BLOBS.astype(np.int16) - 300, id="negative-int16"),
+    pytest.param(lambda: BLOBS * 1e300, id="float64-beyond-float32-range"),
+    pytest.param(lambda: BLOBS * 1e-300, id="float64-below-float32-range"),
+    pytest.param(lambda: BLOBS.astype(np.float16), id="float16"),
+    pytest.param(_with_nan_and_inf, id="nan-and-inf"),
+    pytest.param(lambda: BLOBS > 100, id="boolean"),
+    pytest.param(lambda: np.stack([BLOBS] * 3 + [np.full_like(BLOBS, 255)], axis=-1), id="rgba"),
+    pytest.param(lambda: BLOBS[..., None], id="gray-with-a-channel-axis"),
+]
+
+#: Images without any nucleus: each gives empty labels of its height and width.
+NOTHING_TO_FIND = [
+    pytest.param(lambda: np.full((1, 1), 7, np.uint8), id="1x1"),
+    pytest.param(lambda: np.full((1, 1, 3), 7, np.uint8), id="1x1-rgb"),
+    pytest.param(lambda: np.zeros((40, 50), np.uint8), id="constant-zero"),
+    pytest.param(lambda: np.full((40, 50), 3.5), id="constant-float"),
+    pytest.param(lambda: np.full((40, 50), np.nan, np.float32), id="all-nan"),
+    pytest.param(lambda: np.full((40, 50), np.inf, np.float32), id="all-inf"),
+]
+
+#: Images the API cannot segment, and a word of the one sentence that says why.
+NOT_AN_IMAGE = [
+    pytest.param(lambda: np.zeros((0, 0), np.uint8), "empty", id="empty-0x0"),
+    pytest.param(lambda: np.zeros((0, 10), np.uint8), "empty", id="empty-0x10"),
+    pytest.param(lambda: np.zeros((0, 0, 3), np.uint8), "empty", id="empty-rgb"),
+    pytest.param(lambda: np.zeros((40, 50, 2), np.uint8), "one channel at a time", id="2-channel-last"),
+    pytest.param(lambda: np.zeros((2, 40, 50), np.uint8), "one channel at a time", id="2-channel-first"),
+    pytest.param(lambda: np.zeros((2, 3, 2, 40, 50), np.uint8), "plane by plane", id="5-D"),
+    pytest.param(lambda: np.zeros((1, 1, 1, 40, 50), np.uint8), "plane by plane", id="5-D-of-one-plane"),
+    pytest.param(lambda: np.zeros(10, np.uint8), "2-D", id="1-D"),
+    pytest.param(lambda: np.zeros((4, 4), complex), "not supported", id="complex"),
+    pytest.param(lambda: np.array([["a", "b"]]), "not supported", id="text"),
+]
+
+
+@pytest.mark.parametrize("make_image", SAME_PICTURE)
+def test_api_image_in_another_encoding_gives_the_same_labels(make_image, reference_labels):
+    image = make_image()
+    before = image.copy()
+    result = segment(image, pixel_model())
+    np.testing.assert_array_equal(result.labels, reference_labels)
+    assert result.count == 3 == len(result.table)
+    assert np.isfinite(result.probabilities).all()
+    np.testing.assert_array_equal(image, before)  # the user's array is left as it was (NaN included)
+
+
+@pytest.mark.parametrize("make_image", NOTHING_TO_FIND)
+def test_api_image_without_nuclei_gives_empty_labels(make_image):
+    image = make_image()
+    result = segment(image, pixel_model())
+    assert result.labels.shape == image.shape[:2] and result.labels.dtype == np.uint16
+    assert result.count == 0 and len(result.table) == 0
+    assert np.isfinite(result.probabilities).all()
+
+
+@pytest.mark.parametrize("make_image, fragment", NOT_AN_IMAGE)
+def test_api_image_that_cannot_be_segmented_is_one_sentence(make_image, fragment):
+    with pytest.raises(ImageError) as error:
+        segment(make_image(), pixel_model())
+    assert one_sentence(str(error.value)) and fragment in str(error.value)
+
+
+@pytest.mark.slow
+def test_api_more_than_65535_nuclei_are_uint32():
+    result = segment(checkerboard(), pixel_model())
+    assert result.labels.dtype == np.uint32
+    assert result.count == 256 * 258 == result.labels.max() == len(result.table)
+    assert result.table["label"].iloc[-1] == 256 * 258
+
+
+def test_api_cancel_in_the_middle_of_a_run_stops_between_tiles():
+    progress = []
+    with pytest.raises(Cancelled):
+        segment(np.tile(BLOBS, (20, 16)), pixel_model(),  # 1920 x 2048: many tiles
+                progress=lambda done, total: progress.append((done, total)), cancelled=lambda: bool(progress))
+    ((done, total),) = progress  # cancelled right after the first tiles, not after all of them
+    assert done < total
+
+
+# ---- weights files ----------------------------------------------------------------------------
+
+def _good(folder: Path, name: str) -> Path:
+    return save_weights(folder / name, build_tiny("unet"), tiny_metadata("unet"))
+
+
+def _cut(folder: Path, name: str, keep: float) -> Path:
+    """A good weights file cut to the first ``keep`` of its bytes (or to ``keep`` bytes if it is above 1)."""
+    path = _good(folder, name)
+    data = path.read_bytes()
+    return _write(path, data[: int(keep if keep > 1 else len(data) * keep)])
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _raw_safetensors(folder: Path, name: str, header: dict) -> Path:
+    import json
+
+    encoded = json.dumps(header).encode()
+    path = folder / name
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded)
+    return path
+
+
+def _ours(**fields) -> str:
+    import json
+
+    return json.dumps({"format": "napari-nucleiseg-weights", "format_version": 1, "architecture": "unet",
+                       "kwargs": {}} | fields)
+
+
+def _foreign_safetensors(folder: Path, name: str) -> Path:
+    save_file({"weight": torch.zeros(3, 3)}, str(folder / name), metadata={"framework": "pt"})
+    return folder / name
+
+
+#: (makes the file in a folder, a fragment of the one sentence that must name it)
+BAD_WEIGHTS = [
+    pytest.param(lambda folder: save_weights(folder / "wrong-architecture.safetensors", build_tiny("hrnet"),
+                                             tiny_metadata("unet")), "do not match a 'unet' model",
+                 id="wrong-architecture"),
+    pytest.param(lambda folder: _cut(folder, "truncated.safetensors", 0.6), "truncated", id="truncated-tensors"),
+    pytest.param(lambda folder: _cut(folder, "truncated-header.safetensors", 0.01), "truncated",
+                 id="truncated-header"),
+    pytest.param(lambda folder: _cut(folder, "seven-bytes.safetensors", 7), "truncated", id="truncated-to-7-bytes"),
+    pytest.param(lambda folder: _foreign_safetensors(folder, "foreign.safetensors"),
+                 "not a napari-nucleiseg weights file", id="not-ours-safetensors"),
+    pytest.param(lambda folder: _write(folder / "image.safetensors", b"\x89PNG\r\n\x1a\n" + bytes(100)),
+                 "not a napari-nucleiseg weights file", id="not-ours-png"),
+    pytest.param(lambda folder: _write(folder / "notes.safetensors", b"some notes, not weights"),
+                 "not a napari-nucleiseg weights file", id="not-ours-text"),
+    pytest.param(lambda folder: _raw_safetensors(folder, "odd-header.safetensors",
+                                                 {"__metadata__": {METADATA_KEY: _ours()}, "x": 5}),
+                 "not a napari-nucleiseg weights file", id="malformed-header"),
+    pytest.param(lambda folder: _raw_safetensors(folder, "odd-kwargs.safetensors",
+                                                 {"__metadata__": {METADATA_KEY: _ours(kwargs="big")}}),
+                 "not a mapping", id="arguments-not-a-mapping"),
+    pytest.param(lambda folder: _raw_safetensors(folder, "odd-version.safetensors",
+                                                 {"__metadata__": {METADATA_KEY: _ours(format_version="2")}}),
+                 "not a number", id="version-not-a-number"),
+    pytest.param(lambda folder: save_weights(folder / "threshold-2.safetensors", build_tiny("unet"),
+                                             tiny_metadata("unet") | {"threshold": 2.0}),
+                 "threshold 2.0 is not a number between 0 and 1", id="threshold-out-of-range"),
+    pytest.param(lambda folder: save_weights(folder / "negative-layers.safetensors", build_tiny("unet"),
+                                             tiny_metadata("unet") | {"kwargs": {"base_channels": -4}}),
+                 "cannot be built", id="impossible-architecture-arguments"),
+]
+
+
+@pytest.mark.parametrize("make_weights, fragment", BAD_WEIGHTS)
+def test_api_bad_weights_file_is_one_sentence_naming_it(make_weights, fragment, tmp_path):
+    path = make_weights(tmp_path)
+    with pytest.raises(WeightsError) as error:
+        segment(BLOBS, path)
+    message = str(error.value)
+    assert one_sentence(message) and message.startswith(f"{path.name}: ") and fragment in message
+
+
+# ---- the CLI ----------------------------------------------------------------------------------
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    status = main(["segment", *map(str, args)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.fixture
+def cli_pixel_model(monkeypatch):
+    """Makes the CLI use :class:`PixelNetwork` whatever --weights it is given."""
+    model = pixel_model()
+    monkeypatch.setattr(napari_nucleiseg.api, "load_model", lambda source: model)
+    return model
+
+
+def _png(image):
+    return lambda path: iio.imwrite(path.with_suffix(".png"), image) or path.with_suffix(".png")
+
+
+def _tiff(image, **options):
+    return lambda path: tifffile.imwrite(path.with_suffix(".tif"), image, **options) or path.with_suffix(".tif")
+
+
+def _bytes(suffix, data):
+    return lambda path: _write(path.with_suffix(suffix), data)
+
+
+def _encoded(suffix, image, keep=1.0, suffix_on_disk=None):
+    """``image`` encoded as ``suffix``, cut to the first ``keep`` of its bytes, in a file named ``suffix_on_disk``."""
+    if suffix == ".tif":
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, image)
+        data = buffer.getvalue()
+    else:
+        data = iio.imwrite("<bytes>", image, extension=suffix)
+    return _bytes(suffix_on_disk or suffix, data[: int(len(data) * keep)])
+
+
+#: Files the CLI segments: each gives BLOBS' labels.
+CLI_SAME_PICTURE = [
+    pytest.param(_png(BLOBS.astype(np.uint16) * 250), id="16-bit-png"),
+    pytest.param(_tiff(BLOBS.astype(np.uint16) * 250), id="16-bit-tiff"),
+    pytest.param(_tiff((BLOBS / 255).astype(np.float32)), id="float32-tiff"),
+    pytest.param(_tiff(BLOBS.astype(np.float32) - 1000), id="negative-float-tiff"),
+    pytest.param(_tiff(BLOBS.astype(np.int16) - 300), id="negative-int16-tiff"),
+    pytest.param(_tiff(BLOBS * 1e300), id="float64-beyond-float32-range-tiff"),
+    pytest.param(_tiff(_with_nan_and_inf()), id="nan-and-inf-tiff"),
+    pytest.param(_png(np.stack([BLOBS, np.full_like(BLOBS, 255)], axis=-1)), id="gray-alpha-png"),
+    pytest.param(_tiff(np.stack([BLOBS, np.full_like(BLOBS, 255)], axis=-1), photometric="minisblack",
+                       extrasamples=["unassalpha"]), id="gray-alpha-tiff"),
+    pytest.param(_png(np.stack([BLOBS] * 3 + [np.full_like(BLOBS, 255)], axis=-1)), id="rgba-png"),
+    pytest.param(_tiff(np.stack([BLOBS] * 3), photometric="minisblack"), id="rgb-channels-first-tiff"),
+    pytest.param(_tiff(BLOBS[None, None, None]), id="5-D-tiff-of-one-plane"),
+]
+
+#: Files the CLI segments and finds nothing in: empty labels of the image's size.
+CLI_NOTHING_TO_FIND = [
+    pytest.param(_png(np.full((1, 1), 7, np.uint8)), (1, 1), id="1x1-png"),
+    pytest.param(_png(np.zeros((40, 50), np.uint8)), (40, 50), id="constant-png"),
+    pytest.param(_tiff(np.full((40, 50), np.nan, np.float32)), (40, 50), id="all-nan-tiff"),
+]
+
+#: Files the CLI skips with one line naming them, and a fragment of that line.
+CLI_SKIPPED = [
+    pytest.param(_tiff(np.stack([BLOBS, BLOBS], axis=-1), photometric="minisblack", planarconfig="contig"),
+                 "one channel at a time", id="2-channel-tiff"),
+    pytest.param(_tiff(np.stack([BLOBS, BLOBS])), "one channel at a time", id="2-channel-first-tiff"),
+    pytest.param(_tiff(np.zeros((2, 3, 2, 40, 50), np.uint8)), "plane by plane", id="5-D-tiff"),
+    pytest.param(_tiff(np.zeros((0, 10), np.uint8)), "not a readable image", id="empty-tiff"),
+    pytest.param(_bytes(".png", b""), "not a readable image", id="0-byte-png"),
+    pytest.param(_bytes(".tif", b""), "not a readable image", id="0-byte-tiff"),
+    pytest.param(_encoded(".png", BLOBS, keep=0.5), "not a readable image", id="truncated-png"),
+    pytest.param(_encoded(".tif", BLOBS, keep=0.5), "not a readable image", id="truncated-tiff"),
+    pytest.param(_encoded(".tif", BLOBS, keep=0.002), "not a readable image", id="truncated-tiff-header"),
+    pytest.param(_encoded(".jpg", np.stack([BLOBS] * 3, axis=-1), keep=0.7), "truncated",
+                 id="truncated-jpeg"),
+    pytest.param(_encoded(".jpg", np.stack([BLOBS] * 3, axis=-1), keep=0.05), "Truncated",
+                 id="truncated-jpeg-header"),
+    pytest.param(_encoded(".png", BLOBS, suffix_on_disk=".tif"), "not a TIFF file", id="png-named-tif"),
+    pytest.param(_bytes(".png", b"not an image at all"), "not a readable image", id="text-named-png"),
+]
+
+
+@pytest.mark.parametrize("write", CLI_SAME_PICTURE)
+def test_cli_file_in_another_encoding_gives_the_same_labels(write, capsys, tmp_path, cli_pixel_model,
+                                                            reference_labels):
+    source = write(tmp_path / "image")
+    status, _, stderr = run_cli(capsys, source, "--out", tmp_path / "out")
+    assert status == 0, stderr
+    assert stderr == ""
+    labels = tifffile.imread(tmp_path / "out" / "image_labels.tif")
+    np.testing.assert_array_equal(labels, reference_labels)
+    assert pd.read_csv(tmp_path / "out" / "counts.csv")["nuclei"].tolist() == [3]
+
+
+@pytest.mark.parametrize("write, shape", CLI_NOTHING_TO_FIND)
+def test_cli_file_without_nuclei_gives_empty_labels(write, shape, capsys, tmp_path, cli_pixel_model):
+    source = write(tmp_path / "image")
+    status, _, stderr = run_cli(capsys, source, "--out", tmp_path / "out")
+    assert status == 0, stderr
+    labels = tifffile.imread(tmp_path / "out" / "image_labels.tif")
+    assert labels.shape == shape and labels.max() == 0
+    assert pd.read_csv(tmp_path / "out" / "counts.csv")["nuclei"].tolist() == [0]
+    assert len(pd.read_csv(tmp_path / "out" / "nuclei.csv")) == 0
+
+
+@pytest.mark.parametrize("write, fragment", CLI_SKIPPED)
+def test_cli_file_that_cannot_be_segmented_is_skipped_with_one_line(write, fragment, capsys, tmp_path,
+                                                                    cli_pixel_model):
+    source = write(tmp_path / "image")
+    good = tmp_path / "good.png"
+    iio.imwrite(good, BLOBS)
+    status, stdout, stderr = run_cli(capsys, source, good, "--out", tmp_path / "out")
+    assert status == 0  # the good image is still segmented
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith(f"nucleiseg: skipped {source}: ") and fragment in line and one_sentence(line)
+    assert "Segmented 1 of 2 images" in stdout
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["counts.csv", "good_labels.tif",
+                                                                          "nuclei.csv"]
+
+
+@pytest.mark.parametrize("make_weights, fragment", BAD_WEIGHTS)
+def test_cli_bad_weights_file_is_one_line_naming_it(make_weights, fragment, capsys, tmp_path):
+    weights = make_weights(tmp_path)
+    iio.imwrite(tmp_path / "image.png", BLOBS)
+    status, _, stderr = run_cli(capsys, tmp_path / "image.png", "--out", tmp_path / "out", "--weights", weights)
+    assert status == 1
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith(f"nucleiseg: {weights.name}: ") and fragment in line and one_sentence(line)
+    assert not (tmp_path / "out").exists()
+
+
+@contextmanager
+def shared_folder():
+    """A temporary folder that another user can reach (pytest's tmp_path is private to its owner)."""
+    folder = Path(tempfile.mkdtemp(prefix="nucleiseg-bad-input-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        for path in folder.rglob("*"):
+            if path.is_dir():
+                path.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def test_cli_read_only_output_folder_is_one_line_and_nothing_is_written(tmp_path, tiny_weights):
+    """Really read-only: run as an unprivileged user when the tests run as root (root may write anywhere)."""
+    with shared_folder() as folder:
+        iio.imwrite(folder / "image.png", BLOBS)
+        weights = folder / "weights.safetensors"
+        shutil.copy(tiny_weights["unet"], weights)
+        weights.chmod(0o644)
+        out = folder / "results"
+        out.mkdir()
+        (out / "image_labels.tif").write_bytes(b"an earlier result")
+        out.chmod(0o555)
+        command = [sys.executable, "-m", "napari_nucleiseg.cli", "segment", str(folder / "image.png"),
+                   "--out", str(out), "--weights", str(weights), "--overwrite"]
+        if os.geteuid() == 0:
+            command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=folder,
+                              env=os.environ | {"HOME": str(folder)})
+        assert done.returncode == 1
+        (line,) = done.stderr.strip().splitlines()
+        assert line == f"nucleiseg: cannot write to the output folder {out}: permission denied."
+        assert sorted(path.name for path in out.iterdir()) == ["image_labels.tif"]
+        assert (out / "image_labels.tif").read_bytes() == b"an earlier result"
+
+
+def test_cli_never_replaces_an_input_image_even_with_overwrite(capsys, tmp_path, cli_pixel_model):
+    # A folder holding an image and the labels of an earlier run, segmented into itself.
+    iio.imwrite(tmp_path / "cells.png", BLOBS)
+    tifffile.imwrite(tmp_path / "cells_labels.tif", np.full((96, 128), 9, np.uint16))
+    before = (tmp_path / "cells_labels.tif").read_bytes()
+    status, _, stderr = run_cli(capsys, tmp_path, "--out", tmp_path, "--overwrite")
+    assert status == 2
+    (line,) = stderr.strip().splitlines()
+    assert "would replace the input image" in line and "cells_labels.tif" in line and one_sentence(line)
+    assert (tmp_path / "cells_labels.tif").read_bytes() == before
+
+
+def test_cli_ctrl_c_in_the_middle_of_a_run_is_one_line(capsys, tmp_path, monkeypatch):
+    model = pixel_model(interrupt_on_call=2)
+    monkeypatch.setattr(napari_nucleiseg.api, "load_model", lambda source: model)
+    for name in ("a", "b", "c"):
+        iio.imwrite(tmp_path / f"{name}.png", BLOBS)
+    status, _, stderr = run_cli(capsys, tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png",
+                                "--out", tmp_path / "out")
+    assert status == 130
+    assert stderr.strip().splitlines() == ["nucleiseg: interrupted."]
+    assert model.network.calls == 2  # stopped at once: c was never started
+    assert not (tmp_path / "out" / "c_labels.tif").exists()
+
+
+@pytest.mark.slow
+def test_cli_more_than_65535_nuclei_are_written_as_uint32(capsys, tmp_path, cli_pixel_model):
+    iio.imwrite(tmp_path / "crowded.png", checkerboard())
+    status, _, stderr = run_cli(capsys, tmp_path / "crowded.png", "--out", tmp_path / "out")
+    assert status == 0, stderr
+    labels = tifffile.imread(tmp_path / "out" / "crowded_labels.tif")
+    assert labels.dtype == np.uint32 and labels.max() == 256 * 258
+    np.testing.assert_array_equal(labels > 0, checkerboard() > 0)
+    assert pd.read_csv(tmp_path / "out" / "counts.csv")["nuclei"].tolist() == [256 * 258]
+    assert len(pd.read_csv(tmp_path / "out" / "nuclei.csv")) == 256 * 258
+
+
+# ---- the widget -------------------------------------------------------------------------------
+
+from test_widget import (  # noqa: E402  (the widget tests' helpers and fixtures, imported where they are needed)
+    RUN_TIMEOUT_MS,
+    click_segment,
+    labels_layers,
+    notifications,  # noqa: F401  (a fixture)
+    shown_count,
+    viewer_and_widget,  # noqa: F401  (a fixture)
+)
+
+
+@pytest.fixture
+def widget_pixel_model(monkeypatch):
+    """Makes the widget run :class:`PixelNetwork` after it has checked the chosen weights file."""
+    model = pixel_model()
+    monkeypatch.setattr("napari_nucleiseg.weights.load_weights", lambda path: model)
+    return model
+
+
+#: Image layers that hold BLOBS (or a stack of it) in another encoding: the widget finds BLOBS' labels.
+WIDGET_IMAGES = [
+    pytest.param(lambda: BLOBS.astype(np.uint16) * 250, id="16-bit"),
+    pytest.param(lambda: BLOBS.astype(np.int16) - 300, id="negative-int16"),
+    pytest.param(lambda: BLOBS * 1e300, id="float64-beyond-float32-range"),
+    pytest.param(_with_nan_and_inf, id="nan-and-inf"),
+    pytest.param(lambda: np.broadcast_to(BLOBS, (2, 1, 2, *BLOBS.shape)).copy(), id="5-D-stack"),
+]
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("make_image", WIDGET_IMAGES)
+def test_widget_image_in_another_encoding_gives_the_same_labels(
+    make_image, viewer_and_widget, widget_pixel_model, notifications, reference_labels, qtbot
+):
+    viewer, widget = viewer_and_widget
+    image = make_image()
+    viewer.add_image(image, name="image")
+    click_segment(qtbot, widget)
+    assert notifications.messages["error"] == []
+    (layer,) = labels_layers(viewer)
+    assert layer.data.shape == image.shape
+    planes = layer.data.reshape(-1, *reference_labels.shape)
+    for index, plane in enumerate(planes):  # a stack's nuclei are numbered on through its planes
+        np.testing.assert_array_equal(plane, np.where(reference_labels > 0, reference_labels + 3 * index, 0))
+    assert shown_count(widget) == 3 * len(planes)
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("make_weights, fragment", BAD_WEIGHTS)
+def test_widget_bad_weights_file_is_one_notification_naming_it(
+    make_weights, fragment, viewer_and_widget, notifications, tmp_path, qtbot
+):
+    viewer, widget = viewer_and_widget
+    chosen = widget.model_combo.currentText()
+    path = make_weights(tmp_path)
+    viewer.add_image(BLOBS, name="blobs")
+    if widget.set_weights_file(path):  # tensors of the wrong architecture show only when they are loaded
+        click_segment(qtbot, widget)
+    else:
+        assert widget.model_combo.currentText() == chosen  # refused: the last good choice stays
+    (message,) = notifications.messages["error"]
+    assert one_sentence(message) and message.startswith(f"{path.name}: ") and fragment in message
+    assert labels_layers(viewer) == []
+
+
+@pytest.mark.gui
+def test_widget_weights_file_truncated_after_it_was_chosen(viewer_and_widget, notifications, tmp_path, qtbot):
+    viewer, widget = viewer_and_widget
+    path = _good(tmp_path, "being-rewritten.safetensors")
+    assert widget.set_weights_file(path)
+    path.write_bytes(path.read_bytes()[:5000])  # e.g. training is writing a new version of it
+    viewer.add_image(BLOBS, name="blobs")
+    click_segment(qtbot, widget)
+    (message,) = notifications.messages["error"]
+    assert message.startswith("being-rewritten.safetensors: the file is truncated") and one_sentence(message)
+    assert labels_layers(viewer) == []
+
+
+@pytest.mark.gui
+def test_widget_cancel_in_the_middle_of_one_large_image_stops_between_tiles(
+    viewer_and_widget, notifications, monkeypatch, qtbot
+):
+    viewer, widget = viewer_and_widget
+    model = pixel_model(delay=0.2)
+    monkeypatch.setattr("napari_nucleiseg.weights.load_weights", lambda path: model)
+    viewer.add_image(np.tile(BLOBS, (20, 16)), name="large")  # one 1920 x 2048 plane: many tiles
+    qtbot.mouseClick(widget.segment_button, _widget_left_button())
+    qtbot.waitUntil(lambda: "tile 1/" in widget.progress_bar.format(), timeout=RUN_TIMEOUT_MS)
+    total = int(widget.progress_bar.format().split("/")[-1])
+    qtbot.mouseClick(widget.cancel_button, _widget_left_button())
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+    assert model.network.calls < total
+    assert notifications.messages["info"] == ["Segmentation cancelled; no layer was changed."]
+    assert labels_layers(viewer) == [] and notifications.messages["error"] == []
+
+
+def _widget_left_button():
+    from napari_nucleiseg._widget import Qt
+
+    return Qt.MouseButton.LeftButton
+
+
+@contextmanager
+def unprivileged():
+    """Act as a user without rights on root's files while inside (a no-op for a user already)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.mark.gui
+def test_widget_export_to_a_read_only_folder_is_one_notification(
+    viewer_and_widget, widget_pixel_model, notifications, qtbot
+):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(BLOBS, name="blobs")
+    click_segment(qtbot, widget)
+    with shared_folder() as folder:
+        read_only = folder / "read-only"
+        read_only.mkdir()
+        (read_only / "nuclei.csv").write_text("an earlier export\n")
+        read_only.chmod(0o555)
+        (read_only / "nuclei.csv").chmod(0o444)
+        writable = folder / "writable"
+        writable.mkdir()
+        writable.chmod(0o777)
+        (writable / "protected.csv").write_text("a protected export\n")
+        (writable / "protected.csv").chmod(0o444)
+        with unprivileged():
+            assert not os.access(read_only, os.W_OK, effective_ids=True)
+            exported = [widget.export_csv(path) for path in
+                        (read_only / "new.csv", read_only / "nuclei.csv", writable / "protected.csv")]
+            assert widget.export_csv(writable / "fresh.csv")  # the user may write where it is allowed
+        assert exported == [False, False, False]
+        assert sorted(path.name for path in read_only.iterdir()) == ["nuclei.csv"]
+        assert (read_only / "nuclei.csv").read_text() == "an earlier export\n"
+        assert sorted(path.name for path in writable.iterdir()) == ["fresh.csv", "protected.csv"]
+        assert (writable / "protected.csv").read_text() == "a protected export\n"
+    new, existing, protected = notifications.messages["error"]
+    assert new == f"Cannot write {read_only / 'new.csv'}: Permission denied."
+    assert existing == f"Cannot write {read_only / 'nuclei.csv'}: the file is read-only."
+    assert protected == f"Cannot write {writable / 'protected.csv'}: the file is read-only."
+
+
+@pytest.mark.gui
+def test_widget_export_that_fails_half_way_keeps_the_earlier_file(
+    viewer_and_widget, widget_pixel_model, notifications, monkeypatch, tmp_path, qtbot
+):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(BLOBS, name="blobs")
+    click_segment(qtbot, widget)
+    earlier = tmp_path / "nuclei.csv"
+    earlier.write_text("an earlier export\n")
+
+    def disk_full(self, path, **options):
+        Path(path).write_text("label,ar")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    assert not widget.export_csv(earlier)
+    assert earlier.read_text() == "an earlier export\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["nuclei.csv"]  # no half-written file left
+    assert notifications.messages["error"] == [f"Cannot write {earlier}: No space left on device."]
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_widget_more_than_65535_nuclei_are_uint32_and_hand_edits_survive(
+    viewer_and_widget, widget_pixel_model, notifications, monkeypatch, qtbot
+):
+    from napari_nucleiseg import _layers
+
+    viewer, widget = viewer_and_widget
+    # The tables of 66,048 nuclei are measured in the background after every change; what is tested
+    # here is the labels, so each table is one row, at once.
+    monkeypatch.setattr(_layers, "nuclei_table", lambda labels, image, rgb: pd.DataFrame({"index": [1], "label": [1]}))
+    viewer.add_image(checkerboard(dim_every_other_row=True), name="crowded")
+    widget.min_size_spin.setValue(0)
+    widget.threshold_slider.setValue(0.05)
+    click_segment(qtbot, widget)
+    (layer,) = labels_layers(viewer)
+    assert layer.data.dtype == np.uint32 and layer.data.max() == 256 * 258 == shown_count(widget)
+
+    widget.threshold_slider.setValue(0.5)  # half the nuclei: uint16 is enough, in the same layer
+    assert labels_layers(viewer) == [layer]
+    assert layer.data.dtype == np.uint16 and layer.data.max() == 128 * 258 == shown_count(widget)
+    widget.threshold_slider.setValue(0.05)
+    assert layer.data.dtype == np.uint32 and layer.data.max() == 256 * 258
+
+    layer.data_setitem((np.array([1]), np.array([1])), 70_000)  # a hand edit with a label above 65,535
+    qtbot.waitUntil(lambda: shown_count(widget) == 256 * 258 + 1, timeout=5_000)
+    edited = layer.data.copy()
+    widget.threshold_slider.setValue(0.5)
+    first, second = labels_layers(viewer)
+    assert first is layer and np.array_equal(first.data, edited) and first.data[1, 1] == 70_000
+    assert second.data.max() == 128 * 258
+    assert notifications.messages["error"] == []
+
+
+def test_weights_file_without_read_permission_is_one_sentence(capsys, tiny_weights):
+    with shared_folder() as folder:
+        weights = folder / "private.safetensors"
+        shutil.copy(tiny_weights["unet"], weights)
+        weights.chmod(0o600)  # root's own: nobody else may read it
+        iio.imwrite(folder / "image.png", BLOBS)
+        with unprivileged():
+            with pytest.raises(WeightsError) as error:
+                segment(BLOBS, weights)
+            status, _, stderr = run_cli(capsys, folder / "image.png", "--out", folder / "out", "--weights", weights)
+    assert str(error.value) == "private.safetensors: the file cannot be read (Permission denied)."
+    assert status == 1 and stderr == f"nucleiseg: {error.value}\n"
