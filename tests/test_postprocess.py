@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
+from skimage.segmentation import watershed
 
 from napari_nucleiseg.postprocess import (
     MEASUREMENT_COLUMNS,
@@ -146,6 +148,51 @@ def test_count_ignores_background_and_gaps():
     assert count_nuclei(np.zeros((3, 3), np.uint16)) == 0
 
 
+def whole_image_watershed(probabilities, threshold, boundary_threshold):
+    """What splitting is defined as: scikit-image's seeded watershed of the whole image, seeds numbered in
+    raster order, the parts of the mask no seed reaches numbered after them."""
+    nucleus = np.nan_to_num(probabilities[0].astype(np.float32), nan=0.0)
+    mask = ndi.binary_fill_holes(nucleus > threshold)
+    seeds = mask & (np.nan_to_num(probabilities[1], nan=0.0) < boundary_threshold)
+    markers, count = ndi.label(seeds)
+    labels = watershed(-nucleus, markers, mask=mask)
+    unreached, _ = ndi.label(mask & (labels == 0))
+    return np.where(unreached > 0, unreached + count, labels)
+
+
+def test_split_equals_the_whole_image_watershed():
+    # Smooth random maps: blobs of every shape that touch in every way, without two equal
+    # probabilities (where the watershed may break ties either way), NaN included.
+    rng = np.random.default_rng(0)
+    touching = 0
+    for _ in range(16):
+        shape = tuple(rng.integers(20, 70, size=2))
+        probabilities = np.stack([ndi.gaussian_filter(rng.random(shape), rng.uniform(1, 3)) for _ in range(2)])
+        probabilities = (probabilities - probabilities.min()) / np.ptp(probabilities)
+        probabilities[:, rng.random(shape) < 0.01] = np.nan  # equal to each other, but NaN is background
+        threshold, boundary_threshold = rng.uniform(0.35, 0.6), rng.uniform(0.3, 0.7)
+        expected = whole_image_watershed(probabilities, threshold, boundary_threshold)
+        labels = labels_from_probabilities(probabilities, threshold, min_size=0, boundary_threshold=boundary_threshold)
+        np.testing.assert_array_equal(labels, expected)
+        touching += expected.max() > ndi.label(expected > 0)[1]  # nuclei touched: the watershed had work
+    assert touching >= 8
+
+
+def test_three_nuclei_meeting_at_one_point_are_three():
+    meeting = [((20, 20), 11), ((20, 40), 11), ((37, 30), 11)]
+    labels = labels_from_probabilities(probabilities_of(meeting), min_size=10)
+    assert count_nuclei(labels) == 3
+    assert len({labels[center] for center, _ in meeting}) == 3
+
+
+def test_a_nucleus_made_only_of_boundary_is_kept_after_the_seeded_ones():
+    probabilities = probabilities_of([((20, 20), 10), ((40, 70), 6)])
+    probabilities[1][disk(SHAPE, (40, 70), 6)] = 1.0  # all boundary: no seed
+    labels = labels_from_probabilities(probabilities, min_size=10)
+    assert count_nuclei(labels) == 2
+    assert labels[20, 20] == 1 and labels[40, 70] == 2
+
+
 # --- measurements ------------------------------------------------------------------------------------
 
 
@@ -196,19 +243,11 @@ def test_without_an_image_mean_intensity_is_nan():
     assert table["area"].notna().all()
 
 
-def test_measurements_agree_with_scikit_image():
-    labels = labels_from_probabilities(
-        probabilities_of([((15, 15), 9), ((40, 30), 12), ((30, 70), 10), ((30, 82), 8), ((55, 85), 5)]), min_size=5
-    )
-    # Irregular shapes: cut a notch out of some nuclei.
-    labels[35:45, 25:29] = 0
-    image = np.random.default_rng(0).random(labels.shape)
+def assert_agrees_with_scikit_image(labels, image=None):
     table = measure_nuclei(labels, image)
-    reference = regionprops_table(
-        labels, image,
-        properties=("label", "area", "centroid", "bbox", "intensity_mean", "eccentricity", "perimeter",
-                    "equivalent_diameter_area", "solidity"),
-    )
+    properties = ("label", "area", "centroid", "bbox", "eccentricity", "perimeter", "equivalent_diameter_area",
+                  "solidity") + (() if image is None else ("intensity_mean",))
+    reference = regionprops_table(labels, image, properties=properties)
     pairs = {
         "label": "label", "area": "area", "centroid_y": "centroid-0", "centroid_x": "centroid-1",
         "bbox_min_y": "bbox-0", "bbox_min_x": "bbox-1", "bbox_max_y": "bbox-2", "bbox_max_x": "bbox-3",
@@ -217,7 +256,35 @@ def test_measurements_agree_with_scikit_image():
     }
     assert set(pairs) == set(MEASUREMENT_COLUMNS)
     for ours, theirs in pairs.items():
-        np.testing.assert_allclose(table[ours].to_numpy(), reference[theirs], rtol=1e-9, atol=1e-9, err_msg=ours)
+        if theirs in reference:
+            np.testing.assert_allclose(table[ours].to_numpy(), reference[theirs], rtol=1e-9, atol=1e-9, err_msg=ours)
+
+
+def test_measurements_agree_with_scikit_image():
+    labels = labels_from_probabilities(
+        probabilities_of([((15, 15), 9), ((40, 30), 12), ((30, 70), 10), ((30, 82), 8), ((55, 85), 5)]), min_size=5
+    )
+    # Irregular shapes: cut a notch out of some nuclei.
+    labels[35:45, 25:29] = 0
+    assert_agrees_with_scikit_image(labels, np.random.default_rng(0).random(labels.shape))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_measurements_of_painted_labels_agree_with_scikit_image(seed):
+    # Hand-painted labels: scattered pixels, parts in several places, holes, shapes cut by the
+    # image's edge, one-pixel lines, label values far apart.
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(5, 60, size=2))
+    if seed % 2:
+        labels = rng.choice([0, 0, 0, 1, 2, 300, 70_000], size=shape).astype(np.int32)
+    else:
+        labels = np.zeros(shape, np.int64)
+        for value in rng.integers(1, 8, size=6):
+            labels[disk(shape, rng.integers(0, shape, size=2), rng.uniform(0.5, 12))] = value
+        labels[rng.integers(shape[0]), :] = 2**22 + 1  # a label too large for a lookup table
+        labels[disk(shape, rng.integers(0, shape, size=2), 2.5)] = 0
+    assert_agrees_with_scikit_image(labels, rng.random(shape))
+    assert_agrees_with_scikit_image(labels)
 
 
 def test_one_row_per_counted_nucleus():
