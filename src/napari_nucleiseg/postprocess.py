@@ -146,9 +146,9 @@ def _split_touching(nucleus: np.ndarray, mask: np.ndarray, seeds: np.ndarray) ->
     # every (band pixel, seed pixel) pair of 4-neighbours.
     width = mask.shape[1]
     neighbours = band_pixels[:, None] + np.array([-width, width, -1, 1])
-    contact_markers = markers.ravel().take(neighbours)
-    touching = contact_markers > 0
-    contact_pixels, contact_markers = neighbours[touching], contact_markers[touching]
+    touching = seeds.ravel().take(neighbours)
+    contact_pixels = neighbours[touching]
+    contact_markers = markers.ravel().take(contact_pixels)
     contact_regions = np.broadcast_to(band_regions[:, None], touching.shape)[touching]
     lowest = np.full(n_regions + 1, n_markers + 1, dtype=markers.dtype)
     highest = np.zeros(n_regions + 1, dtype=markers.dtype)
