@@ -88,3 +88,123 @@ def test_describe_weights_names_the_training_data_and_the_validation_scores():
     assert "DSB2018 stage1_train, 596 images" in text
     assert "dsb_score 0.612" in text and "mean_iou 0.800" in text
     assert "Threshold 0.45" in text
+
+
+# ---- the compact probability cache ------------------------------------------------------------
+
+#: Every threshold the widget's slider can take (0.05 to 0.95 in steps of 0.01).
+SLIDER_THRESHOLDS = [round(0.05 + 0.01 * step, 2) for step in range(91)]
+
+
+def touching_nuclei(shape=(96, 128), seed=0) -> np.ndarray:
+    """``(2, Y, X)`` float32 maps a network might give: blurred, partly touching disks and their rims."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, dtype=np.int32)
+    yy, xx = np.indices(shape)
+    for label, (y, x) in enumerate(rng.uniform((8, 8), (shape[0] - 8, shape[1] - 8), size=(14, 2)), start=1):
+        labels[(yy - y) ** 2 + (xx - x) ** 2 <= rng.uniform(5, 10) ** 2] = label
+    nucleus = ndi.gaussian_filter((labels > 0).astype(np.float32), 1.0)
+    rim = find_boundaries(labels, mode="inner") & (labels > 0)
+    boundary = np.clip(ndi.gaussian_filter(rim.astype(np.float32), 0.7) * 2, 0, 1)
+    return np.stack([nucleus, boundary]).astype(np.float32)
+
+
+def test_compact_probabilities_take_3_bytes_a_pixel_and_read_back_within_half_a_step():
+    rng = np.random.default_rng(1)
+    probabilities = rng.random((4, 2, 30, 40), dtype=np.float32)
+    compact = _layers.CompactProbabilities.from_float(probabilities)
+    assert compact.shape == probabilities.shape and compact.pixels == 4 * 30 * 40
+    assert compact.nbytes == 3 * compact.pixels  # float32 maps: 8 bytes a pixel
+    for index in range(4):
+        plane = compact[(index,)]
+        assert plane.dtype == np.float32 and plane.shape == (2, 30, 40)
+        assert np.abs(plane[0] - probabilities[index, 0]).max() <= 0.5 / _layers.NUCLEUS_LEVELS + 1e-7
+        assert np.abs(plane[1] - probabilities[index, 1]).max() <= 0.5 / _layers.BOUNDARY_LEVELS + 1e-7
+
+
+def test_thresholds_on_the_slider_grid_give_exactly_the_masks_of_the_float32_maps():
+    # Random values, and values exactly at, just below and just above every slider threshold.
+    grid = np.array(SLIDER_THRESHOLDS, dtype=np.float32)
+    edges = np.concatenate([grid, np.nextafter(grid, 0), np.nextafter(grid, 1), [0, 1]]).astype(np.float32)
+    values = np.concatenate([np.random.default_rng(2).random(20_000, dtype=np.float32), edges])
+    probabilities = np.stack([values, values[::-1]]).reshape(2, 1, -1)
+    plane = _layers.CompactProbabilities.from_float(probabilities)[()]
+    # numpy compares a float32 map with a Python float in float32: a pixel whose value is the
+    # threshold rounded to float32 is not above it, though it may be above the threshold itself,
+    # which is what the compact maps keep. Those pixels aside, the masks are the same.
+    for threshold in SLIDER_THRESHOLDS:
+        exact = np.float64(probabilities[0]) > threshold
+        np.testing.assert_array_equal(plane[0] > threshold, exact)
+        elsewhere = probabilities[0] != np.float32(threshold)
+        np.testing.assert_array_equal((plane[0] > threshold)[elsewhere], (probabilities[0] > threshold)[elsewhere])
+    for boundary_threshold in np.round(np.arange(0.005, 1.0, 0.005), 3):  # boundaries are compared with <
+        exact = np.float64(probabilities[1]) < boundary_threshold
+        np.testing.assert_array_equal(plane[1] < boundary_threshold, exact)
+        elsewhere = probabilities[1] != np.float32(boundary_threshold)
+        np.testing.assert_array_equal((plane[1] < boundary_threshold)[elsewhere],
+                                      (probabilities[1] < boundary_threshold)[elsewhere])
+
+
+def test_labels_from_the_compact_cache_equal_those_of_the_float32_maps():
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    probabilities = touching_nuclei()
+    compact = _layers.CompactProbabilities.from_float(probabilities)
+    for threshold in SLIDER_THRESHOLDS[::5]:
+        options = {"threshold": threshold, "min_size": 5, "boundary_threshold": 0.5}
+        exact = _layers.labels_from_stack(probabilities, split=False, **options)
+        np.testing.assert_array_equal(_layers.labels_from_stack(compact, split=False, **options), exact)
+        # Splitting touching nuclei floods in the order of the nucleus probability: values less
+        # than a step (1/60,000) apart become ties, which may move a split line a little.
+        split = _layers.labels_from_stack(probabilities, split=True, **options)
+        compact_split = _layers.labels_from_stack(compact, split=True, **options)
+        assert compact_split.max() == split.max()
+        np.testing.assert_array_equal(compact_split > 0, split > 0)
+        split_lines = find_boundaries(split, mode="thick") & (split > 0)
+        near_split_lines = ndi.binary_dilation(split_lines, iterations=2)
+        assert not np.any((compact_split != split) & ~near_split_lines)
+
+
+def test_nan_is_stored_as_background():
+    probabilities = np.full((2, 4, 4), np.nan, dtype=np.float32)
+    nucleus, boundary = _layers.CompactProbabilities.from_float(probabilities)[()]
+    assert not nucleus.any()  # no nucleus ...
+    assert (boundary < 0.005).all()  # ... and no boundary, below any boundary threshold
+
+
+def test_the_nucleus_map_of_a_stack_is_shown_plane_by_plane():
+    probabilities = np.random.default_rng(3).random((3, 2, 10, 12), dtype=np.float32)
+    compact = _layers.CompactProbabilities.from_float(probabilities)
+    image = compact.nucleus_image()
+    assert image.shape == (3, 10, 12) and image.dtype == np.float32
+    assert not isinstance(image, np.ndarray)  # lazy: a float32 copy of a long stack is what was saved
+    np.testing.assert_array_equal(np.asarray(image[1]), compact[(1,)][0])
+    single = _layers.CompactProbabilities.from_float(probabilities[0]).nucleus_image()
+    np.testing.assert_array_equal(single, compact[(0,)][0])
+
+
+def test_label_planes_can_stop_between_planes_and_numbers_on_through_the_stack():
+    probabilities = np.zeros((3, 2, 20, 20), dtype=np.float32)
+    probabilities[:, 0, 2:8, 2:8] = 1
+    steps = _layers.label_planes(probabilities, threshold=0.5, min_size=1, split=False)
+    assert [next(steps), next(steps)] == [1, 2]  # a worker may stop here
+    with pytest.raises(StopIteration) as done:
+        next(steps)
+    assert [int(plane.max()) for plane in done.value.value] == [1, 2, 3]
+    single = _layers.label_planes(probabilities[0], threshold=0.5, min_size=1, split=False)
+    with pytest.raises(StopIteration):
+        next(single)  # one plane: nothing to stop between
+
+
+def test_postprocess_stack_returns_a_failure_instead_of_raising(monkeypatch):
+    def broken(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr("napari_nucleiseg.postprocess.labels_from_probabilities", broken)
+    outcome = _layers.run_to_end(_layers.postprocess_stack(np.zeros((2, 2, 8, 8), dtype=np.float32), threshold=0.5))
+    assert isinstance(outcome, _layers.Failure)
+    assert outcome.message == "Not enough memory to find the nuclei of an image of shape (2, 8, 8)."

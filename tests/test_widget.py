@@ -3,6 +3,10 @@
 Most tests replace the network with :class:`FakeNetwork`, whose probabilities are read off the
 image, so thresholds, splitting and counts have known answers and the number of network runs
 can be counted. One test runs a real (tiny, untrained) weights file end to end.
+
+Small images are re-thresholded at once, large ones in a worker; the tests of the worker path
+send small images there (fixture ``in_a_worker``) and slow or hold the post-processing with
+:class:`SlowPostprocessing`, so that what happens while it runs is certain.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import pandas as pd
 import pytest
 from napari.layers import Labels
 
-from napari_nucleiseg import _widget, inference
+from napari_nucleiseg import _layers, _widget, inference, postprocess
 from napari_nucleiseg._widget import PROGRESS_STEPS, NucleiSegWidget
 
 pytestmark = pytest.mark.gui
@@ -50,6 +54,26 @@ class FakeNetwork:
         if progress is not None:
             progress(1, 1)
         return np.stack([gray / 255, (gray == BOUNDARY_VALUE).astype(np.float32)])
+
+
+class SlowPostprocessing:
+    """Stands in for ``postprocess.labels_from_probabilities``: records the thresholds it is asked for,
+    takes ``delay`` seconds longer, and waits while :attr:`gate` is closed (it starts open)."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.thresholds: list[float] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self._labels_from_probabilities = postprocess.labels_from_probabilities
+
+    def __call__(self, probabilities, threshold=0.5, **options):
+        self.thresholds.append(threshold)
+        self.entered.set()
+        assert self.gate.wait(RUN_TIMEOUT_MS / 1000)
+        time.sleep(self.delay)
+        return self._labels_from_probabilities(probabilities, threshold, **options)
 
 
 class Notifications:
@@ -98,6 +122,28 @@ def fake_network(monkeypatch):
 
 
 @pytest.fixture
+def in_a_worker(monkeypatch):
+    """Images of any size are re-thresholded in a worker, as large ones are."""
+    monkeypatch.setattr(_widget, "SYNC_POSTPROCESS_PIXELS", 0)
+
+
+@pytest.fixture
+def slow_postprocessing(monkeypatch):
+    """Install a :class:`SlowPostprocessing` (after segmenting, so that the run itself is not slowed)."""
+    installed = []
+
+    def install(delay: float = 0.0) -> SlowPostprocessing:
+        slow = SlowPostprocessing(delay)
+        monkeypatch.setattr(postprocess, "labels_from_probabilities", slow)
+        installed.append(slow)
+        return slow
+
+    yield install
+    for slow in installed:
+        slow.gate.set()  # never leave a worker waiting
+
+
+@pytest.fixture
 def viewer_and_widget(make_napari_viewer, tiny_weights):
     viewer = make_napari_viewer()
     widget = NucleiSegWidget(viewer)
@@ -123,6 +169,11 @@ def shown_count(widget: NucleiSegWidget) -> int:
 
 def labels_layers(viewer):
     return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def wait_for_postprocessing(qtbot, widget: NucleiSegWidget) -> None:
+    """Until the re-thresholds in workers are done and the newest settings are shown."""
+    qtbot.waitUntil(lambda: not widget.postprocessing, timeout=RUN_TIMEOUT_MS)
 
 
 def test_the_sample_segmented_with_real_weights_gives_labels_count_and_table(viewer_and_widget, qtbot):
@@ -312,7 +363,8 @@ def test_the_probability_map_can_be_shown(viewer_and_widget, fake_network, qtbot
     widget.probability_check.setChecked(True)
     probability = viewer.layers["blobs nucleus probability"]
     assert probability.data.shape == (64, 200)
-    assert probability.data.max() == pytest.approx(240 / 255)
+    # The cache keeps probabilities in steps of 1 / NUCLEUS_LEVELS, read back as their middle.
+    assert probability.data.max() == pytest.approx(240 / 255, abs=0.5 / _layers.NUCLEUS_LEVELS)
 
 
 def test_the_image_picker_follows_added_renamed_and_removed_layers(viewer_and_widget):
@@ -465,3 +517,172 @@ def test_a_two_channel_image_gets_one_sentence(viewer_and_widget, notifications,
     (message,) = notifications.messages["error"]
     assert "too small to hold nuclei" in message and "Split Stack" in message
     assert labels_layers(viewer) == []
+
+
+# ---- re-thresholding in a worker: the window never freezes, the newest settings win ------------
+
+
+def test_a_large_image_is_rethresholded_in_a_worker_while_the_window_stays_responsive(
+    viewer_and_widget, fake_network, slow_postprocessing, qtbot
+):
+    viewer, widget = viewer_and_widget
+    large = np.tile(blobs(), (16, 5))  # 1024 x 1000: 320 nuclei, above what is re-thresholded at once
+    assert large.size > _widget.SYNC_POSTPROCESS_PIXELS
+    viewer.add_image(large, name="large")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert labels.data.max() == 320 and shown_count(widget) == 320
+    slow = slow_postprocessing(delay=0.5)  # at least half a second, however fast the machine
+
+    ticks = []
+    timer = _widget.QTimer(interval=10)
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start()
+    start = time.monotonic()
+    widget.threshold_slider.setValue(0.7)
+    returned = time.monotonic()
+    assert returned - start < 0.25 and widget.postprocessing
+    assert labels.data.max() == 320  # the old result stays until the new one is ready
+    wait_for_postprocessing(qtbot, widget)
+    done = time.monotonic()
+    timer.stop()
+
+    assert slow.thresholds == [0.7]
+    assert labels.data.max() == 160 and shown_count(widget) == 160  # two of the four disks of each tile
+    assert labels_layers(viewer) == [labels]  # in place
+    # The event loop ran all along: a 10 ms timer ticked while the worker worked.
+    assert len([t for t in ticks if returned < t < done]) >= 10
+
+
+def test_the_slider_moved_quickly_ends_with_the_last_value_and_its_count(
+    viewer_and_widget, fake_network, in_a_worker, slow_postprocessing, qtbot
+):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    slow = slow_postprocessing(delay=0.2)
+
+    for threshold in (0.4, 0.5, 0.6, 0.9, 0.5, 0.7):  # faster than post-processing can follow
+        widget.threshold_slider.setValue(threshold)
+    assert widget.postprocessing
+    wait_for_postprocessing(qtbot, widget)
+
+    # The first value went to the worker at once; the moves made while it ran were only noted,
+    # and the newest of them was computed next.
+    assert slow.thresholds == [0.4, 0.7]
+    assert labels.data.max() == 2 and shown_count(widget) == 2
+    assert fake_network.calls == 1 and labels_layers(viewer) == [labels]
+
+    # A slower drag: the results follow as they come, and the last one stays.
+    shown = []
+    labels.events.data.connect(lambda event: shown.append(int(labels.data.max())))
+    for threshold in (0.6, 0.5, 0.4, 0.3, 0.5, 0.9):
+        widget.threshold_slider.setValue(threshold)
+        qtbot.wait(60)
+    wait_for_postprocessing(qtbot, widget)
+    assert shown[-1] == 1 and slow.thresholds[-1] == 0.9
+    assert labels.data.max() == 1 and shown_count(widget) == 1
+
+
+def test_a_stacks_rethreshold_stops_between_planes_when_the_slider_moves_on(
+    viewer_and_widget, fake_network, in_a_worker, slow_postprocessing, qtbot
+):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.stack([blobs()] * 4), name="stack")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert shown_count(widget) == 16
+    slow = slow_postprocessing(delay=0.3)
+
+    widget.threshold_slider.setValue(0.5)
+    qtbot.waitUntil(slow.entered.is_set, timeout=RUN_TIMEOUT_MS)
+    widget.threshold_slider.setValue(0.9)
+    wait_for_postprocessing(qtbot, widget)
+
+    assert slow.thresholds.count(0.5) < 4 and slow.thresholds.count(0.9) == 4
+    assert labels.data.max() == 4 and shown_count(widget) == 4  # one disk in each plane
+
+
+def test_a_result_computed_before_a_hand_edit_goes_to_a_new_layer(
+    viewer_and_widget, fake_network, in_a_worker, slow_postprocessing, notifications, qtbot
+):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.5)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    slow = slow_postprocessing()
+    slow.gate.clear()
+
+    widget.threshold_slider.setValue(0.3)  # the worker starts on the unedited labels ...
+    qtbot.waitUntil(slow.entered.is_set, timeout=RUN_TIMEOUT_MS)
+    labels.brush_size = 7
+    labels.selected_label = 4
+    labels.paint((8, 8), 4)  # ... the user paints meanwhile ...
+    qtbot.waitUntil(lambda: shown_count(widget) == 4, timeout=5_000)  # the count follows the paint
+    edited = labels.data.copy()
+    slow.gate.set()  # ... and then the result lands
+    wait_for_postprocessing(qtbot, widget)
+
+    first, second = labels_layers(viewer)
+    assert first is labels and np.array_equal(first.data, edited) and (first.data == 4).any()
+    assert second.name == "blobs nuclei [2]" and second.data.max() == 4
+    assert widget.count_label.text() == "4 nuclei in 'blobs nuclei [2]'"
+    assert any("edited by hand" in message for message in notifications.messages["info"])
+
+
+def test_a_result_for_an_image_since_removed_is_dropped(
+    viewer_and_widget, fake_network, in_a_worker, slow_postprocessing, notifications, qtbot
+):
+    viewer, widget = viewer_and_widget
+    image = viewer.add_image(blobs(), name="blobs")
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    before = labels.data.copy()
+    slow = slow_postprocessing()
+    slow.gate.clear()
+    widget.threshold_slider.setValue(0.9)
+    qtbot.waitUntil(slow.entered.is_set, timeout=RUN_TIMEOUT_MS)
+    viewer.layers.remove(image)
+    slow.gate.set()
+    wait_for_postprocessing(qtbot, widget)
+    assert labels_layers(viewer) == [labels] and np.array_equal(labels.data, before)
+    assert notifications.messages["error"] == []
+
+
+def test_running_synchronously_rethresholds_large_images_at_once(
+    viewer_and_widget, fake_network, in_a_worker, qtbot
+):
+    viewer, widget = viewer_and_widget
+    widget.run_synchronously = True
+    viewer.add_image(blobs(), name="blobs")
+    widget.segment()
+    (labels,) = labels_layers(viewer)
+    widget.threshold_slider.setValue(0.7)
+    assert not widget.postprocessing and labels.data.max() == 2 and shown_count(widget) == 2
+
+
+def test_the_probabilities_of_a_stack_are_cached_in_3_bytes_a_pixel(viewer_and_widget, fake_network, qtbot):
+    viewer, widget = viewer_and_widget
+    stack = np.stack([blobs((90, 140, 200, 240))] * 5)
+    viewer.add_image(stack, name="stack")
+    widget.threshold_slider.setValue(0.5)
+    click_segment(qtbot, widget)
+    probabilities = widget._cache.probabilities
+    assert isinstance(probabilities, _layers.CompactProbabilities)
+    assert probabilities.nbytes == 3 * stack.size  # float32 maps were 8 bytes a pixel
+    # Labels from the compact cache are those of the float32 maps at every threshold of the slider.
+    float_maps = np.stack([fake_network(plane, None) for plane in stack])
+    for threshold in np.round(np.arange(0.3, 0.96, 0.05), 2):
+        widget.threshold_slider.setValue(threshold)
+        expected = _layers.labels_from_stack(float_maps, threshold=threshold, min_size=widget.min_size_spin.value(),
+                                             split=True, boundary_threshold=widget._cache.boundary_threshold)
+        assert np.array_equal(labels_layers(viewer)[0].data, expected)
+    widget.probability_check.setChecked(True)  # shown from the compact cache, read plane by plane
+    shown = viewer.layers["stack nucleus probability"].data
+    assert shown.shape == stack.shape
+    assert np.asarray(shown[2]).max() == pytest.approx(240 / 255, abs=0.5 / _layers.NUCLEUS_LEVELS)

@@ -1,4 +1,5 @@
-"""What the dock widget needs besides Qt: images as stacks of planes, and tables, names and tooltips.
+"""What the dock widget needs besides Qt: images as stacks of planes, compact probability maps,
+and tables, names and tooltips.
 
 No Qt and no torch here (the inference module is imported when a plane is predicted), so each
 piece can be tested on plain arrays. A *plane* is one 2-D image, gray ``(Y, X)`` or colour
@@ -27,6 +28,18 @@ LABELS_DTYPE = np.uint16
 #: image whose last axis holds a few channels (napari shows a (Y, X, 2) array as Y planes of X x 2).
 MIN_STACK_PLANE_SIDE = 8
 
+#: The widget keeps the probability maps of its last run to re-threshold them, for every plane
+#: of a stack: as float32 that is 8 bytes a pixel (800 MB for 100 planes of 1024 x 1024). It keeps
+#: the nucleus probability as uint16 in steps of 1 / NUCLEUS_LEVELS and the boundary probability
+#: as uint8 in steps of 1 / BOUNDARY_LEVELS instead: 3 bytes a pixel. Both are multiples of 100
+#: (and of 1000 for the nucleus), so every threshold on the slider's 0.01 grid lies on a step:
+#: see :class:`CompactProbabilities` for why such thresholds give exactly the mask of the float32
+#: maps. A uint8 nucleus map (2 bytes a pixel) was measured and rejected: the watershed that
+#: splits touching nuclei floods in the order of the nucleus probability, and 200 levels made so
+#: many ties that the count changed on two of the three bundled samples.
+NUCLEUS_LEVELS = 60_000
+BOUNDARY_LEVELS = 200
+
 
 def stack_shape(shape: tuple[int, ...], rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
     """Split an image layer's data shape into (leading axes, plane height and width).
@@ -54,13 +67,105 @@ def stack_shape(shape: tuple[int, ...], rgb: bool) -> tuple[tuple[int, ...], tup
     return leading, plane
 
 
+class CompactProbabilities:
+    """Nucleus and boundary probabilities of a stack of planes in 3 bytes a pixel, not 8.
+
+    Reads like a ``(*leading, 2, Y, X)`` float32 array one whole plane at a time
+    (``maps[index]`` is a ``(2, Y, X)`` float32 array, ready for
+    :func:`~napari_nucleiseg.postprocess.labels_from_probabilities`) and is filled one plane at a
+    time (``maps[index] = plane``), so the float32 maps of a whole stack never exist.
+
+    A nucleus probability ``p`` is stored as ``q = ceil(p * NUCLEUS_LEVELS)`` and read back as
+    the middle of its step, ``(q - 1/2) / NUCLEUS_LEVELS`` (0 stays 0). For a threshold
+    ``t = k / NUCLEUS_LEVELS``: ``p > t`` if and only if ``p * NUCLEUS_LEVELS > k``, if and only
+    if ``q > k``, if and only if the value read back is above ``t``, by half a step, far more than
+    any rounding (``p * NUCLEUS_LEVELS`` is exact in float64 for a float32 ``p``). So at any
+    threshold with up to three decimals, the nucleus mask is that of the float32 map but at
+    pixels exactly at the threshold: numpy compares a float32 map with a Python float in float32,
+    and a pixel equal to the threshold rounded to float32 is not above it there, though it may be
+    above the threshold itself, as the compact map says (a ``>=`` would also differ only there).
+    Boundary probabilities, compared with ``<``, are rounded down and read back as ``(q + 1/2) /
+    BOUNDARY_LEVELS`` (capped at 1) for the same reason: their masks are kept for boundary
+    thresholds on a 0.005 grid. What can change is the watershed split of touching nuclei, which
+    floods in the order of the nucleus probability: neighbours less than 1/60,000 apart become
+    ties, which can move a split line by a pixel or two. NaN is stored as 0, as post-processing
+    reads it.
+    """
+
+    def __init__(self, leading: tuple[int, ...], plane: tuple[int, int]):
+        self.nucleus = np.zeros((*leading, *plane), dtype=np.uint16)
+        self.boundary = np.zeros((*leading, *plane), dtype=np.uint8)
+
+    @classmethod
+    def from_float(cls, probabilities: np.ndarray) -> CompactProbabilities:
+        """The compact form of ``(*leading, 2, Y, X)`` float probabilities."""
+        probabilities = np.asarray(probabilities)
+        if probabilities.ndim < 3 or probabilities.shape[-3] != 2:
+            raise ValueError(f"probabilities must have shape (*leading, 2, Y, X), not {probabilities.shape}")
+        leading = probabilities.shape[:-3]
+        maps = cls(leading, probabilities.shape[-2:])
+        for index in np.ndindex(*leading):
+            maps[index] = probabilities[index]
+        return maps
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(*leading, 2, Y, X)``, the shape of the float maps this stands for."""
+        return (*self.nucleus.shape[:-2], 2, *self.nucleus.shape[-2:])
+
+    @property
+    def pixels(self) -> int:
+        """Pixels in all planes together (the work of post-processing them all)."""
+        return self.nucleus.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.nucleus.nbytes + self.boundary.nbytes
+
+    def __setitem__(self, index: tuple[int, ...], plane: np.ndarray) -> None:
+        """Store the ``(2, Y, X)`` float probabilities of the plane at ``index``."""
+        self.nucleus[index] = np.ceil(_scaled(plane[0], NUCLEUS_LEVELS))
+        self.boundary[index] = np.floor(_scaled(plane[1], BOUNDARY_LEVELS))
+
+    def __getitem__(self, index: tuple[int, ...]) -> np.ndarray:
+        """The ``(2, Y, X)`` float32 probabilities of the plane at ``index`` (one index per leading axis)."""
+        return np.stack([_NUCLEUS_VALUES[self.nucleus[index]], _BOUNDARY_VALUES[self.boundary[index]]])
+
+    def nucleus_image(self) -> Any:
+        """The ``(*leading, Y, X)`` float32 nucleus probability, to show as an image layer.
+
+        A plane is an array; a stack is a dask array read plane by plane as napari shows it, so
+        showing it costs no memory.
+        """
+        if self.nucleus.ndim == 2:
+            return _NUCLEUS_VALUES[self.nucleus]
+        import dask.array as da
+
+        planes = da.from_array(self.nucleus, chunks=(1,) * (self.nucleus.ndim - 2) + self.nucleus.shape[-2:])
+        return planes.map_blocks(_NUCLEUS_VALUES.__getitem__, dtype=np.float32)
+
+
+def _scaled(probability: np.ndarray, levels: int) -> np.ndarray:
+    """``probability * levels`` in float64 (exact for float32 input), NaN as 0, within [0, levels]."""
+    scaled = np.nan_to_num(np.asarray(probability, dtype=np.float64), nan=0.0) * levels
+    return np.clip(scaled, 0, levels, out=scaled)
+
+
+#: The probability each stored level is read back as (see :class:`CompactProbabilities`).
+_NUCLEUS_VALUES = np.concatenate([[0.0], (np.arange(1, NUCLEUS_LEVELS + 1) - 0.5) / NUCLEUS_LEVELS]).astype(np.float32)
+_BOUNDARY_VALUES = (np.minimum(np.arange(BOUNDARY_LEVELS + 1) + 0.5, BOUNDARY_LEVELS) / BOUNDARY_LEVELS).astype(
+    np.float32
+)
+
+
 @dataclass
 class Prediction:
     """What a run of :func:`predict_stack` produced."""
 
-    probabilities: np.ndarray  # (*leading, 2, Y, X) float32
+    probabilities: CompactProbabilities
     model: Any  # the NucleiModel, to be reused while its file is unchanged
     model_key: tuple[str, int]
+    labels: np.ndarray | None = None  # (*leading, Y, X), when post-processing options were given
 
 
 @dataclass
@@ -85,14 +190,17 @@ def predict_stack(
     weights: Path,
     *,
     model: Any = None,
+    postprocess: dict[str, Any] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Generator[int, None, Prediction | Failure]:
     """Load the model (unless given) and predict every plane of ``data``; yield planes done.
 
-    ``shape`` is ``(*leading, Y, X)``. Runs in a worker thread. Everything that can go wrong
-    is returned as a :class:`Failure` (a worker that raises or returns an exception would end
-    in a traceback dialog); unexpected errors are logged with their traceback.
+    ``shape`` is ``(*leading, Y, X)``. With ``postprocess`` (options of :func:`labels_from_stack`
+    but the boundary threshold, which is the model's), the labels are made here too, so a large
+    image's first result costs the calling thread nothing. Runs in a worker thread. Everything
+    that can go wrong is returned as a :class:`Failure` (a worker that raises or returns an
+    exception would end in a traceback dialog); unexpected errors are logged with their traceback.
     """
     from .inference import Cancelled
     from .weights import load_weights
@@ -101,11 +209,15 @@ def predict_stack(
     try:
         key = file_key(weights)
         model = model if model is not None else load_weights(weights)
-        probabilities = np.zeros((*leading, 2, *shape[-2:]), dtype=np.float32)
+        probabilities = CompactProbabilities(leading, shape[-2:])
         planes = predict_planes(data, leading, model, on_tile=on_tile, cancelled=cancelled)
         for done, (index, plane_probabilities) in enumerate(planes, start=1):
             probabilities[index] = plane_probabilities
             yield done
+        labels = None
+        if postprocess is not None:
+            steps = label_planes(probabilities, boundary_threshold=model.boundary_threshold, **postprocess)
+            labels = run_to_end(steps, cancelled)
     except Cancelled:
         return Failure("Segmentation cancelled; no layer was changed.", cancelled=True)
     except (WeightsError, ImageError) as error:
@@ -115,7 +227,26 @@ def predict_stack(
     except Exception as error:
         logger.exception("Segmentation failed")
         return Failure(f"Segmentation failed: {error}")
-    return Prediction(probabilities, model, key)
+    return Prediction(probabilities, model, key, labels)
+
+
+def run_to_end(steps: Generator[int, None, Any], cancelled: Callable[[], bool] | None = None) -> Any:
+    """Run a generator such as :func:`label_planes` to the end and return what it returns.
+
+    Raises
+    ------
+    napari_nucleiseg.inference.Cancelled
+        When ``cancelled()`` returns True between two planes.
+    """
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if cancelled is not None and cancelled():
+            from .inference import Cancelled
+
+            raise Cancelled("Segmentation cancelled.")
 
 
 def predict_planes(
@@ -145,7 +276,7 @@ def predict_planes(
         yield index, inference.predict_probabilities(plane, model, progress=on_tile, cancelled=cancelled)
 
 
-def labels_from_stack(probabilities: np.ndarray, **postprocess: Any) -> np.ndarray:
+def labels_from_stack(probabilities: np.ndarray | CompactProbabilities, **postprocess: Any) -> np.ndarray:
     """Instance labels for ``(*leading, 2, Y, X)`` probabilities, plane by plane.
 
     Labels are numbered on through the stack (plane 0 holds 1..n0, plane 1 n0+1..), so every
@@ -157,10 +288,26 @@ def labels_from_stack(probabilities: np.ndarray, **postprocess: Any) -> np.ndarr
     ndarray
         ``(*leading, Y, X)``, uint16, or uint32 above 65,535 nuclei.
     """
+    return run_to_end(label_planes(probabilities, **postprocess))
+
+
+def label_planes(
+    probabilities: np.ndarray | CompactProbabilities, **postprocess: Any
+) -> Generator[int, None, np.ndarray]:
+    """:func:`labels_from_stack` one plane at a time: yields the planes done before each further
+    plane, and returns the labels.
+
+    A worker thread can stop at a yield when its result is no longer wanted. A single plane
+    never yields.
+    """
     from .postprocess import labels_from_probabilities
 
     leading = probabilities.shape[:-3]
-    planes = [labels_from_probabilities(probabilities[index], **postprocess) for index in np.ndindex(*leading)]
+    planes = []
+    for done, index in enumerate(np.ndindex(*leading)):
+        if done:
+            yield done
+        planes.append(labels_from_probabilities(probabilities[index], **postprocess))
     if len(planes) == 1:
         return planes[0].reshape(*leading, *planes[0].shape)
     total = sum(int(plane.max()) for plane in planes)
@@ -171,6 +318,20 @@ def labels_from_stack(probabilities: np.ndarray, **postprocess: Any) -> np.ndarr
         labels[index] = np.where(plane > 0, plane.astype(dtype) + offset, 0)
         offset += int(plane.max())
     return labels
+
+
+def postprocess_stack(
+    probabilities: np.ndarray | CompactProbabilities, **postprocess: Any
+) -> Generator[int, None, np.ndarray | Failure]:
+    """:func:`label_planes` for a worker thread: what goes wrong is returned as a :class:`Failure`."""
+    try:
+        return (yield from label_planes(probabilities, **postprocess))
+    except MemoryError:
+        shape = (*probabilities.shape[:-3], *probabilities.shape[-2:])
+        return Failure(f"Not enough memory to find the nuclei of an image of shape {shape}.")
+    except Exception as error:
+        logger.exception("Post-processing failed")
+        return Failure(f"Finding the nuclei failed: {error}")
 
 
 def nuclei_table(labels: np.ndarray, image: Any, rgb: bool):
