@@ -1,0 +1,116 @@
+"""Write weights/README.md: one model card per bundled weights file and one table of all of them.
+
+Everything comes from the files themselves (the metadata that train.py and evaluate.py wrote)
+and from the JSON of an evaluate.py run (for the Otsu baseline)::
+
+    python training/model_card.py weights/unet.safetensors weights/unetpp.safetensors \
+        weights/hrnet.safetensors --evaluation runs/eval-unet.json --out weights/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from napari_nucleiseg.weights import read_metadata
+
+#: The targets of the training issue, on val with splitting on.
+TARGETS = {"mean_iou": 0.90, "dsb_score": 0.55, "f1_iou50": 0.80, "count_error_median": 0.10}
+COLUMNS = (
+    ("mean_iou", "mean IoU (case study)"),
+    ("foreground_iou", "foreground IoU"),
+    ("dice", "Dice"),
+    ("dsb_score", "DSB2018 score"),
+    ("f1_iou50", "F1 @ IoU 0.5"),
+    ("count_error_median", "count error (median)"),
+)
+
+
+def _cell(key: str, value: float) -> str:
+    text = f"{value:.1%}" if key.startswith("count_error") else f"{value:.3f}"
+    return text
+
+
+def table(rows: list[tuple[str, dict]]) -> str:
+    lines = ["| method | " + " | ".join(title for _, title in COLUMNS) + " |",
+             "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
+    for name, metrics in rows:
+        lines.append(f"| {name} | " + " | ".join(_cell(k, metrics[k]) for k, _ in COLUMNS) + " |")
+    target = {k: v for k, v in TARGETS.items()}
+    lines.append("| *target* | " + " | ".join(
+        ("≥ " if k != "count_error_median" else "≤ ") + _cell(k, target[k]) if k in target else "" for k, _ in COLUMNS
+    ) + " |")
+    return "\n".join(lines)
+
+
+def shortfalls(metrics: dict) -> list[str]:
+    missed = []
+    for key, goal in TARGETS.items():
+        ok = metrics[key] <= goal if key.startswith("count_error") else metrics[key] >= goal
+        if not ok:
+            missed.append(f"{key} {_cell(key, metrics[key])} (target {_cell(key, goal)})")
+    return missed
+
+
+def card(path: Path) -> str:
+    meta = read_metadata(path)
+    training = meta["training"]
+    val = meta["metrics"]["val"]
+    missed = shortfalls(val)
+    return "\n".join([
+        f"## `{path.name}`: {meta['architecture']}",
+        "",
+        f"- architecture: `{meta['architecture']}` {json.dumps(meta['kwargs'])}, {training['parameters']:,} parameters",
+        f"- file: {path.stat().st_size / 1e6:.2f} MB (float16)",
+        f"- trained on: {training['data']}; crops {training['crop_size']}, batch {training['batch_size']}, "
+        f"Adam lr {training['lr']}, seed {training['seed']}",
+        f"- kept epoch: {training['epochs']} (best validation score at threshold 0.5), after "
+        f"{training['minutes']} min of training on {training['hardware']} ({training['device']})",
+        f"- reproduce: `{training['command']}`, then "
+        f"`python training/evaluate.py --weights runs/{meta['architecture']}/best.safetensors --split val "
+        f"--calibrate --write-weights weights/`",
+        f"- calibrated on {meta['metrics'].get('calibrated_on', 'val')}: threshold {meta['threshold']}, "
+        f"boundary threshold {meta['boundary_threshold']}, minimum size {meta['min_size']} px",
+        f"- val, splitting on: mean IoU {val['mean_iou']:.3f}, DSB2018 score {val['dsb_score']:.3f}, "
+        f"F1 @ 0.5 {val['f1_iou50']:.3f}, median count error {val['count_error_median']:.1%}",
+        f"- falls short of: {', '.join(missed)}" if missed else "- meets every target",
+        "",
+    ])
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("weights", type=Path, nargs="+")
+    parser.add_argument("--evaluation", type=Path, required=True, help="an evaluate.py --json file (for Otsu)")
+    parser.add_argument("--intro", type=Path, help="markdown to put above the cards")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    rows = []
+    for path in args.weights:
+        meta = read_metadata(path)
+        rows.append((meta["architecture"], meta["metrics"]["val"]))
+        rows.append((f"{meta['architecture']}, no splitting", meta["metrics"]["val_no_splitting"]))
+    otsu = next(r for r in json.loads(args.evaluation.read_text())["results"] if r["method"].startswith("Otsu"))
+    rows.append(("Otsu + connected components", otsu["metrics"]))
+    parts = ["# Bundled weights", ""]
+    if args.intro:
+        parts += [args.intro.read_text().strip(), ""]
+    parts += [
+        "All figures on `val` (68 images of the DSB2018 split in `../shared/data/dsb2018/splits.json`), through the",
+        "plugin's own inference and post-processing (`training/evaluate.py`). Pixel scores are pooled over all",
+        "pixels; DSB2018 score (mean over IoU 0.5..0.95 of TP/(TP+FP+FN)), F1 and count error are per image, then",
+        "averaged (count error: median). Thresholds and minimum size were calibrated on `val` too, so these",
+        "figures are optimistic for unseen images.",
+        "",
+        table(rows),
+        "",
+    ]
+    parts += [card(path) for path in args.weights]
+    text = "\n".join(parts)
+    args.out.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    print(main())
