@@ -22,6 +22,7 @@ from data import list_ids, load_pair, make_targets  # noqa: E402
 from metrics import instance_scores, pixel_confusion, pixel_scores  # noqa: E402
 
 from napari_nucleiseg.inference import predict_probabilities  # noqa: E402
+from napari_nucleiseg.models import build_model  # noqa: E402
 from napari_nucleiseg.postprocess import labels_from_probabilities  # noqa: E402
 from napari_nucleiseg.weights import load_weights, read_metadata, save_weights  # noqa: E402
 
@@ -279,3 +280,23 @@ def test_training_smoke_writes_usable_weights_and_resumes(tmp_path, capsys):
     assert resumed["epoch"] == 2
     assert [entry["epoch"] for entry in resumed["history"]] == [1, 2]
     assert [e["epoch"] for e in json.loads((tmp_path / "history.json").read_text())] == [1, 2]
+
+
+@needs_data
+def test_training_can_start_from_a_weights_file(tmp_path, capsys):
+    args = ["--model", "unet", "--data", str(DATA), "--limit", "2", "--max-batches", "1", "--batch-size", "2",
+            "--crop-size", "64", "--workers", "0", "--epochs", "1", "--val-split", ""]
+    train.main([*args, "--out", str(tmp_path / "a")])
+    first = load_weights(tmp_path / "a" / "best.safetensors").network.state_dict()
+    train.main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "best.safetensors"), "--lr", "0"])
+    assert "initialised from" in capsys.readouterr().out
+    second = load_weights(tmp_path / "b" / "best.safetensors").network.state_dict()
+    # lr 0: the parameters stay those of the file (batch-norm running statistics still move)
+    weights = [k for k in first if k.endswith("weight")]
+    assert weights and all(np.array_equal(first[k].numpy(), second[k].numpy()) for k in weights)
+
+    other = build_model("hrnet", stem_channels=4, widths=[4, 8], blocks=1)
+    save_weights(tmp_path / "hrnet.safetensors", other, {"architecture": "hrnet",
+                 "kwargs": {"stem_channels": 4, "widths": [4, 8], "blocks": 1}})
+    with pytest.raises(SystemExit, match="hrnet"):
+        train.main([*args, "--out", str(tmp_path / "c"), "--init", str(tmp_path / "hrnet.safetensors")])

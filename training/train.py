@@ -36,7 +36,7 @@ from napari_nucleiseg.inference import predict_normalized  # noqa: E402
 from napari_nucleiseg.models import build_model  # noqa: E402
 from napari_nucleiseg.postprocess import labels_from_probabilities  # noqa: E402
 from napari_nucleiseg.preprocess import DEFAULT_PERCENTILES, normalize_image  # noqa: E402
-from napari_nucleiseg.weights import save_weights  # noqa: E402
+from napari_nucleiseg.weights import load_weights, save_weights  # noqa: E402
 
 #: Architecture arguments of the bundled models: 0.5-0.8 M parameters, a few minutes per
 #: epoch on 2 CPU cores at 192-pixel crops.
@@ -116,6 +116,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--patience", type=int, default=8, help="epochs without val improvement before stopping")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from the tensors of a weights file (e.g. weights/unet.safetensors) instead of "
+                             "random ones: continues training the shipped models when no checkpoint is left")
     parser.add_argument("--time-budget", type=float, default=None, help="minutes; stop after the epoch that passes it")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -142,9 +145,16 @@ def main(argv=None) -> dict:
 
     kwargs = MODEL_KWARGS[args.model]
     network = build_model(args.model, **kwargs).to(device)
+    if args.init is not None:
+        initial = load_weights(args.init)
+        if initial.metadata["architecture"] != args.model or initial.metadata["kwargs"] != kwargs:
+            raise SystemExit(f"{args.init.name} holds a {initial.metadata['architecture']} {initial.metadata['kwargs']}, "
+                             f"not a {args.model} {kwargs}")
+        network.load_state_dict(initial.network.state_dict())
+        print(f"initialised from {args.init}", flush=True)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
-    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "elapsed": 0.0, "history": []}
+    state = {"epoch": 0, "best_score": float("-inf"), "best_epoch": 0, "elapsed": 0.0, "history": []}
     checkpoint_path = args.out / "checkpoint.pt"
     if args.resume and checkpoint_path.is_file():
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
