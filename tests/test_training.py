@@ -18,7 +18,8 @@ sys.path.insert(0, str(REPO / "training"))
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
-from data import list_ids, load_pair, make_targets  # noqa: E402
+import model_card  # noqa: E402
+from data import balanced_weights, image_kind, list_ids, load_pair, make_targets  # noqa: E402
 from metrics import instance_scores, pixel_confusion, pixel_scores  # noqa: E402
 
 from napari_nucleiseg.inference import predict_probabilities  # noqa: E402
@@ -290,7 +291,12 @@ def test_training_can_start_from_a_weights_file(tmp_path, capsys):
     first = load_weights(tmp_path / "a" / "best.safetensors").network.state_dict()
     train.main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "best.safetensors"), "--lr", "0"])
     assert "initialised from" in capsys.readouterr().out
-    second = load_weights(tmp_path / "b" / "best.safetensors").network.state_dict()
+    continued = load_weights(tmp_path / "b" / "best.safetensors")
+    second = continued.network.state_dict()
+    # the file says what it continued from, so a model card can add the runs up
+    history = continued.metadata["training"]["continued_from"]
+    assert history["file"] == str(tmp_path / "a" / "best.safetensors") and history["epochs"] == 1
+    assert "--out " + str(tmp_path / "a") in history["command"]
     # lr 0: the parameters stay those of the file (batch-norm running statistics still move)
     weights = [k for k in first if k.endswith("weight")]
     assert weights and all(np.array_equal(first[k].numpy(), second[k].numpy()) for k in weights)
@@ -300,3 +306,40 @@ def test_training_can_start_from_a_weights_file(tmp_path, capsys):
                  "kwargs": {"stem_channels": 4, "widths": [4, 8], "blocks": 1}})
     with pytest.raises(SystemExit, match="hrnet"):
         train.main([*args, "--out", str(tmp_path / "c"), "--init", str(tmp_path / "hrnet.safetensors")])
+
+
+def test_model_card_adds_up_the_runs_of_a_continued_model():
+    first = {"epochs": 24, "minutes": 96.8, "command": "python training/train.py --model unet --out runs/unet"}
+    second = {"epochs": 10, "minutes": 40.0, "command": "python training/train.py --model unet --out runs/c2 --init a",
+              "continued_from": {"file": "a", **first}}
+    last = {"epochs": 5, "minutes": 20.5, "hardware": "x86_64, 1 threads", "device": "cpu",
+            "command": "python training/train.py --model unet --out runs/c3 --init b",
+            "continued_from": {"file": "b", **second}}
+    history, reproduce = model_card.training_lines(last)
+    assert "24 + 10 + 5 = 39 epochs" in history and "157.3 min" in history
+    assert reproduce.index("--out runs/unet") < reproduce.index("--out runs/c2") < reproduce.index("--out runs/c3")
+    assert model_card._run_folder(last, "unet") == "runs/c3"
+    single, _ = model_card.training_lines(first | {"hardware": "x86_64", "device": "cpu"})
+    assert single.startswith("- kept epoch: 24") and "96.8 min" in single
+
+
+def test_image_kinds_and_balanced_sampling_weights():
+    gray = np.full((8, 8, 3), 30, np.uint8)
+    light = np.full((8, 8, 3), 200, np.uint8)
+    purple = np.stack([np.full((8, 8), 180), np.full((8, 8), 90), np.full((8, 8), 200)], -1).astype(np.uint8)
+    assert [image_kind(i) for i in (gray, light, purple)] == ["fluorescence", "brightfield", "tissue"]
+
+    kinds = ["fluorescence"] * 8 + ["tissue"] * 2
+    weights = balanced_weights(kinds, {"fluorescence": 0.6, "tissue": 0.25, "brightfield": 0.15})
+    assert weights.sum() == pytest.approx(1.0)
+    # no brightfield image: the other two kinds share everything, 0.6 : 0.25
+    assert weights[8:].sum() == pytest.approx(0.25 / 0.85) and np.allclose(weights[:8], weights[0])
+
+
+@needs_data
+def test_balanced_sampling_trains(tmp_path, capsys):
+    train.main(["--model", "unet", "--data", str(DATA), "--limit", "3", "--max-batches", "1", "--batch-size", "2",
+                "--crop-size", "64", "--workers", "0", "--epochs", "1", "--val-split", "", "--sampling", "balanced",
+                "--out", str(tmp_path)])
+    assert "kinds: " in capsys.readouterr().out
+    assert load_weights(tmp_path / "best.safetensors").metadata["training"]["sampling"] == "balanced"

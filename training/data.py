@@ -57,6 +57,35 @@ def load_pair(data: Path, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(as_rgb(image)), labels
 
 
+#: The kinds of image in DSB2018, as told by :func:`image_kind`.
+IMAGE_KINDS = ("fluorescence", "tissue", "brightfield")
+
+
+def image_kind(image: np.ndarray) -> str:
+    """``"tissue"`` (a coloured stain), ``"brightfield"`` (gray, light background) or ``"fluorescence"``.
+
+    For an ``(H, W, 3)`` uint8 image: coloured when red and blue differ by more than 5
+    grey levels on average; a gray image is brightfield when its mean is above 100.
+    Enough to tell DSB2018's three kinds apart (train: 486 fluorescence, 96 tissue,
+    14 brightfield).
+    """
+    pixels = np.asarray(image, dtype=np.float32)
+    if np.abs(pixels[..., 0] - pixels[..., 2]).mean() > 5:
+        return "tissue"
+    return "brightfield" if pixels.mean() > 100 else "fluorescence"
+
+
+def balanced_weights(kinds: list[str], shares: dict[str, float]) -> np.ndarray:
+    """Sampling weight per image so that each kind is drawn with its share (kinds absent are skipped).
+
+    The shares of the kinds present are renormalised to sum to 1; each image of a
+    kind gets ``share / count``. The weights sum to 1.
+    """
+    counts = {kind: kinds.count(kind) for kind in set(kinds)}
+    total = sum(shares[kind] for kind in counts)
+    return np.array([shares[kind] / total / counts[kind] for kind in kinds])
+
+
 def make_targets(labels: np.ndarray) -> np.ndarray:
     """``(2, H, W)`` float32 targets: nucleus mask and nucleus boundary.
 

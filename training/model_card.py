@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from napari_nucleiseg.weights import read_metadata
@@ -53,11 +54,44 @@ def shortfalls(metrics: dict) -> list[str]:
     return missed
 
 
+def training_stages(training: dict) -> list[dict]:
+    """The runs that made a model, first to last: each run's facts, then those of the file it continued."""
+    stages, stage = [], training
+    while stage:
+        stages.append(stage)
+        stage = stage.get("continued_from")
+    return stages[::-1]
+
+
+def training_lines(training: dict) -> list[str]:
+    """The model card's lines on how long it trained and how to reproduce it."""
+    stages = training_stages(training)
+    epochs = sum(int(stage.get("epochs", 0)) for stage in stages)
+    minutes = sum(float(stage.get("minutes", 0)) for stage in stages)
+    if len(stages) == 1:
+        kept = f"- kept epoch: {training['epochs']} (best validation score at threshold 0.5), after "
+    else:
+        kept = (f"- trained in {len(stages)} runs, each starting from the weights the one before kept (`--init`): "
+                + " + ".join(str(stage.get("epochs", "?")) for stage in stages)
+                + f" = {epochs} epochs (each run keeps its epoch with the best validation score at threshold 0.5), after ")
+    lines = [kept + f"{round(minutes, 1)} min of training on {training['hardware']} ({training['device']})"]
+    commands = [f"`{stage['command']}`" for stage in stages if "command" in stage]
+    lines.append("- reproduce: " + ", then ".join(commands) + ", then ")
+    return lines
+
+
+def _run_folder(training: dict, architecture: str) -> str:
+    """The ``--out`` folder of the last training command (where its best.safetensors is)."""
+    found = re.search(r"--out[ =](\S+)", training.get("command", ""))
+    return found.group(1) if found else f"runs/{architecture}"
+
+
 def card(path: Path) -> str:
     meta = read_metadata(path)
     training = meta["training"]
     val = meta["metrics"]["val"]
     missed = shortfalls(val)
+    *history, reproduce = training_lines(training)
     return "\n".join([
         f"## `{path.name}`: {meta['architecture']}",
         "",
@@ -65,10 +99,8 @@ def card(path: Path) -> str:
         f"- file: {path.stat().st_size / 1e6:.2f} MB (float16)",
         f"- trained on: {training['data']}; crops {training['crop_size']}, batch {training['batch_size']}, "
         f"Adam lr {training['lr']}, seed {training['seed']}",
-        f"- kept epoch: {training['epochs']} (best validation score at threshold 0.5), after "
-        f"{training['minutes']} min of training on {training['hardware']} ({training['device']})",
-        f"- reproduce: `{training['command']}`, then "
-        f"`python training/evaluate.py --weights runs/{meta['architecture']}/best.safetensors --split val "
+        *history,
+        reproduce + f"`python training/evaluate.py --weights {_run_folder(training, meta['architecture'])}/best.safetensors --split val "
         f"--calibrate --write-weights weights/`",
         f"- calibrated on {meta['metrics'].get('calibrated_on', 'val')}: threshold {meta['threshold']}, "
         f"boundary threshold {meta['boundary_threshold']}, minimum size {meta['min_size']} px",
