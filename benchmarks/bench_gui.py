@@ -37,7 +37,7 @@ import json, sys, time
 start = time.perf_counter()
 import {module}
 seconds = time.perf_counter() - start
-heavy = {{name: name in sys.modules for name in ("torch", "napari", "qtpy", "PyQt5", "pandas", "skimage")}}
+heavy = {{name: name in sys.modules for name in ("torch", "napari", "qtpy", "PyQt5", "PyQt6", "pandas", "skimage")}}
 print(json.dumps({{"seconds": seconds, "imported": heavy}}))
 """
 
@@ -67,7 +67,7 @@ def bench_import(repeats: int) -> None:
         torch_free &= not imported["torch"]
         rows.append([f"import {module}", ms(statistics.median(times)), ms(min(times)), pulled])
     print(f"## Import ({repeats} fresh interpreters each)\n")
-    print(format_table(["what", "median ms", "min ms", "also imported (torch, napari, qtpy, PyQt5, pandas, skimage)"],
+    print(format_table(["what", "median ms", "min ms", "also imported (torch, napari, qtpy, PyQt5, PyQt6, pandas, skimage)"],
                        rows))
     print(f"\ntorch imported: {'no (as required)' if torch_free else 'YES: importing the package must not import torch'}\n")
 
