@@ -343,3 +343,28 @@ def test_balanced_sampling_trains(tmp_path, capsys):
                 "--out", str(tmp_path)])
     assert "kinds: " in capsys.readouterr().out
     assert load_weights(tmp_path / "best.safetensors").metadata["training"]["sampling"] == "balanced"
+
+
+@needs_data
+def test_export_checkpoint_writes_the_last_or_an_earlier_epoch(tmp_path):
+    import shutil
+
+    import export_checkpoint
+    import torch
+
+    args = ["--model", "unet", "--data", str(DATA), "--limit", "2", "--max-batches", "1", "--batch-size", "2",
+            "--crop-size", "64", "--workers", "0", "--val-split", "", "--out", str(tmp_path)]
+    train.main([*args, "--epochs", "1"])
+    shutil.copy(tmp_path / "checkpoint.pt", tmp_path / "ep1.pt")
+    train.main([*args, "--epochs", "2", "--resume"])
+
+    last = load_weights(export_checkpoint.main([str(tmp_path), "--out", str(tmp_path / "last.safetensors")]))
+    first = load_weights(export_checkpoint.main([str(tmp_path), "--checkpoint", str(tmp_path / "ep1.pt"),
+                                                 "--out", str(tmp_path / "first.safetensors")]))
+    assert last.metadata["training"]["epochs"] == 2 and first.metadata["training"]["epochs"] == 1
+    saved = torch.load(tmp_path / "ep1.pt", weights_only=False)["model"]
+    # float16 in the file: equal to the epoch-1 parameters up to half precision, unlike the epoch-2 ones
+    key = next(k for k in saved if k.endswith("weight"))
+    exported = first.network.state_dict()[key].float()
+    assert torch.allclose(exported, saved[key].float(), atol=1e-3, rtol=1e-3)
+    assert not torch.equal(last.network.state_dict()[key], first.network.state_dict()[key])

@@ -5,6 +5,8 @@ train.py keeps the epoch with the best validation score at fixed settings (thres
 epoch with the same metadata, so evaluate.py can compare both::
 
     python training/export_checkpoint.py runs/unet --out runs/unet/last.safetensors
+
+``--checkpoint`` exports a copy of ``checkpoint.pt`` saved after an earlier epoch instead.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="the --out folder of train.py")
     parser.add_argument("--out", type=Path, required=True, help="weights file to write")
+    parser.add_argument("--checkpoint", type=Path, help="a copy of <run>/checkpoint.pt from an earlier epoch")
     args = parser.parse_args(argv)
-    checkpoint = torch.load(args.run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(args.checkpoint or args.run / "checkpoint.pt", map_location="cpu", weights_only=False)
     metadata = read_metadata(args.run / "best.safetensors")
     for key in ("format", "format_version", "package_version"):
         metadata.pop(key, None)
