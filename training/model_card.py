@@ -73,7 +73,7 @@ def training_lines(training: dict) -> list[str]:
     else:
         kept = (f"- trained in {len(stages)} runs, each starting from the weights the one before kept (`--init`): "
                 + " + ".join(str(stage.get("epochs", "?")) for stage in stages)
-                + f" = {epochs} epochs (each run keeps its epoch with the best validation score at threshold 0.5), after ")
+                + f" = {epochs} epochs, after ")
     lines = [kept + f"{round(minutes, 1)} min of training on {training['hardware']} ({training['device']})"]
     commands = [f"`{stage['command']}`" for stage in stages if "command" in stage]
     lines.append("- reproduce: " + ", then ".join(commands) + ", then ")
