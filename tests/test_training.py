@@ -345,6 +345,29 @@ def test_balanced_sampling_trains(tmp_path, capsys):
     assert load_weights(tmp_path / "best.safetensors").metadata["training"]["sampling"] == "balanced"
 
 
+def test_training_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(["--help"])
+    assert exit_.value.code == 0
+    usage = capsys.readouterr().out
+    assert all(option in usage for option in ("--sampling", "--schedule", "--init", "--time-budget", "60%/25%/15%"))
+
+
+@needs_data
+def test_cosine_schedule_anneals_the_learning_rate_and_resumes(tmp_path, capsys):
+    args = ["--model", "unet", "--data", str(DATA), "--limit", "2", "--max-batches", "1", "--batch-size", "2",
+            "--crop-size", "64", "--workers", "0", "--val-split", "", "--schedule", "cosine", "--lr", "1e-3",
+            "--epochs", "4", "--out", str(tmp_path)]
+    interrupted = train.main([*args, "--time-budget", "0"])  # stops after its first epoch
+    assert interrupted["epoch"] == 1
+    state = train.main([*args, "--resume"])
+    assert "resumed from epoch 1" in capsys.readouterr().out
+    rates = [entry["lr"] for entry in state["history"]]
+    assert len(rates) == 4 and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] == pytest.approx(1e-5)  # --lr / 100 after the last epoch
+    assert load_weights(tmp_path / "best.safetensors").metadata["training"]["schedule"] == "cosine"
+
+
 @needs_data
 def test_export_checkpoint_writes_the_last_or_an_earlier_epoch(tmp_path):
     import shutil

@@ -121,7 +121,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sampling", choices=("uniform", "balanced"), default="uniform",
                         help="uniform: every image once per epoch; balanced: images drawn (with replacement) so that "
                              "fluorescence, tissue and brightfield images make up "
-                             + "/".join(f"{share:.0%}" for share in BALANCED_SHARES.values()) + " of the crops")
+                             + "/".join(f"{share:.0%}" for share in BALANCED_SHARES.values()).replace("%", "%%")
+                             + " of the crops")
+    parser.add_argument("--schedule", choices=("plateau", "cosine"), default="plateau",
+                        help="plateau: halve the learning rate after 3 epochs without val improvement; cosine: anneal "
+                             "it from --lr to --lr/100 over --epochs (for continuing a trained model with --init)")
     parser.add_argument("--patience", type=int, default=8, help="epochs without val improvement before stopping")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -166,7 +170,10 @@ def main(argv=None) -> dict:
                                                      if k in earlier}}
         print(f"initialised from {args.init}", flush=True)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+    if args.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr / 100)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
     state = {"epoch": 0, "best_score": float("-inf"), "best_epoch": 0, "elapsed": 0.0, "history": []}
     checkpoint_path = args.out / "checkpoint.pt"
     if args.resume and checkpoint_path.is_file():
@@ -205,10 +212,14 @@ def main(argv=None) -> dict:
             optimizer.step()
             losses.append(loss.item())
         scores = validate(network, val_pairs, device) if val_pairs else {"dsb_score": -float(np.mean(losses))}
-        scheduler.step(scores["dsb_score"])
+        if args.schedule == "cosine":
+            scheduler.step()
+        else:
+            scheduler.step(scores["dsb_score"])
         state["epoch"] = epoch
         state["elapsed"] = time.perf_counter() - start
-        state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), **scores})
+        state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)),
+                                 "lr": optimizer.param_groups[0]["lr"], **scores})
         improved = scores["dsb_score"] > state["best_score"]
         if improved:
             state["best_score"], state["best_epoch"] = scores["dsb_score"], epoch
@@ -221,7 +232,7 @@ def main(argv=None) -> dict:
                 "training": {
                     "data": f"DSB2018 stage1_train (fixed masks), split {args.train_split!r}: {len(train_pairs)} images",
                     "epochs": epoch, "crop_size": args.crop_size, "batch_size": args.batch_size, "lr": args.lr,
-                    "seed": args.seed, "sampling": args.sampling, "minutes": round(state["elapsed"] / 60, 1), "device": str(device),
+                    "seed": args.seed, "sampling": args.sampling, "schedule": args.schedule, "minutes": round(state["elapsed"] / 60, 1), "device": str(device),
                     "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                     "parameters": n_params, "command": command,
                     **({"continued_from": continued_from} if continued_from else {}),
