@@ -193,6 +193,23 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_scores_are_also_broken_down_by_kind_of_image():
+    gray = np.full((40, 40, 3), 20, np.uint8)
+    purple = np.stack([np.full((40, 40), 180), np.full((40, 40), 90), np.full((40, 40), 200)], -1).astype(np.uint8)
+    samples = [evaluate.Sample("f1", gray, THREE), evaluate.Sample("t1", purple, THREE),
+               evaluate.Sample("f2", gray, THREE)]
+    perfect, missed_one = THREE, np.where(THREE == 3, 0, THREE)
+    summary, rows = evaluate.score_method("m", [perfect, missed_one, perfect], samples)
+    assert [row["kind"] for row in rows] == ["fluorescence", "tissue", "fluorescence"]
+    assert list(summary["by_kind"]) == ["fluorescence", "tissue"]
+    fluorescence, tissue = summary["by_kind"]["fluorescence"], summary["by_kind"]["tissue"]
+    assert fluorescence["n_images"] == 2 and fluorescence["dsb_score"] == 1.0 and fluorescence["mean_iou"] == 1.0
+    assert tissue["n_images"] == 1 and tissue["dsb_score"] == pytest.approx(2 / 3)
+    assert tissue["count_error_median"] == pytest.approx(1 / 3)
+    assert summary["dsb_score"] == pytest.approx((1 + 2 / 3 + 1) / 3)
+    assert "tissue (1 image) DSB2018 score 0.667" in model_card.kind_lines(summary)[0]
+
+
 def test_calibrated_copy_refuses_to_overwrite_its_source(tmp_path):
     source = tiny_weights(tmp_path)
     before = digest(source)
@@ -223,8 +240,10 @@ def test_evaluate_and_calibrate_on_two_images(tmp_path):
             assert 0.0 <= metrics[key] <= 1.0, (result["method"], key)
         assert metrics["count_error_mean"] >= 0.0
     assert json.loads((out / "report.json").read_text())["results"] == report["results"]
-    table = (out / "table.md").read_text().splitlines()
-    assert sum(line.startswith("| ") for line in table) == 2 + 3  # header, rule and a row per method
+    table, by_kind = (out / "table.md").read_text().split("By kind of image")
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 2 + 3  # header, rule and a row per method
+    kinds = report["results"][0]["metrics"]["by_kind"]
+    assert sum(line.startswith("| ") for line in by_kind.splitlines()) == 2 + 3 * len(kinds)
     rows = list(csv.DictReader((out / "rows.csv").open()))
     assert len(rows) == 3 * 2 and {r["method"] for r in rows} == set(methods)
 

@@ -18,7 +18,9 @@ search (:func:`labels_from_probabilities`, as in the plugin).
 Metrics. Pixel scores (the case study's mean IoU = mean of foreground and background IoU,
 foreground IoU, Dice) are pooled over all pixels of the split. Instance scores (DSB2018
 score, F1 at IoU 0.5, relative count error) are computed per image, then averaged over
-images (count error: median and mean).
+images (count error: median and mean). Each summary repeats them per kind of image
+(fluorescence, tissue, brightfield; ``data.image_kind``), since the kinds score very
+differently and a user's images may be all of one kind.
 
 Baselines. "no splitting": the same model and settings, nuclei = connected components of
 the thresholded mask. "Otsu": gray = mean of the RGB channels, Otsu's threshold, the side
@@ -42,7 +44,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import label as connected_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import list_ids, load_pair  # noqa: E402
+from data import IMAGE_KINDS, image_kind, list_ids, load_pair  # noqa: E402
 from metrics import instance_iou, instance_scores, pixel_confusion, pixel_scores, scores_from_iou  # noqa: E402
 
 from napari_nucleiseg.inference import predict_probabilities  # noqa: E402
@@ -65,7 +67,7 @@ TABLE_COLUMNS = (
     ("count_error_median", "count error (median/image)", "{:.1%}"),
     ("count_error_mean", "count error (mean/image)", "{:.1%}"),
 )
-PER_IMAGE_COLUMNS = ("method", "image_id", "height", "width", "n_truth", "n_predicted", "mean_iou",
+PER_IMAGE_COLUMNS = ("method", "image_id", "kind", "height", "width", "n_truth", "n_predicted", "mean_iou",
                      "foreground_iou", "dice", "dsb_score", "f1_iou50", "count_error")
 
 
@@ -118,23 +120,36 @@ def image_scores(labels: np.ndarray, truth: np.ndarray) -> tuple[dict, np.ndarra
 
 
 def score_method(method: str, label_images, samples: list[Sample]) -> tuple[dict, list[dict]]:
-    """Summary (pooled pixel scores, per-image instance scores averaged) and per-image rows."""
-    rows, pooled = [], np.zeros(4, dtype=np.int64)
+    """Summary (pooled pixel scores, per-image instance scores averaged) and per-image rows.
+
+    The summary's ``"by_kind"`` holds the same figures for each kind of image
+    (:func:`data.image_kind`: fluorescence, tissue, brightfield) present in ``samples``.
+    """
+    rows, confusions = [], []
     for sample, labels in zip(samples, label_images):
         scores, confusion = image_scores(labels, sample.truth)
-        pooled += confusion
-        rows.append({"method": method, "image_id": sample.id, "height": labels.shape[0], "width": labels.shape[1],
-                     **scores})
+        confusions.append(confusion)
+        rows.append({"method": method, "image_id": sample.id, "kind": image_kind(sample.image),
+                     "height": labels.shape[0], "width": labels.shape[1], **scores})
+    summary = _summary(rows, confusions)
+    kinds = [row["kind"] for row in rows]
+    summary["by_kind"] = {}
+    for kind in (k for k in IMAGE_KINDS if k in kinds):
+        members = [index for index, k in enumerate(kinds) if k == kind]
+        summary["by_kind"][kind] = _summary([rows[i] for i in members], [confusions[i] for i in members])
+    return summary, rows
+
+
+def _summary(rows: list[dict], confusions: list[np.ndarray]) -> dict:
     count_errors = [row["count_error"] for row in rows]
-    summary = {
-        **pixel_scores(pooled),
+    return {
+        **pixel_scores(np.sum(confusions, axis=0, dtype=np.int64)),
         "dsb_score": float(np.mean([row["dsb_score"] for row in rows])),
         "f1_iou50": float(np.mean([row["f1_iou50"] for row in rows])),
         "count_error_median": float(np.median(count_errors)),
         "count_error_mean": float(np.mean(count_errors)),
         "n_images": len(rows),
     }
-    return summary, rows
 
 
 def predict_all(model, samples: list[Sample], log=None) -> list[np.ndarray]:
@@ -236,6 +251,17 @@ def markdown_table(results: list[dict], caption: str) -> str:
     return "\n".join(lines) + "\n\n" + caption + "\n"
 
 
+def kind_table(results: list[dict]) -> str:
+    """A markdown table of each method's instance scores per kind of image."""
+    lines = ["| method | kind | images | mean IoU | DSB2018 score | F1 @ IoU 0.5 | count error (median) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for result in results:
+        for kind, metrics in result["metrics"].get("by_kind", {}).items():
+            lines.append(f"| {result['method']} | {kind} | {metrics['n_images']} | {metrics['mean_iou']:.3f} | "
+                         f"{metrics['dsb_score']:.3f} | {metrics['f1_iou50']:.3f} | {metrics['count_error_median']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, nargs="+", required=True, help="weights files to evaluate")
@@ -327,7 +353,7 @@ def main(argv=None) -> dict:
                "\"no splitting\": the same model and settings without the watershed split. Otsu: gray image, "
                "Otsu threshold, the minority side is nucleus, 4-connected components."
                + (" Settings calibrated on this split." if args.calibrate else " Settings as stored in each weights file."))
-    table = markdown_table(results, caption)
+    table = markdown_table(results, caption) + "\nBy kind of image (told apart by colour and brightness):\n\n" + kind_table(results)
     print(table)
     report = {"data": str(args.data), "split": split_name, "n_images": len(samples),
               "image_ids": [s.id for s in samples], "results": results, "written": written}
@@ -346,7 +372,8 @@ def main(argv=None) -> dict:
 
 
 def _rounded(metrics: dict) -> dict:
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    return {k: round(v, 4) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v
+            for k, v in metrics.items()}
 
 
 if __name__ == "__main__":

@@ -107,8 +107,19 @@ def card(path: Path) -> str:
         f"- val, splitting on: mean IoU {val['mean_iou']:.3f}, DSB2018 score {val['dsb_score']:.3f}, "
         f"F1 @ 0.5 {val['f1_iou50']:.3f}, median count error {val['count_error_median']:.1%}",
         f"- falls short of: {', '.join(missed)}" if missed else "- meets every target",
+        *kind_lines(val),
         "",
     ])
+
+
+def kind_lines(val: dict) -> list[str]:
+    """The card's line on how the model does on each kind of image (when evaluate.py recorded it)."""
+    by_kind = val.get("by_kind")
+    if not by_kind:
+        return []
+    return ["- val by kind of image: " + "; ".join(
+        f"{kind} ({m['n_images']} image{'s' if m['n_images'] != 1 else ''}) DSB2018 score {m['dsb_score']:.3f}, "
+        f"F1 {m['f1_iou50']:.3f}, median count error {m['count_error_median']:.1%}" for kind, m in by_kind.items())]
 
 
 def main(argv=None) -> str:
