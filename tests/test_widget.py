@@ -280,6 +280,57 @@ def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
     assert np.array_equal(first.data, edited) and second.data[60, 5] == 9
 
 
+def test_undo_and_redo_of_a_hand_edit_update_the_count_and_table(viewer_and_widget, fake_network, qtbot):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.5)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    labels.brush_size = 7
+    labels.selected_label = 4
+    labels.paint((8, 8), 4)
+    qtbot.waitUntil(lambda: shown_count(widget) == 4, timeout=5_000)
+    wait_for_table(qtbot, labels, 4)
+
+    labels.undo()  # Ctrl+Z: napari puts the pixels back and redraws, without a paint event
+    assert labels.data.max() == 3
+    qtbot.waitUntil(lambda: shown_count(widget) == 3, timeout=5_000)
+    wait_for_table(qtbot, labels, 3)
+
+    labels.redo()
+    qtbot.waitUntil(lambda: shown_count(widget) == 4, timeout=5_000)
+    wait_for_table(qtbot, labels, 4)
+    assert list(labels.features["label"]) == [1, 2, 3, 4]
+
+
+def test_count_and_export_follow_the_labels_layer_the_user_selects(
+    viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
+):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="four")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    viewer.add_image(blobs((200, 200)), name="two")
+    click_segment(qtbot, widget)
+    four, two = labels_layers(viewer)
+    assert widget.count_label.text() == "2 nuclei in 'two nuclei'"
+
+    viewer.layers.selection.active = four  # the user clicks the first result in the layer list
+    assert widget.count_label.text() == "4 nuclei in 'four nuclei'"
+    path = tmp_path / "table.csv"
+    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(path), ""))
+    qtbot.mouseClick(widget.export_button, _widget.Qt.MouseButton.LeftButton)
+    assert len(pd.read_csv(path)) == 4
+
+    viewer.layers.remove(four)  # the shown result is deleted: the other one is shown and exported
+    assert widget.count_label.text() == "2 nuclei in 'two nuclei'"
+    qtbot.mouseClick(widget.export_button, _widget.Qt.MouseButton.LeftButton)
+    assert len(pd.read_csv(path)) == 2
+    viewer.layers.remove(two)
+    assert widget.count_label.text() == "No segmentation shown"
+    assert notifications.messages["error"] == []
+
+
 def test_export_csv_writes_the_table_as_the_user_edited_it(
     viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
 ):
@@ -321,6 +372,7 @@ def test_a_stack_is_segmented_plane_by_plane_with_progress(viewer_and_widget, fa
     assert fake_network.calls == 3
     assert [len(np.unique(plane[plane > 0])) for plane in labels.data] == [1, 2, 3]
     assert shown_count(widget) == 6  # every nucleus of the stack has its own label
+    assert widget.count_label.text() == "6 nuclei in 'stack nuclei', summed over its 3 planes"
     assert len(set(progress)) >= 3 and max(progress) == PROGRESS_STEPS
     wait_for_table(qtbot, labels, 6)
     assert labels.features["axis_0"].tolist() == [0, 1, 1, 2, 2, 2]

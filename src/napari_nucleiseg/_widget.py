@@ -50,6 +50,9 @@ CUSTOM_WEIGHTS_ITEM = "Custom weights file..."
 #: The per-nucleus table is measured this long after the last change, so dragging the slider
 #: or painting stays fluid; the count follows at once.
 TABLE_DELAY_MS = 250
+#: A redrawn Labels layer is checked for changes (undo and redo redraw it without a paint event)
+#: this long after the redrawing stops.
+REDRAW_CHECK_MS = 100
 #: Progress bar resolution within a run (planes x tiles are mapped onto it).
 PROGRESS_STEPS = 1000
 #: Post-processing at most this many pixels (all planes together) runs at once, on the main
@@ -116,10 +119,12 @@ class _TileProgress(QObject):
 
 @dataclass
 class _Output:
-    """A Labels layer the widget wrote: for which image, and a fingerprint of what it wrote."""
+    """A Labels layer the widget wrote: for which image, and fingerprints of what it wrote and of
+    what its count and table were last made from (they differ after hand edits)."""
 
     image: Image
     checksum: int
+    counted: int | None = None
 
 
 class NucleiSegWidget(QWidget):
@@ -160,6 +165,9 @@ class NucleiSegWidget(QWidget):
         self._edited: set[Labels] = set()  # hand-edited layers whose count is not yet updated
         self._count_timer = QTimer(self, singleShot=True, interval=0)
         self._count_timer.timeout.connect(self._recount_edited)
+        self._redrawn: set[Labels] = set()  # written layers redrawn since they were last checked
+        self._redraw_timer = QTimer(self, singleShot=True, interval=REDRAW_CHECK_MS)
+        self._redraw_timer.timeout.connect(self._check_redrawn)
         self._stale_tables: set[Labels] = set()
         self._measuring: set[Labels] = set()  # layers whose table a worker is measuring
         self._table_timer = QTimer(self, singleShot=True, interval=TABLE_DELAY_MS)
@@ -171,6 +179,7 @@ class NucleiSegWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.events.moved.connect(self._on_layers_changed)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         # Closing the widget mid-run stops the workers (not via self: it is going).
         self.destroyed.connect(partial(_stop_workers, self._cancel, self._jobs))
         self._on_layers_changed()
@@ -270,11 +279,20 @@ class NucleiSegWidget(QWidget):
                 self._request_result()  # ... and stop working on them
         self._written.pop(layer, None)
         self._edited.discard(layer)
+        self._redrawn.discard(layer)
         self._stale_tables.discard(layer)
         if layer is self._shown:
             self._shown = None
             self.count_label.setText("No segmentation shown")
+            if self._written:  # show (and export) the most recent result still open
+                self._show_count(list(self._written)[-1])
         self._on_layers_changed()
+
+    def _on_active_layer(self, event=None) -> None:
+        """Selecting one of the widget's Labels layers shows its count, and Export writes its table."""
+        layer = self.viewer.layers.selection.active
+        if layer in self._written and layer is not self._shown:
+            self._show_count(layer)
 
     @property
     def image_layer(self) -> Image | None:
@@ -535,7 +553,8 @@ class NucleiSegWidget(QWidget):
         else:
             self._write(layer, labels)
         self._outputs[cache.image.unique_id] = layer
-        self._mark_changed(layer, count=int(labels.max()))  # fresh labels are numbered 1..N
+        # fresh labels are numbered 1..N, and the widget knows their checksum
+        self._mark_changed(layer, count=int(labels.max()), checksum=self._written[layer].checksum)
 
     def _add_labels_layer(self, image: Image, labels: np.ndarray) -> Labels:
         taken = {layer.name for layer in self.viewer.layers}
@@ -545,6 +564,7 @@ class NucleiSegWidget(QWidget):
         self._written[layer] = _Output(image, _layers.checksum(labels))
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)
+        layer.events.set_data.connect(self._on_redrawn)
         return layer
 
     def _write(self, layer: Labels, labels: np.ndarray) -> None:
@@ -567,18 +587,42 @@ class NucleiSegWidget(QWidget):
             self._edited.add(event.source)
             self._count_timer.start()
 
+    def _on_redrawn(self, event) -> None:
+        # Undo and redo change the pixels and redraw the layer without a paint event; so do
+        # moving through a stack's planes and other redraws, which change nothing: check which.
+        if not self._writing:
+            self._redrawn.add(event.source)
+            self._redraw_timer.start()
+
+    def _check_redrawn(self) -> None:
+        while self._redrawn:
+            layer = self._redrawn.pop()
+            output = self._written.get(layer)
+            if output is not None and _layers.checksum(layer.data) != output.counted:
+                self._mark_changed(layer)
+
     def _recount_edited(self) -> None:
         while self._edited:
-            self._mark_changed(self._edited.pop())
+            layer = self._edited.pop()
+            if layer in self._written:
+                self._mark_changed(layer)
 
-    def _mark_changed(self, layer: Labels, count: int | None = None) -> None:
+    def _mark_changed(self, layer: Labels, count: int | None = None, checksum: int | None = None) -> None:
         """Show the layer's count at once; measure its table when the changes pause."""
+        self._written[layer].counted = _layers.checksum(layer.data) if checksum is None else checksum
+        self._show_count(layer, count)
+        self._stale_tables.add(layer)
+        self._table_timer.start()
+
+    def _show_count(self, layer: Labels, count: int | None = None) -> None:
         if count is None:
             count = _layers.count_labels(layer.data)
         self._shown = layer
-        self.count_label.setText(f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'")
-        self._stale_tables.add(layer)
-        self._table_timer.start()
+        text = f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'"
+        planes = int(np.prod(layer.data.shape[:-2]))
+        if planes > 1:  # each plane is segmented on its own: a nucleus in 5 z-planes counts 5 times
+            text += f", summed over its {planes} planes"
+        self.count_label.setText(text)
 
     def _refresh_stale_tables(self) -> None:
         """Measure the tables of changed layers in workers: a large image's table takes seconds.
