@@ -167,6 +167,12 @@ def shown_count(widget: NucleiSegWidget) -> int:
     return int(widget.count_label.text().split()[0])
 
 
+def click_export(qtbot, widget: NucleiSegWidget, monkeypatch, path) -> None:
+    """Export, choosing ``path`` in the save dialog."""
+    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(path), ""))
+    qtbot.mouseClick(widget.export_button, _widget.Qt.MouseButton.LeftButton)
+
+
 def labels_layers(viewer):
     return [layer for layer in viewer.layers if isinstance(layer, Labels)]
 
@@ -317,15 +323,13 @@ def test_count_and_export_follow_the_labels_layer_the_user_selects(
 
     viewer.layers.selection.active = four  # the user clicks the first result in the layer list
     assert widget.count_label.text() == "4 nuclei in 'four nuclei'"
-    path = tmp_path / "table.csv"
-    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(path), ""))
-    qtbot.mouseClick(widget.export_button, _widget.Qt.MouseButton.LeftButton)
-    assert len(pd.read_csv(path)) == 4
+    click_export(qtbot, widget, monkeypatch, tmp_path / "four.csv")
+    assert len(pd.read_csv(tmp_path / "four.csv")) == 4
 
     viewer.layers.remove(four)  # the shown result is deleted: the other one is shown and exported
     assert widget.count_label.text() == "2 nuclei in 'two nuclei'"
-    qtbot.mouseClick(widget.export_button, _widget.Qt.MouseButton.LeftButton)
-    assert len(pd.read_csv(path)) == 2
+    click_export(qtbot, widget, monkeypatch, tmp_path / "two.csv")
+    assert len(pd.read_csv(tmp_path / "two.csv")) == 2
     viewer.layers.remove(two)
     assert widget.count_label.text() == "No segmentation shown"
     assert notifications.messages["error"] == []
@@ -342,8 +346,7 @@ def test_export_csv_writes_the_table_as_the_user_edited_it(
     labels.fill((32, 25), 0)  # the user deletes a nucleus, then exports at once
 
     path = tmp_path / "nuclei.csv"
-    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(path), ""))
-    qtbot.mouseClick(widget.export_button, _widget.Qt.MouseButton.LeftButton)
+    click_export(qtbot, widget, monkeypatch, path)
 
     table = pd.read_csv(path)
     assert list(table["label"]) == [2, 3, 4]
