@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_nucleiseg.inference import TILE_OVERLAP, Cancelled, predict_probabilities
-from napari_nucleiseg.preprocess import ImageError
+from napari_nucleiseg.inference import TILE_OVERLAP, Cancelled, _padded_crop, predict_probabilities
+from napari_nucleiseg.preprocess import ImageError, Normalization, as_rgb, normalize_image
 from napari_nucleiseg.weights import load_weights
 
 from conftest import TINY_KWARGS, blob_image
@@ -145,3 +145,35 @@ def test_cancel_midway_stops_further_batches(models):
             progress=lambda done, total: calls.append(done), cancelled=lambda: next(polls),
         )
     assert calls == [2]
+
+
+@pytest.mark.parametrize("kind", ["uint16", "float-huge-with-nan", "rgba"])
+def test_a_tile_is_normalised_as_the_whole_image_is(kind):
+    # Large images are normalised tile by tile (never whole, in float32): a tile must come out
+    # exactly as the same pixels of the whole normalised image.
+    rng = np.random.default_rng(3)
+    if kind == "uint16":
+        image = rng.integers(0, 4000, (300, 200)).astype(np.uint16)
+    elif kind == "rgba":
+        image = rng.integers(0, 255, (300, 200, 4)).astype(np.uint8)
+    else:
+        image = (rng.random((300, 200)) * 1e35).astype(np.float32)
+        image[5, 7], image[100, 3], image[200, 150] = np.nan, np.inf, -np.inf
+    whole = normalize_image(image)
+    rgb = as_rgb(image)
+    normalization = Normalization.of(rgb)
+    assert np.array_equal(normalization(rgb[40:170, 33:101]), whole[40:170, 33:101])
+    assert np.isfinite(whole).all() and np.ptp(whole) > 0
+
+
+@pytest.mark.parametrize("shape", [(50, 70), (10, 40), (40, 5)])
+def test_tiles_read_past_the_edge_as_the_padded_image(shape):
+    # Tiles reaching past the image read mirrored pixels (edge pixels where the image is smaller
+    # than the padding), as np.pad would make them, without making the padded image.
+    image = np.arange(shape[0] * shape[1] * 3).reshape(*shape, 3)
+    pad = ((0, (-shape[0]) % 32), (0, (-shape[1]) % 32), (0, 0))
+    mirror = pad[0][1] < shape[0] and pad[1][1] < shape[1]
+    padded = np.pad(image, pad, mode="reflect" if mirror else "edge")
+    whole, bottom_strip = (0, 0, *padded.shape[:2]), (shape[0] // 2, 1, padded.shape[0] - shape[0] // 2, 3)
+    for y, x, h, w in (whole, bottom_strip):
+        assert np.array_equal(_padded_crop(image, y, x, h, w, mirror), padded[y : y + h, x : x + w])

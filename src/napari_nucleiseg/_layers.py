@@ -124,8 +124,11 @@ class CompactProbabilities:
 
     def __setitem__(self, index: tuple[int, ...], plane: np.ndarray) -> None:
         """Store the ``(2, Y, X)`` float probabilities of the plane at ``index``."""
-        self.nucleus[index] = np.ceil(_scaled(plane[0], NUCLEUS_LEVELS))
-        self.boundary[index] = np.floor(_scaled(plane[1], BOUNDARY_LEVELS))
+        nucleus, boundary = self.nucleus[index], self.boundary[index]  # views of the plane
+        for top in range(0, nucleus.shape[0], _STORE_ROWS):  # a band at a time: the float64 steps stay small
+            rows = slice(top, top + _STORE_ROWS)
+            nucleus[rows] = np.ceil(_scaled(plane[0, rows], NUCLEUS_LEVELS))
+            boundary[rows] = np.floor(_scaled(plane[1, rows], BOUNDARY_LEVELS))
 
     def __getitem__(self, index: tuple[int, ...]) -> np.ndarray:
         """The ``(2, Y, X)`` float32 probabilities of the plane at ``index`` (one index per leading axis)."""
@@ -143,6 +146,10 @@ class CompactProbabilities:
 
         planes = da.from_array(self.nucleus, chunks=(1,) * (self.nucleus.ndim - 2) + self.nucleus.shape[-2:])
         return planes.map_blocks(_NUCLEUS_VALUES.__getitem__, dtype=np.float32)
+
+
+#: Rows of a plane stored at a time.
+_STORE_ROWS = 256
 
 
 def _scaled(probability: np.ndarray, levels: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Network inference: any 2-D image in, float32 probability maps out (numpy in, numpy out).
 
 Large images are cut into overlapping tiles that are predicted one (or a few) at
-a time and blended with weights that fade towards the inner tile edges, so memory
-is bounded by the tile size and the result matches whole-image inference.
+a time and blended with weights that fade towards the inner tile edges, so the
+network's memory is bounded by the tile size and the result matches whole-image
+inference. Each tile is normalised on its own (with the whole image's percentiles), so
+besides the image itself a run holds little more than its ``(2, H, W)`` float32 result.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from .preprocess import normalize_image
+from .preprocess import Normalization, as_rgb
 from .weights import NucleiModel
 
 #: Images up to this many pixels a side run in one piece; larger ones are tiled, with
@@ -29,6 +31,8 @@ PAD_MULTIPLE = 32
 #: not faster (4 tiles per pass: 1.24-1.48x the CPU time of 1 for the bundled models on one
 #: thread, as the activations outgrow the caches; benchmarks/README.md) and need 4x the memory.
 TILE_BATCH = 1
+#: Rows of the result finished at a time (bounds the temporaries of the final blending step).
+BAND_ROWS = 256
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -69,10 +73,11 @@ def predict_probabilities(
     ndarray
         ``(2, H, W)`` float32 in [0, 1]: channel 0 nucleus, channel 1 nucleus boundary.
     """
-    normalized = normalize_image(image, model.percentiles)
-    return predict_normalized(
-        normalized, model.network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-        progress=progress, cancelled=cancelled,
+    rgb = as_rgb(image)
+    normalization = Normalization.of(rgb, model.percentiles)
+    return _predict_tiled(
+        rgb, normalization, model.network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+        progress=progress, cancelled=cancelled, device=None,
     )
 
 
@@ -91,18 +96,40 @@ def predict_normalized(
 
     ``device`` is where the input goes (default: the device of the network's parameters).
     """
+    return _predict_tiled(
+        normalized, None, network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+        progress=progress, cancelled=cancelled, device=device,
+    )
+
+
+def _predict_tiled(
+    source: np.ndarray,
+    normalization: Normalization | None,
+    network: torch.nn.Module,
+    *,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    progress: ProgressCallback | None,
+    cancelled: Callable[[], bool] | None,
+    device: torch.device | str | None,
+) -> np.ndarray:
+    """Predict ``(H, W, 3)`` ``source`` tile by tile; each tile is normalised with ``normalization``
+    (None: ``source`` is normalised already) just before the network sees it."""
     if overlap * 2 >= tile_size:
         raise ValueError(f"overlap ({overlap}) must be less than half the tile size ({tile_size})")
-    # Pad once, here, to a size every network divides without padding of its own: then an
-    # edge tile sees the same padded pixels as whole-image inference does.
-    original_height, original_width = normalized.shape[:2]
-    normalized = _pad_to_multiple(normalized, PAD_MULTIPLE)
-    height, width = normalized.shape[:2]
-    tile_height = _balanced_tile(height, tile_size, overlap)
-    tile_width = _balanced_tile(width, tile_size, overlap)
-    tiles = list(_tile_starts(height, width, tile_height, tile_width, overlap))
-    result = np.zeros((2, height, width), dtype=np.float32)
-    weight_sum = np.zeros((height, width), dtype=np.float32) if len(tiles) > 1 else None
+    # Tiles lie on the image padded to a size every network divides without padding of its own
+    # (then an edge tile sees the same padded pixels as whole-image inference does). The padding
+    # is never made: a tile reaching into it reads the mirrored pixels instead.
+    original_height, original_width = source.shape[:2]
+    height, width = (-(-length // PAD_MULTIPLE) * PAD_MULTIPLE for length in (original_height, original_width))
+    mirror = height - original_height < original_height and width - original_width < original_width
+    tile_height = min(_balanced_tile(height, tile_size, overlap), height)
+    tile_width = min(_balanced_tile(width, tile_size, overlap), width)
+    row_starts = _axis_starts(height, tile_height, tile_height - overlap)
+    column_starts = _axis_starts(width, tile_width, tile_width - overlap)
+    tiles = [(y, x) for y in row_starts for x in column_starts]
+    result = np.zeros((2, original_height, original_width), dtype=np.float32)
     network.eval()
     if device is None:
         device = next(network.parameters()).device
@@ -112,22 +139,63 @@ def predict_normalized(
             if cancelled is not None and cancelled():
                 raise Cancelled("Segmentation cancelled.")
             batch = tiles[first : first + batch_size]
-            crops = [normalized[y : y + tile_height, x : x + tile_width] for y, x in batch]
+            crops = []
+            for y, x in batch:
+                crop = _padded_crop(source, y, x, tile_height, tile_width, mirror)
+                crops.append(crop if normalization is None else normalization(crop))
             probabilities = _predict_batch(network, crops, device)
-            for (y, x), crop, prob in zip(batch, crops, probabilities):
-                h, w = crop.shape[:2]
-                if weight_sum is None:
-                    result[:, y : y + h, x : x + w] = prob
+            for (y, x), prob in zip(batch, probabilities):
+                h, w = min(tile_height, original_height - y), min(tile_width, original_width - x)
+                if h <= 0 or w <= 0:
+                    continue  # a tile entirely in the padding (only in images a few pixels wide)
+                if len(tiles) == 1:
+                    result[:, :h, :w] = prob[:, :h, :w]
                     continue
-                window = _blend_window(y, x, h, w, height, width, overlap)
-                result[:, y : y + h, x : x + w] += prob * window
-                weight_sum[y : y + h, x : x + w] += window
+                window = _blend_window(y, x, tile_height, tile_width, height, width, overlap)
+                result[:, y : y + h, x : x + w] += prob[:, :h, :w] * window[:h, :w]
             done += len(batch)
             if progress is not None:
                 progress(done, len(tiles))
-    if weight_sum is not None:
-        result /= weight_sum
-    return np.ascontiguousarray(result[:, :original_height, :original_width])
+    if len(tiles) > 1:
+        # The blend windows are outer products of a row and a column ramp, and the tiles a grid:
+        # their sum is the outer product of the summed ramps, divided out a band of rows at a time.
+        row_weights = _summed_ramps(row_starts, tile_height, height, overlap)[:original_height]
+        column_weights = _summed_ramps(column_starts, tile_width, width, overlap)[:original_width]
+        for top in range(0, original_height, BAND_ROWS):
+            band = slice(top, top + BAND_ROWS)
+            result[:, band] /= np.outer(row_weights[band], column_weights)
+    return result
+
+
+def _padded_crop(source: np.ndarray, y: int, x: int, h: int, w: int, mirror: bool) -> np.ndarray:
+    """``source[y:y + h, x:x + w]`` of ``source`` padded at the bottom and right as far as needed,
+    mirrored (as ``np.pad(mode="reflect")``) or, where the image is too small, with edge values."""
+    rows = _source_indices(y, h, source.shape[0], mirror)
+    columns = _source_indices(x, w, source.shape[1], mirror)
+    if isinstance(rows, slice) and isinstance(columns, slice):
+        return np.array(source[rows, columns])
+    if isinstance(rows, slice):
+        rows = np.arange(rows.start, rows.stop)
+    if isinstance(columns, slice):
+        columns = np.arange(columns.start, columns.stop)
+    return source[np.ix_(rows, columns)]
+
+
+def _source_indices(start: int, size: int, length: int, mirror: bool) -> slice | np.ndarray:
+    if start + size <= length:
+        return slice(start, start + size)
+    indices = np.arange(start, start + size)
+    beyond = indices >= length
+    indices[beyond] = 2 * (length - 1) - indices[beyond] if mirror else length - 1
+    return indices
+
+
+def _summed_ramps(starts: list[int], size: int, length: int, overlap: int) -> np.ndarray:
+    """Along one axis, the sum of the blend ramps of tiles of ``size`` at ``starts``."""
+    total = np.zeros(length, dtype=np.float32)
+    for start in starts:
+        total[start : start + size] += _ramp(size, overlap, fade_start=start > 0, fade_end=start + size < length)
+    return total
 
 
 def _predict_batch(network: torch.nn.Module, crops: list[np.ndarray], device) -> list[np.ndarray]:
@@ -140,16 +208,6 @@ def _predict_batch(network: torch.nn.Module, crops: list[np.ndarray], device) ->
     batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     batch = batch.to(device)
     return list(torch.sigmoid(network(batch)).float().cpu().numpy())
-
-
-def _pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
-    """Pad ``(H, W, C)`` at the bottom and right to multiples of ``multiple`` (mirror, or edge if too small)."""
-    height, width = image.shape[:2]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not (pad_h or pad_w):
-        return image
-    mode = "reflect" if pad_h < height and pad_w < width else "edge"
-    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
 
 
 def _balanced_tile(length: int, tile_size: int, overlap: int) -> int:
@@ -165,14 +223,6 @@ def _balanced_tile(length: int, tile_size: int, overlap: int) -> int:
     count = -(-(length - overlap) // (tile_size - overlap))
     side = -(-(length + (count - 1) * overlap) // count)
     return min(tile_size, -(-side // PAD_MULTIPLE) * PAD_MULTIPLE)
-
-
-def _tile_starts(
-    height: int, width: int, tile_height: int, tile_width: int, overlap: int
-) -> Iterator[tuple[int, int]]:
-    for y in _axis_starts(height, tile_height, tile_height - overlap):
-        for x in _axis_starts(width, tile_width, tile_width - overlap):
-            yield y, x
 
 
 def _axis_starts(length: int, tile_size: int, step: int) -> list[int]:

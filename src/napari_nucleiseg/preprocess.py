@@ -6,6 +6,8 @@ learnt on is exactly what it sees in the plugin.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 #: Percentiles mapped to 0 and 1. The 1st percentile is the background level in
@@ -79,30 +81,54 @@ def normalize_image(image: np.ndarray, percentiles: tuple[float, float] = DEFAUL
         high/low one; a constant image becomes all zeros.
     """
     rgb = as_rgb(image)
-    sample = _percentile_sample(rgb)
-    finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
-    if finite.size == 0:
-        return np.zeros(rgb.shape, dtype=np.float32)
-    if rgb.dtype.kind == "f":
-        peak = float(np.abs(finite).max())
-        if peak > 0 and not FLOAT32_SAFE_MAGNITUDE[0] <= peak <= FLOAT32_SAFE_MAGNITUDE[1]:
+    return Normalization.of(rgb, percentiles)(rgb)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How :func:`normalize_image` maps an image's values, fixed from the whole image (its
+    percentiles) and applied to any part of it: tiles of a large image are normalised one at a
+    time, exactly as the whole image would be, without holding it all in float32."""
+
+    low: float = 0.0
+    high: float = 1.0
+    scale: float = 0.0  # 0: every pixel becomes 0 (an empty or constant image)
+    divisor: float | None = None  # float images far outside float32's range are divided by it first
+
+    @classmethod
+    def of(cls, rgb: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> Normalization:
+        """The normalisation of the ``(H, W, 3)`` image ``rgb`` (see :func:`as_rgb`)."""
+        sample = _percentile_sample(rgb)
+        finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
+        if finite.size == 0:
+            return cls()
+        divisor = None
+        if rgb.dtype.kind == "f":
+            peak = float(np.abs(finite).max())
+            if peak > 0 and not FLOAT32_SAFE_MAGNITUDE[0] <= peak <= FLOAT32_SAFE_MAGNITUDE[1]:
+                divisor, finite = peak, finite / peak
+        low, high = np.percentile(finite, percentiles)
+        scale = float(high - low)
+        if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero
+            scale = float(finite.max() - low)
+        return cls(float(low), float(high), max(scale, 0.0), divisor)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """``(h, w, 3)`` float32 network input of ``rgb``, the whole image or a part of it."""
+        if self.divisor is not None:
             with np.errstate(over="ignore", under="ignore"):  # pixels beyond the sample's peak: +/-inf, handled below
-                rgb, finite = rgb / peak, finite / peak
-    low, high = np.percentile(finite, percentiles)
-    scale = float(high - low)
-    if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero
-        scale = float(finite.max() - low)
-    out = rgb.astype(np.float32)
-    if rgb.dtype.kind == "f":
-        np.nan_to_num(out, copy=False, nan=low, posinf=high, neginf=low)
-    out -= np.float32(low)
-    if scale > 0:
-        out /= np.float32(scale)
-    else:
-        out[...] = 0
-    # Keep very bright or very dark outliers from dominating the activations.
-    np.clip(out, -1.0, 3.0, out=out)
-    return out
+                rgb = rgb / self.divisor
+        out = np.asarray(rgb).astype(np.float32)
+        if self.scale <= 0:
+            out[...] = 0
+            return out
+        if rgb.dtype.kind == "f":
+            np.nan_to_num(out, copy=False, nan=self.low, posinf=self.high, neginf=self.low)
+        out -= np.float32(self.low)
+        out /= np.float32(self.scale)
+        # Keep very bright or very dark outliers from dominating the activations.
+        np.clip(out, -1.0, 3.0, out=out)
+        return out
 
 
 def _percentile_sample(rgb: np.ndarray) -> np.ndarray:
