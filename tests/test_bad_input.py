@@ -491,9 +491,47 @@ def test_cli_ctrl_c_in_the_middle_of_a_run_is_one_line(capsys, tmp_path, monkeyp
     status, _, stderr = run_cli(capsys, tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png",
                                 "--out", tmp_path / "out")
     assert status == 130
-    assert stderr.strip().splitlines() == ["nucleiseg: interrupted."]
+    assert stderr.strip().splitlines() == [
+        "nucleiseg: interrupted; counts.csv and nuclei.csv hold the 1 of 3 images finished before it."
+    ]
     assert model.network.calls == 2  # stopped at once: c was never started
     assert not (tmp_path / "out" / "c_labels.tif").exists()
+    # the image finished before Ctrl+C keeps its labels and its rows in the tables
+    assert (tmp_path / "out" / "a_labels.tif").exists()
+    counts = pd.read_csv(tmp_path / "out" / "counts.csv")
+    assert counts["file"].tolist() == [str(tmp_path / "a.png")] and counts["nuclei"].tolist() == [len(BLOB_CENTERS)]
+    assert len(pd.read_csv(tmp_path / "out" / "nuclei.csv")) == len(BLOB_CENTERS)
+
+
+def test_cli_disk_full_mid_run_keeps_the_tables_of_the_images_done(capsys, tmp_path, monkeypatch, cli_pixel_model):
+    import errno
+
+    for name in ("a", "b", "c"):
+        iio.imwrite(tmp_path / f"{name}.png", BLOBS)
+    real_imwrite, calls = tifffile.imwrite, []
+
+    def imwrite_until_the_disk_is_full(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_imwrite(path, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile, "imwrite", imwrite_until_the_disk_is_full)
+    status, _, stderr = run_cli(capsys, tmp_path, "--out", tmp_path / "out")
+    assert status == 1
+    (line,) = stderr.strip().splitlines()
+    assert "No space left on device" in line and line.endswith("hold the 1 of 3 images finished before it.")
+    assert pd.read_csv(tmp_path / "out" / "counts.csv")["file"].tolist() == [str(tmp_path / "a.png")]
+    assert not (tmp_path / "out" / "c_labels.tif").exists()  # the run stopped
+
+
+def test_cli_interrupted_before_any_image_is_done_writes_no_tables(capsys, tmp_path, monkeypatch):
+    model = pixel_model(interrupt_on_call=1)
+    monkeypatch.setattr(napari_nucleiseg.api, "load_model", lambda source: model)
+    iio.imwrite(tmp_path / "a.png", BLOBS)
+    status, _, stderr = run_cli(capsys, tmp_path / "a.png", "--out", tmp_path / "out")
+    assert status == 130 and stderr.strip().splitlines() == ["nucleiseg: interrupted."]
+    assert not (tmp_path / "out" / "counts.csv").exists()
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,8 +40,10 @@ LISTED_EXISTING = 5
 
 EPILOG = """\
 exit status: 0 if at least one image was segmented, 1 if none was (or the run
-could not start), 2 for a wrong command line. Unreadable images are reported on
-stderr and skipped. Existing outputs are only replaced with --overwrite.
+could not start, or stopped on an error such as a full disk), 2 for a wrong
+command line, 130 on Ctrl+C. Unreadable images are reported on stderr and
+skipped. A run that stops early still writes the tables of the images it
+finished. Existing outputs are only replaced with --overwrite.
 """
 
 
@@ -51,6 +53,10 @@ class CommandError(Exception):
     def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Interrupted(Exception):
+    """Ctrl+C during a run, with what was saved of the images done before it."""
 
 
 class UnreadableImage(Exception):
@@ -81,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as error:
         print(f"nucleiseg: {error}", file=sys.stderr)
         return error.status
-    except KeyboardInterrupt:
-        print("nucleiseg: interrupted.", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as interrupt:
+        print(f"nucleiseg: interrupted{'; ' + str(interrupt) if str(interrupt) else ''}.", file=sys.stderr)
         return 130
 
 
@@ -125,8 +131,7 @@ def run_segment(args: argparse.Namespace) -> int:
     if not args.overwrite:
         refuse_existing(jobs, args.out)
 
-    from .api import load_model, segment
-    from .preprocess import ImageError
+    from .api import load_model
     from .weights import WeightsError
 
     try:
@@ -136,29 +141,18 @@ def run_segment(args: argparse.Namespace) -> int:
     prepare_output_folder(args.out)
 
     count_rows, tables = [], []
-    for job in _progress_bar(jobs):
-        try:
-            image = read_image(job.source)
-            result = segment(image, model, threshold=args.threshold, min_size=args.min_size, split=args.split)
-        except (ImageError, MemoryError, UnreadableImage) as error:
-            _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}")
-            continue
-        write_outputs(job, result)
-        count_rows.append(
-            {
-                "file": str(job.source),
-                "nuclei": result.count,
-                "height": result.labels.shape[0],
-                "width": result.labels.shape[1],
-                "mean_area": float(result.table["area"].mean()) if result.count else float("nan"),
-                "labels_file": job.labels_path.name,
-                "model": result.model_name,
-                "threshold": result.threshold,
-                "min_size": result.min_size,
-                "split": result.split,
-            }
-        )
-        tables.append(result.table.assign(file=str(job.source)))
+    try:
+        for job in _progress_bar(jobs):
+            row_and_table = segment_one(job, model, args)
+            if row_and_table is not None:
+                count_rows.append(row_and_table[0])
+                tables.append(row_and_table[1])
+    except (KeyboardInterrupt, CommandError) as stop:
+        # Hours of work may be done: the tables of the images finished so far are kept.
+        saved = _save_tables_so_far(args.out, count_rows, tables, len(jobs))
+        if isinstance(stop, CommandError):
+            raise CommandError(f"{stop}{' ' + saved if saved else ''}", stop.status) from None
+        raise Interrupted(saved.rstrip(".")) from None
 
     if not count_rows:
         raise CommandError("no image could be segmented.")
@@ -166,6 +160,45 @@ def run_segment(args: argparse.Namespace) -> int:
     total = sum(row["nuclei"] for row in count_rows)
     print(f"Segmented {len(count_rows)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
     return EXIT_OK
+
+
+def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, pd.DataFrame] | None:
+    """Segment one image and write its labels; its row of counts.csv and rows of nuclei.csv,
+    or None when the image is skipped (reported on stderr)."""
+    from .api import segment
+    from .preprocess import ImageError
+
+    try:
+        image = read_image(job.source)
+        result = segment(image, model, threshold=args.threshold, min_size=args.min_size, split=args.split)
+    except (ImageError, MemoryError, UnreadableImage) as error:
+        _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}")
+        return None
+    write_outputs(job, result)
+    row = {
+        "file": str(job.source),
+        "nuclei": result.count,
+        "height": result.labels.shape[0],
+        "width": result.labels.shape[1],
+        "mean_area": float(result.table["area"].mean()) if result.count else float("nan"),
+        "labels_file": job.labels_path.name,
+        "model": result.model_name,
+        "threshold": result.threshold,
+        "min_size": result.min_size,
+        "split": result.split,
+    }
+    return row, result.table.assign(file=str(job.source))
+
+
+def _save_tables_so_far(out: Path, count_rows: list[dict], tables: list, n_jobs: int) -> str:
+    """Write the tables of the images done before a run stopped; say so in a sentence ('' if none)."""
+    if not count_rows:
+        return ""
+    try:
+        write_tables(out, count_rows, tables)
+    except CommandError:
+        return ""
+    return f"{COUNTS_FILE} and {NUCLEI_FILE} hold the {len(count_rows)} of {n_jobs} images finished before it."
 
 
 def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
