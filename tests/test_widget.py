@@ -323,8 +323,13 @@ def test_count_and_export_follow_the_labels_layer_the_user_selects(
 
     viewer.layers.selection.active = four  # the user clicks the first result in the layer list
     assert widget.count_label.text() == "4 nuclei in 'four nuclei'"
-    click_export(qtbot, widget, monkeypatch, tmp_path / "four.csv")
+    wait_for_table(qtbot, four, 4)
+    measured = []
+    with monkeypatch.context() as patch:
+        patch.setattr(_layers, "nuclei_table", lambda *args: measured.append(args) or pd.DataFrame())
+        click_export(qtbot, widget, patch, tmp_path / "four.csv")
     assert len(pd.read_csv(tmp_path / "four.csv")) == 4
+    assert measured == []  # the table measured in the background is written, not measured again
 
     viewer.layers.remove(four)  # the shown result is deleted: the other one is shown and exported
     assert widget.count_label.text() == "2 nuclei in 'two nuclei'"

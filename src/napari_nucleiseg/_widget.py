@@ -125,6 +125,7 @@ class _Output:
     image: Image
     checksum: int
     counted: int | None = None
+    measured: int | None = None  # the fingerprint of the labels the layer's table was measured on
 
 
 class NucleiSegWidget(QWidget):
@@ -638,7 +639,7 @@ class NucleiSegWidget(QWidget):
                 self._stale_tables.discard(layer)
                 labels = np.array(layer.data)  # a snapshot: the user may paint on while it is measured
                 worker = thread_worker(_layers.nuclei_table, start_thread=False)(labels, *self._table_image(layer))
-                worker.returned.connect(partial(_set_features, layer, _layers.checksum(labels)))
+                worker.returned.connect(partial(_set_features, layer, self._written[layer], _layers.checksum(labels)))
                 measuring = self._measuring  # not via self: the widget may be closed first
                 measuring.add(layer)
                 worker.finished.connect(partial(measuring.discard, layer))
@@ -648,6 +649,8 @@ class NucleiSegWidget(QWidget):
 
     def _table_image(self, layer: Labels) -> tuple[Any, bool]:
         """The image that mean intensities come from (None if it was swapped for one of another shape)."""
+        if layer not in self._written:  # a Labels layer of the user's own
+            return None, False
         source = self._written[layer].image
         same_shape = source.data.shape[: layer.ndim] == layer.data.shape
         return (source.data if same_shape else None), source.rgb
@@ -689,8 +692,13 @@ class NucleiSegWidget(QWidget):
         if layer is None:
             show_warning("Segment an image first; there is no table to export.")
             return False
-        self._stale_tables.discard(layer)  # measured afresh here: edits made a moment ago are in
-        layer.features = _layers.nuclei_table(np.asarray(layer.data), *self._table_image(layer))
+        output = self._written.get(layer)
+        current = _layers.checksum(layer.data)
+        if output is None or output.measured != current:  # not measured since the last edit: measure now
+            self._stale_tables.discard(layer)
+            layer.features = _layers.nuclei_table(np.asarray(layer.data), *self._table_image(layer))
+            if output is not None:
+                output.measured = current
         path = Path(path)
         # Written beside the target and then renamed over it: a write that fails half-way (a full
         # disk) leaves an existing file of that name as it was.
@@ -719,7 +727,8 @@ def _stop_workers(cancel: threading.Event, jobs: list[_Job], *_) -> None:
         job.worker.quit()
 
 
-def _set_features(layer: Labels, measured: int, table) -> None:
+def _set_features(layer: Labels, output: _Output, measured: int, table) -> None:
     """Give ``layer`` the table measured on labels of checksum ``measured``, unless they changed since."""
     if _layers.checksum(layer.data) == measured:
         layer.features = table
+        output.measured = measured
