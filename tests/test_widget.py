@@ -163,8 +163,9 @@ def wait_for_table(qtbot, layer, rows: int) -> None:
 
 
 def shown_count(widget: NucleiSegWidget) -> int:
-    """The number of nuclei the widget shows ("12 nuclei in 'image nuclei'")."""
-    return int(widget.count_label.text().split()[0])
+    """The number of nuclei the widget shows ("12 nuclei in 'image nuclei'"); None while it counts."""
+    first = widget.count_label.text().split()[0]
+    return int(first) if first.isdigit() else None
 
 
 def click_export(qtbot, widget: NucleiSegWidget, monkeypatch, path) -> None:
@@ -286,7 +287,16 @@ def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
     assert np.array_equal(first.data, edited) and second.data[60, 5] == 9
 
 
-def test_undo_and_redo_of_a_hand_edit_update_the_count_and_table(viewer_and_widget, fake_network, qtbot):
+@pytest.mark.parametrize("counted_in_a_worker", [False, True], ids=["small", "large"])
+def test_undo_and_redo_of_a_hand_edit_update_the_count_and_table(
+    viewer_and_widget, fake_network, monkeypatch, qtbot, counted_in_a_worker
+):
+    gate = threading.Event()
+    gate.set()
+    if counted_in_a_worker:  # as a layer over COUNT_IN_WORKER_PIXELS is; the gate holds the worker
+        monkeypatch.setattr(_widget, "COUNT_IN_WORKER_PIXELS", 0)
+        count = _widget._count_and_fingerprint
+        monkeypatch.setattr(_widget, "_count_and_fingerprint", lambda labels: gate.wait(RUN_TIMEOUT_MS) and count(labels))
     viewer, widget = viewer_and_widget
     viewer.add_image(blobs(), name="blobs")
     widget.threshold_slider.setValue(0.5)
@@ -294,8 +304,12 @@ def test_undo_and_redo_of_a_hand_edit_update_the_count_and_table(viewer_and_widg
     (labels,) = labels_layers(viewer)
     labels.brush_size = 7
     labels.selected_label = 4
+    gate.clear()
     labels.paint((8, 8), 4)
-    qtbot.waitUntil(lambda: shown_count(widget) == 4, timeout=5_000)
+    if counted_in_a_worker:  # the brush is not held up: the count follows from a worker
+        qtbot.waitUntil(lambda: widget.count_label.text() == "Counting the nuclei in 'blobs nuclei'...", timeout=5_000)
+    gate.set()
+    qtbot.waitUntil(lambda: widget.count_label.text() == "4 nuclei in 'blobs nuclei'", timeout=5_000)
     wait_for_table(qtbot, labels, 4)
 
     labels.undo()  # Ctrl+Z: napari puts the pixels back and redraws, without a paint event

@@ -53,6 +53,9 @@ TABLE_DELAY_MS = 250
 #: A redrawn Labels layer is checked for changes (undo and redo redraw it without a paint event)
 #: this long after the redrawing stops.
 REDRAW_CHECK_MS = 100
+#: Labels layers larger than this are counted in a worker after a hand edit: counting takes
+#: 0.2 s at 8192 x 8192 and seconds at 20,000 x 20,000, too long to hold up the brush.
+COUNT_IN_WORKER_PIXELS = 1 << 24
 #: Progress bar resolution within a run (planes x tiles are mapped onto it).
 PROGRESS_STEPS = 1000
 #: Post-processing at most this many pixels (all planes together) runs at once, on the main
@@ -169,6 +172,7 @@ class NucleiSegWidget(QWidget):
         self._redrawn: set[Labels] = set()  # written layers redrawn since they were last checked
         self._redraw_timer = QTimer(self, singleShot=True, interval=REDRAW_CHECK_MS)
         self._redraw_timer.timeout.connect(self._check_redrawn)
+        self._count_requests = 0  # counts made in workers: only the newest request's is shown
         self._stale_tables: set[Labels] = set()
         self._measuring: set[Labels] = set()  # layers whose table a worker is measuring
         self._table_timer = QTimer(self, singleShot=True, interval=TABLE_DELAY_MS)
@@ -609,14 +613,39 @@ class NucleiSegWidget(QWidget):
                 self._mark_changed(layer)
 
     def _mark_changed(self, layer: Labels, count: int | None = None, checksum: int | None = None) -> None:
-        """Show the layer's count at once; measure its table when the changes pause."""
-        self._written[layer].counted = _layers.checksum(layer.data) if checksum is None else checksum
-        self._show_count(layer, count)
+        """Show the layer's count at once (a large layer's when a worker has it); measure its table
+        when the changes pause."""
+        if count is None and layer.data.size > COUNT_IN_WORKER_PIXELS:
+            self._count_in_worker(layer)
+        else:
+            self._written[layer].counted = _layers.checksum(layer.data) if checksum is None else checksum
+            self._show_count(layer, count)
         self._stale_tables.add(layer)
         self._table_timer.start()
 
+    def _count_in_worker(self, layer: Labels) -> None:
+        self._shown = layer
+        self.count_label.setText(f"Counting the nuclei in '{layer.name}'...")
+        self._count_requests += 1
+        # The live array, not a copy (a copy takes as long as the count): if the brush moves on
+        # meanwhile, that stroke asks for a newer count, and only the newest is shown.
+        worker = thread_worker(_count_and_fingerprint, start_thread=False)(layer.data)
+        worker.returned.connect(partial(self._on_counted, layer, self._count_requests))
+        worker.start()
+
+    def _on_counted(self, layer: Labels, request: int, counted: tuple[int, int]) -> None:
+        output = self._written.get(layer)
+        if output is None or self._closed:
+            return
+        count, output.counted = counted
+        if request == self._count_requests and layer is self._shown:
+            self._show_count(layer, count)
+
     def _show_count(self, layer: Labels, count: int | None = None) -> None:
         if count is None:
+            if layer.data.size > COUNT_IN_WORKER_PIXELS:
+                self._count_in_worker(layer)
+                return
             count = _layers.count_labels(layer.data)
         self._shown = layer
         text = f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'"
@@ -725,6 +754,10 @@ def _stop_workers(cancel: threading.Event, jobs: list[_Job], *_) -> None:
     cancel.set()
     for job in jobs:
         job.worker.quit()
+
+
+def _count_and_fingerprint(labels: np.ndarray) -> tuple[int, int]:
+    return _layers.count_labels(labels), _layers.checksum(labels)
 
 
 def _set_features(layer: Labels, output: _Output, measured: int, table) -> None:
