@@ -396,6 +396,50 @@ def test_cli_file_in_another_encoding_gives_the_same_labels(write, capsys, tmp_p
     assert pd.read_csv(tmp_path / "out" / "counts.csv")["nuclei"].tolist() == [3]
 
 
+def _one_stain_among_others(channel: int, count: int, channels_last: bool = False) -> np.ndarray:
+    """``count`` channels, BLOBS in ``channel`` and a bright nucleus-free haze in the others."""
+    haze = np.full_like(BLOBS, 200)
+    planes = [BLOBS if index == channel else haze for index in range(count)]
+    return np.stack(planes, axis=-1 if channels_last else 0)
+
+
+#: Multichannel files and ``--channel``: the nuclei are in the channel given, the others would mislead.
+CLI_CHANNELS = [
+    pytest.param(_tiff(_one_stain_among_others(1, 3), imagej=True, metadata={"axes": "CYX"}), 1,
+                 id="imagej-3-channel-tiff"),
+    pytest.param(_tiff(_one_stain_among_others(0, 2), metadata={"axes": "CYX"}), 0, id="ome-2-channel-tiff"),
+    pytest.param(_tiff(_one_stain_among_others(3, 5), imagej=True, metadata={"axes": "CYX"}), 3,
+                 id="imagej-5-channel-tiff"),
+    pytest.param(_png(_one_stain_among_others(2, 3, channels_last=True)), 2, id="rgb-png-blue"),
+    pytest.param(_tiff(_one_stain_among_others(1, 2, channels_last=True), photometric="minisblack",
+                       planarconfig="contig"), 1, id="2-channel-last-tiff"),
+    pytest.param(_png(BLOBS), 0, id="gray-png-channel-0"),
+]
+
+
+@pytest.mark.parametrize("write, channel", CLI_CHANNELS)
+def test_cli_channel_picks_the_nuclear_stain_of_a_multichannel_image(write, channel, capsys, tmp_path,
+                                                                     cli_pixel_model, reference_labels):
+    source = write(tmp_path / "image")
+    status, _, stderr = run_cli(capsys, source, "--out", tmp_path / "out", "--channel", channel)
+    assert status == 0 and stderr == ""
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "image_labels.tif"), reference_labels)
+
+
+def test_cli_multichannel_tiff_without_channel_or_with_a_wrong_one_is_one_line(capsys, tmp_path, cli_pixel_model):
+    source = _tiff(_one_stain_among_others(1, 3), imagej=True, metadata={"axes": "CYX"})(tmp_path / "stains")
+    status, _, stderr = run_cli(capsys, source, "--out", tmp_path / "out")
+    assert status == 1
+    assert stderr.splitlines()[0] == (f"nucleiseg: skipped {source}: it has 3 channels (axes CYX); choose the one "
+                                      "that shows the nuclei with --channel N (0 to 2)")
+    status, _, stderr = run_cli(capsys, source, "--out", tmp_path / "out", "--channel", 3)
+    assert status == 1 and "it has 3 channels (0 to 2), not a channel 3" in stderr.splitlines()[0]
+    two = _tiff(np.stack([BLOBS, BLOBS]))(tmp_path / "two")
+    status, _, stderr = run_cli(capsys, two, "--out", tmp_path / "out")
+    assert status == 1 and stderr.splitlines()[0].endswith("Choose one with --channel N.")
+    assert not list((tmp_path / "out").glob("*.tif"))
+
+
 @pytest.mark.parametrize("write, shape", CLI_NOTHING_TO_FIND)
 def test_cli_file_without_nuclei_gives_empty_labels(write, shape, capsys, tmp_path, cli_pixel_model):
     source = write(tmp_path / "image")

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="nucleus probability threshold in [0, 1] (default: the model's calibrated one)")
     seg.add_argument("--min-size", type=_pixels, metavar="N",
                      help="drop nuclei smaller than N pixels (default: the model's)")
+    seg.add_argument("--channel", type=_channel, metavar="N",
+                     help="segment channel N (from 0) of multichannel images, e.g. the DAPI channel of a "
+                          "fluorescence TIFF or the blue of an RGB image (default: gray and RGB images as they are)")
     seg.add_argument("--no-split", dest="split", action="store_false", help="do not separate touching nuclei")
     seg.add_argument("--save-probability", action="store_true",
                      help="also write <stem>_probability.tif: float32 (2, H, W), nucleus and boundary")
@@ -168,11 +171,13 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
     from .api import segment
     from .preprocess import ImageError
 
+    image = None
     try:
-        image = read_image(job.source)
+        image = read_image(job.source, channel=args.channel)
         result = segment(image, model, threshold=args.threshold, min_size=args.min_size, split=args.split)
     except (ImageError, MemoryError, UnreadableImage) as error:
-        _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}")
+        hint = " Choose one with --channel N." if isinstance(error, ImageError) and _has_channels(image) else ""
+        _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}{hint}")
         return None
     write_outputs(job, result)
     row = {
@@ -188,6 +193,11 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
         "split": result.split,
     }
     return row, result.table.assign(file=str(job.source))
+
+
+def _has_channels(image: np.ndarray | None) -> bool:
+    """Whether an image the segmentation refused has channels that ``--channel`` could pick from."""
+    return image is not None and image.ndim == 3 and min(image.shape[0], image.shape[-1]) <= 4
 
 
 def _save_tables_so_far(out: Path, count_rows: list[dict], tables: list, n_jobs: int) -> str:
@@ -286,13 +296,18 @@ def prepare_output_folder(out: Path) -> None:
         raise CommandError(f"cannot write to the output folder {out}: permission denied.")
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, channel: int | None = None) -> np.ndarray:
     """Read one 2-D image: tifffile for TIFF, imageio for the rest.
 
     A gray+alpha image keeps its gray channel (a 2-channel TIFF only when its second
     channel is marked as alpha: otherwise it holds two channels of data, which the
     segmentation refuses); a TIFF stored channels-first ``(3 or 4, H, W)`` is moved
     to channels-last. Anything else is returned as read and judged by the segmentation.
+
+    With ``channel``, a multichannel image (channels last, or a TIFF's channels first)
+    gives that channel alone, as a gray image. A TIFF that says its first axis holds
+    channels (ImageJ or OME axes ``CYX``) must be given one: its channels are separate
+    stains, not the colours of one picture.
 
     Raises
     ------
@@ -301,7 +316,7 @@ def read_image(path: Path) -> np.ndarray:
     """
     is_tiff = path.suffix.lower() in TIFF_SUFFIXES
     try:
-        image = _read_tiff(path) if is_tiff else _read_other(path)
+        image, axes = _read_tiff(path) if is_tiff else (_read_other(path), "")
     except UnreadableImage:
         raise
     except Exception as error:  # decoders raise anything from OSError to ValueError and their own types
@@ -310,15 +325,31 @@ def read_image(path: Path) -> np.ndarray:
     if image.size == 0:
         raise UnreadableImage("not a readable image (no image data)")
     while image.ndim > 2 and image.shape[0] == 1:
-        image = image[0]
+        image, axes = image[0], axes[1:]
+    channels_first = image.ndim == 3 and image.shape[-1] not in (2, 3, 4) and (
+        image.shape[0] in (3, 4) or (axes[:1] == "C" and channel is not None))
+    if channel is not None:
+        if image.ndim == 2:
+            if channel == 0:
+                return image
+            raise UnreadableImage(f"it has one channel; --channel {channel} needs more")
+        if image.ndim != 3:
+            return image  # a stack: the segmentation says why it cannot take it
+        count = image.shape[0] if channels_first else image.shape[-1]
+        if channel >= count:
+            raise UnreadableImage(f"it has {count} channels (0 to {count - 1}), not a channel {channel}")
+        return image[channel] if channels_first else image[..., channel]
+    if axes[:1] == "C" and image.ndim == 3:
+        raise UnreadableImage(f"it has {image.shape[0]} channels (axes {axes}); choose the one that shows "
+                              f"the nuclei with --channel N (0 to {image.shape[0] - 1})")
     if image.ndim == 3 and image.shape[-1] == 2 and (not is_tiff or _tiff_has_alpha(path)):  # gray + alpha
         image = image[..., 0]
-    elif image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
+    elif channels_first:
         image = np.moveaxis(image, 0, -1)
     return image
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
     import logging
 
     import tifffile
@@ -328,7 +359,11 @@ def _read_tiff(path: Path) -> np.ndarray:
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        return tifffile.imread(path)
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0] if tiff.series else None
+            image = tiff.asarray()
+            axes = series.axes if series is not None and len(series.axes) == image.ndim else ""
+        return image, axes
     finally:
         logger.setLevel(level)
 
@@ -433,6 +468,10 @@ def _pixels(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
+
+
+def _channel(text: str) -> int:
+    return _pixels(text)
 
 
 if __name__ == "__main__":
