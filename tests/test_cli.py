@@ -211,3 +211,18 @@ def test_the_same_file_twice_is_segmented_once(capsys, folder, tmp_path, tiny_we
 def test_help_exits_cleanly(capsys):
     assert main(["segment", "--help"]) == 0
     assert "--save-probability" in capsys.readouterr().out
+
+
+def test_without_model_or_weights_the_bundled_default_model_runs(capsys, tmp_path):
+    from napari_nucleiseg.weights import DEFAULT_MODEL, bundled_weights_path
+
+    if not bundled_weights_path(DEFAULT_MODEL).is_file():
+        pytest.skip("the bundled weights are not installed")
+    image = blob_image((96, 128), centers=((30, 30), (60, 90), (70, 40)))
+    iio.imwrite(tmp_path / "blobs.png", image)
+    status, _, stderr = run(capsys, tmp_path / "blobs.png", "--out", tmp_path / "out")
+    assert status == 0, stderr
+    counts = pd.read_csv(tmp_path / "out" / "counts.csv")
+    assert counts["model"].tolist() == [DEFAULT_MODEL]
+    expected = segment(image, DEFAULT_MODEL)  # the API's default is the same model
+    assert counts["nuclei"].tolist() == [expected.count] and expected.model_name == segment(image).model_name

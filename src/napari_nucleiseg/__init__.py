@@ -3,7 +3,7 @@
 Importing this package is cheap: torch is imported only when a model runs.
 
 >>> from napari_nucleiseg import segment
->>> result = segment(image, model="unet")        # doctest: +SKIP
+>>> result = segment(image, model="hrnet")       # doctest: +SKIP
 >>> result.labels, result.count, result.table     # doctest: +SKIP
 """
 

@@ -44,7 +44,7 @@ from superqt.utils import signals_blocked
 
 from . import _layers
 from .preprocess import ImageError
-from .weights import BUNDLED_MODELS, DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, WeightsError, bundled_weights_path, read_metadata
+from .weights import BUNDLED_MODELS, DEFAULT_MIN_SIZE, DEFAULT_MODEL, DEFAULT_THRESHOLD, WeightsError, bundled_weights_path, read_metadata
 
 CUSTOM_WEIGHTS_ITEM = "Custom weights file..."
 #: The per-nucleus table is measured this long after the last change, so dragging the slider
@@ -177,8 +177,8 @@ class NucleiSegWidget(QWidget):
         self._measuring: set[Labels] = set()  # layers whose table a worker is measuring
         self._table_timer = QTimer(self, singleShot=True, interval=TABLE_DELAY_MS)
         self._table_timer.timeout.connect(self._refresh_stale_tables)
-        self._last_model_index = 0  # the model to go back to when a custom file is refused
         self._build_ui()
+        self._last_model_index = self.model_combo.currentIndex()  # to go back to when a custom file is refused
         self._tiles = _TileProgress()  # no parent: the worker may still report while the widget goes
         self._tiles.done.connect(self._on_tile_progress)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -198,6 +198,7 @@ class NucleiSegWidget(QWidget):
         for name in BUNDLED_MODELS:
             self.model_combo.addItem(name, name)
         self.model_combo.addItem(CUSTOM_WEIGHTS_ITEM, None)
+        self.model_combo.setCurrentIndex(BUNDLED_MODELS.index(DEFAULT_MODEL))
         self._describe_bundled_models()
         self.model_combo.activated.connect(self._on_model_activated)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)

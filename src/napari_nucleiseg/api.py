@@ -4,7 +4,7 @@ Importing this module is cheap: torch, scikit-image and pandas are imported
 when :func:`segment` first runs, so ``import napari_nucleiseg`` stays fast.
 
 >>> from napari_nucleiseg import segment
->>> result = segment(image, model="unet")                    # doctest: +SKIP
+>>> result = segment(image, model="hrnet")                   # doctest: +SKIP
 >>> result.count, result.labels.shape, result.table.columns   # doctest: +SKIP
 """
 
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
+
+from .weights import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,7 +72,7 @@ class SegmentationResult:
 
 def segment(
     image: np.ndarray,
-    model: ModelSource = "unet",
+    model: ModelSource = DEFAULT_MODEL,
     *,
     threshold: float | None = None,
     min_size: int | None = None,
@@ -175,7 +177,7 @@ def result_from_probabilities(
     )
 
 
-def load_model(model: ModelSource = "unet") -> NucleiModel:
+def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
     """The :class:`~napari_nucleiseg.weights.NucleiModel` for a bundled name or a weights file.
 
     A file is read once and the model kept (up to :data:`MODEL_CACHE_SIZE`); a

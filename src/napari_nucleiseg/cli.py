@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .weights import BUNDLED_MODELS
+    from .weights import BUNDLED_MODELS, DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="nucleiseg", description="Find cell nuclei in microscopy images.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file or folder of images")
     seg.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
-    seg.add_argument("--model", choices=BUNDLED_MODELS, default=None, help="bundled model (default: unet)")
+    seg.add_argument("--model", choices=BUNDLED_MODELS, default=None, help=f"bundled model (default: {DEFAULT_MODEL})")
     seg.add_argument("--weights", type=Path, metavar="FILE", help="a weights file to use instead of a bundled model")
     seg.add_argument("--threshold", type=_probability, metavar="T",
                      help="nucleus probability threshold in [0, 1] (default: the model's calibrated one)")
@@ -135,10 +135,10 @@ def run_segment(args: argparse.Namespace) -> int:
         refuse_existing(jobs, args.out)
 
     from .api import load_model
-    from .weights import WeightsError
+    from .weights import DEFAULT_MODEL, WeightsError
 
     try:
-        model = load_model(args.weights if args.weights is not None else (args.model or "unet"))
+        model = load_model(args.weights if args.weights is not None else (args.model or DEFAULT_MODEL))
     except WeightsError as error:
         raise CommandError(_one_line(error)) from None
     prepare_output_folder(args.out)
