@@ -1,6 +1,6 @@
 """Drive the real napari window through the plugin's key steps and save a screenshot of each.
 
-    xvfb-run -a python docs/screenshots.py                      # bundled unet weights
+    xvfb-run -a python docs/screenshots.py                      # the default bundled model (HRNet)
     xvfb-run -a python docs/screenshots.py --weights FILE.safetensors
 
 Writes to docs/images/:
@@ -42,7 +42,7 @@ def wait(seconds: float = 0.3) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, help="a weights file to use instead of the bundled unet")
+    parser.add_argument("--weights", type=Path, help="a weights file to use instead of the default bundled model")
     parser.add_argument("--sample", default="fluorescence", choices=["fluorescence", "tissue", "brightfield"])
     parser.add_argument("--out", type=Path, default=HERE / "images")
     args = parser.parse_args()

@@ -341,6 +341,12 @@ def test_model_card_adds_up_the_runs_of_a_continued_model():
     single, _ = model_card.training_lines(first | {"hardware": "x86_64", "device": "cpu"})
     assert single.startswith("- kept epoch: 24") and "96.8 min" in single
 
+    # the last step names the kept epoch of the last run and the calibration grid the file records
+    steps = model_card.calibration_steps({"architecture": "unet", "training": last,
+                                          "calibration": {"thresholds": [0.4, 0.5], "min_sizes": [20]}})
+    assert "keep epoch 5 of that run" in steps and "--checkpoint <checkpoint.pt as saved after epoch 5>" in steps
+    assert "--calibrate --thresholds 0.4 0.5 --min-sizes 20 --write-weights weights/" in steps
+
 
 def test_image_kinds_and_balanced_sampling_weights():
     gray = np.full((8, 8, 3), 30, np.uint8)

@@ -100,8 +100,7 @@ def card(path: Path) -> str:
         f"- trained on: {training['data']}; crops {training['crop_size']}, batch {training['batch_size']}, "
         f"Adam lr {training['lr']}, seed {training['seed']}",
         *history,
-        reproduce + f"`python training/evaluate.py --weights {_run_folder(training, meta['architecture'])}/best.safetensors --split val "
-        f"--calibrate --write-weights weights/`",
+        reproduce + calibration_steps(meta),
         f"- calibrated on {meta['metrics'].get('calibrated_on', 'val')}: threshold {meta['threshold']}, "
         f"boundary threshold {meta['boundary_threshold']}, minimum size {meta['min_size']} px",
         f"- val, splitting on: mean IoU {val['mean_iou']:.3f}, DSB2018 score {val['dsb_score']:.3f}, "
@@ -110,6 +109,21 @@ def card(path: Path) -> str:
         *kind_lines(val),
         "",
     ])
+
+
+def calibration_steps(meta: dict) -> str:
+    """How the shipped file came out of the last run: the kept epoch, exported if need be, then calibrated."""
+    training = meta["training"]
+    run = _run_folder(training, meta["architecture"])
+    epoch = training.get("epochs", "?")
+    grid = meta.get("calibration", {})
+    flags = "".join(f" --{flag} {' '.join(str(v) for v in grid[key])}" for key, flag in (
+        ("thresholds", "thresholds"), ("boundary_thresholds", "boundary-thresholds"), ("min_sizes", "min-sizes"))
+        if key in grid)
+    return (f"keep epoch {epoch} of that run: `{run}/best.safetensors` if train.py kept it, otherwise "
+            f"`python training/export_checkpoint.py {run} --checkpoint <checkpoint.pt as saved after epoch {epoch}> "
+            f"--out {run}/kept.safetensors`, then `python training/evaluate.py --weights {run}/kept.safetensors "
+            f"--split val --calibrate{flags} --write-weights weights/`")
 
 
 def kind_lines(val: dict) -> list[str]:
