@@ -809,3 +809,53 @@ def test_weights_file_without_read_permission_is_one_sentence(capsys, tiny_weigh
             status, _, stderr = run_cli(capsys, folder / "image.png", "--out", folder / "out", "--weights", weights)
     assert str(error.value) == "private.safetensors: the file cannot be read (Permission denied)."
     assert status == 1 and stderr == f"nucleiseg: {error.value}\n"
+
+
+# ---- not enough memory ------------------------------------------------------------------------
+
+
+from types import SimpleNamespace  # noqa: E402
+
+
+@pytest.fixture
+def free_memory(monkeypatch):
+    """Sets how much memory psutil says is free."""
+    import psutil
+
+    def set_free(nbytes: int) -> None:
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(total=2 * nbytes, available=nbytes))
+    return set_free
+
+
+def test_memory_shortfall_is_a_sentence_only_when_the_image_does_not_fit(free_memory):
+    from napari_nucleiseg._layers import memory_shortfall
+
+    free_memory(8 * 2**30)
+    assert memory_shortfall((4096, 4096)) is None
+    message = memory_shortfall((20_000, 20_000))  # about 12 GB: 32 bytes a pixel
+    assert one_sentence(message) and "20000 x 20000" in message and "8.0 GB is free" in message
+    assert memory_shortfall((100, 4096, 4096)) is not None  # a stack holds every plane's labels
+
+
+def test_cli_image_too_large_for_the_free_memory_is_skipped_in_one_line(capsys, tmp_path, cli_pixel_model,
+                                                                        free_memory):
+    iio.imwrite(tmp_path / "a.png", BLOBS)
+    free_memory(2**20)
+    status, _, stderr = run_cli(capsys, tmp_path / "a.png", "--out", tmp_path / "out")
+    assert status == 1
+    first_line = stderr.splitlines()[0]
+    assert first_line.startswith(f"nucleiseg: skipped {tmp_path / 'a.png'}: Segmenting an image of 96 x 128")
+    assert cli_pixel_model.network.calls == 0
+
+
+@pytest.mark.gui
+def test_widget_refuses_an_image_too_large_for_the_free_memory_before_running(
+    viewer_and_widget, widget_pixel_model, notifications, free_memory, qtbot
+):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(BLOBS, name="image")
+    free_memory(2**20)
+    click_segment(qtbot, widget)
+    (message,) = notifications.messages["error"]
+    assert one_sentence(message) and "GB is free" in message
+    assert labels_layers(viewer) == [] and widget_pixel_model.network.calls == 0 and not widget.running

@@ -385,6 +385,10 @@ class NucleiSegWidget(QWidget):
         except (ImageError, WeightsError) as error:
             show_error(str(error))
             return
+        shortfall = _layers.memory_shortfall((*leading, *plane))
+        if shortfall is not None:
+            show_error(shortfall)
+            return
         self._cancel.clear()
         self._plane = (0, int(np.prod(leading)))
         self._running_image = image

@@ -171,9 +171,14 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
     from .api import segment
     from .preprocess import ImageError
 
+    from ._layers import memory_shortfall
+
     image = None
     try:
         image = read_image(job.source, channel=args.channel)
+        shortfall = memory_shortfall(image.shape[:2]) if image.ndim >= 2 else None
+        if shortfall is not None:
+            raise MemoryError(shortfall)
         result = segment(image, model, threshold=args.threshold, min_size=args.min_size, split=args.split)
     except (ImageError, MemoryError, UnreadableImage) as error:
         hint = " Choose one with --channel N." if isinstance(error, ImageError) and _has_channels(image) else ""
