@@ -832,7 +832,7 @@ def test_memory_shortfall_is_a_sentence_only_when_the_image_does_not_fit(free_me
 
     free_memory(8 * 2**30)
     assert memory_shortfall((4096, 4096)) is None
-    message = memory_shortfall((20_000, 20_000))  # about 12 GB: 32 bytes a pixel
+    message = memory_shortfall((20_000, 20_000))  # about 8.9 GB: 23 bytes a pixel
     assert one_sentence(message) and "20000 x 20000" in message and "8.0 GB is free" in message
     assert memory_shortfall((100, 4096, 4096)) is not None  # a stack holds every plane's labels
 

@@ -41,12 +41,13 @@ NUCLEUS_LEVELS = 60_000
 BOUNDARY_LEVELS = 200
 
 
-#: Memory a segmentation holds, measured at 4096 x 4096 (benchmarks/README.md): per pixel of the
-#: whole image (its stored probabilities, 3 bytes, and labels, up to 4), per pixel of the plane being
-#: worked on (its float32 probabilities and the post-processing's label maps: the peak, about 22
-#: bytes), and the model with its activations. The image itself is already in memory.
+#: Memory a segmentation holds, from the peak of a whole run measured at 4096 x 4096 (19.5 bytes a
+#: pixel above the loaded model, benchmarks/README.md), with some margin: per pixel of the whole
+#: image (its stored probabilities, 3 bytes, and labels, up to 4), per pixel of the plane being
+#: worked on (its float32 probabilities and the post-processing's label maps), and the model with
+#: its activations. The image itself is already in memory.
 BYTES_PER_IMAGE_PIXEL = 7
-BYTES_PER_PLANE_PIXEL = 25
+BYTES_PER_PLANE_PIXEL = 16
 BYTES_FIXED = 300 * 2**20
 
 
@@ -160,7 +161,11 @@ class CompactProbabilities:
 
     def __getitem__(self, index: tuple[int, ...]) -> np.ndarray:
         """The ``(2, Y, X)`` float32 probabilities of the plane at ``index`` (one index per leading axis)."""
-        return np.stack([_NUCLEUS_VALUES[self.nucleus[index]], _BOUNDARY_VALUES[self.boundary[index]]])
+        nucleus, boundary = self.nucleus[index], self.boundary[index]
+        out = np.empty((2, *nucleus.shape), dtype=np.float32)  # filled in place: no second copy of the maps
+        np.take(_NUCLEUS_VALUES, nucleus, out=out[0], mode="clip")  # "raise" would buffer a copy
+        np.take(_BOUNDARY_VALUES, boundary, out=out[1], mode="clip")
+        return out
 
     def nucleus_image(self) -> Any:
         """The ``(*leading, Y, X)`` float32 nucleus probability, to show as an image layer.
@@ -248,6 +253,7 @@ def predict_stack(
         planes = predict_planes(data, leading, model, on_tile=on_tile, cancelled=cancelled)
         for done, (index, plane_probabilities) in enumerate(planes, start=1):
             probabilities[index] = plane_probabilities
+            del plane_probabilities  # stored compactly: the float maps go before the next plane (or labels) start
             yield done
         labels = None
         if postprocess is not None:

@@ -134,13 +134,13 @@ def _split_touching(nucleus: np.ndarray, mask: np.ndarray, seeds: np.ndarray) ->
     (``skimage.segmentation.watershed(-nucleus, label(seeds), mask=mask)``) up to
     how ties between equal probabilities are broken, for a fraction of its cost.
     """
+    # Two label images of the whole frame are needed, the seeds' and the band regions'; the
+    # first is read where it is needed and let go before the second is made (4 bytes a pixel each).
     markers, n_markers = ndi.label(seeds)
-    band = mask ^ seeds
-    regions, n_regions = ndi.label(band)
     seed_pixels = np.flatnonzero(seeds)
     seed_ids = markers.ravel().take(seed_pixels)
+    band = mask ^ seeds
     band_pixels = np.flatnonzero(band)
-    band_regions = regions.ravel().take(band_pixels)
 
     # The seeds each band region touches (the lowest and highest of their labels), from
     # every (band pixel, seed pixel) pair of 4-neighbours.
@@ -148,10 +148,16 @@ def _split_touching(nucleus: np.ndarray, mask: np.ndarray, seeds: np.ndarray) ->
     neighbours = band_pixels[:, None] + np.array([-width, width, -1, 1])
     touching = seeds.ravel().take(neighbours)
     contact_pixels = neighbours[touching]
+    del neighbours
     contact_markers = markers.ravel().take(contact_pixels)
+    del markers
+    regions, n_regions = ndi.label(band)
+    del band
+    band_regions = regions.ravel().take(band_pixels)
+    del regions
     contact_regions = np.broadcast_to(band_regions[:, None], touching.shape)[touching]
-    lowest = np.full(n_regions + 1, n_markers + 1, dtype=markers.dtype)
-    highest = np.zeros(n_regions + 1, dtype=markers.dtype)
+    lowest = np.full(n_regions + 1, n_markers + 1, dtype=contact_markers.dtype)
+    highest = np.zeros(n_regions + 1, dtype=contact_markers.dtype)
     np.minimum.at(lowest, contact_regions, contact_markers)
     np.maximum.at(highest, contact_regions, contact_markers)
 
