@@ -441,6 +441,18 @@ def test_the_probability_map_can_be_shown(viewer_and_widget, fake_network, qtbot
     assert probability.data.max() == pytest.approx(240 / 255, abs=0.5 / _layers.NUCLEUS_LEVELS)
 
 
+def test_results_lie_where_the_image_lies_in_the_world(viewer_and_widget, fake_network, qtbot):
+    # A calibrated, rotated image: the labels and the probability map must overlay it exactly.
+    viewer, widget = viewer_and_widget
+    image = viewer.add_image(blobs(), name="blobs", scale=(0.5, 0.25), translate=(10, -4), rotate=30, shear=[0.2])
+    click_segment(qtbot, widget)
+    widget.probability_check.setChecked(True)
+    (labels,) = labels_layers(viewer)
+    for result in (labels, viewer.layers["blobs nucleus probability"]):
+        for pixel in [(0, 0), (32, 25), (63, 199)]:
+            np.testing.assert_allclose(result.data_to_world(pixel), image.data_to_world(pixel))
+
+
 def test_the_image_picker_follows_added_renamed_and_removed_layers(viewer_and_widget):
     viewer, widget = viewer_and_widget
     items = lambda: [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]  # noqa: E731

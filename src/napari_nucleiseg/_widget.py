@@ -570,7 +570,7 @@ class NucleiSegWidget(QWidget):
         taken = {layer.name for layer in self.viewer.layers}
         name = _layers.unique_name(f"{image.name} nuclei", taken)
         with self._self_writing():
-            layer = self.viewer.add_labels(labels, name=name, scale=image.scale, translate=image.translate)
+            layer = self.viewer.add_labels(labels, name=name, **_placement(image))
         self._written[layer] = _Output(image, _layers.checksum(labels))
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)
@@ -701,7 +701,7 @@ class NucleiSegWidget(QWidget):
         with self._self_writing():  # not an image the user opened: the picker keeps its choice
             self._probability_layers[cache.image.unique_id] = self.viewer.add_image(
                 nucleus, name=f"{cache.image.name} nucleus probability", colormap="magma", blending="additive",
-                opacity=0.6, contrast_limits=(0, 1), scale=cache.image.scale, translate=cache.image.translate,
+                opacity=0.6, contrast_limits=(0, 1), **_placement(cache.image),
             )
 
     # ---- export ---------------------------------------------------------------------------
@@ -759,6 +759,12 @@ def _stop_workers(cancel: threading.Event, jobs: list[_Job], *_) -> None:
     cancel.set()
     for job in jobs:
         job.worker.quit()
+
+
+def _placement(image: Image) -> dict[str, Any]:
+    """Where ``image`` lies in the world (pixel size, offset, rotation, shear, affine): results lie on it."""
+    return {"scale": image.scale, "translate": image.translate, "rotate": image.rotate, "shear": image.shear,
+            "affine": image.affine}
 
 
 def _count_and_fingerprint(labels: np.ndarray) -> tuple[int, int]:
