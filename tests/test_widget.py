@@ -453,6 +453,26 @@ def test_results_lie_where_the_image_lies_in_the_world(viewer_and_widget, fake_n
             np.testing.assert_allclose(result.data_to_world(pixel), image.data_to_world(pixel))
 
 
+@pytest.mark.parametrize("scale", [(0.5, 0.5), (0.5, 0.25)], ids=["square", "oblong"])
+def test_the_table_gives_sizes_in_the_images_unit_when_it_has_one(viewer_and_widget, fake_network, qtbot, scale):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="plain")
+    viewer.add_image(blobs(), name="calibrated", scale=scale, translate=(10, 20), units=("um", "um"))
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)  # the image just opened: "calibrated"
+    widget.image_combo.setCurrentIndex(0)
+    click_segment(qtbot, widget)
+    calibrated, plain = (viewer.layers[f"{name} nuclei"] for name in ("calibrated", "plain"))
+    wait_for_table(qtbot, calibrated, 4)
+    wait_for_table(qtbot, plain, 4)
+    table = calibrated.features
+    np.testing.assert_allclose(table["area_um2"], table["area"] * scale[0] * scale[1])
+    np.testing.assert_allclose(table["centroid_x_um"], 20 + table["centroid_x"] * scale[1])
+    # lengths only where a pixel is as long as it is wide
+    assert ("perimeter_um" in table) == (scale[0] == scale[1])
+    assert not any(column.endswith("_um") or column.endswith("_um2") for column in plain.features)
+
+
 def test_the_image_picker_follows_added_renamed_and_removed_layers(viewer_and_widget):
     viewer, widget = viewer_and_widget
     items = lambda: [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]  # noqa: E731

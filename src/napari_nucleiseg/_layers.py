@@ -375,12 +375,36 @@ def postprocess_stack(
         return Failure(f"Finding the nuclei failed: {error}")
 
 
-def nuclei_table(labels: np.ndarray, image: Any, rgb: bool):
+@dataclass(frozen=True)
+class PixelSize:
+    """The physical size of a pixel along y and x, in ``unit`` (an ASCII symbol such as ``um``), and
+    where pixel (0, 0) lies: the image's scale, offset and units in napari."""
+
+    y: float
+    x: float
+    unit: str
+    origin: tuple[float, float] = (0.0, 0.0)
+
+
+def physical_columns(table, pixel: PixelSize):
+    """``table`` with the measurements in ``pixel.unit`` added: area and centroid, and, for square
+    pixels, perimeter and equivalent diameter."""
+    unit = pixel.unit
+    table[f"area_{unit}2"] = table["area"] * (pixel.y * pixel.x)
+    table[f"centroid_y_{unit}"] = pixel.origin[0] + table["centroid_y"] * pixel.y
+    table[f"centroid_x_{unit}"] = pixel.origin[1] + table["centroid_x"] * pixel.x
+    if np.isclose(pixel.y, pixel.x):
+        for column in ("perimeter", "equivalent_diameter"):
+            table[f"{column}_{unit}"] = table[column] * pixel.x
+    return table
+
+
+def nuclei_table(labels: np.ndarray, image: Any, rgb: bool, pixel: PixelSize | None = None):
     """Per-nucleus measurements of a ``(*leading, Y, X)`` label stack as a DataFrame.
 
     One row per nucleus, with the plane's position on the leading axes (``axis_0``, ...) for
     stacks, and an ``index`` column equal to ``label`` so napari shows a nucleus's row
-    under the mouse.
+    under the mouse. Lengths are in pixels; with ``pixel``, columns in its unit follow.
     """
     import pandas as pd
 
@@ -398,7 +422,7 @@ def nuclei_table(labels: np.ndarray, image: Any, rgb: bool):
         tables.append(table)
     table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
     table.insert(0, "index", table["label"].to_numpy())
-    return table
+    return physical_columns(table, pixel) if pixel is not None else table
 
 
 def count_labels(labels: np.ndarray) -> int:

@@ -681,13 +681,15 @@ class NucleiSegWidget(QWidget):
         if self._stale_tables:
             self._table_timer.start()  # try again in a moment
 
-    def _table_image(self, layer: Labels) -> tuple[Any, bool]:
-        """The image that mean intensities come from (None if it was swapped for one of another shape)."""
+    def _table_image(self, layer: Labels) -> tuple[Any, bool, _layers.PixelSize | None]:
+        """The image that mean intensities come from (None if it was swapped for one of another shape),
+        and the physical pixel size, when the layer has one."""
+        pixel = _pixel_size(layer)
         if layer not in self._written:  # a Labels layer of the user's own
-            return None, False
+            return None, False, pixel
         source = self._written[layer].image
         same_shape = source.data.shape[: layer.ndim] == layer.data.shape
-        return (source.data if same_shape else None), source.rgb
+        return (source.data if same_shape else None), source.rgb, pixel
 
     def _show_probabilities(self, *_) -> None:
         cache = self._cache
@@ -762,9 +764,20 @@ def _stop_workers(cancel: threading.Event, jobs: list[_Job], *_) -> None:
 
 
 def _placement(image: Image) -> dict[str, Any]:
-    """Where ``image`` lies in the world (pixel size, offset, rotation, shear, affine): results lie on it."""
+    """Where ``image`` lies in the world (pixel size and its unit, offset, rotation, shear, affine):
+    results lie on it."""
     return {"scale": image.scale, "translate": image.translate, "rotate": image.rotate, "shear": image.shear,
-            "affine": image.affine}
+            "affine": image.affine, "units": image.units}
+
+
+def _pixel_size(layer: Any) -> _layers.PixelSize | None:
+    """The layer's pixel size in y and x with their unit, unless they are plain pixels (or differ in unit)."""
+    units = [f"{unit:~}" for unit in getattr(layer, "units", ())[-2:]]
+    if len(units) != 2 or units[0] != units[1] or units[0] in ("px", "pixel"):
+        return None
+    unit = units[0].replace("µ", "u").replace(" ", "")
+    scale, translate = layer.scale[-2:], layer.translate[-2:]
+    return _layers.PixelSize(float(scale[0]), float(scale[1]), unit, (float(translate[0]), float(translate[1])))
 
 
 def _count_and_fingerprint(labels: np.ndarray) -> tuple[int, int]:
