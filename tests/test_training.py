@@ -327,6 +327,44 @@ def test_training_can_start_from_a_weights_file(tmp_path, capsys):
         train.main([*args, "--out", str(tmp_path / "c"), "--init", str(tmp_path / "hrnet.safetensors")])
 
 
+@needs_data
+@pytest.mark.parametrize("architecture", ["unet", "unetpp"])
+def test_a_deeper_model_starts_from_the_levels_of_a_shallower_one(tmp_path, capsys, architecture):
+    shallow = build_model(architecture, base_channels=4, depth=2)
+    for parameter in shallow.parameters():  # clearly not a fresh initialisation
+        parameter.data.fill_(0.25)
+    save_weights(tmp_path / "shallow.safetensors", shallow,
+                 {"architecture": architecture, "kwargs": {"base_channels": 4, "depth": 2}})
+    deep = build_model(architecture, base_channels=4, depth=3)
+    copied, total = train.grow_depth(deep, load_weights(tmp_path / "shallow.safetensors").network, 1)
+    assert 0 < copied < total
+    state = deep.state_dict()
+    shallow_state = shallow.state_dict()
+    top = "encoders.0.0.weight" if architecture == "unet" else "nodes.0_0.0.weight"
+    assert np.array_equal(state[top].numpy(), shallow_state[top].numpy())
+    if architecture == "unet":  # the decoder of level 0 is the last in both: index 1 of 2, index 2 of 3
+        assert np.array_equal(state["decoders.2.0.weight"].numpy(), shallow_state["decoders.1.0.weight"].numpy())
+        assert np.array_equal(state["head.weight"].numpy(), shallow_state["head.weight"].numpy())
+        new = "encoders.3.0.weight"
+    else:
+        assert np.array_equal(state["nodes.0_2.0.weight"].numpy(), shallow_state["nodes.0_2.0.weight"].numpy())
+        new = "nodes.0_3.0.weight"
+    assert not np.all(state[new].numpy() == 0.25)
+
+    # through the command line, with the bundled model's own width
+    bundled = REPO / "weights" / f"{architecture}.safetensors"
+    depth = read_metadata(bundled)["kwargs"]["depth"]
+    args = ["--model", architecture, "--data", str(DATA), "--limit", "2", "--max-batches", "1", "--batch-size", "2",
+            "--crop-size", "64", "--workers", "0", "--epochs", "1", "--val-split", ""]
+    train.main([*args, "--depth", str(depth + 1), "--init", str(bundled), "--out", str(tmp_path / "deeper")])
+    assert f"from the depth-{depth} model" in capsys.readouterr().out
+    assert read_metadata(tmp_path / "deeper" / "best.safetensors")["kwargs"]["depth"] == depth + 1
+    with pytest.raises(SystemExit, match="or a shallower one"):
+        train.main([*args, "--depth", str(depth - 1), "--init", str(bundled), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--depth applies to unet and unetpp"):
+        train.main(["--model", "hrnet", *args[2:], "--depth", "3", "--out", str(tmp_path / "y")])
+
+
 def test_model_card_adds_up_the_runs_of_a_continued_model():
     first = {"epochs": 24, "minutes": 96.8, "command": "python training/train.py --model unet --out runs/unet"}
     second = {"epochs": 10, "minutes": 40.0, "command": "python training/train.py --model unet --out runs/c2 --init a",
@@ -416,3 +454,44 @@ def test_export_checkpoint_writes_the_last_or_an_earlier_epoch(tmp_path):
     exported = first.network.state_dict()[key].float()
     assert torch.allclose(exported, saved[key].float(), atol=1e-3, rtol=1e-3)
     assert not torch.equal(last.network.state_dict()[key], first.network.state_dict()[key])
+
+
+@needs_data
+def test_averaged_epochs_are_the_mean_of_their_weights_with_batch_norm_measured_again(tmp_path):
+    import shutil
+
+    import average_checkpoints
+    import torch
+
+    args = ["--model", "unet", "--data", str(DATA), "--limit", "2", "--max-batches", "1", "--batch-size", "2",
+            "--crop-size", "64", "--workers", "0", "--val-split", "", "--lr", "0.05", "--out", str(tmp_path)]
+    for epoch in (1, 2):
+        train.main([*args, "--epochs", str(epoch), *(["--resume"] if epoch > 1 else [])])
+        shutil.copy(tmp_path / "checkpoint.pt", tmp_path / f"ep{epoch}.pt")
+
+    with pytest.raises(SystemExit, match="ep3.pt"):
+        average_checkpoints.main([str(tmp_path), "--epochs", "1-3", "--out", str(tmp_path / "x.safetensors")])
+    out = average_checkpoints.main([str(tmp_path), "--epochs", "1-2", "--out", str(tmp_path / "avg.safetensors"),
+                                    "--data", str(DATA), "--limit", "2"])
+    averaged = load_weights(out)
+    assert averaged.metadata["training"]["averaged_epochs"] == [1, 2]
+    assert averaged.metadata["training"]["epochs"] == 2
+    states = [torch.load(tmp_path / f"ep{e}.pt", weights_only=False)["model"] for e in (1, 2)]
+    result = averaged.network.state_dict()
+    conv = next(k for k in result if k.endswith("weight") and result[k].ndim == 4)
+    assert torch.allclose(result[conv].float(), (states[0][conv] + states[1][conv]) / 2, atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(states[0][conv], states[1][conv], atol=1e-3, rtol=1e-3)
+    # batch norm statistics are measured on training crops, not averaged
+    mean = next(k for k in result if k.endswith("running_mean"))
+    assert not torch.allclose(result[mean].float(), (states[0][mean] + states[1][mean]) / 2, atol=1e-3)
+
+
+def test_epoch_lists_for_averaging():
+    import argparse
+
+    from average_checkpoints import parse_epochs
+
+    assert parse_epochs("15-18,20") == [15, 16, 17, 18, 20]
+    assert parse_epochs("3") == [3]
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_epochs("0-2")

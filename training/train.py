@@ -95,6 +95,28 @@ def model_loss(network: torch.nn.Module, images: torch.Tensor, targets: torch.Te
     return segmentation_loss(network(images), targets)
 
 
+def grow_depth(network: torch.nn.Module, shallower: torch.nn.Module, added: int) -> tuple[int, int]:
+    """Copy the tensors of a UNet or UNet++ with ``added`` fewer pooling steps into ``network``.
+
+    Both share their top levels: the UNet's encoders keep their indices and its
+    decoders and upsamplers, counted from the deepest, move ``added`` places down;
+    UNet++'s nodes ``X[i][j]`` and first heads keep their names. The new deepest
+    levels keep their random initialisation. Returns (tensors copied, tensors).
+    """
+    target = network.state_dict()
+    copied = 0
+    for name, tensor in shallower.state_dict().items():
+        parts = name.split(".")
+        if parts[0] in ("upsamplers", "decoders") and parts[1].isdigit():
+            parts[1] = str(int(parts[1]) + added)
+        renamed = ".".join(parts)
+        if renamed in target and target[renamed].shape == tensor.shape:
+            target[renamed] = tensor.to(target[renamed].dtype)
+            copied += 1
+    network.load_state_dict(target)
+    return copied, len(target)
+
+
 def validate(network, pairs, device, threshold=0.5, min_size=10) -> dict[str, float]:
     """Mean DSB2018 instance score and pooled pixel scores on ``pairs``."""
     network.eval()
@@ -131,7 +153,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from the tensors of a weights file (e.g. weights/unet.safetensors) instead of "
-                             "random ones: continues training the shipped models when no checkpoint is left")
+                             "random ones: continues training the shipped models when no checkpoint is left; a "
+                             "shallower UNet or UNet++ (--depth) gives the levels it has, the deepest start new")
+    parser.add_argument("--depth", type=int, default=None,
+                        help="pooling steps of a UNet or UNet++ (default: the bundled models', "
+                             + ", ".join(f"{m} {k['depth']}" for m, k in MODEL_KWARGS.items() if "depth" in k) + ")")
     parser.add_argument("--time-budget", type=float, default=None, help="minutes; stop after the epoch that passes it")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -156,15 +182,26 @@ def main(argv=None) -> dict:
     val_pairs = [load_pair(args.data, i) for i in val_ids]
     print(f"{args.model}: {len(train_pairs)} training images, {len(val_pairs)} validation images", flush=True)
 
-    kwargs = MODEL_KWARGS[args.model]
+    kwargs = dict(MODEL_KWARGS[args.model])
+    if args.depth is not None:
+        if "depth" not in kwargs:
+            raise SystemExit(f"--depth applies to unet and unetpp, not {args.model}")
+        kwargs["depth"] = args.depth
     network = build_model(args.model, **kwargs).to(device)
     continued_from = None
     if args.init is not None:
         initial = load_weights(args.init)
-        if initial.metadata["architecture"] != args.model or initial.metadata["kwargs"] != kwargs:
+        if initial.metadata["architecture"] == args.model and initial.metadata["kwargs"] == kwargs:
+            network.load_state_dict(initial.network.state_dict())
+        elif (initial.metadata["architecture"] == args.model and "depth" in kwargs
+              and dict(initial.metadata["kwargs"], depth=kwargs["depth"]) == kwargs
+              and initial.metadata["kwargs"]["depth"] < kwargs["depth"]):
+            copied, total = grow_depth(network, initial.network, kwargs["depth"] - initial.metadata["kwargs"]["depth"])
+            print(f"{copied} of {total} tensors from the depth-{initial.metadata['kwargs']['depth']} model, "
+                  f"the rest new", flush=True)
+        else:
             raise SystemExit(f"{args.init.name} holds a {initial.metadata['architecture']} {initial.metadata['kwargs']}, "
-                             f"not a {args.model} {kwargs}")
-        network.load_state_dict(initial.network.state_dict())
+                             f"not a {args.model} {kwargs} (or a shallower one)")
         earlier = initial.metadata.get("training", {})
         continued_from = {"file": str(args.init), **{k: earlier[k] for k in ("epochs", "minutes", "command", "continued_from")
                                                      if k in earlier}}
