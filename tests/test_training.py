@@ -385,6 +385,16 @@ def test_model_card_adds_up_the_runs_of_a_continued_model():
     assert "keep epoch 5 of that run" in steps and "--checkpoint <checkpoint.pt as saved after epoch 5>" in steps
     assert "--calibrate --thresholds 0.4 0.5 --min-sizes 20 --write-weights weights/" in steps
 
+    # a run that grew the model a level says so, once
+    deeper = dict(last, command=last["command"] + " --depth 4")
+    after = {"epochs": 3, "minutes": 9.0, "hardware": "x86_64", "device": "cpu",
+             "command": "python training/train.py --model unet --depth 4 --out runs/c5 --init c",
+             "continued_from": {"file": "c", **deeper}}
+    *history, reproduce = model_card.training_lines(after)
+    assert [line for line in history if "deeper" in line] == [
+        "- run 3 made the model deeper (`--depth 4`): it started from the levels the file before had, "
+        "and its deepest level was new"]
+
 
 def test_image_kinds_and_balanced_sampling_weights():
     gray = np.full((8, 8, 3), 30, np.uint8)

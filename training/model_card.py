@@ -75,6 +75,11 @@ def training_lines(training: dict) -> list[str]:
                 + " + ".join(str(stage.get("epochs", "?")) for stage in stages)
                 + f" = {epochs} epochs, after ")
     lines = [kept + f"{round(minutes, 1)} min of training on {training['hardware']} ({training['device']})"]
+    for number, stage in enumerate(stages[1:], start=2):
+        deeper = re.search(r"--depth[ =](\d+)", stage.get("command", ""))
+        if deeper and not re.search(r"--depth[ =]" + deeper.group(1) + r"\b", stages[number - 2].get("command", "")):
+            lines.append(f"- run {number} made the model deeper (`--depth {deeper.group(1)}`): it started from the "
+                         "levels the file before had, and its deepest level was new")
     commands = [f"`{stage['command']}`" for stage in stages if "command" in stage]
     lines.append("- reproduce: " + ", then ".join(commands) + ", then ")
     return lines
