@@ -392,7 +392,7 @@ def test_model_card_adds_up_the_runs_of_a_continued_model():
              "continued_from": {"file": "c", **deeper}}
     *history, reproduce = model_card.training_lines(after)
     assert [line for line in history if "deeper" in line] == [
-        "- run 3 made the model deeper (`--depth 4`): it started from the levels the file before had, "
+        "- run 3 of these made the model deeper (`--depth 4`): it started from the levels the file before had, "
         "and its deepest level was new"]
 
 

@@ -78,7 +78,7 @@ def training_lines(training: dict) -> list[str]:
     for number, stage in enumerate(stages[1:], start=2):
         deeper = re.search(r"--depth[ =](\d+)", stage.get("command", ""))
         if deeper and not re.search(r"--depth[ =]" + deeper.group(1) + r"\b", stages[number - 2].get("command", "")):
-            lines.append(f"- run {number} made the model deeper (`--depth {deeper.group(1)}`): it started from the "
+            lines.append(f"- run {number} of these made the model deeper (`--depth {deeper.group(1)}`): it started from the "
                          "levels the file before had, and its deepest level was new")
     commands = [f"`{stage['command']}`" for stage in stages if "command" in stage]
     lines.append("- reproduce: " + ", then ".join(commands) + ", then ")

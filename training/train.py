@@ -38,8 +38,9 @@ from napari_nucleiseg.postprocess import labels_from_probabilities  # noqa: E402
 from napari_nucleiseg.preprocess import DEFAULT_PERCENTILES, normalize_image  # noqa: E402
 from napari_nucleiseg.weights import load_weights, save_weights  # noqa: E402
 
-#: Architecture arguments of the bundled models: 0.5-0.8 M parameters, a few minutes per
-#: epoch on 2 CPU cores at 192-pixel crops.
+#: Architecture arguments train.py builds: 0.5-0.8 M parameters, a few minutes per epoch on
+#: 2 CPU cores at 192-pixel crops. The bundled UNet was trained so for four runs, then grown to
+#: ``--depth 4`` (1.9 M parameters) for a fifth (weights/README.md).
 MODEL_KWARGS = {
     "unet": {"base_channels": 16, "depth": 3},
     "unetpp": {"base_channels": 16, "depth": 3},
