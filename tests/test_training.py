@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 
+import data  # noqa: E402
 import evaluate  # noqa: E402
 import train  # noqa: E402
 import model_card  # noqa: E402
@@ -394,6 +395,93 @@ def test_model_card_adds_up_the_runs_of_a_continued_model():
     assert [line for line in history if "deeper" in line] == [
         "- run 3 of these made the model deeper (`--depth 4`): it started from the levels the file before had, "
         "and its deepest level was new"]
+
+
+def test_model_card_names_the_teacher_of_a_distilled_run():
+    first = {"epochs": 4, "minutes": 10.0, "command": "python training/train.py --model unet --out runs/a"}
+    distilled = {"epochs": 6, "minutes": 30.0, "hardware": "x86_64", "device": "cpu", "continued_from": first,
+                 "command": "python training/train.py --model unet --out runs/b --teacher weights/hrnet.safetensors "
+                            "--teacher-tta --distill-weight 0.7"}
+    lines = model_card.training_lines(distilled)
+    assert [line for line in lines if "distilled" in line] == [
+        "- run 2 of these was distilled from `weights/hrnet.safetensors`: the loss went 70% towards that model's "
+        "probabilities on the training images averaged over 4 flips/transpositions (warped with each crop), the rest "
+        "towards the true masks"]
+    assert not any("distilled" in line for line in model_card.training_lines(first | {"hardware": "x", "device": "cpu"}))
+
+
+@needs_data
+def test_teacher_maps_are_warped_with_the_crop_they_belong_to():
+    image, labels = load_pair(DATA, list_ids(DATA, "train")[0])
+    # a "teacher" that knows the truth exactly: its warped maps must be the crop's own targets
+    exact = make_targets(labels).transpose(1, 2, 0)
+    with_soft = data.Augmenter(96, np.random.default_rng(3))
+    without = data.Augmenter(96, np.random.default_rng(3))
+    for _ in range(4):
+        crop, targets = with_soft(image, labels, exact)
+        plain_crop, plain_targets = without(image, labels)
+        assert targets.shape == (4, 96, 96)
+        # the same random draws: the image and true targets are those of a run without a teacher
+        np.testing.assert_array_equal(crop, plain_crop)
+        np.testing.assert_array_equal(targets[:2], plain_targets)
+        truth, soft = targets[0] > 0.5, targets[2] > 0.5
+        assert truth.any() and (truth & soft).sum() / (truth | soft).sum() > 0.9
+
+
+def test_distillation_loss_goes_the_chosen_share_towards_the_teacher():
+    import torch
+
+    network = build_model("unet", base_channels=4, depth=2).eval()
+    images = torch.zeros((2, 3, 32, 32))
+    rng = np.random.default_rng(0)
+    truth = torch.from_numpy((rng.random((2, 2, 32, 32)) > 0.5).astype(np.float32))
+    teacher = torch.from_numpy(rng.random((2, 2, 32, 32)).astype(np.float32))
+    both = torch.cat([truth, teacher], dim=1)
+    with torch.no_grad():
+        towards_truth = train.model_loss(network, images, truth)
+        towards_teacher = train.model_loss(network, images, teacher)
+        assert train.model_loss(network, images, both, 0.0) == pytest.approx(float(towards_truth))
+        assert train.model_loss(network, images, both, 1.0) == pytest.approx(float(towards_teacher))
+        assert train.model_loss(network, images, both, 0.25) == pytest.approx(
+            0.75 * float(towards_truth) + 0.25 * float(towards_teacher))
+    assert float(towards_truth) != pytest.approx(float(towards_teacher))
+
+
+def test_teacher_averaged_over_flips_undoes_each_flip():
+    import torch
+
+    # a pixel-wise network sees each pixel the same whatever the flip: undone correctly, the
+    # average over flips is its plain prediction; a flip left in place would move the nuclei
+    torch.manual_seed(0)
+    pixelwise = torch.nn.Conv2d(3, 2, kernel_size=1)
+    rng = np.random.default_rng(1)
+    image = (rng.random((40, 57, 3)) * 255).astype(np.uint8)
+    image[5:15, 3:20] = 255
+    plain, = train.teacher_maps(pixelwise, [image], "cpu", tta=False)
+    averaged, = train.teacher_maps(pixelwise, [image], "cpu", tta=True)
+    assert plain.shape == averaged.shape == (40, 57, 2) and plain.dtype == np.float16
+    np.testing.assert_allclose(averaged.astype(np.float32), plain.astype(np.float32), atol=2e-3)
+    assert np.abs(plain[::-1].astype(np.float32) - plain.astype(np.float32)).max() > 0.01
+
+
+@needs_data
+def test_training_with_a_teacher_caches_its_maps_and_records_it(tmp_path, capsys):
+    teacher = tiny_weights(tmp_path, "teacher")
+    args = ["--model", "unet", "--data", str(DATA), "--limit", "2", "--max-batches", "1", "--batch-size", "2",
+            "--crop-size", "64", "--workers", "0", "--epochs", "1", "--val-split", "", "--teacher", str(teacher),
+            "--distill-weight", "0.7"]
+    train.main([*args, "--out", str(tmp_path / "run")])
+    assert "teacher maps of 2 images" in capsys.readouterr().out
+    recorded = load_weights(tmp_path / "run" / "best.safetensors").metadata["training"]["teacher"]
+    assert recorded == {"file": str(teacher), "tta": False, "weight": 0.7}
+    # a second run with the same teacher and images reads them back; another teacher does not
+    train.main([*args, "--out", str(tmp_path / "run"), "--epochs", "2", "--resume"])
+    assert "teacher maps read from" in capsys.readouterr().out
+    other = tiny_weights(tmp_path, "other", fit_steps=1)
+    train.main([*args[:-4], "--teacher", str(other), "--out", str(tmp_path / "run")])
+    assert "teacher maps of 2 images" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="distill-weight"):
+        train.main([*args[:-2], "--distill-weight", "1.5", "--out", str(tmp_path / "bad")])
 
 
 def test_image_kinds_and_balanced_sampling_weights():

@@ -110,12 +110,24 @@ class Augmenter:
         self.crop_size = crop_size
         self.rng = rng
 
-    def __call__(self, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return a normalised ``(3, S, S)`` float32 crop and its ``(2, S, S)`` targets."""
-        image, labels = self.warp_crop(image.astype(np.float32) / 255.0, labels)
-        image = self.appearance(image)
+    def __call__(self, image: np.ndarray, labels: np.ndarray,
+                 soft: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return a normalised ``(3, S, S)`` float32 crop and its ``(2, S, S)`` targets.
+
+        With ``soft``, ``(H, W, C)`` maps of the whole image (a teacher's probabilities),
+        they go through the same warp (linear interpolation) and are returned after
+        the targets: ``(2 + C, S, S)``. The random draws are the same either way.
+        """
+        pixels = image.astype(np.float32) / 255.0
+        if soft is not None:
+            pixels = np.concatenate([pixels, soft.astype(np.float32)], axis=-1)
+        pixels, labels = self.warp_crop(pixels, labels)
+        image = self.appearance(pixels[..., :3])
         normalized = normalize_image(image)
-        return np.ascontiguousarray(normalized.transpose(2, 0, 1)), make_targets(labels)
+        targets = make_targets(labels)
+        if soft is not None:
+            targets = np.concatenate([targets, np.clip(pixels[..., 3:], 0, 1).transpose(2, 0, 1)])
+        return np.ascontiguousarray(normalized.transpose(2, 0, 1)), np.ascontiguousarray(targets)
 
     def warp_crop(self, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rng, size = self.rng, self.crop_size
@@ -135,7 +147,8 @@ class Augmenter:
             xx += displacement[1] * strength
         coords = np.stack([yy, xx])
         warped = np.stack(
-            [ndi.map_coordinates(image[..., c], coords, order=1, mode="reflect") for c in range(3)], axis=-1
+            [ndi.map_coordinates(image[..., c], coords, order=1, mode="reflect") for c in range(image.shape[-1])],
+            axis=-1,
         )
         warped_labels = ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=0)
         k = int(rng.integers(4))

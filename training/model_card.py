@@ -80,6 +80,14 @@ def training_lines(training: dict) -> list[str]:
         if deeper and not re.search(r"--depth[ =]" + deeper.group(1) + r"\b", stages[number - 2].get("command", "")):
             lines.append(f"- run {number} of these made the model deeper (`--depth {deeper.group(1)}`): it started from the "
                          "levels the file before had, and its deepest level was new")
+    for number, stage in enumerate(stages, start=1):
+        teacher = re.search(r"--teacher[ =](\S+)", stage.get("command", ""))
+        if teacher:
+            weight = re.search(r"--distill-weight[ =](\S+)", stage["command"])
+            averaged = " averaged over 4 flips/transpositions" if "--teacher-tta" in stage["command"] else ""
+            lines.append(f"- run {number} of these was distilled from `{teacher.group(1)}`: the loss went "
+                         f"{float(weight.group(1)) if weight else 0.5:.0%} towards that model's probabilities on the "
+                         f"training images{averaged} (warped with each crop), the rest towards the true masks")
     commands = [f"`{stage['command']}`" for stage in stages if "command" in stage]
     lines.append("- reproduce: " + ", then ".join(commands) + ", then ")
     return lines

@@ -15,6 +15,7 @@ improvement, or when ``--time-budget`` minutes have passed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import random
@@ -54,10 +55,16 @@ BALANCED_SHARES = {"fluorescence": 0.6, "tissue": 0.25, "brightfield": 0.15}
 
 
 class CropDataset(Dataset):
-    """One random augmented crop per image per epoch."""
+    """One random augmented crop per image per epoch.
 
-    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], crop_size: int, seed: int) -> None:
+    With ``soft`` (one ``(H, W, 2)`` map per image, a teacher's probabilities), the
+    targets of a crop are ``(4, S, S)``: nucleus and boundary, then the teacher's two.
+    """
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], crop_size: int, seed: int,
+                 soft: list[np.ndarray] | None = None) -> None:
         self.pairs = pairs
+        self.soft = soft
         self.crop_size = crop_size
         self.seed = seed
         self.augmenter = Augmenter(crop_size, np.random.default_rng(seed))
@@ -69,7 +76,8 @@ class CropDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, targets = self.augmenter(*self.pairs[index])
+        soft = None if self.soft is None else self.soft[index]
+        image, targets = self.augmenter(*self.pairs[index], soft)
         return torch.from_numpy(image), torch.from_numpy(targets)
 
 
@@ -88,12 +96,71 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return bce + (1 - dice).mean()
 
 
-def model_loss(network: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The loss, averaged over UNet++'s deep-supervision heads where the model has them."""
-    if hasattr(network, "forward_all"):
-        outputs = network.forward_all(images)
-        return sum(segmentation_loss(o, targets) for o in outputs) / len(outputs)
-    return segmentation_loss(network(images), targets)
+def model_loss(network: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+               distill_weight: float = 0.5) -> torch.Tensor:
+    """The loss, averaged over UNet++'s deep-supervision heads where the model has them.
+
+    ``targets`` with four channels hold a teacher's probabilities after the true
+    targets: the loss is then ``(1 - distill_weight)`` times the loss towards the truth
+    plus ``distill_weight`` times the same loss towards the teacher (knowledge distillation).
+    """
+    outputs = network.forward_all(images) if hasattr(network, "forward_all") else [network(images)]
+    if targets.shape[1] == 4:
+        truth, teacher = targets[:, :2], targets[:, 2:]
+        losses = [(1 - distill_weight) * segmentation_loss(o, truth) + distill_weight * segmentation_loss(o, teacher)
+                  for o in outputs]
+    else:
+        losses = [segmentation_loss(o, targets) for o in outputs]
+    return sum(losses) / len(losses)
+
+
+#: The flips and transposition a teacher's prediction is averaged over (``--teacher-tta``):
+#: (transpose, flip rows, flip columns). Each is its own inverse but for the order of steps.
+TTA_TRANSFORMS = ((False, False, False), (False, True, False), (False, False, True), (True, False, False))
+
+
+def teacher_maps(network: torch.nn.Module, images: list[np.ndarray], device, tta: bool) -> list[np.ndarray]:
+    """A teacher network's ``(H, W, 2)`` float16 probabilities for each ``(H, W, 3)`` uint8 image.
+
+    Through the plugin's own normalisation and tiled inference; with ``tta``,
+    averaged over :data:`TTA_TRANSFORMS` (a stronger teacher for 4x the time).
+    """
+    network = network.to(device).eval()
+    maps = []
+    for image in images:
+        normalized = normalize_image(image, DEFAULT_PERCENTILES)
+        total = np.zeros((2,) + image.shape[:2], dtype=np.float32)
+        for transpose, flip_rows, flip_columns in (TTA_TRANSFORMS if tta else TTA_TRANSFORMS[:1]):
+            view = normalized.transpose(1, 0, 2) if transpose else normalized
+            view = view[::-1] if flip_rows else view
+            view = view[:, ::-1] if flip_columns else view
+            predicted = predict_normalized(np.ascontiguousarray(view), network, device=device)
+            predicted = predicted[:, :, ::-1] if flip_columns else predicted
+            predicted = predicted[:, ::-1] if flip_rows else predicted
+            total += predicted.transpose(0, 2, 1) if transpose else predicted
+        maps.append((total / (len(TTA_TRANSFORMS) if tta else 1)).transpose(1, 2, 0).astype(np.float16))
+    return maps
+
+
+def cached_teacher_maps(cache: Path, teacher_path: Path, ids: list[str], images: list[np.ndarray],
+                        device, tta: bool) -> list[np.ndarray]:
+    """:func:`teacher_maps`, kept in ``cache`` (an .npz) for a resumed or repeated run.
+
+    The cache holds the teacher file's SHA-256, the TTA flag and the image ids; it is
+    used only when all three match, otherwise computed and written anew.
+    """
+    digest = hashlib.sha256(Path(teacher_path).read_bytes()).hexdigest()
+    key = json.dumps({"teacher": digest, "tta": tta, "ids": ids})
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if str(stored["key"]) == key:
+                print(f"teacher maps read from {cache}", flush=True)
+                return [stored[f"map_{i}"] for i in range(len(ids))]
+    start = time.perf_counter()
+    maps = teacher_maps(load_weights(teacher_path).network, images, device, tta)
+    np.savez(cache, key=np.array(key), **{f"map_{i}": m for i, m in enumerate(maps)})
+    print(f"teacher maps of {len(maps)} images in {(time.perf_counter() - start) / 60:.1f} min -> {cache}", flush=True)
+    return maps
 
 
 def grow_depth(network: torch.nn.Module, shallower: torch.nn.Module, added: int) -> tuple[int, int]:
@@ -149,6 +216,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--schedule", choices=("plateau", "cosine"), default="plateau",
                         help="plateau: halve the learning rate after 3 epochs without val improvement; cosine: anneal "
                              "it from --lr to --lr/100 over --epochs (for continuing a trained model with --init)")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="weights file of a trained model (e.g. weights/hrnet.safetensors) to distil: its "
+                             "probabilities on each training image, warped with the crop, become extra soft targets "
+                             "(cached in <out>/teacher.npz)")
+    parser.add_argument("--teacher-tta", action="store_true",
+                        help="average the teacher's probabilities over 4 flips/transpositions (4x its time, once)")
+    parser.add_argument("--distill-weight", type=float, default=0.5,
+                        help="with --teacher, the share of the loss that goes towards the teacher (0-1)")
     parser.add_argument("--patience", type=int, default=8, help="epochs without val improvement before stopping")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -222,7 +297,13 @@ def main(argv=None) -> dict:
         state = checkpoint["state"]
         print(f"resumed from epoch {state['epoch']} (best {state['best_score']:.4f})", flush=True)
 
-    dataset = CropDataset(train_pairs, args.crop_size, args.seed)
+    soft = None
+    if args.teacher is not None:
+        if not 0 <= args.distill_weight <= 1:
+            raise SystemExit(f"--distill-weight must be between 0 and 1, not {args.distill_weight}")
+        soft = cached_teacher_maps(args.out / "teacher.npz", args.teacher, train_ids,
+                                   [image for image, _ in train_pairs], device, args.teacher_tta)
+    dataset = CropDataset(train_pairs, args.crop_size, args.seed, soft)
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
     if args.sampling == "balanced":
         kinds = [image_kind(image) for image, _ in train_pairs]
@@ -244,7 +325,7 @@ def main(argv=None) -> dict:
         for batch_index, (images, targets) in enumerate(loader):
             if args.max_batches is not None and batch_index >= args.max_batches:
                 break
-            loss = model_loss(network, images.to(device), targets.to(device))
+            loss = model_loss(network, images.to(device), targets.to(device), args.distill_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -274,6 +355,8 @@ def main(argv=None) -> dict:
                     "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                     "parameters": n_params, "command": command,
                     **({"continued_from": continued_from} if continued_from else {}),
+                    **({"teacher": {"file": str(args.teacher), "tta": args.teacher_tta,
+                                    "weight": args.distill_weight}} if args.teacher else {}),
                 },
                 "metrics": {"val_during_training": {k: round(v, 4) for k, v in scores.items()}},
             }
