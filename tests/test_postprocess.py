@@ -14,6 +14,7 @@ from napari_nucleiseg.postprocess import (
     count_nuclei,
     labels_from_probabilities,
     measure_nuclei,
+    split_by_shape,
 )
 
 from conftest import disk
@@ -114,6 +115,83 @@ def test_more_than_65535_nuclei_use_uint32(split):
     labels = labels_from_probabilities(probabilities, min_size=1, split=split)
     assert labels.dtype == np.uint32
     assert count_nuclei(labels) == 256 * 258 == labels.max()
+
+
+# Joined nuclei for the cut by shape: an "8" of two disks of radius 10 whose centres are 16 apart
+# (a neck 12 pixels wide, against 20 through each disk), beside single nuclei of radius 7 that set
+# the median area the "8" is large against.
+EIGHT = [((30, 30), 10), ((30, 46), 10)]
+SINGLES = [((12, 80), 7), ((48, 80), 7), ((12, 110), 7), ((48, 110), 7)]
+SHAPE_SCENE = (64, 128)
+
+
+def scene(*groups):
+    """Labels: each group of disks is one object (the union of its disks), numbered in order."""
+    labels = np.zeros(SHAPE_SCENE, np.uint16)
+    for number, group in enumerate(groups, start=1):
+        for center, radius in group:
+            labels[disk(SHAPE_SCENE, center, radius)] = number
+    return labels
+
+
+def best_iou(labels, mask):
+    return max(np.count_nonzero((labels == i) & mask) / np.count_nonzero((labels == i) | mask)
+               for i in np.unique(labels[mask]) if i)
+
+
+def test_an_eight_is_cut_into_its_two_nuclei():
+    labels = scene(EIGHT, *[[d] for d in SINGLES])
+    cut = split_by_shape(labels, 0.3)
+    assert count_nuclei(cut) == count_nuclei(labels) + 1 == 6
+    for center, _ in EIGHT:  # each half matches its own disk (the cut runs through the neck)
+        half = disk(SHAPE_SCENE, center, 10) & (labels == 1)
+        half &= np.abs(np.indices(SHAPE_SCENE)[1] - center[1]) < 8
+        assert best_iou(cut, half) > 0.75
+    assert set(np.unique(cut)) == set(range(7))  # the first piece keeps 1, the new one is 6
+    assert np.array_equal(cut[labels != 1], labels[labels != 1])  # nothing else changes
+    assert np.array_equal(cut > 0, labels > 0)
+
+
+def test_a_shallow_neck_or_a_plain_ellipse_is_not_cut():
+    yy, xx = np.indices(SHAPE_SCENE)
+    ellipse = ((yy - 30) / 9.0) ** 2 + ((xx - 38) / 20.0) ** 2 <= 1
+    labels = scene(*[[d] for d in SINGLES])
+    labels[ellipse] = 5
+    assert np.array_equal(split_by_shape(labels, 0.2), labels)
+    eight = scene(EIGHT, *[[d] for d in SINGLES])
+    assert np.array_equal(split_by_shape(eight, 0.6), eight)  # the neck is 0.4 of the thickness deep, not 0.6
+
+
+def test_the_cut_is_off_at_zero_and_for_nuclei_of_ordinary_size():
+    labels = scene(EIGHT, *[[d] for d in SINGLES])
+    assert split_by_shape(labels, 0.0) is labels
+    # Among other "8"s of the same size, this one is an ordinary nucleus: not looked at.
+    eights = scene(EIGHT, [((30, 80), 10), ((30, 96), 10)])
+    assert np.array_equal(split_by_shape(eights, 0.3), eights)
+
+
+def test_a_cut_that_leaves_a_piece_under_min_size_is_not_made():
+    labels = scene(EIGHT, *[[d] for d in SINGLES])
+    assert count_nuclei(split_by_shape(labels, 0.3, min_size=300)) == 5  # each half is ~290 px
+    assert count_nuclei(split_by_shape(labels, 0.3, min_size=200)) == 6
+
+
+def test_labels_from_probabilities_cuts_an_eight_without_a_boundary_when_splitting():
+    probabilities = np.zeros((2, *SHAPE_SCENE), np.float32)  # no boundary predicted between the two
+    probabilities[0] = scene(EIGHT, *[[d] for d in SINGLES]) > 0
+    assert count_nuclei(labels_from_probabilities(probabilities, min_size=10, neck_ratio=0.3)) == 6
+    assert count_nuclei(labels_from_probabilities(probabilities, min_size=10)) == 5  # neck_ratio 0: off
+    assert count_nuclei(labels_from_probabilities(probabilities, min_size=10, split=False, neck_ratio=0.3)) == 5
+    with pytest.raises(ValueError, match="neck_ratio"):
+        labels_from_probabilities(probabilities, neck_ratio=1.5)
+
+
+def test_the_cut_goes_to_uint32_when_the_count_passes_uint16():
+    labels = scene(EIGHT, *[[d] for d in SINGLES])
+    labels[labels > 1] += 65535 - 5  # the singles become 65,531..65,535
+    cut = split_by_shape(labels, 0.3)
+    assert cut.dtype == np.uint32 and cut.max() == 65536
+    assert labels.dtype == np.uint16  # the input is left alone
 
 
 def test_nan_probabilities_count_as_background():

@@ -127,3 +127,19 @@ def test_the_table_of_hand_edited_labels_has_one_row_per_label(labels):
     present = np.unique(labels[labels > 0])
     assert table["label"].tolist() == present.tolist() and len(table) == count_nuclei(labels)
     np.testing.assert_array_equal(table["area"], [(labels == label).sum() for label in present])
+
+
+@PROPERTY_SETTINGS
+@given(probability_maps, thresholds, st.floats(0.0, 1.0), st.integers(0, 30))
+def test_the_cut_by_shape_only_cuts(probabilities, threshold, neck_ratio, min_size):
+    """With a neck ratio the nuclei cover the same pixels, each lies inside one nucleus found
+    without it, none is under ``min_size`` (unless it was already), and labels stay 1..N."""
+    plain = segment(probabilities, threshold, split=True, min_size=min_size)
+    cut = labels_from_probabilities(probabilities, threshold, min_size=min_size, split=True, neck_ratio=neck_ratio)
+    assert np.array_equal(cut > 0, plain > 0)
+    assert set(np.unique(cut[cut > 0])) == set(range(1, count_nuclei(cut) + 1))
+    assert count_nuclei(cut) >= count_nuclei(plain)
+    pairs = np.unique(np.stack([cut[cut > 0], plain[cut > 0]]), axis=1)
+    assert len(set(pairs[0])) == pairs.shape[1]  # one nucleus found without the cut per piece
+    new = np.bincount(cut.ravel())[1:]
+    assert (new[count_nuclei(plain):] >= max(min_size, 1)).all()  # the pieces cut off are not too small

@@ -162,6 +162,31 @@ def test_calibration_finds_the_best_grid_point_of_the_plugin_post_processing():
     assert brute_force[best.threshold, best.boundary_threshold, best.min_size] == max(brute_force.values())
 
 
+def test_neck_ratio_calibration_cuts_eights_that_are_two_nuclei():
+    # Each image: single nuclei and "8"s the network called one object (no boundary between
+    # the halves), which the truth has as two nuclei.
+    yy, xx = np.indices((64, 128))
+    truths, probabilities = [], []
+    for shift in (0, 3):
+        truth = np.zeros((64, 128), np.int32)
+        for number, (cy, cx) in enumerate([(14, 14 + shift), (50, 14), (14, 110), (50, 110 - shift)], start=1):
+            truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= 49] = number
+        for half, cx in enumerate((52 + shift, 68 + shift), start=5):
+            truth[((yy - 32) ** 2 + (xx - cx) ** 2 <= 100) & (truth == 0)] = half
+        truths.append(truth)
+        probabilities.append(np.stack([truth > 0, np.zeros(truth.shape, bool)]).astype(np.float32))
+    samples = [evaluate.Sample(str(i), np.zeros((*t.shape, 3), np.uint8), t) for i, t in enumerate(truths)]
+    settings = evaluate.Settings(0.5, 0.5, 10)
+
+    best, points = evaluate.calibrate_neck_ratio(probabilities, samples, settings, [0.0, 0.3, 0.9])
+
+    scores = {point["neck_ratio"]: point["dsb_score"] for point in points}
+    assert best.neck_ratio == 0.3 and scores[0.3] > scores[0.0] == scores[0.9]
+    assert (best.threshold, best.boundary_threshold, best.min_size) == (0.5, 0.5, 10)
+    assert scores[0.3] == pytest.approx(np.mean([instance_scores(best.label(p), s.truth)["dsb_score"]
+                                                 for p, s in zip(probabilities, samples)]))
+
+
 def tiny_weights(folder: Path, name: str = "tiny", fit_steps: int = 0) -> Path:
     """A tiny UNet saved with ``save_weights``; ``fit_steps`` Adam steps on two ``train`` crops make
     its probabilities follow the nuclei a little, so that calibration has something to choose."""
@@ -252,12 +277,16 @@ def test_evaluate_and_calibrate_on_two_images(tmp_path):
     best = report["calibration"]["tiny"]["best"]
     grid_scores = [point["dsb_score"] for point in report["calibration"]["tiny"]["grid"]]
     assert len(grid_scores) == 3 * 2 * 2 and max(grid_scores) > min(grid_scores)
-    assert report["results"][0]["metrics"]["dsb_score"] == pytest.approx(max(grid_scores))
+    neck_scores = {point["neck_ratio"]: point["dsb_score"] for point in report["calibration"]["tiny"]["neck_ratios"]}
+    assert neck_scores[0.0] == pytest.approx(max(grid_scores))  # the grid's best, before any cut by shape
+    assert report["results"][0]["metrics"]["dsb_score"] == pytest.approx(max(neck_scores.values()))
+    assert neck_scores[best["neck_ratio"]] == max(neck_scores.values())
     model = load_weights(source)
     for row in rows[:2]:
         image, truth = load_pair(DATA, row["image_id"])
         labels = labels_from_probabilities(predict_probabilities(image, model), best["threshold"],
-                                           min_size=best["min_size"], boundary_threshold=best["boundary_threshold"])
+                                           min_size=best["min_size"], boundary_threshold=best["boundary_threshold"],
+                                           neck_ratio=best["neck_ratio"])
         assert float(row["dsb_score"]) == pytest.approx(instance_scores(labels, truth)["dsb_score"])
     assert [r["image_id"] for r in rows[:2]] == list_ids(DATA, "val")[:2]
 
@@ -265,8 +294,8 @@ def test_evaluate_and_calibrate_on_two_images(tmp_path):
     assert report["written"] == [str(calibrated)]
     assert digest(source) == before
     metadata = read_metadata(calibrated)
-    assert (metadata["threshold"], metadata["boundary_threshold"], metadata["min_size"]) == \
-        (best["threshold"], best["boundary_threshold"], best["min_size"])
+    assert (metadata["threshold"], metadata["boundary_threshold"], metadata["min_size"], metadata["neck_ratio"]) == \
+        (best["threshold"], best["boundary_threshold"], best["min_size"], best["neck_ratio"])
     assert metadata["metrics"]["calibrated_on"] == "val (2 images)"
     assert metadata["metrics"]["val"]["dsb_score"] == pytest.approx(report["results"][0]["metrics"]["dsb_score"],
                                                                     abs=1e-4)

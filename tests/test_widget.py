@@ -786,7 +786,8 @@ def test_the_probabilities_of_a_stack_are_cached_in_3_bytes_a_pixel(viewer_and_w
     for threshold in np.round(np.arange(0.3, 0.96, 0.05), 2):
         widget.threshold_slider.setValue(threshold)
         expected = _layers.labels_from_stack(float_maps, threshold=threshold, min_size=widget.min_size_spin.value(),
-                                             split=True, boundary_threshold=widget._cache.boundary_threshold)
+                                             split=True, boundary_threshold=widget._cache.boundary_threshold,
+                                             neck_ratio=widget._cache.neck_ratio)
         assert np.array_equal(labels_layers(viewer)[0].data, expected)
     widget.probability_check.setChecked(True)  # shown from the compact cache, read plane by plane
     shown = viewer.layers["stack nucleus probability"].data

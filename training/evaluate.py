@@ -56,6 +56,8 @@ from napari_nucleiseg.weights import METADATA_KEY, WEIGHTS_SUFFIX, load_weights,
 DEFAULT_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.3 .. 0.7
 DEFAULT_BOUNDARY_THRESHOLDS = DEFAULT_THRESHOLDS
 DEFAULT_MIN_SIZES = (0, 5, 10, 20, 30)
+#: Neck ratios tried after the grid (0: no cut by shape).
+DEFAULT_NECK_RATIOS = (0.0, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 
 #: Summary metrics: key, markdown column header, format.
 TABLE_COLUMNS = (
@@ -87,14 +89,16 @@ class Settings:
     threshold: float
     boundary_threshold: float
     min_size: int
+    neck_ratio: float = 0.0
 
     def label(self, probabilities: np.ndarray, split: bool = True) -> np.ndarray:
         return labels_from_probabilities(probabilities, self.threshold, min_size=self.min_size, split=split,
-                                         boundary_threshold=self.boundary_threshold)
+                                         boundary_threshold=self.boundary_threshold, neck_ratio=self.neck_ratio)
 
     def describe(self, split: bool = True) -> str:
         boundary = f"{self.boundary_threshold:.2f}" if split else "-"
-        return f"{self.threshold:.2f} / {boundary} / {self.min_size}"
+        neck = f"{self.neck_ratio:g}" if split else "-"
+        return f"{self.threshold:.2f} / {boundary} / {self.min_size} / {neck}"
 
 
 def load_samples(data: Path, split: str | None, limit: int | None = None) -> list[Sample]:
@@ -201,12 +205,32 @@ def calibrate(probabilities: list[np.ndarray], samples: list[Sample], thresholds
     return best, grid
 
 
+def calibrate_neck_ratio(probabilities: list[np.ndarray], samples: list[Sample], settings: Settings,
+                         neck_ratios, log=None) -> tuple[Settings, list[dict]]:
+    """``settings`` with the neck ratio (of ``neck_ratios``) of the highest mean DSB2018 score, and each score.
+
+    Runs after :func:`calibrate`: the cut by shape acts on the objects its grid settled on.
+    Ties go to the first ratio.
+    """
+    grid, best, best_score = [], settings, -1.0
+    for ratio in neck_ratios:
+        trial = Settings(settings.threshold, settings.boundary_threshold, settings.min_size, float(ratio))
+        score = float(np.mean([instance_scores(trial.label(p), s.truth)["dsb_score"]
+                               for p, s in zip(probabilities, samples)]))
+        grid.append({"neck_ratio": float(ratio), "dsb_score": score})
+        if score > best_score:
+            best_score, best = score, trial
+    if log is not None:
+        log(f"  calibration: neck ratio {best.neck_ratio:g} ({best_score:.4f})")
+    return best, grid
+
+
 def write_calibrated_weights(source: Path, destination: Path, settings: Settings, metrics: dict,
                              calibration: dict) -> Path:
     """Copy ``source`` into the folder ``destination`` as ``<name>.safetensors`` with new settings and metrics.
 
     The tensors are copied unchanged (float16 stays float16); the metadata gets the
-    calibrated ``threshold``, ``boundary_threshold`` and ``min_size``, and ``metrics``
+    calibrated ``threshold``, ``boundary_threshold``, ``min_size`` and ``neck_ratio``, and ``metrics``
     merged into its ``"metrics"``. Refuses to overwrite ``source`` itself.
     """
     from safetensors import safe_open
@@ -225,6 +249,7 @@ def write_calibrated_weights(source: Path, destination: Path, settings: Settings
         "threshold": settings.threshold,
         "boundary_threshold": settings.boundary_threshold,
         "min_size": settings.min_size,
+        "neck_ratio": settings.neck_ratio,
         "metrics": {**metadata.get("metrics", {}), **metrics},
         "calibration": calibration,
     })
@@ -242,7 +267,7 @@ def write_calibrated_weights(source: Path, destination: Path, settings: Settings
 
 def markdown_table(results: list[dict], caption: str) -> str:
     """One markdown table: a row per model or baseline, a column per summary metric."""
-    header = ["method", *(title for _, title, _ in TABLE_COLUMNS), "threshold / boundary / min size"]
+    header = ["method", *(title for _, title, _ in TABLE_COLUMNS), "threshold / boundary / min size / neck"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
     for result in results:
         cells = [result["method"], *(fmt.format(result["metrics"][key]) for key, _, fmt in TABLE_COLUMNS),
@@ -279,6 +304,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS))
     parser.add_argument("--boundary-thresholds", type=float, nargs="+", default=list(DEFAULT_BOUNDARY_THRESHOLDS))
     parser.add_argument("--min-sizes", type=int, nargs="+", default=list(DEFAULT_MIN_SIZES))
+    parser.add_argument("--neck-ratios", type=float, nargs="+", default=list(DEFAULT_NECK_RATIOS),
+                        help="after the grid, the neck ratios tried for cutting joined nuclei by shape (0: off)")
     parser.add_argument("--device", default=None, help="torch device for inference (default: cuda if available)")
     args = parser.parse_args(argv)
     if args.write_weights and not args.calibrate:
@@ -312,13 +339,14 @@ def main(argv=None) -> dict:
         start = time.perf_counter()
         probabilities = predict_all(model, samples, log)
         inference_seconds = time.perf_counter() - start
-        settings = Settings(model.threshold, model.boundary_threshold, model.min_size)
+        settings = Settings(model.threshold, model.boundary_threshold, model.min_size, model.neck_ratio)
         if args.calibrate:
             start = time.perf_counter()
             settings, grid = calibrate(probabilities, samples, args.thresholds, args.boundary_thresholds,
                                        args.min_sizes, log)
+            settings, neck_grid = calibrate_neck_ratio(probabilities, samples, settings, args.neck_ratios, log)
             calibrations[name] = {"best": vars(settings), "seconds": round(time.perf_counter() - start, 1),
-                                  "grid": grid}
+                                  "grid": grid, "neck_ratios": neck_grid}
             log(f"  calibrated: {settings}")
         start = time.perf_counter()
         for method, split in ((name, True), (f"{name}, no splitting", False)):
@@ -336,7 +364,7 @@ def main(argv=None) -> dict:
                        "calibrated_on": f"{split_name} ({len(samples)} images)"}
             calibration = {"objective": "mean DSB2018 instance score, splitting on",
                            "thresholds": list(args.thresholds), "boundary_thresholds": list(args.boundary_thresholds),
-                           "min_sizes": list(args.min_sizes)}
+                           "min_sizes": list(args.min_sizes), "neck_ratios": list(args.neck_ratios)}
             if str(Path(args.write_weights) / f"{model.name}{WEIGHTS_SUFFIX}") in written:
                 raise SystemExit(f"two of the weights files are named {model.name!r}; calibrate them separately")
             target = write_calibrated_weights(path, args.write_weights, settings, metrics, calibration)
@@ -344,7 +372,7 @@ def main(argv=None) -> dict:
             log(f"  wrote {target}")
 
     summary, rows = score_method("Otsu + connected components", (otsu_labels(s.image) for s in samples), samples)
-    results.append({"method": "Otsu + connected components", "settings": "Otsu, minority side / - / 0",
+    results.append({"method": "Otsu + connected components", "settings": "Otsu, minority side / - / 0 / -",
                     "metrics": summary})
     per_image += rows
 

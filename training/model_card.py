@@ -115,7 +115,8 @@ def card(path: Path) -> str:
         *history,
         reproduce + calibration_steps(meta),
         f"- calibrated on {meta['metrics'].get('calibrated_on', 'val')}: threshold {meta['threshold']}, "
-        f"boundary threshold {meta['boundary_threshold']}, minimum size {meta['min_size']} px",
+        f"boundary threshold {meta['boundary_threshold']}, minimum size {meta['min_size']} px, "
+        f"neck ratio {meta.get('neck_ratio', 0)}" + ("" if meta.get("neck_ratio") else " (no cut by shape)"),
         f"- val, splitting on: mean IoU {val['mean_iou']:.3f}, DSB2018 score {val['dsb_score']:.3f}, "
         f"F1 @ 0.5 {val['f1_iou50']:.3f}, median count error {val['count_error_median']:.1%}",
         f"- falls short of: {', '.join(missed)}" if missed else "- meets every target",
@@ -131,7 +132,8 @@ def calibration_steps(meta: dict) -> str:
     epoch = training.get("epochs", "?")
     grid = meta.get("calibration", {})
     flags = "".join(f" --{flag} {' '.join(str(v) for v in grid[key])}" for key, flag in (
-        ("thresholds", "thresholds"), ("boundary_thresholds", "boundary-thresholds"), ("min_sizes", "min-sizes"))
+        ("thresholds", "thresholds"), ("boundary_thresholds", "boundary-thresholds"), ("min_sizes", "min-sizes"),
+        ("neck_ratios", "neck-ratios"))
         if key in grid)
     return (f"keep epoch {epoch} of that run: `{run}/best.safetensors` if train.py kept it, otherwise "
             f"`python training/export_checkpoint.py {run} --checkpoint <checkpoint.pt as saved after epoch {epoch}> "

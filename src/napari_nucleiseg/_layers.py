@@ -257,7 +257,8 @@ def predict_stack(
             yield done
         labels = None
         if postprocess is not None:
-            steps = label_planes(probabilities, boundary_threshold=model.boundary_threshold, **postprocess)
+            steps = label_planes(probabilities, boundary_threshold=model.boundary_threshold,
+                                 neck_ratio=model.neck_ratio, **postprocess)
             labels = run_to_end(steps, cancelled)
     except Cancelled:
         return Failure("Segmentation cancelled; no layer was changed.", cancelled=True)

@@ -57,6 +57,8 @@ class SegmentationResult:
         Smallest nucleus kept, in pixels.
     split : bool
         Whether touching nuclei were separated.
+    neck_ratio : float
+        With ``split``, how deep a neck had to be to cut an object by shape (0: none was).
     """
 
     labels: np.ndarray
@@ -68,6 +70,7 @@ class SegmentationResult:
     boundary_threshold: float
     min_size: int
     split: bool
+    neck_ratio: float = 0.0
 
 
 def segment(
@@ -78,6 +81,7 @@ def segment(
     min_size: int | None = None,
     split: bool = True,
     boundary_threshold: float | None = None,
+    neck_ratio: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> SegmentationResult:
@@ -102,6 +106,11 @@ def segment(
     boundary_threshold : float, optional
         Boundary probability above which a pixel cannot seed a nucleus when
         splitting. Default: the model's.
+    neck_ratio : float, optional
+        When splitting, also cut large objects shaped like two nuclei joined by a
+        neck at least this deep relative to their thickness
+        (:func:`~napari_nucleiseg.postprocess.split_by_shape`); 0 turns it off.
+        Default: the model's.
     progress : callable, optional
         Called as ``progress(done_tiles, total_tiles)`` while the network runs.
     cancelled : callable, optional
@@ -129,7 +138,8 @@ def segment(
     min_size = nuclei_model.min_size if min_size is None else min_size
     if boundary_threshold is None:
         boundary_threshold = nuclei_model.boundary_threshold
-    _check_settings(threshold, min_size, boundary_threshold)  # before the slow part
+    neck_ratio = nuclei_model.neck_ratio if neck_ratio is None else neck_ratio
+    _check_settings(threshold, min_size, boundary_threshold, neck_ratio)  # before the slow part
     probabilities = predict_probabilities(image, nuclei_model, progress=progress, cancelled=cancelled)
     return result_from_probabilities(
         probabilities,
@@ -139,6 +149,7 @@ def segment(
         min_size=min_size,
         split=split,
         boundary_threshold=boundary_threshold,
+        neck_ratio=neck_ratio,
     )
 
 
@@ -151,6 +162,7 @@ def result_from_probabilities(
     min_size: int,
     split: bool = True,
     boundary_threshold: float,
+    neck_ratio: float = 0.0,
 ) -> SegmentationResult:
     """Post-process ``(2, H, W)`` probabilities into a :class:`SegmentationResult`.
 
@@ -160,9 +172,10 @@ def result_from_probabilities(
     """
     from .postprocess import count_nuclei, labels_from_probabilities, measure_nuclei
 
-    _check_settings(threshold, min_size, boundary_threshold)
+    _check_settings(threshold, min_size, boundary_threshold, neck_ratio)
     labels = labels_from_probabilities(
-        probabilities, threshold, min_size=min_size, split=split, boundary_threshold=boundary_threshold
+        probabilities, threshold, min_size=min_size, split=split, boundary_threshold=boundary_threshold,
+        neck_ratio=neck_ratio,
     )
     return SegmentationResult(
         labels=labels,
@@ -174,6 +187,7 @@ def result_from_probabilities(
         boundary_threshold=float(boundary_threshold),
         min_size=int(min_size),
         split=bool(split),
+        neck_ratio=float(neck_ratio),
     )
 
 
@@ -219,7 +233,9 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> NucleiModel:
     return load_weights(path)
 
 
-def _check_settings(threshold: float, min_size: int, boundary_threshold: float) -> None:
+def _check_settings(threshold: float, min_size: int, boundary_threshold: float, neck_ratio: float = 0.0) -> None:
+    if not 0 <= neck_ratio <= 1:
+        raise ValueError(f"neck_ratio must be between 0 and 1, not {neck_ratio}")
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
     if not 0 <= boundary_threshold <= 1:

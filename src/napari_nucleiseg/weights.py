@@ -8,7 +8,7 @@ metadata as JSON under the key ``"nucleiseg"``::
       "format": "napari-nucleiseg-weights", "format_version": 1,
       "architecture": "unet", "kwargs": {...},
       "normalization": {"method": "percentile", "percentiles": [1.0, 99.8]},
-      "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 10,
+      "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 10, "neck_ratio": 0.3,
       "training": {...}, "metrics": {...}, "package_version": "..."
     }
 """
@@ -30,6 +30,8 @@ WEIGHTS_SUFFIX = ".safetensors"
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_BOUNDARY_THRESHOLD = 0.5
 DEFAULT_MIN_SIZE = 10
+#: Files without a calibrated ``neck_ratio`` do not cut nuclei by shape.
+DEFAULT_NECK_RATIO = 0.0
 
 BUNDLED_MODELS = ("unet", "unetpp", "hrnet")
 #: The model used when none is named: the most accurate on DSB2018's val split on every measure
@@ -57,6 +59,11 @@ class NucleiModel:
     @property
     def boundary_threshold(self) -> float:
         return float(self.metadata.get("boundary_threshold", DEFAULT_BOUNDARY_THRESHOLD))
+
+    @property
+    def neck_ratio(self) -> float:
+        """How deep a neck splits an object by shape (:func:`~.postprocess.split_by_shape`); 0: never."""
+        return float(self.metadata.get("neck_ratio", DEFAULT_NECK_RATIO))
 
     @property
     def min_size(self) -> int:
@@ -167,7 +174,7 @@ def _metadata_problem(metadata: dict[str, Any]) -> str | None:
         return f"its architecture {metadata['architecture']!r} is not a name"
     if not isinstance(metadata["kwargs"], dict):
         return f"its architecture arguments {metadata['kwargs']!r} are not a mapping of names to values"
-    for key in ("threshold", "boundary_threshold"):
+    for key in ("threshold", "boundary_threshold", "neck_ratio"):
         value = metadata.get(key, DEFAULT_THRESHOLD)
         if not (_is_number(value) and 0 <= value <= 1):
             return f"its {key} {value!r} is not a number between 0 and 1"
