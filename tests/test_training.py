@@ -178,7 +178,7 @@ def test_neck_ratio_calibration_cuts_eights_that_are_two_nuclei():
     samples = [evaluate.Sample(str(i), np.zeros((*t.shape, 3), np.uint8), t) for i, t in enumerate(truths)]
     settings = evaluate.Settings(0.5, 0.5, 10)
 
-    best, points = evaluate.calibrate_neck_ratio(probabilities, samples, settings, [0.0, 0.3, 0.9])
+    best, points = evaluate.calibrate_splitting(probabilities, samples, settings, [0.5], [0.0, 0.3, 0.9])
 
     scores = {point["neck_ratio"]: point["dsb_score"] for point in points}
     assert best.neck_ratio == 0.3 and scores[0.3] > scores[0.0] == scores[0.9]
@@ -277,10 +277,12 @@ def test_evaluate_and_calibrate_on_two_images(tmp_path):
     best = report["calibration"]["tiny"]["best"]
     grid_scores = [point["dsb_score"] for point in report["calibration"]["tiny"]["grid"]]
     assert len(grid_scores) == 3 * 2 * 2 and max(grid_scores) > min(grid_scores)
-    neck_scores = {point["neck_ratio"]: point["dsb_score"] for point in report["calibration"]["tiny"]["neck_ratios"]}
-    assert neck_scores[0.0] == pytest.approx(max(grid_scores))  # the grid's best, before any cut by shape
-    assert report["results"][0]["metrics"]["dsb_score"] == pytest.approx(max(neck_scores.values()))
-    assert neck_scores[best["neck_ratio"]] == max(neck_scores.values())
+    splitting = report["calibration"]["tiny"]["splitting"]
+    split_scores = {(p["neck_ratio"], p["boundary_threshold"]): p["dsb_score"] for p in splitting}
+    assert len(split_scores) == 7 * 2  # every neck ratio with every boundary threshold
+    assert max(s for (ratio, _), s in split_scores.items() if ratio == 0) == pytest.approx(max(grid_scores))
+    assert report["results"][0]["metrics"]["dsb_score"] == pytest.approx(max(split_scores.values()))
+    assert split_scores[best["neck_ratio"], best["boundary_threshold"]] == max(split_scores.values())
     model = load_weights(source)
     for row in rows[:2]:
         image, truth = load_pair(DATA, row["image_id"])

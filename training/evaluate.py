@@ -56,8 +56,8 @@ from napari_nucleiseg.weights import METADATA_KEY, WEIGHTS_SUFFIX, load_weights,
 DEFAULT_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.3 .. 0.7
 DEFAULT_BOUNDARY_THRESHOLDS = DEFAULT_THRESHOLDS
 DEFAULT_MIN_SIZES = (0, 5, 10, 20, 30)
-#: Neck ratios tried after the grid (0: no cut by shape).
-DEFAULT_NECK_RATIOS = (0.0, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+#: Neck ratios tried after the grid, with each boundary threshold (0: no cut by shape).
+DEFAULT_NECK_RATIOS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 
 #: Summary metrics: key, markdown column header, format.
 TABLE_COLUMNS = (
@@ -205,23 +205,27 @@ def calibrate(probabilities: list[np.ndarray], samples: list[Sample], thresholds
     return best, grid
 
 
-def calibrate_neck_ratio(probabilities: list[np.ndarray], samples: list[Sample], settings: Settings,
-                         neck_ratios, log=None) -> tuple[Settings, list[dict]]:
-    """``settings`` with the neck ratio (of ``neck_ratios``) of the highest mean DSB2018 score, and each score.
+def calibrate_splitting(probabilities: list[np.ndarray], samples: list[Sample], settings: Settings,
+                        boundary_thresholds, neck_ratios, log=None) -> tuple[Settings, list[dict]]:
+    """``settings`` with the boundary threshold and neck ratio of the highest mean DSB2018 score, and each score.
 
-    Runs after :func:`calibrate`: the cut by shape acts on the objects its grid settled on.
-    Ties go to the first ratio.
+    Runs after :func:`calibrate`, whose threshold and minimum size it keeps: the two ways of
+    separating nuclei are chosen together, since a cut by shape can take over from boundary
+    seeds (neck ratio 0, no cut by shape, gives back :func:`calibrate`'s points). Ties go to
+    the first point (neck ratios in the outer loop).
     """
     grid, best, best_score = [], settings, -1.0
     for ratio in neck_ratios:
-        trial = Settings(settings.threshold, settings.boundary_threshold, settings.min_size, float(ratio))
-        score = float(np.mean([instance_scores(trial.label(p), s.truth)["dsb_score"]
-                               for p, s in zip(probabilities, samples)]))
-        grid.append({"neck_ratio": float(ratio), "dsb_score": score})
-        if score > best_score:
-            best_score, best = score, trial
-    if log is not None:
-        log(f"  calibration: neck ratio {best.neck_ratio:g} ({best_score:.4f})")
+        for boundary_threshold in boundary_thresholds:
+            trial = Settings(settings.threshold, float(boundary_threshold), settings.min_size, float(ratio))
+            score = float(np.mean([instance_scores(trial.label(p), s.truth)["dsb_score"]
+                                   for p, s in zip(probabilities, samples)]))
+            grid.append({"neck_ratio": float(ratio), "boundary_threshold": float(boundary_threshold),
+                         "dsb_score": score})
+            if score > best_score:
+                best_score, best = score, trial
+        if log is not None:
+            log(f"  calibration: neck ratio {ratio:g} done, best so far {best_score:.4f} ({best})")
     return best, grid
 
 
@@ -305,7 +309,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--boundary-thresholds", type=float, nargs="+", default=list(DEFAULT_BOUNDARY_THRESHOLDS))
     parser.add_argument("--min-sizes", type=int, nargs="+", default=list(DEFAULT_MIN_SIZES))
     parser.add_argument("--neck-ratios", type=float, nargs="+", default=list(DEFAULT_NECK_RATIOS),
-                        help="after the grid, the neck ratios tried for cutting joined nuclei by shape (0: off)")
+                        help="after the grid, the neck ratios tried for cutting joined nuclei by shape (0: off), "
+                             "each with every boundary threshold, at the grid's threshold and min size")
     parser.add_argument("--device", default=None, help="torch device for inference (default: cuda if available)")
     args = parser.parse_args(argv)
     if args.write_weights and not args.calibrate:
@@ -344,9 +349,10 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             settings, grid = calibrate(probabilities, samples, args.thresholds, args.boundary_thresholds,
                                        args.min_sizes, log)
-            settings, neck_grid = calibrate_neck_ratio(probabilities, samples, settings, args.neck_ratios, log)
+            settings, splitting = calibrate_splitting(probabilities, samples, settings, args.boundary_thresholds,
+                                                      args.neck_ratios, log)
             calibrations[name] = {"best": vars(settings), "seconds": round(time.perf_counter() - start, 1),
-                                  "grid": grid, "neck_ratios": neck_grid}
+                                  "grid": grid, "splitting": splitting}
             log(f"  calibrated: {settings}")
         start = time.perf_counter()
         for method, split in ((name, True), (f"{name}, no splitting", False)):
