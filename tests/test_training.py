@@ -624,3 +624,12 @@ def test_epoch_lists_for_averaging():
     assert parse_epochs("3") == [3]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_epochs("0-2")
+
+
+def test_model_card_figures_do_not_round_up_to_a_target_they_miss():
+    assert model_card._cell("dsb_score", 0.54991) == "0.5499"  # not "0.550", which reads as met
+    assert model_card._cell("dsb_score", 0.5512) == "0.551"
+    assert model_card._cell("count_error_median", 0.10004) == "10.00%"
+    assert model_card._cell("count_error_median", 0.0851) == "8.5%"
+    assert model_card.shortfalls({"mean_iou": 0.93, "dsb_score": 0.54991, "f1_iou50": 0.85,
+                                  "count_error_median": 0.08}) == ["dsb_score 0.5499 (target 0.550)"]

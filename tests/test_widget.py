@@ -242,6 +242,38 @@ def test_splitting_separates_touching_nuclei(viewer_and_widget, fake_network, qt
     assert fake_network.calls == 1
 
 
+def joined_pair(shape=(64, 160)) -> np.ndarray:
+    """An "8" of two disks (radius 10, centres 18 apart) with no boundary between them, and four
+    single nuclei of radius 7: the network saw one object where the eye sees two."""
+    image = np.zeros(shape, dtype=np.uint8)
+    for center, radius in [((32, 30), 10), ((32, 48), 10), ((12, 90), 7), ((50, 90), 7), ((12, 130), 7),
+                           ((50, 130), 7)]:
+        image[disk(shape, center, radius)] = 220
+    return image
+
+
+def test_splitting_cuts_an_eight_by_its_shape_with_the_models_neck_ratio(viewer_and_widget, fake_network, qtbot,
+                                                                       tmp_path):
+    from napari_nucleiseg.weights import save_weights
+
+    from conftest import build_tiny, tiny_metadata
+
+    viewer, widget = viewer_and_widget
+    necked = save_weights(tmp_path / "necked.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"neck_ratio": 0.3})
+    assert widget.set_weights_file(necked)
+    viewer.add_image(joined_pair(), name="eight")
+    widget.split_check.setChecked(True)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert widget._cache.neck_ratio == 0.3
+    assert labels.data.max() == 6 and shown_count(widget) == 6
+    halves = labels.data[32, 25], labels.data[32, 53]
+    assert 0 not in halves and halves[0] != halves[1]
+
+    widget.split_check.setChecked(False)  # the cut is part of splitting
+    assert labels.data.max() == 5 and shown_count(widget) == 5
+
+
 def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
     viewer_and_widget, fake_network, notifications, qtbot
 ):
