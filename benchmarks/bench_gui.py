@@ -97,7 +97,7 @@ class Redraw:
         return self.draws > before
 
 
-def bench_slider(viewer, app, size: int, repeats: int) -> dict[str, float]:
+def bench_slider(viewer, app, size: int, repeats: int, neck_ratio: float = 0.0) -> dict[str, float]:
     """Median seconds (wall) of each step of a slider update at ``size``x``size``; CPU time printed beside.
 
     CPU time (``time.process_time``, all threads of this process) is what a step costs even
@@ -128,7 +128,7 @@ def bench_slider(viewer, app, size: int, repeats: int) -> dict[str, float]:
     for round_ in range(repeats):
         threshold = THRESHOLDS[round_ % len(THRESHOLDS)]
         labels = timed("labels_from_probabilities",
-                       lambda: postprocess.labels_from_probabilities(probabilities, threshold))
+                       lambda: postprocess.labels_from_probabilities(probabilities, threshold, neck_ratio=neck_ratio))
         counts.append(int(labels.max()))
         if measure is not None:
             table = timed("measure_nuclei", lambda: measure(labels, image))
@@ -139,7 +139,8 @@ def bench_slider(viewer, app, size: int, repeats: int) -> dict[str, float]:
     viewer.layers.clear()
     medians = {name: statistics.median(times) for name, times in steps.items() if times}
     cpu_medians = {name: statistics.median(times) for name, times in cpu_steps.items() if times}
-    print(f"## Slider update, {size}x{size}, {len(THRESHOLDS)} thresholds cycled, median of {repeats}\n")
+    print(f"## Slider update, {size}x{size}, {len(THRESHOLDS)} thresholds cycled, neck ratio {neck_ratio:g}, "
+          f"median of {repeats}\n")
     print(f"{min(counts)}-{max(counts)} nuclei per update"
           + ("" if measure else "; postprocess.measure_nuclei does not exist yet: measuring skipped")
           + ("" if drawn else "; no draw event was seen: the redraw time is a lower bound") + "\n")
@@ -153,7 +154,7 @@ def bench_slider(viewer, app, size: int, repeats: int) -> dict[str, float]:
     return medians
 
 
-def bench_widget_slider(viewer, app, size: int, repeats: int) -> None:
+def bench_widget_slider(viewer, app, size: int, repeats: int, neck_ratio: float = 0.0) -> None:
     """The same update driven through the widget's own threshold slider (needs its private cache)."""
     from napari_nucleiseg import _widget
 
@@ -161,7 +162,7 @@ def bench_widget_slider(viewer, app, size: int, repeats: int) -> None:
     image_layer = viewer.add_image(synthetic_image(size), name="image")
     probabilities = synthetic_probabilities(size)
     try:
-        widget._cache = _widget._Cache(image_layer, probabilities, 0.5, "synthetic")
+        widget._cache = _widget._Cache(image_layer, probabilities, 0.5, "synthetic", neck_ratio)
         widget._update_result()
     except (AttributeError, TypeError) as error:
         print(f"## Slider update through the widget: skipped (its internals changed: {error})\n")
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=["import", "slider", "widget"])
     parser.add_argument("--size", type=int, default=2048, help="image side for the slider update")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--neck-ratio", type=float, default=0.4,
+                        help="the cut by shape in the slider update (0.4: the default model's, HRNet; 0: off)")
     args = parser.parse_args(argv)
 
     print(f"Machine: {machine_description()}\n")
@@ -238,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         if "widget" in args.parts:
             bench_widget_open(viewer, app, args.repeats)
         if "slider" in args.parts:
-            bench_slider(viewer, app, args.size, args.repeats)
+            bench_slider(viewer, app, args.size, args.repeats, args.neck_ratio)
             if "napari_nucleiseg._widget" in sys.modules or "widget" in args.parts:
                 try:
-                    bench_widget_slider(viewer, app, args.size, args.repeats)
+                    bench_widget_slider(viewer, app, args.size, args.repeats, args.neck_ratio)
                 except ImportError as error:
                     print(f"## Slider update through the widget: skipped ({error})\n")
     finally:

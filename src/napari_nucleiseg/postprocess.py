@@ -312,15 +312,23 @@ def split_by_shape(labels: np.ndarray, neck_ratio: float, *, min_size: int = 0,
     # The candidates' bounding boxes, each with a pixel of background all round, packed
     # side by side into one small image: distances, cores and the watershed are then
     # whole-array calls, however many objects there are.
-    every_box = ndi.find_objects(labels)
-    boxes = [every_box[i - 1] for i in candidates.tolist()]
-    heights = np.array([box[0].stop - box[0].start + 2 for box in boxes])
-    widths = np.array([box[1].stop - box[1].start + 2 for box in boxes])
-    rows, columns, shape = _pack(heights, widths)
+    which = np.zeros(areas.size, np.int32)  # label -> 1..K for the candidates, 0 for the rest
+    which[candidates] = np.arange(1, candidates.size + 1)
+    pixels = np.flatnonzero(which[labels.ravel()])
+    member = which[labels.ravel()[pixels]]
+    ys, xs = np.divmod(pixels, labels.shape[1])
+    top = np.full(candidates.size + 1, labels.shape[0])
+    left = np.full(candidates.size + 1, labels.shape[1])
+    bottom = np.zeros(candidates.size + 1, np.int64)
+    right = np.zeros(candidates.size + 1, np.int64)
+    np.minimum.at(top, member, ys)
+    np.minimum.at(left, member, xs)
+    np.maximum.at(bottom, member, ys)
+    np.maximum.at(right, member, xs)
+    rows, columns, shape = _pack((bottom - top + 3)[1:], (right - left + 3)[1:])
+    packed = (ys - top[member] + rows[member - 1] + 1) * shape[1] + xs - left[member] + columns[member - 1] + 1
     owner = np.zeros(shape, np.int32)  # 1..K: which candidate a packed pixel belongs to
-    for k, (box, row, column) in enumerate(zip(boxes, rows.tolist(), columns.tolist()), start=1):
-        inside = labels[box] == candidates[k - 1]
-        owner[row + 1 : row + 1 + inside.shape[0], column + 1 : column + 1 + inside.shape[1]][inside] = k
+    owner.ravel()[packed] = member
     objects = owner > 0
     distance = ndi.distance_transform_edt(objects)
     inside = np.flatnonzero(objects)
@@ -360,13 +368,10 @@ def split_by_shape(labels: np.ndarray, neck_ratio: float, *, min_size: int = 0,
     piece_label[ids[first]] = candidates[owners[first] - 1]
     piece_label[ids[~first]] = np.arange(count + 1, new_count + 1)
     result = labels.astype(dtype, copy=True)
-    for k in np.flatnonzero(cut[1:]).tolist():
-        box, row, column = boxes[k], int(rows[k]), int(columns[k])
-        window = pieces[row + 1 : row + 1 + box[0].stop - box[0].start,
-                        column + 1 : column + 1 + box[1].stop - box[1].start]
-        mine = owner[row + 1 : row + 1 + window.shape[0], column + 1 : column + 1 + window.shape[1]] == k + 1
-        mine &= window > 0  # (a part no summit reaches keeps its label)
-        result[box][mine] = piece_label[window[mine]]
+    mine = cut[member]
+    piece = pieces.ravel()[packed[mine]]
+    reached = piece > 0  # (a part no summit reaches keeps its label)
+    result.ravel()[pixels[mine][reached]] = piece_label[piece[reached]]
     return result
 
 
