@@ -81,6 +81,15 @@ def test_outputs_match_the_python_api(capsys, folder, tmp_path, tiny_weights):
     np.testing.assert_allclose(nuclei["area"], expected.table["area"])
 
 
+def test_neck_ratio_is_passed_on_and_recorded(capsys, folder, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    status, _, _ = run(capsys, folder / "a.png", "--out", out, "--weights", tiny_weights["unet"], "--neck-ratio", "0.2")
+    assert status == 0
+    expected = segment(iio.imread(folder / "a.png"), tiny_weights["unet"], neck_ratio=0.2)
+    np.testing.assert_array_equal(tifffile.imread(out / "a_labels.tif"), expected.labels)
+    assert pd.read_csv(out / "counts.csv").loc[0, "neck_ratio"] == 0.2
+
+
 def test_real_image(capsys, dsb_image_paths, tmp_path, tiny_weights):
     source = dsb_image_paths[0]
     status, _, stderr = run(capsys, source, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
@@ -175,6 +184,7 @@ def test_output_folder_that_cannot_be_created(capsys, folder, tmp_path, tiny_wei
         ["x.png", "--out", "o", "--threshold", "1.5"],
         ["x.png", "--out", "o", "--threshold", "high"],
         ["x.png", "--out", "o", "--min-size", "-3"],
+        ["x.png", "--out", "o", "--neck-ratio", "2"],
         ["x.png", "--out", "o", "--model", "resnet"],
         ["x.png", "--out", "o", "--model", "unet", "--weights", "w.safetensors"],
     ],

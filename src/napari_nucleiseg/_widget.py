@@ -216,6 +216,8 @@ class NucleiSegWidget(QWidget):
         self.threshold_slider.setToolTip("Nucleus probability above which a pixel is nucleus")
         self.min_size_spin = QSpinBox(minimum=0, maximum=100_000, suffix=" px", toolTip="Smaller objects are dropped")
         self.split_check = QCheckBox("Split touching nuclei", checked=True)
+        self.split_check.setToolTip("Separate touching nuclei along the boundaries the model predicts, and cut "
+                                    "\"8\"-shaped objects at their neck (as calibrated for the model)")
         self.count_label = QLabel("No segmentation yet")
         self.count_label.setWordWrap(True)
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")

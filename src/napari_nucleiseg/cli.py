@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="segment channel N (from 0) of multichannel images, e.g. the DAPI channel of a "
                           "fluorescence TIFF or the blue of an RGB image (default: gray and RGB images as they are)")
     seg.add_argument("--no-split", dest="split", action="store_false", help="do not separate touching nuclei")
+    seg.add_argument("--neck-ratio", type=_probability, metavar="R",
+                     help="when splitting, cut objects shaped like two nuclei joined by a neck at least R of their "
+                          "thickness deep; 0 turns this off (default: the model's calibrated one)")
     seg.add_argument("--save-probability", action="store_true",
                      help="also write <stem>_probability.tif: float32 (2, H, W), nucleus and boundary")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -179,7 +182,8 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
         shortfall = memory_shortfall(image.shape[:2]) if image.ndim >= 2 else None
         if shortfall is not None:
             raise MemoryError(shortfall)
-        result = segment(image, model, threshold=args.threshold, min_size=args.min_size, split=args.split)
+        result = segment(image, model, threshold=args.threshold, min_size=args.min_size, split=args.split,
+                         neck_ratio=args.neck_ratio)
     except (ImageError, MemoryError, UnreadableImage) as error:
         hint = " Choose one with --channel N." if isinstance(error, ImageError) and _has_channels(image) else ""
         _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}{hint}")
@@ -196,6 +200,7 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
         "threshold": result.threshold,
         "min_size": result.min_size,
         "split": result.split,
+        "neck_ratio": result.neck_ratio if result.split else float("nan"),
     }
     return row, result.table.assign(file=str(job.source))
 
