@@ -186,6 +186,13 @@ def test_labels_from_probabilities_cuts_an_eight_without_a_boundary_when_splitti
         labels_from_probabilities(probabilities, neck_ratio=1.5)
 
 
+@pytest.mark.parametrize("labels", [np.zeros((4, 4, 2), np.uint16), np.zeros((4, 4), np.float32),
+                                    np.full((4, 4), -1, np.int32)])
+def test_the_cut_refuses_what_are_not_labels(labels):
+    with pytest.raises(ValueError, match="labels"):
+        split_by_shape(labels, 0.3)
+
+
 def test_the_cut_goes_to_uint32_when_the_count_passes_uint16():
     labels = scene(EIGHT, *[[d] for d in SINGLES])
     labels[labels > 1] += 65535 - 5  # the singles become 65,531..65,535

@@ -297,8 +297,12 @@ def split_by_shape(labels: np.ndarray, neck_ratio: float, *, min_size: int = 0,
     labels = np.asarray(labels)
     if not 0 <= neck_ratio <= 1:
         raise ValueError(f"neck_ratio must be between 0 and 1, not {neck_ratio}")
+    if labels.ndim != 2 or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be a 2-D (H, W) array of integers, not {labels.dtype} of shape {labels.shape}")
     if neck_ratio == 0 or labels.size == 0:
         return labels
+    if labels.dtype.kind == "i" and labels.min() < 0:
+        raise ValueError("labels must not be negative")
     areas = np.bincount(labels.ravel())
     present = areas[1:][areas[1:] > 0]
     if present.size == 0:
