@@ -187,9 +187,10 @@ def test_neck_ratio_calibration_cuts_eights_that_are_two_nuclei():
                                                  for p, s in zip(probabilities, samples)]))
 
 
-def tiny_weights(folder: Path, name: str = "tiny", fit_steps: int = 0) -> Path:
-    """A tiny UNet saved with ``save_weights``; ``fit_steps`` Adam steps on two ``train`` crops make
-    its probabilities follow the nuclei a little, so that calibration has something to choose."""
+def tiny_weights(folder: Path, name: str = "tiny", fit_steps: int = 0, architecture: str = "unet") -> Path:
+    """A tiny UNet (or ``architecture``) saved with ``save_weights``; ``fit_steps`` Adam steps on two
+    ``train`` crops make its probabilities follow the nuclei a little, so that calibration has something
+    to choose."""
     import torch
 
     from napari_nucleiseg.models import build_model
@@ -197,7 +198,7 @@ def tiny_weights(folder: Path, name: str = "tiny", fit_steps: int = 0) -> Path:
 
     torch.manual_seed(0)
     kwargs = {"base_channels": 4, "depth": 2}
-    network = build_model("unet", **kwargs)
+    network = build_model(architecture, **kwargs)
     if fit_steps:
         pairs = [load_pair(DATA, i) for i in list_ids(DATA, "train")[:2]]
         images = torch.stack([torch.from_numpy(normalize_image(im[:128, :128]).transpose(2, 0, 1).copy())
@@ -209,7 +210,7 @@ def tiny_weights(folder: Path, name: str = "tiny", fit_steps: int = 0) -> Path:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    metadata = {"name": name, "architecture": "unet", "kwargs": kwargs, "threshold": 0.5,
+    metadata = {"name": name, "architecture": architecture, "kwargs": kwargs, "threshold": 0.5,
                 "boundary_threshold": 0.5, "min_size": 10,
                 "normalization": {"method": "percentile", "percentiles": [1.0, 99.8]}}
     return save_weights(folder / f"{name}.safetensors", network.eval(), metadata)
@@ -308,6 +309,53 @@ def test_evaluate_and_calibrate_on_two_images(tmp_path):
     assert original.keys() == copied.keys()
     assert all(copied[k].dtype == original[k].dtype and (copied[k] == original[k]).all() for k in original)
     assert load_weights(calibrated).threshold == best["threshold"]
+
+
+def test_head_sets_tried_for_each_kind_of_model():
+    assert evaluate.head_sets(build_model("unet", base_channels=4, depth=3)) == [None]
+    assert evaluate.head_sets(build_model("hrnet", stem_channels=4, widths=[4, 8, 8], blocks=1)) == [None]
+    assert evaluate.head_sets(build_model("unetpp", base_channels=4, depth=3)) == [None, (1, 2), (2,)]
+
+
+@needs_data
+def test_calibration_chooses_the_heads_a_unetpp_averages(tmp_path):
+    source = tiny_weights(tmp_path / "source", fit_steps=20, architecture="unetpp")
+    out = tmp_path / "out"
+    report = evaluate.main([
+        "--weights", str(source), "--data", str(DATA), "--split", "val", "--limit", "2", "--per-image",
+        str(out / "rows.csv"), "--calibrate", "--thresholds", "0.3", "0.5", "0.7", "--boundary-thresholds", "0.3",
+        "--min-sizes", "0", "--neck-ratios", "0", "--write-weights", str(out / "calibrated"),
+    ])
+
+    calibration = report["calibration"]["tiny"]
+    tried = {None if t["heads"] is None else tuple(t["heads"]): t["dsb_score"] for t in calibration["tried_heads"]}
+    assert list(tried) == [None, (1,)]  # depth 2: two heads, all of them or the deeper one
+    chosen = None if calibration["heads"] is None else tuple(calibration["heads"])
+    assert tried[chosen] == max(tried.values())
+    assert report["results"][0]["metrics"]["dsb_score"] == pytest.approx(tried[chosen])
+    metadata = read_metadata(out / "calibrated" / "tiny.safetensors")
+    assert metadata.get("heads") == calibration["heads"]
+    assert metadata["calibration"]["head_sets"] == [None, [1]]
+    # the written file, as the plugin loads it, gives the reported scores
+    model = load_weights(out / "calibrated" / "tiny.safetensors")
+    best = calibration["best"]
+    rows = list(csv.DictReader((out / "rows.csv").open()))
+    for row in rows[:2]:
+        image, truth = load_pair(DATA, row["image_id"])
+        labels = labels_from_probabilities(predict_probabilities(image, model), best["threshold"],
+                                           min_size=best["min_size"], boundary_threshold=best["boundary_threshold"])
+        assert float(row["dsb_score"]) == pytest.approx(instance_scores(labels, truth)["dsb_score"])
+
+
+def test_a_calibrated_copy_keeps_only_the_heads_it_is_given(tmp_path):
+    network = build_model("unetpp", base_channels=4, depth=3).eval()
+    metadata = {"name": "pp", "architecture": "unetpp", "kwargs": {"base_channels": 4, "depth": 3}, "heads": [2]}
+    source = save_weights(tmp_path / "pp.safetensors", network, metadata)
+    settings = evaluate.Settings(0.5, 0.3, 10)
+    all_heads = evaluate.write_calibrated_weights(source, tmp_path / "a", settings, {}, {})
+    deeper = evaluate.write_calibrated_weights(source, tmp_path / "b", settings, {}, {}, heads=(1, 2))
+    assert "heads" not in read_metadata(all_heads) and load_weights(all_heads).network.inference_heads is None
+    assert read_metadata(deeper)["heads"] == [1, 2] and load_weights(deeper).network.inference_heads == (1, 2)
 
 
 # train.py ------------------------------------------------------------------------------------
@@ -476,6 +524,35 @@ def test_distillation_loss_goes_the_chosen_share_towards_the_teacher():
         assert train.model_loss(network, images, both, 0.25) == pytest.approx(
             0.75 * float(towards_truth) + 0.25 * float(towards_teacher))
     assert float(towards_truth) != pytest.approx(float(towards_teacher))
+
+
+def test_head_weights_weight_the_loss_of_each_unetpp_head():
+    import torch
+
+    network = build_model("unetpp", base_channels=4, depth=3).eval()
+    images = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    truth = torch.from_numpy((np.random.default_rng(0).random((2, 2, 32, 32)) > 0.5).astype(np.float32))
+    with torch.no_grad():
+        each = [float(train.segmentation_loss(o, truth)) for o in network.forward_all(images)]
+        assert float(train.model_loss(network, images, truth)) == pytest.approx(np.mean(each))
+        assert float(train.model_loss(network, images, truth, head_weights=(0, 0, 1))) == pytest.approx(each[2])
+        assert float(train.model_loss(network, images, truth, head_weights=(1, 2, 2))) == pytest.approx(
+            (each[0] + 2 * each[1] + 2 * each[2]) / 5)
+        with pytest.raises(ValueError, match="2 head weights"):
+            train.model_loss(network, images, truth, head_weights=(1, 1))
+    assert len(set(round(e, 6) for e in each)) == 3
+
+
+@needs_data
+def test_head_weights_are_recorded_and_checked(tmp_path):
+    args = ["--data", str(DATA), "--limit", "2", "--max-batches", "1", "--batch-size", "2", "--crop-size", "64",
+            "--workers", "0", "--epochs", "1", "--val-split", "", "--depth", "2"]
+    train.main(["--model", "unetpp", *args, "--head-weights", "1", "3", "--out", str(tmp_path / "pp")])
+    assert read_metadata(tmp_path / "pp" / "best.safetensors")["training"]["head_weights"] == [1.0, 3.0]
+    with pytest.raises(SystemExit, match="needs 2 non-negative weights"):
+        train.main(["--model", "unetpp", *args, "--head-weights", "1", "2", "2", "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="applies to UNet\\+\\+"):
+        train.main(["--model", "unet", *args, "--head-weights", "1", "--out", str(tmp_path / "bad")])
 
 
 def test_teacher_averaged_over_flips_undoes_each_flip():

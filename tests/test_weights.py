@@ -192,3 +192,29 @@ def test_file_from_a_newer_format(tmp_path):
 def test_saving_needs_architecture_and_kwargs(tmp_path):
     with pytest.raises(ValueError, match="architecture"):
         save_weights(tmp_path / "x.safetensors", build_tiny("unet"), {"kwargs": {}})
+
+
+def test_a_unetpp_file_names_the_heads_its_inference_averages(tmp_path):
+    network = build_tiny("unetpp")
+    all_heads = load_weights(save_weights(tmp_path / "all.safetensors", network, tiny_metadata("unetpp")))
+    deep = load_weights(save_weights(tmp_path / "deep.safetensors", network, tiny_metadata("unetpp") | {"heads": [1, 2]}))
+
+    assert all_heads.network.inference_heads is None
+    assert deep.network.inference_heads == (1, 2)
+    x = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        heads = deep.network.forward_all(x)
+        torch.testing.assert_close(deep.network(x), (heads[1] + heads[2]) / 2)
+        torch.testing.assert_close(all_heads.network(x), (heads[0] + heads[1] + heads[2]) / 3, rtol=0, atol=1e-5)
+        assert not torch.allclose(deep.network(x), all_heads.network(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("heads", [[3], [], [1, 1], [-1], ["2"], 2, [1.0]])
+def test_bad_heads_in_a_unetpp_file(tmp_path, heads):
+    path = save_weights(tmp_path / "heads.safetensors", build_tiny("unetpp"), tiny_metadata("unetpp") | {"heads": heads})
+    _expect_error(path, "heads", "0 to 2")
+
+
+def test_heads_in_a_single_output_model_file(tmp_path):
+    path = save_weights(tmp_path / "unet-heads.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"heads": [0]})
+    _expect_error(path, "single output")

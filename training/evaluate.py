@@ -11,6 +11,10 @@ a copy of each weights file, with those values and the metrics they reach, to a 
     python training/evaluate.py --weights runs/unet/best.safetensors --split val \
         --calibrate --write-weights weights/
 
+A UNet++ averages several output heads; with ``--calibrate`` the heads are chosen too: all of
+them, or only the deepest ``k`` (:func:`head_sets`), each set run through the whole grid, the
+best kept (written to the file as ``heads``).
+
 Every model runs once per image (:func:`predict_probabilities`, as in the plugin); the
 probability maps are kept and re-thresholded for the no-splitting baseline and the grid
 search (:func:`labels_from_probabilities`, as in the plugin).
@@ -166,6 +170,17 @@ def predict_all(model, samples: list[Sample], log=None) -> list[np.ndarray]:
     return probabilities
 
 
+def head_sets(network) -> list[tuple[int, ...] | None]:
+    """The sets of output heads calibration tries for ``network``: ``[None]`` (its only output)
+    for a single-output model; for a UNet++ with ``n`` heads, all of them (None) and then the
+    deepest ``n - 1``, ..., the deepest one alone (its shallow heads see least of each nucleus).
+    """
+    count = len(getattr(network, "heads", ()))
+    if count < 2:
+        return [None]
+    return [None] + [tuple(range(first, count)) for first in range(1, count)]
+
+
 def dsb_scores_by_min_size(labels: np.ndarray, truth: np.ndarray, min_sizes) -> list[float]:
     """DSB2018 score of ``labels`` without the objects under each of ``min_sizes`` pixels.
 
@@ -230,12 +245,13 @@ def calibrate_splitting(probabilities: list[np.ndarray], samples: list[Sample], 
 
 
 def write_calibrated_weights(source: Path, destination: Path, settings: Settings, metrics: dict,
-                             calibration: dict) -> Path:
+                             calibration: dict, heads: tuple[int, ...] | None = None) -> Path:
     """Copy ``source`` into the folder ``destination`` as ``<name>.safetensors`` with new settings and metrics.
 
     The tensors are copied unchanged (float16 stays float16); the metadata gets the
-    calibrated ``threshold``, ``boundary_threshold``, ``min_size`` and ``neck_ratio``, and ``metrics``
-    merged into its ``"metrics"``. Refuses to overwrite ``source`` itself.
+    calibrated ``threshold``, ``boundary_threshold``, ``min_size`` and ``neck_ratio``, the output
+    ``heads`` to average (None: all; the key is then left out), and ``metrics`` merged into its
+    ``"metrics"``. Refuses to overwrite ``source`` itself.
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -257,6 +273,9 @@ def write_calibrated_weights(source: Path, destination: Path, settings: Settings
         "metrics": {**metadata.get("metrics", {}), **metrics},
         "calibration": calibration,
     })
+    metadata.pop("heads", None)
+    if heads is not None:
+        metadata["heads"] = list(heads)
     header[METADATA_KEY] = json.dumps(metadata)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
@@ -341,23 +360,43 @@ def main(argv=None) -> dict:
         if any(result["method"] == name for result in results):  # two files of one model: tell them apart
             name = f"{name} ({path})"
         log(f"{name} ({path}): {device}")
-        start = time.perf_counter()
-        probabilities = predict_all(model, samples, log)
-        inference_seconds = time.perf_counter() - start
-        settings = Settings(model.threshold, model.boundary_threshold, model.min_size, model.neck_ratio)
-        if args.calibrate:
+        candidates = head_sets(model.network) if args.calibrate else [getattr(model.network, "inference_heads", None)]
+        best, tried = None, []
+        for heads in candidates:
+            if len(candidates) > 1:
+                model.network.inference_heads = heads
+                log(f"  output heads averaged: {'all' if heads is None else list(heads)}")
             start = time.perf_counter()
-            settings, grid = calibrate(probabilities, samples, args.thresholds, args.boundary_thresholds,
-                                       args.min_sizes, log)
-            settings, splitting = calibrate_splitting(probabilities, samples, settings, args.boundary_thresholds,
-                                                      args.neck_ratios, log)
-            calibrations[name] = {"best": vars(settings), "seconds": round(time.perf_counter() - start, 1),
+            trial = {"heads": heads, "probabilities": predict_all(model, samples, log), "score": 0.0, "entry": None,
+                     "settings": Settings(model.threshold, model.boundary_threshold, model.min_size, model.neck_ratio)}
+            trial["inference_seconds"] = time.perf_counter() - start
+            if args.calibrate:
+                start = time.perf_counter()
+                settings, grid = calibrate(trial["probabilities"], samples, args.thresholds,
+                                           args.boundary_thresholds, args.min_sizes, log)
+                settings, splitting = calibrate_splitting(trial["probabilities"], samples, settings,
+                                                          args.boundary_thresholds, args.neck_ratios, log)
+                trial["settings"], trial["score"] = settings, max(point["dsb_score"] for point in splitting)
+                trial["entry"] = {"best": vars(settings), "seconds": round(time.perf_counter() - start, 1),
                                   "grid": grid, "splitting": splitting}
-            log(f"  calibrated: {settings}")
+                tried.append({"heads": None if heads is None else list(heads), "dsb_score": trial["score"],
+                              "settings": vars(settings)})
+                log(f"  calibrated: {settings} (DSB2018 score {trial['score']:.4f})")
+            if best is None or trial["score"] > best["score"]:
+                best = trial  # ties keep the earlier set: all heads first
+        probabilities, settings, best_heads = best["probabilities"], best["settings"], best["heads"]
+        inference_seconds = best["inference_seconds"]
+        if best["entry"] is not None:
+            calibrations[name] = best["entry"]
+        if len(candidates) > 1:
+            model.network.inference_heads = best_heads
+            calibrations[name].update(heads=None if best_heads is None else list(best_heads), tried_heads=tried)
+            log(f"  output heads kept: {'all' if best_heads is None else list(best_heads)}")
         start = time.perf_counter()
         for method, split in ((name, True), (f"{name}, no splitting", False)):
             summary, rows = score_method(method, (settings.label(p, split) for p in probabilities), samples)
             results.append({"method": method, "weights": str(path), "split_nuclei": split,
+                            **({"heads": list(best_heads)} if best_heads is not None else {}),
                             "settings": settings.describe(split), **({"parameters": vars(settings)} if split else {}),
                             "metrics": summary})
             per_image += rows
@@ -370,10 +409,12 @@ def main(argv=None) -> dict:
                        "calibrated_on": f"{split_name} ({len(samples)} images)"}
             calibration = {"objective": "mean DSB2018 instance score, splitting on",
                            "thresholds": list(args.thresholds), "boundary_thresholds": list(args.boundary_thresholds),
-                           "min_sizes": list(args.min_sizes), "neck_ratios": list(args.neck_ratios)}
+                           "min_sizes": list(args.min_sizes), "neck_ratios": list(args.neck_ratios),
+                           **({"head_sets": [None if h is None else list(h) for h in candidates]}
+                              if len(candidates) > 1 else {})}
             if str(Path(args.write_weights) / f"{model.name}{WEIGHTS_SUFFIX}") in written:
                 raise SystemExit(f"two of the weights files are named {model.name!r}; calibrate them separately")
-            target = write_calibrated_weights(path, args.write_weights, settings, metrics, calibration)
+            target = write_calibrated_weights(path, args.write_weights, settings, metrics, calibration, best_heads)
             written.append(str(target))
             log(f"  wrote {target}")
 

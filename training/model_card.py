@@ -124,13 +124,24 @@ def card(path: Path) -> str:
         reproduce + calibration_steps(meta),
         f"- calibrated on {meta['metrics'].get('calibrated_on', 'val')}: threshold {meta['threshold']}, "
         f"boundary threshold {meta['boundary_threshold']}, minimum size {meta['min_size']} px, "
-        f"neck ratio {meta.get('neck_ratio', 0)}" + ("" if meta.get("neck_ratio") else " (no cut by shape)"),
+        f"neck ratio {meta.get('neck_ratio', 0)}" + ("" if meta.get("neck_ratio") else " (no cut by shape)")
+        + heads_note(meta),
         f"- val, splitting on: mean IoU {val['mean_iou']:.3f}, DSB2018 score {val['dsb_score']:.3f}, "
         f"F1 @ 0.5 {val['f1_iou50']:.3f}, median count error {val['count_error_median']:.1%}",
         f"- falls short of: {', '.join(missed)}" if missed else "- meets every target",
         *kind_lines(val),
         "",
     ])
+
+
+def heads_note(meta: dict) -> str:
+    """For a UNet++ file: which of its output heads inference averages (calibrated with the thresholds)."""
+    if "heads" in meta:
+        chosen = ", ".join(str(h) for h in meta["heads"])
+        return f"; output heads averaged: {chosen} of 0-{meta['kwargs'].get('depth', 3) - 1} (0 = shallowest)"
+    if "head_sets" in meta.get("calibration", {}):
+        return "; output heads averaged: all"
+    return ""
 
 
 def calibration_steps(meta: dict) -> str:

@@ -97,8 +97,11 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 
 def model_loss(network: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
-               distill_weight: float = 0.5) -> torch.Tensor:
+               distill_weight: float = 0.5, head_weights: tuple[float, ...] | None = None) -> torch.Tensor:
     """The loss, averaged over UNet++'s deep-supervision heads where the model has them.
+
+    ``head_weights`` (one per head, shallowest first) weight that average; by default
+    every head counts the same.
 
     ``targets`` with four channels hold a teacher's probabilities after the true
     targets: the loss is then ``(1 - distill_weight)`` times the loss towards the truth
@@ -111,7 +114,10 @@ def model_loss(network: torch.nn.Module, images: torch.Tensor, targets: torch.Te
                   for o in outputs]
     else:
         losses = [segmentation_loss(o, targets) for o in outputs]
-    return sum(losses) / len(losses)
+    weights = head_weights if head_weights is not None and len(outputs) > 1 else (1.0,) * len(outputs)
+    if len(weights) != len(outputs):
+        raise ValueError(f"{len(weights)} head weights for a model with {len(outputs)} heads")
+    return sum(w * loss for w, loss in zip(weights, losses)) / sum(weights)
 
 
 #: The flips and transposition a teacher's prediction is averaged over (``--teacher-tta``):
@@ -224,6 +230,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="average the teacher's probabilities over 4 flips/transpositions (4x its time, once)")
     parser.add_argument("--distill-weight", type=float, default=0.5,
                         help="with --teacher, the share of the loss that goes towards the teacher (0-1)")
+    parser.add_argument("--head-weights", type=float, nargs="+", default=None,
+                        help="UNet++: the weight of each deep-supervision head's loss, shallowest first (default: "
+                             "equal), e.g. 1 2 2 to favour the deeper heads")
     parser.add_argument("--patience", type=int, default=8, help="epochs without val improvement before stopping")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -282,6 +291,13 @@ def main(argv=None) -> dict:
         continued_from = {"file": str(args.init), **{k: earlier[k] for k in ("epochs", "minutes", "command", "continued_from")
                                                      if k in earlier}}
         print(f"initialised from {args.init}", flush=True)
+    head_weights = None
+    if args.head_weights is not None:
+        heads = len(network.heads) if hasattr(network, "forward_all") else 1
+        if heads == 1 or len(args.head_weights) != heads or min(args.head_weights) < 0 or sum(args.head_weights) <= 0:
+            raise SystemExit(f"--head-weights needs {heads} non-negative weights, not all 0, for this model"
+                             if heads > 1 else f"--head-weights applies to UNet++, not {args.model}")
+        head_weights = tuple(args.head_weights)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
     if args.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr / 100)
@@ -325,7 +341,7 @@ def main(argv=None) -> dict:
         for batch_index, (images, targets) in enumerate(loader):
             if args.max_batches is not None and batch_index >= args.max_batches:
                 break
-            loss = model_loss(network, images.to(device), targets.to(device), args.distill_weight)
+            loss = model_loss(network, images.to(device), targets.to(device), args.distill_weight, head_weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -357,6 +373,7 @@ def main(argv=None) -> dict:
                     **({"continued_from": continued_from} if continued_from else {}),
                     **({"teacher": {"file": str(args.teacher), "tta": args.teacher_tta,
                                     "weight": args.distill_weight}} if args.teacher else {}),
+                    **({"head_weights": list(head_weights)} if head_weights else {}),
                 },
                 "metrics": {"val_during_training": {k: round(v, 4) for k, v in scores.items()}},
             }

@@ -269,6 +269,17 @@ def load_weights(source: str | Path) -> NucleiModel:
     state = {k: v.to(expected[k].dtype) for k, v in tensors.items()}
     network.load_state_dict(state)
     network.eval()
+    if "heads" in metadata:
+        available = len(getattr(network, "heads", ()))
+        heads = metadata["heads"]
+        if available < 2:
+            raise WeightsError(f"{path.name}: it names heads {heads!r} to average, but a "
+                               f"{metadata['architecture']!r} model has a single output.")
+        if not (isinstance(heads, list) and heads and len(set(heads)) == len(heads)
+                and all(type(h) is int and 0 <= h < available for h in heads)):
+            raise WeightsError(f"{path.name}: its heads {heads!r} are not distinct indices of the model's "
+                               f"{available} output heads (0 to {available - 1}).")
+        network.inference_heads = tuple(heads)
     if not all(torch.isfinite(p).all() for p in network.parameters()):
         raise WeightsError(f"{path.name}: the weights hold NaN or infinite values.")
     name = metadata.get("name") or path.stem

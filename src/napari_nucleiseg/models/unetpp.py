@@ -14,8 +14,11 @@ class UNetPlusPlus(nn.Module):
     Node ``X[i][j]`` sits at resolution level ``i`` and nesting column ``j``; it
     sees every earlier node of its level plus the upsampled node ``X[i+1][j-1]``.
     Each top-row node ``X[0][j]`` (``j >= 1``) has its own 1x1 head: training
-    supervises all of them (:meth:`forward_all`), inference averages them
-    (the "accurate" mode of the paper).
+    supervises all of them (:meth:`forward_all`), inference averages the logits of
+    :attr:`inference_heads` (default: all of them, the "accurate" mode of the paper).
+    A weights file can name fewer (its ``heads``, chosen on validation images like
+    the thresholds): the shallowest head sees only a few pixels around each one, and
+    leaving it out of the average can sharpen the boundaries between nuclei.
 
     Parameters
     ----------
@@ -39,6 +42,8 @@ class UNetPlusPlus(nn.Module):
                 self.upsamplers[f"{i}_{j}"] = nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
                 self.nodes[f"{i}_{j}"] = ConvBlock(widths[i] * (j + 1), widths[i])
         self.heads = nn.ModuleList(nn.Conv2d(widths[0], out_channels, 1) for _ in range(depth))
+        #: Indices of the heads (0 = shallowest) averaged by :meth:`forward`; None: all.
+        self.inference_heads: tuple[int, ...] | None = None
 
     def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every deep-supervision head, shallowest first, each ``(B, K, H, W)``."""
@@ -55,4 +60,6 @@ class UNetPlusPlus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = self.forward_all(x)
+        if self.inference_heads is not None:
+            outputs = [outputs[index] for index in self.inference_heads]
         return torch.stack(outputs).mean(dim=0)
