@@ -549,6 +549,10 @@ def test_head_weights_are_recorded_and_checked(tmp_path):
             "--workers", "0", "--epochs", "1", "--val-split", "", "--depth", "2"]
     train.main(["--model", "unetpp", *args, "--head-weights", "1", "3", "--out", str(tmp_path / "pp")])
     assert read_metadata(tmp_path / "pp" / "best.safetensors")["training"]["head_weights"] == [1.0, 3.0]
+    assert "heads" not in read_metadata(tmp_path / "pp" / "best.safetensors")
+    # a head weighted 0 is not trained, so the file's inference leaves it out
+    train.main(["--model", "unetpp", *args, "--head-weights", "0", "1", "--out", str(tmp_path / "deep")])
+    assert load_weights(tmp_path / "deep" / "best.safetensors").network.inference_heads == (1,)
     with pytest.raises(SystemExit, match="needs 2 non-negative weights"):
         train.main(["--model", "unetpp", *args, "--head-weights", "1", "2", "2", "--out", str(tmp_path / "bad")])
     with pytest.raises(SystemExit, match="applies to UNet\\+\\+"):

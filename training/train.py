@@ -232,7 +232,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --teacher, the share of the loss that goes towards the teacher (0-1)")
     parser.add_argument("--head-weights", type=float, nargs="+", default=None,
                         help="UNet++: the weight of each deep-supervision head's loss, shallowest first (default: "
-                             "equal), e.g. 1 2 2 to favour the deeper heads")
+                             "equal), e.g. 1 2 2 to favour the deeper heads; heads weighted 0 are left out of "
+                             "inference too (the file's heads)")
     parser.add_argument("--patience", type=int, default=8, help="epochs without val improvement before stopping")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -298,6 +299,8 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--head-weights needs {heads} non-negative weights, not all 0, for this model"
                              if heads > 1 else f"--head-weights applies to UNet++, not {args.model}")
         head_weights = tuple(args.head_weights)
+        if 0 in head_weights:  # an untrained head would only blur the average: validate (and save) without it
+            network.inference_heads = tuple(i for i, weight in enumerate(head_weights) if weight > 0)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
     if args.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr / 100)
@@ -364,6 +367,7 @@ def main(argv=None) -> dict:
                 "kwargs": kwargs,
                 "normalization": {"method": "percentile", "percentiles": list(DEFAULT_PERCENTILES)},
                 "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 10,
+                **({"heads": list(network.inference_heads)} if getattr(network, "inference_heads", None) else {}),
                 "training": {
                     "data": f"DSB2018 stage1_train (fixed masks), split {args.train_split!r}: {len(train_pairs)} images",
                     "epochs": epoch, "crop_size": args.crop_size, "batch_size": args.batch_size, "lr": args.lr,
