@@ -333,6 +333,7 @@ def test_calibration_chooses_the_heads_a_unetpp_averages(tmp_path):
     chosen = None if calibration["heads"] is None else tuple(calibration["heads"])
     assert tried[chosen] == max(tried.values())
     assert report["results"][0]["metrics"]["dsb_score"] == pytest.approx(tried[chosen])
+    assert report["results"][0]["settings"].endswith("" if chosen is None else "(heads 1)")
     metadata = read_metadata(out / "calibrated" / "tiny.safetensors")
     assert metadata.get("heads") == calibration["heads"]
     assert metadata["calibration"]["head_sets"] == [None, [1]]

@@ -397,7 +397,8 @@ def main(argv=None) -> dict:
             summary, rows = score_method(method, (settings.label(p, split) for p in probabilities), samples)
             results.append({"method": method, "weights": str(path), "split_nuclei": split,
                             **({"heads": list(best_heads)} if best_heads is not None else {}),
-                            "settings": settings.describe(split), **({"parameters": vars(settings)} if split else {}),
+                            "settings": settings.describe(split) + _heads_note(best_heads),
+                            **({"parameters": vars(settings)} if split else {}),
                             "metrics": summary})
             per_image += rows
         postprocess_seconds = time.perf_counter() - start
@@ -444,6 +445,11 @@ def main(argv=None) -> dict:
             writer.writeheader()
             writer.writerows(per_image)
     return report
+
+
+def _heads_note(heads: tuple[int, ...] | None) -> str:
+    """The output heads a UNet++ averaged, for the table's settings column ("" for all or one)."""
+    return "" if heads is None else f" (heads {', '.join(str(h) for h in heads)})"
 
 
 def _rounded(metrics: dict) -> dict:
