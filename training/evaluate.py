@@ -100,7 +100,7 @@ class Settings:
                                          boundary_threshold=self.boundary_threshold, neck_ratio=self.neck_ratio)
 
     def describe(self, split: bool = True) -> str:
-        boundary = f"{self.boundary_threshold:.2f}" if split else "-"
+        boundary = f"{self.boundary_threshold:g}" if split else "-"
         neck = f"{self.neck_ratio:g}" if split else "-"
         return f"{self.threshold:.2f} / {boundary} / {self.min_size} / {neck}"
 
