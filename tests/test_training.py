@@ -490,6 +490,20 @@ def test_model_card_names_the_teacher_of_a_distilled_run():
     assert not any("distilled" in line for line in model_card.training_lines(first | {"hardware": "x", "device": "cpu"}))
 
 
+def test_model_card_names_the_head_weights_of_a_unetpp_run():
+    first = {"epochs": 4, "minutes": 10.0, "command": "python training/train.py --model unetpp --out runs/a"}
+    weighted = {"epochs": 6, "minutes": 30.0, "hardware": "x86_64", "device": "cpu", "continued_from": first,
+                "command": "python training/train.py --model unetpp --out runs/b --head-weights 0 1 1 --seed 3"}
+    lines = [line for line in model_card.training_lines(weighted) if "output heads" in line]
+    assert lines == ["- run 2 of these weighted the loss of UNet++'s output heads (shallowest first) 0 : 1 : 1; "
+                     "a head weighted 0 is left out of the file's inference too"]
+    meta = {"heads": [1, 2], "kwargs": {"depth": 3}}
+    assert model_card.heads_note(meta) == "; output heads averaged: 1, 2 of 0-2 (0 = shallowest)"
+    assert model_card.heads_note({"kwargs": {"depth": 3}, "calibration": {"head_sets": [None, [1, 2], [2]]}}) == \
+        "; output heads averaged: all"
+    assert model_card.heads_note({"kwargs": {"depth": 4}}) == ""
+
+
 @needs_data
 def test_teacher_maps_are_warped_with_the_crop_they_belong_to():
     image, labels = load_pair(DATA, list_ids(DATA, "train")[0])

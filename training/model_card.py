@@ -96,6 +96,12 @@ def training_lines(training: dict) -> list[str]:
             lines.append(f"- run {number} of these was distilled from `{teacher.group(1)}`: the loss went "
                          f"{float(weight.group(1)) if weight else 0.5:.0%} towards that model's probabilities on the "
                          f"training images{averaged} (warped with each crop), the rest towards the true masks")
+        head_weights = re.search(r"--head-weights((?:[ =][0-9.]+)+)", stage.get("command", ""))
+        if head_weights:
+            weights = head_weights.group(1).replace("=", " ").split()
+            lines.append(f"- run {number} of these weighted the loss of UNet++'s output heads (shallowest first) "
+                         f"{' : '.join(weights)}" + ("; a head weighted 0 is left out of the file's inference too"
+                                                     if any(float(w) == 0 for w in weights) else ""))
     commands = [f"`{stage['command']}`" for stage in stages if "command" in stage]
     lines.append("- reproduce: " + ", then ".join(commands) + ", then ")
     return lines
