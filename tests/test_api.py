@@ -69,6 +69,21 @@ def test_the_models_neck_ratio_cuts_by_shape_unless_overridden(tiny_weights, tmp
     assert segment(IMAGE, tiny_weights["unet"]).neck_ratio == 0.0  # a file without one: no cut by shape
 
 
+def test_the_models_seed_min_size_is_used_unless_overridden(tiny_weights, tmp_path):
+    from napari_nucleiseg.weights import save_weights
+
+    from conftest import build_tiny, tiny_metadata
+
+    path = save_weights(tmp_path / "seeded.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"seed_min_size": 40})
+    result = segment(IMAGE, path)
+    assert result.seed_min_size == 40
+    np.testing.assert_array_equal(result.labels, labels_from_probabilities(
+        result.probabilities, TINY_THRESHOLD, min_size=TINY_MIN_SIZE, boundary_threshold=TINY_BOUNDARY_THRESHOLD,
+        seed_min_size=40))
+    assert segment(IMAGE, path, seed_min_size=0).seed_min_size == 0
+    assert segment(IMAGE, tiny_weights["unet"]).seed_min_size == 0  # a file without one: every seed counts
+
+
 def test_explicit_settings_are_used(tiny_weights):
     result = segment(IMAGE, tiny_weights["hrnet"], threshold=0.6, min_size=3, split=False, boundary_threshold=0.2)
     assert (result.threshold, result.min_size, result.split, result.boundary_threshold) == (0.6, 3, False, 0.2)
@@ -142,7 +157,8 @@ def test_bad_weights_file_is_a_weights_error(tmp_path):
 
 
 @pytest.mark.parametrize("settings", [{"threshold": 1.5}, {"threshold": float("nan")}, {"min_size": -1},
-                                      {"boundary_threshold": -0.1}, {"neck_ratio": 1.5}])
+                                      {"boundary_threshold": -0.1}, {"neck_ratio": 1.5}, {"seed_min_size": -3},
+                                      {"seed_min_size": 2.5}])
 def test_bad_settings_are_value_errors(tiny_weights, settings):
     with pytest.raises(ValueError):
         segment(IMAGE, tiny_weights["unet"], **settings)

@@ -88,6 +88,7 @@ def test_neck_ratio_is_passed_on_and_recorded(capsys, folder, tmp_path, tiny_wei
     expected = segment(iio.imread(folder / "a.png"), tiny_weights["unet"], neck_ratio=0.2)
     np.testing.assert_array_equal(tifffile.imread(out / "a_labels.tif"), expected.labels)
     assert pd.read_csv(out / "counts.csv").loc[0, "neck_ratio"] == 0.2
+    assert pd.read_csv(out / "counts.csv").loc[0, "seed_min_size"] == 0  # the file's: every seed counts
 
 
 def test_real_image(capsys, dsb_image_paths, tmp_path, tiny_weights):

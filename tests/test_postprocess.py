@@ -414,3 +414,27 @@ def test_many_nuclei():
 def test_bad_inputs_are_value_errors(labels, image):
     with pytest.raises(ValueError):
         measure_nuclei(labels, image)
+
+
+def test_a_speck_of_seed_does_not_split_a_nucleus_but_a_real_seed_does():
+    # Two touching disks with a faint boundary line between them, and inside the left disk a
+    # speck where the boundary channel dips (3 px): every seed counts -> the speck splits the
+    # left nucleus in two; seeds of >= 10 px -> the speck is flooded from its nucleus's seed.
+    yy, xx = np.indices((40, 70))
+    left, right = (yy - 20) ** 2 + (xx - 22) ** 2 <= 144, (yy - 20) ** 2 + (xx - 45) ** 2 <= 144
+    probabilities = np.zeros((2, 40, 70), np.float32)
+    probabilities[0] = left | right
+    probabilities[1][left | right] = 0.001
+    probabilities[1][:, 33:35] = 0.5  # the boundary between the two
+    probabilities[1][(yy - 20) ** 2 + (xx - 22) ** 2 <= 36] = 0.5  # a ring in the left disk...
+    probabilities[1][20, 21:24] = 0.001  # ...around a speck of 3 px that could seed
+    options = dict(min_size=0, boundary_threshold=0.01)
+
+    assert count_nuclei(labels_from_probabilities(probabilities, **options)) == 3
+    labels = labels_from_probabilities(probabilities, seed_min_size=10, **options)
+    assert count_nuclei(labels) == 2
+    assert labels[20, 22] == labels[20, 10] != labels[20, 45]  # the speck went with its own disk
+    assert np.array_equal(labels > 0, left | right)
+    assert count_nuclei(labels_from_probabilities(probabilities, seed_min_size=10, split=False, **options)) == 1
+    with pytest.raises(ValueError, match="seed_min_size"):
+        labels_from_probabilities(probabilities, seed_min_size=2.5)

@@ -187,6 +187,35 @@ def test_neck_ratio_calibration_cuts_eights_that_are_two_nuclei():
                                                  for p, s in zip(probabilities, samples)]))
 
 
+def test_seed_size_calibration_ignores_specks_that_split_a_nucleus(tmp_path):
+    # Two touching disks with a faint boundary between them; in the left one a 3-px speck
+    # where the boundary channel dips: counted as a seed, it cuts the left nucleus in two.
+    yy, xx = np.indices((40, 70))
+    left, right = (yy - 20) ** 2 + (xx - 22) ** 2 <= 144, (yy - 20) ** 2 + (xx - 45) ** 2 <= 144
+    truth = (left * 1 + (right & ~left) * 2).astype(np.int32)
+    probabilities = np.zeros((2, 40, 70), np.float32)
+    probabilities[0] = truth > 0
+    probabilities[1][truth > 0] = 0.001
+    probabilities[1][:, 33:35] = 0.5
+    probabilities[1][(yy - 20) ** 2 + (xx - 22) ** 2 <= 36] = 0.5
+    probabilities[1][20, 21:24] = 0.001
+    samples = [evaluate.Sample("speck", np.zeros((40, 70, 3), np.uint8), truth)]
+
+    best, points = evaluate.calibrate_splitting([probabilities], samples, evaluate.Settings(0.5, 0.01, 0), [0.01],
+                                                [0.0], seed_min_sizes=[0, 10])
+
+    scores = {point.get("seed_min_size", 0): point["dsb_score"] for point in points}
+    assert best.seed_min_size == 10 and scores[10] > scores[0]
+    assert scores[10] == pytest.approx(instance_scores(best.label(probabilities), truth)["dsb_score"])
+    target = evaluate.write_calibrated_weights(
+        save_weights(tmp_path / "s.safetensors", build_model("unet", base_channels=4, depth=2),
+                     {"name": "s", "architecture": "unet", "kwargs": {"base_channels": 4, "depth": 2}}),
+        tmp_path / "cal", best, {}, {})
+    assert read_metadata(target)["seed_min_size"] == 10 and load_weights(target).seed_min_size == 10
+    assert "seed_min_size" not in read_metadata(evaluate.write_calibrated_weights(
+        target, tmp_path / "cal0", evaluate.Settings(0.5, 0.01, 0), {}, {}))
+
+
 def tiny_weights(folder: Path, name: str = "tiny", fit_steps: int = 0, architecture: str = "unet") -> Path:
     """A tiny UNet (or ``architecture``) saved with ``save_weights``; ``fit_steps`` Adam steps on two
     ``train`` crops make its probabilities follow the nuclei a little, so that calibration has something

@@ -218,3 +218,14 @@ def test_bad_heads_in_a_unetpp_file(tmp_path, heads):
 def test_heads_in_a_single_output_model_file(tmp_path):
     path = save_weights(tmp_path / "unet-heads.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"heads": [0]})
     _expect_error(path, "single output")
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "8", True])
+def test_bad_seed_min_size_in_a_file(tmp_path, value):
+    path = save_weights(tmp_path / "seeds.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"seed_min_size": value})
+    _expect_error(path, "seed_min_size")
+
+
+def test_seed_min_size_is_read_from_a_file(tmp_path):
+    path = save_weights(tmp_path / "seeds.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"seed_min_size": 16})
+    assert load_weights(path).seed_min_size == 16

@@ -259,13 +259,14 @@ def test_splitting_cuts_an_eight_by_its_shape_with_the_models_neck_ratio(viewer_
     from conftest import build_tiny, tiny_metadata
 
     viewer, widget = viewer_and_widget
-    necked = save_weights(tmp_path / "necked.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"neck_ratio": 0.3})
+    necked = save_weights(tmp_path / "necked.safetensors", build_tiny("unet"),
+                          tiny_metadata("unet") | {"neck_ratio": 0.3, "seed_min_size": 4})
     assert widget.set_weights_file(necked)
     viewer.add_image(joined_pair(), name="eight")
     widget.split_check.setChecked(True)
     click_segment(qtbot, widget)
     (labels,) = labels_layers(viewer)
-    assert widget._cache.neck_ratio == 0.3
+    assert widget._cache.neck_ratio == 0.3 and widget._cache.seed_min_size == 4
     assert labels.data.max() == 6 and shown_count(widget) == 6
     halves = labels.data[32, 25], labels.data[32, 53]
     assert 0 not in halves and halves[0] != halves[1]

@@ -94,15 +94,18 @@ class Settings:
     boundary_threshold: float
     min_size: int
     neck_ratio: float = 0.0
+    seed_min_size: int = 0
 
     def label(self, probabilities: np.ndarray, split: bool = True) -> np.ndarray:
         return labels_from_probabilities(probabilities, self.threshold, min_size=self.min_size, split=split,
-                                         boundary_threshold=self.boundary_threshold, neck_ratio=self.neck_ratio)
+                                         boundary_threshold=self.boundary_threshold, neck_ratio=self.neck_ratio,
+                                         seed_min_size=self.seed_min_size)
 
     def describe(self, split: bool = True) -> str:
         boundary = f"{self.boundary_threshold:g}" if split else "-"
         neck = f"{self.neck_ratio:g}" if split else "-"
-        return f"{self.threshold:.2f} / {boundary} / {self.min_size} / {neck}"
+        seeds = f", seeds >= {self.seed_min_size} px" if split and self.seed_min_size else ""
+        return f"{self.threshold:.2f} / {boundary} / {self.min_size} / {neck}{seeds}"
 
 
 def load_samples(data: Path, split: str | None, limit: int | None = None) -> list[Sample]:
@@ -221,26 +224,31 @@ def calibrate(probabilities: list[np.ndarray], samples: list[Sample], thresholds
 
 
 def calibrate_splitting(probabilities: list[np.ndarray], samples: list[Sample], settings: Settings,
-                        boundary_thresholds, neck_ratios, log=None) -> tuple[Settings, list[dict]]:
+                        boundary_thresholds, neck_ratios, log=None,
+                        seed_min_sizes=(0,)) -> tuple[Settings, list[dict]]:
     """``settings`` with the boundary threshold and neck ratio of the highest mean DSB2018 score, and each score.
 
     Runs after :func:`calibrate`, whose threshold and minimum size it keeps: the two ways of
     separating nuclei are chosen together, since a cut by shape can take over from boundary
-    seeds (neck ratio 0, no cut by shape, gives back :func:`calibrate`'s points). Ties go to
-    the first point (neck ratios in the outer loop).
+    seeds (neck ratio 0, no cut by shape, gives back :func:`calibrate`'s points), and with
+    them the smallest seed (``seed_min_sizes``; 0: every seed counts). Ties go to the first
+    point (seed sizes, then neck ratios in the outer loops).
     """
     grid, best, best_score = [], settings, -1.0
-    for ratio in neck_ratios:
-        for boundary_threshold in boundary_thresholds:
-            trial = Settings(settings.threshold, float(boundary_threshold), settings.min_size, float(ratio))
-            score = float(np.mean([instance_scores(trial.label(p), s.truth)["dsb_score"]
-                                   for p, s in zip(probabilities, samples)]))
-            grid.append({"neck_ratio": float(ratio), "boundary_threshold": float(boundary_threshold),
-                         "dsb_score": score})
-            if score > best_score:
-                best_score, best = score, trial
-        if log is not None:
-            log(f"  calibration: neck ratio {ratio:g} done, best so far {best_score:.4f} ({best})")
+    for seed_min_size in seed_min_sizes:
+        for ratio in neck_ratios:
+            for boundary_threshold in boundary_thresholds:
+                trial = Settings(settings.threshold, float(boundary_threshold), settings.min_size, float(ratio),
+                                 int(seed_min_size))
+                score = float(np.mean([instance_scores(trial.label(p), s.truth)["dsb_score"]
+                                       for p, s in zip(probabilities, samples)]))
+                grid.append({"neck_ratio": float(ratio), "boundary_threshold": float(boundary_threshold),
+                             "dsb_score": score, **({"seed_min_size": int(seed_min_size)} if seed_min_size else {})})
+                if score > best_score:
+                    best_score, best = score, trial
+            if log is not None:
+                log(f"  calibration: neck ratio {ratio:g} (seeds >= {seed_min_size} px) done, "
+                    f"best so far {best_score:.4f} ({best})")
     return best, grid
 
 
@@ -270,9 +278,12 @@ def write_calibrated_weights(source: Path, destination: Path, settings: Settings
         "boundary_threshold": settings.boundary_threshold,
         "min_size": settings.min_size,
         "neck_ratio": settings.neck_ratio,
+        **({"seed_min_size": settings.seed_min_size} if settings.seed_min_size else {}),
         "metrics": {**metadata.get("metrics", {}), **metrics},
         "calibration": calibration,
     })
+    if not settings.seed_min_size:
+        metadata.pop("seed_min_size", None)
     metadata.pop("heads", None)
     if heads is not None:
         metadata["heads"] = list(heads)
@@ -330,6 +341,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--neck-ratios", type=float, nargs="+", default=list(DEFAULT_NECK_RATIOS),
                         help="after the grid, the neck ratios tried for cutting joined nuclei by shape (0: off), "
                              "each with every boundary threshold, at the grid's threshold and min size")
+    parser.add_argument("--seed-min-sizes", type=int, nargs="+", default=[0],
+                        help="with the neck ratios, the smallest seeds (pixels) tried: smaller ones seed no nucleus "
+                             "(0: all do; e.g. 0 8 16 24 with a boundary threshold as low as 0.005)")
     parser.add_argument("--device", default=None, help="torch device for inference (default: cuda if available)")
     args = parser.parse_args(argv)
     if args.write_weights and not args.calibrate:
@@ -368,14 +382,16 @@ def main(argv=None) -> dict:
                 log(f"  output heads averaged: {'all' if heads is None else list(heads)}")
             start = time.perf_counter()
             trial = {"heads": heads, "probabilities": predict_all(model, samples, log), "score": 0.0, "entry": None,
-                     "settings": Settings(model.threshold, model.boundary_threshold, model.min_size, model.neck_ratio)}
+                     "settings": Settings(model.threshold, model.boundary_threshold, model.min_size, model.neck_ratio,
+                                          model.seed_min_size)}
             trial["inference_seconds"] = time.perf_counter() - start
             if args.calibrate:
                 start = time.perf_counter()
                 settings, grid = calibrate(trial["probabilities"], samples, args.thresholds,
                                            args.boundary_thresholds, args.min_sizes, log)
                 settings, splitting = calibrate_splitting(trial["probabilities"], samples, settings,
-                                                          args.boundary_thresholds, args.neck_ratios, log)
+                                                          args.boundary_thresholds, args.neck_ratios, log,
+                                                          args.seed_min_sizes)
                 trial["settings"], trial["score"] = settings, max(point["dsb_score"] for point in splitting)
                 trial["entry"] = {"best": vars(settings), "seconds": round(time.perf_counter() - start, 1),
                                   "grid": grid, "splitting": splitting}
@@ -411,6 +427,7 @@ def main(argv=None) -> dict:
             calibration = {"objective": "mean DSB2018 instance score, splitting on",
                            "thresholds": list(args.thresholds), "boundary_thresholds": list(args.boundary_thresholds),
                            "min_sizes": list(args.min_sizes), "neck_ratios": list(args.neck_ratios),
+                           **({"seed_min_sizes": list(args.seed_min_sizes)} if args.seed_min_sizes != [0] else {}),
                            **({"head_sets": [None if h is None else list(h) for h in candidates]}
                               if len(candidates) > 1 else {})}
             if str(Path(args.write_weights) / f"{model.name}{WEIGHTS_SUFFIX}") in written:

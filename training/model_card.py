@@ -131,6 +131,7 @@ def card(path: Path) -> str:
         f"- calibrated on {meta['metrics'].get('calibrated_on', 'val')}: threshold {meta['threshold']}, "
         f"boundary threshold {meta['boundary_threshold']}, minimum size {meta['min_size']} px, "
         f"neck ratio {meta.get('neck_ratio', 0)}" + ("" if meta.get("neck_ratio") else " (no cut by shape)")
+        + (f"; seeds of fewer than {meta['seed_min_size']} px seed no nucleus" if meta.get("seed_min_size") else "")
         + heads_note(meta),
         f"- val, splitting on: mean IoU {val['mean_iou']:.3f}, DSB2018 score {val['dsb_score']:.3f}, "
         f"F1 @ 0.5 {val['f1_iou50']:.3f}, median count error {val['count_error_median']:.1%}",
@@ -158,7 +159,7 @@ def calibration_steps(meta: dict) -> str:
     grid = meta.get("calibration", {})
     flags = "".join(f" --{flag} {' '.join(str(v) for v in grid[key])}" for key, flag in (
         ("thresholds", "thresholds"), ("boundary_thresholds", "boundary-thresholds"), ("min_sizes", "min-sizes"),
-        ("neck_ratios", "neck-ratios"))
+        ("neck_ratios", "neck-ratios"), ("seed_min_sizes", "seed-min-sizes"))
         if key in grid)
     return (f"keep epoch {epoch} of that run: `{run}/best.safetensors` if train.py kept it, otherwise "
             f"`python training/export_checkpoint.py {run} --checkpoint <checkpoint.pt as saved after epoch {epoch}> "

@@ -258,7 +258,7 @@ def predict_stack(
         labels = None
         if postprocess is not None:
             steps = label_planes(probabilities, boundary_threshold=model.boundary_threshold,
-                                 neck_ratio=model.neck_ratio, **postprocess)
+                                 neck_ratio=model.neck_ratio, seed_min_size=model.seed_min_size, **postprocess)
             labels = run_to_end(steps, cancelled)
     except Cancelled:
         return Failure("Segmentation cancelled; no layer was changed.", cancelled=True)

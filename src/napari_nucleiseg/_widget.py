@@ -81,6 +81,7 @@ class _Cache:
     boundary_threshold: float
     model_key: tuple[str, int]  # weights file and its modification time
     neck_ratio: float = 0.0  # the model's, like the boundary threshold
+    seed_min_size: int = 0  # the model's too
 
     def __post_init__(self) -> None:
         if not isinstance(self.probabilities, _layers.CompactProbabilities):
@@ -463,7 +464,8 @@ class NucleiSegWidget(QWidget):
         if self._cache is not None and self._cache.model_key != key:
             self._apply_calibration(model.metadata)  # another model than the last run's
         self._model, self._model_key = model, key
-        self._cache = _Cache(image, probabilities, model.boundary_threshold, key, model.neck_ratio)
+        self._cache = _Cache(image, probabilities, model.boundary_threshold, key, model.neck_ratio,
+                             model.seed_min_size)
         self._write_result(self._cache, self._run_settings, outcome.labels)
         self._request_result()  # the controls moved during the run: their newest settings follow
         self._show_probabilities()
@@ -502,7 +504,7 @@ class NucleiSegWidget(QWidget):
         settings = self._settings()
         worker = thread_worker(_layers.postprocess_stack, start_thread=False)(
             cache.probabilities, boundary_threshold=cache.boundary_threshold, neck_ratio=cache.neck_ratio,
-            **settings.options())
+            seed_min_size=cache.seed_min_size, **settings.options())
         self._jobs.append(_Job(worker, cache, settings))
         worker.returned.connect(self._on_postprocess_returned)
         worker.finished.connect(self._on_postprocess_finished)
@@ -541,7 +543,8 @@ class NucleiSegWidget(QWidget):
         """Post-process the cached probabilities with the controls' settings here and now, and write the result."""
         cache, settings = self._cache, self._settings()
         steps = _layers.postprocess_stack(cache.probabilities, boundary_threshold=cache.boundary_threshold,
-                                          neck_ratio=cache.neck_ratio, **settings.options())
+                                          neck_ratio=cache.neck_ratio, seed_min_size=cache.seed_min_size,
+                                          **settings.options())
         self._write_result(cache, settings, _layers.run_to_end(steps))
 
     def _write_result(self, cache: _Cache, settings: _Settings, outcome: np.ndarray | _layers.Failure) -> None:

@@ -59,6 +59,8 @@ class SegmentationResult:
         Whether touching nuclei were separated.
     neck_ratio : float
         With ``split``, how deep a neck had to be to cut an object by shape (0: none was).
+    seed_min_size : int
+        With ``split``, the fewest pixels a seed needed to seed a nucleus (0: any).
     """
 
     labels: np.ndarray
@@ -71,6 +73,7 @@ class SegmentationResult:
     min_size: int
     split: bool
     neck_ratio: float = 0.0
+    seed_min_size: int = 0
 
 
 def segment(
@@ -82,6 +85,7 @@ def segment(
     split: bool = True,
     boundary_threshold: float | None = None,
     neck_ratio: float | None = None,
+    seed_min_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> SegmentationResult:
@@ -111,6 +115,10 @@ def segment(
         neck at least this deep relative to their thickness
         (:func:`~napari_nucleiseg.postprocess.split_by_shape`); 0 turns it off.
         Default: the model's.
+    seed_min_size : int, optional
+        When splitting, seeds of fewer pixels seed no nucleus of their own
+        (:func:`~napari_nucleiseg.postprocess.labels_from_probabilities`); 0: all do.
+        Default: the model's.
     progress : callable, optional
         Called as ``progress(done_tiles, total_tiles)`` while the network runs.
     cancelled : callable, optional
@@ -139,7 +147,8 @@ def segment(
     if boundary_threshold is None:
         boundary_threshold = nuclei_model.boundary_threshold
     neck_ratio = nuclei_model.neck_ratio if neck_ratio is None else neck_ratio
-    _check_settings(threshold, min_size, boundary_threshold, neck_ratio)  # before the slow part
+    seed_min_size = nuclei_model.seed_min_size if seed_min_size is None else seed_min_size
+    _check_settings(threshold, min_size, boundary_threshold, neck_ratio, seed_min_size)  # before the slow part
     probabilities = predict_probabilities(image, nuclei_model, progress=progress, cancelled=cancelled)
     return result_from_probabilities(
         probabilities,
@@ -150,6 +159,7 @@ def segment(
         split=split,
         boundary_threshold=boundary_threshold,
         neck_ratio=neck_ratio,
+        seed_min_size=seed_min_size,
     )
 
 
@@ -163,6 +173,7 @@ def result_from_probabilities(
     split: bool = True,
     boundary_threshold: float,
     neck_ratio: float = 0.0,
+    seed_min_size: int = 0,
 ) -> SegmentationResult:
     """Post-process ``(2, H, W)`` probabilities into a :class:`SegmentationResult`.
 
@@ -172,10 +183,10 @@ def result_from_probabilities(
     """
     from .postprocess import count_nuclei, labels_from_probabilities, measure_nuclei
 
-    _check_settings(threshold, min_size, boundary_threshold, neck_ratio)
+    _check_settings(threshold, min_size, boundary_threshold, neck_ratio, seed_min_size)
     labels = labels_from_probabilities(
         probabilities, threshold, min_size=min_size, split=split, boundary_threshold=boundary_threshold,
-        neck_ratio=neck_ratio,
+        neck_ratio=neck_ratio, seed_min_size=seed_min_size,
     )
     return SegmentationResult(
         labels=labels,
@@ -188,6 +199,7 @@ def result_from_probabilities(
         min_size=int(min_size),
         split=bool(split),
         neck_ratio=float(neck_ratio),
+        seed_min_size=int(seed_min_size),
     )
 
 
@@ -233,9 +245,12 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> NucleiModel:
     return load_weights(path)
 
 
-def _check_settings(threshold: float, min_size: int, boundary_threshold: float, neck_ratio: float = 0.0) -> None:
+def _check_settings(threshold: float, min_size: int, boundary_threshold: float, neck_ratio: float = 0.0,
+                    seed_min_size: int = 0) -> None:
     if not 0 <= neck_ratio <= 1:
         raise ValueError(f"neck_ratio must be between 0 and 1, not {neck_ratio}")
+    if not (seed_min_size >= 0 and int(seed_min_size) == seed_min_size):
+        raise ValueError(f"seed_min_size must be a whole number of pixels >= 0, not {seed_min_size}")
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
     if not 0 <= boundary_threshold <= 1:

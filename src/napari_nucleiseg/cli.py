@@ -201,6 +201,7 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
         "min_size": result.min_size,
         "split": result.split,
         "neck_ratio": result.neck_ratio if result.split else float("nan"),
+        "seed_min_size": result.seed_min_size if result.split else float("nan"),
     }
     return row, result.table.assign(file=str(job.source))
 

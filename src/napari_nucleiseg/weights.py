@@ -66,6 +66,11 @@ class NucleiModel:
         return float(self.metadata.get("neck_ratio", DEFAULT_NECK_RATIO))
 
     @property
+    def seed_min_size(self) -> int:
+        """Seeds of fewer pixels seed no nucleus (:func:`~.postprocess.labels_from_probabilities`); 0: all do."""
+        return int(self.metadata.get("seed_min_size", 0))
+
+    @property
     def min_size(self) -> int:
         return int(self.metadata.get("min_size", DEFAULT_MIN_SIZE))
 
@@ -178,9 +183,10 @@ def _metadata_problem(metadata: dict[str, Any]) -> str | None:
         value = metadata.get(key, DEFAULT_THRESHOLD)
         if not (_is_number(value) and 0 <= value <= 1):
             return f"its {key} {value!r} is not a number between 0 and 1"
-    min_size = metadata.get("min_size", DEFAULT_MIN_SIZE)
-    if not (_is_number(min_size) and min_size >= 0 and int(min_size) == min_size):
-        return f"its min_size {min_size!r} is not a whole number of pixels >= 0"
+    for key, default in (("min_size", DEFAULT_MIN_SIZE), ("seed_min_size", 0)):
+        size = metadata.get(key, default)
+        if not (_is_number(size) and size >= 0 and int(size) == size):
+            return f"its {key} {size!r} is not a whole number of pixels >= 0"
     normalization = metadata.get("normalization", {})
     percentiles = normalization.get("percentiles", (1.0, 99.8)) if isinstance(normalization, dict) else None
     if not (
