@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-size", type=int, default=10)
     parser.add_argument("--neck-ratio", type=float, default=0.3,
                         help="also time the package with this cut by shape (split_by_shape) against without")
+    parser.add_argument("--seed-min-size", type=int, default=0,
+                        help="also time the package with this smallest seed (seed_min_size) against without")
     parser.add_argument("--probabilities", type=Path, help="a saved (2, H, W) .npy map instead of the synthetic one")
     args = parser.parse_args(argv)
 
@@ -154,14 +156,16 @@ def main(argv: list[str] | None = None) -> int:
                      "differently")
         if split:
             split_labels = after
-    if args.neck_ratio:
+    for option, value in (("neck_ratio", args.neck_ratio), ("seed_min_size", args.seed_min_size)):
+        if not value:
+            continue
         labels, times = interleaved({
             "reference": lambda: postprocess.labels_from_probabilities(probabilities, args.threshold, **settings),
             "package": lambda: postprocess.labels_from_probabilities(probabilities, args.threshold, **settings,
-                                                                     neck_ratio=args.neck_ratio),
+                                                                     **{option: value}),
         }, args.repeats)
-        rows.append(row(f"(package) neck_ratio 0 -> {args.neck_ratio:g}", times))
-        notes.append(f"neck ratio {args.neck_ratio:g}: {int(labels['package'].max())} nuclei instead of "
+        rows.append(row(f"(package) {option} 0 -> {value:g}", times))
+        notes.append(f"{option} {value:g}: {int(labels['package'].max())} nuclei instead of "
                      f"{int(labels['reference'].max())}")
     tables, times = interleaved({
         "reference": lambda: reference_measure_nuclei(split_labels, image),
