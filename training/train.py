@@ -30,13 +30,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import Augmenter, balanced_weights, image_kind, list_ids, load_pair  # noqa: E402
+from data import (  # noqa: E402
+    Augmenter, balanced_weights, holdout_split, image_kind, list_ids, load_pair, median_diameter,
+)
 from metrics import instance_scores, pixel_confusion, pixel_scores  # noqa: E402
 
 from napari_nucleiseg.inference import predict_normalized  # noqa: E402
 from napari_nucleiseg.models import build_model  # noqa: E402
 from napari_nucleiseg.postprocess import labels_from_probabilities  # noqa: E402
-from napari_nucleiseg.preprocess import DEFAULT_PERCENTILES, normalize_image  # noqa: E402
+from napari_nucleiseg.preprocess import DEFAULT_LOG_GAIN, DEFAULT_PERCENTILES, normalize_image  # noqa: E402
+from napari_nucleiseg.scale import rescale_image, rescale_labels, rescaled_shape  # noqa: E402
 from napari_nucleiseg.weights import load_weights, save_weights  # noqa: E402
 
 #: Architecture arguments train.py builds: 0.5-0.8 M parameters, a few minutes per epoch on
@@ -53,6 +56,15 @@ MODEL_KWARGS = {
 #: 82% fluorescence, 16% tissue and 2% brightfield images; the rare kinds score worst.
 BALANCED_SHARES = {"fluorescence": 0.6, "tissue": 0.25, "brightfield": 0.15}
 
+#: The same with H&E tissue sets added (``--extra-data monuseg=... consep=...``): DSB2018's
+#: kinds keep most of the crops, each added set gets its own share.
+BALANCED_SHARES_WITH_TISSUE = {"fluorescence": 0.45, "tissue": 0.1, "brightfield": 0.1, "monuseg": 0.2, "consep": 0.15}
+
+#: Median nucleus diameter (pixels) of the frame the networks learn in (``--diameter``): the median
+#: over DSB2018's train images of each image's median nucleus diameter (18.3 px), so most of
+#: DSB2018 is rescaled little; MoNuSeg's (21.9) and CoNSeP's (16.2) are close too.
+DEFAULT_DIAMETER = 18.0
+
 
 class CropDataset(Dataset):
     """One random augmented crop per image per epoch.
@@ -62,12 +74,14 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], crop_size: int, seed: int,
-                 soft: list[np.ndarray] | None = None) -> None:
+                 soft: list[np.ndarray] | None = None, diameter: float | None = None,
+                 log_gain: float = 0.0) -> None:
         self.pairs = pairs
         self.soft = soft
         self.crop_size = crop_size
         self.seed = seed
-        self.augmenter = Augmenter(crop_size, np.random.default_rng(seed))
+        self.augmenter = Augmenter(crop_size, np.random.default_rng(seed), diameter, log_gain)
+        self.diameters = [median_diameter(labels) for _, labels in pairs] if diameter else [None] * len(pairs)
 
     def reseed(self, seed: int) -> None:
         self.augmenter.rng = np.random.default_rng(seed)
@@ -77,7 +91,7 @@ class CropDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         soft = None if self.soft is None else self.soft[index]
-        image, targets = self.augmenter(*self.pairs[index], soft)
+        image, targets = self.augmenter(*self.pairs[index], soft, self.diameters[index])
         return torch.from_numpy(image), torch.from_numpy(targets)
 
 
@@ -125,7 +139,8 @@ def model_loss(network: torch.nn.Module, images: torch.Tensor, targets: torch.Te
 TTA_TRANSFORMS = ((False, False, False), (False, True, False), (False, False, True), (True, False, False))
 
 
-def teacher_maps(network: torch.nn.Module, images: list[np.ndarray], device, tta: bool) -> list[np.ndarray]:
+def teacher_maps(network: torch.nn.Module, images: list[np.ndarray], device, tta: bool,
+                 log_gain: float = 0.0) -> list[np.ndarray]:
     """A teacher network's ``(H, W, 2)`` float16 probabilities for each ``(H, W, 3)`` uint8 image.
 
     Through the plugin's own normalisation and tiled inference; with ``tta``,
@@ -134,7 +149,7 @@ def teacher_maps(network: torch.nn.Module, images: list[np.ndarray], device, tta
     network = network.to(device).eval()
     maps = []
     for image in images:
-        normalized = normalize_image(image, DEFAULT_PERCENTILES)
+        normalized = normalize_image(image, DEFAULT_PERCENTILES, log_gain)
         total = np.zeros((2,) + image.shape[:2], dtype=np.float32)
         for transpose, flip_rows, flip_columns in (TTA_TRANSFORMS if tta else TTA_TRANSFORMS[:1]):
             view = normalized.transpose(1, 0, 2) if transpose else normalized
@@ -191,12 +206,22 @@ def grow_depth(network: torch.nn.Module, shallower: torch.nn.Module, added: int)
     return copied, len(target)
 
 
-def validate(network, pairs, device, threshold=0.5, min_size=10) -> dict[str, float]:
+def at_diameter(image: np.ndarray, truth: np.ndarray, diameter: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` and ``truth`` resized so that the median nucleus is ``diameter`` pixels across (the
+    true size, as a perfect estimate would give; None: as they are)."""
+    measured = median_diameter(truth) if diameter else None
+    if not measured:
+        return image, truth
+    factor = diameter / measured
+    return rescale_image(image, factor), rescale_labels(truth, rescaled_shape(image.shape, factor))
+
+
+def validate(network, pairs, device, threshold=0.5, min_size=10, log_gain=0.0) -> dict[str, float]:
     """Mean DSB2018 instance score and pooled pixel scores on ``pairs``."""
     network.eval()
     scores, confusion = [], np.zeros(4, dtype=np.int64)
     for image, truth in pairs:
-        probabilities = predict_normalized(normalize_image(image, DEFAULT_PERCENTILES), network, device=device)
+        probabilities = predict_normalized(normalize_image(image, DEFAULT_PERCENTILES, log_gain), network, device=device)
         labels = labels_from_probabilities(probabilities, threshold, min_size=min_size, split=True)
         scores.append(instance_scores(labels, truth)["dsb_score"])
         confusion += pixel_confusion(labels, truth)
@@ -210,6 +235,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="dsb2018 folder (images/ + labels/ + splits.json) or a Kaggle stage1_train folder")
     parser.add_argument("--train-split", default="train", help="split of splits.json to train on ('' = all)")
     parser.add_argument("--val-split", default="val", help="split to select the best epoch on ('' = none)")
+    parser.add_argument("--extra-data", nargs="+", default=[], metavar="NAME=DIR",
+                        help="more training sets, folders of images/ + labels/ (e.g. monuseg=../shared/data/monuseg2018/"
+                             "train consep=../shared/data/consep/train); a val part is split off each "
+                             "(every 7th source image) and scored with DSB2018's val")
+    parser.add_argument("--diameter", type=float, default=None,
+                        help=f"rescale every image so its median nucleus is this many pixels across (+-30%% jitter), "
+                             f"and record it in the weights file (e.g. {DEFAULT_DIAMETER:g}); default: random scale "
+                             "0.6-1.6 and no diameter, as before")
+    parser.add_argument("--log-gain", type=float, default=0.0,
+                        help=f"logarithmic compression after the percentile normalisation (e.g. {DEFAULT_LOG_GAIN:g}; "
+                             "0: linear, as before); recorded in the weights file")
+    parser.add_argument("--epoch-size", type=int, default=None,
+                        help="crops per epoch (default: one per training image)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--crop-size", type=int, default=192)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -265,8 +303,25 @@ def main(argv=None) -> dict:
     train_ids = list_ids(args.data, args.train_split or None)[: args.limit]
     val_ids = list_ids(args.data, args.val_split)[: args.limit] if args.val_split else []
     train_pairs = [load_pair(args.data, i) for i in train_ids]
-    val_pairs = [load_pair(args.data, i) for i in val_ids]
-    print(f"{args.model}: {len(train_pairs)} training images, {len(val_pairs)} validation images", flush=True)
+    val_sets = {"dsb2018": [load_pair(args.data, i) for i in val_ids]} if val_ids else {}
+    train_sets = ["dsb2018"] * len(train_pairs)
+    for entry in args.extra_data:
+        name, _, folder = entry.partition("=")
+        if not folder:
+            raise SystemExit(f"--extra-data takes NAME=DIR, not {entry!r}")
+        extra_train, extra_val = holdout_split(list_ids(Path(folder), None))
+        extra_train, extra_val = extra_train[: args.limit], extra_val[: args.limit]
+        train_pairs += [load_pair(Path(folder), i) for i in extra_train]
+        train_sets += [name] * len(extra_train)
+        if args.val_split:
+            val_sets[name] = [load_pair(Path(folder), i) for i in extra_val]
+        train_ids = train_ids + [f"{name}/{i}" for i in extra_train]
+    if args.diameter:
+        val_sets = {name: [at_diameter(image, truth, args.diameter) for image, truth in pairs]
+                    for name, pairs in val_sets.items()}
+    val_pairs = [pair for pairs in val_sets.values() for pair in pairs]
+    print(f"{args.model}: {len(train_pairs)} training images, validation images "
+          + ", ".join(f"{len(p)} {n}" for n, p in val_sets.items()), flush=True)
 
     kwargs = dict(MODEL_KWARGS[args.model])
     if args.depth is not None:
@@ -322,12 +377,16 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--distill-weight must be between 0 and 1, not {args.distill_weight}")
         soft = cached_teacher_maps(args.out / "teacher.npz", args.teacher, train_ids,
                                    [image for image, _ in train_pairs], device, args.teacher_tta)
-    dataset = CropDataset(train_pairs, args.crop_size, args.seed, soft)
+    dataset = CropDataset(train_pairs, args.crop_size, args.seed, soft, args.diameter, args.log_gain)
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
+    epoch_size = args.epoch_size or len(train_pairs)
     if args.sampling == "balanced":
-        kinds = [image_kind(image) for image, _ in train_pairs]
-        print("kinds: " + ", ".join(f"{kinds.count(k)} {k}" for k in BALANCED_SHARES), flush=True)
-        sampler = WeightedRandomSampler(balanced_weights(kinds, BALANCED_SHARES), len(train_pairs), generator=generator)
+        kinds = [image_kind(image) if name == "dsb2018" else name for (image, _), name in zip(train_pairs, train_sets)]
+        shares = BALANCED_SHARES_WITH_TISSUE if args.extra_data else BALANCED_SHARES
+        print("kinds: " + ", ".join(f"{kinds.count(k)} {k}" for k in shares), flush=True)
+        sampler = WeightedRandomSampler(balanced_weights(kinds, shares), epoch_size, generator=generator)
+    elif args.epoch_size:
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=epoch_size, generator=generator)
     else:
         sampler = None
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -349,7 +408,14 @@ def main(argv=None) -> dict:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        scores = validate(network, val_pairs, device) if val_pairs else {"dsb_score": -float(np.mean(losses))}
+        if val_pairs:
+            by_set = {name: validate(network, pairs, device, log_gain=args.log_gain) for name, pairs in val_sets.items()}
+            # Each set counts the same, so a few MoNuSeg images weigh as much as DSB2018's 68.
+            scores = {key: float(np.mean([s[key] for s in by_set.values()])) for key in next(iter(by_set.values()))}
+            if len(by_set) > 1:
+                scores.update({f"dsb_score_{name}": s["dsb_score"] for name, s in by_set.items()})
+        else:
+            scores = {"dsb_score": -float(np.mean(losses))}
         if args.schedule == "cosine":
             scheduler.step()
         else:
@@ -365,11 +431,15 @@ def main(argv=None) -> dict:
                 "name": args.model,
                 "architecture": args.model,
                 "kwargs": kwargs,
-                "normalization": {"method": "percentile", "percentiles": list(DEFAULT_PERCENTILES)},
+                "normalization": {"method": "percentile", "percentiles": list(DEFAULT_PERCENTILES),
+                                  **({"log_gain": args.log_gain} if args.log_gain else {})},
+                **({"diameter": args.diameter} if args.diameter else {}),
                 "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 10,
                 **({"heads": list(network.inference_heads)} if getattr(network, "inference_heads", None) else {}),
                 "training": {
-                    "data": f"DSB2018 stage1_train (fixed masks), split {args.train_split!r}: {len(train_pairs)} images",
+                    "data": f"DSB2018 stage1_train (fixed masks), split {args.train_split!r}: {train_sets.count('dsb2018')} images"
+                            + "".join(f"; {e.partition('=')[0]} ({e.partition('=')[2]}, val part held out): "
+                                      f"{train_sets.count(e.partition('=')[0])} images" for e in args.extra_data),
                     "epochs": epoch, "crop_size": args.crop_size, "batch_size": args.batch_size, "lr": args.lr,
                     "seed": args.seed, "sampling": args.sampling, "schedule": args.schedule, "minutes": round(state["elapsed"] / 60, 1), "device": str(device),
                     "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
@@ -384,7 +454,8 @@ def main(argv=None) -> dict:
             save_weights(args.out / "best.safetensors", network, metadata)
         torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state}, checkpoint_path)
-        print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  val dsb {scores['dsb_score']:.4f}  "
+        per_set = "".join(f" {k[10:]} {v:.3f}" for k, v in scores.items() if k.startswith("dsb_score_"))
+        print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  val dsb {scores['dsb_score']:.4f}{per_set}  "
               f"mIoU {scores.get('mean_iou', float('nan')):.4f}  lr {optimizer.param_groups[0]['lr']:.1e}  "
               f"{state['elapsed'] / 60:.1f} min{'  *' if improved else ''}", flush=True)
         if epoch - state["best_epoch"] >= args.patience:

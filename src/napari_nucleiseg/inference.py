@@ -74,7 +74,7 @@ def predict_probabilities(
         ``(2, H, W)`` float32 in [0, 1]: channel 0 nucleus, channel 1 nucleus boundary.
     """
     rgb = as_rgb(image)
-    normalization = Normalization.of(rgb, model.percentiles)
+    normalization = Normalization.of(rgb, model.percentiles, model.log_gain)
     return _predict_tiled(
         rgb, normalization, model.network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         progress=progress, cancelled=cancelled, device=None,

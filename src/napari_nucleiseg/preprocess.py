@@ -15,6 +15,12 @@ import numpy as np
 #: being clipped by a few hot pixels.
 DEFAULT_PERCENTILES = (1.0, 99.8)
 
+#: Gain of the logarithmic compression that models trained since session 8 apply after the
+#: percentiles (``normalization.log_gain`` in their weights files): ``sign(x) log(1 + g|x|) / log(1 + g)``
+#: keeps 0 and 1 where they are and lifts a nucleus at 5% of the brightest ones to 17%, so a
+#: few very bright (mitotic) nuclei no longer push dim ones into the background.
+DEFAULT_LOG_GAIN = 10.0
+
 #: Percentiles of very large images are estimated on at most this many pixels
 #: (a regular grid), so normalising a whole slide costs milliseconds, and a
 #: tile sees the same normalisation as the whole image.
@@ -63,7 +69,8 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def normalize_image(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
+def normalize_image(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+                    log_gain: float = 0.0) -> np.ndarray:
     """Normalise a 2-D image for the network.
 
     Parameters
@@ -73,6 +80,9 @@ def normalize_image(image: np.ndarray, percentiles: tuple[float, float] = DEFAUL
     percentiles : (float, float)
         The low and high percentiles (over all three channels together, so colour is kept)
         that map to 0 and 1.
+    log_gain : float
+        Above 0, values are then compressed logarithmically (see :data:`DEFAULT_LOG_GAIN`),
+        as the network was trained; 0 (older weights files) leaves them linear.
 
     Returns
     -------
@@ -81,7 +91,7 @@ def normalize_image(image: np.ndarray, percentiles: tuple[float, float] = DEFAUL
         high/low one; a constant image becomes all zeros.
     """
     rgb = as_rgb(image)
-    return Normalization.of(rgb, percentiles)(rgb)
+    return Normalization.of(rgb, percentiles, log_gain)(rgb)
 
 
 @dataclass(frozen=True)
@@ -94,14 +104,16 @@ class Normalization:
     high: float = 1.0
     scale: float = 0.0  # 0: every pixel becomes 0 (an empty or constant image)
     divisor: float | None = None  # float images far outside float32's range are divided by it first
+    log_gain: float = 0.0  # > 0: logarithmic compression after the percentiles (DEFAULT_LOG_GAIN)
 
     @classmethod
-    def of(cls, rgb: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> Normalization:
+    def of(cls, rgb: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+           log_gain: float = 0.0) -> Normalization:
         """The normalisation of the ``(H, W, 3)`` image ``rgb`` (see :func:`as_rgb`)."""
         sample = _percentile_sample(rgb)
         finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
         if finite.size == 0:
-            return cls()
+            return cls(log_gain=log_gain)
         divisor = None
         if rgb.dtype.kind == "f":
             peak = float(np.abs(finite).max())
@@ -111,7 +123,7 @@ class Normalization:
         scale = float(high - low)
         if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero
             scale = float(finite.max() - low)
-        return cls(float(low), float(high), max(scale, 0.0), divisor)
+        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain))
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``(h, w, 3)`` float32 network input of ``rgb``, the whole image or a part of it."""
@@ -128,6 +140,13 @@ class Normalization:
         out /= np.float32(self.scale)
         # Keep very bright or very dark outliers from dominating the activations.
         np.clip(out, -1.0, 3.0, out=out)
+        if self.log_gain > 0:
+            sign = np.sign(out)
+            np.abs(out, out=out)
+            out *= np.float32(self.log_gain)
+            np.log1p(out, out=out)
+            out *= sign
+            out /= np.float32(np.log1p(self.log_gain))
         return out
 
 

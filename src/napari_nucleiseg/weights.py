@@ -75,6 +75,18 @@ class NucleiModel:
         return int(self.metadata.get("min_size", DEFAULT_MIN_SIZE))
 
     @property
+    def log_gain(self) -> float:
+        """Logarithmic compression after the percentiles (:data:`~.preprocess.DEFAULT_LOG_GAIN`); 0: none."""
+        return float(self.metadata.get("normalization", {}).get("log_gain", 0.0))
+
+    @property
+    def diameter(self) -> float | None:
+        """Median nucleus diameter (pixels) in the frame the network was trained on; None: not recorded
+        (the network is run on the image as it is)."""
+        value = self.metadata.get("diameter")
+        return None if value is None else float(value)
+
+    @property
     def percentiles(self) -> tuple[float, float]:
         low, high = self.metadata.get("normalization", {}).get("percentiles", (1.0, 99.8))
         return float(low), float(high)
@@ -194,6 +206,12 @@ def _metadata_problem(metadata: dict[str, Any]) -> str | None:
         and 0 <= percentiles[0] < percentiles[1] <= 100
     ):
         return f"its normalization percentiles {percentiles!r} are not two increasing numbers in [0, 100]"
+    log_gain = normalization.get("log_gain", 0.0)
+    if not (_is_number(log_gain) and 0 <= log_gain < 1e6):
+        return f"its normalization log_gain {log_gain!r} is not a number >= 0"
+    diameter = metadata.get("diameter")
+    if diameter is not None and not (_is_number(diameter) and 1 <= diameter <= 1000):
+        return f"its nucleus diameter {diameter!r} is not a number of pixels between 1 and 1000"
     return None
 
 
