@@ -61,6 +61,15 @@ class SegmentationResult:
         With ``split``, how deep a neck had to be to cut an object by shape (0: none was).
     seed_min_size : int
         With ``split``, the fewest pixels a seed needed to seed a nucleus (0: any).
+    diameter : float or None
+        The image's median nucleus diameter (pixels) the network was run for: the one
+        given, or the estimate; None when the model records no diameter of its own, or
+        no estimate could be made (the image was then segmented as it is).
+    diameter_estimated : bool
+        Whether ``diameter`` was estimated (``segment(diameter=None)``) rather than given.
+    scale : float
+        The factor the image was resized by for the network (1: not resized); the labels,
+        the probabilities and the table are always in the image's own pixels.
     """
 
     labels: np.ndarray
@@ -74,6 +83,9 @@ class SegmentationResult:
     split: bool
     neck_ratio: float = 0.0
     seed_min_size: int = 0
+    diameter: float | None = None
+    diameter_estimated: bool = False
+    scale: float = 1.0
 
 
 def segment(
@@ -86,6 +98,7 @@ def segment(
     boundary_threshold: float | None = None,
     neck_ratio: float | None = None,
     seed_min_size: int | None = None,
+    diameter: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> SegmentationResult:
@@ -119,6 +132,12 @@ def segment(
         When splitting, seeds of fewer pixels seed no nucleus of their own
         (:func:`~napari_nucleiseg.postprocess.labels_from_probabilities`); 0: all do.
         Default: the model's.
+    diameter : float, optional
+        The median nucleus diameter in the image, in pixels. The image is resized so that
+        its nuclei arrive at the size the network was trained on (the weights file's
+        ``diameter``), and the results are brought back to the image's pixels. Default:
+        estimated from the image (:func:`~napari_nucleiseg.scale.estimate_diameter`). A
+        model without a recorded diameter runs on the image as it is.
     progress : callable, optional
         Called as ``progress(done_tiles, total_tiles)`` while the network runs.
     cancelled : callable, optional
@@ -136,20 +155,28 @@ def segment(
         If the model cannot be found or its weights file is unusable.
     napari_nucleiseg.preprocess.ImageError
         If the image is not a 2-D gray, RGB or RGBA image.
+    ValueError
+        For a setting out of range, e.g. a diameter that is not a positive number of pixels.
     napari_nucleiseg.inference.Cancelled
         If ``cancelled()`` returned True.
     """
     from .inference import predict_probabilities
+    from .preprocess import as_rgb
+    from .scale import check_diameter
 
     nuclei_model = load_model(model)
+    check_diameter(diameter, np.shape(image))
+    rgb = as_rgb(image)  # the one-sentence ImageError before any work
+    used_diameter, estimated = resolve_diameter(rgb, nuclei_model, diameter, cancelled=cancelled)
+    scale = nuclei_model.scale_for(used_diameter)
     threshold = nuclei_model.threshold if threshold is None else threshold
-    min_size = nuclei_model.min_size if min_size is None else min_size
+    min_size = nuclei_model.min_size_at(scale) if min_size is None else min_size
     if boundary_threshold is None:
         boundary_threshold = nuclei_model.boundary_threshold
     neck_ratio = nuclei_model.neck_ratio if neck_ratio is None else neck_ratio
-    seed_min_size = nuclei_model.seed_min_size if seed_min_size is None else seed_min_size
+    seed_min_size = nuclei_model.seed_min_size_at(scale) if seed_min_size is None else seed_min_size
     _check_settings(threshold, min_size, boundary_threshold, neck_ratio, seed_min_size)  # before the slow part
-    probabilities = predict_probabilities(image, nuclei_model, progress=progress, cancelled=cancelled)
+    probabilities = predict_probabilities(image, nuclei_model, progress=progress, cancelled=cancelled, scale=scale)
     return result_from_probabilities(
         probabilities,
         image,
@@ -160,7 +187,29 @@ def segment(
         boundary_threshold=boundary_threshold,
         neck_ratio=neck_ratio,
         seed_min_size=seed_min_size,
+        diameter=used_diameter,
+        diameter_estimated=estimated,
+        scale=scale,
     )
+
+
+def resolve_diameter(image: np.ndarray, model: NucleiModel, diameter: float | None = None, *,
+                     cancelled: Callable[[], bool] | None = None) -> tuple[float | None, bool]:
+    """``(diameter, estimated)``: the nucleus diameter to segment ``image`` for.
+
+    A given ``diameter`` is checked and returned; None is estimated with the model
+    (:func:`~napari_nucleiseg.scale.estimate_diameter`) when it records a diameter of its
+    own, and stays None (no resizing) when it does not or no estimate can be made.
+    """
+    from .scale import check_diameter, estimate_diameter
+
+    check_diameter(diameter, np.shape(image))
+    if diameter is not None:
+        return float(diameter), False
+    if model.diameter is None:
+        return None, False
+    estimate = estimate_diameter(image, model, cancelled=cancelled)
+    return (None, False) if estimate is None else (float(estimate), True)
 
 
 def result_from_probabilities(
@@ -174,6 +223,9 @@ def result_from_probabilities(
     boundary_threshold: float,
     neck_ratio: float = 0.0,
     seed_min_size: int = 0,
+    diameter: float | None = None,
+    diameter_estimated: bool = False,
+    scale: float = 1.0,
 ) -> SegmentationResult:
     """Post-process ``(2, H, W)`` probabilities into a :class:`SegmentationResult`.
 
@@ -200,6 +252,9 @@ def result_from_probabilities(
         split=bool(split),
         neck_ratio=float(neck_ratio),
         seed_min_size=int(seed_min_size),
+        diameter=None if diameter is None else float(diameter),
+        diameter_estimated=bool(diameter_estimated),
+        scale=float(scale),
     )
 
 

@@ -50,6 +50,7 @@ def predict_probabilities(
     batch_size: int = TILE_BATCH,
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Predict nucleus and boundary probabilities for a 2-D image.
 
@@ -67,18 +68,26 @@ def predict_probabilities(
         Called as ``progress(done_tiles, total_tiles)`` after each batch.
     cancelled : callable, optional
         Polled between batches; when it returns True, :class:`Cancelled` is raised.
+    scale : float
+        The network sees the image resized by this factor (see :mod:`napari_nucleiseg.scale`);
+        the probabilities are resized back, so they are always ``(2, H, W)``. The
+        normalisation is the whole original image's.
 
     Returns
     -------
     ndarray
         ``(2, H, W)`` float32 in [0, 1]: channel 0 nucleus, channel 1 nucleus boundary.
     """
+    from .scale import rescale_image, resize_probabilities
+
     rgb = as_rgb(image)
     normalization = Normalization.of(rgb, model.percentiles, model.log_gain)
-    return _predict_tiled(
-        rgb, normalization, model.network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+    source = rgb if scale == 1.0 else rescale_image(np.asarray(rgb), scale)
+    probabilities = _predict_tiled(
+        source, normalization, model.network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         progress=progress, cancelled=cancelled, device=None,
     )
+    return resize_probabilities(probabilities, rgb.shape[:2])
 
 
 def predict_normalized(

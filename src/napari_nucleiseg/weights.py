@@ -86,6 +86,21 @@ class NucleiModel:
         value = self.metadata.get("diameter")
         return None if value is None else float(value)
 
+    def scale_for(self, diameter: float | None) -> float:
+        """The factor an image with nuclei ``diameter`` pixels across is resized by for the network
+        (1: no diameter, or close enough to the model's; see :mod:`~napari_nucleiseg.scale`)."""
+        from .scale import scale_factor
+
+        return scale_factor(diameter, self.diameter)
+
+    def min_size_at(self, scale: float) -> int:
+        """The model's ``min_size`` (pixels of its own frame) in the pixels of an image resized by ``scale``."""
+        return int(round(self.min_size / scale**2)) if self.min_size else 0
+
+    def seed_min_size_at(self, scale: float) -> int:
+        """The model's ``seed_min_size`` in the pixels of an image resized by ``scale``."""
+        return int(round(self.seed_min_size / scale**2)) if self.seed_min_size else 0
+
     @property
     def percentiles(self) -> tuple[float, float]:
         low, high = self.metadata.get("normalization", {}).get("percentiles", (1.0, 99.8))
