@@ -221,7 +221,8 @@ def test_the_same_file_twice_is_segmented_once(capsys, folder, tmp_path, tiny_we
 
 def test_help_exits_cleanly(capsys):
     assert main(["segment", "--help"]) == 0
-    assert "--save-probability" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert "--save-probability" in help_text and "--diameter auto|PX" in help_text
 
 
 def test_without_model_or_weights_the_bundled_default_model_runs(capsys, tmp_path):
@@ -237,3 +238,106 @@ def test_without_model_or_weights_the_bundled_default_model_runs(capsys, tmp_pat
     assert counts["model"].tolist() == [DEFAULT_MODEL]
     expected = segment(image, DEFAULT_MODEL)  # the API's default is the same model
     assert counts["nuclei"].tolist() == [expected.count] and expected.model_name == segment(image).model_name
+
+
+def shipped_weights(name: str):
+    """The path of a bundled weights file, or skip when the bundled weights are not installed."""
+    from napari_nucleiseg.weights import WeightsError, bundled_weights_path
+
+    try:
+        return bundled_weights_path(name)
+    except WeightsError:
+        pytest.skip("the bundled weights are not installed")
+
+
+#: What the weights file made by ``sized_weights`` says its network was trained at; the nuclei of
+#: the fluorescence sample are about 12 px across, so its images are resized (by about 1.5).
+TRAINED_DIAMETER = 18.0
+
+
+@pytest.fixture
+def sample_png(tmp_path):
+    """The bundled fluorescence sample cropped to 256 x 256, as a PNG."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    path = tmp_path / "sample.png"
+    iio.imwrite(path, read_sample("fluorescence")[:256, :256])
+    return path
+
+
+@pytest.fixture(scope="module")
+def sized_weights(tmp_path_factory):
+    """The shipped HRNet re-saved with a recorded training diameter (the shipped files record none)."""
+    from napari_nucleiseg.weights import load_weights, save_weights
+
+    model = load_weights(shipped_weights("hrnet"))
+    return save_weights(tmp_path_factory.mktemp("sized") / "hrnet-18px.safetensors", model.network,
+                        model.metadata | {"diameter": TRAINED_DIAMETER})
+
+
+def test_a_given_diameter_is_recorded_in_counts(capsys, sample_png, tmp_path):
+    out = tmp_path / "out"
+    status, _, stderr = run(capsys, sample_png, "--out", out, "--weights", shipped_weights("unet"), "--diameter", "30")
+    assert status == 0, stderr
+    counts = pd.read_csv(out / "counts.csv")
+    assert counts["diameter_px"].tolist() == [30.0]
+    assert counts["diameter_estimated"].tolist() == [False]
+    assert counts["scale"].tolist() == [1.0]  # the shipped file records no training diameter: nothing to resize to
+
+
+def test_without_a_recorded_diameter_auto_segments_the_image_as_it_is(capsys, sample_png, tmp_path):
+    out = tmp_path / "out"
+    status, _, stderr = run(capsys, sample_png, "--out", out, "--weights", shipped_weights("unet"))
+    assert status == 0, stderr
+    counts = pd.read_csv(out / "counts.csv")
+    assert counts["diameter_px"].isna().all()  # written empty
+    assert counts["diameter_estimated"].tolist() == [False] and counts["scale"].tolist() == [1.0]
+    expected = segment(iio.imread(sample_png), shipped_weights("unet"))
+    np.testing.assert_array_equal(tifffile.imread(out / "sample_labels.tif"), expected.labels)
+
+
+def test_auto_estimates_the_diameter_for_a_model_that_records_one(capsys, sample_png, tmp_path, sized_weights):
+    from napari_nucleiseg.scale import scale_factor
+
+    out = tmp_path / "out"
+    status, _, stderr = run(capsys, sample_png, "--out", out, "--weights", sized_weights, "--diameter", "auto")
+    assert status == 0, stderr
+    counts = pd.read_csv(out / "counts.csv")
+    assert counts["diameter_estimated"].tolist() == [True]
+    row = counts.iloc[0]
+    assert 0 < row["diameter_px"] < 256
+    assert row["scale"] == pytest.approx(scale_factor(row["diameter_px"], TRAINED_DIAMETER))
+    assert row["scale"] != 1.0  # the image was resized for the network ...
+    labels = tifffile.imread(out / "sample_labels.tif")
+    assert labels.shape == (256, 256)  # ... and its labels came back at full resolution
+    assert row["nuclei"] == labels.max() > 0
+    expected = segment(iio.imread(sample_png), sized_weights)  # the same as the Python API
+    assert (expected.diameter, expected.scale) == pytest.approx((row["diameter_px"], row["scale"]))
+    np.testing.assert_array_equal(labels, expected.labels)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "big"])
+def test_a_bad_diameter_is_a_usage_error_before_any_work(capsys, tmp_path, monkeypatch, value):
+    monkeypatch.chdir(tmp_path)
+    iio.imwrite(tmp_path / "x.png", blob_image())
+    status, stdout, stderr = run(capsys, "x.png", "--out", "o", "--diameter", value)
+    assert status == 2
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "--diameter" in errors[0] and value in errors[0]
+    assert "Traceback" not in stderr and not stdout
+    assert [path.name for path in tmp_path.iterdir()] == ["x.png"]
+
+
+def test_an_image_smaller_than_the_diameter_is_skipped(capsys, folder, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    # a.png is 96 x 128 pixels, b.tif 80 x 72: a diameter of 100 fits only in a.png.
+    status, stdout, stderr = run(capsys, folder, "--out", out, "--weights", tiny_weights["unet"], "--diameter", "100")
+    assert status == 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 2 and sum("broken.png" in line for line in lines) == 1
+    (refused,) = [line for line in lines if "b.tif" in line]
+    assert "diameter of 100 pixels is larger than the image (80 x 72 pixels)" in refused
+    assert "Segmented 1 of 3 images" in stdout
+    counts = pd.read_csv(out / "counts.csv")
+    assert counts["file"].str.endswith("a.png").tolist() == [True] and counts["diameter_px"].tolist() == [100.0]
+    assert not (out / "b_labels.tif").exists()

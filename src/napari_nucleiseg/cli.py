@@ -7,11 +7,21 @@ Example::
 For each image it writes ``results/<stem>_labels.tif`` (instance labels of the
 image's height and width), and for the whole run ``results/counts.csv`` (one
 row per image) and ``results/nuclei.csv`` (one row per nucleus).
+
+``--diameter PX`` gives the median nucleus diameter of the images in pixels. A
+model whose weights file records the diameter it was trained at gets each image
+resized so that its nuclei arrive at that size (labels and tables stay in the
+image's own pixels); with ``--diameter auto`` (the default) each image's diameter
+is estimated first. A model that records none runs on the images as they are.
+``counts.csv`` records the diameter used (``diameter_px``, empty when none),
+whether it was estimated (``diameter_estimated``) and the resize factor
+(``scale``, 1: not resized).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -61,6 +71,10 @@ class Interrupted(Exception):
 
 class UnreadableImage(Exception):
     """An input file that cannot be read as an image."""
+
+
+class ImageTooSmall(Exception):
+    """An image smaller than the nucleus diameter given with ``--diameter``."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--neck-ratio", type=_probability, metavar="R",
                      help="when splitting, cut objects shaped like two nuclei joined by a neck at least R of their "
                           "thickness deep; 0 turns this off (default: the model's calibrated one)")
+    seg.add_argument("--diameter", type=_diameter, default=None, metavar="auto|PX",
+                     help="median nucleus diameter of the images in pixels, or auto (the default) to estimate "
+                          "it per image; when the model records the diameter it was trained at, each image is "
+                          "resized so its nuclei arrive at that size, and the results come back at the image's "
+                          "full resolution (a model that records none runs on images as they are)")
     seg.add_argument("--save-probability", action="store_true",
                      help="also write <stem>_probability.tif: float32 (2, H, W), nucleus and boundary")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -172,7 +191,7 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
     """Segment one image and write its labels; its row of counts.csv and rows of nuclei.csv,
     or None when the image is skipped (reported on stderr)."""
     from .api import segment
-    from .preprocess import ImageError
+    from .preprocess import ImageError, as_rgb
 
     from ._layers import memory_shortfall
 
@@ -182,9 +201,11 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
         shortfall = memory_shortfall(image.shape[:2]) if image.ndim >= 2 else None
         if shortfall is not None:
             raise MemoryError(shortfall)
+        # The shape first (a stack is refused as such), then whether the diameter fits in it.
+        _check_diameter_fits(args.diameter, as_rgb(image).shape)
         result = segment(image, model, threshold=args.threshold, min_size=args.min_size, split=args.split,
-                         neck_ratio=args.neck_ratio)
-    except (ImageError, MemoryError, UnreadableImage) as error:
+                         neck_ratio=args.neck_ratio, diameter=args.diameter)
+    except (ImageError, MemoryError, UnreadableImage, ImageTooSmall) as error:
         hint = " Choose one with --channel N." if isinstance(error, ImageError) and _has_channels(image) else ""
         _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}{hint}")
         return None
@@ -202,8 +223,21 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
         "split": result.split,
         "neck_ratio": result.neck_ratio if result.split else float("nan"),
         "seed_min_size": result.seed_min_size if result.split else float("nan"),
+        "diameter_px": result.diameter if result.diameter is not None else float("nan"),
+        "diameter_estimated": result.diameter_estimated,
+        "scale": result.scale,
     }
     return row, result.table.assign(file=str(job.source))
+
+
+def _check_diameter_fits(diameter: float | None, shape: tuple[int, ...]) -> None:
+    """Raise :class:`ImageTooSmall` when the ``--diameter`` given is larger than an image of ``shape``."""
+    from .scale import check_diameter
+
+    try:
+        check_diameter(diameter, shape)
+    except ValueError as error:  # the command line checked the rest: only the image's size is left
+        raise ImageTooSmall(_one_line(error)) from None
 
 
 def _has_channels(image: np.ndarray | None) -> bool:
@@ -483,6 +517,19 @@ def _pixels(text: str) -> int:
 
 def _channel(text: str) -> int:
     return _pixels(text)
+
+
+def _diameter(text: str) -> float | None:
+    """``--diameter``: ``auto`` (None: estimated per image) or a positive, finite number of pixels."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither auto nor a number of pixels") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of pixels above 0")
+    return value
 
 
 if __name__ == "__main__":

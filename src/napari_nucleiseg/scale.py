@@ -25,7 +25,7 @@ def check_diameter(diameter: float | None, shape: tuple[int, ...] | None = None)
         raise ValueError(f"The nucleus diameter must be a number of pixels, not {diameter!r}.")
     if not math.isfinite(diameter) or diameter <= 0:
         raise ValueError(f"The nucleus diameter must be a positive number of pixels, not {diameter}.")
-    if shape is not None and diameter > max(shape[:2]):
+    if shape is not None and len(shape) >= 2 and diameter > max(shape[:2]):
         raise ValueError(
             f"A nucleus diameter of {diameter:g} pixels is larger than the image ({shape[0]} x {shape[1]} pixels)."
         )
@@ -44,20 +44,36 @@ def rescaled_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
 
 
 def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
-    """``image`` (``(H, W)`` or ``(H, W, C)``) resized by ``factor``: linear interpolation, with
-    anti-aliasing when shrinking; float32 (float images) or the image's integer dtype."""
-    from skimage.transform import resize
+    """``image`` (``(H, W)`` or ``(H, W, C)``) resized by ``factor``: linear interpolation, after a
+    Gaussian anti-aliasing filter when shrinking; float32 (float images) or the image's integer dtype.
+
+    One channel at a time, and a gray image broadcast to three channels (:func:`~.preprocess.as_rgb`)
+    only once, so the temporaries stay at one float32 plane of the result.
+    """
+    from scipy import ndimage as ndi
 
     if factor == 1.0:
         return image
-    shape = rescaled_shape(image.shape, factor) + image.shape[2:]
-    kind = image.dtype.kind
-    out = resize(np.asarray(image, dtype=np.float32), shape, order=1, mode="reflect",
-                 anti_aliasing=factor < 1, preserve_range=True)
-    if kind in "ui":
-        info = np.iinfo(image.dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
-    return out.astype(np.float32)
+    image = np.asarray(image)
+    shape = rescaled_shape(image.shape, factor)
+    out_dtype = image.dtype if image.dtype.kind in "ui" else np.float32
+    planes = image[..., None] if image.ndim == 2 else image
+    gray = planes.shape[-1] > 1 and planes.strides[-1] == 0  # as_rgb's view of a gray image
+    out = np.empty((*shape, planes.shape[-1]), dtype=out_dtype)
+    zoom = (shape[0] / image.shape[0], shape[1] / image.shape[1])
+    for channel in range(1 if gray else planes.shape[-1]):
+        plane = planes[..., channel].astype(np.float32)
+        if factor < 1:
+            plane = ndi.gaussian_filter(plane, sigma=(1 / factor - 1) / 2, mode="mirror")
+        resized = ndi.zoom(plane, zoom, order=1, mode="grid-mirror", grid_mode=True, output=np.float32)
+        if out_dtype != np.float32:
+            info = np.iinfo(out_dtype)
+            np.rint(resized, out=resized)
+            np.clip(resized, info.min, info.max, out=resized)
+        out[..., channel] = resized
+    if gray:
+        out = np.broadcast_to(out[..., :1], out.shape)
+    return out[..., 0] if image.ndim == 2 else out
 
 
 def rescale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -84,52 +100,50 @@ def resize_probabilities(probabilities: np.ndarray, shape: tuple[int, int]) -> n
 
 
 #: The scales :func:`estimate_diameter` tries, as nucleus diameters relative to the model's:
-#: a ladder of ratio 2 from 1/4 to 8 (with a model trained at 18 px, nuclei of about 4.5 to 144
+#: a ladder of ratio 2 from 1/8 to 8 (with a model trained at 18 px, nuclei of about 2 to 144
 #: px across), so one rung always brings the nuclei within the +-30% the network was trained on.
-ESTIMATE_LADDER = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+ESTIMATE_LADDER = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 #: Side (network pixels) of the window each rung of the ladder looks at: the network runs on at
 #: most ``len(ESTIMATE_LADDER)`` windows of this size, whatever the size of the image.
-ESTIMATE_WINDOW = 192
+ESTIMATE_WINDOW = 256
 #: Fewest objects a rung must find to count.
-ESTIMATE_MIN_OBJECTS = 4
+ESTIMATE_MIN_OBJECTS = 3
+#: What each rung is described by, for the score that picks one (:func:`rung_features`).
+RUNG_FEATURES = (
+    "miss",            # |log(median object diameter / trained diameter)|: objects at the trained size
+    "signed_miss",     # the same, signed: fragments come out small, merged nuclei large
+    "step_below",      # |log| of this rung's estimate over the next smaller rung's: a plateau is consistent
+    "step_above",      # the same towards the next larger rung
+    "boundary_share",  # share of the nucleus pixels called boundary: fragmentation
+    "confidence",      # mean |2p - 1| of the nucleus probability where it is above 0.2
+    "log_count",       # log(1 + objects found)
+)
+#: Weights of :data:`RUNG_FEATURES` (and a constant) used for files without a fitted estimator
+#: (``diameter_estimator`` in the weights file, written by ``training/fit_diameter.py``):
+#: the rung whose objects come out nearest the trained size.
+DEFAULT_RUNG_WEIGHTS = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
-def estimate_diameter(image: np.ndarray, model, *, normalization=None, cancelled=None) -> float | None:
-    """The median nucleus diameter (pixels) of ``image``, estimated with ``model``'s own network.
-
-    A scale sweep with a self-consistency score: for each relative size ``r`` of
-    :data:`ESTIMATE_LADDER`, a window of the image is resized so that nuclei ``r`` times the
-    model's diameter would arrive at the model's diameter, and segmented. The network, trained
-    on nuclei of its diameter +-30%, finds nuclei of its own size only where the image's
-    nuclei arrive at that size: too large, they fall apart into fragments or are missed;
-    too small, they merge or vanish. So the rung whose median object is closest to the
-    model's diameter is taken, and its median object, measured back in the image's pixels,
-    is the estimate. None when no rung finds :data:`ESTIMATE_MIN_OBJECTS` nuclei, or the model
-    records no diameter.
-
-    The window (the image's brightest-varying region of that size) keeps the cost to a few
-    small network passes whatever the image's size.
-    """
+def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None) -> list[dict]:
+    """One dict per rung of :data:`ESTIMATE_LADDER` that found objects: its ``estimate`` (the
+    median object diameter in the image's pixels) and its :data:`RUNG_FEATURES`."""
     from .inference import _predict_tiled
     from .postprocess import labels_from_probabilities
     from .preprocess import Normalization, as_rgb
 
     trained = model.diameter
-    if trained is None:
-        return None
     rgb = as_rgb(image)
     if normalization is None:
         normalization = Normalization.of(rgb, model.percentiles, model.log_gain)
-    best = None
+    rungs = []
     for relative in ESTIMATE_LADDER:
         if cancelled is not None and cancelled():
-            break
+            return []
         factor = 1.0 / relative
-        side = int(round(ESTIMATE_WINDOW / factor))
-        window = _busiest_window(rgb, side)
+        window = np.asarray(_busiest_window(rgb, int(round(ESTIMATE_WINDOW / factor))))
         if min(window.shape[:2]) * factor < 32:
             continue
-        scaled = rescale_image(np.asarray(window), factor) if factor != 1 else np.asarray(window)
+        scaled = rescale_image(window, factor) if factor != 1 else window
         probabilities = _predict_tiled(scaled, normalization, model.network, tile_size=512, overlap=64,
                                        batch_size=1, progress=None, cancelled=None, device=None)
         labels = labels_from_probabilities(
@@ -141,10 +155,53 @@ def estimate_diameter(image: np.ndarray, model, *, normalization=None, cancelled
         if areas.size < ESTIMATE_MIN_OBJECTS:
             continue
         found = float(np.median(2 * np.sqrt(areas / np.pi)))
-        miss = abs(math.log(found / trained))
-        if best is None or miss < best[0]:
-            best = (miss, found / factor)
-    return None if best is None else best[1]
+        nucleus = probabilities[0] > model.threshold
+        likely = probabilities[0] > 0.2
+        rungs.append({
+            "relative": relative,
+            "estimate": found * relative,
+            "signed_miss": math.log(found / trained),
+            "boundary_share": float((probabilities[1][nucleus] > model.boundary_threshold).mean()) if nucleus.any() else 1.0,
+            "confidence": float(np.abs(2 * probabilities[0][likely] - 1).mean()) if likely.any() else 0.0,
+            "log_count": math.log1p(areas.size),
+        })
+    for index, rung in enumerate(rungs):
+        rung["miss"] = abs(rung["signed_miss"])
+        below = rungs[index - 1]["estimate"] if index > 0 else None
+        above = rungs[index + 1]["estimate"] if index + 1 < len(rungs) else None
+        rung["step_below"] = abs(math.log(rung["estimate"] / below)) if below else math.log(2)
+        rung["step_above"] = abs(math.log(above / rung["estimate"])) if above else math.log(2)
+    return rungs
+
+
+def rung_features(rung: dict) -> np.ndarray:
+    return np.array([rung[name] for name in RUNG_FEATURES] + [1.0])
+
+
+def estimate_diameter(image: np.ndarray, model, *, normalization=None, cancelled=None) -> float | None:
+    """The median nucleus diameter (pixels) of ``image``, estimated with ``model``'s own network.
+
+    A scale sweep with a self-consistency score (:func:`sweep`): for each relative size ``r``
+    of :data:`ESTIMATE_LADDER`, a window of the image (its busiest, at most
+    :data:`ESTIMATE_WINDOW` network pixels a side) is resized so that nuclei ``r`` times the
+    model's diameter would arrive at the model's diameter, and segmented. The network, trained
+    on nuclei of its diameter +-30%, finds nuclei of that size only where the image's nuclei
+    arrive near it: too large, they fall apart into fragments; too small, they merge or
+    vanish, and neighbouring rungs then disagree. Each rung gets a predicted error, a linear
+    score of :data:`RUNG_FEATURES` fitted per model on training images at random scales
+    (``training/fit_diameter.py``, kept in the weights file as ``diameter_estimator``); the
+    rung with the smallest wins, and its median object, in the image's pixels, is the
+    estimate. None when no rung finds nuclei, or the model records no diameter.
+    """
+    if model.diameter is None:
+        return None
+    rungs = sweep(image, model, normalization=normalization, cancelled=cancelled)
+    if not rungs:
+        return None
+    fitted = model.metadata.get("diameter_estimator", {})
+    weights = np.asarray(fitted.get("weights", DEFAULT_RUNG_WEIGHTS), dtype=float)
+    best = min(rungs, key=lambda rung: float(rung_features(rung) @ weights))
+    return best["estimate"] * math.exp(float(fitted.get("log_bias", 0.0)))
 
 
 def _busiest_window(rgb: np.ndarray, side: int) -> np.ndarray:
