@@ -37,11 +37,13 @@ class FakeNetwork:
 
     def __init__(self, delay: float = 0.0):
         self.calls = 0
+        self.scales: list[float] = []  # the factor each image was to be resized by
         self.delay = delay
         self.started = threading.Event()
 
-    def __call__(self, image, model, *, progress=None, cancelled=None):
+    def __call__(self, image, model, *, progress=None, cancelled=None, scale=1.0):
         self.calls += 1
+        self.scales.append(scale)
         self.started.set()
         deadline = time.monotonic() + self.delay
         while time.monotonic() < deadline:
@@ -826,3 +828,146 @@ def test_the_probabilities_of_a_stack_are_cached_in_3_bytes_a_pixel(viewer_and_w
     shown = viewer.layers["stack nucleus probability"].data
     assert shown.shape == stack.shape
     assert np.asarray(shown[2]).max() == pytest.approx(240 / 255, abs=0.5 / _layers.NUCLEUS_LEVELS)
+
+
+# ---- nucleus diameter: the network runs at the scale of the nuclei, results at the image's ------
+
+
+@pytest.fixture(scope="module")
+def diameter_weights(tmp_path_factory):
+    """A shipped model saved again with the diameter it was trained at (18 px) recorded, as new files are."""
+    from napari_nucleiseg.weights import load_weights, save_weights
+
+    model = load_weights("unet")
+    path = tmp_path_factory.mktemp("diameter_weights") / "unet-d18.safetensors"
+    return save_weights(path, model.network, model.metadata | {"diameter": 18.0})
+
+
+def wait_for_run(qtbot, widget: NucleiSegWidget) -> None:
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+
+
+def test_auto_diameter_is_estimated_shown_and_the_labels_are_at_full_resolution(
+    viewer_and_widget, diameter_weights, notifications, qtbot
+):
+    from conftest import blob_image
+
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(diameter_weights)
+    centers = [(40 + 85 * row, 40 + 85 * col) for row in range(3) for col in range(3)]
+    image = viewer.add_image(blob_image((256, 256), centers=centers, radius=12), name="nuclei")  # 24 px across
+    assert widget.diameter_auto_check.isChecked() and not widget.diameter_spin.isEnabled()
+
+    click_segment(qtbot, widget)  # the real network: estimate, resize, predict, bring back
+
+    (labels,) = labels_layers(viewer)
+    assert notifications.messages["error"] == []
+    estimate = labels.metadata["diameter"]
+    assert labels.metadata["diameter_estimated"] is True and 16 < estimate < 36
+    assert widget.diameter_auto_check.text() == f"Auto (estimated {estimate:.1f} px)"
+    assert widget.diameter_auto_check.isChecked() and widget.diameter_spin.value() == pytest.approx(estimate, abs=0.05)
+    model = widget._model
+    scale = labels.metadata["scale"]
+    assert scale == model.scale_for(estimate) != 1.0  # the network saw the image resized ...
+    assert labels.data.shape == image.data.shape == (256, 256)  # ... and the labels are the image's
+    assert shown_count(widget) == 9
+    # The min size defaults to the model's at the scale of the run (in the image's pixels).
+    assert widget.min_size_spin.value() == model.min_size_at(scale) != model.min_size
+    assert widget._cache.seed_min_size == model.seed_min_size_at(scale)
+
+
+def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
+    viewer_and_widget, diameter_weights, fake_network, notifications, qtbot
+):
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(diameter_weights)
+    image = viewer.add_image(blobs(shape=(256, 256)), name="blobs")
+    click_segment(qtbot, widget)  # Auto: estimated with the real network, predicted with the fake one
+    (labels,) = labels_layers(viewer)
+    assert fake_network.calls == 1
+
+    widget.diameter_auto_check.setChecked(False)  # the estimate stays: nothing runs yet
+    assert widget.diameter_spin.isEnabled() and fake_network.calls == 1
+    spin = widget.diameter_spin
+    spin.lineEdit().selectAll()
+    qtbot.keyClicks(spin, "36")
+    qtbot.keyClick(spin, _widget.Qt.Key.Key_Return)
+    wait_for_run(qtbot, widget)
+
+    assert fake_network.calls == 2 and fake_network.scales[-1] == 0.5  # one run, not one a keystroke
+    assert labels_layers(viewer) == [labels]  # the result is updated in place
+    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5}
+    assert labels.data.shape == image.data.shape
+    assert widget.diameter_auto_check.text() == "Auto" and not widget.diameter_auto_check.isChecked()
+    assert widget.min_size_spin.value() == widget._model.min_size_at(0.5)
+    assert notifications.messages["error"] == []
+
+    widget.diameter_auto_check.setChecked(True)  # back to Auto: estimated again
+    wait_for_run(qtbot, widget)
+    assert fake_network.calls == 3 and labels.metadata["diameter_estimated"] is True
+
+
+def test_the_threshold_after_a_diameter_run_rethresholds_the_cached_probabilities(
+    viewer_and_widget, diameter_weights, fake_network, qtbot
+):
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(diameter_weights)
+    viewer.add_image(blobs(shape=(256, 256)), name="blobs")
+    assert widget.set_diameter(36.0) and fake_network.calls == 0  # nothing segmented yet: nothing runs
+    assert not widget.diameter_auto_check.isChecked() and widget.diameter_spin.value() == 36.0
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert fake_network.scales == [0.5]
+    min_size = widget.min_size_spin.value()
+    assert min_size == widget._model.min_size_at(0.5) == 4 * widget._model.min_size
+
+    counts = {}
+    for threshold in (0.3, 0.5, 0.9):
+        widget.threshold_slider.setValue(threshold)
+        counts[threshold] = shown_count(widget)
+    assert counts == {0.3: 4, 0.5: 3, 0.9: 1}
+    assert fake_network.calls == 1  # the network ran once; the slider re-used its output
+    assert widget.min_size_spin.value() == min_size and labels_layers(viewer) == [labels]
+    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5}
+
+
+@pytest.mark.parametrize("bad", [0.0, -5.0, float("nan"), 300.0])
+def test_a_bad_diameter_gets_one_sentence_and_changes_nothing(
+    viewer_and_widget, diameter_weights, fake_network, notifications, qtbot, bad
+):
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(diameter_weights)
+    viewer.add_image(blobs(shape=(256, 256)), name="blobs")
+    widget.set_diameter(24.0)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    before, metadata = labels.data.copy(), dict(labels.metadata)
+
+    if bad >= 0:  # what the box lets a user enter
+        widget.diameter_spin.setValue(bad)
+    else:
+        assert not widget.set_diameter(bad)
+    wait_for_run(qtbot, widget)
+
+    (message,) = notifications.messages["error"]
+    assert "diameter" in message and message.endswith(".") and "\n" not in message
+    assert fake_network.calls == 1 and labels_layers(viewer) == [labels]
+    assert np.array_equal(labels.data, before) and labels.metadata == metadata
+    assert widget.diameter_spin.value() == 24.0 and not widget.diameter_auto_check.isChecked()
+
+
+def test_a_diameter_entered_during_a_run_runs_again_when_it_ends(
+    viewer_and_widget, diameter_weights, monkeypatch, qtbot
+):
+    slow = FakeNetwork(delay=0.3)
+    monkeypatch.setattr(inference, "predict_probabilities", slow)
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(diameter_weights)
+    viewer.add_image(blobs(shape=(256, 256)), name="blobs")
+    widget.set_diameter(24.0)
+    qtbot.mouseClick(widget.segment_button, _widget.Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
+    assert widget.set_diameter(36.0)  # the network is busy with 24 px: 36 px follows
+    qtbot.waitUntil(lambda: slow.calls == 2 and not widget.running, timeout=RUN_TIMEOUT_MS)
+    (labels,) = labels_layers(viewer)
+    assert slow.scales == [0.75, 0.5] and labels.metadata["diameter"] == 36.0

@@ -206,6 +206,12 @@ class Prediction:
     model: Any  # the NucleiModel, to be reused while its file is unchanged
     model_key: tuple[str, int]
     labels: np.ndarray | None = None  # (*leading, Y, X), when post-processing options were given
+    min_size: int | None = None  # the minimum size those labels were made with
+    #: The nucleus diameter (pixels) the network ran for, given or estimated; None: the model
+    #: records none, or no estimate could be made (the image was not resized).
+    diameter: float | None = None
+    diameter_estimated: bool = False
+    scale: float = 1.0  # the factor the planes were resized by for the network (1: not resized)
 
 
 @dataclass
@@ -230,35 +236,61 @@ def predict_stack(
     weights: Path,
     *,
     model: Any = None,
+    diameter: float | None = None,
     postprocess: dict[str, Any] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Generator[int, None, Prediction | Failure]:
     """Load the model (unless given) and predict every plane of ``data``; yield planes done.
 
-    ``shape`` is ``(*leading, Y, X)``. With ``postprocess`` (options of :func:`labels_from_stack`
-    but the boundary threshold, which is the model's), the labels are made here too, so a large
-    image's first result costs the calling thread nothing. Runs in a worker thread. Everything
-    that can go wrong is returned as a :class:`Failure` (a worker that raises or returns an
-    exception would end in a traceback dialog); unexpected errors are logged with their traceback.
+    ``shape`` is ``(*leading, Y, X)``. ``diameter`` is the nuclei's diameter in pixels, or None
+    to estimate it (:func:`stack_diameter`); the planes are resized for the network by the
+    model's :meth:`~napari_nucleiseg.weights.NucleiModel.scale_for` it, and the probabilities
+    come back at full resolution. With ``postprocess`` (options of :func:`labels_from_stack` but
+    the boundary threshold, which is the model's; a ``min_size`` of None is the model's at the
+    scale), the labels are made here too, so a large image's first result costs the calling
+    thread nothing. Runs in a worker thread. Everything that can go wrong is returned as a
+    :class:`Failure` (a worker that raises or returns an exception would end in a traceback
+    dialog); unexpected errors are logged with their traceback.
     """
     from .inference import Cancelled
+    from .scale import check_diameter
     from .weights import load_weights
 
     leading = shape[:-2]
     try:
+        check_diameter(diameter, shape[-2:])
+    except ValueError as error:
+        return Failure(str(error))
+    try:
         key = file_key(weights)
         model = model if model is not None else load_weights(weights)
         probabilities = CompactProbabilities(leading, shape[-2:])
-        planes = predict_planes(data, leading, model, on_tile=on_tile, cancelled=cancelled)
-        for done, (index, plane_probabilities) in enumerate(planes, start=1):
-            probabilities[index] = plane_probabilities
-            del plane_probabilities  # stored compactly: the float maps go before the next plane (or labels) start
-            yield done
-        labels = None
+        if not leading:  # one image: the API's pipeline, with its check of an estimated diameter
+            from .api import predict_at_diameter
+
+            prediction = predict_at_diameter(np.asarray(data), model, diameter, progress=on_tile, cancelled=cancelled)
+            used_diameter, estimated, scale = prediction.diameter, prediction.estimated, prediction.scale
+            probabilities[()] = prediction.probabilities
+            del prediction
+            yield 1
+        else:
+            used_diameter, estimated = stack_diameter(data, leading, model, diameter, cancelled=cancelled)
+            scale = model.scale_for(used_diameter)
+            planes = predict_planes(data, leading, model, scale=scale, on_tile=on_tile, cancelled=cancelled)
+            for done, (index, plane_probabilities) in enumerate(planes, start=1):
+                probabilities[index] = plane_probabilities
+                del plane_probabilities  # stored compactly: the float maps go before the next plane (or labels) start
+                yield done
+        labels = min_size = None
         if postprocess is not None:
+            postprocess = dict(postprocess)
+            if postprocess.get("min_size") is None:
+                postprocess["min_size"] = model.min_size_at(scale)
+            min_size = postprocess["min_size"]
             steps = label_planes(probabilities, boundary_threshold=model.boundary_threshold,
-                                 neck_ratio=model.neck_ratio, seed_min_size=model.seed_min_size, **postprocess)
+                                 neck_ratio=model.neck_ratio, seed_min_size=model.seed_min_size_at(scale),
+                                 **postprocess)
             labels = run_to_end(steps, cancelled)
     except Cancelled:
         return Failure("Segmentation cancelled; no layer was changed.", cancelled=True)
@@ -269,7 +301,29 @@ def predict_stack(
     except Exception as error:
         logger.exception("Segmentation failed")
         return Failure(f"Segmentation failed: {error}")
-    return Prediction(probabilities, model, key, labels)
+    return Prediction(probabilities, model, key, labels, min_size, used_diameter, estimated, scale)
+
+
+def stack_diameter(
+    data: Any,
+    leading: tuple[int, ...],
+    model: Any,
+    diameter: float | None = None,
+    *,
+    cancelled: Callable[[], bool] | None = None,
+) -> tuple[float | None, bool]:
+    """``(diameter, estimated)`` for a whole stack, as :func:`~napari_nucleiseg.api.resolve_diameter`
+    gives for one plane.
+
+    One diameter for every plane, estimated on the middle one: the planes of a stack come from
+    one microscope at one magnification, so one scale serves them all and the min size on the
+    slider keeps one meaning (the ends of a z-stack, often out of focus, are poor planes to
+    measure on).
+    """
+    from .api import resolve_diameter
+
+    middle = tuple(int(i) for i in np.unravel_index(int(np.prod(leading)) // 2, leading))
+    return resolve_diameter(data[middle], model, diameter, cancelled=cancelled)
 
 
 def run_to_end(steps: Generator[int, None, Any], cancelled: Callable[[], bool] | None = None) -> Any:
@@ -296,13 +350,15 @@ def predict_planes(
     leading: tuple[int, ...],
     model: Any,
     *,
+    scale: float = 1.0,
     on_tile: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Predict every plane of ``data`` in turn; yield ``(plane index, (2, Y, X) probabilities)``.
 
-    ``data`` may be lazy (dask, zarr): one plane is read at a time. ``cancelled`` is polled
-    between planes and between tiles of a plane.
+    ``data`` may be lazy (dask, zarr): one plane is read at a time. The network sees each plane
+    resized by ``scale``; the probabilities are at the plane's own resolution. ``cancelled`` is
+    polled between planes and between tiles of a plane.
 
     Raises
     ------
@@ -315,7 +371,7 @@ def predict_planes(
         if cancelled is not None and cancelled():
             raise inference.Cancelled("Segmentation cancelled.")
         plane = np.asarray(data[index])
-        yield index, inference.predict_probabilities(plane, model, progress=on_tile, cancelled=cancelled)
+        yield index, inference.predict_probabilities(plane, model, progress=on_tile, cancelled=cancelled, scale=scale)
 
 
 def labels_from_stack(probabilities: np.ndarray | CompactProbabilities, **postprocess: Any) -> np.ndarray:

@@ -1,9 +1,10 @@
 """The dock widget: pick an image and a model, segment, tune the result, correct it by hand, export.
 
-UI only. The network runs in a napari thread worker (:mod:`.inference`); the threshold, minimum
-size and splitting re-run only the post-processing (:mod:`.postprocess`) on the probability maps
-cached, compactly, from the last run: at once for small images, in a worker for large ones, where
-the newest settings win. Layers are touched only on the main thread.
+UI only. The network runs in a napari thread worker (:mod:`.inference`), on the image resized for
+the nucleus diameter (estimated, or given: a new diameter runs the network again); the threshold,
+minimum size and splitting re-run only the post-processing (:mod:`.postprocess`) on the probability
+maps cached, compactly, from the last run: at once for small images, in a worker for large ones,
+where the newest settings win. Layers are touched only on the main thread.
 
 Nothing the user made is overwritten: the widget updates its Labels layer in place only while
 the layer holds exactly what the widget last wrote; once the user has edited it by hand, a new
@@ -16,7 +17,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -44,6 +46,7 @@ from superqt.utils import signals_blocked
 
 from . import _layers
 from .preprocess import ImageError
+from .scale import check_diameter
 from .weights import BUNDLED_MODELS, DEFAULT_MIN_SIZE, DEFAULT_MODEL, DEFAULT_THRESHOLD, WeightsError, bundled_weights_path, read_metadata
 
 CUSTOM_WEIGHTS_ITEM = "Custom weights file..."
@@ -67,6 +70,9 @@ SYNC_POSTPROCESS_PIXELS = 2**19
 #: Closing the widget waits at most this long for a re-threshold to stop (it stops between planes:
 #: a 2048 x 2048 plane takes up to about a second).
 CLOSE_WAIT_S = 10.0
+#: The largest diameter the diameter box takes (pixels); a diameter larger than the image is
+#: refused anyway, with a sentence.
+MAX_DIAMETER_PX = 100_000.0
 
 
 @dataclass(eq=False)  # compared by identity: a result belongs to one run's cache
@@ -81,7 +87,10 @@ class _Cache:
     boundary_threshold: float
     model_key: tuple[str, int]  # weights file and its modification time
     neck_ratio: float = 0.0  # the model's, like the boundary threshold
-    seed_min_size: int = 0  # the model's too
+    seed_min_size: int = 0  # the model's too, at the scale of the run
+    diameter: float | None = None  # the nucleus diameter the network ran for (None: not resized)
+    diameter_estimated: bool = False
+    scale: float = 1.0  # the factor the image was resized by for the network
 
     def __post_init__(self) -> None:
         if not isinstance(self.probabilities, _layers.CompactProbabilities):
@@ -159,6 +168,13 @@ class NucleiSegWidget(QWidget):
         self._worker: Any = None
         self._running_image: Image | None = None  # the image being segmented
         self._run_settings: _Settings | None = None  # the settings its first result is made with
+        #: The nucleus diameter asked for (pixels); None: estimate it from the image (Auto) ...
+        self._diameter: float | None = None
+        self._run_diameter: float | None = None  # ... and the one the run under way was asked for
+        self._rerun = False  # the diameter changed during a run: run again when it ends
+        #: The min size the model calls for at the scale of the last run (at 1 before any run):
+        #: a min size box left at it follows the scale of the next run.
+        self._default_min_size: int = DEFAULT_MIN_SIZE
         #: The re-threshold running in a worker (at most one: a list, so closing the widget can stop it) ...
         self._jobs: list[_Job] = []
         #: ... and the cache and settings of the result last written (or that failed): the output
@@ -219,6 +235,11 @@ class NucleiSegWidget(QWidget):
         self.split_check = QCheckBox("Split touching nuclei", checked=True)
         self.split_check.setToolTip("Separate touching nuclei along the boundaries the model predicts, and cut "
                                     "\"8\"-shaped objects at their neck (as calibrated for the model)")
+        self.diameter_auto_check = QCheckBox("Auto", checked=True)
+        self.diameter_auto_check.setToolTip("Estimate the nuclei's diameter from the image")
+        self.diameter_spin = QDoubleSpinBox(minimum=0.0, maximum=MAX_DIAMETER_PX, decimals=1, suffix=" px",
+                                            enabled=False, toolTip="The nuclei's median diameter, in pixels")
+        self.diameter_spin.setKeyboardTracking(False)  # one run when the number is entered, not one a keystroke
         self.count_label = QLabel("No segmentation yet")
         self.count_label.setWordWrap(True)
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
@@ -229,6 +250,10 @@ class NucleiSegWidget(QWidget):
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_combo)
+        diameter_row = QHBoxLayout()
+        diameter_row.addWidget(self.diameter_auto_check)
+        diameter_row.addWidget(self.diameter_spin, 1)
+        form.addRow("Nucleus diameter", diameter_row)
         run_box = QVBoxLayout()  # a hidden progress bar leaves no gap here, unlike a row of its own
         run_box.addLayout(buttons)
         run_box.addWidget(self.progress_bar)
@@ -249,6 +274,8 @@ class NucleiSegWidget(QWidget):
         self.min_size_spin.valueChanged.connect(self._on_postprocess_changed)
         self.split_check.toggled.connect(self._on_postprocess_changed)
         self.probability_check.toggled.connect(self._show_probabilities)
+        self.diameter_auto_check.toggled.connect(self._on_diameter_auto_toggled)
+        self.diameter_spin.valueChanged.connect(self._on_diameter_entered)
         self.export_button.clicked.connect(self._on_export_clicked)
 
     def _describe_bundled_models(self) -> None:
@@ -348,20 +375,35 @@ class NucleiSegWidget(QWidget):
         """Before any run, the chosen model's calibrated threshold and minimum size are the start.
 
         Once a result is shown the controls keep describing it; the new model's values are
-        applied when its first run finishes (see :meth:`_on_run_returned`).
+        applied when its first run finishes (see :meth:`_on_run_returned`). The diameter controls
+        are for models that record the diameter they were trained at.
         """
+        try:
+            metadata = read_metadata(self._weights_path())
+        except WeightsError:
+            metadata = {}
+        trained = metadata.get("diameter")
+        self.diameter_auto_check.setEnabled(trained is not None)
+        self.diameter_spin.setEnabled(trained is not None and self._diameter is not None)
+        self.diameter_auto_check.setToolTip(
+            "Estimate the nuclei's diameter from the image" if trained is not None
+            else "This model records no nucleus diameter: images are segmented at their own scale")
         if self._cache is not None:
             return
-        try:
-            self._apply_calibration(read_metadata(self._weights_path()))
-        except WeightsError:
-            self._apply_calibration({})
+        if trained is not None and self._diameter is None:
+            with signals_blocked(self.diameter_spin):  # a start for a diameter of one's own: the model's
+                self.diameter_spin.setValue(float(trained))
+        self._apply_calibration(metadata)
 
     def _apply_calibration(self, metadata: dict) -> None:
-        settings = _Settings.calibrated(metadata, self.split_check.isChecked())
+        self._show_settings(_Settings.calibrated(metadata, self.split_check.isChecked()))
+
+    def _show_settings(self, settings: _Settings) -> None:
+        """Set the threshold and min size controls (re-thresholding nothing); the min size is now the default."""
         with signals_blocked(self.threshold_slider), signals_blocked(self.min_size_spin):
             self.threshold_slider.setValue(settings.threshold)
             self.min_size_spin.setValue(settings.min_size)
+        self._default_min_size = settings.min_size
 
     def _settings(self) -> _Settings:
         """The post-processing options the controls show."""
@@ -371,9 +413,11 @@ class NucleiSegWidget(QWidget):
 
     def segment(self) -> None:
         """Segment the chosen image with the chosen model (in a worker thread unless synchronous)."""
+        self._segment(self.image_layer)
+
+    def _segment(self, image: Image | None) -> None:
         if self.running:
             return
-        image = self.image_layer
         if image is None:
             others = [f"'{layer.name}' is a {type(layer).__name__} layer" for layer in self.viewer.layers]
             detail = f" ({', '.join(others[:2])})" if others else ""
@@ -402,10 +446,15 @@ class NucleiSegWidget(QWidget):
         new_model = self._cache is not None and self._cache.model_key != key
         split = self.split_check.isChecked()
         self._run_settings = _Settings.calibrated(metadata, split) if new_model else self._settings()
-        self._set_running(True)
+        options = self._run_settings.options()
+        if new_model or self._run_settings.min_size == self._default_min_size:
+            options["min_size"] = None  # the model's at the scale of this run, known once the diameter is
+        self._run_diameter, self._rerun = self._diameter, False
+        estimating = self._diameter is None and metadata.get("diameter") is not None
+        self._set_running(True, "Estimating the nucleus diameter..." if estimating else "Loading the model...")
         run = partial(_layers.predict_stack, image.data, (*leading, *plane), weights,
-                      model=self._model if self._model_key == key else None, postprocess=self._run_settings.options(),
-                      on_tile=self._tiles.done.emit, cancelled=self._cancel.is_set)
+                      model=self._model if self._model_key == key else None, diameter=self._diameter,
+                      postprocess=options, on_tile=self._tiles.done.emit, cancelled=self._cancel.is_set)
         if self.run_synchronously:
             generator = run()
             try:
@@ -429,14 +478,15 @@ class NucleiSegWidget(QWidget):
     def cancel(self) -> None:
         """Stop the run at the next plane or tile; the layers stay as they were."""
         self._cancel.set()
+        self._rerun = False
         self.cancel_button.setEnabled(False)
 
-    def _set_running(self, running: bool) -> None:
+    def _set_running(self, running: bool, stage: str = "") -> None:
         self.segment_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.progress_bar.setVisible(running)
         self.progress_bar.setValue(0)
-        self.progress_bar.setFormat("Loading the model..." if running else "")
+        self.progress_bar.setFormat(stage)
 
     def _on_tile_progress(self, done: int, total: int) -> None:
         plane, planes = self._plane
@@ -451,8 +501,11 @@ class NucleiSegWidget(QWidget):
             self.progress_bar.setFormat("Finding the nuclei...")
 
     def _on_run_finished(self) -> None:
+        image = self._running_image
         self._worker = self._running_image = None
         self._set_running(False)
+        if self._rerun and image in self.viewer.layers:
+            self._segment(image)  # the diameter changed while the network ran
 
     def _on_run_returned(self, outcome: _layers.Prediction | _layers.Failure) -> None:
         image = self._running_image
@@ -461,14 +514,87 @@ class NucleiSegWidget(QWidget):
             (show_info if outcome.cancelled else show_error)(outcome.message)
             return
         probabilities, model, key = outcome.probabilities, outcome.model, outcome.model_key
+        settings = replace(self._run_settings, min_size=outcome.min_size)
+        default_min_size = model.min_size_at(outcome.scale)
         if self._cache is not None and self._cache.model_key != key:
-            self._apply_calibration(model.metadata)  # another model than the last run's
+            self._show_settings(settings)  # another model than the last run's: its calibration, at this scale
+        elif self.min_size_spin.value() == self._default_min_size:  # left at the default: it follows the scale
+            with signals_blocked(self.min_size_spin):
+                self.min_size_spin.setValue(default_min_size)
+        self._default_min_size = default_min_size
         self._model, self._model_key = model, key
         self._cache = _Cache(image, probabilities, model.boundary_threshold, key, model.neck_ratio,
-                             model.seed_min_size)
-        self._write_result(self._cache, self._run_settings, outcome.labels)
+                             model.seed_min_size_at(outcome.scale), outcome.diameter, outcome.diameter_estimated,
+                             outcome.scale)
+        self._show_diameter(self._cache)
+        self._write_result(self._cache, settings, outcome.labels)
         self._request_result()  # the controls moved during the run: their newest settings follow
         self._show_probabilities()
+
+    # ---- nucleus diameter -----------------------------------------------------------------
+
+    def set_diameter(self, diameter: float | None) -> bool:
+        """Segment for nuclei ``diameter`` pixels across, or estimate it (None: "Auto").
+
+        Once an image is segmented, a new diameter segments it again (the network sees the image
+        at another scale). A diameter that is not a positive number of pixels, or is larger than
+        the image, is refused with a sentence and changes nothing; returns whether it was taken.
+        """
+        image = self._cache.image if self._cache is not None else self.image_layer
+        plane = None
+        if image is not None and not image.multiscale:
+            with suppress(ImageError):  # an image that cannot be segmented says so when it is tried
+                plane = _layers.stack_shape(image.data.shape, image.rgb)[1]
+        try:
+            check_diameter(diameter, plane)
+        except ValueError as error:
+            show_error(str(error))
+            self._show_diameter_setting()
+            return False
+        diameter = None if diameter is None else float(diameter)
+        if diameter == self._diameter:
+            return True
+        self._diameter = diameter
+        self._show_diameter_setting()
+        if self.running:
+            self._rerun = self._diameter != self._run_diameter
+        elif self._cache is not None and self._cache.image in self.viewer.layers:
+            self._segment(self._cache.image)
+        return True
+
+    def _on_diameter_auto_toggled(self, auto: bool) -> None:
+        if auto:
+            self.set_diameter(None)
+        else:
+            # The box holds the diameter of the result shown: it stands, now as the user's own
+            # (nothing runs again), and is the start for one of theirs.
+            self._diameter = self.diameter_spin.value() or None
+            self._show_diameter_setting()
+
+    def _on_diameter_entered(self, value: float) -> None:
+        if not self.diameter_auto_check.isChecked():
+            self.set_diameter(value)
+
+    def _show_diameter_setting(self) -> None:
+        """The Auto box and the number show the diameter asked for (a refused number is undone)."""
+        auto = self._diameter is None
+        with signals_blocked(self.diameter_auto_check), signals_blocked(self.diameter_spin):
+            self.diameter_auto_check.setChecked(auto)
+            if not auto:
+                self.diameter_spin.setValue(self._diameter)
+        self.diameter_spin.setEnabled(not auto and self.diameter_auto_check.isEnabled())
+
+    def _show_diameter(self, cache: _Cache) -> None:
+        """After a run: "Auto" says what it estimated, and the number box holds it."""
+        text = "Auto"
+        if cache.diameter_estimated:
+            text = f"Auto (estimated {cache.diameter:.1f} px)"
+            if self._diameter is None:  # not while the user has since entered a number of their own
+                with signals_blocked(self.diameter_spin):
+                    self.diameter_spin.setValue(cache.diameter)
+        elif self._run_diameter is None and self._model.diameter is not None:
+            text = "Auto (no estimate: not resized)"
+        self.diameter_auto_check.setText(text)
 
     # ---- post-processing and output layers --------------------------------------------------
 
@@ -570,6 +696,7 @@ class NucleiSegWidget(QWidget):
         else:
             self._write(layer, labels)
         self._outputs[cache.image.unique_id] = layer
+        layer.metadata.update(diameter=cache.diameter, diameter_estimated=cache.diameter_estimated, scale=cache.scale)
         # fresh labels are numbered 1..N, and the widget knows their checksum
         self._mark_changed(layer, count=int(labels.max()), checksum=self._written[layer].checksum)
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, NamedTuple, Union
 
 import numpy as np
 
@@ -160,23 +160,21 @@ def segment(
     napari_nucleiseg.inference.Cancelled
         If ``cancelled()`` returned True.
     """
-    from .inference import predict_probabilities
     from .preprocess import as_rgb
     from .scale import check_diameter
 
     nuclei_model = load_model(model)
     check_diameter(diameter, np.shape(image))
-    rgb = as_rgb(image)  # the one-sentence ImageError before any work
-    used_diameter, estimated = resolve_diameter(rgb, nuclei_model, diameter, cancelled=cancelled)
-    scale = nuclei_model.scale_for(used_diameter)
+    as_rgb(image)  # the one-sentence ImageError before any work
     threshold = nuclei_model.threshold if threshold is None else threshold
-    min_size = nuclei_model.min_size_at(scale) if min_size is None else min_size
     if boundary_threshold is None:
         boundary_threshold = nuclei_model.boundary_threshold
     neck_ratio = nuclei_model.neck_ratio if neck_ratio is None else neck_ratio
+    _check_settings(threshold, min_size or 0, boundary_threshold, neck_ratio, seed_min_size or 0)  # before the slow part
+    prediction = predict_at_diameter(image, nuclei_model, diameter, progress=progress, cancelled=cancelled)
+    probabilities, used_diameter, estimated, scale = prediction
+    min_size = nuclei_model.min_size_at(scale) if min_size is None else min_size
     seed_min_size = nuclei_model.seed_min_size_at(scale) if seed_min_size is None else seed_min_size
-    _check_settings(threshold, min_size, boundary_threshold, neck_ratio, seed_min_size)  # before the slow part
-    probabilities = predict_probabilities(image, nuclei_model, progress=progress, cancelled=cancelled, scale=scale)
     return result_from_probabilities(
         probabilities,
         image,
@@ -191,6 +189,56 @@ def segment(
         diameter_estimated=estimated,
         scale=scale,
     )
+
+
+class Prediction(NamedTuple):
+    """What :func:`predict_at_diameter` returns."""
+
+    probabilities: np.ndarray  # (2, H, W) float32, at the image's own resolution
+    diameter: float | None  # the nucleus diameter (pixels) the network was run for; None: not resized
+    estimated: bool  # whether that diameter was estimated
+    scale: float  # the factor the image was resized by for the network
+
+
+#: An estimated diameter is checked against the median nucleus of the whole image segmented at the
+#: scale it gave; further off than this factor, the network runs once more at the measured size.
+RECHECK_FACTOR = 1.25
+
+
+def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float | None = None, *,
+                        progress: Callable[[int, int], None] | None = None,
+                        cancelled: Callable[[], bool] | None = None) -> Prediction:
+    """The network's probabilities for ``image`` with its nuclei brought to the model's size.
+
+    The one pipeline of :func:`segment`, the widget and the command line: the diameter is
+    given or estimated (:func:`resolve_diameter`), the image resized by the factor it gives
+    (:meth:`~napari_nucleiseg.weights.NucleiModel.scale_for`), the network run tile by tile,
+    and the probabilities brought back to the image's pixels. An estimate is then checked
+    (Cellpose's second step): the whole image's nuclei at that scale, labelled with the
+    model's settings, have a median diameter of their own, measured on far more nuclei than
+    the estimate's window holds; if it differs by more than :data:`RECHECK_FACTOR`, the
+    network runs once more at that size, and that is the diameter reported.
+    """
+    from .inference import predict_probabilities
+    from .postprocess import labels_from_probabilities
+
+    used, estimated = resolve_diameter(image, model, diameter, cancelled=cancelled)
+    scale = model.scale_for(used)
+    probabilities = predict_probabilities(image, model, progress=progress, cancelled=cancelled, scale=scale)
+    if estimated:
+        labels = labels_from_probabilities(
+            probabilities, model.threshold, min_size=model.min_size_at(scale), split=True,
+            boundary_threshold=model.boundary_threshold, seed_min_size=model.seed_min_size_at(scale),
+        )
+        areas = np.bincount(labels.ravel())[1:]
+        areas = areas[areas > 0]
+        if areas.size >= 5:
+            measured = float(np.median(2 * np.sqrt(areas / np.pi)))
+            if abs(np.log(measured / used)) > np.log(RECHECK_FACTOR):
+                used, scale = measured, model.scale_for(measured)
+                probabilities = predict_probabilities(image, model, progress=progress, cancelled=cancelled,
+                                                      scale=scale)
+    return Prediction(probabilities, used, estimated, scale)
 
 
 def resolve_diameter(image: np.ndarray, model: NucleiModel, diameter: float | None = None, *,
