@@ -60,6 +60,23 @@ BALANCED_SHARES = {"fluorescence": 0.6, "tissue": 0.25, "brightfield": 0.15}
 #: kinds keep most of the crops, each added set gets its own share.
 BALANCED_SHARES_WITH_TISSUE = {"fluorescence": 0.45, "tissue": 0.1, "brightfield": 0.1, "monuseg": 0.2, "consep": 0.15}
 
+#: What the weights inherit from each training set's licence (the data sets' READMEs in ../shared/data).
+DATA_LICENCES = {
+    "dsb2018": "DSB2018 stage1_train: CC0",
+    "monuseg": "MoNuSeg 2018: CC BY-NC-SA 4.0 (non-commercial, share alike)",
+    "consep": "CoNSeP: as published by its authors (Graham et al. 2019), cite the paper",
+}
+#: The note that weights trained on MoNuSeg carry (its non-commercial terms apply to them).
+NON_COMMERCIAL_NOTE = ("trained on MoNuSeg 2018 (CC BY-NC-SA 4.0): these weights are for non-commercial use "
+                       "only and are shared under the same terms")
+
+
+def licence_note(sets: list[str]) -> str:
+    """The weights file's ``licence``: the non-commercial note where MoNuSeg was used, then each set's terms."""
+    terms = "; ".join(DATA_LICENCES.get(name, name) for name in dict.fromkeys(sets))
+    return (NON_COMMERCIAL_NOTE + ". Data: " if "monuseg" in sets else "Data: ") + terms
+
+
 #: Median nucleus diameter (pixels) of the frame the networks learn in (``--diameter``): the median
 #: over DSB2018's train images of each image's median nucleus diameter (18.3 px), so most of
 #: DSB2018 is rescaled little; MoNuSeg's (21.9) and CoNSeP's (16.2) are close too.
@@ -434,6 +451,7 @@ def main(argv=None) -> dict:
                 "normalization": {"method": "percentile", "percentiles": list(DEFAULT_PERCENTILES),
                                   **({"log_gain": args.log_gain} if args.log_gain else {})},
                 **({"diameter": args.diameter} if args.diameter else {}),
+                "licence": licence_note(train_sets),
                 "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 10,
                 **({"heads": list(network.inference_heads)} if getattr(network, "inference_heads", None) else {}),
                 "training": {

@@ -518,6 +518,10 @@ def describe_weights(metadata: dict[str, Any]) -> str:
     if len(lines) == 1:
         lines.append("No training information in this file.")
     lines.append(f"Threshold {float(metadata.get('threshold', 0.5)):.2f}, min size {metadata.get('min_size', '?')} px")
+    if metadata.get("diameter"):
+        lines.append(f"Trained at a nucleus diameter of {float(metadata['diameter']):g} px (images are resized to it)")
+    if metadata.get("licence"):
+        lines.append(f"Licence: {metadata['licence']}")
     return "\n".join(lines)
 
 

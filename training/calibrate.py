@@ -1,0 +1,116 @@
+"""Calibrate a weights file's post-processing at its trained nucleus diameter, on val parts only.
+
+The settings a weights file carries (threshold, boundary threshold, min size, neck ratio,
+smallest seed) are chosen on the validation images brought to the model's ``diameter`` with
+their true median nucleus diameter, so the min sizes are in the pixels of the frame the network
+works in (inference scales them with the image: ``NucleiModel.min_size_at``). The images: DSB2018
+``val`` and the val parts train.py holds out of MoNuSeg and CoNSeP train (every 7th source image);
+never a ``test`` part. One small grid, the same for every model::
+
+    thresholds 0.4 0.5 0.6 x boundary thresholds 0.02 0.05 0.1 0.2 0.35 x min sizes 0 10 20 30 45,
+    then neck ratios 0 0.2 0.4 x smallest seeds 0 16 x the same boundary thresholds
+
+Example::
+
+    python training/calibrate.py runs/s8_hrnet/best.safetensors --out weights/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import holdout_split, list_ids, load_pair  # noqa: E402
+from evaluate import Sample, calibrate, calibrate_splitting, write_calibrated_weights  # noqa: E402
+from train import at_diameter, licence_note  # noqa: E402
+
+from napari_nucleiseg.inference import predict_probabilities  # noqa: E402
+from napari_nucleiseg.weights import load_weights, read_metadata  # noqa: E402
+
+THRESHOLDS = (0.4, 0.5, 0.6)
+BOUNDARY_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.35)
+MIN_SIZES = (0, 10, 20, 30, 45)
+NECK_RATIOS = (0.0, 0.2, 0.4)
+SEED_MIN_SIZES = (0, 16)
+
+
+def val_samples(data: Path, diameter: float, limit: int | None = None) -> dict[str, list[Sample]]:
+    """The val images of each set, resized so their median nucleus is ``diameter`` px across."""
+    sets = {"dsb2018": [(i, *load_pair(data / "dsb2018", i)) for i in list_ids(data / "dsb2018", "val")[:limit]]}
+    for name, folder in (("monuseg", "monuseg2018/train"), ("consep", "consep/train")):
+        _, held = holdout_split(list_ids(data / folder, None))
+        sets[name] = [(i, *load_pair(data / folder, i)) for i in held[:limit]]
+    return {name: [Sample(i, *at_diameter(image, truth, diameter)) for i, image, truth in pairs]
+            for name, pairs in sets.items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("weights", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the calibrated <name>.safetensors")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--limit", type=int, default=None, help="images per set (smoke tests)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f} s] {message}", flush=True)
+
+    model = load_weights(args.weights)
+    if model.diameter is None:
+        raise SystemExit(f"{args.weights} records no diameter: calibrate it with evaluate.py --calibrate")
+    sets = val_samples(args.data, model.diameter, args.limit)
+    samples = [sample for group in sets.values() for sample in group]
+    log("val images: " + ", ".join(f"{len(group)} {name}" for name, group in sets.items()))
+    probabilities = [predict_probabilities(sample.image, model) for sample in samples]
+    log("probabilities done")
+    settings, grid = calibrate(probabilities, samples, THRESHOLDS, BOUNDARY_THRESHOLDS, MIN_SIZES, log=log)
+    settings, split_grid = calibrate_splitting(probabilities, samples, settings, BOUNDARY_THRESHOLDS, NECK_RATIOS,
+                                               log=log, seed_min_sizes=SEED_MIN_SIZES)
+    from metrics import instance_scores
+
+    scores, offset = {}, 0
+    for name, group in sets.items():
+        scores[name] = round(float(np.mean([instance_scores(settings.label(p), s.truth)["dsb_score"] for p, s
+                                            in zip(probabilities[offset : offset + len(group)], group)])), 4)
+        offset += len(group)
+    log(f"calibrated {settings.describe()}: val DSB2018 score at the true diameter {scores}")
+    metadata = read_metadata(args.weights)
+    heads = tuple(metadata["heads"]) if metadata.get("heads") else None
+    calibration = {"grid": {"thresholds": THRESHOLDS, "boundary_thresholds": BOUNDARY_THRESHOLDS,
+                            "min_sizes": MIN_SIZES, "neck_ratios": NECK_RATIOS, "seed_min_sizes": SEED_MIN_SIZES},
+                   "on": "val at the true diameter: " + ", ".join(f"{len(g)} {n}" for n, g in sets.items()),
+                   "command": "python training/calibrate.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    target = write_calibrated_weights(args.weights, args.out, settings,
+                                      {"val_at_true_diameter_dsb_score": scores}, calibration, heads)
+    if not read_metadata(target).get("licence"):  # files trained before train.py wrote it
+        _add_licence(target, metadata)
+    log(f"-> {target}")
+
+
+def _add_licence(target: Path, metadata: dict) -> None:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from napari_nucleiseg.weights import METADATA_KEY
+
+    data = metadata.get("training", {}).get("data", "")
+    sets = ["dsb2018"] + [name for name in ("monuseg", "consep") if name in data]
+    with safe_open(str(target), framework="pt") as stream:
+        header = dict(stream.metadata() or {})
+        tensors = {key: stream.get_tensor(key) for key in stream.keys()}
+    full = json.loads(header[METADATA_KEY])
+    full["licence"] = licence_note(sets)
+    header[METADATA_KEY] = json.dumps(full)
+    save_file(tensors, str(target), metadata=header)
+
+
+if __name__ == "__main__":
+    main()
