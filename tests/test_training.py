@@ -284,7 +284,7 @@ def test_evaluate_and_calibrate_on_two_images(tmp_path):
         "--weights", str(source), "--data", str(DATA), "--split", "val", "--limit", "2",
         "--json", str(out / "report.json"), "--markdown", str(out / "table.md"), "--per-image", str(out / "rows.csv"),
         "--calibrate", "--thresholds", "0.3", "0.5", "0.7", "--boundary-thresholds", "0.3", "0.6",
-        "--min-sizes", "0", "10", "--write-weights", str(out / "calibrated"),
+        "--min-sizes", "0", "10", "--write-weights", str(out / "calibrated"), "--sets", "val",
     ])
 
     methods = [r["method"] for r in report["results"]]
@@ -296,7 +296,9 @@ def test_evaluate_and_calibrate_on_two_images(tmp_path):
             assert 0.0 <= metrics[key] <= 1.0, (result["method"], key)
         assert metrics["count_error_mean"] >= 0.0
     assert json.loads((out / "report.json").read_text())["results"] == report["results"]
-    table, by_kind = (out / "table.md").read_text().split("By kind of image")
+    all_sets, table = (out / "table.md").read_text().split("\n## val\n")
+    assert sum(line.startswith("| ") for line in all_sets.splitlines()) == 2 + 2  # header, rule, the model, Otsu
+    table, by_kind = table.split("By kind of image")
     assert sum(line.startswith("| ") for line in table.splitlines()) == 2 + 3  # header, rule and a row per method
     kinds = report["results"][0]["metrics"]["by_kind"]
     assert sum(line.startswith("| ") for line in by_kind.splitlines()) == 2 + 3 * len(kinds)
@@ -353,7 +355,7 @@ def test_calibration_chooses_the_heads_a_unetpp_averages(tmp_path):
     report = evaluate.main([
         "--weights", str(source), "--data", str(DATA), "--split", "val", "--limit", "2", "--per-image",
         str(out / "rows.csv"), "--calibrate", "--thresholds", "0.3", "0.5", "0.7", "--boundary-thresholds", "0.3",
-        "--min-sizes", "0", "--neck-ratios", "0", "--write-weights", str(out / "calibrated"),
+        "--min-sizes", "0", "--neck-ratios", "0", "--write-weights", str(out / "calibrated"), "--sets", "val",
     ])
 
     calibration = report["calibration"]["tiny"]
@@ -386,6 +388,204 @@ def test_a_calibrated_copy_keeps_only_the_heads_it_is_given(tmp_path):
     deeper = evaluate.write_calibrated_weights(source, tmp_path / "b", settings, {}, {}, heads=(1, 2))
     assert "heads" not in read_metadata(all_heads) and load_weights(all_heads).network.inference_heads is None
     assert read_metadata(deeper)["heads"] == [1, 2] and load_weights(deeper).network.inference_heads == (1, 2)
+
+
+# evaluate.py and score_folder.py: the sets and the user's pipeline ----------------------------
+
+
+def square_image(shape=(90, 120)) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image of bright squares of several sizes on a dark background, and their labels."""
+    truth = boxes(shape, [(5, 25, 8, 28), (40, 52, 10, 22), (30, 80, 60, 110), (70, 76, 20, 26)])
+    gray = np.where(truth > 0, 200, 20).astype(np.uint8)
+    return np.stack([gray, gray, gray], axis=-1), truth
+
+
+@pytest.mark.parametrize("factor", [0.25, 0.5, 2, 3])
+def test_evaluate_rescaled_set_keeps_its_labels_on_its_nuclei(factor):
+    from napari_nucleiseg.scale import rescaled_shape
+
+    image, truth = square_image()
+    sample = evaluate.rescaled_sample(evaluate.Sample("s", image, truth), factor)
+    assert sample.image.shape == (*rescaled_shape(truth.shape, factor), 3) and sample.image.dtype == np.uint8
+    assert sample.truth.shape == sample.image.shape[:2] and sample.truth.dtype == truth.dtype
+    bright = sample.image[..., 0] > 110  # where the image's squares are, after the resize
+    inside = sample.truth > 0
+    assert np.count_nonzero(bright & inside) / np.count_nonzero(bright | inside) > 0.8
+    kept = [i for i in np.unique(sample.truth) if i]
+    assert kept == [i for i in (1, 2, 3, 4) if np.count_nonzero(truth == i) * factor**2 >= 1]  # none relabelled
+    for index in kept:  # each nucleus is where the image shows it, to a pixel
+        ys, xs = np.nonzero(sample.truth == index)
+        y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+        assert bright[y0 : y1 + 1, x0 : x1 + 1].mean() > 0.6
+        original = np.argwhere(truth == index).mean(axis=0)
+        expected = (original + 0.5) * np.array(sample.truth.shape) / truth.shape - 0.5
+        np.testing.assert_allclose([ys.mean(), xs.mean()], expected, atol=1.0)
+    assert evaluate.rescaled_sample(evaluate.Sample("s", image, truth), 1.0).image is image
+
+
+def test_evaluate_set_names_are_checked_and_kept_in_order():
+    assert evaluate.parse_sets("all") == list(evaluate.DEFAULT_SETS) == [
+        "val", "val_x0.25", "val_x0.5", "val_x2", "val_x3", "monuseg_test", "consep_test"]
+    assert evaluate.parse_sets(" consep_test, val_x2,val ,val_x2,") == ["consep_test", "val_x2", "val"]
+    assert evaluate.parse_sets("val_x1.5") == ["val_x1.5"] and evaluate.rescale_factor("val_x1.5") == 1.5
+    for bad in ("nope", "val_x0", "val_x-2", "val_xnan", "val_x", "monuseg_train", ""):
+        with pytest.raises(ValueError, match="val_x<factor>|no set"):
+            evaluate.parse_sets(bad)
+
+    args = evaluate.parse_args([])
+    assert args.sets == list(evaluate.DEFAULT_SETS) and args.diameter == "auto" and args.limit is None
+    assert [Path(w).name for w in args.weights] == ["unet.safetensors", "unetpp.safetensors", "hrnet.safetensors"]
+    args = evaluate.parse_args(["--sets", "val_x0.5,monuseg_test", "--diameter", "true", "--limit", "3"])
+    assert (args.sets, args.diameter, args.limit) == (["val_x0.5", "monuseg_test"], "true", 3)
+    for bad in (["--sets", "val,train"], ["--diameter", "guess"], ["--limit", "0"]):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(bad)
+
+    dsb = Path("dsb")
+    assert evaluate.resolve_set("val", dsb) == evaluate.EvalSet("val", dsb, "val", 1.0)
+    assert evaluate.resolve_set("val_x0.25", dsb, "train") == evaluate.EvalSet("val_x0.25", dsb, "train", 0.25)
+    assert evaluate.resolve_set("monuseg_test", dsb) == evaluate.EvalSet(
+        "monuseg_test", evaluate.TEST_SET_FOLDERS["monuseg_test"])
+    assert evaluate.resolve_set("consep_test", dsb, test_folders={"consep_test": Path("c")}).folder == Path("c")
+
+
+@needs_data
+def test_evaluate_reads_each_set_from_its_folder():
+    shared = DATA.parent
+    folders = {"monuseg_test": shared / "monuseg2018" / "test", "consep_test": shared / "consep" / "test"}
+    image, truth = load_pair(DATA, list_ids(DATA, "val")[0])
+    for name in ("val", "val_x0.5", "monuseg_test", "consep_test"):
+        eval_set = evaluate.resolve_set(name, DATA, "val", folders)
+        if not (eval_set.folder / "images").is_dir() and eval_set.split is None:
+            continue  # that set is not downloaded here
+        (sample,) = evaluate.set_samples(eval_set, limit=1)
+        assert sample.id == evaluate.set_ids(eval_set)[0]
+        assert sample.image.shape[:2] == sample.truth.shape and sample.truth.max() > 0
+        if name.startswith("val"):
+            assert sample.truth.shape == evaluate.rescaled_sample(evaluate.Sample("", image, truth),
+                                                                  eval_set.factor).truth.shape
+    assert len(evaluate.set_ids(evaluate.resolve_set("val_x3", DATA), limit=4)) == 4
+
+
+def diameter_model(tmp_path: Path, diameter: float = 18.0):
+    """A tiny model whose file records a nucleus ``diameter`` and min sizes that change with the scale."""
+    from conftest import build_tiny, tiny_metadata
+
+    metadata = tiny_metadata("unet") | {"diameter": diameter, "min_size": 40, "seed_min_size": 12}
+    return load_weights(save_weights(tmp_path / "sized.safetensors", build_tiny("unet"), metadata))
+
+
+@pytest.mark.parametrize("estimate", [None, 9.0])
+def test_evaluate_runs_the_models_as_segment_runs_them(tmp_path, monkeypatch, estimate):
+    from conftest import blob_image
+
+    import napari_nucleiseg.scale
+    from napari_nucleiseg import segment
+
+    model = diameter_model(tmp_path)
+    if estimate is not None:  # a random network estimates nothing: stand in for an estimate, to resize in auto too
+        monkeypatch.setattr(napari_nucleiseg.scale, "estimate_diameter", lambda image, model, **kwargs: estimate)
+    image = blob_image((120, 140), centers=((20, 20), (30, 70), (60, 40), (90, 100), (100, 30), (70, 120)), radius=5)
+    for mode, diameter in (("auto", None), ("true", 10.0), ("none", 18.0)):
+        prediction = evaluate.pipeline_prediction(image, model, mode, 10.0)
+        labels = evaluate.pipeline_settings(model, prediction.scale).label(prediction.probabilities)
+        result = segment(image, model, diameter=diameter)
+        np.testing.assert_array_equal(labels, result.labels, err_msg=mode)
+        assert prediction.scale == result.scale, mode
+        if mode != "none":
+            assert (prediction.diameter, prediction.estimated) == (result.diameter, result.diameter_estimated)
+        if mode == "auto":
+            assert prediction.estimated == (estimate is not None) and (prediction.scale != 1) == prediction.estimated
+    assert evaluate.pipeline_prediction(image, model, "true", 10.0).scale == pytest.approx(1.8)
+    assert evaluate.pipeline_settings(model, 1.8).min_size == round(40 / 1.8**2)  # as segment() scales it
+    assert evaluate.pipeline_prediction(image, model, "true", None).scale == 1.0  # no nuclei: as it is
+
+
+def test_evaluate_counts_a_missing_diameter_estimate_as_a_miss():
+    rows = [{"diameter_true": 10.0, "diameter_used": 12.0, "diameter_estimated": True},   # +20%: within
+            {"diameter_true": 10.0, "diameter_used": 7.0, "diameter_estimated": True},    # -30%: not
+            {"diameter_true": 20.0, "diameter_used": None, "diameter_estimated": False},  # no estimate: a miss
+            {"diameter_true": None, "diameter_used": 9.0, "diameter_estimated": True}]    # no nuclei: not judged
+    summary = evaluate.diameter_summary(rows)
+    assert summary == {"diameter_within": pytest.approx(1 / 3), "diameter_ratio_median": pytest.approx(0.95),
+                       "diameter_not_estimated": 1}
+    assert evaluate.diameter_summary([])["diameter_within"] is None
+
+
+@needs_data
+def test_evaluate_writes_one_table_row_per_set_and_model(tmp_path):
+    diameter_model(tmp_path)
+    out = tmp_path / "out"
+    report = evaluate.main(["--weights", str(tmp_path / "sized.safetensors"), "--data", str(DATA), "--limit", "1",
+                            "--sets", "val_x0.5,val", "--out", str(out)])
+
+    assert list(report["sets"]) == ["val_x0.5", "val"] and report["set"] == "val"
+    assert report["results"] == report["sets"]["val"]["results"]
+    text = (out / "sets.md").read_text()
+    rows = [line.split(" | ") for line in text.split("\n\n")[0].splitlines()[2:]]
+    assert [(r[0], r[2]) for r in rows] == [("| val_x0.5", "tiny-unet"), ("| val_x0.5", "Otsu + connected components"),
+                                            ("| val", "tiny-unet"), ("| val", "Otsu + connected components")]
+    assert rows[0][-2].endswith("%")  # the model records a diameter: its estimates are judged (a random one's miss)
+    assert rows[1][-2:] == ["-", "- |"]  # Otsu has none
+    assert "\n## val_x0.5\n" in text and "\n## val\n" in text
+    per_image = list(csv.DictReader((out / "per_image.csv").open()))
+    assert [(r["set"], r["method"]) for r in per_image] == [
+        (name, method) for name in ("val_x0.5", "val")
+        for method in ("tiny-unet", "tiny-unet, no splitting", "Otsu + connected components")]
+    first = per_image[0]
+    image, truth = load_pair(DATA, first["image_id"])
+    small = evaluate.rescaled_sample(evaluate.Sample("", image, truth), 0.5)
+    assert (int(first["height"]), int(first["width"])) == small.truth.shape
+    assert float(first["diameter_true"]) == pytest.approx(data.median_diameter(small.truth))
+    assert json.loads((out / "report.json").read_text())["sets"]["val"]["n_images"] == 1
+
+
+def test_score_folder_scores_label_files_against_a_truth_folder(tmp_path):
+    import tifffile
+    from skimage.io import imsave
+
+    import score_folder
+
+    truth_folder, run = tmp_path / "labels", tmp_path / "run"
+    truth_folder.mkdir()
+    run.mkdir()
+    imsave(truth_folder / "a.png", THREE.astype(np.uint16), check_contrast=False)
+    imsave(truth_folder / "b.png", THREE.astype(np.uint16), check_contrast=False)
+    tifffile.imwrite(run / "a_labels.tif", THREE.astype(np.uint16))
+    tifffile.imwrite(run / "b_labels.tif", np.where(THREE == 3, 0, THREE).astype(np.uint16))
+    summary = score_folder.main([str(run), "--truth", str(truth_folder)])
+    assert summary["n_images"] == 2 and summary["dsb_score"] == pytest.approx((1 + 2 / 3) / 2)
+    assert "diameter_within" not in summary  # no counts.csv of a model with a diameter
+    (run / "b_labels.tif").unlink()
+    with pytest.raises(SystemExit, match="b_labels.tif is missing"):
+        score_folder.main([str(run), "--truth", str(truth_folder)])
+
+
+@needs_data
+def test_score_folder_scores_a_rescaled_val_set(tmp_path, capsys):
+    import tifffile
+    from skimage.io import imread
+
+    import score_folder
+
+    images = tmp_path / "images"
+    assert score_folder.main(["--list-images", "--set", "val_x0.5", "--write-images", str(images), "--data", str(DATA),
+                              "--limit", "2"]) == {}
+    paths = capsys.readouterr().out.split()
+    ids = list_ids(DATA, "val")[:2]
+    assert paths == [str(images / f"{i}.png") for i in ids]
+    run = tmp_path / "run"
+    run.mkdir()
+    for sample_id, path in zip(ids, paths):
+        expected = evaluate.rescaled_sample(evaluate.Sample(sample_id, *load_pair(DATA, sample_id)), 0.5)
+        np.testing.assert_array_equal(imread(path), expected.image)  # the files are the set's images
+        tifffile.imwrite(run / f"{sample_id}_labels.tif", expected.truth.astype(np.uint16))
+    summary = score_folder.main([str(run), "--set", "val_x0.5", "--data", str(DATA), "--limit", "2"])
+    assert summary["dsb_score"] == 1.0 and summary["n_images"] == 2
+    with pytest.raises(SystemExit, match="truth"):  # labels of the images as they are, scored against x2
+        score_folder.main([str(run), "--set", "val_x2", "--data", str(DATA), "--limit", "2"])
+    with pytest.raises(SystemExit):  # resized images exist only once written
+        score_folder.main(["--list-images", "--set", "val_x2", "--data", str(DATA)])
 
 
 # train.py ------------------------------------------------------------------------------------
