@@ -17,6 +17,7 @@ machine, where wall times are inflated by whoever else runs.
 Example::
 
     python benchmarks/bench_inference.py --models unet --sizes 256 1024 --repeats 5
+    python benchmarks/bench_inference.py --models hrnet --sizes 4096 --repeats 1 --diameter auto
 """
 
 from __future__ import annotations
@@ -57,13 +58,23 @@ def current_rss_mb() -> float:
     return max_rss_mb()
 
 
-def worker(weights: str, size: int, repeats: int, threads: int | None, seed: int) -> dict:
-    """Time one model on one size in this process and return the measurements."""
+def worker(weights: str, size: int, repeats: int, threads: int | None, seed: int, diameter: str = "none") -> dict:
+    """Time one model on one size in this process and return the measurements.
+
+    ``diameter``: ``none`` times ``predict_probabilities`` on the image as it is; ``auto`` (or a
+    number) the whole pipeline of ``segment()``: ``predict_at_diameter``, with the estimate.
+    """
     start = time.perf_counter()
     import torch
 
-    from napari_nucleiseg.inference import predict_probabilities
+    from napari_nucleiseg.api import predict_at_diameter
+    from napari_nucleiseg.inference import predict_probabilities as predict_as_is
     from napari_nucleiseg.weights import load_weights
+
+    def predict_probabilities(image, model):
+        if diameter == "none":
+            return predict_as_is(image, model)
+        return predict_at_diameter(image, model, None if diameter == "auto" else float(diameter)).probabilities
 
     if threads:
         torch.set_num_threads(threads)
@@ -96,9 +107,9 @@ def worker(weights: str, size: int, repeats: int, threads: int | None, seed: int
     }
 
 
-def run_worker(weights: Path, size: int, repeats: int, threads: int | None, seed: int) -> dict:
+def run_worker(weights: Path, size: int, repeats: int, threads: int | None, seed: int, diameter: str = "none") -> dict:
     command = [sys.executable, __file__, "--worker", str(weights), "--sizes", str(size),
-               "--repeats", str(repeats), "--seed", str(seed)]
+               "--repeats", str(repeats), "--seed", str(seed), "--diameter", diameter]
     if threads:
         command += ["--threads", str(threads)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -116,11 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="of the synthetic image")
     parser.add_argument("--json", type=Path, default=None, help="also write all measurements here")
+    parser.add_argument("--diameter", default="none",
+                        help="none: predict_probabilities on the image as it is (as before diameters); auto or a "
+                             "number of pixels: segment()'s pipeline (predict_at_diameter), the estimate included")
     parser.add_argument("--worker", metavar="WEIGHTS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        result = worker(args.worker, args.sizes[0], args.repeats, args.threads, args.seed)
+        result = worker(args.worker, args.sizes[0], args.repeats, args.threads, args.seed, args.diameter)
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
 
@@ -128,13 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     paths, notes = weights_for(args.models)
     for note in notes:
         print(f"Note: {note}")
-    print(f"Latency: median of {args.repeats} calls of predict_probabilities after 1 warm-up call "
+    what = "predict_probabilities" if args.diameter == "none" else f"predict_at_diameter (diameter {args.diameter})"
+    print(f"Latency: median of {args.repeats} calls of {what} after 1 warm-up call "
           "(uint16 gray image, synthetic nuclei). Memory: resident set of a fresh process per row.\n")
     everything = []
     for name in args.models:
         rows = []
         for size in args.sizes:
-            result = run_worker(paths[name], size, args.repeats, args.threads, args.seed)
+            result = run_worker(paths[name], size, args.repeats, args.threads, args.seed, args.diameter)
             result.update(model=name, size=size)
             everything.append(result)
             times = result["times_s"]
