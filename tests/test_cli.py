@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from napari_nucleiseg import segment
+from napari_nucleiseg.api import load_model
 from napari_nucleiseg.cli import main
 
 from conftest import blob_image
@@ -267,12 +268,22 @@ def sample_png(tmp_path):
 
 @pytest.fixture(scope="module")
 def sized_weights(tmp_path_factory):
-    """The shipped HRNet re-saved with a recorded training diameter (the shipped files record none)."""
+    """The shipped HRNet re-saved with a training diameter of TRAINED_DIAMETER recorded."""
     from napari_nucleiseg.weights import load_weights, save_weights
 
     model = load_weights(shipped_weights("hrnet"))
     return save_weights(tmp_path_factory.mktemp("sized") / "hrnet-18px.safetensors", model.network,
                         model.metadata | {"diameter": TRAINED_DIAMETER})
+
+
+@pytest.fixture(scope="module")
+def unsized_weights(tmp_path_factory):
+    """The shipped UNet re-saved without a training diameter, as files made before session 8 are."""
+    from napari_nucleiseg.weights import load_weights, save_weights
+
+    model = load_weights(shipped_weights("unet"))
+    metadata = {key: value for key, value in model.metadata.items() if key != "diameter"}
+    return save_weights(tmp_path_factory.mktemp("unsized") / "unet-no-diameter.safetensors", model.network, metadata)
 
 
 def test_a_given_diameter_is_recorded_in_counts(capsys, sample_png, tmp_path):
@@ -282,17 +293,18 @@ def test_a_given_diameter_is_recorded_in_counts(capsys, sample_png, tmp_path):
     counts = pd.read_csv(out / "counts.csv")
     assert counts["diameter_px"].tolist() == [30.0]
     assert counts["diameter_estimated"].tolist() == [False]
-    assert counts["scale"].tolist() == [1.0]  # the shipped file records no training diameter: nothing to resize to
+    trained = load_model(shipped_weights("unet")).diameter
+    assert counts["scale"].tolist() == [pytest.approx(trained / 30)]  # resized so 30 px nuclei arrive at its size
 
 
-def test_without_a_recorded_diameter_auto_segments_the_image_as_it_is(capsys, sample_png, tmp_path):
+def test_without_a_recorded_diameter_auto_segments_the_image_as_it_is(capsys, sample_png, tmp_path, unsized_weights):
     out = tmp_path / "out"
-    status, _, stderr = run(capsys, sample_png, "--out", out, "--weights", shipped_weights("unet"))
+    status, _, stderr = run(capsys, sample_png, "--out", out, "--weights", unsized_weights)
     assert status == 0, stderr
     counts = pd.read_csv(out / "counts.csv")
     assert counts["diameter_px"].isna().all()  # written empty
     assert counts["diameter_estimated"].tolist() == [False] and counts["scale"].tolist() == [1.0]
-    expected = segment(iio.imread(sample_png), shipped_weights("unet"))
+    expected = segment(iio.imread(sample_png), unsized_weights)
     np.testing.assert_array_equal(tifffile.imread(out / "sample_labels.tif"), expected.labels)
 
 

@@ -740,7 +740,8 @@ def test_teacher_maps_are_warped_with_the_crop_they_belong_to():
     exact = make_targets(labels).transpose(1, 2, 0)
     with_soft = data.Augmenter(96, np.random.default_rng(3))
     without = data.Augmenter(96, np.random.default_rng(3))
-    for _ in range(4):
+    with_nuclei = 0
+    for _ in range(6):
         crop, targets = with_soft(image, labels, exact)
         plain_crop, plain_targets = without(image, labels)
         assert targets.shape == (4, 96, 96)
@@ -748,7 +749,10 @@ def test_teacher_maps_are_warped_with_the_crop_they_belong_to():
         np.testing.assert_array_equal(crop, plain_crop)
         np.testing.assert_array_equal(targets[:2], plain_targets)
         truth, soft = targets[0] > 0.5, targets[2] > 0.5
-        assert truth.any() and (truth & soft).sum() / (truth | soft).sum() > 0.9
+        if truth.any():  # a crop may fall between the nuclei
+            with_nuclei += 1
+            assert (truth & soft).sum() / (truth | soft).sum() > 0.9
+    assert with_nuclei >= 3
 
 
 def test_distillation_loss_goes_the_chosen_share_towards_the_teacher():

@@ -840,7 +840,8 @@ def diameter_weights(tmp_path_factory):
 
     model = load_weights("unet")
     path = tmp_path_factory.mktemp("diameter_weights") / "unet-d18.safetensors"
-    return save_weights(path, model.network, model.metadata | {"diameter": 18.0})
+    # and a small min size, as the fake network's blobs are small
+    return save_weights(path, model.network, model.metadata | {"diameter": 18.0, "min_size": 10})
 
 
 def wait_for_run(qtbot, widget: NucleiSegWidget) -> None:

@@ -158,7 +158,7 @@ class Augmenter:
         if soft is not None:
             pixels = np.concatenate([pixels, soft.astype(np.float32)], axis=-1)
         pixels, labels = self.warp_crop(pixels, labels, self.scale_for(image_diameter))
-        image = self.appearance(pixels[..., :3], labels)
+        image = self.appearance(np.ascontiguousarray(pixels[..., :3]), labels)
         normalized = normalize_image(image, log_gain=self.log_gain)
         targets = make_targets(labels)
         if soft is not None:

@@ -1,0 +1,82 @@
+"""Nucleus size: the diameter estimate, resizing for the network and back, bad diameters."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from napari_nucleiseg import segment
+from napari_nucleiseg.api import load_model
+from napari_nucleiseg.scale import estimate_diameter, rescale_image, resize_probabilities
+
+
+def disks_image(diameter: float, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A gray uint8 fluorescence-like image of non-touching bright disks of one ``diameter``,
+    slightly blurred and noisy, and its instance labels."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((size, size), dtype=np.int32)
+    yy, xx = np.mgrid[:size, :size]
+    radius, spacing = diameter / 2, diameter * 1.6
+    count = 0
+    for cy in np.arange(radius + 2, size - radius - 2, spacing):
+        for cx in np.arange(radius + 2, size - radius - 2, spacing):
+            y, x = cy + rng.uniform(-0.2, 0.2) * diameter, cx + rng.uniform(-0.2, 0.2) * diameter
+            disk = (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+            if rng.random() < 0.8 and not labels[disk].any():
+                count += 1
+                labels[disk] = count
+    brightness = rng.uniform(0.5, 1.0, count + 1)
+    brightness[0] = 0.0
+    image = ndi.gaussian_filter(brightness[labels] * 180 + 20, sigma=max(0.5, diameter / 20))
+    image = image + rng.normal(0, 4, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+@pytest.mark.parametrize("diameter, size", [(8, 256), (30, 512), (90, 1024)])
+def test_the_estimate_is_within_15_percent_on_disks_of_known_size(diameter, size):
+    model = load_model("hrnet")
+    image, labels = disks_image(diameter, size)
+    estimate = estimate_diameter(image, model)
+    assert estimate is not None
+    assert abs(estimate / diameter - 1) <= 0.15, f"estimated {estimate:.1f} px for disks of {diameter} px"
+
+
+def test_big_nuclei_are_segmented_whole_at_full_resolution_and_measured_in_original_pixels():
+    image, truth = disks_image(60, 512, seed=1)
+    result = segment(image, model="hrnet")
+    assert result.diameter_estimated and result.scale < 0.5
+    assert result.labels.shape == image.shape and result.probabilities.shape == (2, *image.shape)
+    # Whole disks, not fragments: about one object per disk, each about a disk's area.
+    assert abs(result.count - truth.max()) <= max(2, 0.1 * truth.max())
+    disk_area = math.pi * 30**2
+    assert np.median(result.table["area"]) == pytest.approx(disk_area, rel=0.2)
+    assert np.median(result.table["equivalent_diameter"]) == pytest.approx(60, rel=0.1)
+
+
+def test_a_given_diameter_is_used_and_not_estimated():
+    image, _ = disks_image(40, 384, seed=2)
+    result = segment(image, model="hrnet", diameter=40)
+    assert (result.diameter, result.diameter_estimated) == (40.0, False)
+    assert result.scale == pytest.approx(load_model("hrnet").diameter / 40)
+    assert result.labels.shape == image.shape
+
+
+@pytest.mark.parametrize("diameter", [0, -5, float("nan"), float("inf"), 10_000, "big", True])
+def test_bad_diameters_are_refused_with_one_sentence(diameter):
+    image, _ = disks_image(20, 128)
+    with pytest.raises(ValueError) as raised:
+        segment(image, model="hrnet", diameter=diameter)
+    message = str(raised.value)
+    assert message.endswith(".") and "\n" not in message and "diameter" in message
+
+
+def test_resizing_keeps_dtype_and_probabilities_come_back_to_shape():
+    image = np.random.default_rng(0).integers(0, 65535, (100, 70), dtype=np.uint16)
+    assert rescale_image(image, 0.5).shape == (50, 35) and rescale_image(image, 0.5).dtype == np.uint16
+    probabilities = np.random.default_rng(1).random((2, 50, 35)).astype(np.float32)
+    back = resize_probabilities(probabilities, (100, 70))
+    assert back.shape == (2, 100, 70) and back.dtype == np.float32 and 0 <= back.min() <= back.max() <= 1
