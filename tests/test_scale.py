@@ -80,3 +80,16 @@ def test_resizing_keeps_dtype_and_probabilities_come_back_to_shape():
     probabilities = np.random.default_rng(1).random((2, 50, 35)).astype(np.float32)
     back = resize_probabilities(probabilities, (100, 70))
     assert back.shape == (2, 100, 70) and back.dtype == np.float32 and 0 <= back.min() <= back.max() <= 1
+
+
+def test_the_resize_is_bounded_so_a_tiny_diameter_cannot_fill_the_memory():
+    from napari_nucleiseg.scale import MAX_SCALE, MAX_SCALED_PIXELS, scale_factor
+
+    assert scale_factor(0.5, 18) == MAX_SCALE and scale_factor(1000, 18) == 1 / MAX_SCALE
+    big = (3000, 3000)
+    factor = scale_factor(2, 18, big)
+    assert factor == pytest.approx((MAX_SCALED_PIXELS / (3000 * 3000)) ** 0.5)
+    assert scale_factor(30, 18, big) == pytest.approx(0.6)  # shrinking is never held back
+    image, _ = disks_image(20, 128)
+    result = segment(image, model="hrnet", diameter=1)
+    assert result.scale == MAX_SCALE and result.labels.shape == image.shape

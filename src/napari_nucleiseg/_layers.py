@@ -276,7 +276,7 @@ def predict_stack(
             yield 1
         else:
             used_diameter, estimated = stack_diameter(data, leading, model, diameter, cancelled=cancelled)
-            scale = model.scale_for(used_diameter)
+            scale = model.scale_for(used_diameter, shape[-2:])
             planes = predict_planes(data, leading, model, scale=scale, on_tile=on_tile, cancelled=cancelled)
             for done, (index, plane_probabilities) in enumerate(planes, start=1):
                 probabilities[index] = plane_probabilities

@@ -223,7 +223,8 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
     from .postprocess import labels_from_probabilities
 
     used, estimated = resolve_diameter(image, model, diameter, cancelled=cancelled)
-    scale = model.scale_for(used)
+    shape = np.shape(image)[:2]
+    scale = model.scale_for(used, shape)
     probabilities = predict_probabilities(image, model, progress=progress, cancelled=cancelled, scale=scale)
     if estimated:
         labels = labels_from_probabilities(
@@ -235,7 +236,7 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
         if areas.size >= 5:
             measured = float(np.median(2 * np.sqrt(areas / np.pi)))
             if abs(np.log(measured / used)) > np.log(RECHECK_FACTOR):
-                used, scale = measured, model.scale_for(measured)
+                used, scale = measured, model.scale_for(measured, shape)
                 probabilities = predict_probabilities(image, model, progress=progress, cancelled=cancelled,
                                                       scale=scale)
     return Prediction(probabilities, used, estimated, scale)

@@ -31,11 +31,24 @@ def check_diameter(diameter: float | None, shape: tuple[int, ...] | None = None)
         )
 
 
-def scale_factor(diameter: float | None, trained_diameter: float | None) -> float:
-    """The zoom that brings nuclei of ``diameter`` to ``trained_diameter`` (1: none needed or known)."""
+#: The network never sees an image resized by more than this factor either way (the estimate's
+#: ladder spans the same range): nuclei under about 2 px or over about 150 px are taken as that.
+MAX_SCALE = 8.0
+#: Nor an image enlarged beyond this many pixels (about 6,300 x 6,300): the resized image and its
+#: probabilities are held whole, and a wrong small diameter must not fill the memory. Larger images
+#: are enlarged less (their ``scale`` says by how much).
+MAX_SCALED_PIXELS = 40_000_000
+
+
+def scale_factor(diameter: float | None, trained_diameter: float | None,
+                 shape: tuple[int, ...] | None = None) -> float:
+    """The zoom that brings nuclei of ``diameter`` to ``trained_diameter`` (1: none needed or known),
+    within :data:`MAX_SCALE` either way and, for an image of ``shape``, :data:`MAX_SCALED_PIXELS`."""
     if diameter is None or trained_diameter is None:
         return 1.0
-    factor = trained_diameter / diameter
+    factor = min(max(trained_diameter / diameter, 1 / MAX_SCALE), MAX_SCALE)
+    if shape is not None and factor > 1:
+        factor = max(1.0, min(factor, math.sqrt(MAX_SCALED_PIXELS / (shape[0] * shape[1]))))
     return 1.0 if abs(math.log(factor)) < math.log1p(RESCALE_TOLERANCE) else factor
 
 

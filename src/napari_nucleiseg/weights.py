@@ -86,12 +86,12 @@ class NucleiModel:
         value = self.metadata.get("diameter")
         return None if value is None else float(value)
 
-    def scale_for(self, diameter: float | None) -> float:
-        """The factor an image with nuclei ``diameter`` pixels across is resized by for the network
-        (1: no diameter, or close enough to the model's; see :mod:`~napari_nucleiseg.scale`)."""
+    def scale_for(self, diameter: float | None, shape: tuple[int, ...] | None = None) -> float:
+        """The factor an image (of ``shape``) with nuclei ``diameter`` pixels across is resized by for the
+        network (1: no diameter, or close enough to the model's; see :func:`~napari_nucleiseg.scale.scale_factor`)."""
         from .scale import scale_factor
 
-        return scale_factor(diameter, self.diameter)
+        return scale_factor(diameter, self.diameter, shape)
 
     def min_size_at(self, scale: float) -> int:
         """The model's ``min_size`` (pixels of its own frame) in the pixels of an image resized by ``scale``."""
