@@ -93,3 +93,13 @@ def test_the_resize_is_bounded_so_a_tiny_diameter_cannot_fill_the_memory():
     image, _ = disks_image(20, 128)
     result = segment(image, model="hrnet", diameter=1)
     assert result.scale == MAX_SCALE and result.labels.shape == image.shape
+
+
+def test_a_plane_gets_the_same_diameter_alone_and_in_its_stack():
+    from napari_nucleiseg._layers import stack_diameter
+
+    image, _ = disks_image(30, 384, seed=3)
+    alone = segment(image, model="hrnet")
+    stack = np.stack([image[::-1], image, image[:, ::-1]])
+    diameter, estimated = stack_diameter(stack, (3,), load_model("hrnet"))
+    assert estimated and diameter == pytest.approx(alone.diameter)

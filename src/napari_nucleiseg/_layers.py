@@ -315,15 +315,21 @@ def stack_diameter(
     """``(diameter, estimated)`` for a whole stack, as :func:`~napari_nucleiseg.api.resolve_diameter`
     gives for one plane.
 
-    One diameter for every plane, estimated on the middle one: the planes of a stack come from
+    One diameter for every plane, estimated on the middle one (as one image is, the check against
+    its nuclei included): the planes of a stack come from
     one microscope at one magnification, so one scale serves them all and the min size on the
     slider keeps one meaning (the ends of a z-stack, often out of focus, are poor planes to
     measure on).
     """
-    from .api import resolve_diameter
+    from .api import predict_at_diameter, resolve_diameter
 
     middle = tuple(int(i) for i in np.unravel_index(int(np.prod(leading)) // 2, leading))
-    return resolve_diameter(data[middle], model, diameter, cancelled=cancelled)
+    if diameter is not None or model.diameter is None:
+        return resolve_diameter(data[middle], model, diameter, cancelled=cancelled)
+    # Estimated as for one image, with the check against the whole plane's nuclei, so a plane gets
+    # the same diameter alone or in its stack (one more pass of the middle plane).
+    prediction = predict_at_diameter(np.asarray(data[middle]), model, cancelled=cancelled)
+    return prediction.diameter, prediction.estimated
 
 
 def run_to_end(steps: Generator[int, None, Any], cancelled: Callable[[], bool] | None = None) -> Any:
