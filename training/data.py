@@ -20,6 +20,7 @@ from skimage.io import imread
 from skimage.segmentation import find_boundaries
 
 from napari_nucleiseg.preprocess import as_rgb, normalize_image
+from napari_nucleiseg.scale import median_diameter  # noqa: F401  (re-exported: train.py, evaluate.py, score_folder.py)
 
 
 def find_dataset_root(data: Path) -> Path:
@@ -74,15 +75,6 @@ def holdout_split(ids: list[str], every: int = 7) -> tuple[list[str], list[str]]
     sources = sorted({source(i) for i in ids})
     held = set(sources[every // 2 :: every])
     return [i for i in ids if source(i) not in held], [i for i in ids if source(i) in held]
-
-
-def median_diameter(labels: np.ndarray) -> float | None:
-    """The median equivalent diameter (``2 sqrt(area / pi)``, pixels) of the nuclei in ``labels``;
-    None when there are none. What a weights file's ``diameter`` and the inference's
-    estimate both measure."""
-    areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas > 0]
-    return float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else None
 
 
 #: The kinds of image in DSB2018, as told by :func:`image_kind`.

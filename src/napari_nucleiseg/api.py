@@ -221,6 +221,7 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
     """
     from .inference import predict_probabilities
     from .postprocess import labels_from_probabilities
+    from .scale import nucleus_diameters
 
     used, estimated = resolve_diameter(image, model, diameter, cancelled=cancelled)
     shape = np.shape(image)[:2]
@@ -231,10 +232,9 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
             probabilities, model.threshold, min_size=model.min_size_at(scale), split=True,
             boundary_threshold=model.boundary_threshold, seed_min_size=model.seed_min_size_at(scale),
         )
-        areas = np.bincount(labels.ravel())[1:]
-        areas = areas[areas > 0]
-        if areas.size >= 5:
-            measured = float(np.median(2 * np.sqrt(areas / np.pi)))
+        diameters = nucleus_diameters(labels)
+        if diameters.size >= 5:
+            measured = float(np.median(diameters))
             if abs(np.log(measured / used)) > np.log(RECHECK_FACTOR):
                 used, scale = measured, model.scale_for(measured, shape)
                 probabilities = predict_probabilities(image, model, progress=progress, cancelled=cancelled,

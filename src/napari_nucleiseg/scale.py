@@ -52,6 +52,19 @@ def scale_factor(diameter: float | None, trained_diameter: float | None,
     return 1.0 if abs(math.log(factor)) < math.log1p(RESCALE_TOLERANCE) else factor
 
 
+def nucleus_diameters(labels: np.ndarray) -> np.ndarray:
+    """The equivalent diameter (``2 sqrt(area / pi)``, pixels) of each nucleus present in ``labels``."""
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    return 2 * np.sqrt(areas[areas > 0] / np.pi)
+
+
+def median_diameter(labels: np.ndarray) -> float | None:
+    """The median of :func:`nucleus_diameters`; None when there are no nuclei. What a weights file's
+    ``diameter``, the training's rescaling and the inference's estimate all measure."""
+    diameters = nucleus_diameters(labels)
+    return float(np.median(diameters)) if diameters.size else None
+
+
 def rescaled_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
     return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
 
@@ -158,11 +171,10 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None) -> li
             probabilities, model.threshold, min_size=max(3, int(0.05 * trained**2)), split=True,
             boundary_threshold=model.boundary_threshold, seed_min_size=model.seed_min_size,
         )
-        areas = np.bincount(labels.ravel())[1:]
-        areas = areas[areas > 0]
-        if areas.size < ESTIMATE_MIN_OBJECTS:
+        diameters = nucleus_diameters(labels)
+        if diameters.size < ESTIMATE_MIN_OBJECTS:
             continue
-        found = float(np.median(2 * np.sqrt(areas / np.pi)))
+        found = float(np.median(diameters))
         nucleus = probabilities[0] > model.threshold
         likely = probabilities[0] > 0.2
         rungs.append({
@@ -171,7 +183,7 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None) -> li
             "signed_miss": math.log(found / trained),
             "boundary_share": float((probabilities[1][nucleus] > model.boundary_threshold).mean()) if nucleus.any() else 1.0,
             "confidence": float(np.abs(2 * probabilities[0][likely] - 1).mean()) if likely.any() else 0.0,
-            "count": int(areas.size),
+            "count": int(diameters.size),
         })
     return rungs
 
