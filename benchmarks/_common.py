@@ -8,7 +8,6 @@ nuclei, which the blurred disks below imitate (a few thousand round nuclei of
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import statistics
@@ -80,12 +79,12 @@ def synthetic_probabilities(size: int, seed: int = 0) -> np.ndarray:
 
 
 def model_kwargs() -> dict[str, dict]:
-    """The architecture arguments of the bundled models, from ``training/train.py``."""
-    spec = importlib.util.spec_from_file_location("_nucleiseg_train", REPO / "training" / "train.py")
-    sys.path.insert(0, str(REPO / "training"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MODEL_KWARGS
+    """The architecture arguments of the bundled models, from ``training.train``."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # the training package sits at the repository root
+    from training.train import MODEL_KWARGS
+
+    return MODEL_KWARGS
 
 
 def weights_for(names: list[str]) -> tuple[dict[str, Path], list[str]]:

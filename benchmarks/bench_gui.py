@@ -162,8 +162,15 @@ def bench_widget_slider(viewer, app, size: int, repeats: int, neck_ratio: float 
     image_layer = viewer.add_image(synthetic_image(size), name="image")
     probabilities = synthetic_probabilities(size)
     try:
-        widget._cache = _widget._Cache(image_layer, probabilities, 0.5, "synthetic", neck_ratio)
-        widget._update_result()
+        from napari_nucleiseg._rethreshold import Cache
+        from napari_nucleiseg.compact import CompactProbabilities
+        from napari_nucleiseg.settings import PostprocessSettings
+
+        widget.run_synchronously = True  # every slider step labelled at once, as small images are
+        settings = PostprocessSettings(threshold=0.5, boundary_threshold=0.5, neck_ratio=neck_ratio)
+        cache = Cache(image_layer, CompactProbabilities.from_float(probabilities), settings, ("synthetic", 0))
+        widget.rethresholder.set_cache(cache)
+        widget.rethresholder.request()
     except (AttributeError, TypeError) as error:
         print(f"## Slider update through the widget: skipped (its internals changed: {error})\n")
         return

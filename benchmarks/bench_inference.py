@@ -67,7 +67,7 @@ def worker(weights: str, size: int, repeats: int, threads: int | None, seed: int
     start = time.perf_counter()
     import torch
 
-    from napari_nucleiseg.api import predict_at_diameter
+    from napari_nucleiseg.pipeline import predict_at_diameter
     from napari_nucleiseg.inference import predict_probabilities as predict_as_is
     from napari_nucleiseg.weights import load_weights
 

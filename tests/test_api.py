@@ -14,6 +14,7 @@ from napari_nucleiseg.api import load_model, result_from_probabilities
 from napari_nucleiseg.inference import Cancelled, predict_probabilities
 from napari_nucleiseg.postprocess import MEASUREMENT_COLUMNS, count_nuclei, labels_from_probabilities
 from napari_nucleiseg.preprocess import ImageError
+from napari_nucleiseg.settings import PostprocessSettings
 from napari_nucleiseg.weights import WeightsError, load_weights, save_weights
 
 from conftest import (
@@ -54,34 +55,70 @@ def test_default_settings_come_from_the_weights_file(tiny_weights):
     np.testing.assert_array_equal(result.labels, expected)
 
 
-def test_the_models_neck_ratio_cuts_by_shape_unless_overridden(tiny_weights, tmp_path):
-    from napari_nucleiseg.weights import save_weights
+class ChannelNetwork:
+    """A network whose nucleus probability is the image's red channel and boundary probability its
+    green one (logits 20 (value - 0.5)): segment() then sees maps a test draws."""
 
-    from conftest import build_tiny, tiny_metadata
+    def __new__(cls):
+        import torch
 
-    path = save_weights(tmp_path / "necked.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"neck_ratio": 0.3})
-    result = segment(IMAGE, path)
-    assert result.neck_ratio == 0.3
-    np.testing.assert_array_equal(result.labels, labels_from_probabilities(
-        result.probabilities, TINY_THRESHOLD, min_size=TINY_MIN_SIZE, boundary_threshold=TINY_BOUNDARY_THRESHOLD,
-        neck_ratio=0.3))
-    assert segment(IMAGE, path, neck_ratio=0).neck_ratio == 0.0
-    assert segment(IMAGE, tiny_weights["unet"]).neck_ratio == 0.0  # a file without one: no cut by shape
+        class _Network(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.unused = torch.nn.Parameter(torch.zeros(()))  # inference reads the device off a parameter
+
+            def forward(self, x):
+                return 20 * (x[:, :2] - 0.5)
+
+        return _Network().eval()
 
 
-def test_the_models_seed_min_size_is_used_unless_overridden(tiny_weights, tmp_path):
-    from napari_nucleiseg.weights import save_weights
+def channel_model(**metadata):
+    from napari_nucleiseg.weights import NucleiModel
 
-    from conftest import build_tiny, tiny_metadata
+    return NucleiModel(ChannelNetwork(), {
+        "architecture": "channels", "kwargs": {}, "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 2,
+        "normalization": {"method": "percentile", "percentiles": [0.0, 100.0]}, **metadata}, name="channels")
 
-    path = save_weights(tmp_path / "seeded.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"seed_min_size": 40})
-    result = segment(IMAGE, path)
-    assert result.seed_min_size == 40
-    np.testing.assert_array_equal(result.labels, labels_from_probabilities(
-        result.probabilities, TINY_THRESHOLD, min_size=TINY_MIN_SIZE, boundary_threshold=TINY_BOUNDARY_THRESHOLD,
-        seed_min_size=40))
-    assert segment(IMAGE, path, seed_min_size=0).seed_min_size == 0
-    assert segment(IMAGE, tiny_weights["unet"]).seed_min_size == 0  # a file without one: every seed counts
+
+def _disk(shape, center, radius):
+    yy, xx = np.indices(shape)
+    return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2
+
+
+def drawn(nucleus: np.ndarray, boundary: np.ndarray | None = None) -> np.ndarray:
+    """The RGB image for which :class:`ChannelNetwork` predicts these masks."""
+    image = np.zeros((*nucleus.shape, 3), dtype=np.uint8)
+    image[..., 0] = 255 * nucleus
+    if boundary is not None:
+        image[..., 1] = 255 * boundary
+    image[0, 0] = (255, 255, 255)  # every channel spans 0..255 (a speck below the min size)
+    return image
+
+
+def test_the_models_neck_ratio_cuts_by_shape_unless_overridden():
+    shape = (64, 160)
+    eight = _disk(shape, (32, 30), 10) | _disk(shape, (32, 48), 10)  # two nuclei the network did not split
+    singles = [_disk(shape, center, 7) for center in [(12, 90), (50, 90), (12, 130), (50, 130)]]
+    image = drawn(eight | np.logical_or.reduce(singles))
+    result = segment(image, channel_model(neck_ratio=0.3), diameter=None)
+    assert result.neck_ratio == 0.3 and result.count == 6  # the model's neck ratio cut the "8"
+    assert result.labels[32, 25] != result.labels[32, 53]
+    unsplit = segment(image, channel_model(neck_ratio=0.3), neck_ratio=0)
+    assert unsplit.neck_ratio == 0.0 and unsplit.count == 5
+    assert segment(image, channel_model()).count == 5  # a file without one: no cut by shape
+
+
+def test_the_models_seed_min_size_is_used_unless_overridden():
+    shape = (64, 64)
+    nucleus = _disk(shape, (32, 32), 12)
+    boundary = np.zeros(shape, dtype=bool)
+    boundary[:, 41:43] = True  # cuts off a cap of 10 pixels: a speck of seed
+    image = drawn(nucleus, boundary & nucleus)
+    result = segment(image, channel_model(seed_min_size=40))
+    assert result.seed_min_size == 40 and result.count == 1  # the speck seeds nothing
+    assert segment(image, channel_model(seed_min_size=40), seed_min_size=0).count == 2
+    assert segment(image, channel_model()).count == 2  # a file without one: every seed counts
 
 
 def test_explicit_settings_are_used(tiny_weights):
@@ -119,14 +156,13 @@ def test_loaded_models_are_cached_until_the_file_changes(tmp_path):
     assert load_model(str(path)) is first
     save_weights(path, build_tiny("unet", seed=1), tiny_metadata("unet") | {"threshold": 0.3})
     second = load_model(path)
-    assert second is not first and second.threshold == 0.3
+    assert second is not first and second.settings.threshold == 0.3
 
 
 def test_rethresholding_cached_probabilities(tiny_weights):
     result = segment(IMAGE, tiny_weights["unet"])
-    again = result_from_probabilities(
-        result.probabilities, IMAGE, model_name=result.model_name, threshold=0.3, min_size=0, boundary_threshold=0.5
-    )
+    again = result_from_probabilities(result.probabilities, IMAGE, PostprocessSettings(threshold=0.3, min_size=0),
+                                      model_name=result.model_name)
     assert again.threshold == 0.3
     np.testing.assert_array_equal(again.labels, labels_from_probabilities(result.probabilities, 0.3, min_size=0))
     assert again.count == len(again.table)

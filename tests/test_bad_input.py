@@ -6,7 +6,7 @@ notification in the widget), and nothing the user had is overwritten or lost. Th
 the list; what is tested elsewhere is named here rather than tested twice:
 
 * empty 0-size image -> API: ImageError (below); CLI: skipped (below); widget: napari 0.9.2 cannot
-  open a 0-size image at all, the widget's own guard is ``test_layers.py::test_stack_shape_rejects...``
+  open a 0-size image at all, the widget's own guard is ``test_pipeline.py::test_stack_shape_rejects...``
 * 1x1, constant, NaN/inf, 16-bit, float, negative -> the same result as the 8-bit image (below);
   real networks give finite maps on them (``test_inference.py``), the widget segments them
   (``test_widget.py::test_tiny_constant_and_odd_valued_images...`` and below)
@@ -771,12 +771,12 @@ def test_widget_export_that_fails_half_way_keeps_the_earlier_file(
 def test_widget_more_than_65535_nuclei_are_uint32_and_hand_edits_survive(
     viewer_and_widget, widget_pixel_model, notifications, monkeypatch, qtbot
 ):
-    from napari_nucleiseg import _layers
+    from napari_nucleiseg import _outputs
 
     viewer, widget = viewer_and_widget
     # The tables of 66,048 nuclei are measured in the background after every change; what is tested
     # here is the labels, so each table is one row, at once.
-    monkeypatch.setattr(_layers, "nuclei_table", lambda labels, image, rgb: pd.DataFrame({"index": [1], "label": [1]}))
+    monkeypatch.setattr(_outputs, "nuclei_table", lambda labels, *source: pd.DataFrame({"index": [1], "label": [1]}))
     viewer.add_image(checkerboard(dim_every_other_row=True), name="crowded")
     widget.min_size_spin.setValue(0)
     widget.threshold_slider.setValue(0.05)
@@ -831,7 +831,7 @@ def free_memory(monkeypatch):
 
 
 def test_memory_shortfall_is_a_sentence_only_when_the_image_does_not_fit(free_memory):
-    from napari_nucleiseg._layers import memory_shortfall
+    from napari_nucleiseg.memory import memory_shortfall
 
     free_memory(8 * 2**30)
     assert memory_shortfall((4096, 4096)) is None

@@ -96,7 +96,7 @@ def test_the_resize_is_bounded_so_a_tiny_diameter_cannot_fill_the_memory():
 
 
 def test_a_plane_gets_the_same_diameter_alone_and_in_its_stack():
-    from napari_nucleiseg._layers import stack_diameter
+    from napari_nucleiseg.pipeline import stack_diameter
 
     image, _ = disks_image(30, 384, seed=3)
     alone = segment(image, model="hrnet")

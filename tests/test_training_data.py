@@ -3,21 +3,18 @@ augmenter brings crops to, stain and intensity augmentation, the log normalisati
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "training"))
-
-from data import (  # noqa: E402
+from napari_nucleiseg.preprocess import DEFAULT_LOG_GAIN, normalize_image
+from training.data import (
     Augmenter, brighten_some_nuclei, hed_jitter, holdout_split, list_ids, load_pair, median_diameter,
 )
-from train import at_diameter, licence_note  # noqa: E402
+from training.train import at_diameter, licence_note
 
-from napari_nucleiseg.preprocess import DEFAULT_LOG_GAIN, normalize_image  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARED = REPO.parent / "shared" / "data"
 needs_tissue = pytest.mark.skipif(not (SHARED / "consep" / "train").is_dir(), reason="CoNSeP not found in ../shared")

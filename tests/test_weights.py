@@ -45,9 +45,9 @@ def test_round_trip_keeps_metadata_and_outputs(tmp_path, name):
     assert read_metadata(path) == model.metadata
     assert model.path == path
     assert model.name == metadata["name"]
-    assert model.threshold == metadata["threshold"]
-    assert model.boundary_threshold == metadata["boundary_threshold"]
-    assert model.min_size == metadata["min_size"]
+    assert model.settings.threshold == metadata["threshold"]
+    assert model.settings.boundary_threshold == metadata["boundary_threshold"]
+    assert model.settings.min_size == metadata["min_size"]
     assert not model.network.training
     assert all(p.dtype == torch.float32 for p in model.network.parameters())
     # Tensors are stored as float16: outputs agree to float16 precision, as probabilities.
@@ -228,4 +228,4 @@ def test_bad_seed_min_size_in_a_file(tmp_path, value):
 
 def test_seed_min_size_is_read_from_a_file(tmp_path):
     path = save_weights(tmp_path / "seeds.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"seed_min_size": 16})
-    assert load_weights(path).seed_min_size == 16
+    assert load_weights(path).settings.seed_min_size == 16

@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 from napari.layers import Labels
 
-from napari_nucleiseg import _layers, _widget, inference, postprocess
-from napari_nucleiseg._widget import PROGRESS_STEPS, NucleiSegWidget
+from napari_nucleiseg import _outputs, _widget, compact, errors, pipeline, postprocess
+from napari_nucleiseg._run import PROGRESS_STEPS
+from napari_nucleiseg._widget import NucleiSegWidget
 
 pytestmark = pytest.mark.gui
 
@@ -30,7 +31,7 @@ RUN_TIMEOUT_MS = 60_000
 
 
 class FakeNetwork:
-    """Stands in for ``inference.predict_probabilities``: nucleus probability = gray value / 255.
+    """Stands in for the network (``NucleiSegWidget.predict``): nucleus probability = gray value / 255.
 
     Counts its calls, reports one tile of progress, and can be slowed down to test cancelling.
     """
@@ -48,7 +49,7 @@ class FakeNetwork:
         deadline = time.monotonic() + self.delay
         while time.monotonic() < deadline:
             if cancelled is not None and cancelled():
-                raise inference.Cancelled("Segmentation cancelled.")
+                raise errors.Cancelled("Segmentation cancelled.")
             time.sleep(0.01)
         gray = np.asarray(image, dtype=np.float32)
         if gray.ndim == 3:
@@ -117,16 +118,17 @@ def notifications(monkeypatch):
 
 
 @pytest.fixture
-def fake_network(monkeypatch):
+def fake_network(viewer_and_widget):
+    """The widget's network replaced by a :class:`FakeNetwork` (the estimate of a diameter still runs the real one)."""
     network = FakeNetwork()
-    monkeypatch.setattr(inference, "predict_probabilities", network)
+    viewer_and_widget[1].predict = network
     return network
 
 
 @pytest.fixture
-def in_a_worker(monkeypatch):
+def in_a_worker(viewer_and_widget):
     """Images of any size are re-thresholded in a worker, as large ones are."""
-    monkeypatch.setattr(_widget, "SYNC_POSTPROCESS_PIXELS", 0)
+    viewer_and_widget[1].rethresholder.sync_pixels = 0
 
 
 @pytest.fixture
@@ -145,11 +147,17 @@ def slow_postprocessing(monkeypatch):
         slow.gate.set()  # never leave a worker waiting
 
 
+def open_widget(viewer) -> NucleiSegWidget:
+    """The dock widget as napari opens it from its menu: napari gives it a proxy of the viewer."""
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
+    assert isinstance(widget, NucleiSegWidget) and widget.viewer is not viewer  # the proxy
+    return widget
+
+
 @pytest.fixture
 def viewer_and_widget(make_napari_viewer, tiny_weights):
     viewer = make_napari_viewer()
-    widget = NucleiSegWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    widget = open_widget(viewer)
     assert widget.set_weights_file(tiny_weights["unet"])
     return viewer, widget
 
@@ -268,7 +276,8 @@ def test_splitting_cuts_an_eight_by_its_shape_with_the_models_neck_ratio(viewer_
     widget.split_check.setChecked(True)
     click_segment(qtbot, widget)
     (labels,) = labels_layers(viewer)
-    assert widget._cache.neck_ratio == 0.3 and widget._cache.seed_min_size == 4
+    assert widget.rethresholder.cache.settings.neck_ratio == 0.3
+    assert widget.rethresholder.cache.settings.seed_min_size == 4
     assert labels.data.max() == 6 and shown_count(widget) == 6
     halves = labels.data[32, 25], labels.data[32, 53]
     assert 0 not in halves and halves[0] != halves[1]
@@ -329,10 +338,11 @@ def test_undo_and_redo_of_a_hand_edit_update_the_count_and_table(
     gate = threading.Event()
     gate.set()
     if counted_in_a_worker:  # as a layer over COUNT_IN_WORKER_PIXELS is; the gate holds the worker
-        monkeypatch.setattr(_widget, "COUNT_IN_WORKER_PIXELS", 0)
-        count = _widget._count_and_fingerprint
-        monkeypatch.setattr(_widget, "_count_and_fingerprint", lambda labels: gate.wait(RUN_TIMEOUT_MS) and count(labels))
+        count = _outputs.count_and_fingerprint
+        monkeypatch.setattr(_outputs, "count_and_fingerprint", lambda labels: gate.wait(RUN_TIMEOUT_MS) and count(labels))
     viewer, widget = viewer_and_widget
+    if counted_in_a_worker:
+        widget.outputs.count_in_worker_pixels = 0
     viewer.add_image(blobs(), name="blobs")
     widget.threshold_slider.setValue(0.5)
     click_segment(qtbot, widget)
@@ -375,7 +385,7 @@ def test_count_and_export_follow_the_labels_layer_the_user_selects(
     wait_for_table(qtbot, four, 4)
     measured = []
     with monkeypatch.context() as patch:
-        patch.setattr(_layers, "nuclei_table", lambda *args: measured.append(args) or pd.DataFrame())
+        patch.setattr(_outputs, "nuclei_table", lambda *args: measured.append(args) or pd.DataFrame())
         click_export(qtbot, widget, patch, tmp_path / "four.csv")
     assert len(pd.read_csv(tmp_path / "four.csv")) == 4
     assert measured == []  # the table measured in the background is written, not measured again
@@ -450,7 +460,7 @@ def test_cancel_stops_between_planes_and_leaves_the_layers_alone(
 ):
     viewer, widget = viewer_and_widget
     slow = FakeNetwork(delay=0.5)
-    monkeypatch.setattr(inference, "predict_probabilities", slow)
+    widget.predict = slow
     viewer.add_image(np.stack([blobs()] * 8), name="long stack")
 
     qtbot.mouseClick(widget.segment_button, _widget.Qt.MouseButton.LeftButton)
@@ -473,7 +483,7 @@ def test_the_probability_map_can_be_shown(viewer_and_widget, fake_network, qtbot
     probability = viewer.layers["blobs nucleus probability"]
     assert probability.data.shape == (64, 200)
     # The cache keeps probabilities in steps of 1 / NUCLEUS_LEVELS, read back as their middle.
-    assert probability.data.max() == pytest.approx(240 / 255, abs=0.5 / _layers.NUCLEUS_LEVELS)
+    assert probability.data.max() == pytest.approx(240 / 255, abs=0.5 / compact.NUCLEUS_LEVELS)
 
 
 def test_results_lie_where_the_image_lies_in_the_world(viewer_and_widget, fake_network, qtbot):
@@ -570,10 +580,9 @@ def test_running_synchronously_gives_what_the_worker_gives(viewer_and_widget, fa
 
 def test_closing_the_widget_mid_run_stops_the_worker(make_napari_viewer, tiny_weights, monkeypatch, qtbot):
     slow = FakeNetwork(delay=0.3)
-    monkeypatch.setattr(inference, "predict_probabilities", slow)
     viewer = make_napari_viewer()
-    widget = NucleiSegWidget(viewer)
-    dock = viewer.window.add_dock_widget(widget)
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
+    widget.predict = slow
     widget.set_weights_file(tiny_weights["unet"])
     viewer.add_image(np.stack([blobs()] * 20), name="long stack")
     widget.segment()
@@ -629,7 +638,7 @@ def test_a_weights_file_of_another_architecture_is_reported_after_loading(
     viewer, widget = viewer_and_widget
     from conftest import build_tiny
 
-    metadata = read_metadata(widget._weights_path())  # a tiny unet's metadata on hrnet tensors
+    metadata = read_metadata(widget.model_combo.weights_path())  # a tiny unet's metadata on hrnet tensors
     wrong = save_weights(tmp_path / "wrong.safetensors", build_tiny("hrnet"), metadata)
     assert widget.set_weights_file(wrong)
     viewer.add_image(blobs(), name="blobs")
@@ -668,7 +677,7 @@ def test_a_large_image_is_rethresholded_in_a_worker_while_the_window_stays_respo
 ):
     viewer, widget = viewer_and_widget
     large = np.tile(blobs(), (16, 5))  # 1024 x 1000: 320 nuclei, above what is re-thresholded at once
-    assert large.size > _widget.SYNC_POSTPROCESS_PIXELS
+    assert large.size > widget.rethresholder.sync_pixels
     viewer.add_image(large, name="large")
     widget.threshold_slider.setValue(0.3)
     click_segment(qtbot, widget)
@@ -677,7 +686,7 @@ def test_a_large_image_is_rethresholded_in_a_worker_while_the_window_stays_respo
     slow = slow_postprocessing(delay=0.5)  # at least half a second, however fast the machine
 
     ticks = []
-    timer = _widget.QTimer(interval=10)
+    timer = _outputs.QTimer(interval=10)
     timer.timeout.connect(lambda: ticks.append(time.monotonic()))
     timer.start()
     start = time.monotonic()
@@ -813,21 +822,21 @@ def test_the_probabilities_of_a_stack_are_cached_in_3_bytes_a_pixel(viewer_and_w
     viewer.add_image(stack, name="stack")
     widget.threshold_slider.setValue(0.5)
     click_segment(qtbot, widget)
-    probabilities = widget._cache.probabilities
-    assert isinstance(probabilities, _layers.CompactProbabilities)
+    probabilities = widget.rethresholder.cache.probabilities
+    assert isinstance(probabilities, compact.CompactProbabilities)
     assert probabilities.nbytes == 3 * stack.size  # float32 maps were 8 bytes a pixel
     # Labels from the compact cache are those of the float32 maps at every threshold of the slider.
     float_maps = np.stack([fake_network(plane, None) for plane in stack])
     for threshold in np.round(np.arange(0.3, 0.96, 0.05), 2):
         widget.threshold_slider.setValue(threshold)
-        expected = _layers.labels_from_stack(float_maps, threshold=threshold, min_size=widget.min_size_spin.value(),
-                                             split=True, boundary_threshold=widget._cache.boundary_threshold,
-                                             neck_ratio=widget._cache.neck_ratio)
+        settings = widget.rethresholder.cache.settings.replace(threshold=threshold,
+                                                               min_size=widget.min_size_spin.value(), split=True)
+        expected = pipeline.labels_from_stack(float_maps, settings)
         assert np.array_equal(labels_layers(viewer)[0].data, expected)
     widget.probability_check.setChecked(True)  # shown from the compact cache, read plane by plane
     shown = viewer.layers["stack nucleus probability"].data
     assert shown.shape == stack.shape
-    assert np.asarray(shown[2]).max() == pytest.approx(240 / 255, abs=0.5 / _layers.NUCLEUS_LEVELS)
+    assert np.asarray(shown[2]).max() == pytest.approx(240 / 255, abs=0.5 / compact.NUCLEUS_LEVELS)
 
 
 # ---- nucleus diameter: the network runs at the scale of the nuclei, results at the image's ------
@@ -867,14 +876,14 @@ def test_auto_diameter_is_estimated_shown_and_the_labels_are_at_full_resolution(
     assert labels.metadata["diameter_estimated"] is True and 16 < estimate < 36
     assert widget.diameter_auto_check.text() == f"Auto (estimated {estimate:.1f} px)"
     assert widget.diameter_auto_check.isChecked() and widget.diameter_spin.value() == pytest.approx(estimate, abs=0.05)
-    model = widget._model
+    model = widget.run.model
     scale = labels.metadata["scale"]
     assert scale == model.scale_for(estimate) != 1.0  # the network saw the image resized ...
     assert labels.data.shape == image.data.shape == (256, 256)  # ... and the labels are the image's
     assert shown_count(widget) == 9
     # The min size defaults to the model's at the scale of the run (in the image's pixels).
-    assert widget.min_size_spin.value() == model.min_size_at(scale) != model.min_size
-    assert widget._cache.seed_min_size == model.seed_min_size_at(scale)
+    assert widget.min_size_spin.value() == model.settings_at(scale).min_size != model.settings.min_size
+    assert widget.rethresholder.cache.settings.seed_min_size == model.settings_at(scale).seed_min_size
 
 
 def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
@@ -900,7 +909,7 @@ def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
     assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5}
     assert labels.data.shape == image.data.shape
     assert widget.diameter_auto_check.text() == "Auto" and not widget.diameter_auto_check.isChecked()
-    assert widget.min_size_spin.value() == widget._model.min_size_at(0.5)
+    assert widget.min_size_spin.value() == widget.run.model.settings_at(0.5).min_size
     assert notifications.messages["error"] == []
 
     widget.diameter_auto_check.setChecked(True)  # back to Auto: estimated again
@@ -920,7 +929,7 @@ def test_the_threshold_after_a_diameter_run_rethresholds_the_cached_probabilitie
     (labels,) = labels_layers(viewer)
     assert fake_network.scales == [0.5]
     min_size = widget.min_size_spin.value()
-    assert min_size == widget._model.min_size_at(0.5) == 4 * widget._model.min_size
+    assert min_size == widget.run.model.settings_at(0.5).min_size == 4 * widget.run.model.settings.min_size
 
     counts = {}
     for threshold in (0.3, 0.5, 0.9):
@@ -961,8 +970,8 @@ def test_a_diameter_entered_during_a_run_runs_again_when_it_ends(
     viewer_and_widget, diameter_weights, monkeypatch, qtbot
 ):
     slow = FakeNetwork(delay=0.3)
-    monkeypatch.setattr(inference, "predict_probabilities", slow)
     viewer, widget = viewer_and_widget
+    widget.predict = slow
     assert widget.set_weights_file(diameter_weights)
     viewer.add_image(blobs(shape=(256, 256)), name="blobs")
     widget.set_diameter(24.0)

@@ -6,7 +6,7 @@ Optima and Better Generalization", 2018). Batch-norm statistics of an average ar
 average of the statistics, so they are measured again, in training mode without gradients,
 on augmented crops of the training images drawn as in training::
 
-    python training/average_checkpoints.py runs/unet --epochs 15-30 --out runs/unet/swa.safetensors
+    python -m training.average_checkpoints runs/unet --epochs 15-30 --out runs/unet/swa.safetensors
 
 ``--epochs`` names copies of ``<run>/checkpoint.pt`` saved after each epoch as ``<run>/ep<N>.pt``.
 The file gets the run's metadata (threshold 0.5 until evaluate.py calibrates it) and records
@@ -16,19 +16,16 @@ which epochs it averages.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import balanced_weights, image_kind, list_ids, load_pair  # noqa: E402
-from train import BALANCED_SHARES, CropDataset  # noqa: E402
 
-from napari_nucleiseg.models import build_model  # noqa: E402
-from napari_nucleiseg.weights import read_metadata, save_weights  # noqa: E402
+from napari_nucleiseg.models import build_model
+from napari_nucleiseg.weights import read_metadata, save_weights
+from training.data import CropDataset, balanced_weights, image_kind, list_ids, load_pair
+from training.train import BALANCED_SHARES
 
 
 def parse_epochs(text: str) -> list[int]:

@@ -3,7 +3,7 @@
 The settings a weights file carries (threshold, boundary threshold, min size, neck ratio,
 smallest seed) are chosen on the validation images brought to the model's ``diameter`` with
 their true median nucleus diameter, so the min sizes are in the pixels of the frame the network
-works in (inference scales them with the image: ``NucleiModel.min_size_at``). The images: DSB2018
+works in (inference scales them with the image: ``NucleiModel.settings_at``). The images: DSB2018
 ``val`` and the val parts train.py holds out of MoNuSeg and CoNSeP train (every 7th source image);
 never a ``test`` part. The mean DSB2018 score over all those images is maximised (each image
 counts the same: 68 DSB2018, 5 MoNuSeg, 64 CoNSeP; weighting each set the same instead chose a
@@ -15,7 +15,7 @@ One small grid, the same for every model::
 
 Example::
 
-    python training/calibrate.py runs/s8_hrnet/best.safetensors --out weights/
+    python -m training.calibrate runs/s8_hrnet/best.safetensors --out weights/
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import holdout_split, list_ids, load_pair  # noqa: E402
-from evaluate import Sample, calibrate, calibrate_splitting, write_calibrated_weights  # noqa: E402
-from train import at_diameter, licence_note  # noqa: E402
-
-from napari_nucleiseg.inference import predict_probabilities  # noqa: E402
-from napari_nucleiseg.weights import load_weights, read_metadata  # noqa: E402
+from napari_nucleiseg.inference import predict_probabilities
+from napari_nucleiseg.weights import load_weights, read_metadata
+from training.data import holdout_split, list_ids, load_pair
+from training.evaluate import Sample, calibrate, calibrate_splitting, describe, label, write_calibrated_weights
+from training.train import at_diameter, licence_note
 
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
 BOUNDARY_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.35)
@@ -75,20 +73,20 @@ def main(argv=None) -> None:
     settings, grid = calibrate(probabilities, samples, THRESHOLDS, BOUNDARY_THRESHOLDS, MIN_SIZES, log=log)
     settings, split_grid = calibrate_splitting(probabilities, samples, settings, BOUNDARY_THRESHOLDS, NECK_RATIOS,
                                                log=log, seed_min_sizes=SEED_MIN_SIZES)
-    from metrics import instance_scores
+    from training.metrics import instance_scores
 
     scores, offset = {}, 0
     for name, group in sets.items():
-        scores[name] = round(float(np.mean([instance_scores(settings.label(p), s.truth)["dsb_score"] for p, s
+        scores[name] = round(float(np.mean([instance_scores(label(settings, p), s.truth)["dsb_score"] for p, s
                                             in zip(probabilities[offset : offset + len(group)], group)])), 4)
         offset += len(group)
-    log(f"calibrated {settings.describe()}: val DSB2018 score at the true diameter {scores}")
+    log(f"calibrated {describe(settings)}: val DSB2018 score at the true diameter {scores}")
     metadata = read_metadata(args.weights)
     heads = tuple(metadata["heads"]) if metadata.get("heads") else None
     calibration = {"grid": {"thresholds": THRESHOLDS, "boundary_thresholds": BOUNDARY_THRESHOLDS,
                             "min_sizes": MIN_SIZES, "neck_ratios": NECK_RATIOS, "seed_min_sizes": SEED_MIN_SIZES},
                    "on": "val at the true diameter: " + ", ".join(f"{len(g)} {n}" for n, g in sets.items()),
-                   "command": "python training/calibrate.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+                   "command": "python -m training.calibrate " + " ".join(sys.argv[1:] if argv is None else argv)}
     target = write_calibrated_weights(args.weights, args.out, settings,
                                       {"val_at_true_diameter_dsb_score": scores}, calibration, heads)
     if not read_metadata(target).get("licence"):  # files trained before train.py wrote it

@@ -1,4 +1,5 @@
-"""DSB2018 image/label pairs, training targets and augmentation (numpy/scipy/skimage).
+"""DSB2018 image/label pairs, training targets, augmentation and the dataset of crops that train.py
+and average_checkpoints.py draw from.
 
 Two layouts are read:
 
@@ -14,10 +15,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
 from skimage import color
 from skimage.io import imread
 from skimage.segmentation import find_boundaries
+from torch.utils.data import Dataset
 
 from napari_nucleiseg.preprocess import as_rgb, normalize_image
 from napari_nucleiseg.scale import median_diameter  # noqa: F401  (re-exported: train.py, evaluate.py, score_folder.py)
@@ -256,3 +259,38 @@ def brighten_some_nuclei(image: np.ndarray, labels: np.ndarray, rng: np.random.G
     out = image.copy()
     out[mask] = background + (out[mask] - background) * rng.uniform(3, 20)
     return out
+
+
+class CropDataset(Dataset):
+    """One random augmented crop per image per epoch.
+
+    With ``soft`` (one ``(H, W, 2)`` map per image, a teacher's probabilities), the
+    targets of a crop are ``(4, S, S)``: nucleus and boundary, then the teacher's two.
+    """
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], crop_size: int, seed: int,
+                 soft: list[np.ndarray] | None = None, diameter: float | None = None,
+                 log_gain: float = 0.0) -> None:
+        self.pairs = pairs
+        self.soft = soft
+        self.crop_size = crop_size
+        self.seed = seed
+        self.augmenter = Augmenter(crop_size, np.random.default_rng(seed), diameter, log_gain)
+        self.diameters = [median_diameter(labels) for _, labels in pairs] if diameter else [None] * len(pairs)
+
+    def reseed(self, seed: int) -> None:
+        self.augmenter.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        soft = None if self.soft is None else self.soft[index]
+        image, targets = self.augmenter(*self.pairs[index], soft, self.diameters[index])
+        return torch.from_numpy(image), torch.from_numpy(targets)
+
+
+def worker_init(worker_id: int) -> None:
+    """A DataLoader worker's own random stream."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(info.seed % 2**32)

@@ -3,11 +3,11 @@
 Example (the three shipped models and Otsu on every set; one markdown file, the summaries and
 the per-image rows in ``runs/eval``)::
 
-    python training/evaluate.py --out runs/eval
+    python -m training.evaluate --out runs/eval
 
 and the table of weights/README.md (DSB2018 val only)::
 
-    python training/evaluate.py --sets val --markdown table.md
+    python -m training.evaluate --sets val --markdown table.md
 
 The sets (``--sets``, default all, in this order): ``val`` (DSB2018's val split), ``val_x0.25``,
 ``val_x0.5``, ``val_x2``, ``val_x3`` (the same images resized by that factor with
@@ -29,7 +29,7 @@ Calibration: choose threshold, boundary threshold and minimum size on ``val`` an
 a copy of each weights file, with those values and the metrics they reach, to a folder;
 every set is then scored with the calibrated settings::
 
-    python training/evaluate.py --weights runs/unet/best.safetensors --split val \
+    python -m training.evaluate --weights runs/unet/best.safetensors --split val \
         --calibrate --write-weights weights/ --sets val
 
 A UNet++ averages several output heads; with ``--calibrate`` the heads are chosen too: all of
@@ -78,13 +78,11 @@ import numpy as np
 from skimage.filters import threshold_otsu
 from skimage.measure import label as connected_components
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import IMAGE_KINDS, image_kind, list_ids, load_pair, median_diameter  # noqa: E402
-from metrics import instance_iou, instance_scores, pixel_confusion, pixel_scores, scores_from_iou  # noqa: E402
-
-from napari_nucleiseg.postprocess import labels_from_probabilities  # noqa: E402
-from napari_nucleiseg.scale import rescale_image, rescale_labels  # noqa: E402
-from napari_nucleiseg.weights import (  # noqa: E402
+from napari_nucleiseg.pipeline import Prediction, predict_at_diameter
+from napari_nucleiseg.settings import PostprocessSettings
+from napari_nucleiseg.postprocess import labels_from_probabilities
+from napari_nucleiseg.scale import rescale_image, rescale_labels
+from napari_nucleiseg.weights import (
     BUNDLED_MODELS,
     METADATA_KEY,
     WEIGHTS_SUFFIX,
@@ -92,6 +90,9 @@ from napari_nucleiseg.weights import (  # noqa: E402
     load_weights,
     read_metadata,
 )
+from training.data import IMAGE_KINDS, image_kind, list_ids, load_pair, median_diameter
+from training.metrics import instance_iou, instance_scores, pixel_confusion, pixel_scores, scores_from_iou
+from training.metrics import summarize as summarize_scores
 
 #: Calibration grid. The network is trained towards 0/1 targets, so useful thresholds lie
 #: near the middle; min sizes span debris (a few pixels) to the smallest real nuclei (~30 px).
@@ -146,26 +147,21 @@ class Sample:
     truth: np.ndarray
 
 
-@dataclass
-class Settings:
-    """Post-processing settings, as stored in a weights file."""
+#: The settings the evaluation scores and calibrates: the package's one settings object.
+Settings = PostprocessSettings
 
-    threshold: float
-    boundary_threshold: float
-    min_size: int
-    neck_ratio: float = 0.0
-    seed_min_size: int = 0
 
-    def label(self, probabilities: np.ndarray, split: bool = True) -> np.ndarray:
-        return labels_from_probabilities(probabilities, self.threshold, min_size=self.min_size, split=split,
-                                         boundary_threshold=self.boundary_threshold, neck_ratio=self.neck_ratio,
-                                         seed_min_size=self.seed_min_size)
+def label(settings: PostprocessSettings, probabilities: np.ndarray, split: bool = True) -> np.ndarray:
+    """The labels ``settings`` make of ``probabilities``, with splitting on or off."""
+    return labels_from_probabilities(probabilities, **settings.replace(split=split).options())
 
-    def describe(self, split: bool = True) -> str:
-        boundary = f"{self.boundary_threshold:g}" if split else "-"
-        neck = f"{self.neck_ratio:g}" if split else "-"
-        seeds = f", seeds >= {self.seed_min_size} px" if split and self.seed_min_size else ""
-        return f"{self.threshold:.2f} / {boundary} / {self.min_size} / {neck}{seeds}"
+
+def describe(settings: PostprocessSettings, split: bool = True) -> str:
+    """``threshold / boundary threshold / min size / neck ratio``, as the reports show settings."""
+    boundary = f"{settings.boundary_threshold:g}" if split else "-"
+    neck = f"{settings.neck_ratio:g}" if split else "-"
+    seeds = f", seeds >= {settings.seed_min_size} px" if split and settings.seed_min_size else ""
+    return f"{settings.threshold:.2f} / {boundary} / {settings.min_size} / {neck}{seeds}"
 
 
 def load_samples(data: Path, split: str | None, limit: int | None = None) -> list[Sample]:
@@ -299,15 +295,7 @@ def summarize(rows: list[dict], confusions: list[np.ndarray]) -> dict:
 
 
 def _summary(rows: list[dict], confusions: list[np.ndarray]) -> dict:
-    count_errors = [row["count_error"] for row in rows]
-    return {
-        **pixel_scores(np.sum(confusions, axis=0, dtype=np.int64)),
-        "dsb_score": float(np.mean([row["dsb_score"] for row in rows])),
-        "f1_iou50": float(np.mean([row["f1_iou50"] for row in rows])),
-        "count_error_median": float(np.median(count_errors)),
-        "count_error_mean": float(np.mean(count_errors)),
-        "n_images": len(rows),
-    }
+    return summarize_scores(rows, np.sum(confusions, axis=0, dtype=np.int64))
 
 
 def predict_all(model, samples: list[Sample], log=None) -> list[np.ndarray]:
@@ -330,7 +318,6 @@ def pipeline_prediction(image: np.ndarray, model, mode: str = "auto", true_diame
     checked); ``"true"``: as ``segment(diameter=true_diameter)`` (an image without nuclei, with no
     diameter to give, runs as it is); ``"none"``: the image as it is (scale 1).
     """
-    from napari_nucleiseg.api import Prediction, predict_at_diameter
     from napari_nucleiseg.inference import predict_probabilities
 
     if mode not in DIAMETER_MODES:
@@ -343,8 +330,7 @@ def pipeline_prediction(image: np.ndarray, model, mode: str = "auto", true_diame
 def pipeline_settings(model, scale: float = 1.0) -> Settings:
     """``model``'s post-processing as segment() applies it to an image the network saw resized by
     ``scale``: its thresholds and neck ratio, its min sizes (pixels of its own frame) in the image's pixels."""
-    return Settings(model.threshold, model.boundary_threshold, model.min_size_at(scale), model.neck_ratio,
-                    model.seed_min_size_at(scale))
+    return model.settings_at(scale)
 
 
 def apply_settings(model, settings: Settings) -> None:
@@ -395,7 +381,7 @@ def evaluate_set(samples: Iterable[Sample], models: list[tuple[str, Path, object
             start = time.perf_counter()
             settings = pipeline_settings(model, prediction.scale)
             for method, split in ((name, True), (f"{name}, no splitting", False)):
-                row, confusion = image_row(method, sample, settings.label(prediction.probabilities, split), kind)
+                row, confusion = image_row(method, sample, label(settings, prediction.probabilities, split), kind)
                 rows[method].append({**measured, **row, "diameter_used": prediction.diameter,
                                      "diameter_estimated": prediction.estimated, "scale": prediction.scale})
                 confusions[method].append(confusion)
@@ -419,7 +405,7 @@ def evaluate_set(samples: Iterable[Sample], models: list[tuple[str, Path, object
             results.append({"method": method, "weights": str(path), "split_nuclei": split,
                             **({"heads": list(heads)} if heads is not None else {}),
                             "diameter": model.diameter,
-                            "settings": base.describe(split) + _heads_note(heads) + scaled,
+                            "settings": describe(base, split) + _heads_note(heads) + scaled,
                             **({"parameters": vars(base)} if split else {}),
                             **({"seconds": {k: round(v, 1) for k, v in seconds[name].items()}} if split else {}),
                             "metrics": metrics})
@@ -493,9 +479,9 @@ def calibrate_splitting(probabilities: list[np.ndarray], samples: list[Sample], 
     for seed_min_size in seed_min_sizes:
         for ratio in neck_ratios:
             for boundary_threshold in boundary_thresholds:
-                trial = Settings(settings.threshold, float(boundary_threshold), settings.min_size, float(ratio),
-                                 int(seed_min_size))
-                score = float(np.mean([instance_scores(trial.label(p), s.truth)["dsb_score"]
+                trial = settings.replace(boundary_threshold=float(boundary_threshold), neck_ratio=float(ratio),
+                                         seed_min_size=int(seed_min_size))
+                score = float(np.mean([instance_scores(label(trial, p), s.truth)["dsb_score"]
                                        for p, s in zip(probabilities, samples)]))
                 grid.append({"neck_ratio": float(ratio), "boundary_threshold": float(boundary_threshold),
                              "dsb_score": score, **({"seed_min_size": int(seed_min_size)} if seed_min_size else {})})
@@ -686,7 +672,7 @@ def calibrate_model(name: str, path: Path, model, samples: list[Sample], args: a
     apply_settings(model, settings)
     if not args.write_weights:
         return entry, None
-    scored = {split: score_method(name, (settings.label(p, split) for p in best["probabilities"]), samples)[0]
+    scored = {split: score_method(name, (label(settings, p, split) for p in best["probabilities"]), samples)[0]
               for split in (True, False)}
     metrics = {split_name: _rounded(scored[True]), f"{split_name}_no_splitting": _rounded(scored[False]),
                "calibrated_on": f"{split_name} ({len(samples)} images)"}

@@ -4,7 +4,7 @@ train.py keeps the epoch with the best validation score at fixed settings (thres
 ``best.safetensors``; after calibration a later epoch can be better. This exports the last
 epoch with the same metadata, so evaluate.py can compare both::
 
-    python training/export_checkpoint.py runs/unet --out runs/unet/last.safetensors
+    python -m training.export_checkpoint runs/unet --out runs/unet/last.safetensors
 
 ``--checkpoint`` exports a copy of ``checkpoint.pt`` saved after an earlier epoch instead.
 """

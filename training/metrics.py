@@ -107,3 +107,17 @@ def scores_from_iou(iou: np.ndarray) -> dict[str, float]:
         "n_truth": n_truth,
         "n_predicted": n_pred,
     }
+
+
+def summarize(per_image: list[dict], confusion: np.ndarray) -> dict:
+    """The summary of a set: the pixel scores of its summed ``confusion`` (:func:`pixel_confusion`),
+    and the mean (count error: median and mean) of the per-image scores of :func:`instance_scores`."""
+    count_errors = [scores["count_error"] for scores in per_image]
+    return {
+        **pixel_scores(np.asarray(confusion, dtype=np.int64)),
+        "dsb_score": float(np.mean([scores["dsb_score"] for scores in per_image])),
+        "f1_iou50": float(np.mean([scores["f1_iou50"] for scores in per_image])),
+        "count_error_median": float(np.median(count_errors)),
+        "count_error_mean": float(np.mean(count_errors)),
+        "n_images": len(per_image),
+    }

@@ -3,7 +3,7 @@
 Everything comes from the files themselves (the metadata that train.py and evaluate.py wrote)
 and from the JSON of an evaluate.py run (for the Otsu baseline)::
 
-    python training/model_card.py weights/unet.safetensors weights/unetpp.safetensors \
+    python -m training.model_card weights/unet.safetensors weights/unetpp.safetensors \
         weights/hrnet.safetensors --evaluation runs/eval-unet.json --out weights/README.md
 """
 
@@ -162,8 +162,8 @@ def calibration_steps(meta: dict) -> str:
         ("neck_ratios", "neck-ratios"), ("seed_min_sizes", "seed-min-sizes"))
         if key in grid)
     return (f"keep epoch {epoch} of that run: `{run}/best.safetensors` if train.py kept it, otherwise "
-            f"`python training/export_checkpoint.py {run} --checkpoint <checkpoint.pt as saved after epoch {epoch}> "
-            f"--out {run}/kept.safetensors`, then `python training/evaluate.py --weights {run}/kept.safetensors "
+            f"`python -m training.export_checkpoint {run} --checkpoint <checkpoint.pt as saved after epoch {epoch}> "
+            f"--out {run}/kept.safetensors`, then `python -m training.evaluate --weights {run}/kept.safetensors "
             f"--split val --calibrate{flags} --write-weights weights/`")
 
 

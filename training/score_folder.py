@@ -6,24 +6,24 @@ the ``counts.csv`` of a run whose model records a diameter, how often the estima
 +-25% of the true median diameter). Shows that the command line, with the shipped weights,
 gives the figures of weights/README.md::
 
-    nucleiseg segment $(python training/score_folder.py --list-images --split val) --out /tmp/val-unet
-    python training/score_folder.py /tmp/val-unet --split val
+    nucleiseg segment $(python -m training.score_folder --list-images --split val) --out /tmp/val-unet
+    python -m training.score_folder /tmp/val-unet --split val
 
 A test set, with its folder of truth labels (``<id>.png``, the image's stem)::
 
     nucleiseg segment ../shared/data/monuseg2018/test/images --out /tmp/monuseg-hrnet
-    python training/score_folder.py /tmp/monuseg-hrnet --truth ../shared/data/monuseg2018/test/labels
+    python -m training.score_folder /tmp/monuseg-hrnet --truth ../shared/data/monuseg2018/test/labels
     nucleiseg segment ../shared/data/consep/test/images --out /tmp/consep-hrnet
-    python training/score_folder.py /tmp/consep-hrnet --truth ../shared/data/consep/test/labels
+    python -m training.score_folder /tmp/consep-hrnet --truth ../shared/data/consep/test/labels
 
 or any set of evaluate.py by name (``--set monuseg_test``, ``--set consep_test``). DSB2018 val
 rescaled by a factor, as evaluate.py builds it (``--set val_x<factor>``): its images do not
 exist as files, so ``--list-images`` writes them (PNG) to ``--write-images`` first; the truth
 is rescaled the same way when scoring::
 
-    nucleiseg segment $(python training/score_folder.py --list-images --set val_x2 --write-images /tmp/val_x2) \
+    nucleiseg segment $(python -m training.score_folder --list-images --set val_x2 --write-images /tmp/val_x2) \
         --out /tmp/val_x2-hrnet
-    python training/score_folder.py /tmp/val_x2-hrnet --set val_x2
+    python -m training.score_folder /tmp/val_x2-hrnet --set val_x2
 
 (``nucleiseg segment --weights FILE`` for a weights file other than the bundled ones.)
 """
@@ -32,16 +32,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import find_dataset_root, median_diameter  # noqa: E402
-from evaluate import TEST_SET_FOLDERS, diameter_summary, parse_sets, resolve_set, set_ids, set_samples  # noqa: E402
-from metrics import instance_scores, pixel_confusion, pixel_scores  # noqa: E402
+from training.data import find_dataset_root, median_diameter
+from training.evaluate import TEST_SET_FOLDERS, diameter_summary, parse_sets, resolve_set, set_ids, set_samples
+from training.metrics import instance_scores, pixel_confusion, summarize
 
 #: Files a truth labels folder may hold (the stem is the image's id).
 TRUTH_SUFFIXES = (".png", ".tif", ".tiff")
@@ -91,13 +89,7 @@ def score_folder(folder: Path, truths, diameters: dict | None = None) -> dict:
         per_image.append(instance_scores(labels, truth))
         used, estimated = (diameters or {}).get(sample_id, (None, False))
         rows.append({"diameter_true": median_diameter(truth), "diameter_used": used, "diameter_estimated": estimated})
-    summary = {
-        **pixel_scores(confusion),
-        "dsb_score": float(np.mean([s["dsb_score"] for s in per_image])),
-        "f1_iou50": float(np.mean([s["f1_iou50"] for s in per_image])),
-        "count_error_median": float(np.median([s["count_error"] for s in per_image])),
-        "n_images": len(per_image),
-    }
+    summary = summarize(per_image, confusion)
     if any(row["diameter_estimated"] for row in rows):
         summary.update(diameter_summary(rows))
     return summary

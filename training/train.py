@@ -2,7 +2,7 @@
 
 Example (the command behind the bundled UNet; see weights/README.md)::
 
-    python training/train.py --model unet --data ../shared/data/dsb2018 --out runs/unet \
+    python -m training.train --model unet --data ../shared/data/dsb2018 --out runs/unet \
         --epochs 40 --time-budget 25
 
 Each epoch trains on one random augmented crop of every ``train`` image, then scores
@@ -27,20 +27,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import (  # noqa: E402
-    Augmenter, balanced_weights, holdout_split, image_kind, list_ids, load_pair, median_diameter,
+from napari_nucleiseg.inference import predict_normalized
+from napari_nucleiseg.models import build_model
+from napari_nucleiseg.postprocess import labels_from_probabilities
+from napari_nucleiseg.preprocess import DEFAULT_LOG_GAIN, DEFAULT_PERCENTILES, normalize_image
+from napari_nucleiseg.scale import rescale_image, rescale_labels, rescaled_shape
+from napari_nucleiseg.weights import load_weights, save_weights
+from training.data import (
+    CropDataset,
+    balanced_weights,
+    holdout_split,
+    image_kind,
+    list_ids,
+    load_pair,
+    median_diameter,
+    worker_init,
 )
-from metrics import instance_scores, pixel_confusion, pixel_scores  # noqa: E402
-
-from napari_nucleiseg.inference import predict_normalized  # noqa: E402
-from napari_nucleiseg.models import build_model  # noqa: E402
-from napari_nucleiseg.postprocess import labels_from_probabilities  # noqa: E402
-from napari_nucleiseg.preprocess import DEFAULT_LOG_GAIN, DEFAULT_PERCENTILES, normalize_image  # noqa: E402
-from napari_nucleiseg.scale import rescale_image, rescale_labels, rescaled_shape  # noqa: E402
-from napari_nucleiseg.weights import load_weights, save_weights  # noqa: E402
+from training.metrics import instance_scores, pixel_confusion, pixel_scores
 
 #: Architecture arguments train.py builds: 0.5-0.8 M parameters, a few minutes per epoch on
 #: 2 CPU cores at 192-pixel crops. The bundled UNet was trained so for four runs, then grown to
@@ -81,40 +86,6 @@ def licence_note(sets: list[str]) -> str:
 #: over DSB2018's train images of each image's median nucleus diameter (18.3 px), so most of
 #: DSB2018 is rescaled little; MoNuSeg's (21.9) and CoNSeP's (16.2) are close too.
 DEFAULT_DIAMETER = 18.0
-
-
-class CropDataset(Dataset):
-    """One random augmented crop per image per epoch.
-
-    With ``soft`` (one ``(H, W, 2)`` map per image, a teacher's probabilities), the
-    targets of a crop are ``(4, S, S)``: nucleus and boundary, then the teacher's two.
-    """
-
-    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], crop_size: int, seed: int,
-                 soft: list[np.ndarray] | None = None, diameter: float | None = None,
-                 log_gain: float = 0.0) -> None:
-        self.pairs = pairs
-        self.soft = soft
-        self.crop_size = crop_size
-        self.seed = seed
-        self.augmenter = Augmenter(crop_size, np.random.default_rng(seed), diameter, log_gain)
-        self.diameters = [median_diameter(labels) for _, labels in pairs] if diameter else [None] * len(pairs)
-
-    def reseed(self, seed: int) -> None:
-        self.augmenter.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        soft = None if self.soft is None else self.soft[index]
-        image, targets = self.augmenter(*self.pairs[index], soft, self.diameters[index])
-        return torch.from_numpy(image), torch.from_numpy(targets)
-
-
-def _worker_init(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    info.dataset.reseed(info.seed % 2**32)
 
 
 def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -310,7 +281,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = "python training/train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m training.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -408,7 +379,7 @@ def main(argv=None) -> dict:
         sampler = None
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=True, generator=generator,
-                        num_workers=args.workers, worker_init_fn=_worker_init if args.workers else None,
+                        num_workers=args.workers, worker_init_fn=worker_init if args.workers else None,
                         persistent_workers=False)
     n_params = sum(p.numel() for p in network.parameters())
     start = time.perf_counter() - state["elapsed"]

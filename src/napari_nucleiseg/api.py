@@ -15,15 +15,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
+from .settings import PostprocessSettings
 from .weights import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .pipeline import PlanesResult
     from .weights import NucleiModel
 
 ModelSource = Union[str, os.PathLike, "NucleiModel"]
@@ -87,6 +89,12 @@ class SegmentationResult:
     diameter_estimated: bool = False
     scale: float = 1.0
 
+    @property
+    def settings(self) -> PostprocessSettings:
+        """The post-processing settings the labels were made with."""
+        return PostprocessSettings(self.threshold, self.boundary_threshold, self.min_size, self.split,
+                                   self.neck_ratio, self.seed_min_size)
+
 
 def segment(
     image: np.ndarray,
@@ -142,7 +150,7 @@ def segment(
         Called as ``progress(done_tiles, total_tiles)`` while the network runs.
     cancelled : callable, optional
         Polled between tiles; when it returns True the run stops with
-        ``napari_nucleiseg.inference.Cancelled``.
+        ``napari_nucleiseg.errors.Cancelled``.
 
     Returns
     -------
@@ -151,127 +159,62 @@ def segment(
 
     Raises
     ------
-    napari_nucleiseg.weights.WeightsError
+    napari_nucleiseg.errors.WeightsError
         If the model cannot be found or its weights file is unusable.
-    napari_nucleiseg.preprocess.ImageError
+    napari_nucleiseg.errors.ImageError
         If the image is not a 2-D gray, RGB or RGBA image.
     ValueError
         For a setting out of range, e.g. a diameter that is not a positive number of pixels.
-    napari_nucleiseg.inference.Cancelled
+    napari_nucleiseg.errors.Cancelled
         If ``cancelled()`` returned True.
     """
+    from .pipeline import run_to_end, segment_planes
     from .preprocess import as_rgb
     from .scale import check_diameter
 
     nuclei_model = load_model(model)
     check_diameter(diameter, np.shape(image))
-    as_rgb(image)  # the one-sentence ImageError before any work
-    threshold = nuclei_model.threshold if threshold is None else threshold
-    if boundary_threshold is None:
-        boundary_threshold = nuclei_model.boundary_threshold
-    neck_ratio = nuclei_model.neck_ratio if neck_ratio is None else neck_ratio
-    _check_settings(threshold, min_size or 0, boundary_threshold, neck_ratio, seed_min_size or 0)  # before the slow part
-    prediction = predict_at_diameter(image, nuclei_model, diameter, progress=progress, cancelled=cancelled)
-    probabilities, used_diameter, estimated, scale = prediction
-    min_size = nuclei_model.min_size_at(scale) if min_size is None else min_size
-    seed_min_size = nuclei_model.seed_min_size_at(scale) if seed_min_size is None else seed_min_size
-    return result_from_probabilities(
-        probabilities,
-        image,
-        model_name=nuclei_model.name,
-        threshold=threshold,
-        min_size=min_size,
-        split=split,
-        boundary_threshold=boundary_threshold,
-        neck_ratio=neck_ratio,
-        seed_min_size=seed_min_size,
-        diameter=used_diameter,
-        diameter_estimated=estimated,
-        scale=scale,
+    as_rgb(image)  # the one-sentence ImageError for anything but one 2-D image, before any work
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]  # gray with a channel axis
+    chosen = {"threshold": threshold, "min_size": min_size, "split": split, "boundary_threshold": boundary_threshold,
+              "neck_ratio": neck_ratio, "seed_min_size": seed_min_size}
+    run = segment_planes(image, nuclei_model, chosen, rgb=np.ndim(image) == 3, diameter=diameter, compact=False,
+                         on_progress=progress, cancelled=cancelled)
+    return result_from_planes(run_to_end(run), image, model_name=nuclei_model.name)
+
+
+def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,
+                       model_name: str = "") -> SegmentationResult:
+    """The :class:`SegmentationResult` of one image segmented by :func:`~napari_nucleiseg.pipeline.segment_planes`."""
+    from .postprocess import count_nuclei, measure_nuclei
+
+    labels, settings = planes.labels, planes.settings
+    return SegmentationResult(
+        labels=labels,
+        probabilities=planes.probabilities,
+        table=measure_nuclei(labels, image),
+        count=count_nuclei(labels),
+        model_name=model_name,
+        threshold=float(settings.threshold),
+        boundary_threshold=float(settings.boundary_threshold),
+        min_size=int(settings.min_size),
+        split=bool(settings.split),
+        neck_ratio=float(settings.neck_ratio),
+        seed_min_size=int(settings.seed_min_size),
+        diameter=None if planes.diameter is None else float(planes.diameter),
+        diameter_estimated=bool(planes.diameter_estimated),
+        scale=float(planes.scale),
     )
-
-
-class Prediction(NamedTuple):
-    """What :func:`predict_at_diameter` returns."""
-
-    probabilities: np.ndarray  # (2, H, W) float32, at the image's own resolution
-    diameter: float | None  # the nucleus diameter (pixels) the network was run for; None: not resized
-    estimated: bool  # whether that diameter was estimated
-    scale: float  # the factor the image was resized by for the network
-
-
-#: An estimated diameter is checked against the median nucleus of the whole image segmented at the
-#: scale it gave; further off than this factor, the network runs once more at the measured size.
-RECHECK_FACTOR = 1.25
-
-
-def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float | None = None, *,
-                        progress: Callable[[int, int], None] | None = None,
-                        cancelled: Callable[[], bool] | None = None) -> Prediction:
-    """The network's probabilities for ``image`` with its nuclei brought to the model's size.
-
-    The one pipeline of :func:`segment`, the widget and the command line: the diameter is
-    given or estimated (:func:`resolve_diameter`), the image resized by the factor it gives
-    (:meth:`~napari_nucleiseg.weights.NucleiModel.scale_for`), the network run tile by tile,
-    and the probabilities brought back to the image's pixels. An estimate is then checked
-    (Cellpose's second step): the whole image's nuclei at that scale, labelled with the
-    model's settings, have a median diameter of their own, measured on far more nuclei than
-    the estimate's window holds; if it differs by more than :data:`RECHECK_FACTOR`, the
-    network runs once more at that size, and that is the diameter reported.
-    """
-    from .inference import predict_probabilities
-    from .postprocess import labels_from_probabilities
-    from .scale import nucleus_diameters
-
-    used, estimated = resolve_diameter(image, model, diameter, cancelled=cancelled)
-    shape = np.shape(image)[:2]
-    scale = model.scale_for(used, shape)
-    probabilities = predict_probabilities(image, model, progress=progress, cancelled=cancelled, scale=scale)
-    if estimated:
-        labels = labels_from_probabilities(
-            probabilities, model.threshold, min_size=model.min_size_at(scale), split=True,
-            boundary_threshold=model.boundary_threshold, seed_min_size=model.seed_min_size_at(scale),
-        )
-        diameters = nucleus_diameters(labels)
-        if diameters.size >= 5:
-            measured = float(np.median(diameters))
-            if abs(np.log(measured / used)) > np.log(RECHECK_FACTOR):
-                used, scale = measured, model.scale_for(measured, shape)
-                probabilities = predict_probabilities(image, model, progress=progress, cancelled=cancelled,
-                                                      scale=scale)
-    return Prediction(probabilities, used, estimated, scale)
-
-
-def resolve_diameter(image: np.ndarray, model: NucleiModel, diameter: float | None = None, *,
-                     cancelled: Callable[[], bool] | None = None) -> tuple[float | None, bool]:
-    """``(diameter, estimated)``: the nucleus diameter to segment ``image`` for.
-
-    A given ``diameter`` is checked and returned; None is estimated with the model
-    (:func:`~napari_nucleiseg.scale.estimate_diameter`) when it records a diameter of its
-    own, and stays None (no resizing) when it does not or no estimate can be made.
-    """
-    from .scale import check_diameter, estimate_diameter
-
-    check_diameter(diameter, np.shape(image))
-    if diameter is not None:
-        return float(diameter), False
-    if model.diameter is None:
-        return None, False
-    estimate = estimate_diameter(image, model, cancelled=cancelled)
-    return (None, False) if estimate is None else (float(estimate), True)
 
 
 def result_from_probabilities(
     probabilities: np.ndarray,
     image: np.ndarray | None = None,
+    settings: PostprocessSettings | None = None,
     *,
     model_name: str = "",
-    threshold: float,
-    min_size: int,
-    split: bool = True,
-    boundary_threshold: float,
-    neck_ratio: float = 0.0,
-    seed_min_size: int = 0,
     diameter: float | None = None,
     diameter_estimated: bool = False,
     scale: float = 1.0,
@@ -279,32 +222,16 @@ def result_from_probabilities(
     """Post-process ``(2, H, W)`` probabilities into a :class:`SegmentationResult`.
 
     The second half of :func:`segment`, for re-thresholding cached probabilities
-    without running the network again. ``image`` (``(H, W)``, ``(H, W, 3)`` or
-    ``(H, W, 4)``) gives the table's ``mean_intensity``; without it that column is NaN.
+    without running the network again (with the package's default ``settings`` when
+    none are given). ``image`` (``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``) gives the
+    table's ``mean_intensity``; without it that column is NaN.
     """
-    from .postprocess import count_nuclei, labels_from_probabilities, measure_nuclei
+    from .pipeline import PlanesResult, labels_from_stack
 
-    _check_settings(threshold, min_size, boundary_threshold, neck_ratio, seed_min_size)
-    labels = labels_from_probabilities(
-        probabilities, threshold, min_size=min_size, split=split, boundary_threshold=boundary_threshold,
-        neck_ratio=neck_ratio, seed_min_size=seed_min_size,
-    )
-    return SegmentationResult(
-        labels=labels,
-        probabilities=probabilities,
-        table=measure_nuclei(labels, image),
-        count=count_nuclei(labels),
-        model_name=model_name,
-        threshold=float(threshold),
-        boundary_threshold=float(boundary_threshold),
-        min_size=int(min_size),
-        split=bool(split),
-        neck_ratio=float(neck_ratio),
-        seed_min_size=int(seed_min_size),
-        diameter=None if diameter is None else float(diameter),
-        diameter_estimated=bool(diameter_estimated),
-        scale=float(scale),
-    )
+    settings = (settings or PostprocessSettings()).validate()
+    labels = labels_from_stack(probabilities, settings)
+    planes = PlanesResult(probabilities, labels, settings, diameter, diameter_estimated, scale)
+    return result_from_planes(planes, image, model_name=model_name)
 
 
 def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
@@ -315,7 +242,7 @@ def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
 
     Raises
     ------
-    napari_nucleiseg.weights.WeightsError
+    napari_nucleiseg.errors.WeightsError
         For an unknown name, a missing file, or a file that is not usable weights;
         the message names the file and says what is wrong.
     """
@@ -347,17 +274,3 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> NucleiModel:
     from .weights import load_weights
 
     return load_weights(path)
-
-
-def _check_settings(threshold: float, min_size: int, boundary_threshold: float, neck_ratio: float = 0.0,
-                    seed_min_size: int = 0) -> None:
-    if not 0 <= neck_ratio <= 1:
-        raise ValueError(f"neck_ratio must be between 0 and 1, not {neck_ratio}")
-    if not (seed_min_size >= 0 and int(seed_min_size) == seed_min_size):
-        raise ValueError(f"seed_min_size must be a whole number of pixels >= 0, not {seed_min_size}")
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
-    if not 0 <= boundary_threshold <= 1:
-        raise ValueError(f"boundary_threshold must be between 0 and 1, not {boundary_threshold}")
-    if min_size < 0 or int(min_size) != min_size:
-        raise ValueError(f"min_size must be a whole number of pixels >= 0, not {min_size}")

@@ -193,7 +193,7 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
     from .api import segment
     from .preprocess import ImageError, as_rgb
 
-    from ._layers import memory_shortfall
+    from .memory import memory_shortfall
 
     image = None
     try:
@@ -218,11 +218,7 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
         "mean_area": float(result.table["area"].mean()) if result.count else float("nan"),
         "labels_file": job.labels_path.name,
         "model": result.model_name,
-        "threshold": result.threshold,
-        "min_size": result.min_size,
-        "split": result.split,
-        "neck_ratio": result.neck_ratio if result.split else float("nan"),
-        "seed_min_size": result.seed_min_size if result.split else float("nan"),
+        **result.settings.row(),
         "diameter_px": result.diameter if result.diameter is not None else float("nan"),
         "diameter_estimated": result.diameter_estimated,
         "scale": result.scale,

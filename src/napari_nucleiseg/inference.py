@@ -9,11 +9,12 @@ besides the image itself a run holds little more than its ``(2, H, W)`` float32 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from .errors import Cancelled
 from .preprocess import Normalization, as_rgb
 from .weights import NucleiModel
 
@@ -35,10 +36,6 @@ TILE_BATCH = 1
 BAND_ROWS = 256
 
 ProgressCallback = Callable[[int, int], None]
-
-
-class Cancelled(Exception):
-    """Raised when the ``cancelled`` callback of :func:`predict_probabilities` returns True."""
 
 
 def predict_probabilities(

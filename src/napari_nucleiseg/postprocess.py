@@ -10,6 +10,15 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from .settings import (
+    DEFAULT_BOUNDARY_THRESHOLD,
+    DEFAULT_MIN_SIZE,
+    DEFAULT_NECK_RATIO,
+    DEFAULT_SEED_MIN_SIZE,
+    DEFAULT_THRESHOLD,
+    check_settings,
+)
+
 #: Columns of :func:`measure_nuclei`, in order. Bounding boxes are half-open, like
 #: Python slices: ``labels[bbox_min_y:bbox_max_y, bbox_min_x:bbox_max_x]``.
 MEASUREMENT_COLUMNS = (
@@ -38,13 +47,13 @@ _LOOKUP_MAX_LABEL = 1 << 22
 
 def labels_from_probabilities(
     probabilities: np.ndarray,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     *,
-    min_size: int = 10,
+    min_size: int = DEFAULT_MIN_SIZE,
     split: bool = True,
-    boundary_threshold: float = 0.5,
-    neck_ratio: float = 0.0,
-    seed_min_size: int = 0,
+    boundary_threshold: float = DEFAULT_BOUNDARY_THRESHOLD,
+    neck_ratio: float = DEFAULT_NECK_RATIO,
+    seed_min_size: int = DEFAULT_SEED_MIN_SIZE,
 ) -> np.ndarray:
     """Instance labels from nucleus/boundary probabilities.
 
@@ -89,10 +98,7 @@ def labels_from_probabilities(
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 3 or probabilities.shape[0] != 2:
         raise ValueError(f"probabilities must have shape (2, H, W), not {probabilities.shape}")
-    if not 0 <= neck_ratio <= 1:
-        raise ValueError(f"neck_ratio must be between 0 and 1, not {neck_ratio}")
-    if not (seed_min_size >= 0 and int(seed_min_size) == seed_min_size):
-        raise ValueError(f"seed_min_size must be a whole number of pixels >= 0, not {seed_min_size}")
+    check_settings(threshold, boundary_threshold, min_size, split, neck_ratio, seed_min_size)
     if probabilities.shape[1] == 0 or probabilities.shape[2] == 0:
         return np.zeros(probabilities.shape[1:], dtype=np.uint16)
     nucleus = probabilities[0].astype(np.float32, copy=False)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ImageError  # noqa: F401 (raised here; part of this module's API)
+
 #: Percentiles mapped to 0 and 1. The 1st percentile is the background level in
 #: almost every microscopy image; the 99.8th keeps the brightest nuclei from
 #: being clipped by a few hot pixels.
@@ -30,10 +32,6 @@ PERCENTILE_SAMPLE_PIXELS = 1_000_000
 #: normalising (which does not change the result: percentiles scale with the image). Their values
 #: would otherwise overflow to inf, or vanish to 0, in float32, and every pixel would become NaN.
 FLOAT32_SAFE_MAGNITUDE = (1e-30, 1e30)
-
-
-class ImageError(ValueError):
-    """An image the segmentation cannot work on; the message is one sentence for the user."""
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:

@@ -157,6 +157,9 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None) -> li
     if normalization is None:
         normalization = Normalization.of(rgb, model.percentiles, model.log_gain)
     rungs = []
+    # The model's own settings in its frame, with a low min size (fragments of a nucleus too large
+    # for the network are what a rung must show) and no cut by shape.
+    settings = model.settings.replace(min_size=max(3, int(0.05 * trained**2)), neck_ratio=0.0)
     for relative in ESTIMATE_LADDER:
         if cancelled is not None and cancelled():
             return []
@@ -167,21 +170,18 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None) -> li
         scaled = rescale_image(window, factor) if factor != 1 else window
         probabilities = _predict_tiled(scaled, normalization, model.network, tile_size=512, overlap=64,
                                        batch_size=1, progress=None, cancelled=None, device=None)
-        labels = labels_from_probabilities(
-            probabilities, model.threshold, min_size=max(3, int(0.05 * trained**2)), split=True,
-            boundary_threshold=model.boundary_threshold, seed_min_size=model.seed_min_size,
-        )
+        labels = labels_from_probabilities(probabilities, **settings.options())
         diameters = nucleus_diameters(labels)
         if diameters.size < ESTIMATE_MIN_OBJECTS:
             continue
         found = float(np.median(diameters))
-        nucleus = probabilities[0] > model.threshold
+        nucleus = probabilities[0] > settings.threshold
         likely = probabilities[0] > 0.2
         rungs.append({
             "relative": relative,
             "estimate": found * relative,
             "signed_miss": math.log(found / trained),
-            "boundary_share": float((probabilities[1][nucleus] > model.boundary_threshold).mean()) if nucleus.any() else 1.0,
+            "boundary_share": float((probabilities[1][nucleus] > settings.boundary_threshold).mean()) if nucleus.any() else 1.0,
             "confidence": float(np.abs(2 * probabilities[0][likely] - 1).mean()) if likely.any() else 0.0,
             "count": int(diameters.size),
         })
@@ -210,7 +210,7 @@ def estimate_diameter(image: np.ndarray, model, *, normalization=None, cancelled
     diameter. Chosen on DSB2018 ``val`` rescaled x0.25-x3 against a linear score fitted on
     train images and the rung nearest the trained size (weights/README.md).
 
-    :func:`napari_nucleiseg.api.predict_at_diameter` then checks the estimate against the
+    :func:`napari_nucleiseg.pipeline.predict_at_diameter` then checks the estimate against the
     nuclei of the whole image at the scale it gave.
     """
     if model.diameter is None:

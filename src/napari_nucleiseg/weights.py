@@ -21,26 +21,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .errors import WeightsError
+from .settings import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, PostprocessSettings
+
 FORMAT_NAME = "napari-nucleiseg-weights"
 FORMAT_VERSION = 1
 METADATA_KEY = "nucleiseg"
 WEIGHTS_SUFFIX = ".safetensors"
 
-#: Used when a weights file does not (yet) carry calibrated values.
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_BOUNDARY_THRESHOLD = 0.5
-DEFAULT_MIN_SIZE = 10
-#: Files without a calibrated ``neck_ratio`` do not cut nuclei by shape.
-DEFAULT_NECK_RATIO = 0.0
 
 BUNDLED_MODELS = ("unet", "unetpp", "hrnet")
 #: The model used when none is named: the most accurate on DSB2018's val split on every measure
 #: (weights/README.md), about 1.5x slower than UNet on a CPU.
 DEFAULT_MODEL = "hrnet"
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used; the message names the file and what is wrong."""
 
 
 @dataclass
@@ -53,26 +46,13 @@ class NucleiModel:
     name: str = field(default="")
 
     @property
-    def threshold(self) -> float:
-        return float(self.metadata.get("threshold", DEFAULT_THRESHOLD))
+    def settings(self) -> PostprocessSettings:
+        """The post-processing settings calibrated for the model, in the pixels of its own frame."""
+        return PostprocessSettings.from_metadata(self.metadata)
 
-    @property
-    def boundary_threshold(self) -> float:
-        return float(self.metadata.get("boundary_threshold", DEFAULT_BOUNDARY_THRESHOLD))
-
-    @property
-    def neck_ratio(self) -> float:
-        """How deep a neck splits an object by shape (:func:`~.postprocess.split_by_shape`); 0: never."""
-        return float(self.metadata.get("neck_ratio", DEFAULT_NECK_RATIO))
-
-    @property
-    def seed_min_size(self) -> int:
-        """Seeds of fewer pixels seed no nucleus (:func:`~.postprocess.labels_from_probabilities`); 0: all do."""
-        return int(self.metadata.get("seed_min_size", 0))
-
-    @property
-    def min_size(self) -> int:
-        return int(self.metadata.get("min_size", DEFAULT_MIN_SIZE))
+    def settings_at(self, scale: float) -> PostprocessSettings:
+        """:attr:`settings` for an image resized by ``scale`` for the network: the sizes in its own pixels."""
+        return self.settings.at_scale(scale)
 
     @property
     def log_gain(self) -> float:
@@ -92,14 +72,6 @@ class NucleiModel:
         from .scale import scale_factor
 
         return scale_factor(diameter, self.diameter, shape)
-
-    def min_size_at(self, scale: float) -> int:
-        """The model's ``min_size`` (pixels of its own frame) in the pixels of an image resized by ``scale``."""
-        return int(round(self.min_size / scale**2)) if self.min_size else 0
-
-    def seed_min_size_at(self, scale: float) -> int:
-        """The model's ``seed_min_size`` in the pixels of an image resized by ``scale``."""
-        return int(round(self.seed_min_size / scale**2)) if self.seed_min_size else 0
 
     @property
     def percentiles(self) -> tuple[float, float]:
@@ -323,3 +295,36 @@ def load_weights(source: str | Path) -> NucleiModel:
         raise WeightsError(f"{path.name}: the weights hold NaN or infinite values.")
     name = metadata.get("name") or path.stem
     return NucleiModel(network=network, metadata=metadata, path=path, name=name)
+
+
+def describe_weights(metadata: dict[str, Any]) -> str:
+    """A tooltip for a weights file: architecture, what it was trained on and how well it did."""
+    lines = [f"Architecture: {metadata.get('architecture', '?')}"]
+    training = metadata.get("training") or {}
+    if training.get("data"):
+        lines.append(f"Trained on: {training['data']}")
+    if training.get("epochs"):
+        lines.append(f"Training: {training['epochs']} epochs, {training.get('minutes', '?')} min")
+    for source, scores in _score_groups(metadata.get("metrics") or {}):
+        shown = ", ".join(f"{key} {value:.3f}" for key, value in scores.items())
+        lines.append(f"Validation ({source.replace('_', ' ')}): {shown}")
+    if len(lines) == 1:
+        lines.append("No training information in this file.")
+    lines.append(f"Threshold {float(metadata.get('threshold', 0.5)):.2f}, min size {metadata.get('min_size', '?')} px")
+    if metadata.get("diameter"):
+        lines.append(f"Trained at a nucleus diameter of {float(metadata['diameter']):g} px (images are resized to it)")
+    if metadata.get("licence"):
+        lines.append(f"Licence: {metadata['licence']}")
+    return "\n".join(lines)
+
+
+def _score_groups(metrics: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """Numeric scores of ``metrics``, grouped by the dict they sit in (one level of nesting)."""
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    groups = [("scores", flat)] if flat else []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            scores = {k: v for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if scores:
+                groups.append((key, scores))
+    return groups

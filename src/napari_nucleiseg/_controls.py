@@ -1,0 +1,208 @@
+"""Two controls of the dock widget with state of their own: the model picker and the nucleus
+diameter (Auto or a number of pixels). Messages go through the ``error`` callable the widget gives,
+so that everything the user is told comes from one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QWidget
+from superqt.utils import signals_blocked
+
+from .errors import WeightsError
+from .weights import BUNDLED_MODELS, DEFAULT_MODEL, bundled_weights_path, describe_weights, read_metadata
+
+CUSTOM_WEIGHTS_ITEM = "Custom weights file..."
+#: The largest diameter the diameter box takes (pixels); a diameter larger than the image is
+#: refused anyway, with a sentence.
+MAX_DIAMETER_PX = 100_000.0
+
+
+class ModelPicker(QComboBox):
+    """The bundled models, the weights files chosen so far, and "Custom weights file..." to choose one.
+
+    A file is checked when it is chosen; a bad one is refused with a sentence (``error``) and the
+    picker goes back to the model chosen before.
+    """
+
+    def __init__(self, error: Callable[[str], None], parent: QWidget | None = None):
+        super().__init__(parent)
+        self._error = error
+        for name in BUNDLED_MODELS:
+            self.addItem(name, name)
+        self.addItem(CUSTOM_WEIGHTS_ITEM, None)
+        self.setCurrentIndex(BUNDLED_MODELS.index(DEFAULT_MODEL))
+        for index, name in enumerate(BUNDLED_MODELS):
+            try:
+                tooltip = describe_weights(read_metadata(bundled_weights_path(name)))
+            except WeightsError as problem:
+                tooltip = str(problem)
+            self.setItemData(index, tooltip, Qt.ItemDataRole.ToolTipRole)
+        self._last_index = self.currentIndex()  # to go back to when a custom file is refused
+        self.activated.connect(self._on_activated)
+
+    def _on_activated(self, index: int) -> None:
+        if self.itemText(index) == CUSTOM_WEIGHTS_ITEM:
+            path, _ = QFileDialog.getOpenFileName(self, "Open a napari-nucleiseg weights file", "",
+                                                  "Weights (*.safetensors);;All files (*)")
+            if not path or not self.set_weights_file(path):
+                self.setCurrentIndex(self._last_index)
+        self._last_index = self.currentIndex()
+
+    def set_weights_file(self, path: str | Path) -> bool:
+        """Use the weights file at ``path``, after checking it; on a bad file, say why and return False."""
+        path = Path(path)
+        try:
+            metadata = read_metadata(path)
+        except WeightsError as problem:
+            self._error(str(problem))
+            return False
+        index = self.findData(str(path))
+        if index < 0:
+            index = self.count() - 1  # custom files go just above "Custom weights file..."
+            self.insertItem(index, path.name, str(path))
+        self.setItemData(index, f"{path}\n{describe_weights(metadata)}", Qt.ItemDataRole.ToolTipRole)
+        self.setCurrentIndex(index)
+        self._last_index = index
+        return True
+
+    def weights_path(self) -> Path:
+        """The weights file chosen.
+
+        Raises
+        ------
+        WeightsError
+            When none is.
+        """
+        source = self.currentData()
+        if source in BUNDLED_MODELS:
+            return bundled_weights_path(source)
+        if source is None:
+            raise WeightsError("Choose a model or a weights file first.")
+        return Path(source)
+
+    def metadata(self) -> dict[str, Any]:
+        """The chosen file's metadata ({} when it cannot be read: that is said when it is run)."""
+        try:
+            return read_metadata(self.weights_path())
+        except WeightsError:
+            return {}
+
+
+class DiameterControl(QWidget):
+    """"Auto" and a number of pixels: the nucleus diameter asked for (:attr:`diameter`, None: Auto).
+
+    Emits :attr:`asked` with the diameter (or None) when the user asks for another one: the widget
+    checks it and takes it (:meth:`take`) or refuses it (:meth:`show_asked` undoes the controls).
+    """
+
+    asked = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.diameter: float | None = None
+        self.auto_check = QCheckBox("Auto", checked=True)
+        self.auto_check.setToolTip("Estimate the nuclei's diameter from the image")
+        self.spin = QDoubleSpinBox(minimum=0.0, maximum=MAX_DIAMETER_PX, decimals=1, suffix=" px", enabled=False,
+                                   toolTip="The nuclei's median diameter, in pixels")
+        self.spin.setKeyboardTracking(False)  # one run when the number is entered, not one a keystroke
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.auto_check)
+        row.addWidget(self.spin, 1)
+        self.auto_check.toggled.connect(self._on_auto_toggled)
+        self.spin.valueChanged.connect(self._on_entered)
+
+    def take(self, diameter: float | None) -> None:
+        self.diameter = diameter
+        self.show_asked()
+
+    def _on_auto_toggled(self, auto: bool) -> None:
+        if auto:
+            self.asked.emit(None)
+        else:
+            # The box holds the diameter of the result shown: it stands, now as the user's own
+            # (nothing runs again), and is the start for one of theirs.
+            self.take(self.spin.value() or None)
+
+    def _on_entered(self, value: float) -> None:
+        if not self.auto_check.isChecked():
+            self.asked.emit(value)
+
+    def show_asked(self) -> None:
+        """The Auto box and the number show the diameter asked for (a refused number is undone)."""
+        auto = self.diameter is None
+        with signals_blocked(self.auto_check), signals_blocked(self.spin):
+            self.auto_check.setChecked(auto)
+            if not auto:
+                self.spin.setValue(self.diameter)
+        self.spin.setEnabled(not auto and self.auto_check.isEnabled())
+
+    def for_model(self, trained: float | None, first: bool) -> None:
+        """Enable the controls for a model that records the diameter it was trained at; before any
+        result (``first``), its diameter is the start for one of the user's own."""
+        self.auto_check.setEnabled(trained is not None)
+        self.spin.setEnabled(trained is not None and self.diameter is not None)
+        self.auto_check.setToolTip(
+            "Estimate the nuclei's diameter from the image" if trained is not None
+            else "This model records no nucleus diameter: images are segmented at their own scale")
+        if first and trained is not None and self.diameter is None:
+            with signals_blocked(self.spin):
+                self.spin.setValue(float(trained))
+
+    def show_used(self, diameter: float | None, estimated: bool, resizable: bool, asked_auto: bool) -> None:
+        """After a run: "Auto" says what it estimated, and the number box holds it."""
+        text = "Auto"
+        if estimated:
+            text = f"Auto (estimated {diameter:.1f} px)"
+            if self.diameter is None:  # not while the user has since entered a number of their own
+                with signals_blocked(self.spin):
+                    self.spin.setValue(diameter)
+        elif asked_auto and resizable:
+            text = "Auto (no estimate: not resized)"
+        self.auto_check.setText(text)
+
+
+class ImagePicker(QComboBox):
+    """The image layers of the viewer, by name: follows layers added, renamed, moved and removed, and
+    picks an image the user opens (not one the widget adds: ``adding()`` says which)."""
+
+    def __init__(self, viewer, adding: Callable[[], bool], parent: QWidget | None = None):
+        super().__init__(parent, toolTip="The image layer to segment (gray, RGB, or a stack of them)")
+        self.viewer = viewer
+        self._adding = adding
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.moved.connect(self.refresh)
+        self.refresh()
+
+    @property
+    def layer(self) -> Any:
+        """The image layer chosen, if any."""
+        return self.currentData()
+
+    def refresh(self, event=None) -> None:
+        """Rebuild the list, keeping the chosen layer, and follow renames of every image."""
+        from napari.layers import Image
+
+        current = self.layer
+        layers = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        ids = [layer.unique_id for layer in layers]
+        self.clear()
+        for layer in layers:
+            self.addItem(layer.name, layer)
+            layer.events.name.connect(self.refresh)  # connecting twice is a no-op
+        added = getattr(event, "value", None) if event is not None and event.type == "inserted" else None
+        if added is not None and getattr(added, "unique_id", None) in ids and not self._adding():
+            self.setCurrentIndex(ids.index(added.unique_id))  # the image the user just opened
+        elif current is not None and current.unique_id in ids:
+            self.setCurrentIndex(ids.index(current.unique_id))
+
+    def removed(self, layer: Any) -> None:
+        """Forget a layer taken out of the viewer."""
+        with suppress(TypeError, ValueError):
+            layer.events.name.disconnect(self.refresh)
+        self.refresh()

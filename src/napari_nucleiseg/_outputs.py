@@ -1,0 +1,334 @@
+"""The Labels layers the dock widget writes, and what it knows of each: what it wrote there, and
+what the count and table shown were made from, so hand edits are seen and never overwritten.
+
+One :class:`OutputLayer` record per Labels layer holds three fingerprints (written, counted,
+measured) and refreshes its own count and table; :class:`OutputLayers` keeps the records, notices
+hand edits (paint, fill, undo and redo) and schedules the counts and tables. Layers are touched
+on the main thread only; counts of large layers and all tables are made in workers.
+
+Layers are known by their ``unique_id``: napari hands a plugin widget a proxy of the viewer, and
+the layers it returns are proxies, while layer events carry the layers themselves.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.qt.threading import thread_worker
+from qtpy.QtCore import QObject, QTimer
+
+from .tables import PixelSize, count_labels, nuclei_table
+
+#: The per-nucleus table is measured this long after the last change, so dragging the slider
+#: or painting stays fluid; the count follows at once.
+TABLE_DELAY_MS = 250
+#: A redrawn Labels layer is checked for changes (undo and redo redraw it without a paint event)
+#: this long after the redrawing stops.
+REDRAW_CHECK_MS = 100
+#: Labels layers larger than this are counted in a worker after a hand edit: counting takes
+#: 0.2 s at 8192 x 8192 and seconds at 20,000 x 20,000, too long to hold up the brush.
+COUNT_IN_WORKER_PIXELS = 1 << 24
+
+
+def checksum(labels: np.ndarray) -> int:
+    """A cheap fingerprint of a label array: it changes when a hand edit changes any pixel."""
+    data = np.ascontiguousarray(labels)
+    return zlib.adler32(memoryview(data).cast("B")) ^ hash((data.shape, data.dtype.str))
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base [2]``, ``base [3]``, ...: the first not in ``taken``."""
+    name, number = base, 1
+    while name in taken:
+        number += 1
+        name = f"{base} [{number}]"
+    return name
+
+
+def placement(image: Image) -> dict[str, Any]:
+    """Where ``image`` lies in the world (pixel size and its unit, offset, rotation, shear, affine):
+    results lie on it."""
+    return {"scale": image.scale, "translate": image.translate, "rotate": image.rotate, "shear": image.shear,
+            "affine": image.affine, "units": image.units}
+
+
+def pixel_size(layer: Any) -> PixelSize | None:
+    """The layer's pixel size in y and x with their unit, unless they are plain pixels (or differ in unit)."""
+    units = [f"{unit:~}" for unit in getattr(layer, "units", ())[-2:]]
+    if len(units) != 2 or units[0] != units[1] or units[0] in ("px", "pixel"):
+        return None
+    unit = units[0].replace("µ", "u").replace(" ", "")
+    scale, translate = layer.scale[-2:], layer.translate[-2:]
+    return PixelSize(float(scale[0]), float(scale[1]), unit, (float(translate[0]), float(translate[1])))
+
+
+def count_and_fingerprint(labels: np.ndarray) -> tuple[int, int]:
+    return count_labels(labels), checksum(labels)
+
+
+@dataclass(eq=False)
+class OutputLayer:
+    """A Labels layer the widget wrote: for which image, and fingerprints of what it wrote and of
+    what its count and table were last made from (they differ after hand edits)."""
+
+    layer: Labels
+    image: Image
+    written: int
+    counted: int | None = None
+    measured: int | None = None  # the fingerprint of the labels the layer's table was measured on
+
+    def edited(self) -> bool:
+        """Whether the layer holds other labels than the widget last wrote there (a hand edit)."""
+        return checksum(self.layer.data) != self.written
+
+    def table_source(self) -> tuple[Any, bool, PixelSize | None]:
+        """The image that mean intensities come from (None if it was swapped for one of another shape),
+        whether it is RGB, and the physical pixel size, when the layer has one."""
+        source = self.image
+        same_shape = source.data.shape[: self.layer.ndim] == self.layer.data.shape
+        return (source.data if same_shape else None), source.rgb, pixel_size(self.layer)
+
+    def measure_now(self) -> None:
+        """Measure the table here and now, unless it is up to date."""
+        current = checksum(self.layer.data)
+        if self.measured != current:
+            self.layer.features = nuclei_table(np.asarray(self.layer.data), *self.table_source())
+            self.measured = current
+
+    def measure_in_worker(self, on_finished: Callable[[], None]) -> None:
+        """Measure the table in a worker, on a snapshot (the user may paint on meanwhile)."""
+        labels = np.array(self.layer.data)
+        worker = thread_worker(nuclei_table, start_thread=False)(labels, *self.table_source())
+        worker.returned.connect(partial(self._set_table, checksum(labels)))
+        worker.finished.connect(on_finished)
+        worker.start()
+
+    def _set_table(self, measured: int, table) -> None:
+        """Take the table measured on labels of checksum ``measured``, unless they changed since."""
+        if checksum(self.layer.data) == measured:
+            self.layer.features = table
+            self.measured = measured
+
+
+class OutputLayers(QObject):
+    """The widget's Labels layers: writing them, seeing hand edits, and keeping counts and tables.
+
+    ``show_count(layer, text)`` is called with the sentence to show whenever the count shown changes;
+    tables are not measured while ``busy()`` (the widget's: while a re-threshold runs).
+    """
+
+    def __init__(self, viewer, show_count: Callable[[Labels | None, str], None],
+                 busy: Callable[[], bool] = lambda: False, parent: QObject | None = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self._show_count = show_count
+        self._busy = busy
+        #: Labels layers larger than this many pixels are counted in a worker.
+        self.count_in_worker_pixels = COUNT_IN_WORKER_PIXELS
+        self.records: dict[Any, OutputLayer] = {}  # by the Labels layer's unique id
+        self._by_image: dict[Any, Labels] = {}  # the layer each image (by unique id) writes to
+        self._probability_layers: dict[Any, Image] = {}  # the nucleus probability shown for each image
+        self.shown: Labels | None = None  # the layer whose count is shown and whose table is exported
+        self.writing = False  # see self_writing
+        self.closed = False
+        self._edited: dict[Any, Labels] = {}  # hand-edited layers whose count is not yet updated
+        self._redrawn: dict[Any, Labels] = {}  # written layers redrawn since they were last checked
+        self._stale: dict[Any, Labels] = {}  # layers whose table is to be measured
+        self._measuring: set[Any] = set()  # layers whose table a worker is measuring
+        self._count_requests = 0  # counts made in workers: only the newest request's is shown
+        self._count_timer = QTimer(self, singleShot=True, interval=0)
+        self._count_timer.timeout.connect(self._recount_edited)
+        self._redraw_timer = QTimer(self, singleShot=True, interval=REDRAW_CHECK_MS)
+        self._redraw_timer.timeout.connect(self._check_redrawn)
+        self._table_timer = QTimer(self, singleShot=True, interval=TABLE_DELAY_MS)
+        self._table_timer.timeout.connect(self._refresh_stale_tables)
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    def record(self, layer: Any) -> OutputLayer | None:
+        """The record of one of the widget's layers; None for any other layer."""
+        return self.records.get(getattr(layer, "unique_id", None))
+
+    def is_shown(self, layer: Any) -> bool:
+        return self.shown is not None and getattr(layer, "unique_id", None) == self.shown.unique_id
+
+    def write(self, image: Image, labels: np.ndarray, *, count: int) -> tuple[Labels, Labels | None]:
+        """Write ``labels`` (numbered 1..``count``) for ``image``: in place to its layer while that holds
+        what the widget wrote, else to a new layer. Returns the layer, and the layer edited by hand
+        that was kept (None if none was)."""
+        layer = self._by_image.get(image.unique_id)
+        edited = None
+        if layer is None or not self._in_viewer(layer):
+            layer = self._add_layer(image, labels)
+        elif self.record(layer).edited():
+            edited, layer = layer, self._add_layer(image, labels)
+        else:
+            with self.self_writing():
+                layer.data = labels
+            self.record(layer).written = checksum(labels)
+        self._by_image[image.unique_id] = layer
+        record = self.record(layer)
+        self.mark_changed(layer, count=count, fingerprint=record.written)
+        return layer, edited
+
+    def _add_layer(self, image: Image, labels: np.ndarray) -> Labels:
+        taken = {layer.name for layer in self.viewer.layers}
+        name = unique_name(f"{image.name} nuclei", taken)
+        with self.self_writing():
+            layer = self.viewer.add_labels(labels, name=name, **placement(image))
+        self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels))
+        layer.events.paint.connect(self._on_hand_edit)
+        layer.events.data.connect(self._on_hand_edit)
+        layer.events.set_data.connect(self._on_redrawn)
+        return layer
+
+    def _in_viewer(self, layer: Any) -> bool:
+        return any(other.unique_id == layer.unique_id for other in self.viewer.layers)
+
+    @contextmanager
+    def self_writing(self):
+        """Layer events fired inside are the widget's own doing: not hand edits, not new images."""
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
+
+    def show_probabilities(self, image: Image, nucleus: Any) -> None:
+        """Show the nucleus probability of ``image``, in the layer that shows it already if there is one."""
+        layer = self._probability_layers.get(image.unique_id)
+        if layer is not None and self._in_viewer(layer):
+            layer.data = nucleus
+            return
+        with self.self_writing():  # not an image the user opened: the picker keeps its choice
+            self._probability_layers[image.unique_id] = self.viewer.add_image(
+                nucleus, name=f"{image.name} nucleus probability", colormap="magma", blending="additive",
+                opacity=0.6, contrast_limits=(0, 1), **placement(image),
+            )
+
+    def removed(self, layer: Any) -> None:
+        """Forget a layer taken out of the viewer (an image's layer, or one of the widget's)."""
+        uid = layer.unique_id
+        self._by_image.pop(uid, None)
+        self._probability_layers.pop(uid, None)
+        self.records.pop(uid, None)
+        for pending in (self._edited, self._redrawn, self._stale):
+            pending.pop(uid, None)
+        if self.is_shown(layer):
+            self.shown = None
+            self._show_count(None, "No segmentation shown")
+            if self.records:  # show (and export) the most recent result still open
+                self.show(list(self.records.values())[-1].layer)
+
+    # ---- hand edits -------------------------------------------------------------------------
+
+    def _on_hand_edit(self, event) -> None:
+        # napari emits `paint` just before it writes the pixels: recount once control returns.
+        if not self.writing:
+            self._edited[event.source.unique_id] = event.source
+            self._count_timer.start()
+
+    def _on_redrawn(self, event) -> None:
+        # Undo and redo change the pixels and redraw the layer without a paint event; so do
+        # moving through a stack's planes and other redraws, which change nothing: check which.
+        if not self.writing:
+            self._redrawn[event.source.unique_id] = event.source
+            self._redraw_timer.start()
+
+    def _check_redrawn(self) -> None:
+        while self._redrawn:
+            _, layer = self._redrawn.popitem()
+            record = self.record(layer)
+            if record is not None and checksum(layer.data) != record.counted:
+                self.mark_changed(record.layer)
+
+    def _recount_edited(self) -> None:
+        while self._edited:
+            _, layer = self._edited.popitem()
+            record = self.record(layer)
+            if record is not None:
+                self.mark_changed(record.layer)
+
+    # ---- counts and tables ------------------------------------------------------------------
+
+    def mark_changed(self, layer: Labels, count: int | None = None, fingerprint: int | None = None) -> None:
+        """Show the layer's count at once (a large layer's when a worker has it); measure its table
+        when the changes pause."""
+        record = self.record(layer)
+        if count is None and layer.data.size > self.count_in_worker_pixels:
+            self._count_in_worker(layer)
+        else:
+            record.counted = checksum(layer.data) if fingerprint is None else fingerprint
+            self.show(layer, count)
+        self._stale[layer.unique_id] = layer
+        self._table_timer.start()
+
+    def show(self, layer: Labels, count: int | None = None) -> None:
+        """Show the count of ``layer`` (counting it, in a worker if it is large)."""
+        if count is None:
+            if layer.data.size > self.count_in_worker_pixels:
+                self._count_in_worker(layer)
+                return
+            count = count_labels(layer.data)
+        self.shown = layer
+        text = f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'"
+        planes = int(np.prod(layer.data.shape[:-2]))
+        if planes > 1:  # each plane is segmented on its own: a nucleus in 5 z-planes counts 5 times
+            text += f", summed over its {planes} planes"
+        self._show_count(layer, text)
+
+    def _count_in_worker(self, layer: Labels) -> None:
+        self.shown = layer
+        self._show_count(layer, f"Counting the nuclei in '{layer.name}'...")
+        self._count_requests += 1
+        # The live array, not a copy (a copy takes as long as the count): if the brush moves on
+        # meanwhile, that stroke asks for a newer count, and only the newest is shown.
+        worker = thread_worker(count_and_fingerprint, start_thread=False)(layer.data)
+        worker.returned.connect(partial(self._on_counted, layer, self._count_requests))
+        worker.start()
+
+    def _on_counted(self, layer: Labels, request: int, counted: tuple[int, int]) -> None:
+        record = self.record(layer)
+        if record is None or self.closed:
+            return
+        count, record.counted = counted
+        if request == self._count_requests and self.is_shown(layer):
+            self.show(layer, count)
+
+    def refresh_tables(self, *, busy: bool = False) -> None:
+        """Measure the tables of changed layers in workers: a large image's table takes seconds.
+
+        Not while ``busy`` (a re-threshold runs: the slider is moving, the table would be stale
+        before it is done, and it would hold up the re-threshold), and one table of a layer at a time.
+        """
+        for uid, layer in list(self._stale.items()):
+            record = self.record(layer)
+            if record is None:
+                self._stale.pop(uid)
+            elif not busy and uid not in self._measuring:
+                self._stale.pop(uid)
+                measuring = self._measuring  # not via self: the widget may be closed first
+                measuring.add(uid)
+                record.measure_in_worker(partial(measuring.discard, uid))
+        if self._stale:
+            self._table_timer.start()  # try again in a moment
+
+    def _refresh_stale_tables(self) -> None:
+        self.refresh_tables(busy=self._busy())
+
+    def table_now(self, layer: Labels) -> Any:
+        """The table of ``layer`` as it is now (measured here if it is not up to date)."""
+        record = self.record(layer)
+        if record is None:  # a Labels layer of the user's own
+            layer.features = nuclei_table(np.asarray(layer.data), None, False, pixel_size(layer))
+        else:
+            self._stale.pop(layer.unique_id, None)
+            record.measure_now()
+        return layer.features

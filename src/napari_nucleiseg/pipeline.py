@@ -1,0 +1,354 @@
+"""The one segmentation pipeline: image planes in, probabilities, labels and the scale out.
+
+:func:`segment_planes` is what every way of segmenting runs: :func:`napari_nucleiseg.segment` to the
+end, the dock widget in a worker thread (it yields after each plane, and polls ``cancelled``
+between planes and tiles), the command line once per file, the evaluation scripts per image.
+A *plane* is one 2-D image, gray ``(Y, X)`` or colour ``(Y, X, 3|4)``; a stack has any number of
+leading axes before it, and ``data`` may be lazy (dask, zarr): one plane is read at a time.
+
+The steps, for one plane or a stack:
+
+1. the nucleus diameter is given, or estimated (:func:`resolve_diameter`; a stack's on its middle
+   plane, :func:`stack_diameter`);
+2. every plane is resized by the factor it gives (:meth:`~napari_nucleiseg.weights.NucleiModel.scale_for`)
+   and run through the network tile by tile (``predict``, by default
+   :func:`napari_nucleiseg.inference.predict_probabilities`); the probabilities come back at the
+   plane's own resolution and are kept as float32 or compactly
+   (:class:`~napari_nucleiseg.compact.CompactProbabilities`);
+3. with ``label``, the planes are labelled with the settings chosen (:func:`resolve_settings`).
+
+No torch here: the network's module is imported when a plane is predicted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
+
+import numpy as np
+
+from .compact import CompactProbabilities
+from .errors import Cancelled, ImageError
+from .scale import check_diameter, estimate_diameter, nucleus_diameters
+from .settings import PostprocessSettings
+
+if TYPE_CHECKING:
+    from .weights import NucleiModel
+
+#: ``predict(plane, model, *, progress, cancelled, scale) -> (2, Y, X) float32``: the network's
+#: probabilities for one plane (the default is :func:`napari_nucleiseg.inference.predict_probabilities`;
+#: tests give a fake).
+Predict = Callable[..., np.ndarray]
+#: What the caller chose of the post-processing settings: all of them, some of them by name (the
+#: others are the model's, at the scale of the run), or None (all the model's).
+ChosenSettings = Union[PostprocessSettings, Mapping[str, Any], None]
+
+#: Label images get this dtype unless a stack holds more nuclei than it can number.
+LABELS_DTYPE = np.uint16
+#: Stack planes narrower than this cannot hold a nucleus: such a "stack" is almost always an
+#: image whose last axis holds a few channels (napari shows a (Y, X, 2) array as Y planes of X x 2).
+MIN_STACK_PLANE_SIDE = 8
+#: An estimated diameter is checked against the median nucleus of the whole image segmented at the
+#: scale it gave; further off than this factor, the network runs once more at the measured size.
+RECHECK_FACTOR = 1.25
+
+
+@dataclass
+class PlanesResult:
+    """What :func:`segment_planes` returns."""
+
+    #: ``(*leading, 2, Y, X)``: float32 maps, or their compact form (``compact=True``).
+    probabilities: np.ndarray | CompactProbabilities
+    #: ``(*leading, Y, X)`` labels, numbered on through the planes; None without ``label``.
+    labels: np.ndarray | None
+    #: The settings the labels were made with (or would be, without ``label``), in the image's pixels.
+    settings: PostprocessSettings
+    #: The nucleus diameter (pixels) the network ran for, given or estimated; None: the model records
+    #: none, or no estimate could be made (the image was not resized).
+    diameter: float | None = None
+    diameter_estimated: bool = False
+    scale: float = 1.0  # the factor the planes were resized by for the network (1: not resized)
+
+
+def segment_planes(
+    data: Any,
+    model: NucleiModel,
+    settings: ChosenSettings = None,
+    *,
+    rgb: bool | None = None,
+    diameter: float | None = None,
+    compact: bool = True,
+    label: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    predict: Predict | None = None,
+) -> Generator[int, None, PlanesResult]:
+    """Segment every plane of ``data``; yield the number of planes predicted after each.
+
+    Parameters
+    ----------
+    data : array-like
+        One plane or a stack of them (see :func:`stack_shape`).
+    model : NucleiModel
+        The network and its calibrated settings.
+    settings : PostprocessSettings, mapping or None
+        The post-processing settings (see :data:`ChosenSettings` and :func:`resolve_settings`).
+    rgb : bool, optional
+        Whether the last axis holds colour (napari's ``Image.rgb``); None: an array of 3 axes
+        whose last holds 3 or 4 values is one colour plane.
+    diameter : float, optional
+        The nuclei's median diameter in pixels; None: estimated.
+    compact : bool
+        Keep the probabilities as :class:`~napari_nucleiseg.compact.CompactProbabilities`
+        (3 bytes a pixel, what the widget caches) rather than float32 (8 bytes a pixel).
+    label : bool
+        Label the planes too.
+    on_progress : callable, optional
+        ``on_progress(done_tiles, total_tiles)`` while the network runs on a plane.
+    cancelled : callable, optional
+        Polled between planes and tiles; True stops the run with :class:`~napari_nucleiseg.errors.Cancelled`.
+    predict : callable, optional
+        The network's probabilities for one plane (:data:`Predict`).
+
+    Raises
+    ------
+    ImageError, WeightsError, ValueError, Cancelled
+        For data that holds no plane, a bad diameter or setting, or a run cancelled.
+    """
+    leading, plane = stack_shape(np.shape(data), _is_rgb(data, rgb))
+    check_diameter(diameter, plane)
+    if isinstance(settings, PostprocessSettings):
+        settings.validate()  # before the slow part
+    elif settings:
+        model.settings.replace(**settings)
+    if not leading:  # one image: its estimate is checked against all its nuclei
+        prediction = predict_at_diameter(np.asarray(data), model, diameter, progress=on_progress,
+                                         cancelled=cancelled, predict=predict)
+        used, estimated, scale = prediction.diameter, prediction.estimated, prediction.scale
+        probabilities = CompactProbabilities.from_float(prediction.probabilities) if compact \
+            else prediction.probabilities
+        del prediction
+        yield 1
+    else:
+        used, estimated = stack_diameter(data, leading, model, diameter, cancelled=cancelled, predict=predict)
+        scale = model.scale_for(used, plane)
+        probabilities = CompactProbabilities(leading, plane) if compact \
+            else np.zeros((*leading, 2, *plane), dtype=np.float32)
+        planes = predict_planes(data, leading, model, scale=scale, on_progress=on_progress, cancelled=cancelled,
+                                predict=predict)
+        for done, (index, plane_probabilities) in enumerate(planes, start=1):
+            probabilities[index] = plane_probabilities
+            del plane_probabilities  # stored: the float maps go before the next plane (or labels) start
+            yield done
+    chosen = resolve_settings(settings, model, scale)
+    labels = run_to_end(label_planes(probabilities, chosen), cancelled) if label else None
+    return PlanesResult(probabilities, labels, chosen, used, estimated, scale)
+
+
+def resolve_settings(settings: ChosenSettings, model: NucleiModel, scale: float) -> PostprocessSettings:
+    """The settings to label an image resized by ``scale`` with: ``settings`` itself when complete;
+    otherwise the model's at that scale (:meth:`~napari_nucleiseg.weights.NucleiModel.settings_at`),
+    with the values chosen by name (None: the model's) in their place."""
+    if isinstance(settings, PostprocessSettings):
+        return settings
+    return model.settings_at(scale).replace(**dict(settings or {}))
+
+
+def run_to_end(steps: Generator[Any, None, Any], cancelled: Callable[[], bool] | None = None) -> Any:
+    """Run a generator such as :func:`segment_planes` or :func:`label_planes` to the end and return
+    what it returns; ``cancelled`` is polled at each of its yields.
+
+    Raises
+    ------
+    Cancelled
+        When ``cancelled()`` returns True.
+    """
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if cancelled is not None and cancelled():
+            raise Cancelled("Segmentation cancelled.")
+
+
+def stack_shape(shape: tuple[int, ...], rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """Split an image's shape into (leading axes, plane height and width).
+
+    ``rgb`` is the layer's own flag: a last axis of 3 or 4 is colour only when napari says so.
+
+    Raises
+    ------
+    ImageError
+        For shapes that hold no 2-D plane, or an empty one.
+    """
+    plane_axes = 3 if rgb else 2
+    if len(shape) < plane_axes or (rgb and shape[-1] not in (3, 4)):
+        kind = "an RGB image" if rgb else "a gray image"
+        raise ImageError(f"An image of shape {tuple(shape)} cannot be segmented as {kind}; expected 2-D planes.")
+    leading = tuple(shape[: len(shape) - plane_axes])
+    plane = tuple(shape[len(leading) : len(leading) + 2])
+    if 0 in shape:
+        raise ImageError(f"The image is empty (shape {tuple(shape)}).")
+    if leading and min(plane) < MIN_STACK_PLANE_SIDE:
+        raise ImageError(
+            f"The planes of this {tuple(shape)} stack are {plane[0]} x {plane[1]} pixels, too small to hold nuclei; "
+            "if its last axis holds channels, split them (right-click the layer > Split Stack)."
+        )
+    return leading, plane
+
+
+def _is_rgb(data: Any, rgb: bool | None) -> bool:
+    if rgb is not None:
+        return rgb
+    shape = np.shape(data)
+    return len(shape) == 3 and shape[-1] in (3, 4)
+
+
+class Prediction(NamedTuple):
+    """What :func:`predict_at_diameter` returns."""
+
+    probabilities: np.ndarray  # (2, H, W) float32, at the image's own resolution
+    diameter: float | None  # the nucleus diameter (pixels) the network was run for; None: not resized
+    estimated: bool  # whether that diameter was estimated
+    scale: float  # the factor the image was resized by for the network
+
+
+def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float | None = None, *,
+                        progress: Callable[[int, int], None] | None = None,
+                        cancelled: Callable[[], bool] | None = None,
+                        predict: Predict | None = None) -> Prediction:
+    """The network's probabilities for one plane with its nuclei brought to the model's size.
+
+    The diameter is given or estimated (:func:`resolve_diameter`), the image resized by the
+    factor it gives, the network run tile by tile, and the probabilities brought back to the
+    image's pixels. An estimate is then checked (Cellpose's second step): the whole image's
+    nuclei at that scale, labelled with the model's settings, have a median diameter of their
+    own, measured on far more nuclei than the estimate's window holds; if it differs by more than
+    :data:`RECHECK_FACTOR`, the network runs once more at that size, and that is the diameter
+    reported.
+    """
+    from .postprocess import labels_from_probabilities
+
+    predict = predict or _network
+    used, estimated = resolve_diameter(image, model, diameter, cancelled=cancelled)
+    shape = np.shape(image)[:2]
+    scale = model.scale_for(used, shape)
+    probabilities = predict(image, model, progress=progress, cancelled=cancelled, scale=scale)
+    if estimated:
+        labels = labels_from_probabilities(probabilities, **model.settings_at(scale).replace(neck_ratio=0.0).options())
+        diameters = nucleus_diameters(labels)
+        if diameters.size >= 5:
+            measured = float(np.median(diameters))
+            if abs(np.log(measured / used)) > np.log(RECHECK_FACTOR):
+                used, scale = measured, model.scale_for(measured, shape)
+                probabilities = predict(image, model, progress=progress, cancelled=cancelled, scale=scale)
+    return Prediction(probabilities, used, estimated, scale)
+
+
+def resolve_diameter(image: np.ndarray, model: NucleiModel, diameter: float | None = None, *,
+                     cancelled: Callable[[], bool] | None = None) -> tuple[float | None, bool]:
+    """``(diameter, estimated)``: the nucleus diameter to segment ``image`` for.
+
+    A given ``diameter`` is checked and returned; None is estimated with the model
+    (:func:`~napari_nucleiseg.scale.estimate_diameter`) when it records a diameter of its
+    own, and stays None (no resizing) when it does not or no estimate can be made.
+    """
+    check_diameter(diameter, np.shape(image))
+    if diameter is not None:
+        return float(diameter), False
+    if model.diameter is None:
+        return None, False
+    estimate = estimate_diameter(image, model, cancelled=cancelled)
+    return (None, False) if estimate is None else (float(estimate), True)
+
+
+def stack_diameter(
+    data: Any,
+    leading: tuple[int, ...],
+    model: NucleiModel,
+    diameter: float | None = None,
+    *,
+    cancelled: Callable[[], bool] | None = None,
+    predict: Predict | None = None,
+) -> tuple[float | None, bool]:
+    """``(diameter, estimated)`` for a whole stack, as :func:`resolve_diameter` gives for one plane.
+
+    One diameter for every plane, estimated on the middle one (as one image is, the check against
+    its nuclei included): the planes of a stack come from one microscope at one magnification, so
+    one scale serves them all and the min size keeps one meaning (the ends of a z-stack, often out
+    of focus, are poor planes to measure on).
+    """
+    middle = tuple(int(i) for i in np.unravel_index(int(np.prod(leading)) // 2, leading))
+    if diameter is not None or model.diameter is None:
+        return resolve_diameter(data[middle], model, diameter, cancelled=cancelled)
+    prediction = predict_at_diameter(np.asarray(data[middle]), model, cancelled=cancelled, predict=predict)
+    return prediction.diameter, prediction.estimated
+
+
+def predict_planes(
+    data: Any,
+    leading: tuple[int, ...],
+    model: NucleiModel,
+    *,
+    scale: float = 1.0,
+    on_progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    predict: Predict | None = None,
+) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Predict every plane of ``data`` in turn; yield ``(plane index, (2, Y, X) probabilities)``.
+
+    The network sees each plane resized by ``scale``; the probabilities are at the plane's own
+    resolution. ``cancelled`` is polled between planes and between tiles of a plane.
+    """
+    predict = predict or _network
+    for index in np.ndindex(*leading):
+        if cancelled is not None and cancelled():
+            raise Cancelled("Segmentation cancelled.")
+        plane = np.asarray(data[index])
+        yield index, predict(plane, model, progress=on_progress, cancelled=cancelled, scale=scale)
+
+
+def label_planes(
+    probabilities: np.ndarray | CompactProbabilities, settings: PostprocessSettings
+) -> Generator[int, None, np.ndarray]:
+    """Instance labels for ``(*leading, 2, Y, X)`` probabilities, plane by plane: yields the planes
+    done before each further plane, and returns the ``(*leading, Y, X)`` labels.
+
+    Labels are numbered on through the stack (plane 0 holds 1..n0, plane 1 n0+1..), so every
+    nucleus of the stack has its own label and row in the table; uint16, or uint32 above 65,535
+    nuclei. A worker thread can stop at a yield when its result is no longer wanted; a single
+    plane never yields.
+    """
+    from .postprocess import labels_from_probabilities
+
+    options = settings.options()
+    leading = probabilities.shape[:-3]
+    planes = []
+    for done, index in enumerate(np.ndindex(*leading)):
+        if done:
+            yield done
+        planes.append(labels_from_probabilities(probabilities[index], **options))
+    if len(planes) == 1:
+        return planes[0].reshape(*leading, *planes[0].shape)
+    total = sum(int(plane.max()) for plane in planes)
+    dtype = LABELS_DTYPE if total <= np.iinfo(LABELS_DTYPE).max else np.uint32
+    labels = np.zeros(probabilities.shape[:-3] + probabilities.shape[-2:], dtype=dtype)
+    offset = 0
+    for index, plane in zip(np.ndindex(*leading), planes):
+        labels[index] = np.where(plane > 0, plane.astype(dtype) + offset, 0)
+        offset += int(plane.max())
+    return labels
+
+
+def labels_from_stack(probabilities: np.ndarray | CompactProbabilities, settings: PostprocessSettings) -> np.ndarray:
+    """:func:`label_planes` run to the end."""
+    return run_to_end(label_planes(probabilities, settings))
+
+
+def _network(image: np.ndarray, model: NucleiModel, **options: Any) -> np.ndarray:
+    """:func:`napari_nucleiseg.inference.predict_probabilities` (which imports torch)."""
+    from .inference import predict_probabilities
+
+    return predict_probabilities(image, model, **options)

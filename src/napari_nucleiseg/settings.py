@@ -1,0 +1,124 @@
+"""The post-processing settings, declared once: how probability maps become labelled nuclei.
+
+A :class:`PostprocessSettings` is what a weights file calibrates, what the API, the command line
+and the widget let the user change, what the evaluation scores, and what the tables record. A
+new setting is one field here and its use in :func:`~napari_nucleiseg.postprocess.labels_from_probabilities`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+#: Used when a weights file does not (yet) carry calibrated values.
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BOUNDARY_THRESHOLD = 0.5
+DEFAULT_MIN_SIZE = 10
+#: Files without a calibrated ``neck_ratio`` do not cut nuclei by shape.
+DEFAULT_NECK_RATIO = 0.0
+#: Files without a calibrated ``seed_min_size`` let every seed seed a nucleus.
+DEFAULT_SEED_MIN_SIZE = 0
+
+#: The fields whose values are numbers of pixels: they scale with the area of an image.
+SIZE_FIELDS = ("min_size", "seed_min_size")
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """How probability maps become labels (:func:`~napari_nucleiseg.postprocess.labels_from_probabilities`).
+
+    Attributes
+    ----------
+    threshold : float
+        Pixels with a nucleus probability above it are nucleus, in [0, 1].
+    boundary_threshold : float
+        With ``split``, pixels with a boundary probability at or above it seed no nucleus, in [0, 1].
+    min_size : int
+        Nuclei of fewer pixels are dropped.
+    split : bool
+        Separate touching nuclei along the predicted boundaries.
+    neck_ratio : float
+        With ``split``, cut objects shaped like two nuclei joined by a neck at least this deep
+        relative to their thickness, in [0, 1]; 0: never.
+    seed_min_size : int
+        With ``split``, seeds of fewer pixels seed no nucleus of their own; 0: all do.
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    boundary_threshold: float = DEFAULT_BOUNDARY_THRESHOLD
+    min_size: int = DEFAULT_MIN_SIZE
+    split: bool = True
+    neck_ratio: float = DEFAULT_NECK_RATIO
+    seed_min_size: int = DEFAULT_SEED_MIN_SIZE
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> PostprocessSettings:
+        """The settings a weights file's metadata calibrates (the defaults for what it lacks)."""
+        defaults = cls()
+        return cls(
+            threshold=float(metadata.get("threshold", defaults.threshold)),
+            boundary_threshold=float(metadata.get("boundary_threshold", defaults.boundary_threshold)),
+            min_size=int(metadata.get("min_size", defaults.min_size)),
+            neck_ratio=float(metadata.get("neck_ratio", defaults.neck_ratio)),
+            seed_min_size=int(metadata.get("seed_min_size", defaults.seed_min_size)),
+        )
+
+    def validate(self) -> PostprocessSettings:
+        """Return the settings, or raise a ValueError of one sentence naming the first one out of range."""
+        check_settings(**dataclasses.asdict(self))
+        return self
+
+    def replace(self, **changes: Any) -> PostprocessSettings:
+        """A copy with ``changes`` (None values are ignored: "keep this one"), validated."""
+        changes = {name: value for name, value in changes.items() if value is not None}
+        return dataclasses.replace(self, **changes).validate() if changes else self
+
+    def at_scale(self, scale: float) -> PostprocessSettings:
+        """The settings for an image resized by ``scale`` for the network: the sizes, counted in the
+        network's frame, in the image's own pixels."""
+        if scale == 1:
+            return self
+        return dataclasses.replace(self, **{name: int(round(getattr(self, name) / scale**2)) if getattr(self, name)
+                                           else 0 for name in SIZE_FIELDS})
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~napari_nucleiseg.postprocess.labels_from_probabilities`."""
+        return dataclasses.asdict(self)
+
+    def row(self) -> dict[str, Any]:
+        """The settings as columns of a results table (``counts.csv``): the split's own settings are
+        NaN when nuclei were not split."""
+        unsplit = float("nan")
+        return {
+            "threshold": self.threshold,
+            "min_size": self.min_size,
+            "split": self.split,
+            "neck_ratio": self.neck_ratio if self.split else unsplit,
+            "seed_min_size": self.seed_min_size if self.split else unsplit,
+        }
+
+
+def check_settings(threshold: float = DEFAULT_THRESHOLD, boundary_threshold: float = DEFAULT_BOUNDARY_THRESHOLD,
+                   min_size: int = DEFAULT_MIN_SIZE, split: bool = True, neck_ratio: float = DEFAULT_NECK_RATIO,
+                   seed_min_size: int = DEFAULT_SEED_MIN_SIZE) -> None:
+    """Raise a ValueError of one sentence for the first setting out of range (see :class:`PostprocessSettings`)."""
+    if not 0 <= neck_ratio <= 1:
+        raise ValueError(f"neck_ratio must be between 0 and 1, not {neck_ratio}")
+    if not _whole(seed_min_size):
+        raise ValueError(f"seed_min_size must be a whole number of pixels >= 0, not {seed_min_size}")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
+    if not 0 <= boundary_threshold <= 1:
+        raise ValueError(f"boundary_threshold must be between 0 and 1, not {boundary_threshold}")
+    if not _whole(min_size):
+        raise ValueError(f"min_size must be a whole number of pixels >= 0, not {min_size}")
+
+
+def _whole(pixels: Any) -> bool:
+    """Whether ``pixels`` is a whole number >= 0 (a Python or numpy number)."""
+    try:
+        return bool(pixels >= 0) and math.isfinite(pixels) and int(pixels) == pixels
+    except (TypeError, ValueError):
+        return False

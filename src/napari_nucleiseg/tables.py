@@ -1,0 +1,114 @@
+"""The per-nucleus tables of label images and stacks, and the one way they are written to CSV."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+@dataclass(frozen=True)
+class PixelSize:
+    """The physical size of a pixel along y and x, in ``unit`` (an ASCII symbol such as ``um``), and
+    where pixel (0, 0) lies: the image's scale, offset and units in napari."""
+
+    y: float
+    x: float
+    unit: str
+    origin: tuple[float, float] = (0.0, 0.0)
+
+
+def physical_columns(table, pixel: PixelSize):
+    """``table`` with the measurements in ``pixel.unit`` added: area and centroid, and, for square
+    pixels, perimeter and equivalent diameter."""
+    unit = pixel.unit
+    table[f"area_{unit}2"] = table["area"] * (pixel.y * pixel.x)
+    table[f"centroid_y_{unit}"] = pixel.origin[0] + table["centroid_y"] * pixel.y
+    table[f"centroid_x_{unit}"] = pixel.origin[1] + table["centroid_x"] * pixel.x
+    if np.isclose(pixel.y, pixel.x):
+        for column in ("perimeter", "equivalent_diameter"):
+            table[f"{column}_{unit}"] = table[column] * pixel.x
+    return table
+
+
+def nuclei_table(labels: np.ndarray, image: Any, rgb: bool, pixel: PixelSize | None = None):
+    """Per-nucleus measurements of a ``(*leading, Y, X)`` label stack as a DataFrame.
+
+    One row per nucleus, with the plane's position on the leading axes (``axis_0``, ...) for
+    stacks, and an ``index`` column equal to ``label`` so napari shows a nucleus's row
+    under the mouse. Lengths are in pixels; with ``pixel``, columns in its unit follow.
+    """
+    import pandas as pd
+
+    from .postprocess import measure_nuclei
+
+    leading = labels.shape[: labels.ndim - 2]
+    tables = []
+    for index in np.ndindex(*leading):
+        plane_image = np.asarray(image[index]) if image is not None else None
+        if plane_image is not None and rgb:
+            plane_image = plane_image[..., :3]
+        table = measure_nuclei(np.asarray(labels[index]), plane_image)
+        for axis, position in enumerate(index):
+            table.insert(axis, f"axis_{axis}", position)
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    table.insert(0, "index", table["label"].to_numpy())
+    return physical_columns(table, pixel) if pixel is not None else table
+
+
+def count_labels(labels: np.ndarray) -> int:
+    """The number of nuclei in a label image or stack (distinct non-zero labels)."""
+    from .postprocess import count_nuclei
+
+    return int(count_nuclei(np.asarray(labels)))
+
+
+#: Text cells that begin with one of these are read as a formula by spreadsheet programs (a file
+#: named "=HYPERLINK(...).tif" would run in Excel): they are written with a leading apostrophe.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def write_csv(table: Any, path: Any) -> None:
+    """Write ``table`` (a DataFrame) to ``path`` as CSV, without its index, never half-written.
+
+    It is written beside the target and renamed over it: a write that fails half-way (a full
+    disk, a stop) leaves an existing file of that name as it was, and no partial file. Text cells
+    that a spreadsheet would run as a formula are escaped (:data:`FORMULA_STARTS`).
+
+    Raises
+    ------
+    OSError
+        When the folder is missing, the file read-only, or the disk full; nothing is left behind.
+    """
+    import os
+    from contextlib import suppress
+    from pathlib import Path
+
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(0, f"the folder {path.parent} does not exist")
+    if path.is_file() and not os.access(path, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+        raise PermissionError(0, "the file is read-only")  # the rename below would replace it without asking
+    try:
+        _escaped(table).to_csv(partial, index=False)
+        partial.replace(path)
+    except BaseException:
+        with suppress(OSError):
+            partial.unlink()
+        raise
+
+
+def _escaped(table: Any) -> Any:
+    """``table`` with its formula-like text cells prefixed by an apostrophe (a copy only when needed)."""
+    text = [column for column in table.columns if table[column].dtype == object]
+    risky = [column for column in text
+             if table[column].map(lambda cell: isinstance(cell, str) and cell.startswith(FORMULA_STARTS)).any()]
+    if not risky:
+        return table
+    table = table.copy()
+    for column in risky:
+        table[column] = table[column].map(
+            lambda cell: "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell)
+    return table
