@@ -691,7 +691,7 @@ def test_widget_cancel_in_the_middle_of_one_large_image_stops_between_tiles(
 
 
 def _widget_left_button():
-    from napari_nucleiseg._widget import Qt
+    from qtpy.QtCore import Qt
 
     return Qt.MouseButton.LeftButton
 

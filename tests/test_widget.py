@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from napari.layers import Labels
+from qtpy.QtCore import Qt
 
 from napari_nucleiseg import _outputs, _widget, compact, errors, pipeline, postprocess
 from napari_nucleiseg._run import PROGRESS_STEPS
@@ -163,7 +164,7 @@ def viewer_and_widget(make_napari_viewer, tiny_weights):
 
 
 def click_segment(qtbot, widget: NucleiSegWidget) -> None:
-    qtbot.mouseClick(widget.segment_button, _widget.Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.segment_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
 
 
@@ -181,7 +182,7 @@ def shown_count(widget: NucleiSegWidget) -> int:
 def click_export(qtbot, widget: NucleiSegWidget, monkeypatch, path) -> None:
     """Export, choosing ``path`` in the save dialog."""
     monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(path), ""))
-    qtbot.mouseClick(widget.export_button, _widget.Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.export_button, Qt.MouseButton.LeftButton)
 
 
 def labels_layers(viewer):
@@ -463,10 +464,10 @@ def test_cancel_stops_between_planes_and_leaves_the_layers_alone(
     widget.predict = slow
     viewer.add_image(np.stack([blobs()] * 8), name="long stack")
 
-    qtbot.mouseClick(widget.segment_button, _widget.Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.segment_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
     assert widget.cancel_button.isEnabled() and not widget.segment_button.isEnabled()
-    qtbot.mouseClick(widget.cancel_button, _widget.Qt.MouseButton.LeftButton)  # the window answers mid-run
+    qtbot.mouseClick(widget.cancel_button, Qt.MouseButton.LeftButton)  # the window answers mid-run
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
 
     assert slow.calls < 8
@@ -539,7 +540,7 @@ def test_the_model_picker_describes_models_and_opens_custom_weights_files(
 ):
     viewer, widget = viewer_and_widget
     combo = widget.model_combo
-    tooltip = lambda index: combo.itemData(index, _widget.Qt.ItemDataRole.ToolTipRole)  # noqa: E731
+    tooltip = lambda index: combo.itemData(index, Qt.ItemDataRole.ToolTipRole)  # noqa: E731
     assert [combo.itemText(i) for i in range(combo.count())] == [
         "unet", "unetpp", "hrnet", "tiny-unet.safetensors", "Custom weights file...",
     ]
@@ -901,7 +902,7 @@ def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
     spin = widget.diameter_spin
     spin.lineEdit().selectAll()
     qtbot.keyClicks(spin, "36")
-    qtbot.keyClick(spin, _widget.Qt.Key.Key_Return)
+    qtbot.keyClick(spin, Qt.Key.Key_Return)
     wait_for_run(qtbot, widget)
 
     assert fake_network.calls == 2 and fake_network.scales[-1] == 0.5  # one run, not one a keystroke
@@ -975,7 +976,7 @@ def test_a_diameter_entered_during_a_run_runs_again_when_it_ends(
     assert widget.set_weights_file(diameter_weights)
     viewer.add_image(blobs(shape=(256, 256)), name="blobs")
     widget.set_diameter(24.0)
-    qtbot.mouseClick(widget.segment_button, _widget.Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.segment_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
     assert widget.set_diameter(36.0)  # the network is busy with 24 px: 36 px follows
     qtbot.waitUntil(lambda: slow.calls == 2 and not widget.running, timeout=RUN_TIMEOUT_MS)

@@ -1,5 +1,5 @@
-"""Two controls of the dock widget with state of their own: the model picker and the nucleus
-diameter (Auto or a number of pixels). Messages go through the ``error`` callable the widget gives,
+"""The controls of the dock widget that hold state of their own: the image and model pickers, the
+nucleus diameter (Auto or a number of pixels), and the post-processing settings. Messages go through the ``error`` callable the widget gives,
 so that everything the user is told comes from one place."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QWidget
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QSpinBox, QWidget
+from superqt import QLabeledDoubleSlider
 from superqt.utils import signals_blocked
 
 from .errors import WeightsError
+from .settings import PostprocessSettings
 from .weights import BUNDLED_MODELS, DEFAULT_MODEL, bundled_weights_path, describe_weights, read_metadata
 
 CUSTOM_WEIGHTS_ITEM = "Custom weights file..."
@@ -117,6 +119,24 @@ class DiameterControl(QWidget):
         self.auto_check.toggled.connect(self._on_auto_toggled)
         self.spin.valueChanged.connect(self._on_entered)
 
+    @staticmethod
+    def problem(diameter: float | None, image: Any) -> str | None:
+        """Why ``diameter`` cannot be used for the Image layer ``image`` (None: it can): it is not a
+        positive number of pixels, or is larger than the image's planes."""
+        from .errors import ImageError
+        from .pipeline import stack_shape
+        from .scale import check_diameter
+
+        plane = None
+        if image is not None and not image.multiscale:
+            with suppress(ImageError):  # an image that cannot be segmented says so when it is tried
+                plane = stack_shape(image.data.shape, image.rgb)[1]
+        try:
+            check_diameter(diameter, plane)
+        except ValueError as error:
+            return str(error)
+        return None
+
     def take(self, diameter: float | None) -> None:
         self.diameter = diameter
         self.show_asked()
@@ -206,3 +226,62 @@ class ImagePicker(QComboBox):
         with suppress(TypeError, ValueError):
             layer.events.name.disconnect(self.refresh)
         self.refresh()
+
+
+class PostprocessControls(QObject):
+    """The threshold slider, the min size box and the split box: the settings a result is made with.
+
+    Emits :attr:`changed` when the user changes one. The min size box starts at the model's min size
+    at the scale of the last run (:attr:`default_min_size`); left there, it follows the next run's scale.
+    """
+
+    changed = Signal()
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.threshold_slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.threshold_slider.setRange(0.05, 0.95)
+        self.threshold_slider.setSingleStep(0.01)
+        self.threshold_slider.setDecimals(2)
+        self.threshold_slider.setToolTip("Nucleus probability above which a pixel is nucleus")
+        self.min_size_spin = QSpinBox(minimum=0, maximum=100_000, suffix=" px", toolTip="Smaller objects are dropped")
+        self.split_check = QCheckBox("Split touching nuclei", checked=True)
+        self.split_check.setToolTip("Separate touching nuclei along the boundaries the model predicts, and cut "
+                                    "\"8\"-shaped objects at their neck (as calibrated for the model)")
+        self.default_min_size = PostprocessSettings().min_size
+        self.threshold_slider.valueChanged.connect(self.changed)
+        self.min_size_spin.valueChanged.connect(self.changed)
+        self.split_check.toggled.connect(self.changed)
+
+    def values(self) -> dict[str, Any]:
+        """The settings the controls show, by name."""
+        return {"threshold": self.threshold_slider.value(), "min_size": self.min_size_spin.value(),
+                "split": self.split_check.isChecked()}
+
+    def show(self, settings: PostprocessSettings) -> None:
+        """Show a model's settings (re-thresholding nothing); its min size is now the default."""
+        with signals_blocked(self.threshold_slider), signals_blocked(self.min_size_spin):
+            self.threshold_slider.setValue(settings.threshold)
+            self.min_size_spin.setValue(settings.min_size)
+        self.default_min_size = settings.min_size
+
+    def for_run(self, calibrated_threshold: float | None = None) -> dict[str, Any]:
+        """The settings a run makes its first labels with, by name (the rest are the model's at the run's
+        scale): a new model's ``calibrated_threshold`` and min size, or the controls' values, with a min
+        size left at its default following the scale."""
+        chosen = self.values()
+        if calibrated_threshold is not None:
+            chosen["threshold"] = calibrated_threshold
+        if calibrated_threshold is not None or chosen["min_size"] == self.default_min_size:
+            del chosen["min_size"]
+        return chosen
+
+    def after_run(self, settings: PostprocessSettings, default_min_size: int, new_model: bool) -> None:
+        """Follow a finished run: a new model's ``settings`` are shown; otherwise a min size left at
+        its default becomes the run's ``default_min_size``."""
+        if new_model:
+            self.show(settings)
+        elif self.min_size_spin.value() == self.default_min_size:
+            with signals_blocked(self.min_size_spin):
+                self.min_size_spin.setValue(default_min_size)
+        self.default_min_size = default_min_size

@@ -149,6 +149,7 @@ class OutputLayers(QObject):
         self._redraw_timer.timeout.connect(self._check_redrawn)
         self._table_timer = QTimer(self, singleShot=True, interval=TABLE_DELAY_MS)
         self._table_timer.timeout.connect(self._refresh_stale_tables)
+        viewer.layers.selection.events.active.connect(self._on_active_layer)
 
     # ---- writing ----------------------------------------------------------------------------
 
@@ -226,6 +227,13 @@ class OutputLayers(QObject):
             self._show_count(None, "No segmentation shown")
             if self.records:  # show (and export) the most recent result still open
                 self.show(list(self.records.values())[-1].layer)
+
+    def _on_active_layer(self, event=None) -> None:
+        """Selecting one of the widget's Labels layers shows its count, and Export writes its table."""
+        layer = self.viewer.layers.selection.active
+        record = self.record(layer)
+        if record is not None and not self.is_shown(layer):
+            self.show(record.layer)
 
     # ---- hand edits -------------------------------------------------------------------------
 

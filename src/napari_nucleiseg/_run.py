@@ -47,6 +47,43 @@ class Finished:
     model_key: tuple[str, int]
 
 
+class Refused(Exception):
+    """A run that cannot start; the message is one sentence for the user."""
+
+
+def check_runnable(image: Any, layers: Any, weights: Callable[[], Path]) -> tuple[int, Path, dict[str, Any]]:
+    """The number of planes of the Image layer ``image``, the weights file (``weights()``) and its
+    metadata, once it is sure that the run can start: an image (among ``layers``), one that is not
+    multiscale and holds 2-D planes, a readable weights file, and the memory the run needs.
+
+    Raises
+    ------
+    Refused
+        Saying what is missing.
+    """
+    from .memory import memory_shortfall
+    from .pipeline import stack_shape
+    from .weights import read_metadata
+
+    if image is None:
+        others = [f"'{layer.name}' is a {type(layer).__name__} layer" for layer in layers]
+        detail = f" ({', '.join(others[:2])})" if others else ""
+        raise Refused(f"There is no image layer to segment{detail}; open an image first.")
+    try:
+        if image.multiscale:
+            raise ImageError(f"'{image.name}' is a multiscale image, which cannot be segmented; "
+                             "open its full-resolution level as an image.")
+        leading, plane = stack_shape(image.data.shape, image.rgb)
+        path = weights()
+        metadata = read_metadata(path)
+    except (ImageError, WeightsError) as error:
+        raise Refused(str(error)) from None
+    shortfall = memory_shortfall((*leading, *plane))
+    if shortfall is not None:
+        raise Refused(shortfall)
+    return int(np.prod(leading)), path, metadata
+
+
 def file_key(path: Path) -> tuple[str, int]:
     """Identifies a weights file and its version: path and modification time."""
     try:

@@ -18,15 +18,12 @@ result goes to a new layer.
 from __future__ import annotations
 
 import threading
-from contextlib import suppress
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -35,24 +32,16 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QLabeledDoubleSlider
-from superqt.utils import signals_blocked
 
-from ._controls import DiameterControl, ImagePicker, ModelPicker
+from ._controls import DiameterControl, ImagePicker, ModelPicker, PostprocessControls
 from ._outputs import OutputLayers
 from ._rethreshold import Cache, Rethresholder
-from ._run import PROGRESS_STEPS, Failure, Finished, SegmentationRun, file_key
-from .errors import ImageError, WeightsError
-from .memory import memory_shortfall
-from .pipeline import stack_shape
-from .scale import check_diameter
+from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable, file_key
 from .settings import PostprocessSettings
 from .tables import write_csv
-from .weights import read_metadata
 
 
 
@@ -70,18 +59,12 @@ class NucleiSegWidget(QWidget):
         self.viewer = napari_viewer
         self._run_diameter: float | None = None  # the diameter the run under way was asked for (None: Auto)
         self._rerun = False  # the diameter changed during a run: run again when it ends
-        #: The settings the run under way makes its first labels with (by name; the rest are the model's).
-        self._run_settings: dict[str, Any] = {}
-        #: The min size the model calls for at the scale of the last run (at 1 before any run):
-        #: a min size box left at it follows the scale of the next run.
-        self._default_min_size: int = PostprocessSettings().min_size
         self._build_ui()
         self.run = SegmentationRun(self.progress_bar, self._on_run_returned, self._on_run_finished, parent=self)
-        self.rethresholder = Rethresholder(self._controls, self._on_result, parent=self)
+        self.rethresholder = Rethresholder(self.postprocess_controls.values, self._on_result, parent=self)
         self.outputs = OutputLayers(self.viewer, self._show_count, busy=lambda: self.rethresholder.running,
                                     parent=self)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
-        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         # Closing the widget mid-run stops the workers (not via self: it is going).
         self.destroyed.connect(partial(_stop_workers, self.run.cancel_event, self.rethresholder.jobs))
         self._on_model_changed()
@@ -118,47 +101,21 @@ class NucleiSegWidget(QWidget):
         self.progress_bar = QProgressBar(maximum=PROGRESS_STEPS, textVisible=True, visible=False)
         self.probability_check = QCheckBox("Show probability map")
 
-        self.threshold_slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
-        self.threshold_slider.setRange(0.05, 0.95)
-        self.threshold_slider.setSingleStep(0.01)
-        self.threshold_slider.setDecimals(2)
-        self.threshold_slider.setToolTip("Nucleus probability above which a pixel is nucleus")
-        self.min_size_spin = QSpinBox(minimum=0, maximum=100_000, suffix=" px", toolTip="Smaller objects are dropped")
-        self.split_check = QCheckBox("Split touching nuclei", checked=True)
-        self.split_check.setToolTip("Separate touching nuclei along the boundaries the model predicts, and cut "
-                                    "\"8\"-shaped objects at their neck (as calibrated for the model)")
+        self.postprocess_controls = PostprocessControls(self)
+        controls = self.postprocess_controls
+        self.threshold_slider, self.min_size_spin = controls.threshold_slider, controls.min_size_spin
+        self.split_check = controls.split_check
         self.diameter_control = DiameterControl()
         self.diameter_auto_check, self.diameter_spin = self.diameter_control.auto_check, self.diameter_control.spin
         self.count_label = QLabel("No segmentation yet")
         self.count_label.setWordWrap(True)
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
 
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.segment_button)
-        buttons.addWidget(self.cancel_button)
-        form = QFormLayout()
-        form.addRow("Image", self.image_combo)
-        form.addRow("Model", self.model_combo)
-        form.addRow("Nucleus diameter", self.diameter_control)
-        run_box = QVBoxLayout()  # a hidden progress bar leaves no gap here, unlike a row of its own
-        run_box.addLayout(buttons)
-        run_box.addWidget(self.progress_bar)
-        form.addRow(run_box)
-        form.addRow(self.probability_check)
-        form.addRow("Threshold", self.threshold_slider)
-        form.addRow("Min size", self.min_size_spin)
-        form.addRow(self.split_check)
-        form.addRow(self.count_label)
-        form.addRow(self.export_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addStretch(1)
+        _lay_out(self)
 
         self.segment_button.clicked.connect(self.segment)
         self.cancel_button.clicked.connect(self.cancel)
-        self.threshold_slider.valueChanged.connect(self._on_postprocess_changed)
-        self.min_size_spin.valueChanged.connect(self._on_postprocess_changed)
-        self.split_check.toggled.connect(self._on_postprocess_changed)
+        controls.changed.connect(self._on_postprocess_changed)
         self.probability_check.toggled.connect(self._show_probabilities)
         self.diameter_control.asked.connect(self.set_diameter)
         self.export_button.clicked.connect(self._on_export_clicked)
@@ -173,13 +130,6 @@ class NucleiSegWidget(QWidget):
                 self.rethresholder.set_cache(None)  # free the probability maps, and stop working on them
         self.outputs.removed(layer)
         self.image_combo.removed(layer)
-
-    def _on_active_layer(self, event=None) -> None:
-        """Selecting one of the widget's Labels layers shows its count, and Export writes its table."""
-        layer = self.viewer.layers.selection.active
-        record = self.outputs.record(layer)
-        if record is not None and not self.outputs.is_shown(layer):
-            self.outputs.show(record.layer)
 
     @property
     def image_layer(self) -> Image | None:
@@ -203,19 +153,7 @@ class NucleiSegWidget(QWidget):
         first = self.rethresholder.cache is None
         self.diameter_control.for_model(metadata.get("diameter"), first)
         if first:
-            self._show_settings(PostprocessSettings.from_metadata(metadata))
-
-    def _show_settings(self, settings: PostprocessSettings) -> None:
-        """Set the threshold and min size controls (re-thresholding nothing); the min size is now the default."""
-        with signals_blocked(self.threshold_slider), signals_blocked(self.min_size_spin):
-            self.threshold_slider.setValue(settings.threshold)
-            self.min_size_spin.setValue(settings.min_size)
-        self._default_min_size = settings.min_size
-
-    def _controls(self) -> dict[str, Any]:
-        """The post-processing settings the controls show."""
-        return {"threshold": self.threshold_slider.value(), "min_size": self.min_size_spin.value(),
-                "split": self.split_check.isChecked()}
+            self.postprocess_controls.show(PostprocessSettings.from_metadata(metadata))
 
     # ---- segmenting -----------------------------------------------------------------------
 
@@ -231,40 +169,22 @@ class NucleiSegWidget(QWidget):
     def _segment(self, image: Image | None) -> None:
         if self.running:
             return
-        if image is None:
-            others = [f"'{layer.name}' is a {type(layer).__name__} layer" for layer in self.viewer.layers]
-            detail = f" ({', '.join(others[:2])})" if others else ""
-            show_error(f"There is no image layer to segment{detail}; open an image first.")
-            return
         try:
-            if image.multiscale:
-                raise ImageError(f"'{image.name}' is a multiscale image, which cannot be segmented; "
-                                 "open its full-resolution level as an image.")
-            leading, plane = stack_shape(image.data.shape, image.rgb)
-            weights = self.model_combo.weights_path()
-            metadata = read_metadata(weights)
-        except (ImageError, WeightsError) as error:
-            show_error(str(error))
-            return
-        shortfall = memory_shortfall((*leading, *plane))
-        if shortfall is not None:
-            show_error(shortfall)
+            planes, weights, metadata = check_runnable(image, self.viewer.layers, self.model_combo.weights_path)
+        except Refused as refusal:
+            show_error(str(refusal))
             return
         # The worker makes the first labels too; with another model than the last run's, the
         # controls will take its calibrated values (see _on_run_returned), and a min size left at
         # its default is the model's at the scale of this run, known once the diameter is.
         cache = self.rethresholder.cache
         new_model = cache is not None and cache.model_key != file_key(weights)
-        chosen = {"threshold": PostprocessSettings.from_metadata(metadata).threshold} if new_model \
-            else self._controls()
-        chosen["split"] = self.split_check.isChecked()
-        if new_model or chosen.get("min_size") == self._default_min_size:
-            chosen.pop("min_size", None)
-        self._run_settings = chosen
+        chosen = self.postprocess_controls.for_run(
+            PostprocessSettings.from_metadata(metadata).threshold if new_model else None)
         self._run_diameter, self._rerun = self.diameter_control.diameter, False
         estimating = self._run_diameter is None and metadata.get("diameter") is not None
         self._set_running(True)
-        self.run.start(image, int(np.prod(leading)), weights, settings=chosen, diameter=self._run_diameter,
+        self.run.start(image, planes, weights, settings=chosen, diameter=self._run_diameter,
                        stage="Estimating the nucleus diameter..." if estimating else "Loading the model...")
 
     def cancel(self) -> None:
@@ -290,13 +210,8 @@ class NucleiSegWidget(QWidget):
             return
         planes, model = outcome.planes, outcome.model
         previous = self.rethresholder.cache
-        default_min_size = model.settings_at(planes.scale).min_size
-        if previous is not None and previous.model_key != outcome.model_key:
-            self._show_settings(planes.settings)  # another model than the last run's: its calibration, at this scale
-        elif self.min_size_spin.value() == self._default_min_size:  # left at the default: it follows the scale
-            with signals_blocked(self.min_size_spin):
-                self.min_size_spin.setValue(default_min_size)
-        self._default_min_size = default_min_size
+        new_model = previous is not None and previous.model_key != outcome.model_key  # its calibration, at this scale
+        self.postprocess_controls.after_run(planes.settings, model.settings_at(planes.scale).min_size, new_model)
         cache = Cache(image, planes.probabilities, planes.settings, outcome.model_key, planes.diameter,
                       planes.diameter_estimated, planes.scale)
         self.rethresholder.set_cache(cache)
@@ -316,15 +231,9 @@ class NucleiSegWidget(QWidget):
         the image, is refused with a sentence and changes nothing; returns whether it was taken.
         """
         cache = self.rethresholder.cache
-        image = cache.image if cache is not None else self.image_layer
-        plane = None
-        if image is not None and not image.multiscale:
-            with suppress(ImageError):  # an image that cannot be segmented says so when it is tried
-                plane = stack_shape(image.data.shape, image.rgb)[1]
-        try:
-            check_diameter(diameter, plane)
-        except ValueError as error:
-            show_error(str(error))
+        problem = self.diameter_control.problem(diameter, cache.image if cache is not None else self.image_layer)
+        if problem is not None:
+            show_error(problem)
             self.diameter_control.show_asked()
             return False
         diameter = None if diameter is None else float(diameter)
@@ -397,10 +306,8 @@ class NucleiSegWidget(QWidget):
     def _on_export_clicked(self) -> None:
         layer = self.labels_layer
         if layer is None:
-            show_warning("Segment an image first; there is no table to export.")
-            return
-        path, _ = QFileDialog.getSaveFileName(self, "Export the nuclei table", f"{layer.name}.csv", "CSV (*.csv)")
-        if path:
+            self.export_csv("")  # says there is nothing to export
+        elif path := QFileDialog.getSaveFileName(self, "Export the nuclei table", f"{layer.name}.csv", "CSV (*.csv)")[0]:
             self.export_csv(path, layer)
 
     def export_csv(self, path: str | Path, layer: Labels | None = None) -> bool:
@@ -425,3 +332,27 @@ def _stop_workers(cancel: threading.Event, jobs: list, *_) -> None:
     cancel.set()
     for job in jobs:
         job.worker.quit()
+
+
+def _lay_out(widget: NucleiSegWidget) -> None:
+    """The widget's controls in a form, top to bottom in the order of the work."""
+    buttons = QHBoxLayout()
+    buttons.addWidget(widget.segment_button)
+    buttons.addWidget(widget.cancel_button)
+    form = QFormLayout()
+    form.addRow("Image", widget.image_combo)
+    form.addRow("Model", widget.model_combo)
+    form.addRow("Nucleus diameter", widget.diameter_control)
+    run_box = QVBoxLayout()  # a hidden progress bar leaves no gap here, unlike a row of its own
+    run_box.addLayout(buttons)
+    run_box.addWidget(widget.progress_bar)
+    form.addRow(run_box)
+    form.addRow(widget.probability_check)
+    form.addRow("Threshold", widget.threshold_slider)
+    form.addRow("Min size", widget.min_size_spin)
+    form.addRow(widget.split_check)
+    form.addRow(widget.count_label)
+    form.addRow(widget.export_button)
+    layout = QVBoxLayout(widget)
+    layout.addLayout(form)
+    layout.addStretch(1)
