@@ -22,6 +22,7 @@ import random
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +280,153 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@dataclass
+class TrainingData:
+    """The training pairs (with the set each comes from and its id) and the val parts by set."""
+
+    pairs: list
+    sets: list[str]
+    ids: list[str]
+    val_sets: dict[str, list]
+
+
+def load_training_data(args: argparse.Namespace) -> TrainingData:
+    """DSB2018's split and every ``--extra-data`` set (its val part held out), val parts brought to
+    ``--diameter``."""
+    train_ids = list_ids(args.data, args.train_split or None)[: args.limit]
+    val_ids = list_ids(args.data, args.val_split)[: args.limit] if args.val_split else []
+    pairs = [load_pair(args.data, i) for i in train_ids]
+    val_sets = {"dsb2018": [load_pair(args.data, i) for i in val_ids]} if val_ids else {}
+    sets = ["dsb2018"] * len(pairs)
+    for entry in args.extra_data:
+        name, _, folder = entry.partition("=")
+        if not folder:
+            raise SystemExit(f"--extra-data takes NAME=DIR, not {entry!r}")
+        extra_train, extra_val = holdout_split(list_ids(Path(folder), None))
+        extra_train, extra_val = extra_train[: args.limit], extra_val[: args.limit]
+        pairs += [load_pair(Path(folder), i) for i in extra_train]
+        sets += [name] * len(extra_train)
+        if args.val_split:
+            val_sets[name] = [load_pair(Path(folder), i) for i in extra_val]
+        train_ids = train_ids + [f"{name}/{i}" for i in extra_train]
+    if args.diameter:
+        val_sets = {name: [at_diameter(image, truth, args.diameter) for image, truth in group]
+                    for name, group in val_sets.items()}
+    return TrainingData(pairs, sets, train_ids, val_sets)
+
+
+def build_network(args: argparse.Namespace, device) -> tuple[torch.nn.Module, dict, dict | None]:
+    """The network of ``--model`` (and ``--depth``), initialised from ``--init`` if given; its
+    architecture arguments, and what the file it continues recorded of its training."""
+    kwargs = dict(MODEL_KWARGS[args.model])
+    if args.depth is not None:
+        if "depth" not in kwargs:
+            raise SystemExit(f"--depth applies to unet and unetpp, not {args.model}")
+        kwargs["depth"] = args.depth
+    network = build_model(args.model, **kwargs).to(device)
+    if args.init is None:
+        return network, kwargs, None
+    initial = load_weights(args.init)
+    before = initial.metadata["kwargs"]
+    if initial.metadata["architecture"] == args.model and before == kwargs:
+        network.load_state_dict(initial.network.state_dict())
+    elif (initial.metadata["architecture"] == args.model and "depth" in kwargs
+          and dict(before, depth=kwargs["depth"]) == kwargs and before["depth"] < kwargs["depth"]):
+        copied, total = grow_depth(network, initial.network, kwargs["depth"] - before["depth"])
+        print(f"{copied} of {total} tensors from the depth-{before['depth']} model, the rest new", flush=True)
+    else:
+        raise SystemExit(f"{args.init.name} holds a {initial.metadata['architecture']} {before}, "
+                         f"not a {args.model} {kwargs} (or a shallower one)")
+    print(f"initialised from {args.init}", flush=True)
+    earlier = initial.metadata.get("training", {})
+    continued_from = {"file": str(args.init), "kwargs": before,
+                      **{k: earlier[k] for k in CONTINUED_KEYS if k in earlier}}
+    return network, kwargs, continued_from
+
+
+#: What a file records of the training of the file it continued (and so on back): enough for the
+#: model card to tell every run, with no need to read the commands.
+CONTINUED_KEYS = ("epochs", "minutes", "command", "teacher", "head_weights", "continued_from")
+
+
+def choose_head_weights(args: argparse.Namespace, network: torch.nn.Module) -> tuple[float, ...] | None:
+    """``--head-weights`` checked against the network; a head weighted 0 is left out of its inference."""
+    if args.head_weights is None:
+        return None
+    heads = len(network.heads) if hasattr(network, "forward_all") else 1
+    if heads == 1 or len(args.head_weights) != heads or min(args.head_weights) < 0 or sum(args.head_weights) <= 0:
+        raise SystemExit(f"--head-weights needs {heads} non-negative weights, not all 0, for this model"
+                         if heads > 1 else f"--head-weights applies to UNet++, not {args.model}")
+    head_weights = tuple(args.head_weights)
+    if 0 in head_weights:  # an untrained head would only blur the average: validate (and save) without it
+        network.inference_heads = tuple(i for i, weight in enumerate(head_weights) if weight > 0)
+    return head_weights
+
+
+def make_loader(args: argparse.Namespace, data: TrainingData, dataset: CropDataset, first_epoch: int) -> DataLoader:
+    """Batches of ``--epoch-size`` crops an epoch, drawn ``--sampling`` (balanced: by kind of image)."""
+    generator = torch.Generator().manual_seed(args.seed + first_epoch)
+    epoch_size = args.epoch_size or len(data.pairs)
+    if args.sampling == "balanced":
+        kinds = [image_kind(image) if name == "dsb2018" else name for (image, _), name in zip(data.pairs, data.sets)]
+        shares = BALANCED_SHARES_WITH_TISSUE if args.extra_data else BALANCED_SHARES
+        print("kinds: " + ", ".join(f"{kinds.count(k)} {k}" for k in shares), flush=True)
+        sampler = WeightedRandomSampler(balanced_weights(kinds, shares), epoch_size, generator=generator)
+    elif args.epoch_size:
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=epoch_size, generator=generator)
+    else:
+        sampler = None
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
+                      generator=generator, num_workers=args.workers,
+                      worker_init_fn=worker_init if args.workers else None, persistent_workers=False)
+
+
+def validation_scores(network, data: TrainingData, args: argparse.Namespace, device, losses: list[float]) -> dict:
+    """The epoch's val scores, each set counting the same (a few MoNuSeg images weigh as much as
+    DSB2018's 68), with each set's own DSB2018 score; without val, minus the mean loss."""
+    if not any(data.val_sets.values()):
+        return {"dsb_score": -float(np.mean(losses))}
+    by_set = {name: validate(network, pairs, device, log_gain=args.log_gain) for name, pairs in data.val_sets.items()}
+    scores = {key: float(np.mean([s[key] for s in by_set.values()])) for key in next(iter(by_set.values()))}
+    if len(by_set) > 1:
+        scores.update({f"dsb_score_{name}": s["dsb_score"] for name, s in by_set.items()})
+    return scores
+
+
+def build_metadata(args: argparse.Namespace, *, network: torch.nn.Module, kwargs: dict, data: TrainingData,
+                   epoch: int, minutes: float, scores: dict, command: str, continued_from: dict | None,
+                   head_weights: tuple[float, ...] | None, device) -> dict:
+    """The metadata of a weights file written after ``epoch``: how to rebuild and run the network,
+    and everything about its training that the model card tells."""
+    extra = [entry.partition("=") for entry in args.extra_data]
+    return {
+        "name": args.model,
+        "architecture": args.model,
+        "kwargs": kwargs,
+        "normalization": {"method": "percentile", "percentiles": list(DEFAULT_PERCENTILES),
+                          **({"log_gain": args.log_gain} if args.log_gain else {})},
+        **({"diameter": args.diameter} if args.diameter else {}),
+        "licence": licence_note(data.sets),
+        "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 10,
+        **({"heads": list(network.inference_heads)} if getattr(network, "inference_heads", None) else {}),
+        "training": {
+            "data": f"DSB2018 stage1_train (fixed masks), split {args.train_split!r}: {data.sets.count('dsb2018')} images"
+                    + "".join(f"; {name} ({folder}, val part held out): {data.sets.count(name)} images"
+                              for name, _, folder in extra),
+            "epochs": epoch, "crop_size": args.crop_size, "batch_size": args.batch_size, "lr": args.lr,
+            "seed": args.seed, "sampling": args.sampling, "schedule": args.schedule, "minutes": round(minutes, 1),
+            "device": str(device),
+            "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "parameters": sum(p.numel() for p in network.parameters()), "command": command,
+            **({"continued_from": continued_from} if continued_from else {}),
+            **({"teacher": {"file": str(args.teacher), "tta": args.teacher_tta,
+                            "weight": args.distill_weight}} if args.teacher else {}),
+            **({"head_weights": list(head_weights)} if head_weights else {}),
+        },
+        "metrics": {"val_during_training": {k: round(v, 4) for k, v in scores.items()}},
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     command = "python -m training.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -288,62 +436,11 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    train_ids = list_ids(args.data, args.train_split or None)[: args.limit]
-    val_ids = list_ids(args.data, args.val_split)[: args.limit] if args.val_split else []
-    train_pairs = [load_pair(args.data, i) for i in train_ids]
-    val_sets = {"dsb2018": [load_pair(args.data, i) for i in val_ids]} if val_ids else {}
-    train_sets = ["dsb2018"] * len(train_pairs)
-    for entry in args.extra_data:
-        name, _, folder = entry.partition("=")
-        if not folder:
-            raise SystemExit(f"--extra-data takes NAME=DIR, not {entry!r}")
-        extra_train, extra_val = holdout_split(list_ids(Path(folder), None))
-        extra_train, extra_val = extra_train[: args.limit], extra_val[: args.limit]
-        train_pairs += [load_pair(Path(folder), i) for i in extra_train]
-        train_sets += [name] * len(extra_train)
-        if args.val_split:
-            val_sets[name] = [load_pair(Path(folder), i) for i in extra_val]
-        train_ids = train_ids + [f"{name}/{i}" for i in extra_train]
-    if args.diameter:
-        val_sets = {name: [at_diameter(image, truth, args.diameter) for image, truth in pairs]
-                    for name, pairs in val_sets.items()}
-    val_pairs = [pair for pairs in val_sets.values() for pair in pairs]
-    print(f"{args.model}: {len(train_pairs)} training images, validation images "
-          + ", ".join(f"{len(p)} {n}" for n, p in val_sets.items()), flush=True)
-
-    kwargs = dict(MODEL_KWARGS[args.model])
-    if args.depth is not None:
-        if "depth" not in kwargs:
-            raise SystemExit(f"--depth applies to unet and unetpp, not {args.model}")
-        kwargs["depth"] = args.depth
-    network = build_model(args.model, **kwargs).to(device)
-    continued_from = None
-    if args.init is not None:
-        initial = load_weights(args.init)
-        if initial.metadata["architecture"] == args.model and initial.metadata["kwargs"] == kwargs:
-            network.load_state_dict(initial.network.state_dict())
-        elif (initial.metadata["architecture"] == args.model and "depth" in kwargs
-              and dict(initial.metadata["kwargs"], depth=kwargs["depth"]) == kwargs
-              and initial.metadata["kwargs"]["depth"] < kwargs["depth"]):
-            copied, total = grow_depth(network, initial.network, kwargs["depth"] - initial.metadata["kwargs"]["depth"])
-            print(f"{copied} of {total} tensors from the depth-{initial.metadata['kwargs']['depth']} model, "
-                  f"the rest new", flush=True)
-        else:
-            raise SystemExit(f"{args.init.name} holds a {initial.metadata['architecture']} {initial.metadata['kwargs']}, "
-                             f"not a {args.model} {kwargs} (or a shallower one)")
-        earlier = initial.metadata.get("training", {})
-        continued_from = {"file": str(args.init), **{k: earlier[k] for k in ("epochs", "minutes", "command", "continued_from")
-                                                     if k in earlier}}
-        print(f"initialised from {args.init}", flush=True)
-    head_weights = None
-    if args.head_weights is not None:
-        heads = len(network.heads) if hasattr(network, "forward_all") else 1
-        if heads == 1 or len(args.head_weights) != heads or min(args.head_weights) < 0 or sum(args.head_weights) <= 0:
-            raise SystemExit(f"--head-weights needs {heads} non-negative weights, not all 0, for this model"
-                             if heads > 1 else f"--head-weights applies to UNet++, not {args.model}")
-        head_weights = tuple(args.head_weights)
-        if 0 in head_weights:  # an untrained head would only blur the average: validate (and save) without it
-            network.inference_heads = tuple(i for i, weight in enumerate(head_weights) if weight > 0)
+    data = load_training_data(args)
+    print(f"{args.model}: {len(data.pairs)} training images, validation images "
+          + ", ".join(f"{len(p)} {n}" for n, p in data.val_sets.items()), flush=True)
+    network, kwargs, continued_from = build_network(args, device)
+    head_weights = choose_head_weights(args, network)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
     if args.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr / 100)
@@ -363,25 +460,10 @@ def main(argv=None) -> dict:
     if args.teacher is not None:
         if not 0 <= args.distill_weight <= 1:
             raise SystemExit(f"--distill-weight must be between 0 and 1, not {args.distill_weight}")
-        soft = cached_teacher_maps(args.out / "teacher.npz", args.teacher, train_ids,
-                                   [image for image, _ in train_pairs], device, args.teacher_tta)
-    dataset = CropDataset(train_pairs, args.crop_size, args.seed, soft, args.diameter, args.log_gain)
-    generator = torch.Generator().manual_seed(args.seed + state["epoch"])
-    epoch_size = args.epoch_size or len(train_pairs)
-    if args.sampling == "balanced":
-        kinds = [image_kind(image) if name == "dsb2018" else name for (image, _), name in zip(train_pairs, train_sets)]
-        shares = BALANCED_SHARES_WITH_TISSUE if args.extra_data else BALANCED_SHARES
-        print("kinds: " + ", ".join(f"{kinds.count(k)} {k}" for k in shares), flush=True)
-        sampler = WeightedRandomSampler(balanced_weights(kinds, shares), epoch_size, generator=generator)
-    elif args.epoch_size:
-        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=epoch_size, generator=generator)
-    else:
-        sampler = None
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
-                        drop_last=True, generator=generator,
-                        num_workers=args.workers, worker_init_fn=worker_init if args.workers else None,
-                        persistent_workers=False)
-    n_params = sum(p.numel() for p in network.parameters())
+        soft = cached_teacher_maps(args.out / "teacher.npz", args.teacher, data.ids,
+                                   [image for image, _ in data.pairs], device, args.teacher_tta)
+    dataset = CropDataset(data.pairs, args.crop_size, args.seed, soft, args.diameter, args.log_gain)
+    loader = make_loader(args, data, dataset, state["epoch"])
     start = time.perf_counter() - state["elapsed"]
     while state["epoch"] < args.epochs:
         epoch = state["epoch"] + 1
@@ -396,14 +478,7 @@ def main(argv=None) -> dict:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        if val_pairs:
-            by_set = {name: validate(network, pairs, device, log_gain=args.log_gain) for name, pairs in val_sets.items()}
-            # Each set counts the same, so a few MoNuSeg images weigh as much as DSB2018's 68.
-            scores = {key: float(np.mean([s[key] for s in by_set.values()])) for key in next(iter(by_set.values()))}
-            if len(by_set) > 1:
-                scores.update({f"dsb_score_{name}": s["dsb_score"] for name, s in by_set.items()})
-        else:
-            scores = {"dsb_score": -float(np.mean(losses))}
+        scores = validation_scores(network, data, args, device, losses)
         if args.schedule == "cosine":
             scheduler.step()
         else:
@@ -415,31 +490,9 @@ def main(argv=None) -> dict:
         improved = scores["dsb_score"] > state["best_score"]
         if improved:
             state["best_score"], state["best_epoch"] = scores["dsb_score"], epoch
-            metadata = {
-                "name": args.model,
-                "architecture": args.model,
-                "kwargs": kwargs,
-                "normalization": {"method": "percentile", "percentiles": list(DEFAULT_PERCENTILES),
-                                  **({"log_gain": args.log_gain} if args.log_gain else {})},
-                **({"diameter": args.diameter} if args.diameter else {}),
-                "licence": licence_note(train_sets),
-                "threshold": 0.5, "boundary_threshold": 0.5, "min_size": 10,
-                **({"heads": list(network.inference_heads)} if getattr(network, "inference_heads", None) else {}),
-                "training": {
-                    "data": f"DSB2018 stage1_train (fixed masks), split {args.train_split!r}: {train_sets.count('dsb2018')} images"
-                            + "".join(f"; {e.partition('=')[0]} ({e.partition('=')[2]}, val part held out): "
-                                      f"{train_sets.count(e.partition('=')[0])} images" for e in args.extra_data),
-                    "epochs": epoch, "crop_size": args.crop_size, "batch_size": args.batch_size, "lr": args.lr,
-                    "seed": args.seed, "sampling": args.sampling, "schedule": args.schedule, "minutes": round(state["elapsed"] / 60, 1), "device": str(device),
-                    "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-                    "parameters": n_params, "command": command,
-                    **({"continued_from": continued_from} if continued_from else {}),
-                    **({"teacher": {"file": str(args.teacher), "tta": args.teacher_tta,
-                                    "weight": args.distill_weight}} if args.teacher else {}),
-                    **({"head_weights": list(head_weights)} if head_weights else {}),
-                },
-                "metrics": {"val_during_training": {k: round(v, 4) for k, v in scores.items()}},
-            }
+            metadata = build_metadata(args, network=network, kwargs=kwargs, data=data, epoch=epoch,
+                                      minutes=state["elapsed"] / 60, scores=scores, command=command,
+                                      continued_from=continued_from, head_weights=head_weights, device=device)
             save_weights(args.out / "best.safetensors", network, metadata)
         torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state}, checkpoint_path)

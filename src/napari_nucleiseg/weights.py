@@ -31,8 +31,8 @@ WEIGHTS_SUFFIX = ".safetensors"
 
 
 BUNDLED_MODELS = ("unet", "unetpp", "hrnet")
-#: The model used when none is named: the most accurate on DSB2018's val split on every measure
-#: (weights/README.md), about 1.5x slower than UNet on a CPU.
+#: The model used when none is named: the most accurate of the three on most sets
+#: (weights/evaluation.json); its speed beside the others is in benchmarks/README.md.
 DEFAULT_MODEL = "hrnet"
 
 

@@ -1,0 +1,33 @@
+"""The docs' score tables are generated from weights/evaluation.json, and that file measured the
+weights that ship: a new weights file cannot ship with the old file's figures, nor a table be
+edited by hand (``python -m training.doc_tables`` says how to regenerate them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from training.doc_tables import EVALUATION, stale_models, write_blocks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_figures_are_of_the_weights_that_ship():
+    assert stale_models(json.loads(EVALUATION.read_text())) == []
+
+
+@pytest.mark.parametrize("doc", ["README.md", "weights/README.md"])
+def test_the_score_tables_are_those_the_evaluation_gives(doc):
+    text = (REPO / doc).read_text()
+    assert "<!-- generated: scores -->" in text
+    assert text == write_blocks(text, json.loads(EVALUATION.read_text())), (
+        f"{doc}: a generated table differs; run python -m training.doc_tables write {doc}")
+
+
+def test_a_changed_figure_changes_the_table():
+    evaluation = json.loads(EVALUATION.read_text())
+    text = (REPO / "README.md").read_text()
+    evaluation["models"]["hrnet"]["sets"]["val"]["dsb_score"] = 0.123
+    assert "0.123" in write_blocks(text, evaluation) and "0.123" not in text

@@ -1,0 +1,124 @@
+"""The score tables of README.md and weights/README.md, generated, never copied by hand.
+
+Two steps:
+
+    # 1. collect what evaluate.py measured for the shipped files into weights/evaluation.json
+    python -m training.doc_tables collect runs/eval_unet/report.json runs/eval_unet_scaled/report.json ...
+    # 2. rewrite the generated blocks of the docs from it
+    python -m training.doc_tables write README.md weights/README.md
+
+``weights/evaluation.json`` records the SHA-256 of each weights file it measured;
+``tests/test_docs.py`` fails when a shipped file is not the one measured, or when a generated block
+differs from what step 2 writes: a new weights file cannot ship with the old file's figures.
+A generated block sits between ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from napari_nucleiseg.weights import BUNDLED_MODELS, DEFAULT_MODEL, bundled_weights_path
+
+EVALUATION = Path(__file__).resolve().parents[1] / "weights" / "evaluation.json"
+#: The sets of the tables, in order: DSB2018 val, val resized (nuclei ~4 to ~150 px), H&E test sets.
+SETS = ("val", "val_x0.25", "val_x0.5", "val_x2", "val_x3", "monuseg_test", "consep_test")
+TITLES = {"unet": "UNet", "unetpp": "UNet++", "hrnet": "HRNet"}
+KEPT_METRICS = ("dsb_score", "f1_iou50", "count_error_median", "diameter_within", "diameter_ratio_median")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def collect(reports: list[Path]) -> dict:
+    """The figures of evaluate.py's ``report.json`` files, by model and set, with each file's hash."""
+    evaluation: dict = {"models": {}, "otsu": {}, "sets": {}}
+    for report_path in reports:
+        report = json.loads(Path(report_path).read_text())
+        for set_name, entry in report["sets"].items():
+            evaluation["sets"][set_name] = {"n_images": entry["n_images"], "source": entry["source"]}
+            for result in entry["results"]:
+                method, metrics = result["method"], result["metrics"]
+                if method.startswith("Otsu"):
+                    evaluation["otsu"][set_name] = round(metrics["dsb_score"], 6)
+                    continue
+                if not result.get("split_nuclei", True):
+                    continue
+                digest = sha256(result["weights"])
+                model = evaluation["models"].setdefault(method, {"weights_sha256": digest, "sets": {}})
+                if model["weights_sha256"] != digest:
+                    raise SystemExit(f"{report_path}: {method} was measured on another file than in the reports before")
+                model["sets"][set_name] = {key: round(metrics[key], 6) for key in KEPT_METRICS if key in metrics}
+    return evaluation
+
+
+def scores_table(evaluation: dict) -> str:
+    """DSB2018 score per set and model, with (share of diameters within +-25% / median estimate : true)."""
+    models = [name for name in BUNDLED_MODELS if name in evaluation["models"]]
+    header = ["set (images)"] + [TITLES.get(m, m) + (" (default)" if m == DEFAULT_MODEL else "") for m in models]
+    lines = ["| " + " | ".join(header + ["Otsu"]) + " |", "| --- |" + " ---: |" * (len(models) + 1)]
+    for set_name in (s for s in SETS if s in evaluation["sets"]):
+        cells = [f"{set_name} ({evaluation['sets'][set_name]['n_images']})"]
+        for model in models:
+            scores = evaluation["models"][model]["sets"].get(set_name)
+            if scores is None:
+                cells.append("not measured")
+                continue
+            cell = f"{scores['dsb_score']:.3f}"
+            if "diameter_within" in scores:
+                cell += f" ({scores['diameter_within']:.0%} / {scores['diameter_ratio_median']:.2f})"
+            cells.append(cell)
+        otsu = evaluation["otsu"].get(set_name)
+        cells.append("" if otsu is None else f"{otsu:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+BLOCKS = {"scores": scores_table}
+
+
+def write_blocks(text: str, evaluation: dict) -> str:
+    """``text`` with every generated block rewritten from ``evaluation``."""
+    def rewrite(match: re.Match) -> str:
+        name = match.group(1)
+        return f"<!-- generated: {name} -->\n{BLOCKS[name](evaluation)}\n<!-- end generated: {name} -->"
+
+    return re.sub(r"<!-- generated: (\w+) -->\n.*?\n<!-- end generated: \1 -->", rewrite, text, flags=re.S)
+
+
+def stale_models(evaluation: dict) -> list[str]:
+    """The bundled models whose shipped file is not the one measured (or was not measured)."""
+    return [name for name in BUNDLED_MODELS
+            if evaluation["models"].get(name, {}).get("weights_sha256") != sha256(bundled_weights_path(name))]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    gather = commands.add_parser("collect", help="evaluate.py report.json files -> weights/evaluation.json")
+    gather.add_argument("reports", type=Path, nargs="+")
+    gather.add_argument("--out", type=Path, default=EVALUATION)
+    write = commands.add_parser("write", help="rewrite the generated blocks of these markdown files")
+    write.add_argument("files", type=Path, nargs="+")
+    write.add_argument("--evaluation", type=Path, default=EVALUATION)
+    args = parser.parse_args(argv)
+    if args.command == "collect":
+        evaluation = collect(args.reports)
+        args.out.write_text(json.dumps(evaluation, indent=1) + "\n")
+        print(f"wrote {args.out}: {', '.join(evaluation['models'])} on {', '.join(evaluation['sets'])}")
+        return
+    evaluation = json.loads(args.evaluation.read_text())
+    stale = stale_models(evaluation)
+    if stale:
+        print(f"warning: the shipped {', '.join(stale)} file is not the one measured in {args.evaluation}")
+    for path in args.files:
+        path.write_text(write_blocks(path.read_text(), evaluation))
+        print(f"rewrote the generated blocks of {path}")
+
+
+if __name__ == "__main__":
+    main()
