@@ -84,27 +84,56 @@ def training_lines(training: dict) -> list[str]:
                 + f" = {epochs} epochs, after ")
     lines = [kept + f"{round(minutes, 1)} min of training on {training['hardware']} ({training['device']})"]
     for number, stage in enumerate(stages[1:], start=2):
-        deeper = re.search(r"--depth[ =](\d+)", stage.get("command", ""))
-        if deeper and not re.search(r"--depth[ =]" + deeper.group(1) + r"\b", stages[number - 2].get("command", "")):
-            lines.append(f"- run {number} of these made the model deeper (`--depth {deeper.group(1)}`): it started from the "
+        depth, before = stage_depth(stage), stage_depth(stages[number - 2])
+        if depth is not None and depth != before:
+            lines.append(f"- run {number} of these made the model deeper (`--depth {depth}`): it started from the "
                          "levels the file before had, and its deepest level was new")
     for number, stage in enumerate(stages, start=1):
-        teacher = re.search(r"--teacher[ =](\S+)", stage.get("command", ""))
+        teacher = stage_teacher(stage)
         if teacher:
-            weight = re.search(r"--distill-weight[ =](\S+)", stage["command"])
-            averaged = " averaged over 4 flips/transpositions" if "--teacher-tta" in stage["command"] else ""
-            lines.append(f"- run {number} of these was distilled from `{teacher.group(1)}`: the loss went "
-                         f"{float(weight.group(1)) if weight else 0.5:.0%} towards that model's probabilities on the "
+            averaged = " averaged over 4 flips/transpositions" if teacher["tta"] else ""
+            lines.append(f"- run {number} of these was distilled from `{teacher['file']}`: the loss went "
+                         f"{teacher['weight']:.0%} towards that model's probabilities on the "
                          f"training images{averaged} (warped with each crop), the rest towards the true masks")
-        head_weights = re.search(r"--head-weights((?:[ =][0-9.]+)+)", stage.get("command", ""))
-        if head_weights:
-            weights = head_weights.group(1).replace("=", " ").split()
+        weights = stage_head_weights(stage)
+        if weights:
             lines.append(f"- run {number} of these weighted the loss of UNet++'s output heads (shallowest first) "
-                         f"{' : '.join(weights)}" + ("; a head weighted 0 is left out of the file's inference too"
-                                                     if any(float(w) == 0 for w in weights) else ""))
+                         f"{' : '.join(f'{w:g}' for w in weights)}" + ("; a head weighted 0 is left out of the "
+                                                                      "file's inference too" if 0 in weights else ""))
     commands = [f"`{stage['command']}`" for stage in stages if "command" in stage]
     lines.append("- reproduce: " + ", then ".join(commands) + ", then ")
     return lines
+
+
+# What a run did is read from the metadata train.py records (``kwargs``, ``teacher``, ``head_weights``
+# of each stage); runs recorded before it did (session 9) are read from their command instead.
+
+def stage_depth(stage: dict) -> int | None:
+    """The ``--depth`` a training run gave its model (None: the architecture's own)."""
+    if "kwargs" in stage:
+        return stage["kwargs"].get("depth")
+    found = re.search(r"--depth[ =](\d+)", stage.get("command", ""))
+    return int(found.group(1)) if found else None
+
+
+def stage_teacher(stage: dict) -> dict | None:
+    """The teacher a training run distilled (file, tta, weight), if any."""
+    if "teacher" in stage or "kwargs" in stage:
+        return stage.get("teacher")
+    found = re.search(r"--teacher[ =](\S+)", stage.get("command", ""))
+    if not found:
+        return None
+    weight = re.search(r"--distill-weight[ =](\S+)", stage["command"])
+    return {"file": found.group(1), "tta": "--teacher-tta" in stage["command"],
+            "weight": float(weight.group(1)) if weight else 0.5}
+
+
+def stage_head_weights(stage: dict) -> list[float] | None:
+    """The loss weights a training run gave UNet++'s output heads, if any."""
+    if "head_weights" in stage or "kwargs" in stage:
+        return stage.get("head_weights")
+    found = re.search(r"--head-weights((?:[ =][0-9.]+)+)", stage.get("command", ""))
+    return [float(w) for w in found.group(1).replace("=", " ").split()] if found else None
 
 
 def _run_folder(training: dict, architecture: str) -> str:
