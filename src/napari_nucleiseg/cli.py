@@ -459,11 +459,12 @@ def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) 
     import pandas as pd
 
     from .postprocess import MEASUREMENT_COLUMNS
+    from .tables import write_csv
 
     nuclei = pd.concat(tables, ignore_index=True)[["file", *MEASUREMENT_COLUMNS]]
     try:
-        pd.DataFrame(count_rows).to_csv(out / COUNTS_FILE, index=False)
-        nuclei.to_csv(out / NUCLEI_FILE, index=False)
+        write_csv(pd.DataFrame(count_rows), out / COUNTS_FILE)
+        write_csv(nuclei, out / NUCLEI_FILE)
     except OSError as error:
         raise CommandError(f"cannot write the tables in {out}: {error.strerror or error}.") from None
 

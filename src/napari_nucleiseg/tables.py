@@ -102,7 +102,10 @@ def write_csv(table: Any, path: Any) -> None:
 
 def _escaped(table: Any) -> Any:
     """``table`` with its formula-like text cells prefixed by an apostrophe (a copy only when needed)."""
-    text = [column for column in table.columns if table[column].dtype == object]
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    text = [column for column in table.columns
+            if is_object_dtype(table[column].dtype) or is_string_dtype(table[column].dtype)]
     risky = [column for column in text
              if table[column].map(lambda cell: isinstance(cell, str) and cell.startswith(FORMULA_STARTS)).any()]
     if not risky:
