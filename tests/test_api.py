@@ -221,3 +221,26 @@ def test_import_leaves_torch_and_qt_unimported():
 
 def test_public_api():
     assert {"segment", "SegmentationResult", "__version__"} <= set(napari_nucleiseg.__all__)
+
+
+@pytest.mark.parametrize("settings, name", [
+    ({"threshold": "0.5"}, "threshold"), ({"threshold": True}, "threshold"), ({"min_size": float("inf")}, "min_size"),
+    ({"seed_min_size": float("inf")}, "seed_min_size"), ({"split": "no"}, "split"), ({"neck_ratio": "0"}, "neck_ratio"),
+])
+def test_settings_of_the_wrong_type_are_one_sentence_before_any_work(tiny_weights, settings, name):
+    with pytest.raises(ValueError, match=f"^{name} must be") as raised:
+        segment(IMAGE, tiny_weights["unet"], **settings)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("model", [None, 123, ""])
+def test_a_model_that_is_no_model_is_one_sentence(model):
+    with pytest.raises(WeightsError, match="^Unknown model"):
+        segment(IMAGE, model)
+
+
+def test_a_tensor_that_requires_grad_is_one_sentence():
+    import torch
+
+    with pytest.raises(ImageError, match="detach"):
+        segment(torch.zeros(32, 32, requires_grad=True), "unet")

@@ -250,6 +250,9 @@ def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
 
     if isinstance(model, NucleiModel):
         return model
+    if not isinstance(model, (str, os.PathLike)) or str(model).strip() == "":
+        raise WeightsError(f"Unknown model {model!r}; expected one of {', '.join(BUNDLED_MODELS)}, the path of a "
+                           "weights file, or a model from load_model().")
     if isinstance(model, str) and model in BUNDLED_MODELS:
         path = bundled_weights_path(model)
     else:

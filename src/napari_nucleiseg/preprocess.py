@@ -45,7 +45,11 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     ImageError
         For anything else: stacks, 2- or 5-channel images, empty images.
     """
-    image = np.asarray(image)
+    try:
+        image = np.asarray(image)
+    except (RuntimeError, TypeError, ValueError) as error:  # e.g. a torch tensor that requires grad
+        raise ImageError(f"This image cannot be read as an array ({type(error).__name__}); pass a numpy array, "
+                         "e.g. tensor.detach().cpu().numpy().") from None
     if image.dtype == bool:
         image = image.astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.number)) or np.iscomplexobj(image):

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 #: Used when a weights file does not (yet) carry calibrated values.
 DEFAULT_THRESHOLD = 0.5
@@ -103,22 +106,32 @@ class PostprocessSettings:
 def check_settings(threshold: float = DEFAULT_THRESHOLD, boundary_threshold: float = DEFAULT_BOUNDARY_THRESHOLD,
                    min_size: int = DEFAULT_MIN_SIZE, split: bool = True, neck_ratio: float = DEFAULT_NECK_RATIO,
                    seed_min_size: int = DEFAULT_SEED_MIN_SIZE) -> None:
-    """Raise a ValueError of one sentence for the first setting out of range (see :class:`PostprocessSettings`)."""
-    if not 0 <= neck_ratio <= 1:
-        raise ValueError(f"neck_ratio must be between 0 and 1, not {neck_ratio}")
+    """Raise a ValueError of one sentence for the first setting out of range or of the wrong type
+    (see :class:`PostprocessSettings`): a probability is a number in [0, 1], not a string or True; a
+    size a whole number of pixels; ``split`` True or False."""
+    if not isinstance(split, (bool, np.bool_)):
+        raise ValueError(f"split must be True or False, not {split!r}")
+    if not _fraction(neck_ratio):
+        raise ValueError(f"neck_ratio must be between 0 and 1, not {neck_ratio!r}")
     if not _whole(seed_min_size):
-        raise ValueError(f"seed_min_size must be a whole number of pixels >= 0, not {seed_min_size}")
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
-    if not 0 <= boundary_threshold <= 1:
-        raise ValueError(f"boundary_threshold must be between 0 and 1, not {boundary_threshold}")
+        raise ValueError(f"seed_min_size must be a whole number of pixels >= 0, not {seed_min_size!r}")
+    if not _fraction(threshold):
+        raise ValueError(f"threshold must be between 0 and 1, not {threshold!r}")
+    if not _fraction(boundary_threshold):
+        raise ValueError(f"boundary_threshold must be between 0 and 1, not {boundary_threshold!r}")
     if not _whole(min_size):
-        raise ValueError(f"min_size must be a whole number of pixels >= 0, not {min_size}")
+        raise ValueError(f"min_size must be a whole number of pixels >= 0, not {min_size!r}")
+
+
+def _number(value: Any) -> bool:
+    """A real number (Python or numpy), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _fraction(value: Any) -> bool:
+    return _number(value) and 0 <= value <= 1
 
 
 def _whole(pixels: Any) -> bool:
     """Whether ``pixels`` is a whole number >= 0 (a Python or numpy number)."""
-    try:
-        return bool(pixels >= 0) and math.isfinite(pixels) and int(pixels) == pixels
-    except (TypeError, ValueError):
-        return False
+    return _number(pixels) and pixels >= 0 and math.isfinite(pixels) and int(pixels) == pixels
