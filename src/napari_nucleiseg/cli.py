@@ -23,12 +23,25 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._batch import (
+    FolderBusy,
+    OutputLock,
+    Stops,
+    Tables,
+    remove_partial_files,
+    set_aside,
+    stops_as_interrupts,
+    write_atomically,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,9 +64,14 @@ LISTED_EXISTING = 5
 EPILOG = """\
 exit status: 0 if at least one image was segmented, 1 if none was (or the run
 could not start, or stopped on an error such as a full disk), 2 for a wrong
-command line, 130 on Ctrl+C. Unreadable images are reported on stderr and
-skipped. A run that stops early still writes the tables of the images it
-finished. Existing outputs are only replaced with --overwrite.
+command line, 130 on Ctrl+C, 143 on SIGTERM, 129 on SIGHUP. Images that cannot
+be read or segmented are reported on stderr and skipped. A run that stops early
+(Ctrl+C, SIGTERM, SIGHUP, a full disk) still writes the tables of the images it
+finished; no file is ever left half-written, and a row of counts.csv always
+describes the label file beside it. Existing outputs are only replaced with
+--overwrite: they are first moved into a replaced-<time> folder in --out, which
+is deleted when the run completes and kept (and named) when it stops. One run
+at a time writes to a folder.
 """
 
 
@@ -66,7 +84,11 @@ class CommandError(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl+C during a run, with what was saved of the images done before it."""
+    """Ctrl+C (or SIGTERM, SIGHUP) during a run, with what was saved of the images done before it."""
+
+    def __init__(self, message: str = "", signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 class UnreadableImage(Exception):
@@ -102,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nucleiseg: {error}", file=sys.stderr)
         return error.status
     except (KeyboardInterrupt, Interrupted) as interrupt:
-        print(f"nucleiseg: interrupted{'; ' + str(interrupt) if str(interrupt) else ''}.", file=sys.stderr)
-        return 130
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        name = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        print(f"nucleiseg: interrupted{name}{'; ' + str(interrupt) if str(interrupt) else ''}.", file=sys.stderr)
+        return 128 + int(signum)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,33 +188,53 @@ def run_segment(args: argparse.Namespace) -> int:
     except WeightsError as error:
         raise CommandError(_one_line(error)) from None
     prepare_output_folder(args.out)
+    try:
+        with OutputLock(args.out), stops_as_interrupts() as stops:
+            return _run_jobs(jobs, model, args, stops)
+    except FolderBusy as busy:
+        raise CommandError(str(busy)) from None
 
-    count_rows, tables = [], []
+
+def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stops) -> int:
+    """Segment every job into ``args.out`` (which this run holds the lock of)."""
+    import shutil
+
+    remove_partial_files(args.out)  # of a run killed outright (SIGKILL) while it wrote
+    if not args.overwrite:
+        refuse_existing(jobs, args.out)  # again: a run that ended since the first check may have written them
+    aside = set_aside(planned_outputs(jobs, args.out), args.out) if args.overwrite else None
+    tables = Tables(lambda rows, nuclei: write_tables(args.out, rows, nuclei))
     try:
         for job in _progress_bar(jobs):
-            row_and_table = segment_one(job, model, args)
-            if row_and_table is not None:
-                count_rows.append(row_and_table[0])
-                tables.append(row_and_table[1])
+            stops.check()
+            outcome = segment_one(job, model, args, cancelled=stops.requested)
+            if outcome is not None:
+                tables.add(*outcome.write())
     except (KeyboardInterrupt, CommandError) as stop:
         # Hours of work may be done: the tables of the images finished so far are kept.
-        saved = _save_tables_so_far(args.out, count_rows, tables, len(jobs))
+        saved = _save_tables_so_far(tables, len(jobs))
+        if aside is not None:
+            saved += f" The files this run was to replace are in {aside}."
         if isinstance(stop, CommandError):
-            raise CommandError(f"{stop}{' ' + saved if saved else ''}", stop.status) from None
-        raise Interrupted(saved.rstrip(".")) from None
-
-    if not count_rows:
-        raise CommandError("no image could be segmented.")
-    write_tables(args.out, count_rows, tables)
-    total = sum(row["nuclei"] for row in count_rows)
-    print(f"Segmented {len(count_rows)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
+            raise CommandError(f"{stop}{' ' + saved.strip() if saved.strip() else ''}", stop.status) from None
+        raise Interrupted(saved.strip().rstrip("."), signum=stops.received[0] if stops.received else signal.SIGINT) from None
+    if not tables.rows:
+        raise CommandError("no image could be segmented." + (f" The files it was to replace are in {aside}."
+                                                               if aside is not None else ""))
+    tables.flush()
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)  # replaced: what --overwrite asked for
+    total = sum(row["nuclei"] for row in tables.rows)
+    print(f"Segmented {len(tables.rows)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
     return EXIT_OK
 
 
-def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, pd.DataFrame] | None:
-    """Segment one image and write its labels; its row of counts.csv and rows of nuclei.csv,
-    or None when the image is skipped (reported on stderr)."""
+def segment_one(job: Job, model: Any, args: argparse.Namespace,
+                cancelled: Callable[[], bool] | None = None) -> Finished | None:
+    """Segment one image, or None when it is skipped (reported on stderr). ``cancelled`` is polled
+    between tiles; when it returns True the run stops (KeyboardInterrupt)."""
     from .api import segment
+    from .errors import Cancelled
     from .preprocess import ImageError, as_rgb
 
     from .memory import memory_shortfall
@@ -204,12 +248,16 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
         # The shape first (a stack is refused as such), then whether the diameter fits in it.
         _check_diameter_fits(args.diameter, as_rgb(image).shape)
         result = segment(image, model, threshold=args.threshold, min_size=args.min_size, split=args.split,
-                         neck_ratio=args.neck_ratio, diameter=args.diameter)
+                         neck_ratio=args.neck_ratio, diameter=args.diameter, cancelled=cancelled)
+    except Cancelled:
+        raise KeyboardInterrupt from None
     except (ImageError, MemoryError, UnreadableImage, ImageTooSmall) as error:
         hint = " Choose one with --channel N." if isinstance(error, ImageError) and _has_channels(image) else ""
         _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}{hint}")
         return None
-    write_outputs(job, result)
+    except Exception as error:  # anything else on one image (torch's "can't allocate memory", a decoder's bug)
+        _report(f"nucleiseg: skipped {job.source}: {type(error).__name__}: {_one_line(error)}")
+        return None
     row = {
         "file": str(job.source),
         "nuclei": result.count,
@@ -223,7 +271,22 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace) -> tuple[dict, p
         "diameter_estimated": result.diameter_estimated,
         "scale": result.scale,
     }
-    return row, result.table.assign(file=str(job.source))
+    return Finished(job, result, row, result.table.assign(file=str(job.source)))
+
+
+@dataclass
+class Finished:
+    """An image segmented, its files not yet written."""
+
+    job: Job
+    result: Any
+    row: dict
+    table: Any
+
+    def write(self) -> tuple[dict, Any]:
+        """Write the image's files; its row of counts.csv and rows of nuclei.csv."""
+        write_outputs(self.job, self.result)
+        return self.row, self.table
 
 
 def _check_diameter_fits(diameter: float | None, shape: tuple[int, ...]) -> None:
@@ -241,15 +304,15 @@ def _has_channels(image: np.ndarray | None) -> bool:
     return image is not None and image.ndim == 3 and min(image.shape[0], image.shape[-1]) <= 4
 
 
-def _save_tables_so_far(out: Path, count_rows: list[dict], tables: list, n_jobs: int) -> str:
+def _save_tables_so_far(tables: Tables, n_jobs: int) -> str:
     """Write the tables of the images done before a run stopped; say so in a sentence ('' if none)."""
-    if not count_rows:
+    if not tables.rows:
         return ""
     try:
-        write_tables(out, count_rows, tables)
+        tables.flush()
     except CommandError:
         return ""
-    return f"{COUNTS_FILE} and {NUCLEI_FILE} hold the {len(count_rows)} of {n_jobs} images finished before it."
+    return f"{COUNTS_FILE} and {NUCLEI_FILE} hold the {len(tables.rows)} of {n_jobs} images finished before it."
 
 
 def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
@@ -311,14 +374,19 @@ def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list
     return jobs
 
 
-def refuse_existing(jobs: list[Job], out: Path) -> None:
-    """Raise if any output of the run already exists, naming them."""
+def planned_outputs(jobs: list[Job], out: Path) -> list[Path]:
+    """Every file the run writes: the tables, and each image's labels (and probabilities)."""
     planned = [out / COUNTS_FILE, out / NUCLEI_FILE]
     for job in jobs:
         planned.append(job.labels_path)
         if job.probability_path is not None:
             planned.append(job.probability_path)
-    existing = [path for path in planned if path.exists()]
+    return planned
+
+
+def refuse_existing(jobs: list[Job], out: Path) -> None:
+    """Raise if any output of the run already exists, naming them."""
+    existing = [path for path in planned_outputs(jobs, out) if path.exists()]
     if existing:
         names = ", ".join(path.name for path in existing[:LISTED_EXISTING])
         more = f" and {len(existing) - LISTED_EXISTING} more" if len(existing) > LISTED_EXISTING else ""
@@ -441,15 +509,13 @@ def write_outputs(job: Job, result: SegmentationResult) -> None:
     import tifffile
 
     try:
-        tifffile.imwrite(job.labels_path, result.labels, compression="zlib", photometric="minisblack")
+        # The probabilities first: the label file, in place, is what makes the image count as done.
         if job.probability_path is not None:
-            tifffile.imwrite(
-                job.probability_path,
-                result.probabilities.astype(np.float32, copy=False),
-                compression="zlib",
-                photometric="minisblack",
-                metadata={"axes": "CYX"},
-            )
+            write_atomically(job.probability_path, lambda path: tifffile.imwrite(
+                path, result.probabilities.astype(np.float32, copy=False), compression="zlib",
+                photometric="minisblack", metadata={"axes": "CYX"}))
+        write_atomically(job.labels_path, lambda path: tifffile.imwrite(
+            path, result.labels, compression="zlib", photometric="minisblack"))
     except OSError as error:
         raise CommandError(f"cannot write {job.labels_path.parent}: {error.strerror or error}.") from None
 

@@ -1,0 +1,189 @@
+"""What keeps a command-line batch run's output folder whole, whatever stops the run.
+
+- :class:`OutputLock`: one run writes to a folder at a time (a lock file holding the run's pid; the
+  lock of a run that died is taken over).
+- :func:`write_atomically`: every file is written under a temporary name in the folder and renamed
+  into place, so no file is ever half-written under its final name.
+- :class:`Tables`: ``counts.csv`` and ``nuclei.csv`` hold rows only for label files of this run that
+  are in place; they are rewritten (atomically) at most every :data:`TABLES_EVERY_S` seconds while
+  the run goes on, and at its end however it ends. A row never describes another file than the one
+  on disk; a run killed outright (SIGKILL) may lack the rows of its last images.
+- :func:`set_aside`: with ``--overwrite``, the previous run's files are moved into a folder of their
+  own first, so a stopped rerun never leaves old and new files side by side.
+- :func:`stops_as_interrupts`: SIGTERM and SIGHUP (``timeout``, ``kill``, job schedulers, a closed
+  terminal) stop the run as Ctrl+C does, between images or tiles, never in the middle of a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+#: The tables are rewritten at most this often while a run goes on (each rewrite writes them whole).
+TABLES_EVERY_S = 20.0
+LOCK_FILE = ".nucleiseg.lock"
+
+
+class FolderBusy(Exception):
+    """Another run is writing to the output folder."""
+
+
+class OutputLock:
+    """Holds ``<folder>/.nucleiseg.lock`` while a run writes there."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_FILE
+        self.held = False
+
+    def __enter__(self) -> OutputLock:
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _lock_owner(self.path)
+                if owner is not None and _alive(owner):
+                    raise FolderBusy(f"another nucleiseg run (process {owner}) is writing to {self.path.parent}; "
+                                     "wait for it to end, or choose another --out folder.") from None
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()  # the lock of a run that died: take it over
+                continue
+            with os.fdopen(descriptor, "w") as stream:
+                stream.write(f"{os.getpid()}\n")
+            self.held = True
+            return self
+        raise FolderBusy(f"cannot take the lock {self.path}; another run may be starting there.")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.held:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.held = False
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(temporary_path)`` and rename the result to ``path``; nothing is left on failure."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+
+
+class Tables:
+    """The rows of ``counts.csv`` and ``nuclei.csv`` of a run, written so they are never wrong."""
+
+    def __init__(self, write: Callable[[list[dict], list[Any]], None], every_s: float = TABLES_EVERY_S):
+        self._write = write
+        self.every_s = every_s
+        self.rows: list[dict] = []
+        self.tables: list[Any] = []
+        self._written = 0  # rows in the files on disk
+        self._last = time.monotonic()
+
+    def add(self, row: dict, table: Any) -> None:
+        """The row and nuclei of an image whose label file is in place."""
+        self.rows.append(row)
+        self.tables.append(table)
+        if time.monotonic() - self._last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Rewrite both tables with every row so far (if there is any new one)."""
+        if self.rows and len(self.rows) != self._written:
+            self._write(self.rows, self.tables)
+            self._written = len(self.rows)
+        self._last = time.monotonic()
+
+
+def set_aside(paths: list[Path], folder: Path) -> Path | None:
+    """Move the files of ``paths`` that exist into a new ``<folder>/replaced-<time>`` folder (one rename
+    each); returns it, or None when there was nothing to move."""
+    existing = [path for path in paths if path.exists()]
+    if not existing:
+        return None
+    aside = Path(folder) / time.strftime("replaced-%Y%m%d-%H%M%S")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = aside.with_name(f"{aside.name.split('.')[0]}.{number}")
+    aside.mkdir()
+    for path in existing:
+        os.replace(path, aside / path.name)
+    return aside
+
+
+class Stops:
+    """What :func:`stops_as_interrupts` yields: whether a stop was asked for, and by which signal.
+
+    A signal does not interrupt the run where it is (a file half-written, a destructor): the run
+    polls :meth:`requested` between images and between the tiles of an image, and stops there. A
+    second signal stops it at once, for a run stuck where it does not poll.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def handle(self, signum, frame) -> None:
+        self.received.append(signum)
+        if len(self.received) > 1:
+            raise KeyboardInterrupt
+
+    def requested(self) -> bool:
+        return bool(self.received)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a stop was asked for."""
+        if self.received:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stops_as_interrupts() -> Iterator[Stops]:
+    """While inside, SIGINT (Ctrl+C), SIGTERM and SIGHUP (``timeout``, ``kill``, job schedulers, a closed
+    terminal) ask the run to stop (see :class:`Stops`)."""
+    stops = Stops()
+    wanted = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {}
+    try:
+        for signum in wanted:
+            previous[signum] = signal.signal(signum, stops.handle)
+    except ValueError:  # not the main thread: leave the handlers alone
+        previous = {}
+    try:
+        yield stops
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def remove_partial_files(folder: Path) -> None:
+    """Delete the temporary files of a run that was killed outright while it wrote them."""
+    for partial in Path(folder).glob(".*.partial"):
+        with contextlib.suppress(OSError):
+            partial.unlink()

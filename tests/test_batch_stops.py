@@ -1,0 +1,151 @@
+"""A batch run stopped from outside never loses or mixes results: real ``nucleiseg`` processes sent
+real signals (SIGINT, SIGTERM, SIGHUP, SIGKILL), a rerun with --overwrite stopped half-way, and two
+runs into one folder at once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from conftest import blob_image
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+N_IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    images = tmp_path_factory.mktemp("batch")
+    for index in range(N_IMAGES):
+        centers = [(40 + 30 * (index % 3), 40 + 25 * k) for k in range(1 + index % 5)]
+        iio.imwrite(images / f"image{index:02d}.png", blob_image((192, 192), centers=centers, radius=9, seed=index))
+    return images
+
+
+@pytest.fixture(scope="module")
+def slow_folder(tmp_path_factory) -> Path:
+    """Images large enough that a run lasts longer than a second one takes to start."""
+    images = tmp_path_factory.mktemp("slow_batch")
+    for index in range(24):
+        iio.imwrite(images / f"large{index:02d}.png", np.tile(blob_image((192, 192), seed=index), (5, 5)))
+    return images
+
+
+def start(folder: Path, out: Path, weights: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "napari_nucleiseg.cli", "segment", str(folder), "--out", str(out),
+                             "--weights", str(weights), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def wait_for_labels(out: Path, count: int, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(out.glob("*_labels.tif"))) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run wrote no labels in time"
+        time.sleep(0.02)
+
+
+def check_consistent(out: Path, *, every_file_has_a_row: bool = True) -> pd.DataFrame:
+    """Every file under its final name is complete, and every row of the tables describes the label
+    file beside it; returns counts.csv (empty when the run wrote none)."""
+    labels = {path.name: tifffile.imread(path) for path in out.glob("*_labels.tif")}  # each one reads whole
+    counts_path = out / "counts.csv"
+    counts = pd.read_csv(counts_path) if counts_path.exists() else pd.DataFrame(columns=["labels_file", "nuclei", "file"])
+    for row in counts.itertuples():
+        assert row.labels_file in labels, f"a row for {row.labels_file}, which is not there"
+        assert len(np.unique(labels[row.labels_file])) - 1 == row.nuclei
+    if counts_path.exists():
+        nuclei = pd.read_csv(out / "nuclei.csv")
+        per_file = nuclei.groupby("file").size()
+        for row in counts.itertuples():
+            assert per_file.get(row.file, 0) == row.nuclei
+        assert set(per_file.index) <= set(counts["file"])
+    if every_file_has_a_row:
+        assert set(labels) == set(counts["labels_file"]), "label files without their rows"
+        assert not list(out.glob(".*.partial"))
+    return counts
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_run_stopped_by_a_signal_keeps_the_tables_of_every_image_it_finished(folder, tmp_path, tiny_weights, signum):
+    out = tmp_path / "out"
+    process = start(folder, out, tiny_weights["unet"])
+    wait_for_labels(out, 3, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    line = stderr.strip()
+    assert line.startswith("nucleiseg: interrupted") and "counts.csv and nuclei.csv hold the" in line
+    counts = check_consistent(out)
+    assert 3 <= len(counts) < N_IMAGES
+    assert not (out / ".nucleiseg.lock").exists()
+
+
+def test_a_rerun_with_overwrite_stopped_half_way_never_mixes_two_runs(folder, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    first = start(folder, out, tiny_weights["unet"], "--threshold", "0.5")
+    assert first.wait(timeout=300) == 0
+    assert len(pd.read_csv(out / "counts.csv")) == N_IMAGES
+
+    second = start(folder, out, tiny_weights["unet"], "--threshold", "0.9", "--overwrite")
+    deadline = time.monotonic() + 120
+    while not list(out.glob("replaced-*")):  # the first run's files are moved aside as the rerun starts
+        assert second.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    wait_for_labels(out, 3, second)
+    second.send_signal(signal.SIGTERM)
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 128 + signal.SIGTERM
+    counts = check_consistent(out)
+    assert (counts["threshold"] == 0.9).all() and 3 <= len(counts) < N_IMAGES
+    (aside,) = out.glob("replaced-*")  # the first run's files, whole, in a folder of their own
+    assert "replaced-" in stderr and len(pd.read_csv(aside / "counts.csv")) == N_IMAGES
+    assert len(list(aside.glob("*_labels.tif"))) == N_IMAGES
+
+    third = start(folder, out, tiny_weights["unet"], "--threshold", "0.9", "--overwrite")
+    assert third.wait(timeout=300) == 0
+    assert len(check_consistent(out)) == N_IMAGES
+    assert list(out.glob("replaced-*")) == [aside]  # a complete rerun keeps none of its own: it replaced them
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(slow_folder, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    first = start(slow_folder, out, tiny_weights["unet"])
+    wait_for_labels(out, 1, first)
+    second = start(slow_folder, out, tiny_weights["hrnet"], "--overwrite")  # it would move the first run's files aside
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 1
+    assert stderr.strip() == (f"nucleiseg: another nucleiseg run (process {first.pid}) is writing to {out}; "
+                              "wait for it to end, or choose another --out folder.")
+    assert first.wait(timeout=300) == 0
+    assert (check_consistent(out)["model"] == "tiny-unet").all()  # nothing of the second run's
+
+
+def test_a_run_killed_outright_at_random_moments_leaves_only_whole_files(folder, tmp_path, tiny_weights):
+    rng = random.Random(0)
+    for attempt in range(3):
+        out = tmp_path / f"out{attempt}"
+        process = start(folder, out, tiny_weights["unet"])
+        wait_for_labels(out, 1, process)
+        time.sleep(rng.uniform(0.0, 1.5))
+        process.kill()  # SIGKILL: nothing runs after it
+        process.wait(timeout=60)
+        check_consistent(out, every_file_has_a_row=False)  # the tables may lack the last images
+        # the next run into the folder takes over its lock and clears its temporary files
+        rerun = start(folder, out, tiny_weights["unet"], "--overwrite")
+        assert rerun.wait(timeout=300) == 0, rerun.communicate()
+        assert len(check_consistent(out)) == N_IMAGES
