@@ -862,3 +862,55 @@ def test_widget_refuses_an_image_too_large_for_the_free_memory_before_running(
     (message,) = notifications.messages["error"]
     assert one_sentence(message) and "GB is free" in message
     assert labels_layers(viewer) == [] and widget_pixel_model.network.calls == 0 and not widget.running
+
+
+# ---- issue 18: files misread or dropped without a word ------------------------------------------
+
+
+def test_cli_a_one_row_colour_image_keeps_its_width(capsys, tmp_path, cli_pixel_model):
+    row = np.repeat(BLOBS[30:31, :, None], 3, axis=2)  # (1, 128, 3): one row of an RGB image
+    iio.imwrite(tmp_path / "row.png", row)
+    status, _, stderr = run_cli(capsys, tmp_path / "row.png", "--out", tmp_path / "out")
+    assert status == 0, stderr
+    assert tifffile.imread(tmp_path / "out" / "row_labels.tif").shape == (1, 128)
+
+
+def test_cli_a_link_and_its_target_are_one_image_and_a_broken_link_is_reported(capsys, tmp_path, cli_pixel_model):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", BLOBS)
+    (folder / "b.png").symlink_to(folder / "a.png")
+    (folder / "c.png").symlink_to(folder / "gone.png")
+    status, stdout, stderr = run_cli(capsys, folder, "--out", tmp_path / "out")
+    assert status == 0
+    assert stderr.strip().splitlines() == [
+        f"nucleiseg: skipped {folder / 'c.png'}: a link to a file that does not exist",
+        f"nucleiseg: skipped {folder / 'b.png'}: the same file as {folder / 'a.png'}, segmented once",
+    ]
+    assert "Segmented 1 of 1 images" in stdout
+
+
+def test_cli_a_folder_that_cannot_be_read_is_one_line(capsys, tmp_path, cli_pixel_model, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):  # as a folder without read permission answers (chmod does not stop root)
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    status, _, stderr = run_cli(capsys, locked, "--out", tmp_path / "out")
+    assert status == 1 and stderr.strip().splitlines()[0] == f"nucleiseg: cannot read folder {locked}: Permission denied"
+
+
+def test_cli_an_image_whose_output_name_is_too_long_is_skipped_and_the_run_goes_on(capsys, tmp_path, cli_pixel_model):
+    long_name = tmp_path / ("n" * 240 + ".png")  # fits, but not with "_labels.tif" added
+    iio.imwrite(long_name, BLOBS)
+    iio.imwrite(tmp_path / "short.png", BLOBS)
+    status, stdout, stderr = run_cli(capsys, long_name, tmp_path / "short.png", "--out", tmp_path / "out")
+    assert status == 0 and "Segmented 1 of 2 images" in stdout
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith(f"nucleiseg: skipped {long_name}: its output name is too long") and one_sentence(line)
+    assert pd.read_csv(tmp_path / "out" / "counts.csv")["labels_file"].tolist() == ["short_labels.tif"]

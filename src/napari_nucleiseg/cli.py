@@ -21,6 +21,7 @@ whether it was estimated (``diameter_estimated``) and the resize factor
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import signal
@@ -93,6 +94,10 @@ class Interrupted(Exception):
 
 class UnreadableImage(Exception):
     """An input file that cannot be read as an image."""
+
+
+class UnwritableName(Exception):
+    """An image whose output file name the output folder cannot hold."""
 
 
 class ImageTooSmall(Exception):
@@ -208,8 +213,12 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
         for job in _progress_bar(jobs):
             stops.check()
             outcome = segment_one(job, model, args, cancelled=stops.requested)
-            if outcome is not None:
+            if outcome is None:
+                continue
+            try:
                 tables.add(*outcome.write())
+            except UnwritableName as problem:
+                _report(f"nucleiseg: skipped {job.source}: {problem}.")
     except (KeyboardInterrupt, CommandError) as stop:
         # Hours of work may be done: the tables of the images finished so far are kept.
         saved = _save_tables_so_far(tables, len(jobs))
@@ -318,15 +327,24 @@ def _save_tables_so_far(tables: Tables, n_jobs: int) -> str:
 def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
     """Expand folders to their image files (not recursively); returns the files and what was wrong.
 
-    Explicit files are kept whatever their suffix is (an unsupported one is a
-    problem); the same file named twice is segmented once.
+    Explicit files are kept whatever their suffix is (an unsupported one is a problem); a file named
+    twice, or through a link, is segmented once (the second name is reported), and a broken link or a
+    folder that cannot be read is reported.
     """
     sources: list[Path] = []
     problems: list[str] = []
-    seen: set[Path] = set()
+    seen: dict[Path, Path] = {}
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                entries = sorted(path.iterdir())
+            except OSError as error:
+                problems.append(f"cannot read folder {path}: {error.strerror or error}")
+                continue
+            candidates = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+            problems += [f"skipped {p}: a link to a file that does not exist" for p in candidates
+                         if p.is_symlink() and not p.exists()]
+            found = [p for p in candidates if p.is_file()]
             if not found:
                 problems.append(f"no images in folder {path}")
         elif path.is_file():
@@ -334,14 +352,20 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
                 problems.append(f"skipped {path}: not a png, tif, tiff, jpg or jpeg file")
                 continue
             found = [path]
+        elif path.is_symlink():
+            problems.append(f"skipped {path}: a link to a file that does not exist")
+            continue
         else:
             problems.append(f"skipped {path}: no such file or folder")
             continue
         for file in found:
             key = file.resolve()
-            if key not in seen:
-                seen.add(key)
-                sources.append(file)
+            if key in seen:
+                if seen[key] != file:
+                    problems.append(f"skipped {file}: the same file as {seen[key]}, segmented once")
+                continue
+            seen[key] = file
+            sources.append(file)
     return sources, problems
 
 
@@ -433,7 +457,10 @@ def read_image(path: Path, channel: int | None = None) -> np.ndarray:
     image = np.asarray(image)
     if image.size == 0:
         raise UnreadableImage("not a readable image (no image data)")
-    while image.ndim > 2 and image.shape[0] == 1:
+    # A leading axis of length 1 holds nothing (a one-plane stack), but the row axis of a one-row
+    # colour image (1, W, 3) is the image's height, not such an axis.
+    while image.ndim > 2 and image.shape[0] == 1 and not (image.ndim == 3 and image.shape[-1] in (3, 4)
+                                                          and axes[:1] not in ("C", "Z", "T", "Q", "I")):
         image, axes = image[0], axes[1:]
     channels_first = image.ndim == 3 and image.shape[-1] not in (2, 3, 4) and (
         image.shape[0] in (3, 4) or (axes[:1] == "C" and channel is not None))
@@ -517,6 +544,9 @@ def write_outputs(job: Job, result: SegmentationResult) -> None:
         write_atomically(job.labels_path, lambda path: tifffile.imwrite(
             path, result.labels, compression="zlib", photometric="minisblack"))
     except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            raise UnwritableName(f"its output name is too long for the folder ({len(job.labels_path.name) + 9} "
+                                 "characters with the temporary prefix); rename the image") from None
         raise CommandError(f"cannot write {job.labels_path.parent}: {error.strerror or error}.") from None
 
 

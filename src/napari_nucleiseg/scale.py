@@ -145,8 +145,9 @@ ESTIMATE_BOUNDARY_PENALTY = 0.5
 #: network cuts nuclei enlarged too much into confident pieces of about its own size, which
 #: score as well as whole nuclei, so the best score alone leaned to estimates 0.5-0.8 of the
 #: truth; within the margin, the rung that still finds the nuclei at a smaller zoom is the one
-#: that sees them whole (MoNuSeg/CoNSeP val: 40%/27% of images within +-25% -> 80%/34%,
-#: DSB2018 val as is, x0.5 and x2: 83%/80%/83% -> 87%/87%/87%; benchmarks/bench_estimate_he.py).
+#: that sees them whole. HRNet, share of images estimated within +-25%: MoNuSeg/CoNSeP val
+#: 40%/27% -> 80%/34%, DSB2018 val (30) as is, x0.5, x2: 83%/80%/83% -> 87%/87%/87%; UNet:
+#: 0%/2% -> 20%/7%, 87%/90%/87% -> 90%/97%/90% (benchmarks/bench_estimate_he.py).
 ESTIMATE_SCORE_MARGIN = 0.05
 
 
@@ -214,9 +215,10 @@ def estimate_diameter(image: np.ndarray, model, *, normalization=None, cancelled
     loses them, unsure. Among the rungs whose median object is within
     :data:`ESTIMATE_MAX_MISS` of the trained size, those within :data:`ESTIMATE_SCORE_MARGIN`
     of the highest :func:`rung_score` (confidence less fragmentation) tie, the one that enlarges
-    the image least wins, and its median object, in the image's pixels, is the estimate. None when no rung finds nuclei, or the model records no
-    diameter. Chosen on DSB2018 ``val`` rescaled x0.25-x3 against a linear score fitted on
-    train images and the rung nearest the trained size (weights/README.md).
+    the image least wins, and its median object, in the image's pixels, is the estimate. None
+    when no rung finds nuclei, or the model records no diameter. Chosen on DSB2018 ``val``
+    rescaled x0.25-x3 against a linear score fitted on train images and the rung nearest the
+    trained size (weights/README.md); the margin on the H&E val parts of MoNuSeg and CoNSeP.
 
     :func:`napari_nucleiseg.pipeline.predict_at_diameter` then checks the estimate against the
     nuclei of the whole image at the scale it gave.
