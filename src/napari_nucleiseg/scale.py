@@ -145,9 +145,8 @@ ESTIMATE_BOUNDARY_PENALTY = 0.5
 #: network cuts nuclei enlarged too much into confident pieces of about its own size, which
 #: score as well as whole nuclei, so the best score alone leaned to estimates 0.5-0.8 of the
 #: truth; within the margin, the rung that still finds the nuclei at a smaller zoom is the one
-#: that sees them whole. HRNet, share of images estimated within +-25%: MoNuSeg/CoNSeP val
-#: 40%/27% -> 80%/34%, DSB2018 val (30) as is, x0.5, x2: 83%/80%/83% -> 87%/87%/87%; UNet:
-#: 0%/2% -> 20%/7%, 87%/90%/87% -> 90%/97%/90% (benchmarks/bench_estimate_he.py).
+#: that sees them whole. Chosen on the H&E val parts and DSB2018 val (as is, x0.5, x2); its
+#: effect is measured by benchmarks/bench_estimate_he.py.
 ESTIMATE_SCORE_MARGIN = 0.05
 
 
