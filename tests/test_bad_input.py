@@ -290,8 +290,40 @@ BAD_WEIGHTS = [
                  "neck_ratio 'deep' is not a number between 0 and 1", id="neck-ratio-not-a-number"),
     pytest.param(lambda folder: save_weights(folder / "negative-layers.safetensors", build_tiny("unet"),
                                              tiny_metadata("unet") | {"kwargs": {"base_channels": -4}}),
-                 "cannot be built", id="impossible-architecture-arguments"),
+                 "architecture argument base_channels -4 is not a whole number from 1 to 256",
+                 id="impossible-architecture-arguments"),
+    # issue 18, item 13: hostile files, each refused before anything is built
+    pytest.param(lambda folder: _nested_header(folder / "nested.safetensors"), "not a napari-nucleiseg weights file",
+                 id="nested-json-200000-levels"),
+    pytest.param(lambda folder: _raw_safetensors(folder, "infinite.safetensors", {"__metadata__": {
+        METADATA_KEY: _ours(kwargs={"base_channels": 4, "depth": 3}).replace('"kwargs"', '"min_size": Infinity, "kwargs"')}}),
+        "min_size inf is not a whole number", id="min-size-infinity"),
+    pytest.param(lambda folder: save_weights(folder / "no-branches.safetensors", build_tiny("hrnet"),
+                                             tiny_metadata("hrnet") | {"kwargs": {"widths": []}}),
+                 "widths [] are not a list of 1 to 6 branch widths", id="hrnet-no-branches"),
+    pytest.param(lambda folder: save_weights(folder / "negative-depth.safetensors", build_tiny("unet"),
+                                             tiny_metadata("unet") | {"kwargs": {"depth": -3}}),
+                 "depth -3 is not a whole number from 1 to 6", id="negative-depth"),
+    pytest.param(lambda folder: save_weights(folder / "deep.safetensors", build_tiny("unet"),
+                                             tiny_metadata("unet") | {"kwargs": {"depth": 1000000}}),
+                 "depth 1000000 is not a whole number from 1 to 6", id="depth-a-million"),
+    pytest.param(lambda folder: save_weights(folder / "three-outputs.safetensors", build_tiny("unet"),
+                                             tiny_metadata("unet") | {"kwargs": {"out_channels": 3}}),
+                 "out_channels 3 is not 2", id="three-output-channels"),
+    pytest.param(lambda folder: save_weights(folder / "one-output.safetensors", build_tiny("unet"),
+                                             tiny_metadata("unet") | {"kwargs": {"out_channels": 1}}),
+                 "out_channels 1 is not 2", id="one-output-channel"),
+    pytest.param(lambda folder: save_weights(folder / "rgba-input.safetensors", build_tiny("hrnet"),
+                                             tiny_metadata("hrnet") | {"kwargs": {"in_channels": 4}}),
+                 "in_channels 4 is not 3", id="four-input-channels"),
 ]
+
+
+def _nested_header(path: Path) -> Path:
+    """A header whose JSON nests 200,000 levels deep (Python's parser gives up with a RecursionError)."""
+    encoded = ('{"__metadata__": {"x": ' + "[" * 200_000 + "]" * 200_000 + "}}").encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded)
+    return path
 
 
 @pytest.mark.parametrize("make_weights, fragment", BAD_WEIGHTS)

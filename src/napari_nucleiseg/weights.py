@@ -16,6 +16,7 @@ metadata as JSON under the key ``"nucleiseg"``::
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -126,7 +127,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             raise WeightsError(f"{path.name}: the file is truncated (its header is cut off).")
         try:
             header = json.loads(stream.read(header_size))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file (unreadable header).") from None
     tensors = {key: entry for key, entry in header.items() if key != "__metadata__"} if isinstance(header, dict) else {}
     if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict) or not all(
@@ -143,7 +144,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise WeightsError(f"{path.name}: a safetensors file, but not a napari-nucleiseg weights file (no metadata).")
     try:
         metadata = json.loads(raw)
-    except (TypeError, json.JSONDecodeError):
+    except (TypeError, json.JSONDecodeError, RecursionError):
         raise WeightsError(f"{path.name}: its napari-nucleiseg metadata is unreadable.") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file.")
@@ -161,6 +162,39 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
+#: The architecture arguments a weights file may give, each with its bounds, checked before anything is
+#: built: a hand-edited or hostile file (depth 1,000,000, widths [], 4 output channels) gets a sentence,
+#: not minutes of building, an IndexError, or an error at inference. The inputs are always RGB and the
+#: outputs nucleus and boundary.
+_UNET_ARGUMENTS = {"in_channels": (3, 3), "out_channels": (2, 2), "base_channels": (1, 256), "depth": (1, 6)}
+ARCHITECTURE_ARGUMENTS: dict[str, dict[str, tuple[int, int]]] = {
+    "unet": _UNET_ARGUMENTS,
+    "unetpp": _UNET_ARGUMENTS,
+    "hrnet": {"in_channels": (3, 3), "out_channels": (2, 2), "stem_channels": (1, 256), "widths": (1, 512),
+              "blocks": (1, 8)},
+}
+#: HRNet's ``widths`` is a list of this many branch widths at most.
+MAX_BRANCHES = 6
+
+
+def _kwargs_problem(architecture: str, kwargs: dict[str, Any]) -> str | None:
+    """What is wrong with the architecture arguments of a known architecture, if anything."""
+    allowed = ARCHITECTURE_ARGUMENTS.get(architecture)
+    if allowed is None:
+        return None  # an unknown architecture: loading says so
+    for name, value in kwargs.items():
+        if name not in allowed:
+            return f"its architecture argument {name!r} is not one of {architecture}'s ({', '.join(allowed)})"
+        low, high = allowed[name]
+        values = value if name == "widths" else [value]
+        if name == "widths" and not (isinstance(value, list) and 1 <= len(value) <= MAX_BRANCHES):
+            return f"its widths {value!r} are not a list of 1 to {MAX_BRANCHES} branch widths"
+        if not all(type(v) is int and low <= v <= high for v in values):
+            bounds = str(low) if low == high else f"a whole number from {low} to {high}"
+            return f"its architecture argument {name} {value!r} is not {bounds}"
+    return None
+
+
 def _is_tensor_entry(entry: Any) -> bool:
     """Whether ``entry`` is a safetensors header entry with integer ``data_offsets`` (begin, end)."""
     offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
@@ -168,7 +202,8 @@ def _is_tensor_entry(entry: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float, not a bool (JSON's Infinity and NaN are not numbers of pixels or thresholds)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _metadata_problem(metadata: dict[str, Any]) -> str | None:
@@ -178,6 +213,9 @@ def _metadata_problem(metadata: dict[str, Any]) -> str | None:
         return f"its architecture {metadata['architecture']!r} is not a name"
     if not isinstance(metadata["kwargs"], dict):
         return f"its architecture arguments {metadata['kwargs']!r} are not a mapping of names to values"
+    problem = _kwargs_problem(metadata["architecture"], metadata["kwargs"])
+    if problem is not None:
+        return problem
     for key in ("threshold", "boundary_threshold", "neck_ratio"):
         value = metadata.get(key, DEFAULT_THRESHOLD)
         if not (_is_number(value) and 0 <= value <= 1):
