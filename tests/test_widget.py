@@ -666,8 +666,14 @@ def test_a_two_channel_image_gets_one_sentence(viewer_and_widget, notifications,
     viewer.add_image(np.zeros((64, 64, 2), dtype=np.uint8), name="two channels")
     click_segment(qtbot, widget)
     (message,) = notifications.messages["error"]
-    assert "too small to hold nuclei" in message and "Split Stack" in message
+    assert "too small to hold nuclei" in message and "channel_axis=-1" in message
+    assert "Split Stack" not in message  # napari splits along axis 0: 64 layers of 64 x 2 (issue 17, item 2)
     assert labels_layers(viewer) == []
+    # the advice, followed, works: one layer a channel, the nuclear one segmented
+    dapi, _ = viewer.add_image(viewer.layers["two channels"].data, channel_axis=-1, name=["dapi", "marker"])
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("dapi"))
+    click_segment(qtbot, widget)
+    assert notifications.messages["error"] == [message] and [l.name for l in labels_layers(viewer)] == ["dapi nuclei"]
 
 
 # ---- re-thresholding in a worker: the window never freezes, the newest settings win ------------
