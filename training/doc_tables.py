@@ -78,7 +78,53 @@ def scores_table(evaluation: dict) -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"scores": scores_table}
+#: The targets of issue 14, for every model: DSB2018 score on val, on MoNuSeg and CoNSeP test, each
+#: rescaled val set within this much of val, and the diameter within +-25% on this share of every set.
+TARGETS = {"val": 0.55, "monuseg_test": 0.40, "consep_test": 0.30}
+RESCALED_WITHIN = 0.05
+DIAMETER_SHARE = 0.90
+
+
+def _verdict(score: float, goal: float) -> str:
+    return "met" if score >= goal else f"**missed** by {goal - score:.3f}"
+
+
+def targets_table(evaluation: dict) -> str:
+    """Each target of issue 14, for every model: its figure, met or missed and by how much."""
+    models = [name for name in BUNDLED_MODELS if name in evaluation["models"]]
+    lines = ["| target | " + " | ".join(TITLES.get(m, m) for m in models) + " |",
+             "| --- |" + " --- |" * len(models)]
+    sets = {model: evaluation["models"][model]["sets"] for model in models}
+
+    def row(title: str, cell) -> None:
+        lines.append(f"| {title} | " + " | ".join(cell(sets[model]) for model in models) + " |")
+
+    row("DSB2018 val >= 0.55", lambda s: f"{s['val']['dsb_score']:.3f}: {_verdict(s['val']['dsb_score'], TARGETS['val'])}")
+    rescaled = [name for name in SETS if name.startswith("val_x")]
+
+    def within(s: dict) -> str:
+        parts = []
+        for name in rescaled:
+            if name in s:
+                gap = s[name]["dsb_score"] - s["val"]["dsb_score"]
+                parts.append(f"{name[4:]} {gap:+.3f}" + ("" if gap >= -RESCALED_WITHIN else " **missed**"))
+        return ", ".join(parts) or "not measured"
+
+    row(f"val x0.25 / x0.5 / x2 / x3 within {RESCALED_WITHIN} of val (difference)", within)
+
+    def diameters(s: dict) -> str:
+        shares = {name: s[name]["diameter_within"] for name in SETS if name in s and "diameter_within" in s[name]}
+        missed = [f"{name} {share:.0%}" for name, share in shares.items() if share < DIAMETER_SHARE]
+        return ("met on every set" if not missed else "**missed** on " + ", ".join(missed)) if shares else "-"
+
+    row(f"diameter within +-25% on >= {DIAMETER_SHARE:.0%} of every set", diameters)
+    for name, title in (("monuseg_test", "MoNuSeg test >= 0.40"), ("consep_test", "CoNSeP test >= 0.30")):
+        row(title, lambda s, name=name: f"{s[name]['dsb_score']:.3f}: {_verdict(s[name]['dsb_score'], TARGETS[name])}"
+            if name in s else "not measured")
+    return "\n".join(lines)
+
+
+BLOCKS = {"scores": scores_table, "targets": targets_table}
 
 
 def write_blocks(text: str, evaluation: dict) -> str:
