@@ -160,10 +160,11 @@ class OutputLayers(QObject):
     def is_shown(self, layer: Any) -> bool:
         return self.shown is not None and getattr(layer, "unique_id", None) == self.shown.unique_id
 
-    def write(self, image: Image, labels: np.ndarray, *, count: int) -> tuple[Labels, Labels | None]:
+    def write(self, image: Image, labels: np.ndarray, *, count: int,
+              metadata: dict[str, Any] | None = None) -> tuple[Labels, Labels | None]:
         """Write ``labels`` (numbered 1..``count``) for ``image``: in place to its layer while that holds
-        what the widget wrote, else to a new layer. Returns the layer, and the layer edited by hand
-        that was kept (None if none was)."""
+        what the widget wrote, else to a new layer; ``metadata`` goes into the layer's. Returns the layer,
+        and the layer edited by hand that was kept (None if none was)."""
         layer = self._by_image.get(image.unique_id)
         edited = None
         if layer is None or not self._in_viewer(layer):
@@ -175,6 +176,7 @@ class OutputLayers(QObject):
                 layer.data = labels
             self.record(layer).written = checksum(labels)
         self._by_image[image.unique_id] = layer
+        layer.metadata.update(metadata or {})
         record = self.record(layer)
         self.mark_changed(layer, count=count, fingerprint=record.written)
         return layer, edited

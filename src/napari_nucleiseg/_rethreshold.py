@@ -52,6 +52,16 @@ class Cache:
     diameter_estimated: bool = False
     scale: float = 1.0  # the factor the image was resized by for the network
 
+    @classmethod
+    def of_run(cls, image: Image, planes: Any, model_key: tuple[str, int]) -> Cache:
+        """The cache of a finished run's :class:`~napari_nucleiseg.pipeline.PlanesResult`."""
+        return cls(image, planes.probabilities, planes.settings, model_key, planes.diameter,
+                   planes.diameter_estimated, planes.scale)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a result layer records of the run: the diameter it ran for, whether estimated, the scale."""
+        return {"diameter": self.diameter, "diameter_estimated": self.diameter_estimated, "scale": self.scale}
+
 
 @dataclass(eq=False)
 class _Job:

@@ -62,8 +62,9 @@ class NucleiSegWidget(QWidget):
         self._build_ui()
         self.run = SegmentationRun(self.progress_bar, self._on_run_returned, self._on_run_finished, parent=self)
         self.rethresholder = Rethresholder(self.postprocess_controls.values, self._on_result, parent=self)
-        self.outputs = OutputLayers(self.viewer, self._show_count, busy=lambda: self.rethresholder.running,
-                                    parent=self)
+        self.outputs = OutputLayers(self.viewer, lambda layer, text: self.count_label.setText(text),
+                                    busy=lambda: self.rethresholder.running, parent=self)
+        self.postprocess_controls.changed.connect(self.rethresholder.request)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         # Closing the widget mid-run stops the workers (not via self: it is going).
         self.destroyed.connect(partial(_stop_workers, self.run.cancel_event, self.rethresholder.jobs))
@@ -115,7 +116,6 @@ class NucleiSegWidget(QWidget):
 
         self.segment_button.clicked.connect(self.segment)
         self.cancel_button.clicked.connect(self.cancel)
-        controls.changed.connect(self._on_postprocess_changed)
         self.probability_check.toggled.connect(self._show_probabilities)
         self.diameter_control.asked.connect(self.set_diameter)
         self.export_button.clicked.connect(self._on_export_clicked)
@@ -212,8 +212,7 @@ class NucleiSegWidget(QWidget):
         previous = self.rethresholder.cache
         new_model = previous is not None and previous.model_key != outcome.model_key  # its calibration, at this scale
         self.postprocess_controls.after_run(planes.settings, model.settings_at(planes.scale).min_size, new_model)
-        cache = Cache(image, planes.probabilities, planes.settings, outcome.model_key, planes.diameter,
-                      planes.diameter_estimated, planes.scale)
+        cache = Cache.of_run(image, planes, outcome.model_key)
         self.rethresholder.set_cache(cache)
         self.diameter_control.show_used(cache.diameter, cache.diameter_estimated, model.diameter is not None,
                                         self._run_diameter is None)
@@ -249,9 +248,6 @@ class NucleiSegWidget(QWidget):
 
     # ---- results --------------------------------------------------------------------------
 
-    def _on_postprocess_changed(self, *_) -> None:
-        self.rethresholder.request()
-
     @property
     def postprocessing(self) -> bool:
         """Whether a re-threshold is running in a worker (its result not yet shown)."""
@@ -267,21 +263,13 @@ class NucleiSegWidget(QWidget):
             show_error(outcome.message)
             return
         # fresh labels are numbered 1..N
-        layer, edited = self.outputs.write(cache.image, outcome, count=int(outcome.max()))
+        layer, edited = self.outputs.write(cache.image, outcome, count=int(outcome.max()), metadata=cache.metadata())
         if edited is not None:
             show_info(f"'{edited.name}' was edited by hand and is kept; the new result is in '{layer.name}'.")
-        layer.metadata.update(diameter=cache.diameter, diameter_estimated=cache.diameter_estimated, scale=cache.scale)
-
-    def _show_count(self, layer: Labels | None, text: str) -> None:
-        self.count_label.setText(text)
 
     def closeEvent(self, event) -> None:
-        """Stop the re-threshold under way and wait for it, so that no worker outlives the widget.
-
-        (A script that ends with a worker still running would crash as Python exits.) Closing
-        its dock in napari does not close the widget: napari takes it out of the window, and
-        destroying it later cancels a run (see ``__init__``).
-        """
+        """Stop the re-threshold under way and wait for it: no worker outlives the widget (a script ending
+        with one running would crash). Closing its dock does not close it; destroying it cancels a run."""
         self.rethresholder.close()
         self.outputs.closed = True
         super().closeEvent(event)
