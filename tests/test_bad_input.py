@@ -407,7 +407,7 @@ CLI_SKIPPED = [
     pytest.param(_tiff(np.zeros((0, 10), np.uint8)), "not a readable image", id="empty-tiff"),
     pytest.param(_bytes(".png", b""), "not a readable image", id="0-byte-png"),
     pytest.param(_bytes(".tif", b""), "not a readable image", id="0-byte-tiff"),
-    pytest.param(_encoded(".png", BLOBS, keep=0.5), "not a readable image", id="truncated-png"),
+    pytest.param(_encoded(".png", BLOBS, keep=0.5), "the file is truncated", id="truncated-png"),
     pytest.param(_encoded(".tif", BLOBS, keep=0.5), "not a readable image", id="truncated-tiff"),
     pytest.param(_encoded(".tif", BLOBS, keep=0.002), "not a readable image", id="truncated-tiff-header"),
     pytest.param(_encoded(".jpg", np.stack([BLOBS] * 3, axis=-1), keep=0.7), "truncated",
@@ -946,3 +946,65 @@ def test_cli_an_image_whose_output_name_is_too_long_is_skipped_and_the_run_goes_
     (line,) = stderr.strip().splitlines()
     assert line.startswith(f"nucleiseg: skipped {long_name}: its output name is too long") and one_sentence(line)
     assert pd.read_csv(tmp_path / "out" / "counts.csv")["labels_file"].tolist() == ["short_labels.tif"]
+
+
+def _png_with_rows(path: Path, width: int, height: int, rows: int) -> Path:
+    """A gray PNG that declares ``height`` rows and holds the pixel data of ``rows`` of them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + bytes([100]) * width for _ in range(rows))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_cli_a_png_whose_rows_stop_half_way_is_refused_not_zero_filled(capsys, tmp_path, cli_pixel_model):
+    short = _png_with_rows(tmp_path / "short.png", 600, 600, 10)
+    status, _, stderr = run_cli(capsys, short, "--out", tmp_path / "out")
+    assert status == 1
+    assert stderr.strip().splitlines()[0] == (f"nucleiseg: skipped {short}: the file is truncated: its pixel data "
+                                               "ends after 10 of its 600 rows")
+
+
+def test_cli_a_declared_size_beyond_the_free_memory_is_refused_before_decoding(capsys, tmp_path, cli_pixel_model,
+                                                                              free_memory, monkeypatch):
+    import imageio.v3
+
+    iio.imwrite(tmp_path / "wide.png", np.zeros((2000, 2000), dtype=np.uint8))  # a few kB that declare 4 MPx
+    tifffile.imwrite(tmp_path / "tall.tif", np.zeros((2000, 2000), dtype=np.uint8), compression="zlib")
+    free_memory(8 * 2**20)
+    decoded = []
+    real_imread, real_asarray = imageio.v3.imread, tifffile.TiffFile.asarray
+    monkeypatch.setattr(imageio.v3, "imread", lambda *a, **k: decoded.append(a) or real_imread(*a, **k))
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", lambda self, *a, **k: decoded.append(a) or real_asarray(self, *a, **k))
+    status, _, stderr = run_cli(capsys, tmp_path / "wide.png", tmp_path / "tall.tif", "--out", tmp_path / "out")
+    assert status == 1 and decoded == []
+    lines = stderr.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["nucleiseg"] * 2
+    assert all("GB of memory" in line or "GB is free" in line for line in lines[:2]), lines
+
+
+def test_cli_a_tiff_of_pages_of_different_sizes_is_refused_with_a_sentence(capsys, tmp_path, cli_pixel_model):
+    path = tmp_path / "pages.tif"
+    tifffile.imwrite(path, np.zeros((32, 32), dtype=np.uint8))
+    tifffile.imwrite(path, BLOBS, append=True)
+    status, _, stderr = run_cli(capsys, path, "--out", tmp_path / "out")
+    assert status == 1
+    (line,) = stderr.strip().splitlines()[:1]
+    assert line == (f"nucleiseg: skipped {path}: it holds 2 images of different sizes (32 x 32, 96 x 128); "
+                    "save each as a file of its own")
+
+
+def test_cli_a_cmyk_jpeg_is_read_as_its_rgb_picture(capsys, tmp_path, cli_pixel_model):
+    from PIL import Image
+
+    rgb = np.repeat(BLOBS[..., None], 3, axis=2)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    status, _, stderr = run_cli(capsys, tmp_path / "cmyk.jpg", "--out", tmp_path / "out")
+    assert status == 0, stderr
+    labels = tifffile.imread(tmp_path / "out" / "cmyk_labels.tif")
+    assert labels.max() == len(BLOB_CENTERS) and all(labels[center] > 0 for center in BLOB_CENTERS)

@@ -450,7 +450,7 @@ def read_image(path: Path, channel: int | None = None) -> np.ndarray:
     is_tiff = path.suffix.lower() in TIFF_SUFFIXES
     try:
         image, axes = _read_tiff(path) if is_tiff else (_read_other(path), "")
-    except UnreadableImage:
+    except (UnreadableImage, MemoryError):
         raise
     except Exception as error:  # decoders raise anything from OSError to ValueError and their own types
         raise UnreadableImage(f"not a readable image ({_one_line(error) or type(error).__name__})") from None
@@ -497,6 +497,14 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
     try:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0] if tiff.series else None
+            if len(tiff.series) > 1:
+                shapes = ", ".join(" x ".join(map(str, s.shape)) for s in tiff.series[:3])
+                raise UnreadableImage(f"it holds {len(tiff.series)} images of different sizes ({shapes}"
+                                      f"{', ...' if len(tiff.series) > 3 else ''}); save each as a file of its own")
+            if series is not None and len(series.shape) >= 2:
+                plane = tuple(series.shape[-3:-1]) if series.axes.endswith("S") else tuple(series.shape[-2:])
+                bytes_per_pixel = int(np.prod(series.shape) // max(1, plane[0] * plane[1])) * series.dtype.itemsize
+                _check_declared_size(plane, bytes_per_pixel)
             image = tiff.asarray()
             axes = series.axes if series is not None and len(series.axes) == image.ndim else ""
         return image, axes
@@ -519,9 +527,21 @@ def _tiff_has_alpha(path: Path) -> bool:
 def _read_other(path: Path) -> np.ndarray:
     import imageio.v3 as iio
     from imageio.core.request import InitializationError
+    from PIL import Image
 
     try:
-        return iio.imread(path, plugin="pillow")
+        with Image.open(path) as opened:  # the header only: size and mode, before any pixel is decoded
+            width, height = opened.size
+            bands, mode = len(opened.getbands()), opened.mode
+    except Exception:  # not an image Pillow knows: imageio says why below
+        width = height = bands = 0
+        mode = ""
+    if width and height:
+        _check_declared_size((height, width), bands * max(1, _BITS.get(mode, 8) // 8))
+    if path.suffix.lower() == ".png":
+        _check_png_complete(path)
+    try:
+        image = iio.imread(path, plugin="pillow")
     except OSError as error:
         cause = error.__cause__
         if isinstance(cause, InitializationError):  # imageio's "can not handle the given uri"
@@ -529,6 +549,71 @@ def _read_other(path: Path) -> np.ndarray:
         if isinstance(cause, Exception) and str(cause):  # Pillow's reason, e.g. a JPEG cut short in its header
             raise UnreadableImage(f"not a readable image ({_one_line(cause)})") from None
         raise
+    if mode == "CMYK":  # print colours, often inverted in JPEGs: Pillow's conversion gives the picture's RGB
+        with Image.open(path) as opened:
+            image = np.asarray(opened.convert("RGB"))
+    return image
+
+
+#: Bits a sample of Pillow's modes that are not 8-bit.
+_BITS = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
+
+
+def _check_declared_size(shape: tuple[int, int], bytes_per_pixel: int) -> None:
+    """Refuse, before decoding, an image whose declared size would not fit in the free memory
+    (a few bytes of file can declare 40,000 x 40,000 pixels)."""
+    from .memory import memory_shortfall
+
+    shortfall = memory_shortfall(shape)
+    if shortfall is None:
+        try:
+            import psutil
+
+            available = int(psutil.virtual_memory().available)
+        except Exception:
+            return
+        decoded = shape[0] * shape[1] * bytes_per_pixel
+        if decoded * 2 <= available:
+            return
+        shortfall = (f"its {shape[0]} x {shape[1]} pixels need {decoded / 2**30:.1f} GB to decode and "
+                     f"{available / 2**30:.1f} GB is free")
+    raise MemoryError(shortfall)
+
+
+def _check_png_complete(path: Path) -> None:
+    """Refuse a PNG whose pixel data ends before its last row (decoders fill the rest with zeros)."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return
+    position, header, compressed = 8, None, []
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR" and len(body) == 13:
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            compressed.append(body)
+        position += 12 + length
+    if header is None or header[6] != 0:  # no header (the decoder says so), or interlaced: not checked
+        return
+    width, height, depth, colour = header[0], header[1], header[2], header[3]
+    samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+    expected = height * (1 + (width * samples * depth + 7) // 8)
+    decompressor = zlib.decompressobj()
+    try:
+        found = 0
+        for part in compressed:
+            found += len(decompressor.decompress(part, max(0, expected + 1 - found)))
+            if found > expected:
+                break
+    except zlib.error:
+        return  # damaged: the decoder says so
+    if found < expected:
+        rows = found // max(1, 1 + (width * samples * depth + 7) // 8)
+        raise UnreadableImage(f"the file is truncated: its pixel data ends after {rows} of its {height} rows")
 
 
 def write_outputs(job: Job, result: SegmentationResult) -> None:
