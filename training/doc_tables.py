@@ -22,10 +22,11 @@ import re
 from pathlib import Path
 
 from napari_nucleiseg.weights import BUNDLED_MODELS, DEFAULT_MODEL, bundled_weights_path
+from training.evaluate import DEFAULT_SETS
 
 EVALUATION = Path(__file__).resolve().parents[1] / "weights" / "evaluation.json"
-#: The sets of the tables, in order: DSB2018 val, val resized (nuclei ~4 to ~150 px), H&E test sets.
-SETS = ("val", "val_x0.25", "val_x0.5", "val_x2", "val_x3", "monuseg_test", "consep_test")
+#: The sets of the tables, in order: those evaluate.py scores by default.
+SETS = DEFAULT_SETS
 TITLES = {"unet": "UNet", "unetpp": "UNet++", "hrnet": "HRNet"}
 KEPT_METRICS = ("dsb_score", "f1_iou50", "count_error_median", "diameter_within", "diameter_ratio_median")
 

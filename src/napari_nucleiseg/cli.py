@@ -538,10 +538,15 @@ def _read_other(path: Path) -> np.ndarray:
         mode = ""
     if width and height:
         _check_declared_size((height, width), bands * max(1, _BITS.get(mode, 8) // 8))
+    source: Path | bytes = path
     if path.suffix.lower() == ".png":
-        _check_png_complete(path)
+        source = path.read_bytes()  # read once: checked whole, then decoded
+        _check_png_complete(source)
     try:
-        image = iio.imread(path, plugin="pillow")
+        if mode == "CMYK":  # print colours, often inverted in JPEGs: Pillow's conversion gives the picture's RGB
+            with Image.open(path) as opened:
+                return np.asarray(opened.convert("RGB"))
+        image = iio.imread(source, plugin="pillow")
     except OSError as error:
         cause = error.__cause__
         if isinstance(cause, InitializationError):  # imageio's "can not handle the given uri"
@@ -549,9 +554,6 @@ def _read_other(path: Path) -> np.ndarray:
         if isinstance(cause, Exception) and str(cause):  # Pillow's reason, e.g. a JPEG cut short in its header
             raise UnreadableImage(f"not a readable image ({_one_line(cause)})") from None
         raise
-    if mode == "CMYK":  # print colours, often inverted in JPEGs: Pillow's conversion gives the picture's RGB
-        with Image.open(path) as opened:
-            image = np.asarray(opened.convert("RGB"))
     return image
 
 
@@ -562,15 +564,12 @@ _BITS = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 def _check_declared_size(shape: tuple[int, int], bytes_per_pixel: int) -> None:
     """Refuse, before decoding, an image whose declared size would not fit in the free memory
     (a few bytes of file can declare 40,000 x 40,000 pixels)."""
-    from .memory import memory_shortfall
+    from .memory import free_memory, memory_shortfall
 
     shortfall = memory_shortfall(shape)
     if shortfall is None:
-        try:
-            import psutil
-
-            available = int(psutil.virtual_memory().available)
-        except Exception:
+        available = free_memory()
+        if available is None:
             return
         decoded = shape[0] * shape[1] * bytes_per_pixel
         if decoded * 2 <= available:
@@ -580,12 +579,12 @@ def _check_declared_size(shape: tuple[int, int], bytes_per_pixel: int) -> None:
     raise MemoryError(shortfall)
 
 
-def _check_png_complete(path: Path) -> None:
-    """Refuse a PNG whose pixel data ends before its last row (decoders fill the rest with zeros)."""
+def _check_png_complete(data: bytes) -> None:
+    """Refuse a PNG (the file's bytes) whose pixel data ends before its last row (decoders fill the rest
+    with zeros)."""
     import struct
     import zlib
 
-    data = path.read_bytes()
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         return
     position, header, compressed = 8, None, []

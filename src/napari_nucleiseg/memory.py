@@ -15,15 +15,22 @@ BYTES_PER_PLANE_PIXEL = 16
 BYTES_FIXED = 300 * 2**20
 
 
+def free_memory() -> int | None:
+    """Bytes of memory free now; None when it cannot be told (no psutil, or a platform it cannot read)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # do not guess
+        return None
+
+
 def memory_shortfall(shape: tuple[int, ...]) -> str | None:
     """A sentence for the user when segmenting an image of ``shape`` ``(*leading, Y, X)`` would need
     more memory than is free (a run that runs out is killed by the system, with everything unsaved);
     None when it fits, or when the free memory cannot be told."""
-    try:
-        import psutil
-
-        available = int(psutil.virtual_memory().available)
-    except Exception:  # no psutil, or a platform it cannot read: do not guess
+    available = free_memory()
+    if available is None:
         return None
     pixels = int(np.prod(shape, dtype=np.float64))
     needed = pixels * BYTES_PER_IMAGE_PIXEL + shape[-2] * shape[-1] * BYTES_PER_PLANE_PIXEL + BYTES_FIXED

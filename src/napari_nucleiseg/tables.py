@@ -82,22 +82,17 @@ def write_csv(table: Any, path: Any) -> None:
         When the folder is missing, the file read-only, or the disk full; nothing is left behind.
     """
     import os
-    from contextlib import suppress
     from pathlib import Path
 
+    from ._batch import write_atomically
+
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
     if not path.parent.is_dir():
         raise FileNotFoundError(0, f"the folder {path.parent} does not exist")
     if path.is_file() and not os.access(path, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
         raise PermissionError(0, "the file is read-only")  # the rename below would replace it without asking
-    try:
-        _escaped(table).to_csv(partial, index=False)
-        partial.replace(path)
-    except BaseException:
-        with suppress(OSError):
-            partial.unlink()
-        raise
+    escaped = _escaped(table)
+    write_atomically(path, lambda partial: escaped.to_csv(partial, index=False))
 
 
 def _escaped(table: Any) -> Any:
