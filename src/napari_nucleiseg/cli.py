@@ -635,7 +635,13 @@ def write_outputs(job: Job, result: SegmentationResult) -> None:
 
 
 def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) -> None:
-    """Write counts.csv (one row per image) and nuclei.csv (one row per nucleus, ``file`` first)."""
+    """Write nuclei.csv (one row per nucleus, ``file`` first), then counts.csv (one row per image).
+
+    Each is renamed into place whole, and in this order, so that a run killed between the two (SIGKILL,
+    a power cut) never leaves a counts.csv row without its nuclei: counts.csv is the record of which
+    images finished, and nuclei.csv may at most hold the nuclei of a few images more, each of which has
+    its label file in place.
+    """
     import pandas as pd
 
     from .postprocess import MEASUREMENT_COLUMNS
@@ -643,8 +649,8 @@ def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) 
 
     nuclei = pd.concat(tables, ignore_index=True)[["file", *MEASUREMENT_COLUMNS]]
     try:
-        write_csv(pd.DataFrame(count_rows), out / COUNTS_FILE)
         write_csv(nuclei, out / NUCLEI_FILE)
+        write_csv(pd.DataFrame(count_rows), out / COUNTS_FILE)
     except OSError as error:
         raise CommandError(f"cannot write the tables in {out}: {error.strerror or error}.") from None
 
