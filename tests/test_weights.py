@@ -229,3 +229,57 @@ def test_bad_seed_min_size_in_a_file(tmp_path, value):
 def test_seed_min_size_is_read_from_a_file(tmp_path):
     path = save_weights(tmp_path / "seeds.safetensors", build_tiny("unet"), tiny_metadata("unet") | {"seed_min_size": 16})
     assert load_weights(path).settings.seed_min_size == 16
+
+
+def _size_model(**changes):
+    from napari_nucleiseg.scale import SIZE_FEATURES
+
+    features = len(SIZE_FEATURES)
+    return {"kind": "rung-mixture", "min_colour": 0.0, "features": list(SIZE_FEATURES), "mean": [0.0] * features,
+            "scale": [1.0] * features, "gate": [0.0] * (features + 1), "correction": [0.0] * (features + 1)} | changes
+
+
+@pytest.mark.parametrize("change", [
+    {"kind": "ridge"}, {"features": ["confidence"]}, {"gate": [0.0, 1.0]}, {"scale": [0.0] * 12},
+    {"correction": ["1"] * 13}, {"mean": [float("nan")] * 12}, {"min_colour": "0.01"},
+], ids=["kind", "features", "gate-length", "zero-scale", "strings", "nan", "min-colour"])
+def test_a_bad_size_model_in_a_file_is_refused_naming_it(tmp_path, change):
+    metadata = tiny_metadata("unet") | {"diameter": 18, "size_model": _size_model(**change)}
+    path = save_weights(tmp_path / "sized.safetensors", build_tiny("unet"), metadata)
+    _expect_error(path, "size_model")
+
+
+def test_a_file_s_size_model_gives_its_estimate(tmp_path):
+    """The same network and sweep, two size models that differ only in their correction's
+    intercept (log 2): the second file's estimate is twice the first's."""
+    from napari_nucleiseg.scale import SIZE_FEATURES, estimate_diameter
+
+    from test_scale import disks_image
+
+    image, _ = disks_image(12, 256)
+    network = build_tiny("unet")
+    estimates = []
+    for name, shift in (("plain", 0.0), ("doubled", float(np.log(2)))):
+        size_model = _size_model(correction=[0.0] * len(SIZE_FEATURES) + [shift])
+        path = save_weights(tmp_path / f"{name}.safetensors", network,
+                            tiny_metadata("unet") | {"diameter": 18, "min_size": 0, "size_model": size_model})
+        estimates.append(estimate_diameter(image, load_weights(path)))
+    assert None not in estimates
+    assert estimates[1] == pytest.approx(2 * estimates[0], rel=1e-6)
+
+
+def test_a_size_model_for_coloured_images_leaves_a_gray_image_to_the_sweep_s_rule(tmp_path):
+    from napari_nucleiseg.scale import SIZE_FEATURES, estimate_diameter
+
+    from test_scale import disks_image
+
+    image, _ = disks_image(12, 256)
+    network = build_tiny("unet")
+    metadata = tiny_metadata("unet") | {"diameter": 18, "min_size": 0}
+    plain = load_weights(save_weights(tmp_path / "plain.safetensors", network, metadata))
+    doubling = _size_model(min_colour=0.01, correction=[0.0] * len(SIZE_FEATURES) + [float(np.log(2))])
+    sized = load_weights(save_weights(tmp_path / "sized.safetensors", network, metadata | {"size_model": doubling}))
+    assert estimate_diameter(image, plain) is not None
+    assert estimate_diameter(image, sized) == estimate_diameter(image, plain)
+    coloured = np.stack([image, image // 2, image // 3], axis=-1)  # the same nuclei, tinted: the size model's
+    assert estimate_diameter(coloured, sized) != estimate_diameter(coloured, plain)

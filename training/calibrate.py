@@ -94,7 +94,8 @@ def main(argv=None) -> None:
     log(f"-> {target}")
 
 
-def _add_licence(target: Path, metadata: dict) -> None:
+def write_metadata_copy(source: Path, target: Path, changes: dict) -> Path:
+    """Copy the weights file ``source`` to ``target`` with ``changes`` merged into its metadata."""
     import json
 
     from safetensors import safe_open
@@ -102,15 +103,21 @@ def _add_licence(target: Path, metadata: dict) -> None:
 
     from napari_nucleiseg.weights import METADATA_KEY
 
-    data = metadata.get("training", {}).get("data", "")
-    sets = ["dsb2018"] + [name for name in ("monuseg", "consep") if name in data]
-    with safe_open(str(target), framework="pt") as stream:
+    with safe_open(str(source), framework="pt") as stream:
         header = dict(stream.metadata() or {})
         tensors = {key: stream.get_tensor(key) for key in stream.keys()}
     full = json.loads(header[METADATA_KEY])
-    full["licence"] = licence_note(sets)
+    full.update(changes)
     header[METADATA_KEY] = json.dumps(full)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(target), metadata=header)
+    return Path(target)
+
+
+def _add_licence(target: Path, metadata: dict) -> None:
+    data = metadata.get("training", {}).get("data", "")
+    sets = ["dsb2018"] + [name for name in ("monuseg", "consep") if name in data]
+    write_metadata_copy(target, target, {"licence": licence_note(sets)})
 
 
 if __name__ == "__main__":

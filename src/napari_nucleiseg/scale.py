@@ -150,12 +150,17 @@ ESTIMATE_BOUNDARY_PENALTY = 0.5
 ESTIMATE_SCORE_MARGIN = 0.05
 
 
-def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None) -> list[dict]:
-    """One dict per rung of :data:`ESTIMATE_LADDER` that found at least :data:`ESTIMATE_MIN_OBJECTS`
-    objects: ``relative`` (the rung), ``estimate`` (its median object diameter, in the image's
-    pixels), ``signed_miss`` (log of its median object over the trained diameter, in the
-    network's pixels), ``boundary_share``, ``confidence`` (mean ``|2p - 1|`` where the nucleus
-    probability is above 0.2) and ``count``."""
+def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_features=None) -> list[dict]:
+    """One dict per rung of :data:`ESTIMATE_LADDER` whose window is large enough to look at:
+    ``relative`` (the rung), ``count`` (objects found), and, when it found any, ``estimate`` (its
+    median object diameter, in the image's pixels), ``signed_miss`` (log of its median object over
+    the trained diameter, in the network's pixels); always ``boundary_share``, ``confidence`` (mean
+    ``|2p - 1|`` where the nucleus probability is above 0.2) and ``foreground_share`` (the window's
+    share of nucleus pixels).
+
+    ``on_features(rung, features)``, if given, receives the ``(C, h, w)`` input of the network's
+    last layer on each rung's window (what the size model pools).
+    """
     from .inference import _predict_tiled
     from .postprocess import labels_from_probabilities
     from .preprocess import Normalization, as_rgb
@@ -168,32 +173,63 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None) -> li
     # The model's own settings in its frame, with a low min size (fragments of a nucleus too large
     # for the network are what a rung must show) and no cut by shape.
     settings = model.settings.replace(min_size=max(3, int(0.05 * trained**2)), neck_ratio=0.0)
-    for relative in ESTIMATE_LADDER:
-        if cancelled is not None and cancelled():
-            return []
-        factor = 1.0 / relative
-        window = np.asarray(_busiest_window(rgb, int(round(ESTIMATE_WINDOW / factor))))
-        if min(window.shape[:2]) * factor < 32:
-            continue
-        scaled = rescale_image(window, factor) if factor != 1 else window
-        probabilities = _predict_tiled(scaled, normalization, model.network, tile_size=512, overlap=64,
-                                       batch_size=1, progress=None, cancelled=None, device=None)
-        labels = labels_from_probabilities(probabilities, **settings.options())
-        diameters = nucleus_diameters(labels)
-        if diameters.size < ESTIMATE_MIN_OBJECTS:
-            continue
-        found = float(np.median(diameters))
-        nucleus = probabilities[0] > settings.threshold
-        likely = probabilities[0] > 0.2
-        rungs.append({
-            "relative": relative,
-            "estimate": found * relative,
-            "signed_miss": math.log(found / trained),
-            "boundary_share": float((probabilities[1][nucleus] > settings.boundary_threshold).mean()) if nucleus.any() else 1.0,
-            "confidence": float(np.abs(2 * probabilities[0][likely] - 1).mean()) if likely.any() else 0.0,
-            "count": int(diameters.size),
-        })
+    hook = _last_layer_hook(model.network, on_features) if on_features is not None else None
+    try:
+        for relative in ESTIMATE_LADDER:
+            if cancelled is not None and cancelled():
+                return []
+            factor = 1.0 / relative
+            window = np.asarray(_busiest_window(rgb, int(round(ESTIMATE_WINDOW / factor))))
+            if min(window.shape[:2]) * factor < 32:
+                continue
+            scaled = rescale_image(window, factor) if factor != 1 else window
+            if hook is not None:
+                hook.relative = relative
+            probabilities = _predict_tiled(scaled, normalization, model.network, tile_size=512, overlap=64,
+                                           batch_size=1, progress=None, cancelled=None, device=None)
+            labels = labels_from_probabilities(probabilities, **settings.options())
+            diameters = nucleus_diameters(labels)
+            nucleus = probabilities[0] > settings.threshold
+            likely = probabilities[0] > 0.2
+            rung = {
+                "relative": relative,
+                "count": int(diameters.size),
+                "boundary_share": float((probabilities[1][nucleus] > settings.boundary_threshold).mean()) if nucleus.any() else 1.0,
+                "confidence": float(np.abs(2 * probabilities[0][likely] - 1).mean()) if likely.any() else 0.0,
+                "foreground_share": float(nucleus.mean()),
+                **_look(normalization(window)),
+            }
+            if diameters.size:
+                found = float(np.median(diameters))
+                rung.update(estimate=found * relative, signed_miss=math.log(found / trained))
+            rungs.append(rung)
+    finally:
+        if hook is not None:
+            hook.remove()
     return rungs
+
+
+def _look(normalized: np.ndarray) -> dict:
+    """What kind of image a normalised window is: ``colour`` (mean red - blue difference, high for a
+    stain) and ``brightness`` (mean value, high for brightfield and tissue)."""
+    normalized = np.clip(normalized, 0, 1)
+    return {"colour": float(np.abs(normalized[..., 0] - normalized[..., 2]).mean()),
+            "brightness": float(normalized.mean())}
+
+
+class _last_layer_hook:
+    """Hands the input of ``network``'s last convolution to ``receive(relative, features)``."""
+
+    def __init__(self, network, receive) -> None:
+        import torch
+
+        last = [module for module in network.modules() if isinstance(module, torch.nn.Conv2d)][-1]
+        self.relative = None
+        self._handle = last.register_forward_pre_hook(
+            lambda module, inputs: receive(self.relative, inputs[0][0].detach().numpy()))
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 def rung_score(rung: dict) -> float:
@@ -225,14 +261,86 @@ def estimate_diameter(image: np.ndarray, model, *, normalization=None, cancelled
     if model.diameter is None:
         return None
     rungs = sweep(image, model, normalization=normalization, cancelled=cancelled)
+    size_model = model.metadata.get("size_model")
+    if size_model is not None and size_model_applies(rungs, size_model):
+        estimate = size_model_estimate(rungs, size_model)
+        return None if estimate is None else estimate * model.diameter
+    chosen = rule_choice(rungs)
+    return None if chosen is None else chosen["estimate"]
+
+
+def rule_choice(rungs: list[dict]) -> dict | None:
+    """The rung the hand-made rule of :func:`estimate_diameter` chooses (None: no rung found
+    :data:`ESTIMATE_MIN_OBJECTS` objects)."""
+    rungs = [rung for rung in rungs if rung["count"] >= ESTIMATE_MIN_OBJECTS]
     if not rungs:
         return None
     plausible = [rung for rung in rungs if abs(rung["signed_miss"]) < math.log(ESTIMATE_MAX_MISS)]
     if not plausible:
-        return min(rungs, key=lambda rung: abs(rung["signed_miss"]))["estimate"]
+        return min(rungs, key=lambda rung: abs(rung["signed_miss"]))
     best = max(rung_score(rung) for rung in plausible)
     tied = [rung for rung in plausible if rung_score(rung) >= best - ESTIMATE_SCORE_MARGIN]
-    return max(tied, key=lambda rung: rung["relative"])["estimate"]
+    return max(tied, key=lambda rung: rung["relative"])
+
+
+#: What the size model (``size_model`` of a weights file, :func:`size_model_estimate`) reads of each
+#: rung of the sweep, in this order.
+SIZE_FEATURES = ("confidence", "boundary_share", "foreground_share", "signed_miss", "signed_miss_squared",
+                 "absolute_miss", "log_count", "enough_objects", "log_relative", "colour", "brightness", "rule_choice")
+
+
+def rung_feature_rows(rungs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, log_estimates, proposing)`` for the rungs of :func:`sweep`, one row per rung of
+    :data:`ESTIMATE_LADDER`: the :data:`SIZE_FEATURES`, the log of the rung's median object in
+    trained diameters (``log(relative) + signed_miss``), and whether it found any object (a rung
+    that did not, or was not run, proposes nothing)."""
+    rows = np.zeros((len(ESTIMATE_LADDER), len(SIZE_FEATURES)))
+    log_estimates = np.zeros(len(ESTIMATE_LADDER))
+    proposing = np.zeros(len(ESTIMATE_LADDER), dtype=bool)
+    by_relative = {rung["relative"]: rung for rung in rungs}
+    chosen = rule_choice(rungs)
+    for index, relative in enumerate(ESTIMATE_LADDER):
+        rung = by_relative.get(relative)
+        if rung is None or "signed_miss" not in rung:
+            continue
+        miss = rung["signed_miss"]
+        rows[index] = (rung["confidence"], rung["boundary_share"], rung["foreground_share"], miss, miss**2,
+                       abs(miss), math.log1p(rung["count"]), float(rung["count"] >= ESTIMATE_MIN_OBJECTS),
+                       math.log(relative), rung["colour"], rung["brightness"], float(rung is chosen))
+        log_estimates[index] = math.log(relative) + miss
+        proposing[index] = True
+    return rows, log_estimates, proposing
+
+
+def size_model_applies(rungs: list[dict], size_model: dict) -> bool:
+    """Whether ``size_model`` is for this image: a coloured one (a stain: the largest ``colour`` of
+    the sweep's windows at least the model's ``min_colour``). Gray images (fluorescence,
+    brightfield) keep the hand-made rule, which does better on them."""
+    return max((rung["colour"] for rung in rungs), default=0.0) >= size_model["min_colour"]
+
+
+def size_model_estimate(rungs: list[dict], size_model: dict) -> float | None:
+    """The median nucleus diameter, in trained diameters, that a fitted ``size_model`` reads from
+    the rungs of :func:`sweep` (None when no rung found an object).
+
+    For coloured images only (:func:`size_model_applies`). A mixture over the rungs
+    (``kind: "rung-mixture"``): each rung proposes its own median object
+    plus a linear correction of its standardised features (``correction``; on H&E, for example, the
+    networks find nuclei smaller than they are drawn), and a softmax over linear scores of the
+    same features (``gate``) weighs the proposals, on the log scale. Fitted by
+    ``training/size_model.py`` on the coloured images of the train parts of the training sets
+    (DSB2018's tissue, MoNuSeg, CoNSeP), resized at random.
+    """
+    rows, log_estimates, proposing = rung_feature_rows(rungs)
+    if not proposing.any():
+        return None
+    x = (rows[proposing] - np.asarray(size_model["mean"])) / np.asarray(size_model["scale"])
+    gate, correction = np.asarray(size_model["gate"]), np.asarray(size_model["correction"])
+    logits = x @ gate[:-1] + gate[-1]
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    proposals = log_estimates[proposing] + x @ correction[:-1] + correction[-1]
+    return float(math.exp(float(weights @ proposals)))
 
 
 def _busiest_window(rgb: np.ndarray, side: int) -> np.ndarray:

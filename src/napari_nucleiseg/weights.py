@@ -237,6 +237,26 @@ def _metadata_problem(metadata: dict[str, Any]) -> str | None:
     diameter = metadata.get("diameter")
     if diameter is not None and not (_is_number(diameter) and 1 <= diameter <= 1000):
         return f"its nucleus diameter {diameter!r} is not a number of pixels between 1 and 1000"
+    return _size_model_problem(metadata.get("size_model"))
+
+
+def _size_model_problem(size_model: Any) -> str | None:
+    """What is wrong with a file's ``size_model`` (see :func:`~napari_nucleiseg.scale.size_model_estimate`)."""
+    from .scale import SIZE_FEATURES
+
+    if size_model is None:
+        return None
+    lengths = {"mean": len(SIZE_FEATURES), "scale": len(SIZE_FEATURES),
+               "gate": len(SIZE_FEATURES) + 1, "correction": len(SIZE_FEATURES) + 1}
+    if not (isinstance(size_model, dict) and size_model.get("kind") == "rung-mixture"
+            and size_model.get("features") == list(SIZE_FEATURES)
+            and all(isinstance(size_model.get(key), list) and len(size_model[key]) == length
+                    and all(_is_number(value) and math.isfinite(value) for value in size_model[key])
+                    for key, length in lengths.items())
+            and all(value > 0 for value in size_model["scale"])
+            and _is_number(size_model.get("min_colour")) and 0 <= size_model["min_colour"] <= 1):
+        return ("its size_model is not a rung-mixture over this version's features "
+                f"({', '.join(SIZE_FEATURES)}) with finite numbers and a min_colour between 0 and 1")
     return None
 
 
