@@ -11,7 +11,9 @@ the list; what is tested elsewhere is named here rather than tested twice:
   real networks give finite maps on them (``test_inference.py``), the widget segments them
   (``test_widget.py::test_tiny_constant_and_odd_valued_images...`` and below)
 * 2-channel -> one sentence everywhere (below; widget: ``test_widget.py::test_a_two_channel_image...``)
-* 5-D -> API and CLI: one sentence; widget: a stack, segmented plane by plane (below)
+* 5-D -> API: one sentence; CLI and widget: a stack, segmented plane by plane (below)
+* Z/T stacks and channels-first TIFFs without a C axis -> CLI: planes, segmented one by one, never
+  colours or channels; ZC/TC stacks need ``--channel`` (below)
 * more than 65,535 nuclei -> uint32 labels in the API, the CLI's TIFF and the widget's layer (below,
   marked slow; post-processing alone: ``test_postprocess.py::test_more_than_65535_nuclei_use_uint32``)
 * corrupt or truncated image files -> CLI: skipped with one line (below; garbage files:
@@ -387,7 +389,7 @@ CLI_SAME_PICTURE = [
     pytest.param(_tiff(np.stack([BLOBS, np.full_like(BLOBS, 255)], axis=-1), photometric="minisblack",
                        extrasamples=["unassalpha"]), id="gray-alpha-tiff"),
     pytest.param(_png(np.stack([BLOBS] * 3 + [np.full_like(BLOBS, 255)], axis=-1)), id="rgba-png"),
-    pytest.param(_tiff(np.stack([BLOBS] * 3), photometric="minisblack"), id="rgb-channels-first-tiff"),
+    pytest.param(_tiff(np.stack([BLOBS] * 3, axis=-1)), id="rgb-tiff"),
     pytest.param(_tiff(BLOBS[None, None, None]), id="5-D-tiff-of-one-plane"),
 ]
 
@@ -401,9 +403,11 @@ CLI_NOTHING_TO_FIND = [
 #: Files the CLI skips with one line naming them, and a fragment of that line.
 CLI_SKIPPED = [
     pytest.param(_tiff(np.stack([BLOBS, BLOBS], axis=-1), photometric="minisblack", planarconfig="contig"),
-                 "one channel at a time", id="2-channel-tiff"),
-    pytest.param(_tiff(np.stack([BLOBS, BLOBS])), "one channel at a time", id="2-channel-first-tiff"),
-    pytest.param(_tiff(np.zeros((2, 3, 2, 40, 50), np.uint8)), "plane by plane", id="5-D-tiff"),
+                 "it has 2 channels (axes YXS); choose the one that shows the nuclei with --channel N",
+                 id="2-channel-tiff"),
+    pytest.param(_tiff(np.stack([BLOBS] * 3, axis=-1), photometric="minisblack"), "with --channel N",
+                 id="3-channel-last-gray-tiff"),
+    pytest.param(_tiff(np.stack([BLOBS[:, :5]] * 3)), "too small to hold nuclei", id="stack-of-5-px-planes"),
     pytest.param(_tiff(np.zeros((0, 10), np.uint8)), "not a readable image", id="empty-tiff"),
     pytest.param(_bytes(".png", b""), "not a readable image", id="0-byte-png"),
     pytest.param(_bytes(".tif", b""), "not a readable image", id="0-byte-tiff"),
@@ -469,10 +473,100 @@ def test_cli_multichannel_tiff_without_channel_or_with_a_wrong_one_is_one_line(c
                                       "that shows the nuclei with --channel N (0 to 2)")
     status, _, stderr = run_cli(capsys, source, "--out", tmp_path / "out", "--channel", 3)
     assert status == 1 and "it has 3 channels (0 to 2), not a channel 3" in stderr.splitlines()[0]
-    two = _tiff(np.stack([BLOBS, BLOBS]))(tmp_path / "two")
-    status, _, stderr = run_cli(capsys, two, "--out", tmp_path / "out")
-    assert status == 1 and stderr.splitlines()[0].endswith("Choose one with --channel N.")
     assert not list((tmp_path / "out").glob("*.tif"))
+
+
+def _planes(count: int, *, channel_axis: int | None = None, channels: int = 2, nuclei_in: int = 1) -> np.ndarray:
+    """``count`` planes: BLOBS in the even ones, nothing in the odd ones; with ``channel_axis``, BLOBS in
+    channel ``nuclei_in`` and a bright nucleus-free haze in the others."""
+    stack = np.stack([BLOBS if index % 2 == 0 else np.zeros_like(BLOBS) for index in range(count)])
+    if channel_axis is None:
+        return stack
+    haze = np.full_like(stack, 200)
+    return np.stack([stack if index == nuclei_in else haze for index in range(channels)], axis=channel_axis)
+
+
+def _good_image(folder: Path, channel: int | None) -> Path:
+    """A 2-D image the CLI segments beside a stack, with or without ``--channel`` (up to 4)."""
+    if channel is None:
+        iio.imwrite(folder / "good.png", BLOBS)
+        return folder / "good.png"
+    tifffile.imwrite(folder / "good.tif", np.stack([BLOBS] * 5), imagej=True, metadata={"axes": "CYX"})
+    return folder / "good.tif"
+
+
+#: Stacks the CLI segments plane by plane: the file, ``--channel`` (None: not given), the labels' shape
+#: and the nuclei.csv column that says a nucleus's plane.
+CLI_STACKS = [
+    pytest.param(_tiff(_planes(3), imagej=True, metadata={"axes": "ZYX"}), None, (3,), "z", id="imagej-ZYX"),
+    pytest.param(_tiff(_planes(3), ome=True, metadata={"axes": "TYX"}), None, (3,), "t", id="ome-TYX"),
+    pytest.param(_tiff(_planes(4)), None, (4,), "plane", id="plain-4-planes"),
+    pytest.param(_tiff(_planes(3), photometric="minisblack"), None, (3,), "plane", id="plain-3-planes-minisblack"),
+    pytest.param(_tiff(_planes(5)), None, (5,), "plane", id="plain-5-planes"),
+    pytest.param(_tiff(_planes(2)), 0, (2,), "plane", id="plain-2-planes-channel-0"),
+    pytest.param(_tiff(_planes(3, channel_axis=1), imagej=True, metadata={"axes": "ZCYX"}), 1, (3,), "z",
+                 id="imagej-ZCYX-channel-1"),
+    pytest.param(_tiff(_planes(3, channel_axis=1, channels=3, nuclei_in=2), ome=True, metadata={"axes": "TCYX"}),
+                 2, (3,), "t", id="ome-TCYX-channel-2"),
+    pytest.param(_tiff(_planes(3, channel_axis=0, nuclei_in=0), ome=True, metadata={"axes": "CZYX"}), 0, (3,),
+                 "z", id="ome-CZYX-channel-0"),
+    pytest.param(_tiff(np.stack([_planes(4)] * 3, axis=-1)), None, (4,), "plane", id="rgb-planes"),
+    pytest.param(_tiff(_planes(4).reshape(2, 2, *BLOBS.shape)), None, (2, 2), "plane_1", id="4-D"),
+]
+
+
+@pytest.mark.parametrize("write, channel, planes, column", CLI_STACKS)
+def test_cli_a_stack_is_segmented_plane_by_plane_into_labels_of_its_shape(write, channel, planes, column, capsys,
+                                                                          tmp_path, cli_pixel_model,
+                                                                          reference_labels):
+    source = write(tmp_path / "stack")
+    good = _good_image(tmp_path, channel)
+    status, _, stderr = run_cli(capsys, source, good, "--out", tmp_path / "out",
+                                *(["--channel", channel] if channel is not None else []))
+    assert status == 0 and stderr == ""
+    labels = tifffile.imread(tmp_path / "out" / "stack_labels.tif")
+    assert labels.shape == (*planes, *BLOBS.shape)
+    flat = labels.reshape(-1, *BLOBS.shape)
+    for index, plane in enumerate(flat):  # BLOBS' nuclei in the even planes, none in the odd ones
+        expected = reference_labels > 0 if index % 2 == 0 else np.zeros(BLOBS.shape, bool)
+        np.testing.assert_array_equal(plane > 0, expected)
+    found = len(np.unique(labels)) - 1  # each plane's nuclei numbered on through the stack
+    assert found == 3 * len(range(0, len(flat), 2))
+
+    counts = pd.read_csv(tmp_path / "out" / "counts.csv").set_index("file")
+    assert counts.loc[str(source), "nuclei"] == found  # the total over the planes
+    assert counts.loc[str(source), "planes"] == len(flat) and counts.loc[str(good), "planes"] == 1
+    assert (counts.loc[str(source), "height"], counts.loc[str(source), "width"]) == BLOBS.shape
+    nuclei = pd.read_csv(tmp_path / "out" / "nuclei.csv")
+    assert nuclei.columns[0] == "file" and nuclei.columns[len(planes)] == column
+    in_stack = nuclei[nuclei["file"] == str(source)]
+    assert len(in_stack) == found and in_stack[column].notna().all()
+    assert nuclei.loc[nuclei["file"] == str(good), column].isna().all()  # a 2-D image has no plane
+    if len(planes) == 1:  # the plane of each nucleus is the plane its label is in
+        for row in in_stack.itertuples():
+            assert labels[int(getattr(row, column)), int(row.centroid_y), int(row.centroid_x)] == row.label
+
+
+#: Files whose ``--channel`` is refused, or that need one: the file, the option and a fragment of the line.
+CLI_CHANNEL_REFUSED = [
+    pytest.param(_tiff(_planes(2)), 4, "it has one channel (its 2 planes are segmented one by one); --channel 4",
+                 id="plain-2-planes-channel-4"),
+    pytest.param(_tiff(_planes(2)), 1, "it has one channel", id="plain-2-planes-channel-1"),
+    pytest.param(_tiff(_planes(3, channel_axis=1), imagej=True, metadata={"axes": "ZCYX"}), None,
+                 "it has 2 channels (axes ZCYX); choose the one that shows the nuclei with --channel N (0 to 1)",
+                 id="imagej-ZCYX-without-channel"),
+    pytest.param(_tiff(_planes(3, channel_axis=1), ome=True, metadata={"axes": "TCYX"}), None,
+                 "it has 2 channels (axes TCYX); choose", id="ome-TCYX-without-channel"),
+    pytest.param(_tiff(_planes(3, channel_axis=1), imagej=True, metadata={"axes": "ZCYX"}), 2,
+                 "it has 2 channels (0 to 1), not a channel 2", id="imagej-ZCYX-channel-2"),
+]
+
+
+@pytest.mark.parametrize("write, channel, fragment", CLI_CHANNEL_REFUSED)
+def test_cli_a_channel_that_a_stack_lacks_or_needs_is_one_line_and_the_batch_goes_on(write, channel, fragment,
+                                                                                     capsys, tmp_path,
+                                                                                     cli_pixel_model):
+    assert_skipped_beside_a_good_image(capsys, tmp_path, write(tmp_path / "stack"), fragment, channel)
 
 
 @pytest.mark.parametrize("write, shape", CLI_NOTHING_TO_FIND)
@@ -489,10 +583,16 @@ def test_cli_file_without_nuclei_gives_empty_labels(write, shape, capsys, tmp_pa
 @pytest.mark.parametrize("write, fragment", CLI_SKIPPED)
 def test_cli_file_that_cannot_be_segmented_is_skipped_with_one_line(write, fragment, capsys, tmp_path,
                                                                     cli_pixel_model):
-    source = write(tmp_path / "image")
-    good = tmp_path / "good.png"
-    iio.imwrite(good, BLOBS)
-    status, stdout, stderr = run_cli(capsys, source, good, "--out", tmp_path / "out")
+    assert_skipped_beside_a_good_image(capsys, tmp_path, write(tmp_path / "image"), fragment)
+
+
+def assert_skipped_beside_a_good_image(capsys, tmp_path: Path, source: Path, fragment: str,
+                                       channel: int | None = None) -> None:
+    """The CLI run on ``source`` and a good image skips ``source`` in one line holding ``fragment``, writes
+    nothing of it, and segments the good image."""
+    good = _good_image(tmp_path, channel)
+    status, stdout, stderr = run_cli(capsys, source, good, "--out", tmp_path / "out",
+                                     *(["--channel", channel] if channel is not None else []))
     assert status == 0  # the good image is still segmented
     (line,) = stderr.strip().splitlines()
     assert line.startswith(f"nucleiseg: skipped {source}: ") and fragment in line and one_sentence(line)

@@ -145,11 +145,31 @@ def test_only_bad_files(capsys, tmp_path, tiny_weights):
 
 
 def test_unsupported_image_shape_is_skipped(capsys, folder, tmp_path, tiny_weights):
-    tifffile.imwrite(folder / "stack.tif", np.zeros((5, 32, 32), np.uint8))
+    tifffile.imwrite(folder / "stack.tif", np.zeros((5, 4, 32), np.uint8), photometric="minisblack")
     status, _, stderr = run(capsys, folder, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
     assert status == 0
-    assert "stack.tif" in stderr and "broken.png" in stderr
+    assert "stack.tif" in stderr and "too small to hold nuclei" in stderr and "broken.png" in stderr
     assert len(pd.read_csv(tmp_path / "out" / "counts.csv")) == 2
+
+
+def test_a_z_stack_gives_what_the_python_api_gives_plane_by_plane(capsys, tmp_path, tiny_weights):
+    planes = [blob_image((80, 72)), blob_image((80, 72), centers=((20, 20), (50, 40))), np.zeros((80, 72), np.uint8)]
+    tifffile.imwrite(tmp_path / "z.tif", np.stack(planes), imagej=True, metadata={"axes": "ZYX"})
+    status, _, stderr = run(capsys, tmp_path / "z.tif", "--out", tmp_path / "out", "--weights", tiny_weights["unet"],
+                            "--save-probability")
+    assert status == 0, stderr
+    with tifffile.TiffFile(tmp_path / "out" / "z_labels.tif") as written:
+        assert written.series[0].axes == "ZYX"
+        labels = written.asarray()
+    probability = tifffile.imread(tmp_path / "out" / "z_probability.tif")
+    assert labels.shape == (3, 80, 72) and probability.shape == (3, 2, 80, 72)
+    expected = [segment(plane, tiny_weights["unet"]) for plane in planes]
+    nuclei = pd.read_csv(tmp_path / "out" / "nuclei.csv")
+    for z, plane in enumerate(expected):
+        np.testing.assert_array_equal(labels[z] > 0, plane.labels > 0)
+        assert len(np.unique(labels[z][labels[z] > 0])) == plane.count == (nuclei["z"] == z).sum()
+        np.testing.assert_allclose(probability[z], plane.probabilities, atol=1e-6)
+    assert pd.read_csv(tmp_path / "out" / "counts.csv").loc[0, "nuclei"] == sum(plane.count for plane in expected)
 
 
 def test_empty_folder(capsys, tmp_path, tiny_weights):

@@ -187,14 +187,24 @@ def segment(
 
 def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,
                        model_name: str = "") -> SegmentationResult:
-    """The :class:`SegmentationResult` of one image segmented by :func:`~napari_nucleiseg.pipeline.segment_planes`."""
+    """The :class:`SegmentationResult` of one image segmented by :func:`~napari_nucleiseg.pipeline.segment_planes`.
+
+    For a stack (the command line's Z or T stacks), labels and probabilities keep its leading axes, and
+    the table (:func:`~napari_nucleiseg.tables.nuclei_table`) says each nucleus's plane in ``axis_0``, ...
+    """
     from .postprocess import count_nuclei, measure_nuclei
+    from .tables import nuclei_table
 
     labels, settings = planes.labels, planes.settings
+    if labels.ndim == 2:
+        table = measure_nuclei(labels, image)
+    else:
+        table = nuclei_table(labels, image, rgb=image is not None and np.ndim(image) > labels.ndim).drop(
+            columns="index")
     return SegmentationResult(
         labels=labels,
         probabilities=planes.probabilities,
-        table=measure_nuclei(labels, image),
+        table=table,
         count=count_nuclei(labels),
         model_name=model_name,
         threshold=float(settings.threshold),

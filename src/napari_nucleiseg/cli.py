@@ -8,6 +8,12 @@ For each image it writes ``results/<stem>_labels.tif`` (instance labels of the
 image's height and width), and for the whole run ``results/counts.csv`` (one
 row per image) and ``results/nuclei.csv`` (one row per nucleus).
 
+A TIFF stack (Z, T, or a leading axis the file does not name) is segmented plane
+by plane, as the widget does: its labels keep the stack's shape, its row of
+``counts.csv`` the nuclei of all planes, and each nucleus in ``nuclei.csv`` its
+plane (``z``, ``t`` or ``plane``). Channels (an ImageJ/OME ``C`` axis, or samples
+stored last that are not RGB) are segmented one at a time, chosen with ``--channel``.
+
 ``--diameter PX`` gives the median nucleus diameter of the images in pixels. A
 model whose weights file records the diameter it was trained at gets each image
 resized so that its nuclei arrive at that size (labels and tables stay in the
@@ -29,7 +35,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -156,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop nuclei smaller than N pixels (default: the model's)")
     seg.add_argument("--channel", type=_channel, metavar="N",
                      help="segment channel N (from 0) of multichannel images, e.g. the DAPI channel of a "
-                          "fluorescence TIFF or the blue of an RGB image (default: gray and RGB images as they are)")
+                          "fluorescence TIFF (axes C in its ImageJ or OME metadata, or samples stored last) or the "
+                          "blue of an RGB image; needed for images with channels (default: gray and RGB images as "
+                          "they are). Z or T stacks, and TIFFs whose leading axis is not named, are planes, not "
+                          "channels: each plane is segmented")
     seg.add_argument("--no-split", dest="split", action="store_false", help="do not separate touching nuclei")
     seg.add_argument("--neck-ratio", type=_probability, metavar="R",
                      help="when splitting, cut objects shaped like two nuclei joined by a neck at least R of their "
@@ -240,38 +249,34 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
 
 def segment_one(job: Job, model: Any, args: argparse.Namespace,
                 cancelled: Callable[[], bool] | None = None) -> Finished | None:
-    """Segment one image, or None when it is skipped (reported on stderr). ``cancelled`` is polled
-    between tiles; when it returns True the run stops (KeyboardInterrupt)."""
-    from .api import segment
+    """Segment one image (a stack plane by plane), or None when it is skipped (reported on stderr).
+    ``cancelled`` is polled between planes and tiles; when it returns True the run stops (KeyboardInterrupt)."""
     from .errors import Cancelled
+    from .memory import memory_shortfall
     from .preprocess import ImageError, as_rgb
 
-    from .memory import memory_shortfall
-
-    image = None
     try:
         image = read_image(job.source, channel=args.channel)
-        shortfall = memory_shortfall(image.shape[:2]) if image.ndim >= 2 else None
+        shortfall = memory_shortfall(image.shape)
         if shortfall is not None:
             raise MemoryError(shortfall)
-        # The shape first (a stack is refused as such), then whether the diameter fits in it.
-        _check_diameter_fits(args.diameter, as_rgb(image).shape)
-        result = segment(image, model, threshold=args.threshold, min_size=args.min_size, split=args.split,
-                         neck_ratio=args.neck_ratio, diameter=args.diameter, cancelled=cancelled)
+        # The first plane's type and shape (one sentence if it is no image), then whether the diameter fits.
+        _check_diameter_fits(args.diameter, as_rgb(image.data[(0,) * len(image.plane_axes)]).shape)
+        result = _segment(image, model, args, cancelled)
     except Cancelled:
         raise KeyboardInterrupt from None
     except (ImageError, MemoryError, UnreadableImage, ImageTooSmall) as error:
-        hint = " Choose one with --channel N." if isinstance(error, ImageError) and _has_channels(image) else ""
-        _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}{hint}")
+        _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}")
         return None
     except Exception as error:  # anything else on one image (torch's "can't allocate memory", a decoder's bug)
         _report(f"nucleiseg: skipped {job.source}: {type(error).__name__}: {_one_line(error)}")
         return None
     row = {
         "file": str(job.source),
-        "nuclei": result.count,
-        "height": result.labels.shape[0],
-        "width": result.labels.shape[1],
+        "nuclei": result.count,  # of a stack: all its planes'
+        "height": result.labels.shape[-2],
+        "width": result.labels.shape[-1],
+        "planes": _plane_count(result.labels.shape[:-2]),
         "mean_area": float(result.table["area"].mean()) if result.count else float("nan"),
         "labels_file": job.labels_path.name,
         "model": result.model_name,
@@ -280,7 +285,31 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace,
         "diameter_estimated": result.diameter_estimated,
         "scale": result.scale,
     }
-    return Finished(job, result, row, result.table.assign(file=str(job.source)))
+    columns = plane_columns(image.plane_axes)
+    table = result.table.rename(columns={f"axis_{axis}": name for axis, name in enumerate(columns)})
+    return Finished(job, result, row, table.assign(file=str(job.source)), image.plane_axes)
+
+
+def _segment(image: InputImage, model: Any, args: argparse.Namespace,
+             cancelled: Callable[[], bool] | None) -> SegmentationResult:
+    """:func:`~napari_nucleiseg.segment` for one image; the same pipeline over every plane of a stack."""
+    from .api import result_from_planes, segment
+    from .pipeline import run_to_end, segment_planes
+
+    chosen = {"threshold": args.threshold, "min_size": args.min_size, "split": args.split,
+              "neck_ratio": args.neck_ratio}
+    if not image.plane_axes:
+        return segment(image.data, model, **chosen, diameter=args.diameter, cancelled=cancelled)
+    run = segment_planes(image.data, model, chosen, rgb=image.rgb, diameter=args.diameter, compact=False,
+                         cancelled=cancelled)
+    return result_from_planes(run_to_end(run, cancelled), image.data, model_name=model.name)
+
+
+def plane_columns(plane_axes: str) -> list[str]:
+    """The nuclei.csv columns that say a nucleus's plane: ``z`` and ``t`` for the axes a file names so,
+    ``plane`` for any other (``plane_1``, ... when there are more)."""
+    names = [{"Z": "z", "T": "t"}.get(letter, "plane") for letter in plane_axes]
+    return [name if names.count(name) == 1 else f"{name}_{axis}" for axis, name in enumerate(names)]
 
 
 @dataclass
@@ -291,10 +320,11 @@ class Finished:
     result: Any
     row: dict
     table: Any
+    plane_axes: str = ""
 
     def write(self) -> tuple[dict, Any]:
         """Write the image's files; its row of counts.csv and rows of nuclei.csv."""
-        write_outputs(self.job, self.result)
+        write_outputs(self.job, self.result, self.plane_axes)
         return self.row, self.table
 
 
@@ -306,11 +336,6 @@ def _check_diameter_fits(diameter: float | None, shape: tuple[int, ...]) -> None
         check_diameter(diameter, shape)
     except ValueError as error:  # the command line checked the rest: only the image's size is left
         raise ImageTooSmall(_one_line(error)) from None
-
-
-def _has_channels(image: np.ndarray | None) -> bool:
-    """Whether an image the segmentation refused has channels that ``--channel`` could pick from."""
-    return image is not None and image.ndim == 3 and min(image.shape[0], image.shape[-1]) <= 4
 
 
 def _save_tables_so_far(tables: Tables, n_jobs: int) -> str:
@@ -429,63 +454,108 @@ def prepare_output_folder(out: Path) -> None:
         raise CommandError(f"cannot write to the output folder {out}: permission denied.")
 
 
-def read_image(path: Path, channel: int | None = None) -> np.ndarray:
-    """Read one 2-D image: tifffile for TIFF, imageio for the rest.
+@dataclass(frozen=True)
+class InputImage:
+    """An image file as it is segmented: one 2-D image, or a stack of them segmented plane by plane."""
 
-    A gray+alpha image keeps its gray channel (a 2-channel TIFF only when its second
-    channel is marked as alpha: otherwise it holds two channels of data, which the
-    segmentation refuses); a TIFF stored channels-first ``(3 or 4, H, W)`` is moved
-    to channels-last. Anything else is returned as read and judged by the segmentation.
+    #: ``(*planes, Y, X)`` gray, or ``(*planes, Y, X, 3|4)`` colour.
+    data: np.ndarray
+    #: The letter of each leading (plane) axis, as in the file (``Z``, ``T``; ``Q`` and others: unknown);
+    #: "" for one 2-D image.
+    plane_axes: str
+    #: Whether the last axis holds the colours of one picture (RGB or RGBA).
+    rgb: bool
 
-    With ``channel``, a multichannel image (channels last, or a TIFF's channels first)
-    gives that channel alone, as a gray image. A TIFF that says its first axis holds
-    channels (ImageJ or OME axes ``CYX``) must be given one: its channels are separate
-    stains, not the colours of one picture.
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(*planes, Y, X)``."""
+        return self.data.shape[:-1] if self.rgb else self.data.shape
+
+
+class _Stored(NamedTuple):
+    """A file's pixels, one letter per axis, and what its tags say of its last axis."""
+
+    pixels: np.ndarray
+    axes: str  # tifffile's letters, e.g. "YX", "YXS", "ZYX", "CYX", "QYX" (Q: unknown); "" when not told
+    colour: bool  # the photometric tag (or format) says RGB
+    alpha: bool  # an extra sample is marked as alpha
+
+
+def read_image(path: Path, channel: int | None = None) -> InputImage:
+    """Read one image file: tifffile for TIFF, imageio for the rest.
+
+    The axes are the file's (ImageJ or OME metadata, tifffile's series axes). A leading axis
+    that is not channels is a stack's planes: Z, T, or an axis the file does not name (a plain
+    ``(N, H, W)`` array). Channels are an axis marked ``C``, or samples stored last that are
+    not the colours of an RGB picture; the last axis is colour only when the file says RGB.
+    A gray+alpha image keeps its gray channel.
+
+    ``channel`` picks one channel: of a ``C`` axis, of samples stored last, or of an RGB
+    picture's colours. A file with channels must be given one: its channels are separate
+    stains, not the colours of one picture. A file without channels has one (channel 0).
 
     Raises
     ------
     UnreadableImage
-        If the file cannot be decoded.
+        If the file cannot be decoded, or holds channels and no valid ``channel`` was given.
     """
     is_tiff = path.suffix.lower() in TIFF_SUFFIXES
     try:
-        image, axes = _read_tiff(path) if is_tiff else (_read_other(path), "")
+        stored = _read_tiff(path) if is_tiff else _stored_other(_read_other(path))
     except (UnreadableImage, MemoryError):
         raise
     except Exception as error:  # decoders raise anything from OSError to ValueError and their own types
         raise UnreadableImage(f"not a readable image ({_one_line(error) or type(error).__name__})") from None
-    image = np.asarray(image)
+    image = np.asarray(stored.pixels)
     if image.size == 0:
         raise UnreadableImage("not a readable image (no image data)")
-    # A leading axis of length 1 holds nothing (a one-plane stack), but the row axis of a one-row
-    # colour image (1, W, 3) is the image's height, not such an axis.
-    while image.ndim > 2 and image.shape[0] == 1 and not (image.ndim == 3 and image.shape[-1] in (3, 4)
-                                                          and axes[:1] not in ("C", "Z", "T", "Q", "I")):
-        image, axes = image[0], axes[1:]
-    channels_first = image.ndim == 3 and image.shape[-1] not in (2, 3, 4) and (
-        image.shape[0] in (3, 4) or (axes[:1] == "C" and channel is not None))
-    if channel is not None:
-        if image.ndim == 2:
-            if channel == 0:
-                return image
-            raise UnreadableImage(f"it has one channel; --channel {channel} needs more")
-        if image.ndim != 3:
-            return image  # a stack: the segmentation says why it cannot take it
-        count = image.shape[0] if channels_first else image.shape[-1]
+    if image.ndim < 2:
+        raise UnreadableImage(f"not an image of rows and columns (shape {image.shape})")
+    axes = stored.axes
+    if len(axes) != image.ndim or not axes.endswith(("YX", "YXS")):
+        axes = "Q" * (image.ndim - 2) + "YX"
+    if axes in ("QYX", "IYX") and image.shape[-1] <= 4 < image.shape[0]:
+        axes = "YXS"  # samples stored as pages of a few columns: a channels-last array without tags
+    # An axis of length 1 holds nothing (a one-plane stack, one channel); the rows of a one-row image do.
+    kept = [index for index, letter in enumerate(axes) if image.shape[index] > 1 or letter in "YX"]
+    image, axes = image.reshape([image.shape[index] for index in kept]), "".join(axes[index] for index in kept)
+    rgb = axes.endswith("S") and stored.colour and image.shape[-1] in (3, 4)
+    if axes.endswith("S") and not rgb and image.shape[-1] == 2 and stored.alpha:  # gray + alpha
+        image, axes = image[..., 0], axes[:-1]
+    channel_axes = [index for index, letter in enumerate(axes)
+                    if letter == "C" or (letter == "S" and index == len(axes) - 1 and not rgb)]
+    if len(channel_axes) > 1:
+        raise UnreadableImage(f"its axes {axes} hold channels twice; save the channel that shows the nuclei "
+                              "as an image of its own")
+    if not channel_axes and rgb and channel is not None:
+        channel_axes, rgb = [len(axes) - 1], False  # one colour of an RGB picture, e.g. the blue of a stain
+    if channel_axes:
+        index = channel_axes[0]
+        count = image.shape[index]
+        if channel is None:
+            raise UnreadableImage(f"it has {count} channels (axes {axes}); choose the one that shows the nuclei "
+                                  f"with --channel N (0 to {count - 1})")
         if channel >= count:
             raise UnreadableImage(f"it has {count} channels (0 to {count - 1}), not a channel {channel}")
-        return image[channel] if channels_first else image[..., channel]
-    if axes[:1] == "C" and image.ndim == 3:
-        raise UnreadableImage(f"it has {image.shape[0]} channels (axes {axes}); choose the one that shows "
-                              f"the nuclei with --channel N (0 to {image.shape[0] - 1})")
-    if image.ndim == 3 and image.shape[-1] == 2 and (not is_tiff or _tiff_has_alpha(path)):  # gray + alpha
-        image = image[..., 0]
-    elif channels_first:
-        image = np.moveaxis(image, 0, -1)
-    return image
+        image, axes = np.take(image, channel, axis=index), axes[:index] + axes[index + 1 :]
+    elif channel:
+        planes = f" (its {_plane_count(image.shape[:-2])} planes are segmented one by one)" if axes[:-2] else ""
+        raise UnreadableImage(f"it has one channel{planes}; --channel {channel} needs more")
+    from .pipeline import MIN_STACK_PLANE_SIDE
+
+    plane_axes = axes[: len(axes) - (3 if rgb else 2)]
+    plane = image.shape[len(plane_axes) : len(plane_axes) + 2]
+    if plane_axes and min(plane) < MIN_STACK_PLANE_SIDE:
+        raise UnreadableImage(f"its {_plane_count(image.shape[: len(plane_axes)])} planes (axes {axes}) are "
+                              f"{plane[0]} x {plane[1]} pixels, too small to hold nuclei")
+    return InputImage(image, plane_axes, rgb)
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+def _plane_count(leading: tuple[int, ...]) -> int:
+    return int(np.prod(leading))
+
+
+def _read_tiff(path: Path) -> _Stored:
     import logging
 
     import tifffile
@@ -506,22 +576,20 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
                 bytes_per_pixel = int(np.prod(series.shape) // max(1, plane[0] * plane[1])) * series.dtype.itemsize
                 _check_declared_size(plane, bytes_per_pixel)
             image = tiff.asarray()
+            page = tiff.pages.first
+            colour = page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
+            alpha = any(sample in (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+                        for sample in page.extrasamples)
             axes = series.axes if series is not None and len(series.axes) == image.ndim else ""
-        return image, axes
+        return _Stored(image, axes, colour, alpha)
     finally:
         logger.setLevel(level)
 
 
-def _tiff_has_alpha(path: Path) -> bool:
-    """Whether the first page of a TIFF declares an alpha channel among its extra samples."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            extra = tiff.pages.first.extrasamples
-    except Exception:  # it was read a moment ago; if it cannot be now, do not guess
-        return False
-    return any(sample in (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA) for sample in extra)
+def _stored_other(image: np.ndarray) -> _Stored:
+    """A PNG's or JPEG's pixels: gray ``(H, W)``, gray+alpha ``(H, W, 2)``, RGB or RGBA (CMYK is converted)."""
+    axes = {2: "YX", 3: "YXS"}.get(np.ndim(image), "")
+    return _Stored(image, axes, colour=True, alpha=True)
 
 
 def _read_other(path: Path) -> np.ndarray:
@@ -615,18 +683,20 @@ def _check_png_complete(data: bytes) -> None:
         raise UnreadableImage(f"the file is truncated: its pixel data ends after {rows} of its {height} rows")
 
 
-def write_outputs(job: Job, result: SegmentationResult) -> None:
-    """Write the labels (and probabilities) of one image as zlib-compressed TIFF."""
+def write_outputs(job: Job, result: SegmentationResult, plane_axes: str = "") -> None:
+    """Write the labels (and probabilities) of one image as zlib-compressed TIFF; a stack's keep its
+    plane axes (``plane_axes``, e.g. ``Z``; an axis the file did not name is written as ``Q``)."""
     import tifffile
 
+    planes = "".join(letter if letter in "TZ" else "Q" for letter in plane_axes)
     try:
         # The probabilities first: the label file, in place, is what makes the image count as done.
         if job.probability_path is not None:
             write_atomically(job.probability_path, lambda path: tifffile.imwrite(
                 path, result.probabilities.astype(np.float32, copy=False), compression="zlib",
-                photometric="minisblack", metadata={"axes": "CYX"}))
+                photometric="minisblack", metadata={"axes": f"{planes}CYX"}))
         write_atomically(job.labels_path, lambda path: tifffile.imwrite(
-            path, result.labels, compression="zlib", photometric="minisblack"))
+            path, result.labels, compression="zlib", photometric="minisblack", metadata={"axes": f"{planes}YX"}))
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:
             raise UnwritableName(f"its output name is too long for the folder ({len(job.labels_path.name) + 9} "
@@ -635,7 +705,8 @@ def write_outputs(job: Job, result: SegmentationResult) -> None:
 
 
 def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) -> None:
-    """Write nuclei.csv (one row per nucleus, ``file`` first), then counts.csv (one row per image).
+    """Write nuclei.csv (one row per nucleus, ``file`` first, then a stack's plane), then counts.csv (one row
+    per image).
 
     Each is renamed into place whole, and in this order, so that a run killed between the two (SIGKILL,
     a power cut) never leaves a counts.csv row without its nuclei: counts.csv is the record of which
@@ -647,7 +718,10 @@ def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) 
     from .postprocess import MEASUREMENT_COLUMNS
     from .tables import write_csv
 
-    nuclei = pd.concat(tables, ignore_index=True)[["file", *MEASUREMENT_COLUMNS]]
+    nuclei = pd.concat(tables, ignore_index=True)
+    # A stack's nuclei say their plane (z, t, plane: empty for 2-D images), between file and label.
+    planes = [column for column in nuclei.columns if column not in ("file", *MEASUREMENT_COLUMNS)]
+    nuclei = nuclei[["file", *planes, *MEASUREMENT_COLUMNS]].astype({column: "Int64" for column in planes})
     try:
         write_csv(nuclei, out / NUCLEI_FILE)
         write_csv(pd.DataFrame(count_rows), out / COUNTS_FILE)
