@@ -244,3 +244,21 @@ def test_a_tensor_that_requires_grad_is_one_sentence():
 
     with pytest.raises(ImageError, match="detach"):
         segment(torch.zeros(32, 32, requires_grad=True), "unet")
+
+
+def test_channel_segments_one_channel_alone_never_summed():
+    """Issue 17, item 4: DAPI + marker, channels first or last; the marker's spots are not counted."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    dapi = read_sample("fluorescence")
+    marker = np.zeros_like(dapi)
+    marker[20:40, 20:300] = 255  # a bright bar: not DAPI's nuclei
+    alone = segment(dapi, model="hrnet")
+    for image in (np.stack([dapi, marker]), np.stack([dapi, marker], axis=-1)):
+        result = segment(image, model="hrnet", channel=0)
+        assert result.labels.shape == dapi.shape and result.count == alone.count
+        np.testing.assert_array_equal(result.labels, alone.labels)
+    with pytest.raises(ImageError, match=r"has 2 channels \(0 to 1\), not a channel 2"):
+        segment(np.stack([dapi, marker]), model="hrnet", channel=2)
+    with pytest.raises(ImageError, match="no channel axis"):
+        segment(dapi, model="hrnet", channel=0)

@@ -440,7 +440,8 @@ def test_a_stack_is_segmented_plane_by_plane_with_progress(viewer_and_widget, fa
     assert fake_network.calls == 3
     assert [len(np.unique(plane[plane > 0])) for plane in labels.data] == [1, 2, 3]
     assert shown_count(widget) == 6  # every nucleus of the stack has its own label
-    assert widget.count_label.text() == "6 nuclei in 'stack nuclei', summed over its 3 planes"
+    assert widget.count_label.text() == ("6 nuclei in 'stack nuclei', summed over its 3 planes; "
+                                         "if they are channels, choose the one with the nuclei under Channel")
     assert len(set(progress)) >= 3 and max(progress) == PROGRESS_STEPS
     wait_for_table(qtbot, labels, 6)
     assert labels.features["axis_0"].tolist() == [0, 1, 1, 2, 2, 2]
@@ -661,19 +662,72 @@ def test_tiny_constant_and_odd_valued_images_segment_without_error(viewer_and_wi
     assert [layer.data.shape for layer in labels_layers(viewer)] == [image.shape for image in images]
 
 
-def test_a_two_channel_image_gets_one_sentence(viewer_and_widget, notifications, qtbot):
+def _dapi_and_marker(channels_last: bool = False) -> np.ndarray:
+    """A two-channel image: DAPI (3 nuclei the fake network finds) and a marker with 2 other bright spots."""
+    dapi = blobs()
+    marker = np.zeros_like(dapi)
+    for k in range(2):
+        marker[disk(dapi.shape, (15, 40 + 60 * k), 8)] = 220
+    return np.stack([dapi, marker], axis=-1 if channels_last else 0)
+
+
+def test_a_channels_last_image_is_segmented_in_the_channel_chosen_never_summed(
+    viewer_and_widget, notifications, fake_network, qtbot
+):
+    """(Y, X, 2) was refused with advice (issue 17, item 2); a Channel choice now does it in the widget."""
     viewer, widget = viewer_and_widget
-    viewer.add_image(np.zeros((64, 64, 2), dtype=np.uint8), name="two channels")
+    image = viewer.add_image(_dapi_and_marker(channels_last=True), name="two channels")
+    assert not widget.channel_combo.isHidden() and widget.channel_combo.currentText() == "channel 0"
+    assert [widget.channel_combo.itemText(i) for i in range(widget.channel_combo.count())] == ["channel 0", "channel 1"]
     click_segment(qtbot, widget)
-    (message,) = notifications.messages["error"]
-    assert "too small to hold nuclei" in message and "channel_axis=-1" in message
-    assert "Split Stack" not in message  # napari splits along axis 0: 64 layers of 64 x 2 (issue 17, item 2)
-    assert labels_layers(viewer) == []
-    # the advice, followed, works: one layer a channel, the nuclear one segmented
-    dapi, _ = viewer.add_image(viewer.layers["two channels"].data, channel_axis=-1, name=["dapi", "marker"])
-    widget.image_combo.setCurrentIndex(widget.image_combo.findText("dapi"))
+    (dapi,) = labels_layers(viewer)
+    assert dapi.data.shape == image.data.shape[:2] and shown_count(widget) == 3
+    assert dapi.name == "two channels channel 0 nuclei" and dapi.metadata["channel"] == 0
+    wait_for_table(qtbot, dapi, 3)
+    assert dapi.features["mean_intensity"].round().tolist() == [140, 200, 240]  # measured in channel 0
+
+    widget.channel_combo.setCurrentIndex(1)
     click_segment(qtbot, widget)
-    assert notifications.messages["error"] == [message] and [l.name for l in labels_layers(viewer)] == ["dapi nuclei"]
+    marker = labels_layers(viewer)[-1]
+    assert marker is not dapi and shown_count(widget) == 2 and marker.name == "two channels channel 1 nuclei"
+    assert np.array_equal(labels_layers(viewer)[0].data, dapi.data)  # the DAPI result is kept
+    assert notifications.messages["error"] == []
+
+
+def test_a_two_plane_image_nothing_names_is_offered_as_channels_and_the_count_says_so(
+    viewer_and_widget, fake_network, qtbot
+):
+    """Issue 17, bug 3: a DAPI + marker (2, Y, X) image opened as it comes (nothing names its first
+    axis) was counted over both planes without a word."""
+    viewer, widget = viewer_and_widget
+    viewer.add_image(_dapi_and_marker(), name="dapi+marker")
+    assert not widget.channel_combo.isHidden()
+    assert widget.channel_combo.currentText() == "all 2, as planes of a stack"  # a short stack, unless told
+    click_segment(qtbot, widget)
+    assert shown_count(widget) == 5 and "if they are channels, choose the one with the nuclei under Channel" in (
+        widget.count_label.text())
+
+    widget.channel_combo.setCurrentIndex(widget.channel_combo.findText("channel 0"))
+    click_segment(qtbot, widget)
+    assert shown_count(widget) == 3 and widget.count_label.text() == "3 nuclei in 'dapi+marker channel 0 nuclei'"
+    assert labels_layers(viewer)[-1].data.shape == (64, 200)
+
+
+def test_an_axis_the_viewer_names_as_channels_starts_at_channel_0_and_z_stays_planes(
+    viewer_and_widget, fake_network, qtbot
+):
+    viewer, widget = viewer_and_widget
+    image = viewer.add_image(_dapi_and_marker(), name="named")
+    viewer.dims.axis_labels = ("c", "y", "x")
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("named"))
+    click_segment(qtbot, widget)  # napari does not tell plugins of new axis labels: Segment looks again
+    assert widget.channel_combo.currentText() == "channel 0" and shown_count(widget) == 3
+
+    viewer.dims.axis_labels = ("z", "y", "x")
+    click_segment(qtbot, widget)
+    assert widget.channel_combo.isHidden() and shown_count(widget) == 5
+    assert labels_layers(viewer)[-1].data.shape == image.data.shape
+    assert widget.count_label.text() == "5 nuclei in 'named nuclei', summed over its 2 planes"
 
 
 # ---- re-thresholding in a worker: the window never freezes, the newest settings win ------------

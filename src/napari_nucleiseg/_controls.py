@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QSpinBox, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QSpinBox, QWidget
 from superqt import QLabeledDoubleSlider
 from superqt.utils import signals_blocked
 
+from .channels import ChannelAxis, find_channel_axis
 from .errors import WeightsError
 from .settings import PostprocessSettings
 from .weights import BUNDLED_MODELS, DEFAULT_MODEL, bundled_weights_path, describe_weights, read_metadata
@@ -226,6 +227,49 @@ class ImagePicker(QComboBox):
         with suppress(TypeError, ValueError):
             layer.events.name.disconnect(self.refresh)
         self.refresh()
+
+
+class ChannelPicker(QComboBox):
+    """The channel of the chosen image to segment, for an image with a channel axis
+    (:func:`~napari_nucleiseg.channels.find_channel_axis`); hidden, with its label, for any other.
+
+    An axis named as channels starts at channel 0. A short leading axis that nothing names starts
+    at "all, as planes" (it may be a stack), and the count says how to choose a channel.
+    """
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent, toolTip="The channel that shows the nuclei (e.g. DAPI): only it is segmented "
+                                         "and counted")
+        self.label = QLabel("Channel")
+        self.axis: ChannelAxis | None = None
+        self._shown_for: tuple | None = None
+
+    def for_layer(self, layer: Any, axis_labels: tuple[str, ...] = ()) -> None:
+        """Offer the channels of ``layer`` (an Image layer or None), keeping the choice while the
+        layer and its shape stay the same."""
+        key = None if layer is None else (layer.unique_id, tuple(layer.data.shape), layer.rgb, tuple(axis_labels))
+        if key == self._shown_for:
+            return
+        self._shown_for = key
+        self.axis = None if layer is None or layer.multiscale else find_channel_axis(
+            layer.data.shape, layer.rgb, axis_labels, layer.metadata)
+        with signals_blocked(self):
+            self.clear()
+            if self.axis is not None:
+                if self.axis.axis < layer.data.ndim - (3 if layer.rgb else 2) and not self.axis.named:
+                    self.addItem(f"all {self.axis.count}, as planes of a stack", None)
+                for index in range(self.axis.count):
+                    self.addItem(f"channel {index}", index)
+                if self.axis.axis < layer.data.ndim - (3 if layer.rgb else 2) and self.axis.named:
+                    self.addItem(f"all {self.axis.count}, as planes of a stack", None)
+        self.setVisible(self.axis is not None)
+        self.label.setVisible(self.axis is not None)
+
+    @property
+    def channel(self) -> tuple[int, int] | None:
+        """``(axis, index)`` of the channel chosen; None: the whole image."""
+        index = self.currentData()
+        return None if self.axis is None or index is None else (self.axis.axis, index)
 
 
 class PostprocessControls(QObject):

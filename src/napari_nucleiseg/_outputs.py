@@ -24,6 +24,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, QTimer
 
+from .channels import take_channel
 from .tables import PixelSize, count_labels, nuclei_table
 
 #: The per-nucleus table is measured this long after the last change, so dragging the slider
@@ -52,11 +53,16 @@ def unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
-def placement(image: Image) -> dict[str, Any]:
+def placement(image: Image, channel_axis: int | None = None) -> dict[str, Any]:
     """Where ``image`` lies in the world (pixel size and its unit, offset, rotation, shear, affine):
-    results lie on it."""
-    return {"scale": image.scale, "translate": image.translate, "rotate": image.rotate, "shear": image.shear,
-            "affine": image.affine, "units": image.units}
+    results lie on it. Results of one channel lie on the other axes (rotation, shear and affine of
+    such an image are not carried over)."""
+    if channel_axis is None:
+        return {"scale": image.scale, "translate": image.translate, "rotate": image.rotate, "shear": image.shear,
+                "affine": image.affine, "units": image.units}
+    keep = [axis for axis in range(image.ndim) if axis != channel_axis]
+    return {"scale": [image.scale[axis] for axis in keep], "translate": [image.translate[axis] for axis in keep],
+            "units": [image.units[axis] for axis in keep]}
 
 
 def pixel_size(layer: Any) -> PixelSize | None:
@@ -83,6 +89,7 @@ class OutputLayer:
     written: int
     counted: int | None = None
     measured: int | None = None  # the fingerprint of the labels the layer's table was measured on
+    channel: tuple[int, int] | None = None  # (axis, index) of the image's channel the nuclei were found in
 
     def edited(self) -> bool:
         """Whether the layer holds other labels than the widget last wrote there (a hand edit)."""
@@ -92,8 +99,9 @@ class OutputLayer:
         """The image that mean intensities come from (None if it was swapped for one of another shape),
         whether it is RGB, and the physical pixel size, when the layer has one."""
         source = self.image
-        same_shape = source.data.shape[: self.layer.ndim] == self.layer.data.shape
-        return (source.data if same_shape else None), source.rgb, pixel_size(self.layer)
+        data = source.data if self.channel is None else take_channel(source.data, *self.channel)
+        same_shape = np.shape(data)[: self.layer.ndim] == self.layer.data.shape
+        return (data if same_shape else None), source.rgb, pixel_size(self.layer)
 
     def measure_now(self) -> None:
         """Measure the table here and now, unless it is up to date."""
@@ -160,17 +168,20 @@ class OutputLayers(QObject):
     def is_shown(self, layer: Any) -> bool:
         return self.shown is not None and getattr(layer, "unique_id", None) == self.shown.unique_id
 
-    def write(self, image: Image, labels: np.ndarray, *, count: int,
-              metadata: dict[str, Any] | None = None) -> tuple[Labels, Labels | None]:
-        """Write ``labels`` (numbered 1..``count``) for ``image``: in place to its layer while that holds
-        what the widget wrote, else to a new layer; ``metadata`` goes into the layer's. Returns the layer,
-        and the layer edited by hand that was kept (None if none was)."""
+    def write(self, image: Image, labels: np.ndarray, *, count: int, metadata: dict[str, Any] | None = None,
+              channel: tuple[int, int] | None = None) -> tuple[Labels, Labels | None]:
+        """Write ``labels`` (numbered 1..``count``) for ``image`` (its ``channel``, ``(axis, index)``, if one
+        was segmented): in place to its layer while that holds what the widget wrote, of the same shape
+        and channel, else to a new layer; ``metadata`` goes into the layer's. Returns the layer, and the
+        layer edited by hand that was kept (None if none was)."""
         layer = self._by_image.get(image.unique_id)
         edited = None
         if layer is None or not self._in_viewer(layer):
-            layer = self._add_layer(image, labels)
+            layer = self._add_layer(image, labels, channel)
         elif self.record(layer).edited():
-            edited, layer = layer, self._add_layer(image, labels)
+            edited, layer = layer, self._add_layer(image, labels, channel)
+        elif layer.data.shape != labels.shape or self.record(layer).channel != channel:
+            layer = self._add_layer(image, labels, channel)  # another channel: a result of its own
         else:
             with self.self_writing():
                 layer.data = labels
@@ -181,12 +192,13 @@ class OutputLayers(QObject):
         self.mark_changed(layer, count=count, fingerprint=record.written)
         return layer, edited
 
-    def _add_layer(self, image: Image, labels: np.ndarray) -> Labels:
+    def _add_layer(self, image: Image, labels: np.ndarray, channel: tuple[int, int] | None = None) -> Labels:
         taken = {layer.name for layer in self.viewer.layers}
-        name = unique_name(f"{image.name} nuclei", taken)
+        base = f"{image.name} nuclei" if channel is None else f"{image.name} channel {channel[1]} nuclei"
         with self.self_writing():
-            layer = self.viewer.add_labels(labels, name=name, **placement(image))
-        self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels))
+            layer = self.viewer.add_labels(labels, name=unique_name(base, taken),
+                                           **placement(image, None if channel is None else channel[0]))
+        self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels), channel=channel)
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)
         layer.events.set_data.connect(self._on_redrawn)
@@ -204,16 +216,17 @@ class OutputLayers(QObject):
         finally:
             self.writing = False
 
-    def show_probabilities(self, image: Image, nucleus: Any) -> None:
-        """Show the nucleus probability of ``image``, in the layer that shows it already if there is one."""
+    def show_probabilities(self, image: Image, nucleus: Any, channel: tuple[int, int] | None = None) -> None:
+        """Show the nucleus probability of ``image`` (of its ``channel``, if one was segmented), in the
+        layer that shows it already if there is one of that shape."""
         layer = self._probability_layers.get(image.unique_id)
-        if layer is not None and self._in_viewer(layer):
+        if layer is not None and self._in_viewer(layer) and layer.data.shape == np.shape(nucleus):
             layer.data = nucleus
             return
         with self.self_writing():  # not an image the user opened: the picker keeps its choice
             self._probability_layers[image.unique_id] = self.viewer.add_image(
                 nucleus, name=f"{image.name} nucleus probability", colormap="magma", blending="additive",
-                opacity=0.6, contrast_limits=(0, 1), **placement(image),
+                opacity=0.6, contrast_limits=(0, 1), **placement(image, None if channel is None else channel[0]),
             )
 
     def removed(self, layer: Any) -> None:

@@ -51,16 +51,20 @@ class Cache:
     diameter: float | None = None  # the nucleus diameter the network ran for (None: not resized)
     diameter_estimated: bool = False
     scale: float = 1.0  # the factor the image was resized by for the network
+    channel: tuple[int, int] | None = None  # (axis, index) of the image's channel segmented; None: all of it
 
     @classmethod
-    def of_run(cls, image: Image, planes: Any, model_key: tuple[str, int]) -> Cache:
+    def of_run(cls, image: Image, planes: Any, model_key: tuple[str, int],
+               channel: tuple[int, int] | None = None) -> Cache:
         """The cache of a finished run's :class:`~napari_nucleiseg.pipeline.PlanesResult`."""
         return cls(image, planes.probabilities, planes.settings, model_key, planes.diameter,
-                   planes.diameter_estimated, planes.scale)
+                   planes.diameter_estimated, planes.scale, channel)
 
     def metadata(self) -> dict[str, Any]:
-        """What a result layer records of the run: the diameter it ran for, whether estimated, the scale."""
-        return {"diameter": self.diameter, "diameter_estimated": self.diameter_estimated, "scale": self.scale}
+        """What a result layer records of the run: the diameter it ran for, whether estimated, the
+        scale, and the channel segmented (None: the whole image)."""
+        recorded = {"diameter": self.diameter, "diameter_estimated": self.diameter_estimated, "scale": self.scale}
+        return recorded if self.channel is None else recorded | {"channel": self.channel[1]}
 
 
 @dataclass(eq=False)

@@ -51,10 +51,12 @@ class Refused(Exception):
     """A run that cannot start; the message is one sentence for the user."""
 
 
-def check_runnable(image: Any, layers: Any, weights: Callable[[], Path]) -> tuple[int, Path, dict[str, Any]]:
-    """The number of planes of the Image layer ``image``, the weights file (``weights()``) and its
-    metadata, once it is sure that the run can start: an image (among ``layers``), one that is not
-    multiscale and holds 2-D planes, a readable weights file, and the memory the run needs.
+def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
+                   channel: tuple[int, int] | None = None) -> tuple[int, Path, dict[str, Any]]:
+    """The number of planes of the Image layer ``image`` (of its ``channel``, ``(axis, index)``, if
+    one is chosen), the weights file (``weights()``) and its metadata, once it is sure that the run
+    can start: an image (among ``layers``), one that is not multiscale and holds 2-D planes, a
+    readable weights file, and the memory the run needs.
 
     Raises
     ------
@@ -73,7 +75,10 @@ def check_runnable(image: Any, layers: Any, weights: Callable[[], Path]) -> tupl
         if image.multiscale:
             raise ImageError(f"'{image.name}' is a multiscale image, which cannot be segmented; "
                              "open its full-resolution level as an image.")
-        leading, plane = stack_shape(image.data.shape, image.rgb)
+        shape = list(image.data.shape)
+        if channel is not None:
+            del shape[channel[0]]
+        leading, plane = stack_shape(tuple(shape), image.rgb)
         path = weights()
         metadata = read_metadata(path)
     except (ImageError, WeightsError) as error:
@@ -160,14 +165,18 @@ class SegmentationRun(QObject):
         return self.image is not None
 
     def start(self, image: Any, planes: int, weights: Path, *, settings: ChosenSettings,
-              diameter: float | None, stage: str) -> None:
-        """Segment ``image`` (a napari Image layer of ``planes`` planes) with the weights file at ``weights``."""
+              diameter: float | None, stage: str, channel: tuple[int, int] | None = None) -> None:
+        """Segment ``image`` (a napari Image layer of ``planes`` planes; its ``channel``, ``(axis, index)``,
+        if one is chosen) with the weights file at ``weights``."""
+        from .channels import take_channel
+
         self.cancel_event.clear()
         self._plane = (0, planes)
         self.image = image
         key = file_key(weights)
         self.show_progress(True, stage)
-        run = partial(run_in_worker, image.data, image.rgb, weights,
+        data = image.data if channel is None else take_channel(image.data, *channel)
+        run = partial(run_in_worker, data, image.rgb, weights,
                       model=self.model if self.model_key == key else None, settings=settings, diameter=diameter,
                       on_progress=self._tiles.done.emit, cancelled=self.cancel_event.is_set, predict=self.predict)
         if self.synchronous:

@@ -36,10 +36,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._controls import DiameterControl, ImagePicker, ModelPicker, PostprocessControls
+from ._controls import ChannelPicker, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
 from ._outputs import OutputLayers
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable, file_key
+from .channels import find_channel_axis
 from .settings import PostprocessSettings
 from .tables import write_csv
 
@@ -59,16 +60,18 @@ class NucleiSegWidget(QWidget):
         self.viewer = napari_viewer
         self._run_diameter: float | None = None  # the diameter the run under way was asked for (None: Auto)
         self._rerun = False  # the diameter changed during a run: run again when it ends
+        self._run_channel: tuple[int, int] | None = None  # (axis, index) of the channel the run segments
         self._build_ui()
         self.run = SegmentationRun(self.progress_bar, self._on_run_returned, self._on_run_finished, parent=self)
         self.rethresholder = Rethresholder(self.postprocess_controls.values, self._on_result, parent=self)
-        self.outputs = OutputLayers(self.viewer, lambda layer, text: self.count_label.setText(text),
+        self.outputs = OutputLayers(self.viewer, self._show_count,
                                     busy=lambda: self.rethresholder.running, parent=self)
         self.postprocess_controls.changed.connect(self.rethresholder.request)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         # Closing the widget mid-run stops the workers (not via self: it is going).
         self.destroyed.connect(partial(_stop_workers, self.run.cancel_event, self.rethresholder.jobs))
         self._on_model_changed()
+        self._on_image_changed()
 
     # ---- for tests and scripts ------------------------------------------------------------
 
@@ -94,6 +97,8 @@ class NucleiSegWidget(QWidget):
 
     def _build_ui(self) -> None:
         self.image_combo = ImagePicker(self.viewer, adding=lambda: self.outputs.writing)
+        self.channel_combo = ChannelPicker()
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.model_combo = ModelPicker(error=lambda message: show_error(message))
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
 
@@ -136,6 +141,21 @@ class NucleiSegWidget(QWidget):
         """The image layer chosen in the picker, if any."""
         return self.image_combo.layer
 
+    def _on_image_changed(self, *_) -> None:
+        layer = self.image_layer
+        self.channel_combo.for_layer(layer, self._axis_labels(layer))
+
+    def _axis_labels(self, layer: Image | None) -> tuple[str, ...]:
+        """The labels of ``layer``'s axes: its own, or where those are napari's defaults ("-3"), the
+        viewer's (a layer's axes are the viewer's last ones)."""
+        if layer is None:
+            return ()
+        own = [str(label) for label in getattr(layer, "axis_labels", ())]
+        viewer = [str(label) for label in self.viewer.dims.axis_labels][-layer.ndim:]
+        own = own if len(own) == layer.ndim else [""] * layer.ndim
+        viewer = viewer if len(viewer) == layer.ndim else [""] * layer.ndim
+        return tuple(theirs if _is_default_label(mine) else mine for mine, theirs in zip(own, viewer))
+
     # ---- model picker ---------------------------------------------------------------------
 
     def set_weights_file(self, path: str | Path) -> bool:
@@ -169,8 +189,16 @@ class NucleiSegWidget(QWidget):
     def _segment(self, image: Image | None) -> None:
         if self.running:
             return
+        if image is self.image_layer:
+            self._on_image_changed()  # the layer's shape or axis labels may have changed since it was picked
+            self._run_channel = self.channel_combo.channel
+        elif self.rethresholder.cache is None or self.rethresholder.cache.image is not image:
+            self._run_channel = None
+        else:
+            self._run_channel = self.rethresholder.cache.channel  # a rerun at another diameter: the same channel
         try:
-            planes, weights, metadata = check_runnable(image, self.viewer.layers, self.model_combo.weights_path)
+            planes, weights, metadata = check_runnable(image, self.viewer.layers, self.model_combo.weights_path,
+                                                       self._run_channel)
         except Refused as refusal:
             show_error(str(refusal))
             return
@@ -184,7 +212,7 @@ class NucleiSegWidget(QWidget):
         self._run_diameter, self._rerun = self.diameter_control.diameter, False
         estimating = self._run_diameter is None and metadata.get("diameter") is not None
         self._set_running(True)
-        self.run.start(image, planes, weights, settings=chosen, diameter=self._run_diameter,
+        self.run.start(image, planes, weights, settings=chosen, diameter=self._run_diameter, channel=self._run_channel,
                        stage="Estimating the nucleus diameter..." if estimating else "Loading the model...")
 
     def cancel(self) -> None:
@@ -212,7 +240,7 @@ class NucleiSegWidget(QWidget):
         previous = self.rethresholder.cache
         new_model = previous is not None and previous.model_key != outcome.model_key  # its calibration, at this scale
         self.postprocess_controls.after_run(planes.settings, model.settings_at(planes.scale).min_size, new_model)
-        cache = Cache.of_run(image, planes, outcome.model_key)
+        cache = Cache.of_run(image, planes, outcome.model_key, self._run_channel)
         self.rethresholder.set_cache(cache)
         self.diameter_control.show_used(cache.diameter, cache.diameter_estimated, model.diameter is not None,
                                         self._run_diameter is None)
@@ -263,9 +291,20 @@ class NucleiSegWidget(QWidget):
             show_error(outcome.message)
             return
         # fresh labels are numbered 1..N
-        layer, edited = self.outputs.write(cache.image, outcome, count=int(outcome.max()), metadata=cache.metadata())
+        layer, edited = self.outputs.write(cache.image, outcome, count=int(outcome.max()), metadata=cache.metadata(),
+                                           channel=cache.channel)
         if edited is not None:
             show_info(f"'{edited.name}' was edited by hand and is kept; the new result is in '{layer.name}'.")
+
+    def _show_count(self, layer: Labels | None, text: str) -> None:
+        """Show a result's count; for the planes of an image that may be channels, say how to choose one."""
+        record = self.outputs.record(layer) if layer is not None else None
+        if record is not None and record.channel is None:
+            image = record.image
+            axis = find_channel_axis(image.data.shape, image.rgb, self._axis_labels(image), image.metadata)
+            if axis is not None:
+                text += "; if they are channels, choose the one with the nuclei under Channel"
+        self.count_label.setText(text)
 
     def closeEvent(self, event) -> None:
         """Stop the re-threshold under way and wait for it: no worker outlives the widget (a script ending
@@ -282,7 +321,7 @@ class NucleiSegWidget(QWidget):
     def _show_probabilities(self, *_) -> None:
         cache = self.rethresholder.cache
         if cache is not None and self.probability_check.isChecked():
-            self.outputs.show_probabilities(cache.image, cache.probabilities.nucleus_image())
+            self.outputs.show_probabilities(cache.image, cache.probabilities.nucleus_image(), cache.channel)
 
     # ---- export ---------------------------------------------------------------------------
 
@@ -315,6 +354,11 @@ class NucleiSegWidget(QWidget):
         return True
 
 
+def _is_default_label(label: str) -> bool:
+    """Whether an axis label is napari's default (``"-3"``, ``"axis -3"``, ``"0"``): it names nothing."""
+    return label.removeprefix("axis").strip().lstrip("-").isdigit() or not label.strip()
+
+
 def _stop_workers(cancel: threading.Event, jobs: list, *_) -> None:
     """Cancel the run and quit the re-threshold of a widget that is being destroyed."""
     cancel.set()
@@ -329,6 +373,7 @@ def _lay_out(widget: NucleiSegWidget) -> None:
     buttons.addWidget(widget.cancel_button)
     form = QFormLayout()
     form.addRow("Image", widget.image_combo)
+    form.addRow(widget.channel_combo.label, widget.channel_combo)
     form.addRow("Model", widget.model_combo)
     form.addRow("Nucleus diameter", widget.diameter_control)
     run_box = QVBoxLayout()  # a hidden progress bar leaves no gap here, unlike a row of its own

@@ -15,10 +15,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from .errors import ImageError
 from .settings import PostprocessSettings
 from .weights import DEFAULT_MODEL
 
@@ -107,6 +108,7 @@ def segment(
     neck_ratio: float | None = None,
     seed_min_size: int | None = None,
     diameter: float | None = None,
+    channel: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> SegmentationResult:
@@ -146,6 +148,10 @@ def segment(
         ``diameter``), and the results are brought back to the image's pixels. Default:
         estimated from the image (:func:`~napari_nucleiseg.scale.estimate_diameter`). A
         model without a recorded diameter runs on the image as it is.
+    channel : int, optional
+        Segment this channel (from 0) of a multichannel image alone, as a gray image: the
+        last axis of ``(H, W, C)`` (C of 2 to 4, RGB included), else the first axis of
+        ``(C, H, W)``. Counts are never summed over channels. Default: the image as it is.
     progress : callable, optional
         Called as ``progress(done_tiles, total_tiles)`` while the network runs.
     cancelled : callable, optional
@@ -173,6 +179,8 @@ def segment(
     from .scale import check_diameter
 
     nuclei_model = load_model(model)
+    if channel is not None:
+        image = one_channel(image, channel)
     check_diameter(diameter, np.shape(image))
     as_rgb(image)  # the one-sentence ImageError for anything but one 2-D image, before any work
     image = np.asarray(image)
@@ -183,6 +191,26 @@ def segment(
     run = segment_planes(image, nuclei_model, chosen, rgb=np.ndim(image) == 3, diameter=diameter, compact=False,
                          on_progress=progress, cancelled=cancelled)
     return result_from_planes(run_to_end(run), image, model_name=nuclei_model.name)
+
+
+def one_channel(image: Any, channel: int) -> np.ndarray:
+    """Channel ``channel`` of ``image``: of its last axis when that has 2-4 entries, else of its first.
+
+    Raises
+    ------
+    ImageError
+        For an image without channels, or a channel it does not have (one sentence).
+    """
+    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
+        raise TypeError(f"channel must be a whole number (from 0), not {channel!r}.")
+    shape = np.shape(image)
+    if len(shape) != 3:
+        raise ImageError(f"An image of shape {tuple(shape)} has no channel axis to take channel {channel} from; "
+                         "expected (H, W, C) or (C, H, W).")
+    axis = 2 if 2 <= shape[2] <= 4 else 0
+    if not 0 <= channel < shape[axis]:
+        raise ImageError(f"The image has {shape[axis]} channels (0 to {shape[axis] - 1}), not a channel {channel}.")
+    return np.asarray(image)[..., channel] if axis == 2 else np.asarray(image)[channel]
 
 
 def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,

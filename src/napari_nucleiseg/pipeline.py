@@ -194,8 +194,8 @@ def stack_shape(shape: tuple[int, ...], rgb: bool) -> tuple[tuple[int, ...], tup
     if leading and min(plane) < MIN_STACK_PLANE_SIDE:
         raise ImageError(
             f"The planes of this {tuple(shape)} stack are {plane[0]} x {plane[1]} pixels, too small to hold nuclei; "
-            f"if its last axis holds {shape[-1]} channels, add them as separate layers (in napari's console: "
-            "viewer.add_image(layer.data, channel_axis=-1)) and segment the one that shows the nuclei."
+            f"if its last axis holds {shape[-1]} channels, segment the one that shows the nuclei (the widget's "
+            "Channel, segment(..., channel=N), or nucleiseg segment --channel N)."
         )
     return leading, plane
 

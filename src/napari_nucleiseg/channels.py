@@ -1,0 +1,70 @@
+"""Which axis of an image holds channels (DAPI, a marker, ...), and one channel of it.
+
+Segmenting every channel of a DAPI + marker image as planes of a stack adds the marker's false
+nuclei to the count. An axis is taken for channels when something says so: the viewer's axis label
+(``c``, ``channel``), a reader's ``axes`` in the layer metadata (``"CYX"``), or a last axis of 2-4
+entries that napari does not show as colour (a ``(Y, X, 2)`` image). A leading axis of 2-4 entries
+that nothing names may be channels or a short stack: the widget offers it as channels, but keeps it
+as planes unless the user chooses one, and says so under the count. (The command line reads a
+file's own axes, and keeps an axis the file does not name as planes.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Axis labels and reader axes letters that mean channels, and those that mean planes.
+CHANNEL_LABELS = frozenset({"c", "ch", "channel", "channels"})
+PLANE_LABELS = frozenset({"z", "t", "time", "depth", "plane", "planes", "slice"})
+#: An axis nothing names is offered as channels only with this many entries at most.
+MAX_UNNAMED_CHANNELS = 4
+#: Nor when its planes are smaller than this (pixels a side): then it is no image of channels.
+MIN_PLANE_SIDE = 16
+
+
+@dataclass(frozen=True)
+class ChannelAxis:
+    """The axis of an image's data that may hold channels."""
+
+    axis: int  # from 0, in the data's axes
+    count: int  # its entries
+    named: bool  # something says it holds channels; False: a guess (a short unnamed leading axis)
+
+
+def find_channel_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str] = (),
+                      metadata: dict[str, Any] | None = None) -> ChannelAxis | None:
+    """The axis of data of ``shape`` that holds (or may hold) channels; None when none does.
+
+    ``axis_labels`` are the viewer's labels of the data's axes (the last ``len(shape)``), and
+    ``metadata`` the layer's (a reader's ``axes``, e.g. ``"CYX"``). An RGB layer's colour is not
+    channels here: napari shows it as one picture.
+    """
+    shape = tuple(int(side) for side in shape)
+    plane_axes = 3 if rgb else 2
+    if len(shape) <= plane_axes:
+        return None
+    candidates = range(len(shape) - plane_axes)  # the axes before the plane
+    labels = [str(label).strip().lower() for label in axis_labels][-len(shape):] if axis_labels else []
+    if len(labels) == len(shape):
+        for axis in candidates:
+            if labels[axis] in CHANNEL_LABELS:
+                return ChannelAxis(axis, shape[axis], named=True)
+    axes = str((metadata or {}).get("axes", "")).upper()
+    if len(axes) == len(shape) and "C" in axes[: len(shape) - plane_axes]:
+        axis = axes.index("C")
+        return ChannelAxis(axis, shape[axis], named=True)
+    if rgb:
+        return None
+    if len(shape) == 3 and 2 <= shape[-1] <= MAX_UNNAMED_CHANNELS and min(shape[:2]) >= MIN_PLANE_SIDE:
+        return ChannelAxis(2, shape[-1], named=True)  # (Y, X, C): napari would show X against C
+    if len(shape) == 3 and 2 <= shape[0] <= MAX_UNNAMED_CHANNELS and min(shape[1:]) >= MIN_PLANE_SIDE:
+        if not labels or labels[0] not in PLANE_LABELS:
+            return ChannelAxis(0, shape[0], named=False)
+    return None
+
+
+def take_channel(data: Any, axis: int, index: int) -> Any:
+    """Channel ``index`` of ``data`` along ``axis``: a view (numpy) or a lazy slice (dask, zarr)."""
+    return data[(slice(None),) * axis + (index,)]
