@@ -710,6 +710,9 @@ def test_a_two_plane_image_nothing_names_is_offered_as_channels_and_the_count_sa
     widget.channel_combo.setCurrentIndex(widget.channel_combo.findText("channel 0"))
     click_segment(qtbot, widget)
     assert shown_count(widget) == 3 and widget.count_label.text() == "3 nuclei in 'dapi+marker channel 0 nuclei'"
+    assert widget.channel_combo.currentText() == "channel 0"  # the choice stays as result layers come and go
+    viewer.layers.remove(labels_layers(viewer)[0])
+    assert widget.channel_combo.currentText() == "channel 0"
     assert labels_layers(viewer)[-1].data.shape == (64, 200)
 
 

@@ -243,6 +243,12 @@ class ChannelPicker(QComboBox):
         self.label = QLabel("Channel")
         self.axis: ChannelAxis | None = None
         self._shown_for: tuple | None = None
+        self._chosen: dict[tuple, int] = {}  # the choice made for each layer (and shape), kept while it lasts
+        self.currentIndexChanged.connect(self._remember)
+
+    def _remember(self, index: int) -> None:
+        if self._shown_for is not None and index >= 0:
+            self._chosen[self._shown_for] = index
 
     def for_layer(self, layer: Any, axis_labels: tuple[str, ...] = ()) -> None:
         """Offer the channels of ``layer`` (an Image layer or None), keeping the choice while the
@@ -262,6 +268,7 @@ class ChannelPicker(QComboBox):
                     self.addItem(f"channel {index}", index)
                 if self.axis.axis < layer.data.ndim - (3 if layer.rgb else 2) and self.axis.named:
                     self.addItem(f"all {self.axis.count}, as planes of a stack", None)
+                self.setCurrentIndex(self._chosen.get(key, 0))
         self.setVisible(self.axis is not None)
         self.label.setVisible(self.axis is not None)
 
