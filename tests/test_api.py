@@ -121,6 +121,18 @@ def test_the_models_seed_min_size_is_used_unless_overridden():
     assert segment(image, channel_model()).count == 2  # a file without one: every seed counts
 
 
+def test_nuclei_touching_the_border_are_left_out_only_when_asked():
+    shape = (64, 96)
+    image = drawn(_disk(shape, (32, 40), 10) | _disk(shape, (32, 90), 10))  # the second is cut by the right edge
+    everything = segment(image, channel_model())
+    assert everything.count == 2 and not everything.exclude_border
+    inner = segment(image, channel_model(), exclude_border=True)
+    assert inner.exclude_border and inner.settings.exclude_border
+    assert inner.count == 1 and inner.labels[32, 90] == 0 and inner.labels[32, 40] == 1
+    assert list(inner.table["label"]) == [1] and inner.table.loc[0, "centroid_x"] == pytest.approx(40)
+    np.testing.assert_array_equal(inner.probabilities, everything.probabilities)
+
+
 def test_explicit_settings_are_used(tiny_weights):
     result = segment(IMAGE, tiny_weights["hrnet"], threshold=0.6, min_size=3, split=False, boundary_threshold=0.2)
     assert (result.threshold, result.min_size, result.split, result.boundary_threshold) == (0.6, 3, False, 0.2)
@@ -226,6 +238,7 @@ def test_public_api():
 @pytest.mark.parametrize("settings, name", [
     ({"threshold": "0.5"}, "threshold"), ({"threshold": True}, "threshold"), ({"min_size": float("inf")}, "min_size"),
     ({"seed_min_size": float("inf")}, "seed_min_size"), ({"split": "no"}, "split"), ({"neck_ratio": "0"}, "neck_ratio"),
+    ({"exclude_border": "yes"}, "exclude_border"), ({"exclude_border": 1}, "exclude_border"),
 ])
 def test_settings_of_the_wrong_type_are_one_sentence_before_any_work(tiny_weights, settings, name):
     with pytest.raises(ValueError, match=f"^{name} must be") as raised:

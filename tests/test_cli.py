@@ -92,6 +92,20 @@ def test_neck_ratio_is_passed_on_and_recorded(capsys, folder, tmp_path, tiny_wei
     assert pd.read_csv(out / "counts.csv").loc[0, "seed_min_size"] == 0  # the file's: every seed counts
 
 
+def test_exclude_border_changes_the_counts_and_is_recorded(capsys, folder, tmp_path, tiny_weights):
+    weights = tiny_weights["hrnet"]  # its random nuclei reach the edges of a.png
+    status, _, _ = run(capsys, folder / "a.png", "--out", tmp_path / "all", "--weights", weights)
+    assert status == 0
+    status, _, _ = run(capsys, folder / "a.png", "--out", tmp_path / "inner", "--weights", weights, "--exclude-border")
+    assert status == 0
+    expected = segment(iio.imread(folder / "a.png"), weights, exclude_border=True)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "inner" / "a_labels.tif"), expected.labels)
+    everything, inner = (pd.read_csv(tmp_path / out / "counts.csv").loc[0] for out in ("all", "inner"))
+    assert inner["nuclei"] == expected.count < everything["nuclei"]
+    assert (everything["exclude_border"], inner["exclude_border"]) == (False, True)
+    assert len(pd.read_csv(tmp_path / "inner" / "nuclei.csv")) == expected.count
+
+
 def test_real_image(capsys, dsb_image_paths, tmp_path, tiny_weights):
     source = dsb_image_paths[0]
     status, _, stderr = run(capsys, source, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])

@@ -47,6 +47,18 @@ def test_labels_of_a_stack_are_numbered_on_through_the_planes():
     assert [sorted(set(np.unique(plane)) - {0}) for plane in labels] == [[1], [2, 3], []]
 
 
+def test_border_nuclei_of_a_stack_are_excluded_plane_by_plane_and_the_rest_numbered_on():
+    probabilities = np.zeros((3, 2, 20, 20), dtype=np.float32)
+    probabilities[0, 0, 2:8, 2:8] = 1
+    probabilities[0, 0, 12:20, 12:18] = 1  # touches the bottom edge of plane 0 ...
+    probabilities[1, 0, 12:18, 12:18] = 1  # ... and of no other plane
+    probabilities[2, 0, 0:6, 5:9] = 1
+    labels = pipeline.labels_from_stack(probabilities, PostprocessSettings(threshold=0.5, min_size=1, split=False,
+                                                                           exclude_border=True))
+    assert [sorted(set(np.unique(plane)) - {0}) for plane in labels] == [[1], [2], []]
+    assert labels[1, 15, 15] == 2
+
+
 def test_a_single_plane_keeps_its_shape():
     probabilities = np.zeros((2, 20, 20), dtype=np.float32)
     probabilities[0, 2:8, 2:8] = 1

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
-from skimage.segmentation import watershed
+from skimage.segmentation import clear_border, relabel_sequential, watershed
 
 from napari_nucleiseg.postprocess import (
     MEASUREMENT_COLUMNS,
@@ -16,6 +16,7 @@ from napari_nucleiseg.postprocess import (
     measure_nuclei,
     split_by_shape,
 )
+from napari_nucleiseg.settings import PostprocessSettings
 
 from conftest import disk
 
@@ -438,3 +439,27 @@ def test_a_speck_of_seed_does_not_split_a_nucleus_but_a_real_seed_does():
     assert count_nuclei(labels_from_probabilities(probabilities, seed_min_size=10, split=False, **options)) == 1
     with pytest.raises(ValueError, match="seed_min_size"):
         labels_from_probabilities(probabilities, seed_min_size=2.5)
+
+
+def test_nuclei_touching_the_border_are_dropped_only_when_asked_and_the_rest_renumbered():
+    # Cut by the top, the left (split from a whole nucleus it touches) and the right edge; two whole ones.
+    disks = [((2, 40), 8), ((32, 8), 12), ((32, 30), 12), ((12, 70), 7), ((40, 92), 8)]
+    probabilities = probabilities_of(disks)
+    for split in (True, False):
+        labels = labels_from_probabilities(probabilities, min_size=10, split=split)
+        inner = labels_from_probabilities(probabilities, min_size=10, split=split, exclude_border=True)
+        assert inner.dtype == labels.dtype
+        np.testing.assert_array_equal(inner, relabel_sequential(clear_border(labels))[0])
+    assert count_nuclei(labels_from_probabilities(probabilities, min_size=10)) == 5
+    inner = labels_from_probabilities(probabilities, min_size=10, exclude_border=True)
+    assert count_nuclei(inner) == inner.max() == 2
+    assert inner[32, 30] > 0 and inner[12, 70] > 0  # a whole nucleus touching a cut one is kept
+    assert not (inner[0].any() or inner[-1].any() or inner[:, 0].any() or inner[:, -1].any())
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_exclude_border_is_true_or_false_in_one_sentence(value):
+    with pytest.raises(ValueError, match=f"^exclude_border must be True or False, not {value!r}$"):
+        PostprocessSettings(exclude_border=value).validate()
+    with pytest.raises(ValueError, match="^exclude_border must be True or False"):
+        labels_from_probabilities(probabilities_of(TOUCHING), exclude_border=value)

@@ -253,6 +253,41 @@ def test_splitting_separates_touching_nuclei(viewer_and_widget, fake_network, qt
     assert fake_network.calls == 1
 
 
+def test_excluding_border_nuclei_relabels_the_result_without_the_network_and_is_exported(
+    viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
+):
+    viewer, widget = viewer_and_widget
+    image = blobs()
+    image[disk(image.shape, (32, 199), 9)] = 200  # a fifth nucleus, cut by the right edge
+    viewer.add_image(image, name="edge")
+    widget.threshold_slider.setValue(0.3)
+    assert not widget.exclude_border_check.isChecked()  # off until the user asks
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert labels.data.max() == 5 and shown_count(widget) == 5
+
+    widget.exclude_border_check.setChecked(True)
+    assert labels.data.max() == 4 and labels.data[32, 195] == 0
+    assert widget.count_label.text() == "4 nuclei in 'edge nuclei', not counting those touching the border"
+    click_export(qtbot, widget, monkeypatch, tmp_path / "inner.csv")
+    inner = pd.read_csv(tmp_path / "inner.csv")
+    assert list(inner["label"]) == [1, 2, 3, 4] and inner["exclude_border"].tolist() == [True] * 4
+
+    widget.exclude_border_check.setChecked(False)
+    assert labels.data.max() == 5 and widget.count_label.text() == "5 nuclei in 'edge nuclei'"
+    click_export(qtbot, widget, monkeypatch, tmp_path / "all.csv")
+    assert pd.read_csv(tmp_path / "all.csv")["exclude_border"].tolist() == [False] * 5
+    assert fake_network.calls == 1 and labels_layers(viewer) == [labels]
+
+    labels.fill((32, 25), 0)  # a hand edit: ticking the box again leaves it alone
+    edited = labels.data.copy()
+    widget.exclude_border_check.setChecked(True)
+    kept, new = labels_layers(viewer)
+    assert kept is labels and np.array_equal(labels.data, edited)
+    assert new.data.max() == 4 and shown_count(widget) == 4
+    assert fake_network.calls == 1 and notifications.messages["error"] == []
+
+
 def joined_pair(shape=(64, 160)) -> np.ndarray:
     """An "8" of two disks (radius 10, centres 18 apart) with no boundary between them, and four
     single nuclei of radius 7: the network saw one object where the eye sees two."""
@@ -970,7 +1005,7 @@ def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
 
     assert fake_network.calls == 2 and fake_network.scales[-1] == 0.5  # one run, not one a keystroke
     assert labels_layers(viewer) == [labels]  # the result is updated in place
-    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5}
+    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "exclude_border": False}
     assert labels.data.shape == image.data.shape
     assert widget.diameter_auto_check.text() == "Auto" and not widget.diameter_auto_check.isChecked()
     assert widget.min_size_spin.value() == widget.run.model.settings_at(0.5).min_size
@@ -1002,7 +1037,7 @@ def test_the_threshold_after_a_diameter_run_rethresholds_the_cached_probabilitie
     assert counts == {0.3: 4, 0.5: 3, 0.9: 1}
     assert fake_network.calls == 1  # the network ran once; the slider re-used its output
     assert widget.min_size_spin.value() == min_size and labels_layers(viewer) == [labels]
-    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5}
+    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "exclude_border": False}
 
 
 @pytest.mark.parametrize("bad", [0.0, -5.0, float("nan"), 300.0])

@@ -280,7 +280,8 @@ class ChannelPicker(QComboBox):
 
 
 class PostprocessControls(QObject):
-    """The threshold slider, the min size box and the split box: the settings a result is made with.
+    """The threshold slider, the min size box, the split box and the border box: the settings a result
+    is made with.
 
     Emits :attr:`changed` when the user changes one. The min size box starts at the model's min size
     at the scale of the last run (:attr:`default_min_size`); left there, it follows the next run's scale.
@@ -299,15 +300,20 @@ class PostprocessControls(QObject):
         self.split_check = QCheckBox("Split touching nuclei", checked=True)
         self.split_check.setToolTip("Separate touching nuclei along the boundaries the model predicts, and cut "
                                     "\"8\"-shaped objects at their neck (as calibrated for the model)")
+        self.exclude_border_check = QCheckBox("Exclude nuclei touching the border", checked=False)
+        self.exclude_border_check.setToolTip("Leave out of the labels, the count and the table the nuclei that "
+                                             "touch the edge of the image (of each plane of a stack): they are "
+                                             "cut off. The exported table records it")
         self.default_min_size = PostprocessSettings().min_size
         self.threshold_slider.valueChanged.connect(self.changed)
         self.min_size_spin.valueChanged.connect(self.changed)
         self.split_check.toggled.connect(self.changed)
+        self.exclude_border_check.toggled.connect(self.changed)
 
     def values(self) -> dict[str, Any]:
         """The settings the controls show, by name."""
         return {"threshold": self.threshold_slider.value(), "min_size": self.min_size_spin.value(),
-                "split": self.split_check.isChecked()}
+                "split": self.split_check.isChecked(), "exclude_border": self.exclude_border_check.isChecked()}
 
     def show(self, settings: PostprocessSettings) -> None:
         """Show a model's settings (re-thresholding nothing); its min size is now the default."""

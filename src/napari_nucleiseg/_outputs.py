@@ -305,6 +305,8 @@ class OutputLayers(QObject):
         planes = int(np.prod(layer.data.shape[:-2]))
         if planes > 1:  # each plane is segmented on its own: a nucleus in 5 z-planes counts 5 times
             text += f", summed over its {planes} planes"
+        if layer.metadata.get("exclude_border"):
+            text += ", not counting those touching the border"
         self._show_count(layer, text)
 
     def _count_in_worker(self, layer: Labels) -> None:

@@ -110,7 +110,7 @@ class NucleiSegWidget(QWidget):
         self.postprocess_controls = PostprocessControls(self)
         controls = self.postprocess_controls
         self.threshold_slider, self.min_size_spin = controls.threshold_slider, controls.min_size_spin
-        self.split_check = controls.split_check
+        self.split_check, self.exclude_border_check = controls.split_check, controls.exclude_border_check
         self.diameter_control = DiameterControl()
         self.diameter_auto_check, self.diameter_spin = self.diameter_control.auto_check, self.diameter_control.spin
         self.count_label = QLabel("No segmentation yet")
@@ -291,7 +291,8 @@ class NucleiSegWidget(QWidget):
             show_error(outcome.message)
             return
         # fresh labels are numbered 1..N
-        layer, edited = self.outputs.write(cache.image, outcome, count=int(outcome.max()), metadata=cache.metadata(),
+        metadata = cache.metadata() | {"exclude_border": settings.exclude_border}
+        layer, edited = self.outputs.write(cache.image, outcome, count=int(outcome.max()), metadata=metadata,
                                            channel=cache.channel)
         if edited is not None:
             show_info(f"'{edited.name}' was edited by hand and is kept; the new result is in '{layer.name}'.")
@@ -338,15 +339,20 @@ class NucleiSegWidget(QWidget):
             self.export_csv(path, layer)
 
     def export_csv(self, path: str | Path, layer: Labels | None = None) -> bool:
-        """Write the per-nucleus table of ``layer`` (default: :attr:`labels_layer`) to ``path``."""
+        """Write the per-nucleus table of ``layer`` (default: :attr:`labels_layer`) to ``path``; for a
+        result of the widget's, an ``exclude_border`` column says whether the nuclei touching the
+        border were left out."""
         layer = layer or self.labels_layer
         if layer is None:
             show_warning("Segment an image first; there is no table to export.")
             return False
         table = self.outputs.table_now(layer)
+        exported = table.drop(columns="index", errors="ignore")
+        if "exclude_border" in layer.metadata:
+            exported = exported.assign(exclude_border=bool(layer.metadata["exclude_border"]))
         path = Path(path)
         try:
-            write_csv(table.drop(columns="index", errors="ignore"), path)
+            write_csv(exported, path)
         except OSError as error:
             show_error(f"Cannot write {path}: {error.strerror or error}.")
             return False
@@ -384,6 +390,7 @@ def _lay_out(widget: NucleiSegWidget) -> None:
     form.addRow("Threshold", widget.threshold_slider)
     form.addRow("Min size", widget.min_size_spin)
     form.addRow(widget.split_check)
+    form.addRow(widget.exclude_border_check)
     form.addRow(widget.count_label)
     form.addRow(widget.export_button)
     layout = QVBoxLayout(widget)

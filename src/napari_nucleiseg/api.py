@@ -64,6 +64,9 @@ class SegmentationResult:
         With ``split``, how deep a neck had to be to cut an object by shape (0: none was).
     seed_min_size : int
         With ``split``, the fewest pixels a seed needed to seed a nucleus (0: any).
+    exclude_border : bool
+        Whether the nuclei touching the image's edge were left out (of the labels, the
+        table and the count).
     diameter : float or None
         The image's median nucleus diameter (pixels) the network was run for: the one
         given, or the estimate; None when the model records no diameter of its own, or
@@ -89,12 +92,13 @@ class SegmentationResult:
     diameter: float | None = None
     diameter_estimated: bool = False
     scale: float = 1.0
+    exclude_border: bool = False
 
     @property
     def settings(self) -> PostprocessSettings:
         """The post-processing settings the labels were made with."""
         return PostprocessSettings(self.threshold, self.boundary_threshold, self.min_size, self.split,
-                                   self.neck_ratio, self.seed_min_size)
+                                   self.neck_ratio, self.seed_min_size, self.exclude_border)
 
 
 def segment(
@@ -107,6 +111,7 @@ def segment(
     boundary_threshold: float | None = None,
     neck_ratio: float | None = None,
     seed_min_size: int | None = None,
+    exclude_border: bool = False,
     diameter: float | None = None,
     channel: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -142,6 +147,9 @@ def segment(
         When splitting, seeds of fewer pixels seed no nucleus of their own
         (:func:`~napari_nucleiseg.postprocess.labels_from_probabilities`); 0: all do.
         Default: the model's.
+    exclude_border : bool
+        Leave out the nuclei that touch the edge of the image (they are cut off): they
+        are in neither the labels, the table nor the count.
     diameter : float, optional
         The median nucleus diameter in the image, in pixels. The image is resized so that
         its nuclei arrive at the size the network was trained on (the weights file's
@@ -187,7 +195,7 @@ def segment(
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]  # gray with a channel axis
     chosen = {"threshold": threshold, "min_size": min_size, "split": split, "boundary_threshold": boundary_threshold,
-              "neck_ratio": neck_ratio, "seed_min_size": seed_min_size}
+              "neck_ratio": neck_ratio, "seed_min_size": seed_min_size, "exclude_border": exclude_border}
     run = segment_planes(image, nuclei_model, chosen, rgb=np.ndim(image) == 3, diameter=diameter, compact=False,
                          on_progress=progress, cancelled=cancelled)
     return result_from_planes(run_to_end(run), image, model_name=nuclei_model.name)
@@ -241,6 +249,7 @@ def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,
         split=bool(settings.split),
         neck_ratio=float(settings.neck_ratio),
         seed_min_size=int(settings.seed_min_size),
+        exclude_border=bool(settings.exclude_border),
         diameter=None if planes.diameter is None else float(planes.diameter),
         diameter_estimated=bool(planes.diameter_estimated),
         scale=float(planes.scale),

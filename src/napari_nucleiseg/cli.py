@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--neck-ratio", type=_probability, metavar="R",
                      help="when splitting, cut objects shaped like two nuclei joined by a neck at least R of their "
                           "thickness deep; 0 turns this off (default: the model's calibrated one)")
+    seg.add_argument("--exclude-border", action="store_true",
+                     help="leave out the nuclei that touch the edge of the image (of each plane of a stack): they "
+                          "are in neither the labels, the tables nor the count; counts.csv records it")
     seg.add_argument("--diameter", type=_diameter, default=None, metavar="auto|PX",
                      help="median nucleus diameter of the images in pixels, or auto (the default) to estimate "
                           "it per image; when the model records the diameter it was trained at, each image is "
@@ -297,7 +300,7 @@ def _segment(image: InputImage, model: Any, args: argparse.Namespace,
     from .pipeline import run_to_end, segment_planes
 
     chosen = {"threshold": args.threshold, "min_size": args.min_size, "split": args.split,
-              "neck_ratio": args.neck_ratio}
+              "neck_ratio": args.neck_ratio, "exclude_border": args.exclude_border}
     if not image.plane_axes:
         return segment(image.data, model, **chosen, diameter=args.diameter, cancelled=cancelled)
     run = segment_planes(image.data, model, chosen, rgb=image.rgb, diameter=args.diameter, compact=False,

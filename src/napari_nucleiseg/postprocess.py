@@ -54,6 +54,7 @@ def labels_from_probabilities(
     boundary_threshold: float = DEFAULT_BOUNDARY_THRESHOLD,
     neck_ratio: float = DEFAULT_NECK_RATIO,
     seed_min_size: int = DEFAULT_SEED_MIN_SIZE,
+    exclude_border: bool = False,
 ) -> np.ndarray:
     """Instance labels from nucleus/boundary probabilities.
 
@@ -62,7 +63,8 @@ def labels_from_probabilities(
     boundary, grown back to fill the mask), otherwise connected components ->
     drop objects under ``min_size`` pixels -> renumber -> with ``split`` and a
     ``neck_ratio``, cut the large objects shaped like joined nuclei
-    (:func:`split_by_shape`).
+    (:func:`split_by_shape`) -> with ``exclude_border``, drop the nuclei that touch
+    the image's edge (:func:`exclude_border_nuclei`).
 
     Parameters
     ----------
@@ -86,6 +88,8 @@ def labels_from_probabilities(
         around it, or form a nucleus of their own where none reaches. Lets a low
         boundary threshold split faint boundaries without specks of seed splitting
         single nuclei. 0 (the default): every seed counts.
+    exclude_border : bool
+        Drop the nuclei that touch the edge of the image, and number the others on.
 
     Returns
     -------
@@ -98,7 +102,7 @@ def labels_from_probabilities(
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 3 or probabilities.shape[0] != 2:
         raise ValueError(f"probabilities must have shape (2, H, W), not {probabilities.shape}")
-    check_settings(threshold, boundary_threshold, min_size, split, neck_ratio, seed_min_size)
+    check_settings(threshold, boundary_threshold, min_size, split, neck_ratio, seed_min_size, exclude_border)
     if probabilities.shape[1] == 0 or probabilities.shape[2] == 0:
         return np.zeros(probabilities.shape[1:], dtype=np.uint16)
     nucleus = probabilities[0].astype(np.float32, copy=False)
@@ -123,7 +127,36 @@ def labels_from_probabilities(
     labels = _renumbered(mask.shape, parts, sizes, min_size)
     if split and neck_ratio > 0:
         labels = split_by_shape(labels, neck_ratio, min_size=min_size)
+    if exclude_border:
+        labels = exclude_border_nuclei(labels)
     return labels
+
+
+def exclude_border_nuclei(labels: np.ndarray) -> np.ndarray:
+    """``labels`` without the nuclei that touch the image's edge, the others numbered 1..N in
+    their order (as ``skimage.segmentation.clear_border`` then ``relabel_sequential``, in one pass).
+
+    Parameters
+    ----------
+    labels : ndarray
+        ``(H, W)`` instance labels, 0 background, numbered 1..N (as from
+        :func:`labels_from_probabilities`).
+
+    Returns
+    -------
+    ndarray
+        ``(H, W)`` labels of the same dtype; ``labels`` itself when no nucleus touches the edge.
+    """
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]) if labels.size else labels.ravel()
+    touching = np.unique(edge[edge > 0])
+    if touching.size == 0:
+        return labels
+    keep = np.ones(int(labels.max()) + 1, dtype=bool)
+    keep[0] = False
+    keep[touching] = False
+    new_ids = np.zeros(keep.size, dtype=labels.dtype)
+    new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
+    return new_ids[labels]
 
 
 def _framed(values: np.ndarray, compare, threshold: float) -> np.ndarray:

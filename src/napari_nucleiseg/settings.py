@@ -47,6 +47,9 @@ class PostprocessSettings:
         relative to their thickness, in [0, 1]; 0: never.
     seed_min_size : int
         With ``split``, seeds of fewer pixels seed no nucleus of their own; 0: all do.
+    exclude_border : bool
+        Drop the nuclei that touch the edge of the image (of each plane of a stack): they are
+        cut off, and counting practice leaves them out. A choice of the user's, never calibrated.
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -55,10 +58,12 @@ class PostprocessSettings:
     split: bool = True
     neck_ratio: float = DEFAULT_NECK_RATIO
     seed_min_size: int = DEFAULT_SEED_MIN_SIZE
+    exclude_border: bool = False
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> PostprocessSettings:
-        """The settings a weights file's metadata calibrates (the defaults for what it lacks)."""
+        """The settings a weights file's metadata calibrates (the defaults for what it lacks; a file
+        never excludes border nuclei)."""
         defaults = cls()
         return cls(
             threshold=float(metadata.get("threshold", defaults.threshold)),
@@ -100,17 +105,20 @@ class PostprocessSettings:
             "split": self.split,
             "neck_ratio": self.neck_ratio if self.split else unsplit,
             "seed_min_size": self.seed_min_size if self.split else unsplit,
+            "exclude_border": self.exclude_border,
         }
 
 
 def check_settings(threshold: float = DEFAULT_THRESHOLD, boundary_threshold: float = DEFAULT_BOUNDARY_THRESHOLD,
                    min_size: int = DEFAULT_MIN_SIZE, split: bool = True, neck_ratio: float = DEFAULT_NECK_RATIO,
-                   seed_min_size: int = DEFAULT_SEED_MIN_SIZE) -> None:
+                   seed_min_size: int = DEFAULT_SEED_MIN_SIZE, exclude_border: bool = False) -> None:
     """Raise a ValueError of one sentence for the first setting out of range or of the wrong type
     (see :class:`PostprocessSettings`): a probability is a number in [0, 1], not a string or True; a
-    size a whole number of pixels; ``split`` True or False."""
+    size a whole number of pixels; ``split`` and ``exclude_border`` True or False."""
     if not isinstance(split, (bool, np.bool_)):
         raise ValueError(f"split must be True or False, not {split!r}")
+    if not isinstance(exclude_border, (bool, np.bool_)):
+        raise ValueError(f"exclude_border must be True or False, not {exclude_border!r}")
     if not _fraction(neck_ratio):
         raise ValueError(f"neck_ratio must be between 0 and 1, not {neck_ratio!r}")
     if not _whole(seed_min_size):
