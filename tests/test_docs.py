@@ -31,3 +31,15 @@ def test_a_changed_figure_changes_the_table():
     text = (REPO / "README.md").read_text()
     evaluation["models"]["hrnet"]["sets"]["val"]["dsb_score"] = 0.123
     assert "0.123" in write_blocks(text, evaluation) and "0.123" not in text
+
+
+def test_the_speed_table_is_what_the_benchmark_measured():
+    from training.doc_tables import SPEED
+
+    text = (REPO / "README.md").read_text()
+    assert "<!-- generated: speed -->" in text
+    speed = json.loads(SPEED.read_text())
+    evaluation = json.loads(EVALUATION.read_text())
+    assert text == write_blocks(text, evaluation, speed)
+    speed["runs"][0]["times_s"] = [12.345]
+    assert "12.3 s" in write_blocks(text, evaluation, speed) and "12.3 s" not in text

@@ -4,7 +4,8 @@ Two steps:
 
     # 1. collect what evaluate.py measured for the shipped files into weights/evaluation.json
     python -m training.doc_tables collect runs/eval_unet/report.json runs/eval_unet_scaled/report.json ...
-    # 2. rewrite the generated blocks of the docs from it
+    # 2. rewrite the generated blocks of the docs from it (and README's speed table from
+    #    benchmarks/results/inference.json: python benchmarks/bench_inference.py --repeats 3 --json ...)
     python -m training.doc_tables write README.md weights/README.md
 
 ``weights/evaluation.json`` records the SHA-256 of each weights file it measured;
@@ -19,6 +20,7 @@ import argparse
 import hashlib
 import json
 import re
+import statistics
 from pathlib import Path
 
 from napari_nucleiseg.weights import BUNDLED_MODELS, DEFAULT_MODEL, bundled_weights_path
@@ -125,14 +127,45 @@ def targets_table(evaluation: dict) -> str:
     return "\n".join(lines)
 
 
+#: What ``python benchmarks/bench_inference.py --json`` measured, for the speed table.
+SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "inference.json"
+
+
+def speed_table(speed: dict) -> str:
+    """Median latency per model and image size (and peak memory at the largest), from bench_inference."""
+    runs = {(run["model"], run["size"]): run for run in speed["runs"]}
+    models = [name for name in BUNDLED_MODELS if any(model == name for model, _ in runs)]
+    sizes = sorted({size for _, size in runs})
+    lines = ["| | " + " | ".join(TITLES[name] for name in models) + " |",
+             "| --- |" + " ---: |" * len(models)]
+
+    def cell(run: dict | None, with_memory: bool) -> str:
+        if run is None or not run["times_s"]:
+            return "-"
+        seconds = statistics.median(run["times_s"])  # as bench_inference prints it
+        time = f"{1000 * seconds:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+        return f"{time}, {run['peak_mb'] / 1024:.2f} GB" if with_memory else time
+
+    for size in sizes:
+        largest = size == sizes[-1]
+        title = f"{size} x {size}" + (" (tiled), peak memory" if largest else "")
+        lines.append(f"| {title} | " + " | ".join(cell(runs.get((name, size)), largest) for name in models) + " |")
+    return "\n".join(lines)
+
+
 BLOCKS = {"scores": scores_table, "targets": targets_table}
 
 
-def write_blocks(text: str, evaluation: dict) -> str:
-    """``text`` with every generated block rewritten from ``evaluation``."""
+def write_blocks(text: str, evaluation: dict, speed: dict | None = None) -> str:
+    """``text`` with every generated block rewritten from ``evaluation`` (and ``speed``, the
+    benchmark's results; default: :data:`SPEED`)."""
     def rewrite(match: re.Match) -> str:
         name = match.group(1)
-        return f"<!-- generated: {name} -->\n{BLOCKS[name](evaluation)}\n<!-- end generated: {name} -->"
+        if name == "speed":
+            table = speed_table(speed if speed is not None else json.loads(SPEED.read_text()))
+        else:
+            table = BLOCKS[name](evaluation)
+        return f"<!-- generated: {name} -->\n{table}\n<!-- end generated: {name} -->"
 
     return re.sub(r"<!-- generated: (\w+) -->\n.*?\n<!-- end generated: \1 -->", rewrite, text, flags=re.S)
 
