@@ -142,6 +142,22 @@ class DiameterControl(QWidget):
         self.diameter = diameter
         self.show_asked()
 
+    def ask(self, diameter: float | None, image: Any, error: Callable[[str], None]) -> bool | None:
+        """Take ``diameter`` (None: Auto) for the Image layer ``image`` if it can be used: True when it
+        is new, False when it is the one asked for already, None when it was refused (``error`` says why,
+        and the controls go back)."""
+        problem = self.problem(diameter, image)
+        if problem is not None:
+            error(problem)
+            self.show_asked()
+            return None
+        diameter = None if diameter is None else float(diameter)
+        if diameter == self.diameter:
+            self.show_asked()
+            return False
+        self.take(diameter)
+        return True
+
     def _on_auto_toggled(self, auto: bool) -> None:
         if auto:
             self.asked.emit(None)
@@ -237,9 +253,10 @@ class ChannelPicker(QComboBox):
     at "all, as planes" (it may be a stack), and the count says how to choose a channel.
     """
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, viewer, parent: QWidget | None = None):
         super().__init__(parent, toolTip="The channel that shows the nuclei (e.g. DAPI): only it is segmented "
                                          "and counted")
+        self.viewer = viewer
         self.label = QLabel("Channel")
         self.axis: ChannelAxis | None = None
         self._shown_for: tuple | None = None
@@ -250,10 +267,11 @@ class ChannelPicker(QComboBox):
         if self._shown_for is not None and index >= 0:
             self._chosen[self._shown_for] = index
 
-    def for_layer(self, layer: Any, axis_labels: tuple[str, ...] = ()) -> None:
-        """Offer the channels of ``layer`` (an Image layer or None), keeping the choice while the
-        layer and its shape stay the same."""
-        key = None if layer is None else (layer.unique_id, tuple(layer.data.shape), layer.rgb, tuple(axis_labels))
+    def follow(self, layer: Any) -> None:
+        """Offer the channels of ``layer`` (an Image layer or None), keeping the choice made for the
+        layer while its shape and axis labels stay the same."""
+        axis_labels = self.axis_labels(layer)
+        key = None if layer is None else (layer.unique_id, tuple(layer.data.shape), layer.rgb, axis_labels)
         if key == self._shown_for:
             return
         self._shown_for = key
@@ -272,11 +290,37 @@ class ChannelPicker(QComboBox):
         self.setVisible(self.axis is not None)
         self.label.setVisible(self.axis is not None)
 
+    def axis_labels(self, layer: Any) -> tuple[str, ...]:
+        """The labels of ``layer``'s axes: its own, or where those are napari's defaults ("-3"), the
+        viewer's (a layer's axes are the viewer's last ones)."""
+        if layer is None:
+            return ()
+        own = [str(label) for label in getattr(layer, "axis_labels", ())]
+        viewer = [str(label) for label in self.viewer.dims.axis_labels][-layer.ndim:]
+        own = own if len(own) == layer.ndim else [""] * layer.ndim
+        viewer = viewer if len(viewer) == layer.ndim else [""] * layer.ndim
+        return tuple(theirs if _is_default_label(mine) else mine for mine, theirs in zip(own, viewer))
+
+    def hint(self, record: Any) -> str:
+        """What to add to the count of a result (an :class:`~._outputs.OutputLayer`, or None) made of
+        all the planes of an image that may hold channels: how to choose one."""
+        if record is None or record.channel is not None:
+            return ""
+        image = record.image
+        if find_channel_axis(image.data.shape, image.rgb, self.axis_labels(image), image.metadata) is None:
+            return ""
+        return "; if they are channels, choose the one with the nuclei under Channel"
+
     @property
     def channel(self) -> tuple[int, int] | None:
         """``(axis, index)`` of the channel chosen; None: the whole image."""
         index = self.currentData()
         return None if self.axis is None or index is None else (self.axis.axis, index)
+
+
+def _is_default_label(label: str) -> bool:
+    """Whether an axis label is napari's default (``"-3"``, ``"axis -3"``, ``"0"``): it names nothing."""
+    return label.removeprefix("axis").strip().lstrip("-").isdigit() or not label.strip()
 
 
 class PostprocessControls(QObject):

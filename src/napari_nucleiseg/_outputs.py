@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, QTimer
 
 from .channels import take_channel
-from .tables import PixelSize, count_labels, nuclei_table
+from .tables import PixelSize, count_labels, nuclei_table, write_csv
 
 #: The per-nucleus table is measured this long after the last change, so dragging the slider
 #: or painting stays fluid; the count follows at once.
@@ -215,6 +216,22 @@ class OutputLayers(QObject):
             yield
         finally:
             self.writing = False
+
+    def export_csv(self, path: Path, layer: Labels | None) -> tuple[str, str]:
+        """Write the per-nucleus table of ``layer`` to ``path``; for a result of the widget's, an
+        ``exclude_border`` column says whether the nuclei touching the border were left out.
+        Returns how it went for the user: ``("info" | "warning" | "error", sentence)``."""
+        if layer is None:
+            return "warning", "Segment an image first; there is no table to export."
+        table = self.table_now(layer)
+        exported = table.drop(columns="index", errors="ignore")
+        if "exclude_border" in layer.metadata:
+            exported = exported.assign(exclude_border=bool(layer.metadata["exclude_border"]))
+        try:
+            write_csv(exported, path)
+        except OSError as error:
+            return "error", f"Cannot write {path}: {error.strerror or error}."
+        return "info", f"Saved {len(table)} nuclei to {path}."
 
     def show_probabilities(self, image: Image, nucleus: Any, channel: tuple[int, int] | None = None) -> None:
         """Show the nucleus probability of ``image`` (of its ``channel``, if one was segmented), in the

@@ -129,6 +129,13 @@ class Rethresholder(QObject):
             self._result_key = None
             self.request()
 
+    def start_from(self, cache: Cache, settings: PostprocessSettings, labels: Any) -> None:
+        """Re-threshold from a new run's ``cache`` from now on, starting with the ``labels`` it made with
+        ``settings``; then the controls' newest settings (they may have moved during the run)."""
+        self.set_cache(cache)
+        self.deliver(cache, settings, labels)
+        self.request()
+
     def deliver(self, cache: Cache, settings: PostprocessSettings, outcome: Any) -> None:
         """Hand on labels made from ``cache`` with ``settings`` (or why they could not be made),
         unless the maps were replaced meanwhile."""

@@ -40,20 +40,13 @@ from ._controls import ChannelPicker, DiameterControl, ImagePicker, ModelPicker,
 from ._outputs import OutputLayers
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable, file_key
-from .channels import find_channel_axis
 from .settings import PostprocessSettings
-from .tables import write_csv
 
 
 
 class NucleiSegWidget(QWidget):
-    """Dock widget of napari-nucleiseg.
-
-    Parameters
-    ----------
-    napari_viewer : napari.Viewer
-        The viewer whose image layers are segmented and which receives the results.
-    """
+    """Dock widget of napari-nucleiseg, for ``napari_viewer``: its image layers are segmented, and
+    the results go to it."""
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -64,14 +57,15 @@ class NucleiSegWidget(QWidget):
         self._build_ui()
         self.run = SegmentationRun(self.progress_bar, self._on_run_returned, self._on_run_finished, parent=self)
         self.rethresholder = Rethresholder(self.postprocess_controls.values, self._on_result, parent=self)
-        self.outputs = OutputLayers(self.viewer, self._show_count,
+        self.outputs = OutputLayers(self.viewer, lambda layer, text: self.count_label.setText(
+            text + self.channel_combo.hint(self.outputs.record(layer))),
                                     busy=lambda: self.rethresholder.running, parent=self)
         self.postprocess_controls.changed.connect(self.rethresholder.request)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         # Closing the widget mid-run stops the workers (not via self: it is going).
         self.destroyed.connect(partial(_stop_workers, self.run.cancel_event, self.rethresholder.jobs))
         self._on_model_changed()
-        self._on_image_changed()
+        self.channel_combo.follow(self.image_layer)
 
     # ---- for tests and scripts ------------------------------------------------------------
 
@@ -97,8 +91,8 @@ class NucleiSegWidget(QWidget):
 
     def _build_ui(self) -> None:
         self.image_combo = ImagePicker(self.viewer, adding=lambda: self.outputs.writing)
-        self.channel_combo = ChannelPicker()
-        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.channel_combo = ChannelPicker(self.viewer)
+        self.image_combo.currentIndexChanged.connect(lambda *_: self.channel_combo.follow(self.image_layer))
         self.model_combo = ModelPicker(error=lambda message: show_error(message))
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
 
@@ -129,10 +123,9 @@ class NucleiSegWidget(QWidget):
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
-        if isinstance(layer, Image):
-            cache = self.rethresholder.cache
-            if cache is not None and cache.image.unique_id == layer.unique_id:
-                self.rethresholder.set_cache(None)  # free the probability maps, and stop working on them
+        cache = self.rethresholder.cache
+        if cache is not None and cache.image.unique_id == layer.unique_id:
+            self.rethresholder.set_cache(None)  # free the probability maps, and stop working on them
         self.outputs.removed(layer)
         self.image_combo.removed(layer)
 
@@ -141,21 +134,6 @@ class NucleiSegWidget(QWidget):
         """The image layer chosen in the picker, if any."""
         return self.image_combo.layer
 
-    def _on_image_changed(self, *_) -> None:
-        layer = self.image_layer
-        self.channel_combo.for_layer(layer, self._axis_labels(layer))
-
-    def _axis_labels(self, layer: Image | None) -> tuple[str, ...]:
-        """The labels of ``layer``'s axes: its own, or where those are napari's defaults ("-3"), the
-        viewer's (a layer's axes are the viewer's last ones)."""
-        if layer is None:
-            return ()
-        own = [str(label) for label in getattr(layer, "axis_labels", ())]
-        viewer = [str(label) for label in self.viewer.dims.axis_labels][-layer.ndim:]
-        own = own if len(own) == layer.ndim else [""] * layer.ndim
-        viewer = viewer if len(viewer) == layer.ndim else [""] * layer.ndim
-        return tuple(theirs if _is_default_label(mine) else mine for mine, theirs in zip(own, viewer))
-
     # ---- model picker ---------------------------------------------------------------------
 
     def set_weights_file(self, path: str | Path) -> bool:
@@ -163,12 +141,9 @@ class NucleiSegWidget(QWidget):
         return self.model_combo.set_weights_file(path)
 
     def _on_model_changed(self, index: int | None = None) -> None:
-        """Before any run, the chosen model's calibrated threshold and minimum size are the start.
-
-        Once a result is shown the controls keep describing it; the new model's values are
-        applied when its first run finishes (see :meth:`_on_run_returned`). The diameter controls
-        are for models that record the diameter they were trained at.
-        """
+        """Before any run, the chosen model's calibrated settings are the start; once a result is shown
+        the controls keep describing it, and the new model's apply when its first run finishes (see
+        :meth:`_on_run_returned`). The diameter controls are for models that record a diameter."""
         metadata = self.model_combo.metadata()
         first = self.rethresholder.cache is None
         self.diameter_control.for_model(metadata.get("diameter"), first)
@@ -189,13 +164,12 @@ class NucleiSegWidget(QWidget):
     def _segment(self, image: Image | None) -> None:
         if self.running:
             return
-        if image is self.image_layer:
-            self._on_image_changed()  # the layer's shape or axis labels may have changed since it was picked
-            self._run_channel = self.channel_combo.channel
-        elif self.rethresholder.cache is None or self.rethresholder.cache.image is not image:
-            self._run_channel = None
+        cache = self.rethresholder.cache
+        if image is not self.image_layer:  # a rerun at another diameter: the channel of the result
+            self._run_channel = cache.channel if cache is not None and cache.image is image else None
         else:
-            self._run_channel = self.rethresholder.cache.channel  # a rerun at another diameter: the same channel
+            self.channel_combo.follow(image)  # its shape or axis labels may have changed since it was picked
+            self._run_channel = self.channel_combo.channel
         try:
             planes, weights, metadata = check_runnable(image, self.viewer.layers, self.model_combo.weights_path,
                                                        self._run_channel)
@@ -205,7 +179,6 @@ class NucleiSegWidget(QWidget):
         # The worker makes the first labels too; with another model than the last run's, the
         # controls will take its calibrated values (see _on_run_returned), and a min size left at
         # its default is the model's at the scale of this run, known once the diameter is.
-        cache = self.rethresholder.cache
         new_model = cache is not None and cache.model_key != file_key(weights)
         chosen = self.postprocess_controls.for_run(
             PostprocessSettings.from_metadata(metadata).threshold if new_model else None)
@@ -241,38 +214,25 @@ class NucleiSegWidget(QWidget):
         new_model = previous is not None and previous.model_key != outcome.model_key  # its calibration, at this scale
         self.postprocess_controls.after_run(planes.settings, model.settings_at(planes.scale).min_size, new_model)
         cache = Cache.of_run(image, planes, outcome.model_key, self._run_channel)
-        self.rethresholder.set_cache(cache)
         self.diameter_control.show_used(cache.diameter, cache.diameter_estimated, model.diameter is not None,
                                         self._run_diameter is None)
-        self.rethresholder.deliver(cache, planes.settings, planes.labels)
-        self.rethresholder.request()  # the controls moved during the run: their newest settings follow
+        self.rethresholder.start_from(cache, planes.settings, planes.labels)
         self._show_probabilities()
 
     # ---- nucleus diameter -----------------------------------------------------------------
 
     def set_diameter(self, diameter: float | None) -> bool:
-        """Segment for nuclei ``diameter`` pixels across, or estimate it (None: "Auto").
-
-        Once an image is segmented, a new diameter segments it again (the network sees the image
-        at another scale). A diameter that is not a positive number of pixels, or is larger than
-        the image, is refused with a sentence and changes nothing; returns whether it was taken.
-        """
+        """Segment for nuclei ``diameter`` pixels across, or estimate it (None: "Auto"); once an image is
+        segmented, a new diameter segments it again (the network sees it at another scale). A diameter
+        that is not a positive number of pixels, or is larger than the image, is refused with a sentence
+        and changes nothing; returns whether it was taken."""
         cache = self.rethresholder.cache
-        problem = self.diameter_control.problem(diameter, cache.image if cache is not None else self.image_layer)
-        if problem is not None:
-            show_error(problem)
-            self.diameter_control.show_asked()
-            return False
-        diameter = None if diameter is None else float(diameter)
-        if diameter == self.diameter_control.diameter:
-            self.diameter_control.show_asked()
-            return True
-        self.diameter_control.take(diameter)
-        if self.running:
-            self._rerun = diameter != self._run_diameter
-        elif cache is not None and cache.image in self.viewer.layers:
+        new = self.diameter_control.ask(diameter, cache.image if cache is not None else self.image_layer, show_error)
+        if new and self.running:
+            self._rerun = self.diameter_control.diameter != self._run_diameter
+        elif new and cache is not None and cache.image in self.viewer.layers:
             self._segment(cache.image)
-        return True
+        return new is not None
 
     # ---- results --------------------------------------------------------------------------
 
@@ -297,19 +257,9 @@ class NucleiSegWidget(QWidget):
         if edited is not None:
             show_info(f"'{edited.name}' was edited by hand and is kept; the new result is in '{layer.name}'.")
 
-    def _show_count(self, layer: Labels | None, text: str) -> None:
-        """Show a result's count; for the planes of an image that may be channels, say how to choose one."""
-        record = self.outputs.record(layer) if layer is not None else None
-        if record is not None and record.channel is None:
-            image = record.image
-            axis = find_channel_axis(image.data.shape, image.rgb, self._axis_labels(image), image.metadata)
-            if axis is not None:
-                text += "; if they are channels, choose the one with the nuclei under Channel"
-        self.count_label.setText(text)
-
     def closeEvent(self, event) -> None:
-        """Stop the re-threshold under way and wait for it: no worker outlives the widget (a script ending
-        with one running would crash). Closing its dock does not close it; destroying it cancels a run."""
+        """Stop the re-threshold under way and wait for it: no worker outlives the widget (a script ending with
+        one running would crash). Closing its dock does not close it; destroying it cancels a run."""
         self.rethresholder.close()
         self.outputs.closed = True
         super().closeEvent(event)
@@ -332,38 +282,17 @@ class NucleiSegWidget(QWidget):
         return self.outputs.shown
 
     def _on_export_clicked(self) -> None:
-        layer = self.labels_layer
-        if layer is None:
-            self.export_csv("")  # says there is nothing to export
-        elif path := QFileDialog.getSaveFileName(self, "Export the nuclei table", f"{layer.name}.csv", "CSV (*.csv)")[0]:
-            self.export_csv(path, layer)
+        layer = self.labels_layer  # none: export_csv says there is nothing to export
+        path = layer and QFileDialog.getSaveFileName(self, "Export the nuclei table", f"{layer.name}.csv", "CSV (*.csv)")[0]
+        if layer is None or path:
+            self.export_csv(path or "", layer)
 
     def export_csv(self, path: str | Path, layer: Labels | None = None) -> bool:
-        """Write the per-nucleus table of ``layer`` (default: :attr:`labels_layer`) to ``path``; for a
-        result of the widget's, an ``exclude_border`` column says whether the nuclei touching the
-        border were left out."""
-        layer = layer or self.labels_layer
-        if layer is None:
-            show_warning("Segment an image first; there is no table to export.")
-            return False
-        table = self.outputs.table_now(layer)
-        exported = table.drop(columns="index", errors="ignore")
-        if "exclude_border" in layer.metadata:
-            exported = exported.assign(exclude_border=bool(layer.metadata["exclude_border"]))
-        path = Path(path)
-        try:
-            write_csv(exported, path)
-        except OSError as error:
-            show_error(f"Cannot write {path}: {error.strerror or error}.")
-            return False
-        show_info(f"Saved {len(table)} nuclei to {path}.")
-        return True
-
-
-def _is_default_label(label: str) -> bool:
-    """Whether an axis label is napari's default (``"-3"``, ``"axis -3"``, ``"0"``): it names nothing."""
-    return label.removeprefix("axis").strip().lstrip("-").isdigit() or not label.strip()
-
+        """Write the per-nucleus table of ``layer`` (default: :attr:`labels_layer`) to ``path``
+        (:meth:`~._outputs.OutputLayers.export_csv`); says how it went, returns whether it was written."""
+        level, message = self.outputs.export_csv(Path(path), layer or self.labels_layer)
+        {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
+        return level == "info"
 
 def _stop_workers(cancel: threading.Event, jobs: list, *_) -> None:
     """Cancel the run and quit the re-threshold of a widget that is being destroyed."""
