@@ -697,6 +697,28 @@ def test_tiny_constant_and_odd_valued_images_segment_without_error(viewer_and_wi
     assert [layer.data.shape for layer in labels_layers(viewer)] == [image.shape for image in images]
 
 
+def test_two_models_results_lie_side_by_side_and_neither_overwrites_the_other(
+    viewer_and_widget, fake_network, tiny_weights, qtbot
+):
+    """Issue 17, item 6: a run with another model goes to its own layer, named for its model."""
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="cells")
+    click_segment(qtbot, widget)
+    (first,) = labels_layers(viewer)
+    before = first.data.copy()
+    assert first.name == "cells nuclei" and first.metadata["model"] == "tiny-unet"
+
+    assert widget.set_weights_file(tiny_weights["hrnet"])
+    click_segment(qtbot, widget)
+    first_again, second = labels_layers(viewer)
+    assert first_again is first and np.array_equal(first.data, before)  # not overwritten, though unedited
+    assert second.name == "cells nuclei (tiny-hrnet)" and second.metadata["model"] == "tiny-hrnet"
+
+    widget.threshold_slider.setValue(0.3)  # moves the second model's result, in its own layer
+    qtbot.waitUntil(lambda: not np.array_equal(second.data, before) and shown_count(widget) == 4, timeout=5_000)
+    assert np.array_equal(first.data, before) and len(labels_layers(viewer)) == 2
+
+
 def _dapi_and_marker(channels_last: bool = False) -> np.ndarray:
     """A two-channel image: DAPI (3 nuclei the fake network finds) and a marker with 2 other bright spots."""
     dapi = blobs()
@@ -1005,7 +1027,8 @@ def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
 
     assert fake_network.calls == 2 and fake_network.scales[-1] == 0.5  # one run, not one a keystroke
     assert labels_layers(viewer) == [labels]  # the result is updated in place
-    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "exclude_border": False}
+    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "exclude_border": False,
+                               "model": "unet"}
     assert labels.data.shape == image.data.shape
     assert widget.diameter_auto_check.text() == "Auto" and not widget.diameter_auto_check.isChecked()
     assert widget.min_size_spin.value() == widget.run.model.settings_at(0.5).min_size
@@ -1037,7 +1060,8 @@ def test_the_threshold_after_a_diameter_run_rethresholds_the_cached_probabilitie
     assert counts == {0.3: 4, 0.5: 3, 0.9: 1}
     assert fake_network.calls == 1  # the network ran once; the slider re-used its output
     assert widget.min_size_spin.value() == min_size and labels_layers(viewer) == [labels]
-    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "exclude_border": False}
+    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "exclude_border": False,
+                               "model": "unet"}
 
 
 @pytest.mark.parametrize("bad", [0.0, -5.0, float("nan"), 300.0])

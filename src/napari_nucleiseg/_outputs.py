@@ -54,6 +54,10 @@ def unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
+#: How the bundled models are named in layer names.
+MODEL_TITLES = {"unet": "UNet", "unetpp": "UNet++", "hrnet": "HRNet"}
+
+
 def placement(image: Image, channel_axis: int | None = None) -> dict[str, Any]:
     """Where ``image`` lies in the world (pixel size and its unit, offset, rotation, shear, affine):
     results lie on it. Results of one channel lie on the other axes (rotation, shear and affine of
@@ -142,7 +146,7 @@ class OutputLayers(QObject):
         #: Labels layers larger than this many pixels are counted in a worker.
         self.count_in_worker_pixels = COUNT_IN_WORKER_PIXELS
         self.records: dict[Any, OutputLayer] = {}  # by the Labels layer's unique id
-        self._by_image: dict[Any, Labels] = {}  # the layer each image (by unique id) writes to
+        self._by_image: dict[tuple[Any, str], Labels] = {}  # the layer each image (unique id) and model write to
         self._probability_layers: dict[Any, Image] = {}  # the nucleus probability shown for each image
         self.shown: Labels | None = None  # the layer whose count is shown and whose table is exported
         self.writing = False  # see self_writing
@@ -170,32 +174,39 @@ class OutputLayers(QObject):
         return self.shown is not None and getattr(layer, "unique_id", None) == self.shown.unique_id
 
     def write(self, image: Image, labels: np.ndarray, *, count: int, metadata: dict[str, Any] | None = None,
-              channel: tuple[int, int] | None = None) -> tuple[Labels, Labels | None]:
+              channel: tuple[int, int] | None = None, model: str = "") -> tuple[Labels, Labels | None]:
         """Write ``labels`` (numbered 1..``count``) for ``image`` (its ``channel``, ``(axis, index)``, if one
-        was segmented): in place to its layer while that holds what the widget wrote, of the same shape
-        and channel, else to a new layer; ``metadata`` goes into the layer's. Returns the layer, and the
-        layer edited by hand that was kept (None if none was)."""
-        layer = self._by_image.get(image.unique_id)
+        was segmented) made by ``model``: in place to the layer of that image and model while it holds what
+        the widget wrote, of the same shape and channel, else to a new layer, so that the results of two
+        models lie side by side; ``metadata`` goes into the layer's. Returns the layer, and the layer
+        edited by hand that was kept (None if none was)."""
+        key = (image.unique_id, model)
+        layer = self._by_image.get(key)
         edited = None
         if layer is None or not self._in_viewer(layer):
-            layer = self._add_layer(image, labels, channel)
+            layer = self._add_layer(image, labels, channel, model)
         elif self.record(layer).edited():
-            edited, layer = layer, self._add_layer(image, labels, channel)
+            edited, layer = layer, self._add_layer(image, labels, channel, model)
         elif layer.data.shape != labels.shape or self.record(layer).channel != channel:
-            layer = self._add_layer(image, labels, channel)  # another channel: a result of its own
+            layer = self._add_layer(image, labels, channel, model)  # another channel: a result of its own
         else:
             with self.self_writing():
                 layer.data = labels
             self.record(layer).written = checksum(labels)
-        self._by_image[image.unique_id] = layer
-        layer.metadata.update(metadata or {})
+        self._by_image[key] = layer
+        layer.metadata.update(metadata or {}, model=model)
         record = self.record(layer)
         self.mark_changed(layer, count=count, fingerprint=record.written)
         return layer, edited
 
-    def _add_layer(self, image: Image, labels: np.ndarray, channel: tuple[int, int] | None = None) -> Labels:
+    def _add_layer(self, image: Image, labels: np.ndarray, channel: tuple[int, int] | None = None,
+                   model: str = "") -> Labels:
         taken = {layer.name for layer in self.viewer.layers}
         base = f"{image.name} nuclei" if channel is None else f"{image.name} channel {channel[1]} nuclei"
+        others = [layer for (image_id, other), layer in self._by_image.items()
+                  if image_id == image.unique_id and other != model and self._in_viewer(layer)]
+        if others:  # another model's result for this image is in the viewer: say whose each is
+            base += f" ({MODEL_TITLES.get(model, model)})"
         with self.self_writing():
             layer = self.viewer.add_labels(labels, name=unique_name(base, taken),
                                            **placement(image, None if channel is None else channel[0]))
@@ -249,7 +260,8 @@ class OutputLayers(QObject):
     def removed(self, layer: Any) -> None:
         """Forget a layer taken out of the viewer (an image's layer, or one of the widget's)."""
         uid = layer.unique_id
-        self._by_image.pop(uid, None)
+        for key in [key for key, written in self._by_image.items() if uid in (key[0], written.unique_id)]:
+            del self._by_image[key]
         self._probability_layers.pop(uid, None)
         self.records.pop(uid, None)
         for pending in (self._edited, self._redrawn, self._stale):

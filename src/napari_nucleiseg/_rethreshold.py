@@ -52,13 +52,14 @@ class Cache:
     diameter_estimated: bool = False
     scale: float = 1.0  # the factor the image was resized by for the network
     channel: tuple[int, int] | None = None  # (axis, index) of the image's channel segmented; None: all of it
+    model_name: str = ""  # the model's name (its file's, or a bundled one's)
 
     @classmethod
     def of_run(cls, image: Image, planes: Any, model_key: tuple[str, int],
-               channel: tuple[int, int] | None = None) -> Cache:
+               channel: tuple[int, int] | None = None, model_name: str = "") -> Cache:
         """The cache of a finished run's :class:`~napari_nucleiseg.pipeline.PlanesResult`."""
         return cls(image, planes.probabilities, planes.settings, model_key, planes.diameter,
-                   planes.diameter_estimated, planes.scale, channel)
+                   planes.diameter_estimated, planes.scale, channel, model_name)
 
     def metadata(self) -> dict[str, Any]:
         """What a result layer records of the run: the diameter it ran for, whether estimated, the

@@ -213,7 +213,7 @@ class NucleiSegWidget(QWidget):
         previous = self.rethresholder.cache
         new_model = previous is not None and previous.model_key != outcome.model_key  # its calibration, at this scale
         self.postprocess_controls.after_run(planes.settings, model.settings_at(planes.scale).min_size, new_model)
-        cache = Cache.of_run(image, planes, outcome.model_key, self._run_channel)
+        cache = Cache.of_run(image, planes, outcome.model_key, self._run_channel, model.name)
         self.diameter_control.show_used(cache.diameter, cache.diameter_estimated, model.diameter is not None,
                                         self._run_diameter is None)
         self.rethresholder.start_from(cache, planes.settings, planes.labels)
@@ -253,7 +253,7 @@ class NucleiSegWidget(QWidget):
         # fresh labels are numbered 1..N
         metadata = cache.metadata() | {"exclude_border": settings.exclude_border}
         layer, edited = self.outputs.write(cache.image, outcome, count=int(outcome.max()), metadata=metadata,
-                                           channel=cache.channel)
+                                           channel=cache.channel, model=cache.model_name)
         if edited is not None:
             show_info(f"'{edited.name}' was edited by hand and is kept; the new result is in '{layer.name}'.")
 
