@@ -926,7 +926,7 @@ def test_widget_more_than_65535_nuclei_are_uint32_and_hand_edits_survive(
     qtbot.waitUntil(lambda: shown_count(widget) == 256 * 258 + 1, timeout=5_000)
     edited = layer.data.copy()
     widget.threshold_slider.setValue(0.5)
-    first, second = labels_layers(viewer)
+    second, first = labels_layers(viewer)
     assert first is layer and np.array_equal(first.data, edited) and first.data[1, 1] == 70_000
     assert second.data.max() == 128 * 258
     assert notifications.messages["error"] == []

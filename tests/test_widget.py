@@ -282,7 +282,7 @@ def test_excluding_border_nuclei_relabels_the_result_without_the_network_and_is_
     labels.fill((32, 25), 0)  # a hand edit: ticking the box again leaves it alone
     edited = labels.data.copy()
     widget.exclude_border_check.setChecked(True)
-    kept, new = labels_layers(viewer)
+    new, kept = labels_layers(viewer)  # the new result goes under the edited layer, which stays on top
     assert kept is labels and np.array_equal(labels.data, edited)
     assert new.data.max() == 4 and shown_count(widget) == 4
     assert fake_network.calls == 1 and notifications.messages["error"] == []
@@ -350,20 +350,21 @@ def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
     # Moving the threshold after the edit writes a new layer and keeps the edited one as it is.
     edited = labels.data.copy()
     widget.threshold_slider.setValue(0.3)
-    first, second = labels_layers(viewer)
-    assert first is labels and np.array_equal(first.data, edited)
+    second, first = labels_layers(viewer)  # issue 17, item 10: the corrections stay in sight, on top
+    assert first is labels and np.array_equal(first.data, edited) and first.visible
     assert second.name == "blobs nuclei [2]" and second.data.max() == 4
     assert any("edited by hand" in message for message in notifications.messages["info"])
-    assert widget.count_label.text() == "4 nuclei in 'blobs nuclei [2]'"
+    assert widget.count_label.text() == ("4 nuclei in 'blobs nuclei [2]' (under your edited 'blobs nuclei', "
+                                         "which stays on top)")
 
     # The new layer is the widget's own until edited: it follows the slider in place.
     widget.threshold_slider.setValue(0.7)
-    assert labels_layers(viewer) == [first, second] and second.data.max() == 2
+    assert labels_layers(viewer) == [second, first] and second.data.max() == 2
 
     # Segmenting again never discards edits either.
     second.data_setitem((np.array([60]), np.array([5])), 9)  # an edit napari records (and emits)
     click_segment(qtbot, widget)
-    assert [layer.name for layer in labels_layers(viewer)] == ["blobs nuclei", "blobs nuclei [2]", "blobs nuclei [3]"]
+    assert [layer.name for layer in labels_layers(viewer)] == ["blobs nuclei [3]", "blobs nuclei [2]", "blobs nuclei"]
     assert np.array_equal(first.data, edited) and second.data[60, 5] == 9
 
 
@@ -899,10 +900,10 @@ def test_a_result_computed_before_a_hand_edit_goes_to_a_new_layer(
     slow.gate.set()  # ... and then the result lands
     wait_for_postprocessing(qtbot, widget)
 
-    first, second = labels_layers(viewer)
+    second, first = labels_layers(viewer)
     assert first is labels and np.array_equal(first.data, edited) and (first.data == 4).any()
     assert second.name == "blobs nuclei [2]" and second.data.max() == 4
-    assert widget.count_label.text() == "4 nuclei in 'blobs nuclei [2]'"
+    assert widget.count_label.text().startswith("4 nuclei in 'blobs nuclei [2]' (under your edited")
     assert any("edited by hand" in message for message in notifications.messages["info"])
 
 

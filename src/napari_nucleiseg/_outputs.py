@@ -95,6 +95,7 @@ class OutputLayer:
     counted: int | None = None
     measured: int | None = None  # the fingerprint of the labels the layer's table was measured on
     channel: tuple[int, int] | None = None  # (axis, index) of the image's channel the nuclei were found in
+    below: Labels | None = None  # the layer edited by hand that this new result was put under
 
     def edited(self) -> bool:
         """Whether the layer holds other labels than the widget last wrote there (a hand edit)."""
@@ -187,6 +188,7 @@ class OutputLayers(QObject):
             layer = self._add_layer(image, labels, channel, model)
         elif self.record(layer).edited():
             edited, layer = layer, self._add_layer(image, labels, channel, model)
+            self._put_under(layer, edited)
         elif layer.data.shape != labels.shape or self.record(layer).channel != channel:
             layer = self._add_layer(image, labels, channel, model)  # another channel: a result of its own
         else:
@@ -215,6 +217,14 @@ class OutputLayers(QObject):
         layer.events.data.connect(self._on_hand_edit)
         layer.events.set_data.connect(self._on_redrawn)
         return layer
+
+    def _put_under(self, layer: Labels, edited: Labels) -> None:
+        """Move the new result ``layer`` just under the ``edited`` one: the user's corrections stay in
+        sight (a new layer on top would hide them), and the count says where the result is."""
+        ids = [other.unique_id for other in self.viewer.layers]
+        with self.self_writing():
+            self.viewer.layers.move(ids.index(layer.unique_id), ids.index(edited.unique_id))
+        self.record(layer).below = edited
 
     def _in_viewer(self, layer: Any) -> bool:
         return any(other.unique_id == layer.unique_id for other in self.viewer.layers)
@@ -336,6 +346,9 @@ class OutputLayers(QObject):
             text += f", summed over its {planes} planes"
         if layer.metadata.get("exclude_border"):
             text += ", not counting those touching the border"
+        record = self.record(layer)
+        if record is not None and record.below is not None and self._in_viewer(record.below):
+            text += f" (under your edited '{record.below.name}', which stays on top)"
         self._show_count(layer, text)
 
     def _count_in_worker(self, layer: Labels) -> None:

@@ -255,7 +255,8 @@ class NucleiSegWidget(QWidget):
         layer, edited = self.outputs.write(cache.image, outcome, count=int(outcome.max()), metadata=metadata,
                                            channel=cache.channel, model=cache.model_name)
         if edited is not None:
-            show_info(f"'{edited.name}' was edited by hand and is kept; the new result is in '{layer.name}'.")
+            show_info(f"'{edited.name}' was edited by hand and is kept, on top; the new result is in "
+                      f"'{layer.name}', under it.")
 
     def closeEvent(self, event) -> None:
         """Stop the re-threshold under way and wait for it: no worker outlives the widget (a script ending with
@@ -283,9 +284,9 @@ class NucleiSegWidget(QWidget):
 
     def _on_export_clicked(self) -> None:
         layer = self.labels_layer  # none: export_csv says there is nothing to export
-        path = layer and QFileDialog.getSaveFileName(self, "Export the nuclei table", f"{layer.name}.csv", "CSV (*.csv)")[0]
-        if layer is None or path:
-            self.export_csv(path or "", layer)
+        path = layer and QFileDialog.getSaveFileName(self, "Export the nuclei table", f"{layer.name}.csv", "*.csv")
+        if layer is None or path[0]:
+            self.export_csv(path[0] if path else "", layer)
 
     def export_csv(self, path: str | Path, layer: Labels | None = None) -> bool:
         """Write the per-nucleus table of ``layer`` (default: :attr:`labels_layer`) to ``path``

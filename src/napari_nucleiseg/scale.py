@@ -194,7 +194,8 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
             rung = {
                 "relative": relative,
                 "count": int(diameters.size),
-                "boundary_share": float((probabilities[1][nucleus] > settings.boundary_threshold).mean()) if nucleus.any() else 1.0,
+                "boundary_share": (float((probabilities[1][nucleus] > settings.boundary_threshold).mean())
+                                   if nucleus.any() else 1.0),
                 "confidence": float(np.abs(2 * probabilities[0][likely] - 1).mean()) if likely.any() else 0.0,
                 "foreground_share": float(nucleus.mean()),
                 **_look(normalization(window)),
