@@ -635,6 +635,24 @@ def test_closing_the_widget_mid_run_stops_the_worker(make_napari_viewer, tiny_we
     assert labels_layers(viewer) == []
 
 
+def test_the_docks_close_button_mid_run_cancels_the_run(make_napari_viewer, tiny_weights, qtbot):
+    """Issue 17, item 13: napari's close button takes the widget out of its dock and keeps it (it is
+    neither closed nor destroyed); the run under way must stop there and add no layer."""
+    slow = FakeNetwork(delay=0.3)
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
+    widget.predict = slow
+    widget.set_weights_file(tiny_weights["unet"])
+    viewer.add_image(np.stack([blobs()] * 20), name="long stack")
+    widget.segment()
+    qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
+    dock.title.close_button.click()
+    calls = slow.calls
+    qtbot.wait(1500)
+    assert slow.calls <= calls + 1 < 20  # at most the plane under way finishes
+    assert labels_layers(viewer) == [] and not widget.running
+
+
 def test_bad_input_gets_one_sentence_and_no_traceback(viewer_and_widget, notifications, monkeypatch, tmp_path, qtbot):
     viewer, widget = viewer_and_widget
     errors = notifications.messages["error"]

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -78,14 +79,8 @@ class NucleiSegWidget(QWidget):
     def run_synchronously(self, value: bool) -> None:
         self.run.synchronous = self.rethresholder.synchronous = bool(value)
 
-    @property
-    def predict(self):
-        """The network's probabilities for one plane (:data:`~.pipeline.Predict`); None: the real network."""
-        return self.run.predict
-
-    @predict.setter
-    def predict(self, predict) -> None:
-        self.run.predict = predict
+    predict = property(lambda self: self.run.predict, lambda self, predict: setattr(self.run, "predict", predict),
+                       doc="The network's probabilities for a plane (:data:`~.pipeline.Predict`); None: the real one.")
 
     # ---- building the UI ------------------------------------------------------------------
 
@@ -259,11 +254,16 @@ class NucleiSegWidget(QWidget):
                       f"'{layer.name}', under it.")
 
     def closeEvent(self, event) -> None:
-        """Stop the re-threshold under way and wait for it: no worker outlives the widget (a script ending with
-        one running would crash). Closing its dock does not close it; destroying it cancels a run."""
+        """Cancel the run and stop the re-threshold (waiting for it): no worker outlives the widget."""
+        self.cancel()
         self.rethresholder.close()
         self.outputs.closed = True
         super().closeEvent(event)
+
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.close()  # the dock's close button: napari takes the widget out of its dock, and keeps it
+        return super().event(event)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
