@@ -275,6 +275,8 @@ BAD_WEIGHTS = [
                  "not a napari-nucleiseg weights file", id="not-ours-png"),
     pytest.param(lambda folder: _write(folder / "notes.safetensors", b"some notes, not weights"),
                  "not a napari-nucleiseg weights file", id="not-ours-text"),
+    pytest.param(lambda folder: _write(folder / "hello.safetensors", b"hello"),  # not "truncated (only 5 bytes)"
+                 "not a napari-nucleiseg weights file", id="not-ours-5-bytes-of-text"),
     pytest.param(lambda folder: _raw_safetensors(folder, "odd-header.safetensors",
                                                  {"__metadata__": {METADATA_KEY: _ours()}, "x": 5}),
                  "not a napari-nucleiseg weights file", id="malformed-header"),
@@ -779,16 +781,17 @@ def test_widget_bad_weights_file_is_one_notification_naming_it(
     make_weights, fragment, viewer_and_widget, notifications, tmp_path, qtbot
 ):
     viewer, widget = viewer_and_widget
-    chosen = widget.model_combo.currentText()
+    combo = widget.model_combo
+    chosen, models = combo.currentText(), [combo.itemText(i) for i in range(combo.count())]
     path = make_weights(tmp_path)
     viewer.add_image(BLOBS, name="blobs")
     if widget.set_weights_file(path):  # tensors of the wrong architecture show only when they are loaded
         click_segment(qtbot, widget)
-    else:
-        assert widget.model_combo.currentText() == chosen  # refused: the last good choice stays
     (message,) = notifications.messages["error"]
     assert one_sentence(message) and message.startswith(f"{path.name}: ") and fragment in message
     assert labels_layers(viewer) == []
+    # refused, when chosen or when run (issue 17, item 12): the last good choice again, and the file not listed
+    assert combo.currentText() == chosen and [combo.itemText(i) for i in range(combo.count())] == models
 
 
 @pytest.mark.gui
@@ -801,7 +804,8 @@ def test_widget_weights_file_truncated_after_it_was_chosen(viewer_and_widget, no
     click_segment(qtbot, widget)
     (message,) = notifications.messages["error"]
     assert message.startswith("being-rewritten.safetensors: the file is truncated") and one_sentence(message)
-    assert labels_layers(viewer) == []
+    assert message.endswith("; it is taken out of the Model list, and tiny-unet.safetensors is chosen again.")
+    assert labels_layers(viewer) == [] and widget.model_combo.findText(path.name) < 0
 
 
 @pytest.mark.gui

@@ -101,7 +101,7 @@ def test_describe_weights_names_the_training_data_and_the_validation_scores():
         }
     )
     assert "DSB2018 stage1_train, 596 images" in text
-    assert "dsb_score 0.612" in text and "mean_iou 0.800" in text
+    assert "DSB2018 score 0.61" in text and "mean IoU 0.80" in text  # in words, not the file's keys
     assert "Threshold 0.45" in text
 
 

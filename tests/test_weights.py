@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,17 +12,26 @@ from safetensors.torch import save_file
 
 from napari_nucleiseg import __version__
 from napari_nucleiseg.weights import (
+    BUNDLED_MODELS,
     FORMAT_NAME,
     METADATA_KEY,
+    MODEL_TITLES,
+    SCORED_KINDS,
+    SPEEDS,
     WeightsError,
+    bundled_evaluation,
+    bundled_weights_path,
+    describe_weights,
     load_weights,
     read_metadata,
     save_weights,
+    weights_dir,
 )
 
 from conftest import TINY_KWARGS, build_tiny, tiny_metadata
 
 NAMES = sorted(TINY_KWARGS)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _outputs(network, seed=0):
@@ -128,6 +138,18 @@ def test_truncated_file(tmp_path, good_file, keep):
 
 def test_shorter_than_a_header(tmp_path, good_file):
     _expect_error(_write_bytes(tmp_path / "stub.safetensors", good_file.read_bytes()[:5]), "truncated")
+
+
+@pytest.mark.parametrize("text", [b"hello", b"hello\n", b"x = 1\ny = 2\n"], ids=["5-bytes", "6-bytes", "13-bytes"])
+def test_a_short_text_file_is_not_a_weights_file_not_a_truncated_one(tmp_path, text):
+    # issue 17, item 12: a text file named .safetensors was called "truncated (only 5 bytes)"
+    message = _expect_error(_write_bytes(tmp_path / "notes.safetensors", text), "not a napari-nucleiseg weights file")
+    assert "truncated" not in message
+
+
+def test_a_weights_file_cut_after_its_first_bytes_is_truncated(tmp_path, good_file):
+    for keep in (7, 8, 9):  # the header length, whole or not, then the header's first byte
+        _expect_error(_write_bytes(tmp_path / "stub.safetensors", good_file.read_bytes()[:keep]), "truncated")
 
 
 def test_random_bytes(tmp_path):
@@ -283,3 +305,47 @@ def test_a_size_model_for_coloured_images_leaves_a_gray_image_to_the_sweep_s_rul
     assert estimate_diameter(image, sized) == estimate_diameter(image, plain)
     coloured = np.stack([image, image // 2, image // 3], axis=-1)  # the same nuclei, tinted: the size model's
     assert estimate_diameter(coloured, sized) != estimate_diameter(coloured, plain)
+
+
+# ---- what the Model picker's tooltips say (issue 17, item 11) ------------------------------------
+
+EVALUATION = json.loads((weights_dir() / "evaluation.json").read_text())
+
+
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_a_bundled_model_is_described_in_plain_words_with_its_scores_per_kind_of_image(name):
+    text = describe_weights(read_metadata(bundled_weights_path(name)), bundled_evaluation())
+    measured = EVALUATION["models"][name]["sets"]
+    assert text.startswith(f"{MODEL_TITLES[name]}") and SPEEDS[name] in text.splitlines()[0]
+    for kind, (words, source) in SCORED_KINDS.items():  # the figures are weights/evaluation.json's
+        scores = measured[kind]
+        line = " ".join(text.split()).split(f"- {words[0].upper()}{words[1:]} ({source}")[1].split("- ")[0]
+        assert f"score {scores['dsb_score']:.2f}, F1 {scores['f1_iou50']:.2f}" in line
+        assert f"count off by {scores['count_error_median']:.0%}" in line
+        best = max(EVALUATION["models"], key=lambda model: EVALUATION["models"][model]["sets"][kind]["dsb_score"])
+        summary = " ".join(text.split()).split("Scores on images")[0]  # what it is good at
+        if "on every kind of image" in summary:
+            assert best == name
+        else:
+            best_on = summary.split("The most accurate of the bundled models on ")[-1].split(";")[0]
+            assert (words in best_on) == (best == name), (kind, summary)
+    assert "Licence: trained on MoNuSeg 2018" in text and "non-commercial" in text
+    for jargon in ("dsb_score", "f1_iou50", "lr ", "val_during_training", "../"):
+        assert jargon not in text
+    assert all(len(line) <= 100 for line in text.splitlines())  # tooltips do not wrap plain text
+
+
+def test_the_speed_words_follow_the_benchmark():
+    speed = json.loads((REPO / "benchmarks" / "results" / "inference.json").read_text())
+    for size in sorted({run["size"] for run in speed["runs"]}):
+        times = {run["model"]: np.median(run["times_s"]) for run in speed["runs"] if run["size"] == size}
+        fastest, middle, slowest = sorted(times, key=times.get)
+        assert SPEEDS[fastest] == "the fastest of the three" and SPEEDS[slowest] == "the slowest of the three"
+        assert SPEEDS[middle] == f"slower than {MODEL_TITLES[fastest]}, faster than {MODEL_TITLES[slowest]}"
+
+
+def test_a_file_of_the_user_s_is_described_by_its_own_metadata_in_plain_names(tmp_path):
+    metadata = tiny_metadata("unet") | {"name": "unet", "metrics": {"val": {"dsb_score": 0.41, "f1_iou50": 0.7}}}
+    text = describe_weights(metadata)  # no evaluation: not a bundled file, whatever it is named
+    assert text.startswith("Architecture: unet") and "Validation (val): DSB2018 score 0.41, F1 0.70" in text
+    assert "Scores on images" not in text

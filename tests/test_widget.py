@@ -578,12 +578,14 @@ def test_the_model_picker_describes_models_and_opens_custom_weights_files(
     viewer, widget = viewer_and_widget
     combo = widget.model_combo
     tooltip = lambda index: combo.itemData(index, Qt.ItemDataRole.ToolTipRole)  # noqa: E731
-    assert [combo.itemText(i) for i in range(combo.count())] == [
-        "unet", "unetpp", "hrnet", "tiny-unet.safetensors", "Custom weights file...",
+    assert [combo.itemText(i) for i in range(combo.count())] == [  # issue 17, item 11: by their names
+        "UNet", "UNet++", "HRNet", "tiny-unet.safetensors", "Custom weights file...",
     ]
+    assert [combo.itemData(i) for i in range(3)] == ["unet", "unetpp", "hrnet"]
     assert "Trained on: none: random initialisation" in tooltip(combo.currentIndex())
-    for index in range(3):  # bundled models: what they were trained on, or that they are missing
-        assert "Trained on" in tooltip(index) or "missing" in tooltip(index)
+    for index in range(3):  # bundled models: what they are good at, or that they are missing
+        assert ("Scores on images it was not trained on" in tooltip(index) and "Licence" in tooltip(index)
+                and "dsb_score" not in tooltip(index)) or "missing" in tooltip(index)
 
     def choose_custom(path):
         monkeypatch.setattr(_widget.QFileDialog, "getOpenFileName", lambda *args, **kwargs: (str(path), ""))
@@ -602,6 +604,77 @@ def test_the_model_picker_describes_models_and_opens_custom_weights_files(
 
     choose_custom("")  # the dialog was cancelled
     assert combo.currentText() == "tiny-hrnet.safetensors"
+
+
+def test_a_weights_file_refused_when_it_runs_leaves_the_list_for_the_last_good_model(
+    viewer_and_widget, tiny_weights, notifications, qtbot, tmp_path
+):
+    """Issue 17, item 12: a file that passes the check of its metadata but fails when it is loaded (tensors
+    of another architecture) no longer stays chosen, nor piles up in the list."""
+    from napari_nucleiseg.weights import save_weights
+
+    from conftest import build_tiny, tiny_metadata
+
+    viewer, widget = viewer_and_widget
+    combo = widget.model_combo
+    items = lambda: [combo.itemText(i) for i in range(combo.count())]  # noqa: E731
+    viewer.add_image(blobs(), name="blobs")
+    for attempt in range(2):
+        mixed = save_weights(tmp_path / f"mixed-{attempt}.safetensors", build_tiny("hrnet"), tiny_metadata("unet"))
+        assert widget.set_weights_file(mixed)
+        click_segment(qtbot, widget)
+        message = notifications.messages["error"][-1]
+        assert message.startswith(f"{mixed.name}: the tensors do not match a 'unet' model: ")
+        assert message.endswith("; it is taken out of the Model list, and tiny-unet.safetensors is chosen again.")
+        assert combo.currentText() == "tiny-unet.safetensors"
+        assert items() == ["UNet", "UNet++", "HRNet", "tiny-unet.safetensors", "Custom weights file..."]
+    assert labels_layers(viewer) == []
+    click_segment(qtbot, widget)  # the last good model runs
+    assert len(labels_layers(viewer)) == 1 and len(notifications.messages["error"]) == 2
+
+
+def test_every_control_says_what_it_does(viewer_and_widget, fake_network, qtbot):
+    """Issue 17, item 11: a tooltip on every control, its row's name, and the count line."""
+    from qtpy.QtWidgets import QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox, QLabel
+
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.stack([blobs(), blobs()], axis=-1), name="two channels")  # the Channel row shows too
+    click_segment(qtbot, widget)
+
+    def tooltip(control) -> str:  # Qt shows the nearest one: the control's own, or its parent's
+        while control is not widget and not control.toolTip():
+            control = control.parentWidget()
+        return control.toolTip() if control is not widget else ""
+
+    kinds = (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox, QLabel)
+    controls = [child for child in widget.findChildren(kinds) if child.isVisibleTo(widget)]
+    assert len(controls) > 20
+    assert [control for control in controls if not tooltip(control)] == []
+    for control in (widget.cancel_button, widget.probability_check, widget.count_label, widget.export_button,
+                    widget.channel_combo, widget.channel_combo.label, widget.diameter_control):
+        assert control.toolTip()
+    assert widget.model_combo.toolTip().startswith("The network that finds the nuclei")
+    assert "Architecture: unet" in widget.model_combo.toolTip()  # and the chosen model's description
+
+
+def test_a_long_layer_name_does_not_widen_the_dock(viewer_and_widget, fake_network, qtbot):
+    """Issue 17, item 11: a 200-character name made the dock about 500 px wide (1,600 here), until napari
+    restarted; the pickers elide it, the count line shortens it (whole in its tooltip)."""
+    viewer, widget = viewer_and_widget
+    name = "a" * 200
+    viewer.add_image(blobs(), name=name)
+    click_segment(qtbot, widget)
+    qtbot.wait(10)
+    widget.layout().activate()
+    assert widget.image_combo.currentText() == name and shown_count(widget) == 3
+    assert widget.sizeHint().width() < 450 and widget.minimumSizeHint().width() < 450
+    assert widget.image_combo.sizeHint().width() < 300 and widget.count_label.sizeHint().width() < 450
+    assert not widget.image_combo.grab().isNull()  # painted elided
+    assert "…" in widget.count_label.text() and f"'{name} nuclei'" in widget.count_label.toolTip()
+    viewer.add_image(blobs(), name="short")
+    click_segment(qtbot, widget)
+    assert widget.count_label.text() == "3 nuclei in 'short nuclei'"
+    assert widget.count_label.toolTip() == widget.count_label.HELP
 
 
 def test_running_synchronously_gives_what_the_worker_gives(viewer_and_widget, fake_network, qtbot):

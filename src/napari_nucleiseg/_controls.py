@@ -1,6 +1,7 @@
 """The controls of the dock widget that hold state of their own: the image and model pickers, the
-nucleus diameter (Auto or a number of pixels), and the post-processing settings. Messages go through the ``error`` callable the widget gives,
-so that everything the user is told comes from one place."""
+nucleus diameter (Auto or a number of pixels), the post-processing settings, and the count line.
+Messages go through the ``error`` callable the widget gives, so that everything the user is told comes
+from one place."""
 
 from __future__ import annotations
 
@@ -10,51 +11,120 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QSpinBox, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QSpinBox,
+    QStyle,
+    QStyleOptionComboBox,
+    QStylePainter,
+    QWidget,
+)
 from superqt import QLabeledDoubleSlider
 from superqt.utils import signals_blocked
 
 from .channels import ChannelAxis, find_channel_axis
 from .errors import WeightsError
 from .settings import PostprocessSettings
-from .weights import BUNDLED_MODELS, DEFAULT_MODEL, bundled_weights_path, describe_weights, read_metadata
+from .weights import (
+    BUNDLED_MODELS,
+    DEFAULT_MODEL,
+    MODEL_TITLES,
+    bundled_evaluation,
+    bundled_weights_path,
+    describe_weights,
+    read_metadata,
+)
 
 CUSTOM_WEIGHTS_ITEM = "Custom weights file..."
+#: What the Model picker is for (its tooltip adds the chosen model's description).
+MODEL_HELP = ("The network that finds the nuclei. Point at a model in the list for what it is good at, its "
+              "speed and its scores; or open a weights file of your own.")
+#: The characters a picker shows of a long name (a layer or file name): the rest is elided, so that a
+#: long name does not widen the dock.
+SHOWN_NAME_LENGTH = 20
+#: A count line's words longer than this (a long layer name) are shortened in the middle: a word cannot wrap.
+LONGEST_WORD = 32
 #: The largest diameter the diameter box takes (pixels); a diameter larger than the image is
 #: refused anyway, with a sentence.
 MAX_DIAMETER_PX = 100_000.0
 
 
-class ModelPicker(QComboBox):
-    """The bundled models, the weights files chosen so far, and "Custom weights file..." to choose one.
+class NameComboBox(QComboBox):
+    """A combo box of names (layers, files) as narrow as :data:`SHOWN_NAME_LENGTH` characters whatever
+    their length: a long name is elided in the middle, and whole in the list, so that it does not widen the dock."""
+
+    def __init__(self, parent: QWidget | None = None, **properties: Any):
+        super().__init__(parent, **properties)
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(SHOWN_NAME_LENGTH)
+        self.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """What QComboBox paints, the current text elided to the room there is (Qt would clip it)."""
+        painter = QStylePainter(self)
+        option = QStyleOptionComboBox()
+        self.initStyleOption(option)
+        painter.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, option)
+        room = self.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, option,
+                                           QStyle.SubControl.SC_ComboBoxEditField, self).width()
+        option.currentText = self.fontMetrics().elidedText(option.currentText, Qt.TextElideMode.ElideMiddle, room)
+        painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, option)
+
+
+class ModelPicker(NameComboBox):
+    """The bundled models (by title: "UNet"; the item data is the name, "unet"), the weights files chosen
+    so far, and "Custom weights file..." to choose one.
 
     A file is checked when it is chosen; a bad one is refused with a sentence (``error``) and the
-    picker goes back to the model chosen before.
+    picker goes back to the model chosen before. A file refused later, when it is run, is taken out of
+    the list (:meth:`refuse`).
     """
 
     def __init__(self, error: Callable[[str], None], parent: QWidget | None = None):
         super().__init__(parent)
         self._error = error
+        evaluation = bundled_evaluation()
         for name in BUNDLED_MODELS:
-            self.addItem(name, name)
+            self.addItem(MODEL_TITLES[name], name)
         self.addItem(CUSTOM_WEIGHTS_ITEM, None)
-        self.setCurrentIndex(BUNDLED_MODELS.index(DEFAULT_MODEL))
         for index, name in enumerate(BUNDLED_MODELS):
             try:
-                tooltip = describe_weights(read_metadata(bundled_weights_path(name)))
+                tooltip = describe_weights(read_metadata(bundled_weights_path(name)), evaluation)
             except WeightsError as problem:
                 tooltip = str(problem)
             self.setItemData(index, tooltip, Qt.ItemDataRole.ToolTipRole)
-        self._last_index = self.currentIndex()  # to go back to when a custom file is refused
+        self.setItemData(self.count() - 1, "Open a napari-nucleiseg weights file (.safetensors) of your own",
+                         Qt.ItemDataRole.ToolTipRole)
+        self.setCurrentIndex(BUNDLED_MODELS.index(DEFAULT_MODEL))
+        self._chosen: list[str] = []  # the models chosen, the latest last: to go back to when one is refused
+        self._on_changed(self.currentIndex())
+        self.currentIndexChanged.connect(self._on_changed)
         self.activated.connect(self._on_activated)
 
+    def _on_changed(self, index: int) -> None:
+        source = self.itemData(index)
+        if source is not None:
+            with suppress(ValueError):
+                self._chosen.remove(source)
+            self._chosen.append(source)
+        self.setToolTip(f"{MODEL_HELP}\n\n{self.itemData(index, Qt.ItemDataRole.ToolTipRole) or ''}".strip())
+
+    def _go_back(self) -> None:
+        """Choose again the last model chosen that is still in the list."""
+        indices = [self.findData(source) for source in reversed(self._chosen)]
+        self.setCurrentIndex(next((index for index in indices if index >= 0), BUNDLED_MODELS.index(DEFAULT_MODEL)))
+
     def _on_activated(self, index: int) -> None:
-        if self.itemText(index) == CUSTOM_WEIGHTS_ITEM:
+        if self.itemData(index) is None:  # "Custom weights file..."
             path, _ = QFileDialog.getOpenFileName(self, "Open a napari-nucleiseg weights file", "",
                                                   "Weights (*.safetensors);;All files (*)")
             if not path or not self.set_weights_file(path):
-                self.setCurrentIndex(self._last_index)
-        self._last_index = self.currentIndex()
+                self._go_back()
 
     def set_weights_file(self, path: str | Path) -> bool:
         """Use the weights file at ``path``, after checking it; on a bad file, say why and return False."""
@@ -70,8 +140,22 @@ class ModelPicker(QComboBox):
             self.insertItem(index, path.name, str(path))
         self.setItemData(index, f"{path}\n{describe_weights(metadata)}", Qt.ItemDataRole.ToolTipRole)
         self.setCurrentIndex(index)
-        self._last_index = index
+        self._on_changed(index)  # its tooltip, and the last model chosen, also when it was chosen already
         return True
+
+    def refuse(self, message: str, path: Path | None) -> str:
+        """``message``, the sentence that says why a run was refused; when it was because of a weights file
+        of the user's (``path``), the file is taken out of the list, the last good model chosen again, and
+        the sentence says so."""
+        index = -1 if path is None else self.findData(str(path))
+        if index < 0:  # not a file of the user's, or not in the list
+            return message
+        with suppress(ValueError):
+            self._chosen.remove(str(path))
+        if index == self.currentIndex():
+            self._go_back()
+        self.removeItem(self.findData(str(path)))
+        return f"{message.rstrip('.')}; it is taken out of the Model list, and {self.currentText()} is chosen again."
 
     def weights_path(self) -> Path:
         """The weights file chosen.
@@ -106,7 +190,9 @@ class DiameterControl(QWidget):
     asked = Signal(object)
 
     def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
+        super().__init__(parent, toolTip="The nuclei's median diameter: Auto estimates it from the image, or give "
+                                         "it in pixels. The image is resized so that its nuclei are the size the "
+                                         "model was trained at, and the labels brought back to the image's pixels")
         self.diameter: float | None = None
         self.auto_check = QCheckBox("Auto", checked=True)
         self.auto_check.setToolTip("Estimate the nuclei's diameter from the image")
@@ -204,7 +290,7 @@ class DiameterControl(QWidget):
         self.auto_check.setText(text)
 
 
-class ImagePicker(QComboBox):
+class ImagePicker(NameComboBox):
     """The image layers of the viewer, by name: follows layers added, renamed, moved and removed, and
     picks an image the user opens (not one the widget adds: ``adding()`` says which)."""
 
@@ -231,6 +317,7 @@ class ImagePicker(QComboBox):
         self.clear()
         for layer in layers:
             self.addItem(layer.name, layer)
+            self.setItemData(self.count() - 1, layer.name, Qt.ItemDataRole.ToolTipRole)  # the whole name
             layer.events.name.connect(self.refresh)  # connecting twice is a no-op
         added = getattr(event, "value", None) if event is not None and event.type == "inserted" else None
         if added is not None and getattr(added, "unique_id", None) in ids and not self._adding():
@@ -245,7 +332,7 @@ class ImagePicker(QComboBox):
         self.refresh()
 
 
-class ChannelPicker(QComboBox):
+class ChannelPicker(NameComboBox):
     """The channel of the chosen image to segment, for an image with a channel axis
     (:func:`~napari_nucleiseg.channels.find_channel_axis`); hidden, with its label, for any other.
 
@@ -257,7 +344,7 @@ class ChannelPicker(QComboBox):
         super().__init__(parent, toolTip="The channel that shows the nuclei (e.g. DAPI): only it is segmented "
                                          "and counted")
         self.viewer = viewer
-        self.label = QLabel("Channel")
+        self.label = QLabel("Channel", toolTip=self.toolTip())
         self.axis: ChannelAxis | None = None
         self._shown_for: tuple | None = None
         self._chosen: dict[tuple, int] = {}  # the choice made for each layer (and shape), kept while it lasts
@@ -316,6 +403,31 @@ class ChannelPicker(QComboBox):
         """``(axis, index)`` of the channel chosen; None: the whole image."""
         index = self.currentData()
         return None if self.axis is None or index is None else (self.axis.axis, index)
+
+
+class CountLabel(QLabel):
+    """The count line: how many nuclei are in which result layer. It wraps, and a word too long to wrap
+    (a long layer name) is shortened in the middle, whole in the tooltip: a long name does not widen the dock."""
+
+    HELP = ("The number of nuclei in the result layer shown (it follows your edits of the layer); "
+            "Export CSV saves their table")
+
+    def __init__(self, text: str = "", parent: QWidget | None = None):
+        super().__init__(parent, toolTip=self.HELP, wordWrap=True)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        shown = " ".join(_shorten(word, LONGEST_WORD) for word in text.split(" "))
+        super().setText(shown)
+        self.setToolTip(self.HELP if shown == text else f"{self.HELP}:\n{text}")
+
+
+def _shorten(text: str, length: int) -> str:
+    """``text``, when longer than ``length``, with its middle replaced by "…"."""
+    if len(text) <= length:
+        return text
+    keep = length - 1
+    return f"{text[:keep - keep // 2]}…{text[len(text) - keep // 2:]}"
 
 
 def _is_default_label(label: str) -> bool:

@@ -36,6 +36,7 @@ class Failure:
 
     message: str
     cancelled: bool = False
+    weights: Path | None = None  # the weights file that was refused, when it was the cause
 
 
 @dataclass
@@ -48,7 +49,12 @@ class Finished:
 
 
 class Refused(Exception):
-    """A run that cannot start; the message is one sentence for the user."""
+    """A run that cannot start; the message is one sentence for the user. ``weights``: the weights file
+    refused, when it was the cause."""
+
+    def __init__(self, message: str, weights: Path | None = None):
+        super().__init__(message)
+        self.weights = weights
 
 
 def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
@@ -71,6 +77,7 @@ def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
         others = [f"'{layer.name}' is a {type(layer).__name__} layer" for layer in layers]
         detail = f" ({', '.join(others[:2])})" if others else ""
         raise Refused(f"There is no image layer to segment{detail}; open an image first.")
+    path = None
     try:
         if image.multiscale:
             raise ImageError(f"'{image.name}' is a multiscale image, which cannot be segmented; "
@@ -82,7 +89,7 @@ def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
         path = weights()
         metadata = read_metadata(path)
     except (ImageError, WeightsError) as error:
-        raise Refused(str(error)) from None
+        raise Refused(str(error), path if isinstance(error, WeightsError) else None) from None
     shortfall = memory_shortfall((*leading, *plane))
     if shortfall is not None:
         raise Refused(shortfall)
@@ -119,7 +126,7 @@ def run_in_worker(data: Any, rgb: bool, weights: Path, *, model: Any = None, set
     except Cancelled:
         return Failure("Segmentation cancelled; no layer was changed.", cancelled=True)
     except (WeightsError, ImageError) as error:
-        return Failure(str(error))
+        return Failure(str(error), weights=weights if isinstance(error, WeightsError) else None)
     except MemoryError:
         return Failure(f"Not enough memory to segment an image of shape {tuple(np.shape(data))}.")
     except Exception as error:

@@ -30,14 +30,13 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
-from ._controls import ChannelPicker, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
+from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
 from ._outputs import OutputLayers
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable, file_key
@@ -92,9 +91,9 @@ class NucleiSegWidget(QWidget):
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
 
         self.segment_button = QPushButton("Segment", toolTip="Run the network on the image")
-        self.cancel_button = QPushButton("Cancel", enabled=False)
+        self.cancel_button = QPushButton("Cancel", enabled=False, toolTip="Stop the run; no layer is changed")
         self.progress_bar = QProgressBar(maximum=PROGRESS_STEPS, textVisible=True, visible=False)
-        self.probability_check = QCheckBox("Show probability map")
+        self.probability_check = QCheckBox("Show probability map", toolTip="Add the map the threshold cuts as a layer")
 
         self.postprocess_controls = PostprocessControls(self)
         controls = self.postprocess_controls
@@ -102,8 +101,7 @@ class NucleiSegWidget(QWidget):
         self.split_check, self.exclude_border_check = controls.split_check, controls.exclude_border_check
         self.diameter_control = DiameterControl()
         self.diameter_auto_check, self.diameter_spin = self.diameter_control.auto_check, self.diameter_control.spin
-        self.count_label = QLabel("No segmentation yet")
-        self.count_label.setWordWrap(True)
+        self.count_label = CountLabel("No segmentation yet")
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
 
         _lay_out(self)
@@ -169,7 +167,7 @@ class NucleiSegWidget(QWidget):
             planes, weights, metadata = check_runnable(image, self.viewer.layers, self.model_combo.weights_path,
                                                        self._run_channel)
         except Refused as refusal:
-            show_error(str(refusal))
+            show_error(self.model_combo.refuse(str(refusal), refusal.weights))  # a bad file leaves the list
             return
         # The worker makes the first labels too; with another model than the last run's, the
         # controls will take its calibrated values (see _on_run_returned), and a min size left at
@@ -202,7 +200,7 @@ class NucleiSegWidget(QWidget):
         image = self.run.image
         self._set_running(False)
         if isinstance(outcome, Failure):
-            (show_info if outcome.cancelled else show_error)(outcome.message)
+            (show_info if outcome.cancelled else show_error)(self.model_combo.refuse(outcome.message, outcome.weights))
             return
         planes, model = outcome.planes, outcome.model
         previous = self.rethresholder.cache
@@ -323,6 +321,11 @@ def _lay_out(widget: NucleiSegWidget) -> None:
     form.addRow(widget.exclude_border_check)
     form.addRow(widget.count_label)
     form.addRow(widget.export_button)
+    widget.progress_bar.setToolTip("The run's progress: planes, then tiles of a large image")
+    for row in range(form.rowCount()):  # a row's name says what its control says (the first paragraph)
+        label, field = (form.itemAt(row, role) for role in (QFormLayout.LabelRole, QFormLayout.FieldRole))
+        if label is not None and field is not None and field.widget() is not None:
+            label.widget().setToolTip(field.widget().toolTip().split("\n\n")[0])
     layout = QVBoxLayout(widget)
     layout.addLayout(form)
     layout.addStretch(1)

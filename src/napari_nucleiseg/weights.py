@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import textwrap
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,11 +29,15 @@ from .settings import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, PostprocessSettings
 
 FORMAT_NAME = "napari-nucleiseg-weights"
 FORMAT_VERSION = 1
+#: The largest safetensors header read (bytes): ours are a few kB; a larger length is not a header.
+MAX_HEADER_BYTES = 100_000_000
 METADATA_KEY = "nucleiseg"
 WEIGHTS_SUFFIX = ".safetensors"
 
 
 BUNDLED_MODELS = ("unet", "unetpp", "hrnet")
+#: How the bundled models are named to the user.
+MODEL_TITLES = {"unet": "UNet", "unetpp": "UNet++", "hrnet": "HRNet"}
 #: The model used when none is named: the most accurate of the three on most sets
 #: (weights/evaluation.json); its speed beside the others is in benchmarks/README.md.
 DEFAULT_MODEL = "hrnet"
@@ -118,13 +124,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise WeightsError(f"{path.name}: the file cannot be read ({error.strerror or error}).") from None
     with stream:
         prefix = stream.read(8)
+        # The bytes there are can tell a weights file cut short from another file (a text file of
+        # 5 bytes is not a truncated weights file): a header length is small, and the header a JSON object.
+        header_size = int.from_bytes(prefix, "little")  # the bytes missing of a short file count as 0
+        if header_size <= 0 or header_size > MAX_HEADER_BYTES or stream.read(1) not in (b"{", b""):
+            raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file (no safetensors header).")
         if len(prefix) < 8:
             raise WeightsError(f"{path.name}: the file is truncated (only {size} bytes).")
-        header_size = int.from_bytes(prefix, "little")
-        if header_size <= 0 or header_size > 100_000_000:
-            raise WeightsError(f"{path.name}: not a napari-nucleiseg weights file (no safetensors header).")
         if 8 + header_size > size:
             raise WeightsError(f"{path.name}: the file is truncated (its header is cut off).")
+        stream.seek(8)
         try:
             header = json.loads(stream.read(header_size))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -355,17 +364,55 @@ def load_weights(source: str | Path) -> NucleiModel:
     return NucleiModel(network=network, metadata=metadata, path=path, name=name)
 
 
-def describe_weights(metadata: dict[str, Any]) -> str:
-    """A tooltip for a weights file: architecture, what it was trained on and how well it did."""
-    lines = [f"Architecture: {metadata.get('architecture', '?')}"]
+#: The kinds of image the bundled models were scored on (the sets of weights/evaluation.json): in the
+#: user's words, and the set.
+SCORED_KINDS = {
+    "val": ("fluorescence", "DSB2018 val: mostly fluorescence, some brightfield and tissue"),
+    "monuseg_test": ("H&E tissue", "MoNuSeg test"),
+    "consep_test": ("H&E tiles", "CoNSeP test"),
+    "val_x0.25": ("very small nuclei", "DSB2018 val at a quarter of its size"),
+    "val_x3": ("large nuclei", "DSB2018 val at three times its size"),
+}
+#: How fast each bundled architecture is beside the others, in words: the order of every size of
+#: README.md's speed table (benchmarks/results/inference.json, which the package does not carry;
+#: tests/test_weights.py checks the words against it).
+SPEEDS = {"unet": "the fastest of the three", "hrnet": "slower than UNet, faster than UNet++",
+          "unetpp": "the slowest of the three"}
+#: The scores a weights file records, as the tooltip names them.
+SCORE_NAMES = {"dsb_score": "DSB2018 score", "mean_iou": "mean IoU", "foreground_iou": "foreground IoU",
+               "dice": "Dice", "f1_iou50": "F1"}
+#: Tooltips do not wrap plain text: longer lines are wrapped at this many characters.
+TOOLTIP_WIDTH = 100
+
+
+def bundled_evaluation() -> dict[str, Any]:
+    """What ``weights/evaluation.json`` measured of the bundled models ({} when it is not installed)."""
+    try:
+        evaluation = json.loads((weights_dir() / "evaluation.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return evaluation if isinstance(evaluation, dict) else {}
+
+
+def describe_weights(metadata: dict[str, Any], evaluation: dict[str, Any] | None = None) -> str:
+    """A tooltip for a weights file, in plain words: for a bundled model (given ``evaluation``, what
+    :func:`bundled_evaluation` reads), what it is good at, its speed and its scores on each kind of image;
+    for another file, its architecture and the scores it records. Then what it was trained on, its
+    settings and its licence."""
+    name = metadata.get("name")
+    models = (evaluation or {}).get("models") or {}
+    if name in SPEEDS and name in models:
+        lines = _bundled_summary(name, models, (evaluation or {}).get("sets") or {})
+    else:
+        lines = [f"Architecture: {metadata.get('architecture', '?')}"]
+        for source, scores in _score_groups(metadata.get("metrics") or {}):
+            shown = ", ".join(f"{_score_name(key)} {value:.2f}" for key, value in scores.items())
+            lines.append(f"Validation ({source.replace('_', ' ')}): {shown}")
     training = metadata.get("training") or {}
-    if training.get("data"):
-        lines.append(f"Trained on: {training['data']}")
-    if training.get("epochs"):
+    if training.get("data"):  # without the folders it was read from
+        lines.append(f"Trained on: {re.sub(r' [(][^()]*/[^()]*[)]', '', str(training['data']))}")
+    if training.get("epochs") and name not in models:
         lines.append(f"Training: {training['epochs']} epochs, {training.get('minutes', '?')} min")
-    for source, scores in _score_groups(metadata.get("metrics") or {}):
-        shown = ", ".join(f"{key} {value:.3f}" for key, value in scores.items())
-        lines.append(f"Validation ({source.replace('_', ' ')}): {shown}")
     if len(lines) == 1:
         lines.append("No training information in this file.")
     lines.append(f"Threshold {float(metadata.get('threshold', 0.5)):.2f}, min size {metadata.get('min_size', '?')} px")
@@ -373,7 +420,61 @@ def describe_weights(metadata: dict[str, Any]) -> str:
         lines.append(f"Trained at a nucleus diameter of {float(metadata['diameter']):g} px (images are resized to it)")
     if metadata.get("licence"):
         lines.append(f"Licence: {metadata['licence']}")
-    return "\n".join(lines)
+    return "\n".join(textwrap.fill(line, TOOLTIP_WIDTH, subsequent_indent="    ") for line in lines)
+
+
+def _bundled_summary(name: str, models: dict[str, Any], sets: dict[str, Any]) -> list[str]:
+    """The bundled model ``name`` beside the others (``models``: weights/evaluation.json's), in words:
+    its speed, where it is the most accurate, and its scores on each kind of image (``sets``)."""
+    def scores(model: str, kind: str) -> dict[str, float]:
+        return ((models.get(model) or {}).get("sets") or {}).get(kind) or {}
+
+    kinds = [kind for kind in SCORED_KINDS if all("dsb_score" in scores(model, kind) for model in models)]
+    best = {kind: max(models, key=lambda model: scores(model, kind)["dsb_score"]) for kind in kinds}
+    best_on = [SCORED_KINDS[kind][0] for kind in kinds if best[kind] == name]
+    behind = max((scores(best[kind], kind)["dsb_score"] - scores(name, kind)["dsb_score"] for kind in kinds
+                  if best[kind] != name), default=0.0)
+    behind = math.ceil(behind * 100) / 100  # "at most 0.02 below": rounded up, not down
+    default = " (the default)" if name == DEFAULT_MODEL else ""
+    lines = [f"{MODEL_TITLES[name]}{default}: {SPEEDS[name]}."]
+    if kinds and len(best_on) == len(kinds):
+        lines.append("The most accurate of the bundled models on every kind of image below.")
+    elif best_on:
+        lines.append(f"The most accurate of the bundled models on {_and(best_on)}; "
+                     f"at most {behind:.2f} below the best on the others.")
+    elif kinds:
+        lines.append(f"At most {behind:.2f} below the best of the bundled models on each kind of image below.")
+    if kinds:
+        lines.append("Scores on images it was not trained on, with Auto diameter (score: DSB2018 score, 0 to 1, "
+                     "higher is better; F1: share of nuclei matched, at half overlap; count: the median error "
+                     "of the count per image):")
+    for kind in kinds:
+        words, source = SCORED_KINDS[kind]
+        measured = scores(name, kind)
+        images = (sets.get(kind) or {}).get("n_images")
+        shown = [f"score {measured['dsb_score']:.2f}"]
+        if "f1_iou50" in measured:
+            shown.append(f"F1 {measured['f1_iou50']:.2f}")
+        if "count_error_median" in measured:
+            shown.append(f"count off by {measured['count_error_median']:.0%}")
+        lines.append(f"- {words[0].upper()}{words[1:]} ({source}{f', {images} images' if images else ''}): "
+                     + ", ".join(shown))
+    return lines
+
+
+def _and(words: list[str]) -> str:
+    """``["a", "b", "c"]`` as "a, b and c"."""
+    return " and ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
+
+
+def _score_name(key: str) -> str:
+    """A score's name in a weights file (``dsb_score_monuseg``), as the tooltip says it (DSB2018 score on monuseg)."""
+    for prefix, words in SCORE_NAMES.items():
+        if key == prefix:
+            return words
+        if key.startswith(f"{prefix}_"):
+            return f"{words} on {key.removeprefix(prefix + '_').replace('_', ' ')}"
+    return key.replace("_", " ")
 
 
 def _score_groups(metrics: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
