@@ -48,26 +48,10 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    try:  # napari's one-time "PyQt5 is deprecated" toast would cover the image in every picture
-        import napari._qt.qt_main_window as qt_main_window
-
-        qt_main_window.SHOW_QT_WARNING = False
-    except (ImportError, AttributeError):
-        pass
-    viewer = napari.Viewer(title="napari-nucleiseg")
-    viewer.window._qt_window.resize(*WINDOW_SIZE)
-    viewer.open_sample("napari-nucleiseg", args.sample)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
+    viewer, widget = open_window(args.sample)
     if args.weights is not None and not widget.set_weights_file(args.weights):
         raise SystemExit(f"cannot use {args.weights}")
-
-    def shot(name: str) -> None:
-        wait()  # let the dock widget settle the canvas size first
-        viewer.reset_view()
-        wait()
-        path = args.out / name
-        viewer.screenshot(str(path), canvas_only=False, flash=False)
-        print(f"{path}: {widget.count_label.text()}")
+    shot = shooter(viewer, args.out, lambda: widget.count_label.text())
 
     shot("1_open.png")
 
@@ -111,6 +95,36 @@ def main() -> None:
     print(args.out / "widget.png")
     wait(2.0)  # the table of the last result is measured in a worker; napari.run() would await it on quit
     viewer.close()
+
+
+def open_window(sample: str | None = None):
+    """``(viewer, widget)``: a napari window of the screenshots' size, the plugin's widget docked as a
+    user docks it, and one of its samples open (if ``sample``)."""
+    try:  # napari's one-time "PyQt5 is deprecated" toast would cover the image in every picture
+        import napari._qt.qt_main_window as qt_main_window
+
+        qt_main_window.SHOW_QT_WARNING = False
+    except (ImportError, AttributeError):
+        pass
+    viewer = napari.Viewer(title="napari-nucleiseg")
+    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    if sample is not None:
+        viewer.open_sample("napari-nucleiseg", sample)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
+    return viewer, widget
+
+
+def shooter(viewer, out: Path, describe):
+    """``shot(name)``: save a screenshot of the whole window as ``out/name`` and print ``describe()``."""
+    def shot(name: str) -> None:
+        wait()  # let the dock widget settle the canvas size first
+        viewer.reset_view()
+        wait()
+        path = out / name
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        print(f"{path}: {describe()}")
+
+    return shot
 
 
 def wait_for_run(widget, timeout: float = 600) -> None:

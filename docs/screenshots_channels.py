@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import napari
 import numpy as np
 from scipy import ndimage as ndi
 
 from napari_nucleiseg._sample_data import read_sample
 
 HERE = Path(__file__).resolve().parent
-WINDOW_SIZE = (1500, 900)
 
 
 def dapi_and_marker(seed: int = 0) -> np.ndarray:
@@ -44,29 +42,14 @@ def dapi_and_marker(seed: int = 0) -> np.ndarray:
 
 
 def main() -> None:
-    from screenshots import wait, wait_for_run
+    from screenshots import open_window, shooter, wait, wait_for_run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "images")
     args = parser.parse_args()
-    try:
-        import napari._qt.qt_main_window as qt_main_window
-
-        qt_main_window.SHOW_QT_WARNING = False
-    except (ImportError, AttributeError):
-        pass
-    viewer = napari.Viewer(title="napari-nucleiseg")
-    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    viewer, widget = open_window()
     viewer.add_image(dapi_and_marker(), name="DAPI + marker")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
-
-    def shot(name: str) -> None:
-        wait()
-        viewer.reset_view()
-        wait()
-        path = args.out / name
-        viewer.screenshot(str(path), canvas_only=False, flash=False)
-        print(f"{path}: {widget.channel_combo.currentText()} | {widget.count_label.text()}")
+    shot = shooter(viewer, args.out, lambda: f"{widget.channel_combo.currentText()} | {widget.count_label.text()}")
 
     viewer.dims.set_current_step(0, 1)  # the marker plane: what would be counted with DAPI's
     widget.segment_button.click()

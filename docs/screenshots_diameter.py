@@ -18,38 +18,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import napari
 from skimage.io import imread
 
 from napari_nucleiseg.scale import rescale_image
 
 HERE = Path(__file__).resolve().parent
 MONUSEG_TEST = HERE.parents[1] / "shared" / "data" / "monuseg2018" / "test" / "images"
-WINDOW_SIZE = (1500, 900)
 
 
 def main() -> None:
-    from screenshots import wait, wait_for_run
+    from screenshots import open_window, shooter, wait, wait_for_run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "images")
     args = parser.parse_args()
-    try:
-        import napari._qt.qt_main_window as qt_main_window
-
-        qt_main_window.SHOW_QT_WARNING = False
-    except (ImportError, AttributeError):
-        pass
-    viewer = napari.Viewer(title="napari-nucleiseg")
-    viewer.window._qt_window.resize(*WINDOW_SIZE)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
-
-    def shot(name: str) -> None:
-        wait()
-        viewer.reset_view()
-        wait()
-        viewer.screenshot(str(args.out / name), canvas_only=False, flash=False)
-        print(f"{args.out / name}: {widget.count_label.text()} | {widget.diameter_auto_check.text()}")
+    viewer, widget = open_window()
+    shot = shooter(viewer, args.out, lambda: f"{widget.count_label.text()} | {widget.diameter_auto_check.text()}")
 
     sample = imread(Path(__import__("napari_nucleiseg").__file__).parent / "samples" / "fluorescence.png")
     big = rescale_image(sample, 3.0)

@@ -27,6 +27,7 @@ from qtpy.QtCore import QObject, QTimer
 
 from .channels import take_channel
 from .tables import PixelSize, count_labels, nuclei_table, write_csv
+from .weights import MODEL_TITLES
 
 #: The per-nucleus table is measured this long after the last change, so dragging the slider
 #: or painting stays fluid; the count follows at once.
@@ -52,10 +53,6 @@ def unique_name(base: str, taken: set[str]) -> str:
         number += 1
         name = f"{base} [{number}]"
     return name
-
-
-#: How the bundled models are named in layer names.
-MODEL_TITLES = {"unet": "UNet", "unetpp": "UNet++", "hrnet": "HRNet"}
 
 
 def placement(image: Image, channel_axis: int | None = None) -> dict[str, Any]:
