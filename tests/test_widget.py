@@ -298,6 +298,37 @@ def joined_pair(shape=(64, 160)) -> np.ndarray:
     return image
 
 
+def test_a_model_change_shows_its_settings_at_once_and_reset_brings_them_back(
+    viewer_and_widget, fake_network, tiny_weights, tmp_path, qtbot
+):
+    """Issue 17, item 9: the slider showed a hand-set 0.30 after a model change, then jumped to the new
+    model's value when its run ended."""
+    from napari_nucleiseg.weights import save_weights
+
+    from conftest import build_tiny, tiny_metadata
+
+    viewer, widget = viewer_and_widget
+    strict = save_weights(tmp_path / "strict.safetensors", build_tiny("unet"),
+                          tiny_metadata("unet") | {"threshold": 0.65})
+    viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    assert shown_count(widget) == 4
+
+    assert widget.set_weights_file(strict)
+    assert widget.threshold_slider.value() == pytest.approx(0.65)  # at once, before any run
+    assert shown_count(widget) == 4  # the result shown is not re-thresholded by a model change
+    widget.threshold_slider.setValue(0.3)  # the user's own value is what the run uses, and it stays
+    click_segment(qtbot, widget)
+    assert widget.threshold_slider.value() == pytest.approx(0.3) and shown_count(widget) == 4
+
+    widget.postprocess_controls.reset_button.click()
+    assert widget.threshold_slider.value() == pytest.approx(0.65)
+    wait_for_postprocessing(qtbot, widget)
+    assert shown_count(widget) == 2  # the result follows the model's settings (240 and 200 / 255 > 0.65)
+    assert fake_network.calls == 2
+
+
 def test_splitting_cuts_an_eight_by_its_shape_with_the_models_neck_ratio(viewer_and_widget, fake_network, qtbot,
                                                                        tmp_path):
     from napari_nucleiseg.weights import save_weights

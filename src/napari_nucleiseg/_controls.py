@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QPushButton,
     QSpinBox,
     QStyle,
     QStyleOptionComboBox,
@@ -460,6 +461,9 @@ class PostprocessControls(QObject):
         self.exclude_border_check.setToolTip("Leave out of the labels, the count and the table the nuclei that "
                                              "touch the edge of the image (of each plane of a stack): they are "
                                              "cut off. The exported table records it")
+        self.reset_button = QPushButton("Reset to the model's settings",
+                                        toolTip="The threshold and min size the model was calibrated with "
+                                                "(its min size at the scale of the result shown)")
         self.default_min_size = PostprocessSettings().min_size
         self.threshold_slider.valueChanged.connect(self.changed)
         self.min_size_spin.valueChanged.connect(self.changed)
@@ -478,16 +482,18 @@ class PostprocessControls(QObject):
             self.min_size_spin.setValue(settings.min_size)
         self.default_min_size = settings.min_size
 
-    def for_run(self, calibrated_threshold: float | None = None) -> dict[str, Any]:
+    def for_run(self) -> dict[str, Any]:
         """The settings a run makes its first labels with, by name (the rest are the model's at the run's
-        scale): a new model's ``calibrated_threshold`` and min size, or the controls' values, with a min
-        size left at its default following the scale."""
+        scale): the controls' values, with a min size left at its default following the scale."""
         chosen = self.values()
-        if calibrated_threshold is not None:
-            chosen["threshold"] = calibrated_threshold
-        if calibrated_threshold is not None or chosen["min_size"] == self.default_min_size:
+        if chosen["min_size"] == self.default_min_size:
             del chosen["min_size"]
         return chosen
+
+    def reset(self, settings: PostprocessSettings) -> None:
+        """Show a model's calibrated ``settings`` and apply them (the result shown follows)."""
+        self.show(settings)
+        self.changed.emit()
 
     def after_run(self, settings: PostprocessSettings, default_min_size: int, new_model: bool) -> None:
         """Follow a finished run: a new model's ``settings`` are shown; otherwise a min size left at

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
 from ._outputs import OutputLayers
 from ._rethreshold import Cache, Rethresholder
-from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable, file_key
+from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
 from .settings import PostprocessSettings
 
 
@@ -110,6 +110,7 @@ class NucleiSegWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.probability_check.toggled.connect(self._show_probabilities)
         self.diameter_control.asked.connect(self.set_diameter)
+        controls.reset_button.clicked.connect(self.reset_settings)
         self.export_button.clicked.connect(self._on_export_clicked)
 
     # ---- image layer picker ---------------------------------------------------------------
@@ -134,14 +135,17 @@ class NucleiSegWidget(QWidget):
         return self.model_combo.set_weights_file(path)
 
     def _on_model_changed(self, index: int | None = None) -> None:
-        """Before any run, the chosen model's calibrated settings are the start; once a result is shown
-        the controls keep describing it, and the new model's apply when its first run finishes (see
-        :meth:`_on_run_returned`). The diameter controls are for models that record a diameter."""
+        """The chosen model's calibrated settings show at once (the next run starts from them; the result
+        shown is not re-thresholded). The diameter controls are for models that record a diameter."""
         metadata = self.model_combo.metadata()
-        first = self.rethresholder.cache is None
-        self.diameter_control.for_model(metadata.get("diameter"), first)
-        if first:
-            self.postprocess_controls.show(PostprocessSettings.from_metadata(metadata))
+        self.diameter_control.for_model(metadata.get("diameter"), self.rethresholder.cache is None)
+        self.postprocess_controls.show(PostprocessSettings.from_metadata(metadata))
+
+    def reset_settings(self) -> None:
+        """The model's calibrated settings (its min size at the scale of the result shown), applied."""
+        cache = self.rethresholder.cache
+        settings = PostprocessSettings.from_metadata(self.model_combo.metadata())
+        self.postprocess_controls.reset(settings.at_scale(cache.scale) if cache is not None else settings)
 
     # ---- segmenting -----------------------------------------------------------------------
 
@@ -169,12 +173,9 @@ class NucleiSegWidget(QWidget):
         except Refused as refusal:
             show_error(self.model_combo.refuse(str(refusal), refusal.weights))  # a bad file leaves the list
             return
-        # The worker makes the first labels too; with another model than the last run's, the
-        # controls will take its calibrated values (see _on_run_returned), and a min size left at
-        # its default is the model's at the scale of this run, known once the diameter is.
-        new_model = cache is not None and cache.model_key != file_key(weights)
-        chosen = self.postprocess_controls.for_run(
-            PostprocessSettings.from_metadata(metadata).threshold if new_model else None)
+        # The worker makes the first labels too, with the controls' settings; a min size left at its
+        # default is the model's at the scale of this run, known once the diameter is.
+        chosen = self.postprocess_controls.for_run()
         self._run_diameter, self._rerun = self.diameter_control.diameter, False
         estimating = self._run_diameter is None and metadata.get("diameter") is not None
         self._set_running(True)
@@ -319,6 +320,7 @@ def _lay_out(widget: NucleiSegWidget) -> None:
     form.addRow("Min size", widget.min_size_spin)
     form.addRow(widget.split_check)
     form.addRow(widget.exclude_border_check)
+    form.addRow(widget.postprocess_controls.reset_button)
     form.addRow(widget.count_label)
     form.addRow(widget.export_button)
     widget.progress_bar.setToolTip("The run's progress: planes, then tiles of a large image")
