@@ -109,6 +109,10 @@ class PostprocessSettings:
         }
 
 
+#: The settings a weights file calibrates (a file never excludes border nuclei, nor turns splitting off).
+FILE_SETTINGS = ("threshold", "boundary_threshold", "min_size", "neck_ratio", "seed_min_size")
+
+
 def check_settings(threshold: float = DEFAULT_THRESHOLD, boundary_threshold: float = DEFAULT_BOUNDARY_THRESHOLD,
                    min_size: int = DEFAULT_MIN_SIZE, split: bool = True, neck_ratio: float = DEFAULT_NECK_RATIO,
                    seed_min_size: int = DEFAULT_SEED_MIN_SIZE, exclude_border: bool = False) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
-from .settings import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, PostprocessSettings
+from .settings import FILE_SETTINGS, PostprocessSettings, check_settings
 
 FORMAT_NAME = "napari-nucleiseg-weights"
 FORMAT_VERSION = 1
@@ -225,14 +225,10 @@ def _metadata_problem(metadata: dict[str, Any]) -> str | None:
     problem = _kwargs_problem(metadata["architecture"], metadata["kwargs"])
     if problem is not None:
         return problem
-    for key in ("threshold", "boundary_threshold", "neck_ratio"):
-        value = metadata.get(key, DEFAULT_THRESHOLD)
-        if not (_is_number(value) and 0 <= value <= 1):
-            return f"its {key} {value!r} is not a number between 0 and 1"
-    for key, default in (("min_size", DEFAULT_MIN_SIZE), ("seed_min_size", 0)):
-        size = metadata.get(key, default)
-        if not (_is_number(size) and size >= 0 and int(size) == size):
-            return f"its {key} {size!r} is not a whole number of pixels >= 0"
+    try:  # the post-processing settings it calibrates: checked as the API checks them
+        check_settings(**{key: metadata[key] for key in FILE_SETTINGS if key in metadata})
+    except ValueError as error:
+        return f"its {error}"
     normalization = metadata.get("normalization", {})
     percentiles = normalization.get("percentiles", (1.0, 99.8)) if isinstance(normalization, dict) else None
     if not (
