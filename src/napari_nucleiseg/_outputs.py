@@ -173,11 +173,10 @@ class OutputLayers(QObject):
 
     def write(self, image: Image, labels: np.ndarray, *, count: int, metadata: dict[str, Any] | None = None,
               channel: tuple[int, int] | None = None, model: str = "") -> tuple[Labels, Labels | None]:
-        """Write ``labels`` (numbered 1..``count``) for ``image`` (its ``channel``, ``(axis, index)``, if one
-        was segmented) made by ``model``: in place to the layer of that image and model while it holds what
-        the widget wrote, of the same shape and channel, else to a new layer, so that the results of two
-        models lie side by side; ``metadata`` goes into the layer's. Returns the layer, and the layer
-        edited by hand that was kept (None if none was)."""
+        """Write ``labels`` (numbered 1..``count``) of ``image`` (its ``channel``, ``(axis, index)``, if one)
+        made by ``model``: in place to that image and model's layer while it holds what the widget wrote
+        (same shape and channel), else to a new layer; ``metadata`` goes into the layer's. Returns the
+        layer, and the layer edited by hand that was kept (None if none was)."""
         key = (image.unique_id, model)
         layer = self._by_image.get(key)
         edited = None
@@ -216,8 +215,7 @@ class OutputLayers(QObject):
         return layer
 
     def _put_under(self, layer: Labels, edited: Labels) -> None:
-        """Move the new result ``layer`` just under the ``edited`` one: the user's corrections stay in
-        sight (a new layer on top would hide them), and the count says where the result is."""
+        """The new result ``layer`` just under the ``edited`` one: the corrections stay in sight."""
         ids = [other.unique_id for other in self.viewer.layers]
         with self.self_writing():
             self.viewer.layers.move(ids.index(layer.unique_id), ids.index(edited.unique_id))
@@ -234,22 +232,6 @@ class OutputLayers(QObject):
             yield
         finally:
             self.writing = False
-
-    def export_csv(self, path: Path, layer: Labels | None) -> tuple[str, str]:
-        """Write the per-nucleus table of ``layer`` to ``path``; for a result of the widget's, an
-        ``exclude_border`` column says whether the nuclei touching the border were left out.
-        Returns how it went for the user: ``("info" | "warning" | "error", sentence)``."""
-        if layer is None:
-            return "warning", "Segment an image first; there is no table to export."
-        table = self.table_now(layer)
-        exported = table.drop(columns="index", errors="ignore")
-        if "exclude_border" in layer.metadata:
-            exported = exported.assign(exclude_border=bool(layer.metadata["exclude_border"]))
-        try:
-            write_csv(exported, path)
-        except OSError as error:
-            return "error", f"Cannot write {path}: {error.strerror or error}."
-        return "info", f"Saved {len(table)} nuclei to {path}."
 
     def show_probabilities(self, image: Image, nucleus: Any, channel: tuple[int, int] | None = None) -> None:
         """Show the nucleus probability of ``image`` (of its ``channel``, if one was segmented), in the
@@ -396,3 +378,20 @@ class OutputLayers(QObject):
             self._stale.pop(layer.unique_id, None)
             record.measure_now()
         return layer.features
+
+
+def export_csv(outputs: OutputLayers, path: Path, layer: Labels | None) -> tuple[str, str]:
+    """Write the per-nucleus table of ``layer`` (one of ``outputs``' or any Labels layer) to ``path``; for
+    a result of the widget's, an ``exclude_border`` column says whether the nuclei touching the border
+    were left out. Returns how it went for the user: ``("info" | "warning" | "error", sentence)``."""
+    if layer is None:
+        return "warning", "Segment an image first; there is no table to export."
+    table = outputs.table_now(layer)
+    exported = table.drop(columns="index", errors="ignore")
+    if "exclude_border" in layer.metadata:
+        exported = exported.assign(exclude_border=bool(layer.metadata["exclude_border"]))
+    try:
+        write_csv(exported, path)
+    except OSError as error:
+        return "error", f"Cannot write {path}: {error.strerror or error}."
+    return "info", f"Saved {len(table)} nuclei to {path}."

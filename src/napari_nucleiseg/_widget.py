@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
-from ._outputs import OutputLayers
+from ._outputs import OutputLayers, export_csv
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
 from .settings import PostprocessSettings
@@ -289,8 +289,8 @@ class NucleiSegWidget(QWidget):
 
     def export_csv(self, path: str | Path, layer: Labels | None = None) -> bool:
         """Write the per-nucleus table of ``layer`` (default: :attr:`labels_layer`) to ``path``
-        (:meth:`~._outputs.OutputLayers.export_csv`); says how it went, returns whether it was written."""
-        level, message = self.outputs.export_csv(Path(path), layer or self.labels_layer)
+        (:func:`~._outputs.export_csv`); says how it went, returns whether it was written."""
+        level, message = export_csv(self.outputs, Path(path), layer or self.labels_layer)
         {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
         return level == "info"
 
