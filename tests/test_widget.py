@@ -720,7 +720,9 @@ def test_running_synchronously_gives_what_the_worker_gives(viewer_and_widget, fa
     assert np.array_equal(labels_layers(viewer)[0].data, threaded) and threaded.max() == 3
 
 
-def test_closing_the_widget_mid_run_stops_the_worker(make_napari_viewer, tiny_weights, monkeypatch, qtbot):
+def start_a_long_run(make_napari_viewer, tiny_weights, qtbot):
+    """``(viewer, dock, widget, network)``: the widget docked as napari docks it, segmenting a stack of
+    20 planes with a slow fake network, which has started."""
     slow = FakeNetwork(delay=0.3)
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
@@ -729,6 +731,11 @@ def test_closing_the_widget_mid_run_stops_the_worker(make_napari_viewer, tiny_we
     viewer.add_image(np.stack([blobs()] * 20), name="long stack")
     widget.segment()
     qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
+    return viewer, dock, widget, slow
+
+
+def test_closing_the_widget_mid_run_stops_the_worker(make_napari_viewer, tiny_weights, monkeypatch, qtbot):
+    viewer, dock, widget, slow = start_a_long_run(make_napari_viewer, tiny_weights, qtbot)
     viewer.window.remove_dock_widget(dock)
     widget.deleteLater()
     with qtbot.waitSignal(widget.destroyed, timeout=5_000):
@@ -742,14 +749,7 @@ def test_closing_the_widget_mid_run_stops_the_worker(make_napari_viewer, tiny_we
 def test_the_docks_close_button_mid_run_cancels_the_run(make_napari_viewer, tiny_weights, qtbot):
     """Issue 17, item 13: napari's close button takes the widget out of its dock and keeps it (it is
     neither closed nor destroyed); the run under way must stop there and add no layer."""
-    slow = FakeNetwork(delay=0.3)
-    viewer = make_napari_viewer()
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
-    widget.predict = slow
-    widget.set_weights_file(tiny_weights["unet"])
-    viewer.add_image(np.stack([blobs()] * 20), name="long stack")
-    widget.segment()
-    qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
+    viewer, dock, widget, slow = start_a_long_run(make_napari_viewer, tiny_weights, qtbot)
     dock.title.close_button.click()
     calls = slow.calls
     qtbot.wait(1500)

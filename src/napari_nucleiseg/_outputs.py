@@ -55,14 +55,14 @@ def unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
-def placement(image: Image, channel_axis: int | None = None) -> dict[str, Any]:
+def placement(image: Image, channel: tuple[int, int] | None = None) -> dict[str, Any]:
     """Where ``image`` lies in the world (pixel size and its unit, offset, rotation, shear, affine):
-    results lie on it. Results of one channel lie on the other axes (rotation, shear and affine of
-    such an image are not carried over)."""
-    if channel_axis is None:
+    results lie on it. Results of one ``channel`` (``(axis, index)``) lie on the other axes (rotation,
+    shear and affine of such an image are not carried over)."""
+    if channel is None:
         return {"scale": image.scale, "translate": image.translate, "rotate": image.rotate, "shear": image.shear,
                 "affine": image.affine, "units": image.units}
-    keep = [axis for axis in range(image.ndim) if axis != channel_axis]
+    keep = [axis for axis in range(image.ndim) if axis != channel[0]]
     return {"scale": [image.scale[axis] for axis in keep], "translate": [image.translate[axis] for axis in keep],
             "units": [image.units[axis] for axis in keep]}
 
@@ -207,7 +207,7 @@ class OutputLayers(QObject):
             base += f" ({MODEL_TITLES.get(model, model)})"
         with self.self_writing():
             layer = self.viewer.add_labels(labels, name=unique_name(base, taken),
-                                           **placement(image, None if channel is None else channel[0]))
+                                           **placement(image, channel))
         self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels), channel=channel)
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)
@@ -243,7 +243,7 @@ class OutputLayers(QObject):
         with self.self_writing():  # not an image the user opened: the picker keeps its choice
             self._probability_layers[image.unique_id] = self.viewer.add_image(
                 nucleus, name=f"{image.name} nucleus probability", colormap="magma", blending="additive",
-                opacity=0.6, contrast_limits=(0, 1), **placement(image, None if channel is None else channel[0]),
+                opacity=0.6, contrast_limits=(0, 1), **placement(image, channel),
             )
 
     def removed(self, layer: Any) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from .channels import take_channel
 from .errors import ImageError
 from .settings import PostprocessSettings
 from .weights import DEFAULT_MODEL
@@ -218,7 +219,7 @@ def one_channel(image: Any, channel: int) -> np.ndarray:
     axis = 2 if 2 <= shape[2] <= 4 else 0
     if not 0 <= channel < shape[axis]:
         raise ImageError(f"The image has {shape[axis]} channels (0 to {shape[axis] - 1}), not a channel {channel}.")
-    return np.asarray(image)[..., channel] if axis == 2 else np.asarray(image)[channel]
+    return take_channel(np.asarray(image), axis, channel)
 
 
 def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,

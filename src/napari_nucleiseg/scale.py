@@ -198,7 +198,7 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
                                    if nucleus.any() else 1.0),
                 "confidence": float(np.abs(2 * probabilities[0][likely] - 1).mean()) if likely.any() else 0.0,
                 "foreground_share": float(nucleus.mean()),
-                **_look(normalization(window)),
+                **_look(window, normalization),
             }
             if diameters.size:
                 found = float(np.median(diameters))
@@ -210,10 +210,16 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
     return rungs
 
 
-def _look(normalized: np.ndarray) -> dict:
-    """What kind of image a normalised window is: ``colour`` (mean red - blue difference, high for a
-    stain) and ``brightness`` (mean value, high for brightfield and tissue)."""
-    normalized = np.clip(normalized, 0, 1)
+def _look(window: np.ndarray, normalization) -> dict:
+    """What kind of image an RGB ``window`` is, once normalised: ``colour`` (mean red - blue
+    difference, high for a stain) and ``brightness`` (mean value, high for brightfield and tissue).
+
+    A gray image (:func:`~.preprocess.as_rgb`'s broadcast view) has no colour: only its one channel
+    is normalised, a third of the work on the estimate's largest windows.
+    """
+    if window.strides[-1] == 0:
+        return {"colour": 0.0, "brightness": float(np.clip(normalization(window[..., :1]), 0, 1).mean())}
+    normalized = np.clip(normalization(window), 0, 1)
     return {"colour": float(np.abs(normalized[..., 0] - normalized[..., 2]).mean()),
             "brightness": float(normalized.mean())}
 
