@@ -113,7 +113,7 @@ def ridge_on_pooled(pooled: np.ndarray, log_truth: np.ndarray, fitting: np.ndarr
     return x @ coef
 
 
-def report(name: str, ratios: list[float | None]) -> str:
+def report(ratios: list[float | None]) -> str:
     hits = sum(1 for r in ratios if r is not None and abs(math.log(r)) <= math.log(WITHIN))
     known = [r for r in ratios if r is not None]
     median = f"{np.median(known):.2f}" if known else "-"
@@ -160,8 +160,8 @@ def main(argv=None) -> None:
             guess = size_model_estimate(rungs, model) if size_model_applies(rungs, model) else rule_estimate(rungs)
             fitted.append(None if guess is None else guess / truth)
         ridged = [float(np.exp(ridge[i] - log_truth[i])) for i in chosen]
-        print(f"{group:14s} {len(chosen):4d}  {report(group, rule):>12s}  {report(group, fitted):>12s}  "
-              f"{report(group, ridged):>12s}")
+        print(f"{group:14s} {len(chosen):4d}  {report(rule):>12s}  {report(fitted):>12s}  "
+              f"{report(ridged):>12s}")
 
     if args.write:
         from training.calibrate import write_metadata_copy
