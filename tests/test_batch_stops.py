@@ -110,7 +110,9 @@ def test_a_rerun_with_overwrite_stopped_half_way_never_mixes_two_runs(folder, tm
 
     second = start(folder, out, tiny_weights["unet"], "--threshold", "0.9", "--overwrite")
     deadline = time.monotonic() + 120
-    while not list(out.glob("replaced-*")):  # the first run's files are moved aside as the rerun starts
+    # the first run's files are moved aside, one rename each, as the rerun starts: until the last is
+    # moved, label files of the first run are still in ``out``
+    while len(list(out.glob("replaced-*/*_labels.tif"))) < N_IMAGES:
         assert second.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     wait_for_labels(out, 3, second)
