@@ -13,6 +13,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_nucleiseg.inference import predict_probabilities
+from napari_nucleiseg.learn.loss import model_loss, segmentation_loss
 from napari_nucleiseg.models import build_model
 from napari_nucleiseg.postprocess import labels_from_probabilities
 from napari_nucleiseg.weights import load_weights, read_metadata, save_weights
@@ -230,7 +231,7 @@ def tiny_weights(folder: Path, name: str = "tiny", fit_steps: int = 0, architect
         targets = torch.stack([torch.from_numpy(make_targets(labels[:128, :128])) for _, labels in pairs])
         optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
         for _ in range(fit_steps):
-            loss = train.segmentation_loss(network(images), targets)
+            loss = segmentation_loss(network(images), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -764,11 +765,11 @@ def test_distillation_loss_goes_the_chosen_share_towards_the_teacher():
     teacher = torch.from_numpy(rng.random((2, 2, 32, 32)).astype(np.float32))
     both = torch.cat([truth, teacher], dim=1)
     with torch.no_grad():
-        towards_truth = train.model_loss(network, images, truth)
-        towards_teacher = train.model_loss(network, images, teacher)
-        assert train.model_loss(network, images, both, 0.0) == pytest.approx(float(towards_truth))
-        assert train.model_loss(network, images, both, 1.0) == pytest.approx(float(towards_teacher))
-        assert train.model_loss(network, images, both, 0.25) == pytest.approx(
+        towards_truth = model_loss(network, images, truth)
+        towards_teacher = model_loss(network, images, teacher)
+        assert model_loss(network, images, both, 0.0) == pytest.approx(float(towards_truth))
+        assert model_loss(network, images, both, 1.0) == pytest.approx(float(towards_teacher))
+        assert model_loss(network, images, both, 0.25) == pytest.approx(
             0.75 * float(towards_truth) + 0.25 * float(towards_teacher))
     assert float(towards_truth) != pytest.approx(float(towards_teacher))
 
@@ -780,13 +781,13 @@ def test_head_weights_weight_the_loss_of_each_unetpp_head():
     images = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
     truth = torch.from_numpy((np.random.default_rng(0).random((2, 2, 32, 32)) > 0.5).astype(np.float32))
     with torch.no_grad():
-        each = [float(train.segmentation_loss(o, truth)) for o in network.forward_all(images)]
-        assert float(train.model_loss(network, images, truth)) == pytest.approx(np.mean(each))
-        assert float(train.model_loss(network, images, truth, head_weights=(0, 0, 1))) == pytest.approx(each[2])
-        assert float(train.model_loss(network, images, truth, head_weights=(1, 2, 2))) == pytest.approx(
+        each = [float(segmentation_loss(o, truth)) for o in network.forward_all(images)]
+        assert float(model_loss(network, images, truth)) == pytest.approx(np.mean(each))
+        assert float(model_loss(network, images, truth, head_weights=(0, 0, 1))) == pytest.approx(each[2])
+        assert float(model_loss(network, images, truth, head_weights=(1, 2, 2))) == pytest.approx(
             (each[0] + 2 * each[1] + 2 * each[2]) / 5)
         with pytest.raises(ValueError, match="2 head weights"):
-            train.model_loss(network, images, truth, head_weights=(1, 1))
+            model_loss(network, images, truth, head_weights=(1, 1))
     assert len(set(round(e, 6) for e in each)) == 3
 
 

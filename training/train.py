@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import platform
 import random
@@ -27,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from napari_nucleiseg.inference import predict_normalized
+from napari_nucleiseg.learn.loop import train_steps
 from napari_nucleiseg.models import build_model
 from napari_nucleiseg.postprocess import labels_from_probabilities
 from napari_nucleiseg.preprocess import DEFAULT_LOG_GAIN, DEFAULT_PERCENTILES, normalize_image
@@ -87,40 +88,6 @@ def licence_note(sets: list[str]) -> str:
 #: over DSB2018's train images of each image's median nucleus diameter (18.3 px), so most of
 #: DSB2018 is rescaled little; MoNuSeg's (21.9) and CoNSeP's (16.2) are close too.
 DEFAULT_DIAMETER = 18.0
-
-
-def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy plus soft Dice, on both channels (nucleus, boundary)."""
-    bce = F.binary_cross_entropy_with_logits(logits, targets)
-    probabilities = torch.sigmoid(logits)
-    dims = (0, 2, 3)
-    intersection = (probabilities * targets).sum(dims)
-    dice = (2 * intersection + 1) / (probabilities.sum(dims) + targets.sum(dims) + 1)
-    return bce + (1 - dice).mean()
-
-
-def model_loss(network: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
-               distill_weight: float = 0.5, head_weights: tuple[float, ...] | None = None) -> torch.Tensor:
-    """The loss, averaged over UNet++'s deep-supervision heads where the model has them.
-
-    ``head_weights`` (one per head, shallowest first) weight that average; by default
-    every head counts the same.
-
-    ``targets`` with four channels hold a teacher's probabilities after the true
-    targets: the loss is then ``(1 - distill_weight)`` times the loss towards the truth
-    plus ``distill_weight`` times the same loss towards the teacher (knowledge distillation).
-    """
-    outputs = network.forward_all(images) if hasattr(network, "forward_all") else [network(images)]
-    if targets.shape[1] == 4:
-        truth, teacher = targets[:, :2], targets[:, 2:]
-        losses = [(1 - distill_weight) * segmentation_loss(o, truth) + distill_weight * segmentation_loss(o, teacher)
-                  for o in outputs]
-    else:
-        losses = [segmentation_loss(o, targets) for o in outputs]
-    weights = head_weights if head_weights is not None and len(outputs) > 1 else (1.0,) * len(outputs)
-    if len(weights) != len(outputs):
-        raise ValueError(f"{len(weights)} head weights for a model with {len(outputs)} heads")
-    return sum(w * loss for w, loss in zip(weights, losses)) / sum(weights)
 
 
 #: The flips and transposition a teacher's prediction is averaged over (``--teacher-tta``):
@@ -468,16 +435,8 @@ def main(argv=None) -> dict:
     while state["epoch"] < args.epochs:
         epoch = state["epoch"] + 1
         dataset.reseed(args.seed * 1000 + epoch)
-        network.train()
-        losses = []
-        for batch_index, (images, targets) in enumerate(loader):
-            if args.max_batches is not None and batch_index >= args.max_batches:
-                break
-            loss = model_loss(network, images.to(device), targets.to(device), args.distill_weight, head_weights)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        losses = train_steps(network, optimizer, itertools.islice(loader, args.max_batches), device=device,
+                             distill_weight=args.distill_weight, head_weights=head_weights)
         scores = validation_scores(network, data, args, device, losses)
         if args.schedule == "cosine":
             scheduler.step()

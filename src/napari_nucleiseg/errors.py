@@ -16,3 +16,8 @@ class WeightsError(ValueError):
 
 class Cancelled(Exception):
     """A run stopped because its ``cancelled`` callback returned True."""
+
+
+class FineTuneError(ValueError):
+    """Images, labels or settings that fine-tuning cannot work on; one sentence for the user, and
+    nothing was written."""

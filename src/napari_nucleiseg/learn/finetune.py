@@ -1,0 +1,375 @@
+"""Fine-tune a model on a user's corrected labels, on a laptop CPU in minutes.
+
+The images and labels are checked first, and each problem gets one sentence
+(:class:`~napari_nucleiseg.errors.FineTuneError`) before anything runs or is written. Only the
+regions the user checked train: outside them a pixel is unknown, not background
+(:mod:`.augment`, :mod:`.loss`). The new weights file is written under a temporary name and
+renamed into place, so a cancelled, failed or killed run leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import Cancelled, FineTuneError
+from ..memory import free_memory
+from ..preprocess import as_rgb
+from ..scale import median_diameter
+from ..weights import NucleiModel, load_weights, save_weights, weights_dir
+from .augment import CropDataset
+from .loop import train_steps
+
+#: Side (pixels, in the network's frame) of a training crop, and crops per step: about 1-2 steps a
+#: second for the bundled networks on 2 CPU cores.
+CROP_SIZE = 192
+BATCH_SIZE = 4
+#: Adam's learning rate, constant: a tenth of the shipped models' first training's.
+LEARNING_RATE = 3e-4
+#: Pixels of context kept around a checked region (they feed the network, but do not train).
+REGION_MARGIN = 64
+#: Fine-tuning holds each image as float32 RGB and its labels, masks and a few copies: bytes a pixel.
+BYTES_PER_PIXEL = 40
+BYTES_FIXED = 400 * 2**20
+#: Default time budget (minutes).
+DEFAULT_MINUTES = 2.0
+
+Region = tuple[int, int, int, int]  # y0, y1, x0, x1: rows y0..y1-1, columns x0..x1-1
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How a fine-tuning run stands, after each step."""
+
+    steps: int
+    loss: float  # of the last step
+    mean_loss: float  # of the last 20 steps
+    elapsed: float  # seconds
+    budget: float  # seconds
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.budget - self.elapsed)
+
+
+@dataclass
+class Examples:
+    """The training material: image crops (float32 RGB in [0, 1]) with their labels, the mask of the
+    pixels of each that the user checked (None: all), and a record of each image for the file."""
+
+    pairs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    known: list[np.ndarray | None] = field(default_factory=list)
+    diameters: list[float | None] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nuclei(self) -> int:
+        return sum(record["nuclei"] for record in self.records)
+
+
+def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], model: str | os.PathLike | NucleiModel = "hrnet",
+             *, out: str | os.PathLike | None = None, name: str | None = None, minutes: float = DEFAULT_MINUTES,
+             regions: Sequence[Sequence[Region] | None] | None = None, diameter: float | None = None,
+             overwrite: bool = False, seed: int = 0, progress: Callable[[Progress], None] | None = None,
+             cancelled: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Fine-tune ``model`` on ``images`` with their corrected ``labels``; returns the new weights file.
+
+    Parameters
+    ----------
+    images, labels : sequences of arrays
+        Each image ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` with its ``(H, W)`` integer labels
+        (0 background, one number per nucleus); or a stack ``(P, H, W[, C])`` with ``(P, H, W)``
+        labels, of which only the planes holding labelled nuclei train.
+    model : str, path or NucleiModel
+        The model to start from: a bundled name, or any weights file (one fine-tuned before too).
+    out : path, optional
+        The new weights file; default ``<user model folder>/<name>.safetensors``
+        (:func:`napari_nucleiseg.user_models.user_models_dir`).
+    name : str, optional
+        The new model's name (default: the base's name with ``-finetuned`` and the date).
+    minutes : float
+        Time budget of the training.
+    regions : one sequence of ``(y0, y1, x0, x1)`` rectangles per image (or None), optional
+        The regions the user checked; only their pixels train. None: each image counts as checked whole.
+    diameter : float, optional
+        The median nucleus diameter of the images (pixels); default: measured on the labels.
+    overwrite : bool
+        Replace ``out`` if it exists (never a bundled weights file, nor the base's).
+    progress : callable, optional
+        Called with a :class:`Progress` after each step.
+    cancelled : callable, optional
+        Polled before each step; when it returns True the run stops, writes nothing, and raises
+        :class:`~napari_nucleiseg.errors.Cancelled`.
+    log : callable, optional
+        Called with a sentence about the material where one is due (planes left out).
+
+    Raises
+    ------
+    FineTuneError
+        One sentence for each problem of the input; nothing is written.
+    """
+    if not (isinstance(minutes, (int, float)) and np.isfinite(minutes) and minutes > 0):
+        raise FineTuneError(f"The time budget must be a positive number of minutes, not {minutes!r}.")
+    if diameter is not None and not (isinstance(diameter, (int, float)) and np.isfinite(diameter) and diameter > 0):
+        raise FineTuneError(f"The nucleus diameter must be a positive number of pixels, not {diameter!r}.")
+    base = _load_base(model)
+    name = name or f"{base.name}-finetuned-{datetime.date.today():%Y%m%d}"
+    out_path = _output_path(out, name, base, overwrite)
+    examples = prepare_examples(images, labels, regions, diameter)
+    for note in examples.notes:
+        (log or print)(note)
+
+    network = copy.deepcopy(base.network).float()
+    frame_diameter = base.diameter
+    dataset = CropDataset(examples.pairs, CROP_SIZE, seed, diameter=frame_diameter, log_gain=base.log_gain,
+                          known=examples.known, diameters=examples.diameters)
+    batches = _random_batches(dataset, examples, seed)
+    optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
+    budget = float(minutes) * 60
+    clock = time.perf_counter()
+    losses: list[float] = []
+
+    def stop() -> bool:
+        return (cancelled is not None and cancelled()) or time.perf_counter() - clock >= budget
+
+    def on_step(steps: int, loss: float) -> None:
+        losses.append(loss)
+        if progress is not None:
+            progress(Progress(steps, loss, float(np.mean(losses[-20:])), time.perf_counter() - clock, budget))
+
+    try:
+        train_steps(network, optimizer, batches, stop=stop, on_step=on_step)
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "alloc" not in str(error).lower():
+            raise
+        raise FineTuneError("Fine-tuning ran out of memory; mark smaller regions you checked, or use fewer "
+                            "images.") from None
+    if cancelled is not None and cancelled():
+        raise Cancelled("fine-tuning was cancelled")
+    if not losses:
+        raise FineTuneError("The time budget ended before the first training step; give it more minutes.")
+    network.eval()
+    metadata = _metadata(base, name, examples, steps=len(losses), minutes=(time.perf_counter() - clock) / 60,
+                         loss=float(np.mean(losses[-20:])), diameter=diameter, seed=seed)
+    _save_atomically(out_path, network, metadata)
+    return out_path
+
+
+def _load_base(model: str | os.PathLike | NucleiModel) -> NucleiModel:
+    if isinstance(model, NucleiModel):
+        return model
+    return load_weights(model)  # a WeightsError names the file and what is wrong
+
+
+def _output_path(out: str | os.PathLike | None, name: str, base: NucleiModel, overwrite: bool) -> Path:
+    """The file to write; refused when it exists (without ``overwrite``), or is shipped or the base."""
+    if not name.strip() or any(char in name for char in '/\\:*?"<>|') or name.startswith("."):
+        raise FineTuneError(f"{name!r} cannot be a model's name: use letters, digits, spaces, '-' or '_'.")
+    if out is None:
+        from ..user_models import user_model_path
+
+        path = user_model_path(name.strip())
+    else:
+        path = Path(out).expanduser()
+    if path.suffix != ".safetensors":
+        raise FineTuneError(f"The new weights file must end in .safetensors, not {path.name!r}.")
+    resolved = path.resolve()
+    if resolved.parent == weights_dir().resolve():
+        raise FineTuneError(f"{path} is where the bundled weights are; save the new model elsewhere.")
+    if base.path is not None and resolved == Path(base.path).resolve():
+        raise FineTuneError(f"{path.name} is the model being fine-tuned; save the new model under another name.")
+    if path.exists() and not overwrite:
+        raise FineTuneError(f"{path} already exists; choose another name, or allow overwriting it.")
+    if path.is_dir():
+        raise FineTuneError(f"{path} is a folder; name a file ending in .safetensors.")
+    return path
+
+
+def prepare_examples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                     regions: Sequence[Sequence[Region] | None] | None = None,
+                     diameter: float | None = None) -> Examples:
+    """The training material of :func:`finetune`, every input checked (one sentence each)."""
+    if isinstance(images, np.ndarray) or isinstance(labels, np.ndarray):
+        raise FineTuneError("Pass the images and the labels as lists, one entry per image.")
+    images, labels = list(images), list(labels)
+    if not images:
+        raise FineTuneError("No image to fine-tune on.")
+    if len(images) != len(labels):
+        raise FineTuneError(f"{len(images)} images but {len(labels)} label images; pass one label image per image.")
+    regions = [None] * len(images) if regions is None else list(regions)
+    if len(regions) != len(images):
+        raise FineTuneError(f"{len(images)} images but {len(regions)} region lists; pass one (or None) per image.")
+    needed = sum(int(np.prod(np.shape(lab), dtype=np.float64)) for lab in labels) * BYTES_PER_PIXEL + BYTES_FIXED
+    available = free_memory()
+    if available is not None and needed > available:
+        raise FineTuneError(f"Fine-tuning on these images needs about {needed / 2**30:.1f} GB of memory and "
+                            f"{available / 2**30:.1f} GB is free; close other programs, or use fewer or smaller images.")
+    examples = Examples()
+    for number, (image, label, rects) in enumerate(zip(images, labels, regions), start=1):
+        _add_image(examples, number, len(images), np.asarray(image), np.asarray(label), rects, diameter)
+    if not examples.pairs:
+        where = "in the checked regions of any image" if any(r for r in regions) else "in any image"
+        raise FineTuneError(f"There is no labelled nucleus {where}; paint (or keep) the nuclei there first.")
+    return examples
+
+
+def _which(number: int, total: int) -> str:
+    return "the image" if total == 1 else f"image {number}"
+
+
+def _add_image(examples: Examples, number: int, total: int, image: np.ndarray, label: np.ndarray,
+               rects: Sequence[Region] | None, diameter: float | None) -> None:
+    which = _which(number, total)
+    if label.dtype == bool or not np.issubdtype(label.dtype, np.integer):
+        raise FineTuneError(f"The labels of {which} are {label.dtype}, not integers: labels give each nucleus "
+                            "its own whole number (0 for background).")
+    if label.ndim not in (2, 3) or 0 in label.shape:
+        raise FineTuneError(f"The labels of {which} have shape {label.shape}; expected (height, width), "
+                            "or (planes, height, width) for a stack.")
+    if label.ndim == 3:
+        planes = image if image.ndim >= 3 and image.shape[0] == label.shape[0] else None
+        if planes is None or planes.shape[1:3] != label.shape[1:]:
+            raise FineTuneError(f"{which.capitalize()} has shape {image.shape} but its labels {label.shape}: a stack "
+                                "of labels needs a stack of images of the same planes, height and width.")
+        used = []
+        for index in range(label.shape[0]):
+            before = len(examples.pairs)
+            _add_plane(examples, f"{which}, plane {index}", image[index], label[index], rects, diameter,
+                       record={"image": number, "plane": index})
+            if len(examples.pairs) > before:
+                used.append(index)
+        if used and len(used) < label.shape[0]:
+            examples.notes.append(
+                f"Trained on plane{'s' if len(used) > 1 else ''} {_listing(used)} of the {label.shape[0]} of {which}: "
+                "the others hold no labelled nucleus.")
+        return
+    _add_plane(examples, which, image, label, rects, diameter, record={"image": number})
+
+
+def _listing(values: list[int]) -> str:
+    words = [str(v) for v in values]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _add_plane(examples: Examples, which: str, image: np.ndarray, label: np.ndarray, rects: Sequence[Region] | None,
+               diameter: float | None, record: dict[str, Any]) -> None:
+    try:
+        rgb = as_rgb(image)
+    except ValueError as error:
+        raise FineTuneError(f"{which.capitalize()}: {error}") from None
+    if rgb.shape[:2] != label.shape:
+        raise FineTuneError(f"{which.capitalize()} is {rgb.shape[0]} x {rgb.shape[1]} pixels but its labels are "
+                            f"{label.shape[0]} x {label.shape[1]}; the labels must be of the image they correct.")
+    height, width = label.shape
+    boxes = [(0, height, 0, width)] if not rects else [_check_region(which, rect, label.shape) for rect in rects]
+    scaled = _unit_rgb(rgb)
+    kept = 0
+    for y0, y1, x0, x1 in boxes:
+        whole = (y0, y1, x0, x1) == (0, height, 0, width)
+        top, bottom = max(0, y0 - REGION_MARGIN), min(height, y1 + REGION_MARGIN)
+        left, right = max(0, x0 - REGION_MARGIN), min(width, x1 + REGION_MARGIN)
+        crop_labels = label[top:bottom, left:right].astype(np.int32)
+        known = None
+        if not whole:
+            known = np.zeros(crop_labels.shape, dtype=bool)
+            known[y0 - top:y1 - top, x0 - left:x1 - left] = True
+        checked = crop_labels if known is None else np.where(known, crop_labels, 0)
+        nuclei = int(np.unique(checked[checked > 0]).size)
+        if nuclei == 0:
+            continue
+        examples.pairs.append((np.ascontiguousarray(scaled[top:bottom, left:right]), crop_labels))
+        examples.known.append(known)
+        examples.diameters.append(diameter if diameter is not None else median_diameter(checked))
+        kept += 1
+        examples.records.append({
+            **record, "shape": list(image.shape),
+            "sha256": hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest(),
+            "region": [y0, y1, x0, x1], "nuclei": nuclei,
+            "labelled_pixels": int(np.count_nonzero(checked)), "checked_pixels": int((y1 - y0) * (x1 - x0)),
+        })
+
+
+def _check_region(which: str, rect: Sequence[int], shape: tuple[int, int]) -> Region:
+    try:
+        y0, y1, x0, x1 = (int(round(float(v))) for v in rect)
+    except (TypeError, ValueError):
+        raise FineTuneError(f"A region of {which} is {rect!r}; give each as (y0, y1, x0, x1).") from None
+    y0, y1, x0, x1 = max(0, min(y0, y1)), min(shape[0], max(y0, y1)), max(0, min(x0, x1)), min(shape[1], max(x0, x1))
+    if y1 - y0 < 1 or x1 - x0 < 1:
+        raise FineTuneError(f"A region of {which}, {tuple(rect)}, holds no pixel of its {shape[0]} x {shape[1]} image.")
+    return y0, y1, x0, x1
+
+
+def _unit_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` as float32 in [0, 1]: uint8 kept as it is (divided by 255 later), anything else
+    stretched between its 0.01 and 99.99 percentiles (16-bit images use a small part of their range)."""
+    if rgb.dtype == np.uint8:
+        return rgb
+    pixels = rgb.astype(np.float32)
+    low, high = np.percentile(pixels[:: max(1, pixels.shape[0] // 512), :: max(1, pixels.shape[1] // 512)], (0.01, 99.99))
+    if not high > low:
+        high = low + 1.0
+    return np.clip((pixels - low) / (high - low), 0, 1)
+
+
+def _random_batches(dataset: CropDataset, examples: Examples, seed: int):
+    """Endless batches of crops, each drawn from an example with a chance in proportion to the
+    pixels checked in it (its whole area when it is checked whole)."""
+    areas = np.array([mask.sum() if mask is not None else labels.size
+                      for (_, labels), mask in zip(examples.pairs, examples.known)], dtype=np.float64)
+    chances = areas / areas.sum()
+    rng = np.random.default_rng(seed)
+    while True:
+        items = [dataset[int(i)] for i in rng.choice(len(dataset), size=BATCH_SIZE, p=chances)]
+        yield tuple(torch.stack(parts) for parts in zip(*items))
+
+
+def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, minutes: float, loss: float,
+              diameter: float | None, seed: int) -> dict[str, Any]:
+    metadata = {key: value for key, value in base.metadata.items()
+                if key not in ("format", "format_version", "package_version", "metrics", "name")}
+    base_file = None if base.path is None else Path(base.path)
+    licence = metadata.get("licence")
+    metadata.update({
+        "name": name,
+        "licence": (f"{licence}; " if licence else "") + "fine-tuned on the user's own images",
+        "fine_tuned": {
+            "base": {"name": base.name, "file": None if base_file is None else base_file.name,
+                     "sha256": None if base_file is None else hashlib.sha256(base_file.read_bytes()).hexdigest()},
+            "images": examples.records,
+            "nuclei": examples.nuclei,
+            "labelled_pixels": sum(record["labelled_pixels"] for record in examples.records),
+            "steps": steps, "minutes": round(minutes, 2), "final_loss": round(loss, 4),
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "settings": {"crop_size": CROP_SIZE, "batch_size": BATCH_SIZE, "lr": LEARNING_RATE, "seed": seed,
+                         "region_margin": REGION_MARGIN},
+            "diameter": {"given": diameter, "images": [d for d in examples.diameters],
+                         "frame": base.diameter},
+            "thresholds": "inherited from the base model",
+            "package_version": __version__,
+        },
+    })
+    return metadata
+
+
+def _save_atomically(path: Path, network: torch.nn.Module, metadata: dict[str, Any]) -> None:
+    """Write the weights under a temporary name beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        save_weights(partial, network, metadata)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
