@@ -4,6 +4,8 @@ Example::
 
     nucleiseg segment images/ extra.tif --out results/ --model unet
 
+``nucleiseg finetune`` teaches a model from corrected labels (:mod:`._cli_finetune`).
+
 For each image it writes ``results/<stem>_labels.tif`` (instance labels of the
 image's height and width), and for the whole run ``results/counts.csv`` (one
 row per image) and ``results/nuclei.csv`` (one row per nucleus).
@@ -130,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        if args.command == "finetune":
+            from ._cli_finetune import run_finetune
+
+            return run_finetune(args)
         return run_segment(args)
     except CommandError as error:
         print(f"nucleiseg: {error}", file=sys.stderr)
@@ -181,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--save-probability", action="store_true",
                      help="also write <stem>_probability.tif: float32 (2, H, W), nucleus and boundary")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    from ._cli_finetune import add_parser
+
+    add_parser(commands)
     return parser
 
 

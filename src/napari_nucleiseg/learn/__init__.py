@@ -5,5 +5,9 @@
 - :mod:`.loop`: the one optimisation loop both run;
 - :mod:`.finetune`: fine-tuning a weights file on corrected labels.
 
-Importing this subpackage imports torch; ``import napari_nucleiseg`` does not import it.
+Its modules import torch; this file does not (the widget and the command line read the defaults
+below without it), and ``import napari_nucleiseg`` imports neither.
 """
+
+#: Default time budget of a fine-tuning run (minutes).
+DEFAULT_MINUTES = 2.0

@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,11 @@ import torch
 from .. import __version__
 from ..errors import Cancelled, FineTuneError
 from ..memory import free_memory
+from ..pipeline import MIN_STACK_PLANE_SIDE
 from ..preprocess import as_rgb
 from ..scale import median_diameter
 from ..weights import NucleiModel, load_weights, save_weights, weights_dir
+from . import DEFAULT_MINUTES
 from .augment import CropDataset
 from .loop import train_steps
 
@@ -42,8 +45,6 @@ REGION_MARGIN = 64
 #: Fine-tuning holds each image as float32 RGB and its labels, masks and a few copies: bytes a pixel.
 BYTES_PER_PIXEL = 40
 BYTES_FIXED = 400 * 2**20
-#: Default time budget (minutes).
-DEFAULT_MINUTES = 2.0
 
 Region = tuple[int, int, int, int]  # y0, y1, x0, x1: rows y0..y1-1, columns x0..x1-1
 
@@ -79,11 +80,13 @@ class Examples:
         return sum(record["nuclei"] for record in self.records)
 
 
-def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], model: str | os.PathLike | NucleiModel = "hrnet",
-             *, out: str | os.PathLike | None = None, name: str | None = None, minutes: float = DEFAULT_MINUTES,
+def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+             model: str | os.PathLike | NucleiModel = "hrnet", *, out: str | os.PathLike | None = None,
+             name: str | None = None, minutes: float = DEFAULT_MINUTES,
              regions: Sequence[Sequence[Region] | None] | None = None, diameter: float | None = None,
-             overwrite: bool = False, seed: int = 0, progress: Callable[[Progress], None] | None = None,
-             cancelled: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> Path:
+             overwrite: bool = False, seed: int = 0, max_steps: int | None = None,
+             progress: Callable[[Progress], None] | None = None, cancelled: Callable[[], bool] | None = None,
+             log: Callable[[str], None] | None = None) -> Path:
     """Fine-tune ``model`` on ``images`` with their corrected ``labels``; returns the new weights file.
 
     Parameters
@@ -107,6 +110,9 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], model: 
         The median nucleus diameter of the images (pixels); default: measured on the labels.
     overwrite : bool
         Replace ``out`` if it exists (never a bundled weights file, nor the base's).
+    seed, max_steps : int, optional
+        The random crops' seed, and a number of steps to stop after (within ``minutes``): with
+        both, a run is repeatable.
     progress : callable, optional
         Called with a :class:`Progress` after each step.
     cancelled : callable, optional
@@ -129,7 +135,7 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], model: 
     out_path = _output_path(out, name, base, overwrite)
     examples = prepare_examples(images, labels, regions, diameter)
     for note in examples.notes:
-        (log or print)(note)
+        (log or (lambda text: warnings.warn(text, stacklevel=3)))(note)
 
     network = copy.deepcopy(base.network).float()
     frame_diameter = base.diameter
@@ -142,7 +148,8 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], model: 
     losses: list[float] = []
 
     def stop() -> bool:
-        return (cancelled is not None and cancelled()) or time.perf_counter() - clock >= budget
+        return ((cancelled is not None and cancelled()) or time.perf_counter() - clock >= budget
+                or (max_steps is not None and len(losses) >= max_steps))
 
     def on_step(steps: int, loss: float) -> None:
         losses.append(loss)
@@ -238,9 +245,11 @@ def _add_image(examples: Examples, number: int, total: int, image: np.ndarray, l
     if label.ndim not in (2, 3) or 0 in label.shape:
         raise FineTuneError(f"The labels of {which} have shape {label.shape}; expected (height, width), "
                             "or (planes, height, width) for a stack.")
+    if label.ndim == 3 and label.shape[-1] in (3, 4) and image.shape[:2] == label.shape[:2]:
+        raise FineTuneError(f"The labels of {which} are a colour picture ({label.shape}); labels give each "
+                            "nucleus its own whole number in one channel (0 for background).")
     if label.ndim == 3:
-        planes = image if image.ndim >= 3 and image.shape[0] == label.shape[0] else None
-        if planes is None or planes.shape[1:3] != label.shape[1:]:
+        if image.shape[:3] != label.shape or min(label.shape[1:]) < MIN_STACK_PLANE_SIDE:
             raise FineTuneError(f"{which.capitalize()} has shape {image.shape} but its labels {label.shape}: a stack "
                                 "of labels needs a stack of images of the same planes, height and width.")
         used = []
