@@ -523,7 +523,7 @@ def test_cli_a_stack_is_segmented_plane_by_plane_into_labels_of_its_shape(write,
                                                                           reference_labels):
     source = write(tmp_path / "stack")
     good = _good_image(tmp_path, channel)
-    status, _, stderr = run_cli(capsys, source, good, "--out", tmp_path / "out",
+    status, _, stderr = run_cli(capsys, source, good, "--out", tmp_path / "out", "--no-3d",
                                 *(["--channel", channel] if channel is not None else []))
     assert status == 0 and stderr == ""
     labels = tifffile.imread(tmp_path / "out" / "stack_labels.tif")

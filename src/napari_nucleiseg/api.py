@@ -223,21 +223,26 @@ def one_channel(image: Any, channel: int) -> np.ndarray:
 
 
 def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,
-                       model_name: str = "") -> SegmentationResult:
+                       model_name: str = "", volume_axis: int | None = None) -> SegmentationResult:
     """The :class:`SegmentationResult` of one image segmented by :func:`~napari_nucleiseg.pipeline.segment_planes`.
 
     For a stack (the command line's Z or T stacks), labels and probabilities keep its leading axes, and
     the table (:func:`~napari_nucleiseg.tables.nuclei_table`) says each nucleus's plane in ``axis_0``, ...
+    With ``volume_axis`` (a Z axis), the planes' nuclei are linked along it into 3-D nuclei
+    (:func:`~napari_nucleiseg.volumes.link_planes`): one label, one row and one count each.
     """
     from .postprocess import count_nuclei, measure_nuclei
     from .tables import nuclei_table
+    from .volumes import link_planes
 
     labels, settings = planes.labels, planes.settings
+    if volume_axis is not None:
+        labels = link_planes(labels, volume_axis)
     if labels.ndim == 2:
         table = measure_nuclei(labels, image)
     else:
-        table = nuclei_table(labels, image, rgb=image is not None and np.ndim(image) > labels.ndim).drop(
-            columns="index")
+        table = nuclei_table(labels, image, rgb=image is not None and np.ndim(image) > labels.ndim,
+                             volume_axis=volume_axis).drop(columns="index")
     return SegmentationResult(
         labels=labels,
         probabilities=planes.probabilities,

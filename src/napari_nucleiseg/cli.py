@@ -13,7 +13,10 @@ row per image) and ``results/nuclei.csv`` (one row per nucleus).
 A TIFF stack (Z, T, or a leading axis the file does not name) is segmented plane
 by plane, as the widget does: its labels keep the stack's shape, its row of
 ``counts.csv`` the nuclei of all planes, and each nucleus in ``nuclei.csv`` its
-plane (``z``, ``t`` or ``plane``). Channels (an ImageJ/OME ``C`` axis, or samples
+plane (``z``, ``t`` or ``plane``). The nuclei of a Z stack's neighbouring planes
+are linked into 3-D nuclei (``--3d``, the default for a Z axis): one label, one
+count and one row each, with its volume and z/y/x centroid; time points are never
+linked. Channels (an ImageJ/OME ``C`` axis, or samples
 stored last that are not RGB) are segmented one at a time, chosen with ``--channel``.
 
 ``--diameter PX`` gives the median nucleus diameter of the images in pixels. A
@@ -184,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "it per image; when the model records the diameter it was trained at, each image is "
                           "resized so its nuclei arrive at that size, and the results come back at the image's "
                           "full resolution (a model that records none runs on images as they are)")
+    seg.add_argument("--3d", dest="volumes", action=argparse.BooleanOptionalAction, default=None,
+                     help="link the nuclei of neighbouring planes of a Z stack into 3-D nuclei (one label, one row "
+                          "with volume and z/y/x centroid, one count each); the default for files that name a Z "
+                          "axis. With --3d, a stack of one unnamed axis counts as Z; --no-3d keeps the planes' "
+                          "nuclei apart. Time points are never linked")
     seg.add_argument("--save-probability", action="store_true",
                      help="also write <stem>_probability.tif: float32 (2, H, W), nucleus and boundary")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -289,7 +297,8 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace,
         "height": result.labels.shape[-2],
         "width": result.labels.shape[-1],
         "planes": _plane_count(result.labels.shape[:-2]),
-        "mean_area": float(result.table["area"].mean()) if result.count else float("nan"),
+        "nuclei_3d": "volume" in result.table,
+        "mean_area": float(result.table["area"].mean()) if result.count and "area" in result.table else float("nan"),
         "labels_file": job.labels_path.name,
         "model": result.model_name,
         **result.settings.row(),
@@ -314,7 +323,20 @@ def _segment(image: InputImage, model: Any, args: argparse.Namespace,
         return segment(image.data, model, **chosen, diameter=args.diameter, cancelled=cancelled)
     run = segment_planes(image.data, model, chosen, rgb=image.rgb, diameter=args.diameter, compact=False,
                          cancelled=cancelled)
-    return result_from_planes(run_to_end(run, cancelled), image.data, model_name=model.name)
+    return result_from_planes(run_to_end(run, cancelled), image.data, model_name=model.name,
+                              volume_axis=volume_axis(image.plane_axes, args.volumes))
+
+
+def volume_axis(plane_axes: str, volumes: bool | None) -> int | None:
+    """The leading axis to link into 3-D nuclei: a file's Z axis unless ``--no-3d``; with ``--3d``, also
+    a stack's only axis when the file does not name it. None: the planes stay apart."""
+    if volumes is False:
+        return None
+    if "Z" in plane_axes:
+        return plane_axes.index("Z")
+    if volumes and len(plane_axes) == 1 and plane_axes != "T":
+        return 0
+    return None
 
 
 def plane_columns(plane_axes: str) -> list[str]:
@@ -728,12 +750,15 @@ def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) 
     import pandas as pd
 
     from .postprocess import MEASUREMENT_COLUMNS
+    from .volumes import VOLUME_COLUMNS
     from .tables import write_csv
 
     nuclei = pd.concat(tables, ignore_index=True)
     # A stack's nuclei say their plane (z, t, plane: empty for 2-D images), between file and label.
-    planes = [column for column in nuclei.columns if column not in ("file", *MEASUREMENT_COLUMNS)]
-    nuclei = nuclei[["file", *planes, *MEASUREMENT_COLUMNS]].astype({column: "Int64" for column in planes})
+    # 2-D nuclei and 3-D ones (a linked Z stack) in one run: each column once, those of either kind.
+    measured = [column for column in dict.fromkeys(MEASUREMENT_COLUMNS + VOLUME_COLUMNS) if column in nuclei]
+    planes = [column for column in nuclei.columns if column not in ("file", *measured)]
+    nuclei = nuclei[["file", *planes, *measured]].astype({column: "Int64" for column in planes})
     try:
         write_csv(nuclei, out / NUCLEI_FILE)
         write_csv(pd.DataFrame(count_rows), out / COUNTS_FILE)

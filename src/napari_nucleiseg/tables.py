@@ -16,41 +16,60 @@ class PixelSize:
     x: float
     unit: str
     origin: tuple[float, float] = (0.0, 0.0)
+    z: float | None = None  # between planes, for the volumes of 3-D nuclei; None: not known
 
 
 def physical_columns(table, pixel: PixelSize):
     """``table`` with the measurements in ``pixel.unit`` added: area and centroid, and, for square
-    pixels, perimeter and equivalent diameter."""
+    pixels, perimeter and equivalent diameter; for 3-D nuclei their centroid, and their volume when
+    the spacing of the planes is known."""
     unit = pixel.unit
-    table[f"area_{unit}2"] = table["area"] * (pixel.y * pixel.x)
     table[f"centroid_y_{unit}"] = pixel.origin[0] + table["centroid_y"] * pixel.y
     table[f"centroid_x_{unit}"] = pixel.origin[1] + table["centroid_x"] * pixel.x
+    if "volume" in table:
+        if pixel.z is not None:
+            table[f"volume_{unit}3"] = table["volume"] * (pixel.z * pixel.y * pixel.x)
+        return table
+    table.insert(table.columns.get_loc(f"centroid_y_{unit}"), f"area_{unit}2", table["area"] * (pixel.y * pixel.x))
     if np.isclose(pixel.y, pixel.x):
         for column in ("perimeter", "equivalent_diameter"):
             table[f"{column}_{unit}"] = table[column] * pixel.x
     return table
 
 
-def nuclei_table(labels: np.ndarray, image: Any, rgb: bool, pixel: PixelSize | None = None):
+def nuclei_table(labels: np.ndarray, image: Any, rgb: bool, pixel: PixelSize | None = None,
+                 volume_axis: int | None = None):
     """Per-nucleus measurements of a ``(*leading, Y, X)`` label stack as a DataFrame.
 
     One row per nucleus, with the plane's position on the leading axes (``axis_0``, ...) for
     stacks, and an ``index`` column equal to ``label`` so napari shows a nucleus's row
     under the mouse. Lengths are in pixels; with ``pixel``, columns in its unit follow.
+
+    With ``volume_axis`` (a leading axis whose planes were linked into 3-D nuclei,
+    :func:`~napari_nucleiseg.volumes.link_planes`), one row per 3-D nucleus
+    (:func:`~napari_nucleiseg.volumes.measure_volumes`), with its position on the other leading axes.
     """
     import pandas as pd
 
     from .postprocess import measure_nuclei
+    from .volumes import measure_volumes
 
     leading = labels.shape[: labels.ndim - 2]
+    outer = [axis for axis in range(len(leading)) if axis != volume_axis]
     tables = []
-    for index in np.ndindex(*leading):
+    for position in np.ndindex(*(leading[axis] for axis in outer)):
+        index: list[Any] = list(position)
+        if volume_axis is not None:
+            index.insert(volume_axis, slice(None))
+        index = tuple(index)
         plane_image = np.asarray(image[index]) if image is not None else None
         if plane_image is not None and rgb:
             plane_image = plane_image[..., :3]
-        table = measure_nuclei(np.asarray(labels[index]), plane_image)
-        for axis, position in enumerate(index):
-            table.insert(axis, f"axis_{axis}", position)
+        plane_labels = np.asarray(labels[index])
+        table = measure_nuclei(plane_labels, plane_image) if volume_axis is None else measure_volumes(
+            plane_labels, plane_image)
+        for column, (axis, value) in enumerate(zip(outer, position)):
+            table.insert(column, f"axis_{axis}", value)
         tables.append(table)
     table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
     table.insert(0, "index", table["label"].to_numpy())
