@@ -106,3 +106,20 @@ def test_cli_links_z_within_each_time_point_and_counts_them_apart(tmp_path):
     assert counts["nuclei"].tolist() == [6]
     assert nuclei.groupby("t").size().tolist() == [3, 3] and "z" not in nuclei
     assert len(np.unique(labels[0])) - 1 == 3 and not set(np.unique(labels[0])[1:]) & set(np.unique(labels[1])[1:])
+
+
+def test_linking_is_a_post_processing_setting_checked_like_the_others():
+    from napari_nucleiseg.pipeline import labels_from_stack
+    from napari_nucleiseg.settings import PostprocessSettings
+
+    settings = PostprocessSettings(threshold=0.5, min_size=10)
+    assert settings.replace(link_axis=0).link_axis == 0 and settings.replace(link_axis=0).replace(link_axis=None).link_axis is None
+    assert "link_axis" not in settings.options() and settings.replace(link_axis=0).row()["nuclei_3d"]
+    for bad in (-1, 0.5, "z", True):
+        with pytest.raises(ValueError, match="link_axis must be None or the number of a stack's leading axis"):
+            settings.replace(link_axis=bad)
+    truth = balls((7, 48, 48), [(3, 24, 24)], radius=8)
+    nucleus = np.where(truth > 0, 0.9, 0.05).astype(np.float32)
+    probabilities = np.stack([nucleus, np.zeros_like(nucleus)], axis=1)  # (Z, 2, Y, X)
+    assert len(np.unique(labels_from_stack(probabilities, settings))) - 1 == 7  # one per plane
+    assert len(np.unique(labels_from_stack(probabilities, settings.replace(link_axis=0)))) - 1 == 1

@@ -68,6 +68,9 @@ class SegmentationResult:
     exclude_border : bool
         Whether the nuclei touching the image's edge were left out (of the labels, the
         table and the count).
+    link_axis : int or None
+        Of a stack (:func:`result_from_planes`), the axis along which its planes' nuclei were
+        linked into 3-D nuclei; None for an image, or planes kept apart.
     diameter : float or None
         The image's median nucleus diameter (pixels) the network was run for: the one
         given, or the estimate; None when the model records no diameter of its own, or
@@ -94,12 +97,13 @@ class SegmentationResult:
     diameter_estimated: bool = False
     scale: float = 1.0
     exclude_border: bool = False
+    link_axis: int | None = None
 
     @property
     def settings(self) -> PostprocessSettings:
         """The post-processing settings the labels were made with."""
         return PostprocessSettings(self.threshold, self.boundary_threshold, self.min_size, self.split,
-                                   self.neck_ratio, self.seed_min_size, self.exclude_border)
+                                   self.neck_ratio, self.seed_min_size, self.exclude_border, self.link_axis)
 
 
 def segment(
@@ -223,21 +227,20 @@ def one_channel(image: Any, channel: int) -> np.ndarray:
 
 
 def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,
-                       model_name: str = "", volume_axis: int | None = None) -> SegmentationResult:
+                       model_name: str = "") -> SegmentationResult:
     """The :class:`SegmentationResult` of one image segmented by :func:`~napari_nucleiseg.pipeline.segment_planes`.
 
     For a stack (the command line's Z or T stacks), labels and probabilities keep its leading axes, and
     the table (:func:`~napari_nucleiseg.tables.nuclei_table`) says each nucleus's plane in ``axis_0``, ...
-    With ``volume_axis`` (a Z axis), the planes' nuclei are linked along it into 3-D nuclei
-    (:func:`~napari_nucleiseg.volumes.link_planes`): one label, one row and one count each.
+    With ``settings.link_axis`` (a Z axis), the planes' nuclei were linked along it into 3-D nuclei:
+    one label, one row (their volume) and one count each.
     """
     from .postprocess import count_nuclei, measure_nuclei
     from .tables import nuclei_table
-    from .volumes import link_planes
 
     labels, settings = planes.labels, planes.settings
-    if volume_axis is not None:
-        labels = link_planes(labels, volume_axis)
+    volume_axis = settings.link_axis if settings.link_axis is not None and settings.link_axis < labels.ndim - 2 \
+        else None
     if labels.ndim == 2:
         table = measure_nuclei(labels, image)
     else:
@@ -256,6 +259,7 @@ def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,
         neck_ratio=float(settings.neck_ratio),
         seed_min_size=int(settings.seed_min_size),
         exclude_border=bool(settings.exclude_border),
+        link_axis=volume_axis,
         diameter=None if planes.diameter is None else float(planes.diameter),
         diameter_estimated=bool(planes.diameter_estimated),
         scale=float(planes.scale),

@@ -297,7 +297,6 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace,
         "height": result.labels.shape[-2],
         "width": result.labels.shape[-1],
         "planes": _plane_count(result.labels.shape[:-2]),
-        "nuclei_3d": "volume" in result.table,
         "mean_area": float(result.table["area"].mean()) if result.count and "area" in result.table else float("nan"),
         "labels_file": job.labels_path.name,
         "model": result.model_name,
@@ -321,10 +320,10 @@ def _segment(image: InputImage, model: Any, args: argparse.Namespace,
               "neck_ratio": args.neck_ratio, "exclude_border": args.exclude_border}
     if not image.plane_axes:
         return segment(image.data, model, **chosen, diameter=args.diameter, cancelled=cancelled)
+    chosen["link_axis"] = volume_axis(image.plane_axes, args.volumes)
     run = segment_planes(image.data, model, chosen, rgb=image.rgb, diameter=args.diameter, compact=False,
                          cancelled=cancelled)
-    return result_from_planes(run_to_end(run, cancelled), image.data, model_name=model.name,
-                              volume_axis=volume_axis(image.plane_axes, args.volumes))
+    return result_from_planes(run_to_end(run, cancelled), image.data, model_name=model.name)
 
 
 def volume_axis(plane_axes: str, volumes: bool | None) -> int | None:

@@ -319,8 +319,9 @@ def label_planes(
 
     Labels are numbered on through the stack (plane 0 holds 1..n0, plane 1 n0+1..), so every
     nucleus of the stack has its own label and row in the table; uint16, or uint32 above 65,535
-    nuclei. A worker thread can stop at a yield when its result is no longer wanted; a single
-    plane never yields.
+    nuclei. With ``settings.link_axis``, the nuclei of neighbouring planes along that axis are then
+    linked into 3-D nuclei (:func:`~napari_nucleiseg.volumes.link_planes`). A worker thread can stop
+    at a yield when its result is no longer wanted; a single plane never yields.
     """
     from .postprocess import labels_from_probabilities
 
@@ -340,6 +341,11 @@ def label_planes(
     for index, plane in zip(np.ndindex(*leading), planes):
         labels[index] = np.where(plane > 0, plane.astype(dtype) + offset, 0)
         offset += int(plane.max())
+    if settings.link_axis is not None and settings.link_axis < len(leading):
+        from .volumes import link_planes
+
+        yield len(planes)
+        return link_planes(labels, settings.link_axis)
     return labels
 
 

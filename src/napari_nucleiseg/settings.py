@@ -50,6 +50,10 @@ class PostprocessSettings:
     exclude_border : bool
         Drop the nuclei that touch the edge of the image (of each plane of a stack): they are
         cut off, and counting practice leaves them out. A choice of the user's, never calibrated.
+    link_axis : int or None
+        Of a stack, the leading axis (a Z axis) along which the nuclei of neighbouring planes are
+        linked into 3-D nuclei (:func:`~napari_nucleiseg.volumes.link_planes`); None: each plane's
+        nuclei stay apart. A choice of the user's, never calibrated.
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -59,6 +63,7 @@ class PostprocessSettings:
     neck_ratio: float = DEFAULT_NECK_RATIO
     seed_min_size: int = DEFAULT_SEED_MIN_SIZE
     exclude_border: bool = False
+    link_axis: int | None = None
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> PostprocessSettings:
@@ -79,8 +84,9 @@ class PostprocessSettings:
         return self
 
     def replace(self, **changes: Any) -> PostprocessSettings:
-        """A copy with ``changes`` (None values are ignored: "keep this one"), validated."""
-        changes = {name: value for name, value in changes.items() if value is not None}
+        """A copy with ``changes`` (None values are ignored: "keep this one", but for ``link_axis``,
+        where None means no linking), validated."""
+        changes = {name: value for name, value in changes.items() if value is not None or name == "link_axis"}
         return dataclasses.replace(self, **changes).validate() if changes else self
 
     def at_scale(self, scale: float) -> PostprocessSettings:
@@ -92,8 +98,10 @@ class PostprocessSettings:
                                            else 0 for name in SIZE_FIELDS})
 
     def options(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`~napari_nucleiseg.postprocess.labels_from_probabilities`."""
-        return dataclasses.asdict(self)
+        """Keyword arguments of :func:`~napari_nucleiseg.postprocess.labels_from_probabilities` (one plane's)."""
+        options = dataclasses.asdict(self)
+        del options["link_axis"]
+        return options
 
     def row(self) -> dict[str, Any]:
         """The settings as columns of a results table (``counts.csv``): the split's own settings are
@@ -106,6 +114,7 @@ class PostprocessSettings:
             "neck_ratio": self.neck_ratio if self.split else unsplit,
             "seed_min_size": self.seed_min_size if self.split else unsplit,
             "exclude_border": self.exclude_border,
+            "nuclei_3d": self.link_axis is not None,
         }
 
 
@@ -115,10 +124,14 @@ FILE_SETTINGS = ("threshold", "boundary_threshold", "min_size", "neck_ratio", "s
 
 def check_settings(threshold: float = DEFAULT_THRESHOLD, boundary_threshold: float = DEFAULT_BOUNDARY_THRESHOLD,
                    min_size: int = DEFAULT_MIN_SIZE, split: bool = True, neck_ratio: float = DEFAULT_NECK_RATIO,
-                   seed_min_size: int = DEFAULT_SEED_MIN_SIZE, exclude_border: bool = False) -> None:
+                   seed_min_size: int = DEFAULT_SEED_MIN_SIZE, exclude_border: bool = False,
+                   link_axis: int | None = None) -> None:
     """Raise a ValueError of one sentence for the first setting out of range or of the wrong type
     (see :class:`PostprocessSettings`): a probability is a number in [0, 1], not a string or True; a
-    size a whole number of pixels; ``split`` and ``exclude_border`` True or False."""
+    size a whole number of pixels; ``split`` and ``exclude_border`` True or False; ``link_axis`` None
+    or an axis number."""
+    if link_axis is not None and not (_whole(link_axis) and isinstance(link_axis, numbers.Integral)):
+        raise ValueError(f"link_axis must be None or the number of a stack's leading axis, not {link_axis!r}")
     if not isinstance(split, (bool, np.bool_)):
         raise ValueError(f"split must be True or False, not {split!r}")
     if not isinstance(exclude_border, (bool, np.bool_)):
