@@ -31,6 +31,7 @@ from superqt.utils import signals_blocked
 from .channels import ChannelAxis, find_channel_axis
 from .errors import WeightsError
 from .settings import PostprocessSettings
+from .user_models import is_user_model, list_user_models
 from .weights import (
     BUNDLED_MODELS,
     DEFAULT_MODEL,
@@ -101,6 +102,9 @@ class ModelPicker(NameComboBox):
             self.setItemData(index, tooltip, Qt.ItemDataRole.ToolTipRole)
         self.setItemData(self.count() - 1, "Open a napari-nucleiseg weights file (.safetensors) of your own",
                          Qt.ItemDataRole.ToolTipRole)
+        for path in list_user_models():  # the models the user fine-tuned, listed until they delete them
+            with suppress(WeightsError):  # a file that cannot be read is not offered
+                self._add_file(path, read_metadata(path))
         self.setCurrentIndex(BUNDLED_MODELS.index(DEFAULT_MODEL))
         self._chosen: list[str] = []  # the models chosen, the latest last: to go back to when one is refused
         self._on_changed(self.currentIndex())
@@ -135,14 +139,48 @@ class ModelPicker(NameComboBox):
         except WeightsError as problem:
             self._error(str(problem))
             return False
-        index = self.findData(str(path))
-        if index < 0:
-            index = self.count() - 1  # custom files go just above "Custom weights file..."
-            self.insertItem(index, path.name, str(path))
-        self.setItemData(index, f"{path}\n{describe_weights(metadata)}", Qt.ItemDataRole.ToolTipRole)
+        index = self._add_file(path, metadata)
         self.setCurrentIndex(index)
         self._on_changed(index)  # its tooltip, and the last model chosen, also when it was chosen already
         return True
+
+    def _add_file(self, path: Path, metadata: dict[str, Any]) -> int:
+        """The index of the weights file ``path`` in the list, added if it is not there: a model of the
+        user's by its name, after the bundled ones and theirs; another file by its file name, just above
+        "Custom weights file..."."""
+        index = self.findData(str(path))
+        if index < 0:
+            users = is_user_model(path)
+            index = self.count() - 1
+            if users:
+                index = next(i for i in range(self.count()) if self.itemData(i) not in BUNDLED_MODELS
+                             and not (self.itemData(i) and is_user_model(self.itemData(i))))
+            self.insertItem(index, path.stem if users else path.name, str(path))
+        self.setItemData(index, f"{path}\n{_fine_tuned_line(metadata)}{describe_weights(metadata)}",
+                         Qt.ItemDataRole.ToolTipRole)
+        return index
+
+    def user_model(self) -> Path | None:
+        """The weights file chosen when it is a model of the user's own (which they may rename or delete)."""
+        source = self.currentData()
+        return Path(source) if source not in BUNDLED_MODELS and source and is_user_model(source) else None
+
+    def renamed(self, old: Path, new: Path) -> None:
+        """Follow a user's model renamed from ``old`` to ``new`` (chosen, as it was)."""
+        index = self.findData(str(old))
+        self.removeItem(index)
+        with suppress(ValueError):
+            self._chosen.remove(str(old))
+        self.set_weights_file(new)
+
+    def forget(self, path: Path) -> None:
+        """Take a deleted user's model out of the list, and choose the last model chosen before it."""
+        with suppress(ValueError):
+            self._chosen.remove(str(path))
+        index = self.findData(str(path))
+        if index == self.currentIndex():
+            self._go_back()
+        self.removeItem(self.findData(str(path)))
 
     def refuse(self, message: str, path: Path | None) -> str:
         """``message``, the sentence that says why a run was refused; when it was because of a weights file
@@ -326,6 +364,11 @@ class ImagePicker(NameComboBox):
         elif current is not None and current.unique_id in ids:
             self.setCurrentIndex(ids.index(current.unique_id))
 
+    def choose(self, layer: Any) -> None:
+        """Choose the image layer ``layer`` (as the user does)."""
+        ids = [self.itemData(index).unique_id for index in range(self.count())]
+        self.setCurrentIndex(ids.index(layer.unique_id))
+
     def removed(self, layer: Any) -> None:
         """Forget a layer taken out of the viewer."""
         with suppress(TypeError, ValueError):
@@ -421,6 +464,16 @@ class CountLabel(QLabel):
         shown = " ".join(_shorten(word, LONGEST_WORD) for word in text.split(" "))
         super().setText(shown)
         self.setToolTip(self.HELP if shown == text else f"{self.HELP}:\n{text}")
+
+
+def _fine_tuned_line(metadata: dict[str, Any]) -> str:
+    """For a model the user fine-tuned: from which model, on how many nuclei, when (with a line break)."""
+    tuned = metadata.get("fine_tuned")
+    if not isinstance(tuned, dict):
+        return ""
+    base = (tuned.get("base") or {}).get("name", "?")
+    return (f"Your model: fine-tuned from {MODEL_TITLES.get(base, base)} on {tuned.get('nuclei', '?')} nuclei of "
+            f"your images, {tuned.get('steps', '?')} steps, {str(tuned.get('date', '?'))[:10]}\n")
 
 
 def _shorten(text: str, length: int) -> str:

@@ -8,7 +8,10 @@ Controls and wiring only. The parts it wires together:
   them as the threshold, minimum size and splitting change (the network does not run again; a new
   nucleus diameter runs it again);
 - :class:`~._outputs.OutputLayers` writes the Labels layers, sees hand edits, and keeps each
-  layer's count and table.
+  layer's count and table;
+- a :class:`~._finetune_panel.FineTunePanel` (the collapsible Fine-tune section) teaches the model
+  chosen from corrected labels, and :class:`~._model_menu.UserModelMenu` renames or deletes the
+  models the user made.
 
 Nothing the user made is overwritten: the widget updates its Labels layer in place only while
 the layer holds exactly what the widget last wrote; once the user has edited it by hand, a new
@@ -36,6 +39,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._finetune_panel import FineTunePanel
+from ._model_menu import UserModelMenu
 from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
 from ._outputs import OutputLayers, export_csv
 from ._rethreshold import Cache, Rethresholder
@@ -54,12 +59,12 @@ class NucleiSegWidget(QWidget):
         self._run_diameter: float | None = None  # the diameter the run under way was asked for (None: Auto)
         self._rerun = False  # the diameter changed during a run: run again when it ends
         self._run_channel: tuple[int, int] | None = None  # (axis, index) of the channel the run segments
-        self._build_ui()
-        self.run = SegmentationRun(self.progress_bar, self._on_run_returned, self._on_run_finished, parent=self)
-        self.rethresholder = Rethresholder(self.postprocess_controls.values, self._on_result, parent=self)
         self.outputs = OutputLayers(self.viewer, lambda layer, text: self.count_label.setText(
             text + self.channel_combo.hint(self.outputs.record(layer))),
                                     busy=lambda: self.rethresholder.running, parent=self)
+        self._build_ui()
+        self.run = SegmentationRun(self.progress_bar, self._on_run_returned, self._on_run_finished, parent=self)
+        self.rethresholder = Rethresholder(self.postprocess_controls.values, self._on_result, parent=self)
         self.postprocess_controls.changed.connect(self.rethresholder.request)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         # Closing the widget mid-run stops the workers (not via self: it is going).
@@ -103,6 +108,7 @@ class NucleiSegWidget(QWidget):
         self.diameter_auto_check, self.diameter_spin = self.diameter_control.auto_check, self.diameter_control.spin
         self.count_label = CountLabel("No segmentation yet")
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
+        self.model_menu, self.finetune_panel = _fine_tuning_controls(self)
 
         _lay_out(self)
 
@@ -152,6 +158,11 @@ class NucleiSegWidget(QWidget):
     def segment(self) -> None:
         """Segment the chosen image with the chosen model (in a worker thread unless synchronous)."""
         self._segment(self.image_layer)
+
+    def segment_image(self, image: Image) -> None:
+        """Choose the Image layer ``image`` and segment it with the chosen model."""
+        self.image_combo.choose(image)
+        self.segment()
 
     @property
     def running(self) -> bool:
@@ -255,6 +266,7 @@ class NucleiSegWidget(QWidget):
     def closeEvent(self, event) -> None:
         """Cancel the run and stop the re-threshold (waiting for it): no worker outlives the widget."""
         self.cancel()
+        self.finetune_panel.cancel()
         self.rethresholder.close()
         self.outputs.closed = True
         super().closeEvent(event)
@@ -301,6 +313,13 @@ def _stop_workers(cancel: threading.Event, jobs: list, *_) -> None:
         job.worker.quit()
 
 
+def _fine_tuning_controls(widget: NucleiSegWidget) -> tuple[UserModelMenu, FineTunePanel]:
+    """The menu that renames and deletes the user's models, and the Fine-tune section."""
+    tell = {"error": lambda message: show_error(message), "info": lambda message: show_info(message)}
+    return (UserModelMenu(widget.model_combo, **tell),
+            FineTunePanel(widget.viewer, widget.outputs, widget.model_combo, segment_with=widget.segment_image, **tell))
+
+
 def _lay_out(widget: NucleiSegWidget) -> None:
     """The widget's controls in a form, top to bottom in the order of the work."""
     buttons = QHBoxLayout()
@@ -309,7 +328,10 @@ def _lay_out(widget: NucleiSegWidget) -> None:
     form = QFormLayout()
     form.addRow("Image", widget.image_combo)
     form.addRow(widget.channel_combo.label, widget.channel_combo)
-    form.addRow("Model", widget.model_combo)
+    model_row = QHBoxLayout()
+    model_row.addWidget(widget.model_combo, 1)
+    model_row.addWidget(widget.model_menu)
+    form.addRow("Model", model_row)
     form.addRow("Nucleus diameter", widget.diameter_control)
     run_box = QVBoxLayout()  # a hidden progress bar leaves no gap here, unlike a row of its own
     run_box.addLayout(buttons)
@@ -326,8 +348,11 @@ def _lay_out(widget: NucleiSegWidget) -> None:
     widget.progress_bar.setToolTip("The run's progress: planes, then tiles of a large image")
     for row in range(form.rowCount()):  # a row's name says what its control says (the first paragraph)
         label, field = (form.itemAt(row, role) for role in (QFormLayout.LabelRole, QFormLayout.FieldRole))
-        if label is not None and field is not None and field.widget() is not None:
-            label.widget().setToolTip(field.widget().toolTip().split("\n\n")[0])
+        control = None if field is None else field.widget() if field.widget() is not None else (
+            field.layout() and field.layout().itemAt(0).widget())  # not `or`: an empty combo box is falsy
+        if label is not None and control is not None:
+            label.widget().setToolTip(control.toolTip().split("\n\n")[0])
     layout = QVBoxLayout(widget)
     layout.addLayout(form)
+    layout.addWidget(widget.finetune_panel)
     layout.addStretch(1)

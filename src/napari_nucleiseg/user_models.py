@@ -7,6 +7,7 @@ environment variable :data:`MODELS_DIR_VARIABLE` (for a lab's shared folder, and
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -38,3 +39,74 @@ def list_user_models() -> list[Path]:
         return []
     return sorted((path for path in folder.glob(f"*{WEIGHTS_SUFFIX}") if path.is_file() and not path.name.startswith(".")),
                   key=lambda path: path.name.lower())
+
+
+def is_user_model(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a model of the user's own: a weights file in :func:`user_models_dir`."""
+    path = Path(path)
+    return path.suffix == WEIGHTS_SUFFIX and path.parent.resolve() == user_models_dir().resolve()
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model (one sentence; None: it can): it becomes a file name."""
+    if not name.strip() or any(char in name for char in '/\\:*?"<>|') or name.startswith("."):
+        return f"{name!r} cannot be a model's name: use letters, digits, spaces, '-' or '_'."
+    return None
+
+
+def rename_user_model(path: str | os.PathLike, name: str) -> Path:
+    """Give the user's model at ``path`` the name ``name``: its file and the name its metadata records
+    (shown in the names of the layers it makes). Torch-free: only the file's header is rewritten, into a
+    temporary file renamed into place, so a failure leaves the model as it was.
+
+    Raises
+    ------
+    ValueError
+        One sentence: the file is not the user's, the name is not a file name, or it is taken.
+    """
+    from .weights import METADATA_KEY, read_metadata
+
+    path, name = Path(path), name.strip()
+    problem = _not_users(path) or name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    target = user_model_path(name)
+    if target.exists() and target.resolve() != path.resolve():
+        raise ValueError(f"There is a model called {name!r} already; choose another name.")
+    metadata = read_metadata(path)  # a WeightsError says what is wrong with the file
+    with open(path, "rb") as stream:
+        header_size = int.from_bytes(stream.read(8), "little")
+        header = json.loads(stream.read(header_size))
+        tensors = stream.read()
+    header["__metadata__"][METADATA_KEY] = json.dumps(metadata | {"name": name})
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the tensors on 8 bytes
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        partial.write_bytes(len(encoded).to_bytes(8, "little") + encoded + tensors)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    if target.resolve() != path.resolve():
+        path.unlink()
+    return target
+
+
+def delete_user_model(path: str | os.PathLike) -> None:
+    """Delete the user's model at ``path`` (never a file outside :func:`user_models_dir`).
+
+    Raises
+    ------
+    ValueError
+        One sentence, when the file is not one of the user's models.
+    """
+    problem = _not_users(Path(path))
+    if problem:
+        raise ValueError(problem)
+    Path(path).unlink(missing_ok=True)
+
+
+def _not_users(path: Path) -> str | None:
+    if not is_user_model(path):
+        return f"{path.name} is not one of your models (in {user_models_dir()}); it is left as it is."
+    return None

@@ -1,0 +1,235 @@
+"""The Fine-tune section of the dock widget and the user's own models in the Model picker, in a real
+napari viewer, driven the way a user drives them (issue 15).
+
+Tiny random models (conftest's ``tiny_weights``) are fine-tuned for a few seconds on a small
+synthetic field of nuclei; the user's model folder is a temporary one in every test.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_nucleiseg.user_models import MODELS_DIR_VARIABLE
+from napari_nucleiseg.weights import read_metadata
+
+from conftest import blob_image, disk
+from test_widget import RUN_TIMEOUT_MS, click_segment, labels_layers, notifications, open_widget  # noqa: F401
+
+pytestmark = pytest.mark.gui
+
+#: A few seconds of training: enough for several steps of a tiny model.
+SHORT_BUDGET_MIN = 0.05
+CENTERS = ((40, 40), (40, 130), (110, 80), (150, 150), (160, 40))
+
+
+@pytest.fixture(autouse=True)
+def models_dir(tmp_path, monkeypatch):
+    """The user's model folder, empty, in ``tmp_path``."""
+    folder = tmp_path / "my models"
+    monkeypatch.setenv(MODELS_DIR_VARIABLE, str(folder))
+    return folder
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer, tiny_weights, models_dir):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    assert widget.set_weights_file(tiny_weights["unet"])
+    widget.finetune_panel.expand(animate=False)
+    return viewer, widget
+
+
+def nuclei_field(shape=(192, 192)) -> tuple[np.ndarray, np.ndarray]:
+    """A gray image of bright disks and its true labels, 1..5."""
+    image = blob_image(shape, centers=CENTERS, radius=12)
+    truth = np.zeros(shape, dtype=np.int32)
+    for number, center in enumerate(CENTERS, start=1):
+        truth[disk(shape, center, 12)] = number
+    return image, truth
+
+
+def corrected_result(viewer, widget, qtbot):
+    """``(image layer, result layer)``: the field segmented by the widget, then corrected by hand to the truth."""
+    image, truth = nuclei_field()
+    layer = viewer.add_image(image, name="cells")
+    click_segment(qtbot, widget)
+    result = widget.labels_layer
+    result.data = truth  # the correction: what a user paints and erases, all at once
+    return layer, result
+
+
+def fine_tune(qtbot, widget, name: str | None = None, minutes: float = SHORT_BUDGET_MIN) -> None:
+    panel = widget.finetune_panel
+    panel.minutes_spin.setValue(minutes)
+    if name is not None:
+        panel.name_edit.setText(name)
+    qtbot.mouseClick(panel.finetune_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not panel.running, timeout=RUN_TIMEOUT_MS)
+
+
+def saved_files(folder) -> list[str]:
+    """Every file in the user's model folder, hidden ones (a .partial) too."""
+    return sorted(path.name for path in folder.rglob("*")) if folder.exists() else []
+
+
+def items(combo) -> list[str]:
+    return [combo.itemText(index) for index in range(combo.count())]
+
+
+def test_fine_tuning_saves_a_model_the_picker_chooses_and_keeps_after_reopening(
+    viewer_and_widget, make_napari_viewer, models_dir, notifications, qtbot  # noqa: F811
+):
+    viewer, widget = viewer_and_widget
+    _, result = corrected_result(viewer, widget, qtbot)
+    own = viewer.add_labels(nuclei_field()[1][::-1].copy(), name="my own labels")  # a layer the user made
+    corrected, painted = np.array(result.data), np.array(own.data)
+    panel = widget.finetune_panel
+    panel.pairs.tick(own)
+    assert [(pair.labels.name, pair.image.name) for pair in panel.pairs.pairs()] == [
+        ("cells nuclei", "cells"), ("my own labels", "cells")]  # the result's image; the one of its shape
+    assert panel.name_edit.text().startswith("tiny-unet-finetuned-")
+
+    fine_tune(qtbot, widget, "my cells")
+
+    assert notifications.messages["error"] == []
+    assert saved_files(models_dir) == ["my cells.safetensors"]
+    assert widget.model_combo.currentText() == "my cells"  # listed, and chosen
+    assert items(widget.model_combo)[3] == "my cells"
+    tuned = read_metadata(models_dir / "my cells.safetensors")
+    assert tuned["name"] == "my cells" and tuned["fine_tuned"]["base"]["name"] == "tiny-unet"
+    assert tuned["fine_tuned"]["nuclei"] == 10 and tuned["fine_tuned"]["steps"] >= 1
+    assert np.array_equal(result.data, corrected) and np.array_equal(own.data, painted)  # never modified
+    assert "Saved your model 'my cells'" in panel.status_label.text()
+    assert panel.name_edit.text().startswith("my cells-finetuned-")  # the next one's name
+
+    qtbot.mouseClick(panel.segment_button, Qt.MouseButton.LeftButton)  # one click: the image again, with it
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+    assert [layer.name for layer in labels_layers(viewer)] == ["cells nuclei", "my own labels", "cells nuclei (my cells)"]
+    assert np.array_equal(result.data, corrected)
+
+    widget.close()  # napari restarted: a new window, a new widget
+    again = open_widget(make_napari_viewer())
+    assert items(again.model_combo) == ["UNet", "UNet++", "HRNet", "my cells", "Custom weights file..."]
+    assert "fine-tuned from" in again.model_combo.itemData(3, Qt.ItemDataRole.ToolTipRole)
+
+
+def test_cancel_leaves_nothing_behind(viewer_and_widget, models_dir, notifications, qtbot):  # noqa: F811
+    viewer, widget = viewer_and_widget
+    corrected_result(viewer, widget, qtbot)
+    panel = widget.finetune_panel
+    panel.minutes_spin.setValue(5)
+    qtbot.mouseClick(panel.finetune_button, Qt.MouseButton.LeftButton)
+    assert panel.running and not panel.progress_bar.isHidden(), notifications.messages
+    qtbot.waitUntil(lambda: panel.progress_bar.text().startswith("step"), timeout=RUN_TIMEOUT_MS)
+    assert "left" in panel.progress_bar.text() and "loss" in panel.progress_bar.text()
+    qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not panel.running, timeout=RUN_TIMEOUT_MS)
+    assert saved_files(models_dir) == []  # no model, no .partial
+    assert notifications.messages["info"][-1] == "Fine-tuning cancelled; no model was saved."
+    assert widget.model_combo.currentText() == "tiny-unet.safetensors" and not panel.segment_button.isEnabled()
+
+
+def test_bad_input_gets_one_sentence_and_writes_nothing(viewer_and_widget, models_dir, notifications, qtbot):  # noqa: F811
+    viewer, widget = viewer_and_widget
+    panel = widget.finetune_panel
+    errors = notifications.messages["error"]
+    fine_tune(qtbot, widget)
+    assert errors[-1] == "There is no Labels layer to learn from; segment an image and correct its labels first."
+
+    image, result = corrected_result(viewer, widget, qtbot)
+    panel.pairs.tick(result, False)
+    fine_tune(qtbot, widget)
+    assert errors[-1] == "Tick the Labels layers you corrected under Fine-tune first."
+
+    wrong = viewer.add_labels(np.ones((50, 60), dtype=np.int32), name="wrong")
+    panel.pairs.tick(wrong, image=image)
+    fine_tune(qtbot, widget)
+    assert errors[-1] == "'wrong' is 50 x 60 pixels but its image 'cells' is 192 x 192 pixels; choose the image it corrects."
+    panel.pairs.tick(wrong, False)
+    panel.pairs.tick(result)
+
+    empty_corner = viewer.add_shapes([[[0, 180], [0, 192], [10, 192], [10, 180]]], shape_type="rectangle",
+                                     name="checked")
+    panel.choose_regions(empty_corner)
+    fine_tune(qtbot, widget)  # refused by the training core, in the worker
+    assert errors[-1] == ("There is no labelled nucleus in the checked regions of any image; paint (or keep) the "
+                          "nuclei there first.")
+    empty_corner.data = [[[300, 300], [300, 400], [400, 400], [400, 300]]]
+    fine_tune(qtbot, widget)
+    assert errors[-1] == ("No shape of 'checked' lies over the images chosen; draw rectangles over the nuclei you "
+                          "checked, or choose Whole images.")
+    panel.choose_regions(None)
+
+    fine_tune(qtbot, widget, "a/b")
+    assert errors[-1] == "'a/b' cannot be a model's name: use letters, digits, spaces, '-' or '_'."
+
+    models_dir.mkdir()
+    (models_dir / "taken.safetensors").write_bytes(b"mine")
+    panel.confirm = lambda question: False  # the user does not want it replaced
+    fine_tune(qtbot, widget, "taken")
+    assert errors[-1] == "There is a model called 'taken' already; choose another name."
+    assert (models_dir / "taken.safetensors").read_bytes() == b"mine"
+
+    assert saved_files(models_dir) == ["taken.safetensors"] and len(errors) == 7
+    for message in errors:
+        assert "\n" not in message and "Traceback" not in message and message.endswith(".")
+    assert panel.status_label.text() == errors[-1]
+
+
+def test_rectangles_pass_their_boxes_in_the_images_pixels(viewer_and_widget, monkeypatch, qtbot):
+    """The checked regions are the shapes' bounding boxes in the image's pixels, cut to it."""
+    from napari_nucleiseg import _finetune_panel
+
+    viewer, widget = viewer_and_widget
+    image, result = corrected_result(viewer, widget, qtbot)
+    image.scale = result.scale = (0.5, 0.5)
+    shapes = viewer.add_shapes([[[10, 10], [10, 30], [25, 30], [25, 10]], [[-5, 80], [-5, 200], [20, 200], [20, 80]]],
+                               shape_type="rectangle", name="checked")  # in world units: 2 pixels each
+    widget.finetune_panel.choose_regions(shapes)
+    asked = {}
+    monkeypatch.setattr(_finetune_panel, "finetune_in_worker",
+                        lambda **job: asked.update(job) or _finetune_panel.Failure("Not this time."))
+    fine_tune(qtbot, widget)
+    assert asked["regions"] == [[(20, 50, 20, 60), (0, 40, 160, 192)]]
+    assert asked["labels"][0] is not result.data and np.array_equal(asked["labels"][0], result.data)
+
+
+def test_a_users_model_is_renamed_and_deleted_from_the_picker(
+    make_napari_viewer, tiny_weights, models_dir, notifications, qtbot  # noqa: F811
+):
+    models_dir.mkdir()
+    shutil.copy(tiny_weights["unet"], models_dir / "mine.safetensors")
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    combo, menu = widget.model_combo, widget.model_menu
+    assert combo.currentText() == "HRNet" and not menu.isEnabled()  # a bundled model: nothing to rename
+    assert widget.set_weights_file(tiny_weights["hrnet"]) and not menu.isEnabled()  # nor a file from elsewhere
+    combo.setCurrentIndex(combo.findText("mine"))
+    assert menu.isEnabled()
+
+    menu.ask_name = lambda current: "better"
+    menu.rename_action.trigger()
+    assert saved_files(models_dir) == ["better.safetensors"]
+    assert read_metadata(models_dir / "better.safetensors")["name"] == "better"  # the name its layers get
+    assert combo.currentText() == "better" and "mine" not in items(combo)
+    assert notifications.messages["info"][-1] == "The model 'mine' is now called 'better'."
+
+    (models_dir / "taken.safetensors").write_bytes(b"x")
+    menu.ask_name = lambda current: "taken"
+    menu.rename_action.trigger()
+    assert notifications.messages["error"][-1] == "There is a model called 'taken' already; choose another name."
+
+    asked = []
+    menu.confirm = lambda question: asked.append(question) or False
+    menu.delete_action.trigger()
+    assert (models_dir / "better.safetensors").exists() and asked[0].startswith("Delete your model 'better'?")
+    menu.confirm = lambda question: True
+    menu.delete_action.trigger()
+    assert saved_files(models_dir) == ["taken.safetensors"]
+    assert "better" not in items(combo) and combo.currentText() == "tiny-hrnet.safetensors"
+    assert notifications.messages["info"][-1] == "Deleted your model 'better'; tiny-hrnet.safetensors is chosen."
+    assert tiny_weights["hrnet"].exists()
