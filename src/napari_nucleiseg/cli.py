@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             from ._cli_finetune import run_finetune
 
             return run_finetune(args)
+        if args.command == "export-bioimageio":
+            from ._cli_export import run_export
+
+            return run_export(args)
         return run_segment(args)
     except CommandError as error:
         print(f"nucleiseg: {error}", file=sys.stderr)
@@ -198,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_finetune import add_parser
 
     add_parser(commands)
+    from ._cli_export import add_parser as add_export_parser
+
+    add_export_parser(commands)
     return parser
 
 
