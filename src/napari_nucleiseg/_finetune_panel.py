@@ -11,6 +11,7 @@ Model picker, and *Segment with it* segments the image again with it, into a lay
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import re
 import threading
@@ -109,6 +110,19 @@ def finetune_in_worker(images: list[np.ndarray], labels: list[np.ndarray], base:
         logger.exception("Fine-tuning failed")
         return Failure(f"Fine-tuning failed: {error}")
     return Tuned(path, notes)
+
+
+def import_training() -> None:
+    """Import the training code. Torch's optimisers import ``torch._dynamo`` when the first one is made
+    (2 s on a laptop CPU, 822 modules), and part of that import holds the interpreter, so the main
+    thread stops for 0.4-0.5 s: better while the user chooses the layers than after Fine-tune is clicked.
+    The garbage collector is kept off the objects alive before and after (see :meth:`FineTunePanel.start`)."""
+    gc.freeze()
+    import torch._dynamo  # noqa: F401
+
+    from .learn import finetune  # noqa: F401
+
+    gc.freeze()
 
 
 def regions_over(shapes: Any, image: Any, plane: tuple[int, int]) -> list[Region]:
@@ -298,6 +312,8 @@ class FineTunePanel(QCollapsible):
         for emitter in (viewer.layers.events.inserted, viewer.layers.events.removed):
             emitter.connect(self._refresh_regions)
         self.destroyed.connect(self.cancel_event.set)  # not via self: it is going
+        self._warmed = False
+        self.toggled.connect(self._warm_up)
         self._refresh_regions()
         self.suggest_name()
 
@@ -305,6 +321,13 @@ class FineTunePanel(QCollapsible):
         """``(image, channel, edited)`` of one of the widget's results; None for another layer."""
         record = self._outputs.record(layer)
         return None if record is None else (record.image, record.channel, record.edited())
+
+    def _warm_up(self, *_) -> None:
+        """The first time the section opens, import what training needs, in a worker, while the user
+        chooses the layers: it takes seconds, and part of it holds the main thread (see :func:`import_training`)."""
+        if not self._warmed:
+            self._warmed = True
+            thread_worker(import_training, start_thread=True, ignore_errors=True)()
 
     def _lay_out(self) -> None:
         content = QWidget()
@@ -418,6 +441,11 @@ class FineTunePanel(QCollapsible):
             self._say(str(refusal), self._error)
             return
         self._last_image = job.pop("image")
+        # The garbage collector's full collections scan every object of the process, napari's and torch's:
+        # 0.6 s holding the interpreter (measured: benchmarks/bench_finetune_gui.py), which training's
+        # allocations trigger. Objects alive now are left out of them from here on (the window then
+        # never stops for more than about 50 ms while training); what training makes is collected as usual.
+        gc.freeze()
         self.cancel_event.clear()
         self._set_running(True)
         self.status_label.setText("")
