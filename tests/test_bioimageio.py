@@ -148,8 +148,18 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tiny_weights, tmp_path, mo
     assert Path("exists.zip").read_bytes() == b"keep"
 
 
+def test_a_licence_the_spec_does_not_know_is_one_sentence(tmp_path, capsys):
+    pytest.importorskip("bioimageio.spec", reason=NEEDS_EXTRA)
+    out = tmp_path / "unet.zip"
+    assert main(["export-bioimageio", "--model", "unet", "--out", str(out), "--licence", "free for all"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "'free for all' is not a licence identifier the BioImage.IO spec knows" in err, err
+    assert len(err.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_without_the_extra_the_command_says_how_to_install_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "bioimageio.spec", None)  # import bioimageio.spec raises ImportError
+    for name in [name for name in sys.modules if name.startswith("bioimageio.")] + ["bioimageio.spec"]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError
     assert main(["export-bioimageio", "--model", "unet", "--out", str(tmp_path / "unet.zip")]) == 1
     err = capsys.readouterr().err.strip()
     assert "pip install 'napari-nucleiseg[bioimageio]'" in err and len(err.splitlines()) == 1, err

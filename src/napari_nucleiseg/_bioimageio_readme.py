@@ -38,7 +38,7 @@ def readme(model: NucleiModel, spdx: str) -> str:
         "",
         "Preprocessing, as the package describes it:",
         "",
-        f"1. `scale_range`: the {low:g}th percentile maps to 0 and the {high:g}th to 1, the percentiles taken over "
+        f"1. `scale_range`: percentile {low:g} maps to 0 and percentile {high:g} to 1, the percentiles taken over "
         "the three channels of each image together (colour is kept);",
         "2. `clip` to [-1, 3], so that a few very bright or dark pixels do not dominate.",
         "",
@@ -168,7 +168,8 @@ def _validation(model: NucleiModel) -> list[str]:
             "| --- | --- | ---: | ---: | ---: |",
         ]
         for kind, scores in (measured.get("sets") or {}).items():
-            words, source = SCORED_KINDS.get(kind, (kind, kind))
+            resized = ("resized", f"DSB2018 val at x{kind.removeprefix('val_x')} its size")
+            words, source = SCORED_KINDS.get(kind) or resized
             count = (sets.get(kind) or {}).get("n_images", "?")
             shown = [f"{scores[key]:{form}}" if key in scores else "-"
                      for key, form in (("dsb_score", ".3f"), ("f1_iou50", ".3f"), ("count_error_median", ".0%"))]

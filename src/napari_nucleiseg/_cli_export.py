@@ -53,5 +53,7 @@ def run_export(args: argparse.Namespace) -> int:
         path = export_bioimageio(args.model, args.out, overwrite=args.overwrite, licence=args.licence)
     except (ExportError, WeightsError) as error:
         raise CommandError(" ".join(str(error).split()).rstrip(".") + ".") from None
+    except OSError as error:  # e.g. a folder of --out that cannot be written to
+        raise CommandError(f"cannot write {args.out}: {error.strerror or error}.") from None
     print(f"Wrote {path}. Test it: bioimageio test {path}")
     return 0

@@ -119,9 +119,14 @@ def export_bioimageio(model: str | os.PathLike, out: str | os.PathLike, *, overw
     source = _weights_source(model)
     spdx = _licence(source, licence)  # checked before torch and the network are loaded
     try:
-        import bioimageio.spec  # noqa: F401
+        from bioimageio.spec.model.v0_5 import LicenseId
     except ImportError:
         raise ExportError(f"exporting needs bioimageio.spec, which is not installed: {INSTALL_HINT}.") from None
+    try:
+        LicenseId(spdx)
+    except ValueError:
+        raise ExportError(f"{spdx!r} is not a licence identifier the BioImage.IO spec knows (SPDX, e.g. "
+                          "CC-BY-4.0 or MIT).") from None
 
     from .weights import load_weights
 
