@@ -498,8 +498,11 @@ class FineTunePanel(QCollapsible):
         """Segment the image of the last run's first pair with the new model (chosen under Model)."""
         if self.last_model is None:
             return
-        if not self.picker.set_weights_file(self.last_model):  # it may have been renamed or deleted since
+        if not self.last_model.is_file():
+            self._say(f"Your model '{self.last_model.stem}' was renamed or deleted since; choose a model under Model "
+                      "and click Segment.", self._error)
             return
+        self.picker.set_weights_file(self.last_model)
         image = self._last_image
         if image is None or not any(layer.unique_id == image.unique_id for layer in self.viewer.layers):
             self._say("The image the model learnt from is closed; choose an image and click Segment.", self._error)

@@ -43,6 +43,7 @@ class UserModelMenu(QToolButton):
         self.delete_action = self.menu_of_actions.addAction("Delete...", self.delete)
         self.setMenu(self.menu_of_actions)
         self.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.setStyleSheet("QToolButton::menu-indicator { image: none; width: 0px; }")  # "⋯" says it: no arrow
         picker.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         picker.customContextMenuRequested.connect(self._on_context_menu)
         picker.currentIndexChanged.connect(self._follow)
