@@ -96,6 +96,13 @@ def _standardize_heads(network) -> None:
         hook.remove()
 
 
+@pytest.fixture(autouse=True)
+def user_models_elsewhere(tmp_path_factory, monkeypatch):
+    """No test lists or writes the models of the user running the tests: their model folder
+    (NUCLEISEG_MODELS_DIR) is an empty temporary one, unless a test names another."""
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(tmp_path_factory.mktemp("user_models")))
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> dict[str, Path]:
     """``{"unet": path, "unetpp": path, "hrnet": path}``: tiny random models saved with ``save_weights``."""

@@ -303,7 +303,7 @@ class FineTunePanel(QCollapsible):
                                                   "its own")
         self.toggleButton().setToolTip("Teach the model chosen under Model from labels you corrected: a new model "
                                        "of your own, saved in your model folder")
-        self._lay_out()
+        _lay_out(self)
         self.finetune_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.segment_button.clicked.connect(self.segment_with_new_model)
@@ -329,27 +329,6 @@ class FineTunePanel(QCollapsible):
             self._warmed = True
             thread_worker(import_training, start_thread=True, ignore_errors=True)()
 
-    def _lay_out(self) -> None:
-        content = QWidget()
-        form = QFormLayout(content)
-        form.setContentsMargins(0, 0, 0, 0)
-        form.addRow(self.pairs)
-        form.addRow("Checked regions", self.regions_combo)
-        form.addRow("Time budget", self.minutes_spin)
-        form.addRow("New model", self.name_edit)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.finetune_button)
-        buttons.addWidget(self.cancel_button)
-        form.addRow(buttons)
-        form.addRow(self.progress_bar)
-        form.addRow(self.status_label)
-        form.addRow(self.segment_button)
-        for row in range(form.rowCount()):
-            label, field = (form.itemAt(row, role) for role in (QFormLayout.LabelRole, QFormLayout.FieldRole))
-            if label is not None and field is not None and field.widget() is not None:
-                label.widget().setToolTip(field.widget().toolTip())
-        self.addWidget(content)
-
     # ---- inputs ---------------------------------------------------------------------------
 
     def _refresh_regions(self, *_) -> None:
@@ -369,16 +348,8 @@ class FineTunePanel(QCollapsible):
 
     def suggest_name(self, *_) -> None:
         """Offer "<base>-finetuned-<date>" (a number added if that is taken), unless the user typed a name."""
-        if self._name_typed:
-            return
-        base = self.picker.metadata().get("name") or self.picker.currentText()
-        stem = f"{FINETUNED_SUFFIX.sub('', str(base))}-finetuned-{datetime.date.today():%Y%m%d}"
-        taken = {path.stem for path in list_user_models()}
-        number, name = 1, stem
-        while name in taken:
-            number += 1
-            name = f"{stem}-{number}"
-        self.name_edit.setText(name)
+        if not self._name_typed:
+            self.name_edit.setText(default_name(self.picker.metadata().get("name") or self.picker.currentText()))
 
     def _job(self) -> dict[str, Any]:
         """What :func:`finetune_in_worker` needs, from the controls, once it is sure it can start.
@@ -512,3 +483,38 @@ class FineTunePanel(QCollapsible):
 
 def _size(shape: tuple[int, ...]) -> str:
     return " x ".join(str(side) for side in shape) + " pixels"
+
+
+def _lay_out(panel: FineTunePanel) -> None:
+    """The section's controls in a form, top to bottom in the order of the work."""
+    content = QWidget()
+    form = QFormLayout(content)
+    form.setContentsMargins(0, 0, 0, 0)
+    form.addRow(panel.pairs)
+    form.addRow("Checked regions", panel.regions_combo)
+    form.addRow("Time budget", panel.minutes_spin)
+    form.addRow("New model", panel.name_edit)
+    buttons = QHBoxLayout()
+    buttons.addWidget(panel.finetune_button)
+    buttons.addWidget(panel.cancel_button)
+    form.addRow(buttons)
+    form.addRow(panel.progress_bar)
+    form.addRow(panel.status_label)
+    form.addRow(panel.segment_button)
+    for row in range(form.rowCount()):
+        label, field = (form.itemAt(row, role) for role in (QFormLayout.LabelRole, QFormLayout.FieldRole))
+        if label is not None and field is not None and field.widget() is not None:
+            label.widget().setToolTip(field.widget().toolTip())
+    panel.addWidget(content)
+
+
+def default_name(base: str) -> str:
+    """A new model's name: "<base>-finetuned-<date>" (its own such suffix taken off a base made so), with
+    a number added when the user has a model of that name already."""
+    stem = f"{FINETUNED_SUFFIX.sub('', base)}-finetuned-{datetime.date.today():%Y%m%d}"
+    taken = {path.stem for path in list_user_models()}
+    number, name = 1, stem
+    while name in taken:
+        number += 1
+        name = f"{stem}-{number}"
+    return name

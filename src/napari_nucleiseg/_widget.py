@@ -159,11 +159,6 @@ class NucleiSegWidget(QWidget):
         """Segment the chosen image with the chosen model (in a worker thread unless synchronous)."""
         self._segment(self.image_layer)
 
-    def segment_image(self, image: Image) -> None:
-        """Choose the Image layer ``image`` and segment it with the chosen model."""
-        self.image_combo.choose(image)
-        self.segment()
-
     @property
     def running(self) -> bool:
         """Whether a segmentation is running."""
@@ -317,7 +312,14 @@ def _fine_tuning_controls(widget: NucleiSegWidget) -> tuple[UserModelMenu, FineT
     """The menu that renames and deletes the user's models, and the Fine-tune section."""
     tell = {"error": lambda message: show_error(message), "info": lambda message: show_info(message)}
     return (UserModelMenu(widget.model_combo, **tell),
-            FineTunePanel(widget.viewer, widget.outputs, widget.model_combo, segment_with=widget.segment_image, **tell))
+            FineTunePanel(widget.viewer, widget.outputs, widget.model_combo, segment_with=partial(_segment_image, widget),
+                          **tell))
+
+
+def _segment_image(widget: NucleiSegWidget, image: Image) -> None:
+    """Choose the Image layer ``image`` in ``widget`` and segment it with the model chosen."""
+    widget.image_combo.choose(image)
+    widget.segment()
 
 
 def _lay_out(widget: NucleiSegWidget) -> None:
