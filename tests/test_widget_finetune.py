@@ -233,3 +233,40 @@ def test_a_users_model_is_renamed_and_deleted_from_the_picker(
     assert "better" not in items(combo) and combo.currentText() == "tiny-hrnet.safetensors"
     assert notifications.messages["info"][-1] == "Deleted your model 'better'; tiny-hrnet.safetensors is chosen."
     assert tiny_weights["hrnet"].exists()
+
+
+def test_a_stack_with_one_corrected_plane_trains_on_it_and_says_so(viewer_and_widget, models_dir, qtbot):
+    viewer, widget = viewer_and_widget
+    image, truth = nuclei_field()
+    viewer.add_image(np.stack([image, image[::-1], image[:, ::-1]]), name="stack")
+    labels = np.zeros((3, *truth.shape), dtype=np.int32)
+    labels[1] = truth[::-1]  # only the middle plane was corrected
+    viewer.add_labels(labels, name="middle plane corrected")
+    panel = widget.finetune_panel
+    assert [(pair.labels.name, pair.image.name) for pair in panel.pairs.pairs()] == []  # not a result: not ticked
+    panel.pairs.tick(viewer.layers["middle plane corrected"])
+    fine_tune(qtbot, widget, "from a stack")
+    assert saved_files(models_dir) == ["from a stack.safetensors"]
+    assert panel.status_label.text().endswith("Trained on plane 1 of the 3 of the image: the others hold no "
+                                              "labelled nucleus.")
+    assert read_metadata(models_dir / "from a stack.safetensors")["fine_tuned"]["images"][0]["plane"] == 1
+
+
+def test_every_control_of_the_section_says_what_it_does(viewer_and_widget):
+    from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLabel, QLineEdit
+
+    viewer, widget = viewer_and_widget
+    viewer.add_image(nuclei_field()[0], name="cells")
+    viewer.add_labels(nuclei_field()[1], name="mine")
+    panel = widget.finetune_panel
+    kinds = (QAbstractButton, QAbstractSpinBox, QComboBox, QLabel, QLineEdit)
+    controls = [child for child in panel.findChildren(kinds) if child.isVisibleTo(panel)]
+    assert len(controls) > 10
+
+    def tooltip(control) -> str:  # Qt shows the nearest one: the control's own, or its parent's
+        while control is not panel and not control.toolTip():
+            control = control.parentWidget()
+        return control.toolTip() if control is not panel else ""
+
+    assert [control for control in controls if not tooltip(control)] == []
+    assert widget.model_menu.toolTip().startswith("Rename or delete the model chosen")
