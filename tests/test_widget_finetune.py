@@ -270,3 +270,15 @@ def test_every_control_of_the_section_says_what_it_does(viewer_and_widget):
 
     assert [control for control in controls if not tooltip(control)] == []
     assert widget.model_menu.toolTip().startswith("Rename or delete the model chosen")
+
+
+def test_closing_the_widget_mid_training_stops_it_and_saves_nothing(viewer_and_widget, models_dir, qtbot):
+    viewer, widget = viewer_and_widget
+    corrected_result(viewer, widget, qtbot)
+    panel = widget.finetune_panel
+    panel.minutes_spin.setValue(5)
+    qtbot.mouseClick(panel.finetune_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: panel.progress_bar.text().startswith("step"), timeout=RUN_TIMEOUT_MS)
+    widget.close()
+    qtbot.waitUntil(lambda: not panel.running, timeout=RUN_TIMEOUT_MS)
+    assert saved_files(models_dir) == [] and panel.last_model is None
