@@ -42,9 +42,11 @@ BATCH_SIZE = 4
 LEARNING_RATE = 3e-4
 #: Pixels of context kept around a checked region (they feed the network, but do not train).
 REGION_MARGIN = 64
-#: Fine-tuning holds each image as float32 RGB and its labels, masks and a few copies: bytes a pixel.
-BYTES_PER_PIXEL = 40
-BYTES_FIXED = 400 * 2**20
+#: Fine-tuning holds each image as float32 RGB and its labels, masks and a few copies (bytes a pixel),
+#: and the network, its optimiser and a batch's activations: 2 images of 1000 x 1000 took 0.71 GB above
+#: the loaded state (benchmarks/bench_finetune.py --parts memory).
+BYTES_PER_PIXEL = 60
+BYTES_FIXED = 600 * 2**20
 
 Region = tuple[int, int, int, int]  # y0, y1, x0, x1: rows y0..y1-1, columns x0..x1-1
 
