@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from ._batch import write_atomically
 from .weights import WEIGHTS_SUFFIX
 
 #: Environment variable naming another folder for the user's models.
@@ -81,12 +82,7 @@ def rename_user_model(path: str | os.PathLike, name: str) -> Path:
     header["__metadata__"][METADATA_KEY] = json.dumps(metadata | {"name": name})
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the tensors on 8 bytes
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        partial.write_bytes(len(encoded).to_bytes(8, "little") + encoded + tensors)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(target, lambda partial: partial.write_bytes(len(encoded).to_bytes(8, "little") + encoded + tensors))
     if target.resolve() != path.resolve():
         path.unlink()
     return target

@@ -39,25 +39,16 @@ def link_planes(labels: np.ndarray, axis: int, threshold: float = LINK_IOU) -> n
         out = linked[index]
         for z in range(volume.shape[0]):
             plane = volume[z].astype(np.int64)
-            if z == 0:
-                mapping = {}
-            else:
-                mapping = _links(out[z - 1], plane, threshold)
-            ids = np.unique(plane[plane > 0])
-            lookup = {}
-            for obj in ids.tolist():
+            mapping = _links(out[z - 1], plane, threshold) if z else {}
+            inside = plane > 0
+            ids = np.unique(plane[inside])  # sorted: searchsorted finds each pixel's object
+            values = np.empty(ids.size, dtype=np.int64)
+            for position, obj in enumerate(ids.tolist()):
                 if obj in mapping:
-                    lookup[obj] = mapping[obj]
+                    values[position] = mapping[obj]
                 else:
-                    lookup[obj] = next_label
-                    next_label += 1
-            if ids.size:
-                keys = np.array(list(lookup), dtype=np.int64)
-                values = np.array([lookup[k] for k in keys.tolist()], dtype=np.int64)
-                order = np.argsort(keys)
-                keys, values = keys[order], values[order]
-                inside = plane > 0
-                out[z][inside] = values[np.searchsorted(keys, plane[inside])]
+                    values[position], next_label = next_label, next_label + 1
+            out[z][inside] = values[np.searchsorted(ids, plane[inside])]
     dtype = np.uint16 if next_label - 1 <= np.iinfo(np.uint16).max else np.uint32
     return np.moveaxis(linked, -3, axis).astype(dtype)
 

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .._batch import write_atomically
 from ..errors import Cancelled, FineTuneError
 from ..memory import free_memory
 from ..pipeline import MIN_STACK_PLANE_SIDE
 from ..preprocess import as_rgb
 from ..scale import median_diameter
+from ..user_models import name_problem, user_model_path
 from ..weights import NucleiModel, load_weights, save_weights, weights_dir
 from . import DEFAULT_MINUTES
 from .augment import CropDataset
@@ -184,11 +186,10 @@ def _load_base(model: str | os.PathLike | NucleiModel) -> NucleiModel:
 
 def _output_path(out: str | os.PathLike | None, name: str, base: NucleiModel, overwrite: bool) -> Path:
     """The file to write; refused when it exists (without ``overwrite``), or is shipped or the base."""
-    if not name.strip() or any(char in name for char in '/\\:*?"<>|') or name.startswith("."):
-        raise FineTuneError(f"{name!r} cannot be a model's name: use letters, digits, spaces, '-' or '_'.")
+    problem = name_problem(name)
+    if problem:
+        raise FineTuneError(problem)
     if out is None:
-        from ..user_models import user_model_path
-
         path = user_model_path(name.strip())
     else:
         path = Path(out).expanduser()
@@ -378,9 +379,4 @@ def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, m
 def _save_atomically(path: Path, network: torch.nn.Module, metadata: dict[str, Any]) -> None:
     """Write the weights under a temporary name beside ``path`` and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        save_weights(partial, network, metadata)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(path, lambda partial: save_weights(partial, network, metadata))
