@@ -76,20 +76,25 @@ class PixelNetwork(torch.nn.Module):
 
     Follows the contract of the real networks, ``(B, 3, H, W)`` in and ``(B, 2, H, W)`` out. With
     ``delay``, every forward pass takes that long (to cancel a run in the middle); with
-    ``interrupt_on_call``, that call raises KeyboardInterrupt, as Ctrl-C does. ``calls`` counts them.
+    ``interrupt_on_call``, that call raises KeyboardInterrupt, as Ctrl-C does; with
+    ``fail_on_call``, that call raises torch's out-of-memory RuntimeError. ``calls`` counts them.
     """
 
-    def __init__(self, delay: float = 0.0, interrupt_on_call: int | None = None):
+    def __init__(self, delay: float = 0.0, interrupt_on_call: int | None = None, fail_on_call: int | None = None):
         super().__init__()
         self.unused = torch.nn.Parameter(torch.zeros(()))  # inference reads the device off a parameter
         self.delay = delay
         self.interrupt_on_call = interrupt_on_call
+        self.fail_on_call = fail_on_call
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.calls == self.interrupt_on_call:
             raise KeyboardInterrupt
+        if self.calls == self.fail_on_call:  # what torch raises, which is no MemoryError
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 4294967296 bytes. Error code 12")
         time.sleep(self.delay)
         nucleus = x.mean(dim=1, keepdim=True)
         return torch.cat([20 * (nucleus - 0.5), torch.full_like(nucleus, -20.0)], dim=1)
@@ -704,6 +709,20 @@ def test_cli_disk_full_mid_run_keeps_the_tables_of_the_images_done(capsys, tmp_p
     assert "No space left on device" in line and line.endswith("hold the 1 of 3 images finished before it.")
     assert pd.read_csv(tmp_path / "out" / "counts.csv")["file"].tolist() == [str(tmp_path / "a.png")]
     assert not (tmp_path / "out" / "c_labels.tif").exists()  # the run stopped
+
+
+def test_cli_an_unexpected_error_on_one_image_skips_it_and_the_run_goes_on(capsys, tmp_path, monkeypatch):
+    model = pixel_model(fail_on_call=2)  # the second image's only tile
+    monkeypatch.setattr(napari_nucleiseg.api, "load_model", lambda source: model)
+    for name in ("a", "b", "c"):
+        iio.imwrite(tmp_path / f"{name}.png", BLOBS)
+    status, stdout, stderr = run_cli(capsys, tmp_path, "--out", tmp_path / "out")
+    assert status == 0 and "Traceback" not in stderr and "Segmented 2 of 3 images" in stdout  # 0: some were segmented
+    (line,) = [line for line in stderr.strip().splitlines() if "b.png" in line]
+    assert line.startswith("nucleiseg: skipped") and "can't allocate memory" in line
+    assert pd.read_csv(tmp_path / "out" / "counts.csv")["file"].tolist() == [str(tmp_path / n) for n in ("a.png", "c.png")]
+    assert len(pd.read_csv(tmp_path / "out" / "nuclei.csv")) == 2 * len(BLOB_CENTERS)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_labels.tif")) == ["a_labels.tif", "c_labels.tif"]
 
 
 def test_cli_interrupted_before_any_image_is_done_writes_no_tables(capsys, tmp_path, monkeypatch):
