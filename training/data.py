@@ -112,3 +112,29 @@ def balanced_weights(kinds: list[str], shares: dict[str, float]) -> np.ndarray:
     counts = {kind: kinds.count(kind) for kind in set(kinds)}
     total = sum(shares[kind] for kind in counts)
     return np.array([shares[kind] / total / counts[kind] for kind in kinds])
+
+
+def dsb_mosaic(data: Path, side: int, split: str = "val") -> np.ndarray:
+    """A ``(side, side)`` uint8 gray mosaic of DSB2018's fluorescence images of ``split``, laid in rows
+    (each used again when they run out; what is left black is background): a large image of real
+    nuclei, for segmenting large images block by block (tests, benchmarks/bench_large.py)."""
+    root = find_dataset_root(data)
+    images = []
+    for sample_id in list_ids(data, split):
+        image, _ = load_pair(data, sample_id)
+        if image_kind(image) == "fluorescence":
+            images.append(image.mean(axis=-1).astype(np.uint8))
+    if not images:
+        raise FileNotFoundError(f"no fluorescence image in {root}")
+    mosaic = np.zeros((side, side), dtype=np.uint8)
+    y = x = row_height = 0
+    for index in range(side * side):  # stops when the rows are full
+        image = images[index % len(images)]
+        height, width = image.shape
+        if x + width > side:
+            x, y, row_height = 0, y + row_height, 0
+        if y >= side:
+            break
+        mosaic[y : y + height, x : x + width] = image[: side - y, : side - x]
+        x, row_height = x + width, max(row_height, height)
+    return mosaic

@@ -48,6 +48,7 @@ def predict_probabilities(
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
     scale: float = 1.0,
+    normalization: Normalization | None = None,
 ) -> np.ndarray:
     """Predict nucleus and boundary probabilities for a 2-D image.
 
@@ -67,8 +68,10 @@ def predict_probabilities(
         Polled between batches; when it returns True, :class:`Cancelled` is raised.
     scale : float
         The network sees the image resized by this factor (see :mod:`napari_nucleiseg.scale`);
-        the probabilities are resized back, so they are always ``(2, H, W)``. The
-        normalisation is the whole original image's.
+        the probabilities are resized back, so they are always ``(2, H, W)``.
+    normalization : Normalization, optional
+        How the values are mapped for the network; default: from the whole of ``image``
+        (a block of a larger image gets the larger image's, :mod:`napari_nucleiseg.large`).
 
     Returns
     -------
@@ -78,7 +81,8 @@ def predict_probabilities(
     from .scale import rescale_image, resize_probabilities
 
     rgb = as_rgb(image)
-    normalization = Normalization.of(rgb, model.percentiles, model.log_gain)
+    if normalization is None:
+        normalization = Normalization.of(rgb, model.percentiles, model.log_gain)
     source = rgb if scale == 1.0 else rescale_image(np.asarray(rgb), scale)
     probabilities = _predict_tiled(
         source, normalization, model.network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
