@@ -1,0 +1,103 @@
+"""Open an image larger than memory without reading it: a TIFF or OME-TIFF through tifffile's zarr
+store, an OME-Zarr (its full-resolution level) or a plain zarr array, as a dask array of one 2-D
+gray or colour plane that :func:`napari_nucleiseg.large.segment_large` reads block by block."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ImageError
+
+
+@dataclass
+class LazyImage:
+    """One 2-D plane, read lazily: ``data`` is a dask array ``(Y, X)`` or ``(Y, X, 3|4)``."""
+
+    data: Any
+    rgb: bool
+    axes: str  # the file's axes, e.g. "YX", "YXS", "CYX", "TCZYX"
+    source: Any = None  # what must stay open while ``data`` is read (a TiffFile)
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+
+
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is a zarr store (a folder holding zarr.json, .zarray, .zgroup or .zattrs)."""
+    return path.is_dir() and any((path / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"))
+
+
+def open_lazy(path: str | Path, channel: int | None = None) -> LazyImage:
+    """Open the image at ``path`` lazily (see the module); ``channel`` picks one of a C axis.
+
+    Raises
+    ------
+    ImageError
+        For a file that holds no 2-D image (after the channel and any axis of length 1 are taken
+        away), a channel out of range or missing, or a zarr store that is no image.
+    """
+    path = Path(path)
+    if is_zarr(path):
+        array, axes = _open_zarr(path)
+        return _plane(array, axes, channel)
+    import tifffile
+    import zarr
+
+    tif = tifffile.TiffFile(path)
+    try:
+        series = tif.series[0]
+        array = zarr.open_array(series.aszarr(level=0), mode="r")
+        return _plane(array, series.axes.upper(), channel, source=tif)
+    except BaseException:
+        tif.close()
+        raise
+
+
+def _open_zarr(path: Path) -> tuple[Any, str]:
+    """The full-resolution array of an OME-Zarr image (or a plain zarr array) and its axes."""
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return node, "YX" if node.ndim == 2 else ("YXS" if node.ndim == 3 and node.shape[-1] in (3, 4) else "?" * node.ndim)
+    attributes = dict(node.attrs)
+    multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get("multiscales")
+    if not multiscales:
+        raise ImageError(f"{path} is a zarr group but no OME-Zarr image (no 'multiscales' in its attributes).")
+    image = multiscales[0]
+    level = node[image["datasets"][0]["path"]]
+    names = [axis["name"] if isinstance(axis, dict) else str(axis) for axis in image.get("axes", "tczyx"[-level.ndim:])]
+    return level, "".join(name[0].upper() for name in names)
+
+
+def _plane(array: Any, axes: str, channel: int | None, source: Any = None) -> LazyImage:
+    """The one 2-D plane of ``array`` (axes named by ``axes``) as a dask array."""
+    import dask.array as da
+
+    data = da.from_zarr(array)
+    if len(axes) != data.ndim:
+        axes = "?" * (data.ndim - 2) + "YX"
+    if "C" in axes and channel is None and data.shape[axes.index("C")] == 3:  # colour as OME-Zarr stores it
+        data = da.moveaxis(data, axes.index("C"), -1)
+        axes = axes.replace("C", "") + "S"
+    if "C" in axes:
+        count = data.shape[axes.index("C")]
+        if channel is None and count > 1:
+            raise ImageError(f"The image has {count} channels (axes {axes}); choose the nuclear stain with "
+                             f"--channel 0..{count - 1}.")
+        if channel is not None and not 0 <= channel < count:
+            raise ImageError(f"Channel {channel} does not exist: the image has {count} (0..{count - 1}).")
+        data = da.take(data, channel or 0, axis=axes.index("C"))
+        axes = axes.replace("C", "")
+    keep = [i for i, (name, length) in enumerate(zip(axes, data.shape)) if length > 1 or name in "YXS"]
+    data = data.reshape(tuple(data.shape[i] for i in keep))
+    axes = "".join(axes[i] for i in keep)
+    rgb = axes.endswith("S") and data.shape[-1] in (3, 4)
+    if axes not in ("YX", "YXS") or (axes == "YXS" and not rgb):
+        raise ImageError(f"An image of shape {tuple(data.shape)} (axes {axes}) is not one 2-D plane; large images "
+                         "are segmented one 2-D gray or colour plane at a time.")
+    return LazyImage(data, rgb, axes, source)
