@@ -160,16 +160,24 @@ def dsb_score(model, sample) -> float:
     return float(instance_scores(labels, sample.truth)["dsb_score"])
 
 
+#: With ``--steps-per-minute``, a row's budget is that many steps a minute instead of the wall clock:
+#: the gain then does not depend on what else the machine runs (``fine_tuned``).
+STEPS_PER_MINUTE: float | None = None
+
+
 def fine_tuned(base: Path, samples: list, minutes: float, seed: int, lr: float, folder: Path):
-    """The fine-tuned model (loaded) and the ``fine_tuned`` record of its file."""
+    """The fine-tuned model (loaded) and the ``fine_tuned`` record of its file: ``minutes`` of the wall
+    clock, or ``minutes`` x :data:`STEPS_PER_MINUTE` steps whatever they take."""
     import napari_nucleiseg.learn.finetune as finetune_module
     from napari_nucleiseg import finetune
     from napari_nucleiseg.weights import load_weights
 
     finetune_module.LEARNING_RATE = lr
     out = folder / f"tuned-{time.monotonic_ns()}.safetensors"
-    path = finetune([s.image for s in samples], [s.truth for s in samples], base, out=out, minutes=minutes,
-                    seed=seed, log=lambda text: print("  note:", text, flush=True))
+    steps = None if STEPS_PER_MINUTE is None else max(1, round(STEPS_PER_MINUTE * minutes))
+    path = finetune([s.image for s in samples], [s.truth for s in samples], base, out=out,
+                    minutes=minutes if steps is None else 600.0, max_steps=steps, seed=seed,
+                    log=lambda text: print("  note:", text, flush=True))
     model = load_weights(path)
     return model, model.metadata["fine_tuned"]
 
@@ -259,6 +267,9 @@ def main(argv=None) -> None:
     parser.add_argument("--consep-tiles", type=int, default=40)
     parser.add_argument("--val-count", type=int, default=20)
     parser.add_argument("--memory-minutes", type=float, default=1.0)
+    parser.add_argument("--steps-per-minute", type=float, default=None,
+                        help="budget each row in steps (this many a minute of its budget) instead of wall time, "
+                             "so a busy machine does not change the result (e.g. the rate of an idle machine)")
     parser.add_argument("--smoke", action="store_true", help="0.1 min budgets, 2 images scored per row, no JSON")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -274,6 +285,8 @@ def main(argv=None) -> None:
     import napari_nucleiseg.learn.finetune as finetune_module
 
     lr = args.lr if args.lr is not None else finetune_module.LEARNING_RATE
+    global STEPS_PER_MINUTE
+    STEPS_PER_MINUTE = args.steps_per_minute
     smoke = args.smoke
     minutes = (lambda m: 0.1) if smoke else (lambda m: m)
     scored_limit = 2 if smoke else None
