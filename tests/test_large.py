@@ -128,9 +128,12 @@ def test_the_image_is_read_a_block_at_a_time_and_the_labels_written_to_zarr(tmp_
     result = segment_large(source, model, tmp_path / "labels.zarr", diameter=20, block=256)
     margin = block_margin(20, model.scale_for(20))
     assert max(source.reads) <= (256 + 2 * margin) ** 2 < image.size
-    reopened = zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")
-    assert reopened.shape == image.shape and reopened.chunks == (1024, 1024)
-    assert result.count == len(np.unique(reopened[:])) - 1 == 256
+    reopened = zarr.open_group(str(tmp_path / "labels.zarr"), mode="r")
+    full, half = reopened["0"], reopened["1"]
+    assert full.shape == image.shape and full.chunks == (1024, 1024) and half.shape == (640, 640)
+    assert result.count == len(np.unique(full[:])) - 1 == 256
+    assert np.array_equal(half[:], full[::2, ::2])  # a pyramid for napari to show lazily
+    assert [d["path"] for d in reopened.attrs["multiscales"][0]["datasets"]] == ["0", "1"]
 
 
 def test_an_object_wider_than_any_block_view_is_left_out_and_counted_not_written_in_pieces(tmp_path):

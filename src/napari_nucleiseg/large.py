@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,8 @@ CHUNK_SIDE = 1024
 ESTIMATE_SIDE = 2048
 #: A nucleus already written for at least this share of its pixels is the same nucleus.
 SAME_NUCLEUS_SHARE = 0.5
+#: Halved copies of the labels are added down to this side (napari shows the level that fits the view).
+PYRAMID_MIN_SIDE = 512
 #: Images of at least this many pixels are segmented block by block by the command line.
 LARGE_IMAGE_PIXELS = 64_000_000
 
@@ -71,7 +73,7 @@ LARGE_IMAGE_PIXELS = 64_000_000
 class LargeResult:
     """What :func:`segment_large` returns."""
 
-    labels: Any  # the (Y, X) uint32 zarr array written
+    labels: Any  # the (Y, X) uint32 zarr array written (level "0" of the OME-Zarr group at ``out``)
     table: pd.DataFrame  # one row per nucleus (measure_nuclei's columns, in the image's pixels)
     settings: PostprocessSettings
     diameter: float | None
@@ -79,6 +81,7 @@ class LargeResult:
     scale: float
     blocks: int
     left_out: int = 0  # objects too large for any block's view (wider than the margin), not written
+    levels: list = field(default_factory=list)  # labels, then halved copies of them (write_pyramid)
 
     @property
     def count(self) -> int:
@@ -126,7 +129,8 @@ def segment_large(
     model : NucleiModel
         The network and its calibrated settings.
     out : path
-        Where the zarr array of labels is written (a folder; it must not exist).
+        Where the labels are written: an OME-Zarr multiscale image (a folder; it must not exist), the
+        labels at full resolution in its array ``0`` and halved copies after it (:func:`write_pyramid`).
     settings : PostprocessSettings, mapping or None
         As :func:`~napari_nucleiseg.pipeline.segment_planes` takes them.
     diameter : float, optional
@@ -139,7 +143,7 @@ def segment_large(
         ``progress(blocks_done, blocks_total)`` after each block.
     cancelled : callable, optional
         Polled between blocks and between the network's tiles; True stops with :class:`Cancelled`
-        (the labels written so far stay in ``out``).
+        (what was written so far stays in ``out``).
 
     Raises
     ------
@@ -169,8 +173,9 @@ def segment_large(
     options = chosen.options()
     margin = block_margin(used, scale)
     side = block or block_side(scale, margin)
-    labels = zarr.create_array(str(out), shape=(height, width), chunks=(min(CHUNK_SIDE, height), min(CHUNK_SIDE, width)),
-                               dtype=np.uint32, fill_value=0)
+    group = zarr.open_group(str(out), mode="w-")
+    labels = group.create_array("0", shape=(height, width), chunks=(min(CHUNK_SIDE, height), min(CHUNK_SIDE, width)),
+                                dtype=np.uint32, fill_value=0)
     starts = [(y, x) for y in range(0, height, side) for x in range(0, width, side)]
     tables, next_label, left_out = [], 1, 0
     for done, (y, x) in enumerate(starts):
@@ -185,7 +190,36 @@ def segment_large(
     import pandas as pd
 
     table = pd.concat(tables, ignore_index=True) if tables else None
-    return LargeResult(labels, table, chosen, used, estimated, scale, len(starts), left_out)
+    levels = write_pyramid(group, cancelled)
+    return LargeResult(labels, table, chosen, used, estimated, scale, len(starts), left_out, levels)
+
+
+def write_pyramid(group: Any, cancelled: Callable[[], bool] | None = None) -> list[Any]:
+    """Add halved copies of the labels at ``group["0"]`` (every other pixel, so labels stay labels)
+    until the smaller side is below :data:`PYRAMID_MIN_SIDE`, chunk by chunk, and describe the levels
+    as an OME-Zarr multiscale image (0.4): napari shows them as one lazy multiscale Labels layer, and
+    other OME-Zarr readers (QuPath, Fiji's MoBIE) open them. Returns the levels, full resolution first."""
+    levels = [group["0"]]
+    while min(levels[-1].shape) >= 2 * PYRAMID_MIN_SIDE:
+        source = levels[-1]
+        shape = tuple((side + 1) // 2 for side in source.shape)
+        level = group.create_array(str(len(levels)), shape=shape, chunks=source.chunks, dtype=source.dtype,
+                                   fill_value=0)
+        step = 2 * CHUNK_SIDE
+        for y in range(0, source.shape[0], step):
+            for x in range(0, source.shape[1], step):
+                if cancelled is not None and cancelled():
+                    raise Cancelled("Segmentation cancelled.")
+                part = np.asarray(source[y : y + step, x : x + step])[::2, ::2]
+                level[y // 2 : y // 2 + part.shape[0], x // 2 : x // 2 + part.shape[1]] = part
+        levels.append(level)
+    group.attrs["multiscales"] = [{
+        "version": "0.4", "name": "nuclei",
+        "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [2.0**i, 2.0**i]}]}
+                     for i in range(len(levels))],
+    }]
+    return levels
 
 
 def whole_normalization(data: Any, model: NucleiModel) -> Normalization:
