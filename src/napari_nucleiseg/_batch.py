@@ -4,12 +4,14 @@
   lock of a run that died is taken over).
 - :func:`write_atomically`: every file is written under a temporary name in the folder and renamed
   into place, so no file is ever half-written under its final name.
-- :class:`Tables`: ``counts.csv`` and ``nuclei.csv`` hold rows only for label files of this run that
-  are in place; they are rewritten (atomically) at most every :data:`TABLES_EVERY_S` seconds while
-  the run goes on, and at its end however it ends. A row never describes another file than the one
-  on disk; a run killed outright (SIGKILL) may lack the rows of its last images.
-- :func:`set_aside`: with ``--overwrite``, the previous run's files are moved into a folder of their
-  own first, so a stopped rerun never leaves old and new files side by side.
+- :class:`Tables`: ``counts.csv`` and ``nuclei.csv`` hold rows only for label files of this run (with
+  ``--resume``, also those an earlier run finished) that are in place, in the run's order of images
+  whatever order they finish in; they are rewritten (atomically) at most every :data:`TABLES_EVERY_S`
+  seconds while the run goes on, and at its end however it ends. A row never describes another file
+  than the one on disk; a run killed outright (SIGKILL) may lack the rows of its last images.
+- :func:`set_aside`: with ``--overwrite`` (and ``--resume``, for the images it segments again), the
+  previous run's files are moved into a folder of their own first, so a stopped rerun never leaves old
+  and new files side by side.
 - :func:`stops_as_interrupts`: SIGTERM and SIGHUP (``timeout``, ``kill``, job schedulers, a closed
   terminal) stop the run as Ctrl+C does, between images or tiles, never in the middle of a file.
 """
@@ -103,20 +105,24 @@ class Tables:
         self.every_s = every_s
         self.rows: list[dict] = []
         self.tables: list[Any] = []
+        self._order: list[float] = []
         self._written = 0  # rows in the files on disk
         self._last = time.monotonic()
 
-    def add(self, row: dict, table: Any) -> None:
-        """The row and nuclei of an image whose label file is in place."""
+    def add(self, row: dict, table: Any, order: float | None = None) -> None:
+        """The row and nuclei of an image whose label file is in place; the tables list images by ``order``
+        (the image's place in the run), whatever order they finish in (by default, in the order added)."""
         self.rows.append(row)
         self.tables.append(table)
+        self._order.append(len(self._order) if order is None else order)
         if time.monotonic() - self._last >= self.every_s:
             self.flush()
 
     def flush(self) -> None:
         """Rewrite both tables with every row so far (if there is any new one)."""
         if self.rows and len(self.rows) != self._written:
-            self._write(self.rows, self.tables)
+            ranks = sorted(range(len(self.rows)), key=self._order.__getitem__)
+            self._write([self.rows[rank] for rank in ranks], [self.tables[rank] for rank in ranks])
             self._written = len(self.rows)
         self._last = time.monotonic()
 

@@ -6,6 +6,10 @@ Example::
 
 ``nucleiseg finetune`` teaches a model from corrected labels (:mod:`._cli_finetune`).
 
+``--workers N`` segments the images on N worker processes of a dask.distributed cluster on this
+machine, ``--scheduler ADDRESS`` on a running cluster (:mod:`._cluster`); ``--resume`` segments only
+the images not done yet (:mod:`._manifest`).
+
 For each image it writes ``results/<stem>_labels.tif`` (instance labels of the
 image's height and width), and for the whole run ``results/counts.csv`` (one
 row per image) and ``results/nuclei.csv`` (one row per nucleus).
@@ -32,12 +36,13 @@ whether it was estimated (``diameter_estimated``) and the resize factor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -83,7 +88,9 @@ finished; no file is ever left half-written, and a row of counts.csv always
 describes the label file beside it. Existing outputs are only replaced with
 --overwrite: they are first moved into a replaced-<time> folder in --out, which
 is deleted when the run completes and kept (and named) when it stops. One run
-at a time writes to a folder.
+at a time writes to a folder. A run with --resume, --workers or --scheduler records each image it
+finishes (in .nucleiseg/ in --out); --resume then keeps the images done with the same input file and
+settings and segments the rest, replacing their earlier outputs (moved aside as with --overwrite).
 """
 
 
@@ -199,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--save-probability", action="store_true",
                      help="also write <stem>_probability.tif: float32 (2, H, W), nucleus and boundary")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument("--resume", action="store_true",
+                     help="keep the images an earlier run into --out finished from the same file with the same "
+                          "settings and model, and segment the rest (a run given --resume, --workers or --scheduler "
+                          "records what it finishes)")
+    seg.add_argument("--workers", type=_worker_count, metavar="N",
+                     help="segment N images at a time, in N worker processes of one thread each (a dask.distributed "
+                          "cluster on this machine; needs the [cluster] extra)")
+    seg.add_argument("--scheduler", metavar="ADDRESS",
+                     help="segment on a running dask.distributed cluster, e.g. tcp://node1:8786 (dask-jobqueue, "
+                          "Kubernetes): its workers read the images, this process writes the results")
     from ._cli_finetune import add_parser
 
     add_parser(commands)
@@ -212,13 +229,21 @@ def run_segment(args: argparse.Namespace) -> int:
     """The ``segment`` command: plan, check, then segment every image."""
     if args.weights is not None and args.model is not None:
         raise CommandError("give either --model or --weights, not both.", EXIT_USAGE)
+    if args.resume and args.overwrite:
+        raise CommandError("give either --resume (keep what is done) or --overwrite (replace it), not both.",
+                           EXIT_USAGE)
+    if args.workers is not None and args.scheduler is not None:
+        raise CommandError("give either --workers (a cluster on this machine) or --scheduler (a running one), "
+                           "not both.", EXIT_USAGE)
+    if on_cluster(args):
+        _require_distributed()
     sources, problems = collect_images(args.inputs)
     for problem in problems:
         print(f"nucleiseg: {problem}", file=sys.stderr)
     if not sources:
         raise CommandError("no images to segment (png, tif, tiff, jpg or jpeg).")
     jobs = plan_jobs(sources, args.out, save_probability=args.save_probability)
-    if not args.overwrite:
+    if not args.overwrite and not args.resume:
         refuse_existing(jobs, args.out)
 
     from .api import load_model
@@ -236,25 +261,48 @@ def run_segment(args: argparse.Namespace) -> int:
         raise CommandError(str(busy)) from None
 
 
+def on_cluster(args: argparse.Namespace) -> bool:
+    """Whether the run segments on a dask cluster (``--workers`` or ``--scheduler``)."""
+    return args.workers is not None or args.scheduler is not None
+
+
 def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stops) -> int:
     """Segment every job into ``args.out`` (which this run holds the lock of)."""
     import shutil
 
+    from ._manifest import MANIFEST_FOLDER
+
     remove_partial_files(args.out)  # of a run killed outright (SIGKILL) while it wrote
-    if not args.overwrite:
+    remove_partial_files(args.out / MANIFEST_FOLDER / "done")
+    manifest = _manifest(model, args) if args.resume or on_cluster(args) else None
+    order = {job: index for index, job in enumerate(jobs)}
+    done = _finished_before(jobs, manifest) if args.resume else {}
+    todo = [job for job in jobs if job not in done]
+    if not args.overwrite and not args.resume:
         refuse_existing(jobs, args.out)  # again: a run that ended since the first check may have written them
-    aside = set_aside(planned_outputs(jobs, args.out), args.out) if args.overwrite else None
+    for job in todo if manifest is not None else ():
+        manifest.forget(job.labels_path)  # first: a record never describes the files that replace its image's
+    # --overwrite replaces everything; --resume the outputs of the images it segments again, and the tables
+    aside = set_aside(planned_outputs(jobs if args.overwrite else todo, args.out), args.out) \
+        if args.overwrite or args.resume else None
     tables = Tables(lambda rows, nuclei: write_tables(args.out, rows, nuclei))
+    for job, (row, table) in done.items():
+        tables.add(row, table, order=order[job])
+    tables.flush()
     try:
-        for job in _progress_bar(jobs):
-            stops.check()
-            outcome = segment_one(job, model, args, cancelled=stops.requested)
-            if outcome is None:
-                continue
-            try:
-                tables.add(*outcome.write())
-            except UnwritableName as problem:
-                _report(f"nucleiseg: skipped {job.source}: {problem}.")
+        with _outcomes(todo, model, args, stops) as outcomes:
+            for job, outcome in _progress_bar(outcomes, total=len(todo)):
+                if isinstance(outcome, str):
+                    _report(f"nucleiseg: skipped {job.source}: {outcome}")
+                    continue
+                try:
+                    row, table = outcome.write()
+                except UnwritableName as problem:
+                    _report(f"nucleiseg: skipped {job.source}: {problem}.")
+                    continue
+                if manifest is not None:
+                    _record(manifest, outcome, row, table)
+                tables.add(row, table, order=order[job])
     except (KeyboardInterrupt, CommandError) as stop:
         # Hours of work may be done: the tables of the images finished so far are kept.
         saved = _save_tables_so_far(tables, len(jobs))
@@ -270,34 +318,90 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)  # replaced: what --overwrite asked for
     total = sum(row["nuclei"] for row in tables.rows)
-    print(f"Segmented {len(tables.rows)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
+    if done and not todo:
+        print(f"Nothing left to segment: all {len(jobs)} images were done before ({total} nuclei). "
+              f"Results in {args.out}")
+    elif done:
+        print(f"Segmented {len(tables.rows) - len(done)} of the {len(todo)} images left ({len(done)} of {len(jobs)} "
+              f"were done before): {total} nuclei in all. Results in {args.out}")
+    else:
+        print(f"Segmented {len(tables.rows)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
     return EXIT_OK
 
 
-def segment_one(job: Job, model: Any, args: argparse.Namespace,
-                cancelled: Callable[[], bool] | None = None) -> Finished | None:
-    """Segment one image (a stack plane by plane), or None when it is skipped (reported on stderr).
-    ``cancelled`` is polled between planes and tiles; when it returns True the run stops (KeyboardInterrupt)."""
+def _manifest(model: Any, args: argparse.Namespace) -> Any:
+    """The :class:`~._manifest.Manifest` of this run's settings, with the SHA-256 of the model's file."""
+    from ._manifest import Manifest, file_sha256, run_settings
+
+    return Manifest(args.out, run_settings(args, file_sha256(model.path)))
+
+
+def _finished_before(jobs: list[Job], manifest: Any) -> dict[Job, tuple[dict, Any]]:
+    """The row and nuclei of each job that an earlier run into the output folder finished as this one would."""
+    done = {}
+    for job in jobs:
+        outputs = [job.labels_path] + ([job.probability_path] if job.probability_path is not None else [])
+        finished = manifest.finished(job.source, outputs)
+        if finished is not None:
+            done[job] = finished
+    return done
+
+
+def _record(manifest: Any, outcome: Finished, row: dict, table: Any) -> None:
+    """Record an image whose files are in place (:class:`~._manifest.Manifest`)."""
+    try:
+        manifest.record(outcome.job.labels_path, outcome.fingerprint, row, table)
+    except OSError as error:
+        raise CommandError(f"cannot write {manifest.folder}: {error.strerror or error}.") from None
+
+
+@contextlib.contextmanager
+def _outcomes(jobs: list[Job], model: Any, args: argparse.Namespace,
+              stops: Stops) -> Iterator[Iterator[tuple[Job, Finished | str]]]:
+    """Each job and its :class:`Finished`, or why it was skipped, as the images are done: one after the other
+    in this process, or as a dask cluster finishes them (``--workers``, ``--scheduler``)."""
+    if not on_cluster(args):
+        yield ((job, segment_image(job, model, args, stops, fingerprint=args.resume)) for job in jobs)
+        return
+    from ._cluster import segment_on_cluster
+
+    with segment_on_cluster(jobs, model.path, args, stops) as outcomes:
+        yield outcomes
+
+
+def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops | None = None,
+                  fingerprint: bool = False) -> Finished | str:
+    """Segment one image (a stack plane by plane): its :class:`Finished`, or why it is skipped (one line).
+
+    With ``stops``, the run stops (KeyboardInterrupt) when one is asked for, before the image or between its
+    planes and tiles. With ``fingerprint``, the input file's :func:`~._manifest.input_fingerprint` (read before
+    the image) is kept for the run's manifest.
+    """
     from .errors import Cancelled
     from .memory import memory_shortfall
     from .preprocess import ImageError, as_rgb
 
+    if stops is not None:
+        stops.check()
     try:
+        identity = None
+        if fingerprint:
+            from ._manifest import input_fingerprint
+
+            identity = input_fingerprint(job.source)
         image = read_image(job.source, channel=args.channel)
         shortfall = memory_shortfall(image.shape)
         if shortfall is not None:
             raise MemoryError(shortfall)
         # The first plane's type and shape (one sentence if it is no image), then whether the diameter fits.
         _check_diameter_fits(args.diameter, as_rgb(image.data[(0,) * len(image.plane_axes)]).shape)
-        result = _segment(image, model, args, cancelled)
+        result = _segment(image, model, args, stops.requested if stops is not None else None)
     except Cancelled:
         raise KeyboardInterrupt from None
     except (ImageError, MemoryError, UnreadableImage, ImageTooSmall) as error:
-        _report(f"nucleiseg: skipped {job.source}: {_one_line(error)}")
-        return None
+        return _one_line(error)
     except Exception as error:  # anything else on one image (torch's "can't allocate memory", a decoder's bug)
-        _report(f"nucleiseg: skipped {job.source}: {type(error).__name__}: {_one_line(error)}")
-        return None
+        return f"{type(error).__name__}: {_one_line(error)}"
     row = {
         "file": str(job.source),
         "nuclei": result.count,  # of a stack: all its planes'
@@ -314,7 +418,9 @@ def segment_one(job: Job, model: Any, args: argparse.Namespace,
     }
     columns = plane_columns(image.plane_axes)
     table = result.table.rename(columns={f"axis_{axis}": name for axis, name in enumerate(columns)})
-    return Finished(job, result, row, table.assign(file=str(job.source)), image.plane_axes)
+    probabilities = result.probabilities if job.probability_path is not None else None  # only those written
+    return Finished(job, result.labels, probabilities, row, table.assign(file=str(job.source)), image.plane_axes,
+                    identity)
 
 
 def _segment(image: InputImage, model: Any, args: argparse.Namespace,
@@ -357,14 +463,16 @@ class Finished:
     """An image segmented, its files not yet written."""
 
     job: Job
-    result: Any
+    labels: np.ndarray
+    probabilities: np.ndarray | None  # None: not written (no --save-probability)
     row: dict
     table: Any
     plane_axes: str = ""
+    fingerprint: dict | None = None  # of the input file, for the manifest of a resumable run
 
     def write(self) -> tuple[dict, Any]:
         """Write the image's files; its row of counts.csv and rows of nuclei.csv."""
-        write_outputs(self.job, self.result, self.plane_axes)
+        write_outputs(self.job, self.labels, self.probabilities, self.plane_axes)
         return self.row, self.table
 
 
@@ -723,9 +831,10 @@ def _check_png_complete(data: bytes) -> None:
         raise UnreadableImage(f"the file is truncated: its pixel data ends after {rows} of its {height} rows")
 
 
-def write_outputs(job: Job, result: SegmentationResult, plane_axes: str = "") -> None:
-    """Write the labels (and probabilities) of one image as zlib-compressed TIFF; a stack's keep its
-    plane axes (``plane_axes``, e.g. ``Z``; an axis the file did not name is written as ``Q``)."""
+def write_outputs(job: Job, labels: np.ndarray, probabilities: np.ndarray | None, plane_axes: str = "") -> None:
+    """Write the labels (and, when the job has a probability file, the probabilities) of one image as
+    zlib-compressed TIFF; a stack's keep its plane axes (``plane_axes``, e.g. ``Z``; an axis the file did not
+    name is written as ``Q``)."""
     import tifffile
 
     planes = "".join(letter if letter in "TZ" else "Q" for letter in plane_axes)
@@ -733,10 +842,10 @@ def write_outputs(job: Job, result: SegmentationResult, plane_axes: str = "") ->
         # The probabilities first: the label file, in place, is what makes the image count as done.
         if job.probability_path is not None:
             write_atomically(job.probability_path, lambda path: tifffile.imwrite(
-                path, result.probabilities.astype(np.float32, copy=False), compression="zlib",
+                path, probabilities.astype(np.float32, copy=False), compression="zlib",
                 photometric="minisblack", metadata={"axes": f"{planes}CYX"}))
         write_atomically(job.labels_path, lambda path: tifffile.imwrite(
-            path, result.labels, compression="zlib", photometric="minisblack", metadata={"axes": f"{planes}YX"}))
+            path, labels, compression="zlib", photometric="minisblack", metadata={"axes": f"{planes}YX"}))
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:
             raise UnwritableName(f"its output name is too long for the folder ({len(job.labels_path.name) + 9} "
@@ -772,13 +881,13 @@ def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) 
         raise CommandError(f"cannot write the tables in {out}: {error.strerror or error}.") from None
 
 
-def _progress_bar(jobs: list[Job]):
-    """Iterate over ``jobs``, with a progress bar only when stderr is a terminal."""
+def _progress_bar(items: Iterable, total: int):
+    """Iterate over ``items`` (``total`` of them), with a progress bar only when stderr is a terminal."""
     if not sys.stderr.isatty():
-        return jobs
+        return items
     from tqdm import tqdm
 
-    return tqdm(jobs, unit="image", file=sys.stderr)
+    return tqdm(items, total=total, unit="image", file=sys.stderr)
 
 
 def _report(message: str) -> None:
@@ -817,6 +926,21 @@ def _pixels(text: str) -> int:
 
 def _channel(text: str) -> int:
     return _pixels(text)
+
+
+def _worker_count(text: str) -> int:
+    count = _pixels(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("needs at least 1 worker")
+    return count
+
+
+def _require_distributed() -> None:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise CommandError("--workers and --scheduler run on dask's distributed scheduler, which is not installed: "
+                           "pip install 'napari-nucleiseg[cluster]'.") from None
 
 
 def _diameter(text: str) -> float | None:

@@ -1,0 +1,150 @@
+"""The manifest of a resumable batch run: which images of an output folder are done, from which input and
+with which settings, so that ``nucleiseg segment --resume`` segments only the rest.
+
+A run given ``--resume``, ``--workers`` or ``--scheduler`` writes one record per finished image,
+``<out>/.nucleiseg/done/<stem>_labels.json``, once the image's files are in place (atomically, like every
+file of a run). A record holds:
+
+- the input: its path, size, modification time and the SHA-256 of its bytes;
+- the settings that shape the result (:func:`run_settings`: the model file's SHA-256, threshold, ...);
+- the image's row of ``counts.csv`` and its rows of ``nuclei.csv``: the tables are assembled from these
+  parts, so a resumed run's tables are those of a run that was never stopped.
+
+An image is done when its record is there, its input is the same file (the same path; the same size and
+modification time, or else the same SHA-256) read with the same settings, and its output files are in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._batch import write_atomically
+
+if TYPE_CHECKING:
+    import argparse
+
+    import pandas as pd
+
+MANIFEST_FOLDER = ".nucleiseg"
+#: Bumped when a record's layout changes; a record of another version is not trusted (its image is redone).
+RECORD_VERSION = 1
+#: Bytes read at a time when hashing a file (large enough to be fast, small enough for any memory).
+HASH_CHUNK = 1 << 20
+
+#: The command-line settings that change an image's labels, rows or files (with the model file's hash).
+RESULT_SETTINGS = ("threshold", "min_size", "split", "neck_ratio", "exclude_border", "diameter", "channel", "volumes")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def input_fingerprint(path: Path) -> dict[str, Any]:
+    """What identifies an input file: path, size, modification time (ns) and SHA-256 (stat first, so that a
+    file changed while it is hashed looks changed next time)."""
+    stat = os.stat(path)
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(path)}
+
+
+def run_settings(args: argparse.Namespace, model_sha256: str) -> dict[str, Any]:
+    """The settings of a ``segment`` run that shape each image's result, as recorded (JSON values)."""
+    from . import __version__
+
+    settings = {name: getattr(args, name) for name in RESULT_SETTINGS}
+    return {"model_sha256": model_sha256, **settings, "version": __version__}
+
+
+class Manifest:
+    """The records of the images finished in an output folder (see the module's description)."""
+
+    def __init__(self, out: Path, settings: dict[str, Any]):
+        self.folder = Path(out) / MANIFEST_FOLDER / "done"
+        # Recorded as JSON and read back: compared as the records hold them (a tuple becomes a list).
+        self.settings = json.loads(json.dumps(settings))
+
+    def path(self, labels_path: Path) -> Path:
+        return self.folder / f"{Path(labels_path).stem}.json"
+
+    def record(self, labels_path: Path, fingerprint: dict[str, Any], row: dict, table: pd.DataFrame) -> None:
+        """Record an image whose files are in place: its input, this run's settings, its row and nuclei."""
+        nuclei = {"columns": [str(column) for column in table.columns],
+                  "dtypes": [str(dtype) for dtype in table.dtypes],
+                  "rows": [[_plain(value) for value in values] for values in table.itertuples(index=False)]}
+        record = {"version": RECORD_VERSION, "input": fingerprint, "settings": self.settings,
+                  "row": {key: _plain(value) for key, value in row.items()}, "nuclei": nuclei}
+        text = json.dumps(record)  # before any file is touched: a value JSON cannot hold fails here
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path(labels_path), lambda partial: partial.write_text(text))
+
+    def finished(self, source: Path, outputs: list[Path]) -> tuple[dict, pd.DataFrame] | None:
+        """The row and nuclei of the image read from ``source`` if it is done (``outputs``: the files it must
+        have in place, labels first); None if it must be segmented (again)."""
+        record = self._read(outputs[0])
+        if record is None or record.get("settings") != self.settings:
+            return None
+        if not all(path.is_file() for path in outputs) or not _same_input(record.get("input"), source):
+            return None
+        try:
+            return record["row"], _table(record["nuclei"])
+        except (KeyError, TypeError, ValueError):
+            return None  # a record damaged by hand: the image is segmented again
+
+    def forget(self, labels_path: Path) -> None:
+        """Delete an image's record (before its outputs are replaced)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path(labels_path).unlink()
+
+    def _read(self, labels_path: Path) -> dict | None:
+        try:
+            record = json.loads(self.path(labels_path).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("version") == RECORD_VERSION else None
+
+
+def _same_input(recorded: Any, source: Path) -> bool:
+    """Whether ``source`` is the recorded input: the same path, and the same size and modification time or,
+    when the file was touched, the same bytes."""
+    if not isinstance(recorded, dict) or recorded.get("path") != str(source):
+        return False
+    try:
+        stat = os.stat(source)
+        if stat.st_size != recorded.get("size"):
+            return False
+        return stat.st_mtime_ns == recorded.get("mtime_ns") or file_sha256(source) == recorded.get("sha256")
+    except OSError:
+        return False
+
+
+def _table(nuclei: dict) -> pd.DataFrame:
+    """The nuclei of a record as the DataFrame they were recorded from (columns, dtypes, values)."""
+    import pandas as pd
+
+    table = pd.DataFrame(nuclei["rows"], columns=nuclei["columns"], dtype=object)
+    return table.astype(dict(zip(nuclei["columns"], nuclei["dtypes"])))
+
+
+def _plain(value: Any) -> Any:
+    """A table cell or row value as JSON holds it exactly (numpy scalars as Python numbers; floats keep every
+    bit: JSON writes their shortest exact form, NaN as NaN); pandas' missing values as None."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    import pandas as pd
+
+    if value is pd.NA:
+        return None
+    raise TypeError(f"a value of type {type(value).__name__} cannot be recorded")
