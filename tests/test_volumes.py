@@ -123,3 +123,16 @@ def test_linking_is_a_post_processing_setting_checked_like_the_others():
     probabilities = np.stack([nucleus, np.zeros_like(nucleus)], axis=1)  # (Z, 2, Y, X)
     assert len(np.unique(labels_from_stack(probabilities, settings))) - 1 == 7  # one per plane
     assert len(np.unique(labels_from_stack(probabilities, settings.replace(link_axis=0)))) - 1 == 1
+
+
+def test_the_axis_to_link_is_a_named_z_axis_or_an_unnamed_stacks_only_axis_never_time():
+    from napari_nucleiseg.volumes import find_volume_axis
+
+    assert find_volume_axis((5, 64, 64), False, ("z", "y", "x")) == (0, True)
+    assert find_volume_axis((5, 64, 64), False, ("0", "1", "2"), {"axes": "ZYX"}) == (0, True)
+    assert find_volume_axis((5, 64, 64), False, ("0", "1", "2")) == (0, False)  # unnamed: the user may tick it
+    assert find_volume_axis((5, 64, 64), False, ("t", "y", "x")) == (None, False)
+    assert find_volume_axis((2, 5, 64, 64), False, ("t", "z", "y", "x")) == (1, True)
+    assert find_volume_axis((2, 5, 64, 64), False, ()) == (None, False)  # two axes, neither named Z
+    assert find_volume_axis((2, 5, 64, 64), False, ("c", "z", "y", "x"), channel_axis=0) == (0, True)  # of ZYX
+    assert find_volume_axis((64, 64, 3), True, ()) == (None, False)

@@ -6,10 +6,12 @@ objects of one nucleus one label through the planes, as Cellpose's ``stitch_thre
 object takes the label of the object in the plane before that it overlaps most, when their
 intersection over union is at least :data:`LINK_IOU` and no other object of its plane overlaps
 that one more. Other leading axes (time) are never linked: each time point has its own nuclei.
+:func:`find_volume_axis` says which axis of an image is its Z axis, for the widget's "3-D nuclei" box.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,9 +21,47 @@ import numpy as np
 #: middle planes); two nuclei side by side overlap far less. Cellpose's documentation suggests 0.1-0.5.
 LINK_IOU = 0.25
 
+#: Axis labels (the viewer's, or a reader's ``axes`` letters) that name a Z axis, and those of time: a
+#: Z axis is linked by default, time never.
+Z_LABELS = frozenset({"z", "depth", "slice", "slices"})
+TIME_LABELS = frozenset({"t", "time"})
+
 #: The columns of the table of 3-D nuclei, after any plane columns of unlinked axes (time).
 VOLUME_COLUMNS = ("label", "volume", "centroid_z", "centroid_y", "centroid_x", "first_plane", "last_plane",
                   "largest_area", "mean_intensity")
+
+
+def find_volume_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str] = (),
+                     metadata: dict[str, Any] | None = None,
+                     channel_axis: int | None = None) -> tuple[int | None, bool]:
+    """The leading axis of the labels of an image of ``shape`` whose planes may be linked into 3-D nuclei,
+    and whether something names it Z (then it is linked by default).
+
+    ``axis_labels`` are the labels of the image's axes (the viewer's), ``metadata`` the layer's (a
+    reader's ``axes``, e.g. ``"ZYX"``); ``channel_axis``, the image's axis a channel is taken from (the
+    labels lack it). An axis labelled Z is the answer; else the only leading axis of a stack, unless it
+    is time (unnamed: off by default, the user may tick it). ``(None, False)``: nothing to link (a single
+    plane, time, or several leading axes none of which is Z).
+    """
+    shape = tuple(shape)
+    leading = [axis for axis in range(len(shape) - (3 if rgb else 2)) if axis != channel_axis]
+    labels = [str(label).strip().lower() for label in axis_labels][-len(shape):] if axis_labels else []
+    letters = str((metadata or {}).get("axes", "")).lower()
+    names = [{labels[axis] if len(labels) == len(shape) else "",
+              letters[axis] if len(letters) == len(shape) else ""} for axis in leading]
+    for position, named in enumerate(names):
+        if named & Z_LABELS:
+            return position, True
+    if len(leading) == 1 and not names[0] & TIME_LABELS:
+        return 0, False
+    return None, False
+
+
+def count_sections(labels: np.ndarray, axis: int) -> int:
+    """The 2-D sections of the nuclei of ``labels`` ``(*leading, Y, X)`` in the planes along leading
+    ``axis``: what a plane-by-plane count would give."""
+    moved = np.moveaxis(np.asarray(labels), axis, 0)
+    return sum(int(np.unique(plane[plane > 0]).size) for plane in moved)
 
 
 def link_planes(labels: np.ndarray, axis: int, threshold: float = LINK_IOU) -> np.ndarray:
