@@ -910,7 +910,8 @@ def test_an_axis_the_viewer_names_as_channels_starts_at_channel_0_and_z_stays_pl
     click_segment(qtbot, widget)
     assert widget.channel_combo.isHidden() and shown_count(widget) == 5
     assert labels_layers(viewer)[-1].data.shape == image.data.shape
-    assert widget.count_label.text() == "5 nuclei in 'named nuclei', summed over its 2 planes"
+    # a z axis: the planes' nuclei are linked into 3-D nuclei by default (these do not overlap)
+    assert widget.count_label.text() == "5 nuclei in 'named nuclei', counted in 3-D (5 sections over its 2 planes)"
 
 
 # ---- re-thresholding in a worker: the window never freezes, the newest settings win ------------
@@ -1151,7 +1152,7 @@ def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
     assert fake_network.calls == 2 and fake_network.scales[-1] == 0.5  # one run, not one a keystroke
     assert labels_layers(viewer) == [labels]  # the result is updated in place
     assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "exclude_border": False,
-                               "model": "unet"}
+                               "link_axis": None, "model": "unet"}
     assert labels.data.shape == image.data.shape
     assert widget.diameter_auto_check.text() == "Auto" and not widget.diameter_auto_check.isChecked()
     assert widget.min_size_spin.value() == widget.run.model.settings_at(0.5).min_size
@@ -1184,7 +1185,7 @@ def test_the_threshold_after_a_diameter_run_rethresholds_the_cached_probabilitie
     assert fake_network.calls == 1  # the network ran once; the slider re-used its output
     assert widget.min_size_spin.value() == min_size and labels_layers(viewer) == [labels]
     assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "exclude_border": False,
-                               "model": "unet"}
+                               "link_axis": None, "model": "unet"}
 
 
 @pytest.mark.parametrize("bad", [0.0, -5.0, float("nan"), 300.0])
@@ -1227,3 +1228,164 @@ def test_a_diameter_entered_during_a_run_runs_again_when_it_ends(
     qtbot.waitUntil(lambda: slow.calls == 2 and not widget.running, timeout=RUN_TIMEOUT_MS)
     (labels,) = labels_layers(viewer)
     assert slow.scales == [0.75, 0.5] and labels.metadata["diameter"] == 36.0
+
+
+# ---- 3-D nuclei from Z stacks (issue 17, item 5) -------------------------------------------------
+
+
+def z_stack() -> np.ndarray:
+    """``(4, 64, 160)``: two nuclei through all 4 planes (sections of radius 6, 9, 9, 6) and a third in
+    the last two: 3 nuclei, 10 sections."""
+    stack = np.zeros((4, 64, 160), dtype=np.uint8)
+    for z, radius in enumerate((6, 9, 9, 6)):
+        for x in (30, 80):
+            stack[z][disk((64, 160), (32, x), radius)] = 220
+    for z in (2, 3):
+        stack[z][disk((64, 160), (32, 130), 8)] = 220
+    return stack
+
+
+def test_a_z_stack_is_counted_in_3d_and_the_box_relabels_it_without_the_network(
+    viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
+):
+    viewer, widget = viewer_and_widget
+    stack = z_stack()
+    viewer.add_image(stack, name="z stack", axis_labels=("z", "y", "x"))
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert shown_count(widget) == 3 and labels.data.max() == 3
+    assert widget.count_label.text() == "3 nuclei in 'z stack nuclei', counted in 3-D (10 sections over its 4 planes)"
+    assert not widget.volumes_check.isHidden() and widget.volumes_check.isChecked()  # on for a Z axis
+    assert len(np.unique(labels.data[:, 32, 30])) == 1  # one label through the planes
+    assert labels.metadata["link_axis"] == 0
+    wait_for_table(qtbot, labels, 3)
+    assert labels.features["volume"].tolist() == [np.count_nonzero(labels.data == n) for n in (1, 2, 3)]
+    click_export(qtbot, widget, monkeypatch, tmp_path / "3d.csv")
+    table = pd.read_csv(tmp_path / "3d.csv")
+    assert len(table) == 3 and {"volume", "centroid_z", "first_plane", "last_plane"} <= set(table.columns)
+    assert table["first_plane"].tolist() == [0, 0, 2] and "axis_0" not in table.columns
+
+    widget.volumes_check.setChecked(False)  # each plane's nuclei apart again, from the cached maps
+    assert shown_count(widget) == 10 and widget.count_label.text().endswith("summed over its 4 planes")
+    click_export(qtbot, widget, monkeypatch, tmp_path / "planes.csv")
+    assert pd.read_csv(tmp_path / "planes.csv")["z"].tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3, 3]  # the axis's label
+    widget.volumes_check.setChecked(True)
+    assert shown_count(widget) == 3 and labels_layers(viewer) == [labels]
+    assert fake_network.calls == 4 and notifications.messages["error"] == []
+
+
+def test_time_is_never_linked_and_an_unnamed_axis_only_when_ticked(viewer_and_widget, fake_network, qtbot,
+                                                                     monkeypatch, tmp_path):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(z_stack(), name="unnamed")  # nothing names its first axis: off, and it can be ticked
+    assert not widget.volumes_check.isHidden() and not widget.volumes_check.isChecked()
+    click_segment(qtbot, widget)
+    assert shown_count(widget) == 10
+    widget.volumes_check.setChecked(True)
+    assert shown_count(widget) == 3
+
+    viewer.add_image(z_stack(), name="movie", axis_labels=("t", "y", "x"))
+    click_segment(qtbot, widget)
+    assert widget.volumes_check.isHidden()
+    assert widget.count_label.text() == "10 nuclei in 'movie nuclei', summed over its 4 planes"
+    click_export(qtbot, widget, monkeypatch, tmp_path / "movie.csv")
+    assert pd.read_csv(tmp_path / "movie.csv")["t"].tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3, 3]  # per time point
+
+    viewer.add_image(np.stack([z_stack()] * 2), name="tz", axis_labels=("t", "z", "y", "x"))
+    click_segment(qtbot, widget)
+    assert widget.count_label.text() == ("6 nuclei in 'tz nuclei', counted in 3-D (20 sections over its 4 planes), "
+                                         "summed over its 2 time points")
+    click_export(qtbot, widget, monkeypatch, tmp_path / "tz.csv")
+    table = pd.read_csv(tmp_path / "tz.csv")
+    assert table["t"].tolist() == [0, 0, 0, 1, 1, 1] and "volume" in table.columns
+
+
+# ---- whose result the settings move (issue 17, item 8) --------------------------------------------
+
+
+def segment_new_image(qtbot, viewer, widget: NucleiSegWidget, image: np.ndarray, name: str) -> Labels:
+    """Open ``image`` as ``name``, segment it, and return its result layer."""
+    viewer.add_image(image, name=name)
+    click_segment(qtbot, widget)
+    return labels_layers(viewer)[-1]
+
+
+def test_the_settings_act_on_the_selected_result_and_show_how_it_was_made(
+    viewer_and_widget, fake_network, notifications, qtbot
+):
+    viewer, widget = viewer_and_widget
+    widget.threshold_slider.setValue(0.3)
+    four = segment_new_image(qtbot, viewer, widget, blobs(), "four")
+    two = segment_new_image(qtbot, viewer, widget, blobs((200, 200)), "two")
+    two_image = viewer.layers["two"]
+    widget.threshold_slider.setValue(0.9)  # the latest result follows
+    widget.exclude_border_check.setChecked(True)
+    assert two.data.max() == 0 and four.data.max() == 4
+
+    viewer.layers.selection.active = four  # the user selects the first result: the settings it was made with
+    assert widget.threshold_slider.value() == 0.3 and not widget.exclude_border_check.isChecked()
+    widget.threshold_slider.setValue(0.7)
+    assert four.data.max() == 2 and shown_count(widget) == 2 and two.data.max() == 0
+    assert widget.target_label.text() == "Settings apply to: 'four nuclei'"
+
+    viewer.layers.selection.active = two_image  # not a result: the settings still act on 'four nuclei'
+    widget.threshold_slider.setValue(0.5)
+    assert four.data.max() == 3 and two.data.max() == 0
+    assert widget.target_label.text() == "Settings apply to: 'four nuclei' (still: 'two' is not a result)"
+
+    viewer.layers.selection.active = two
+    assert widget.threshold_slider.value() == 0.9 and widget.exclude_border_check.isChecked()
+    assert widget.target_label.text() == "Settings apply to: 'two nuclei'"
+    widget.threshold_slider.setValue(0.5)
+    assert two.data.max() == 2 and four.data.max() == 3
+    assert fake_network.calls == 2 and labels_layers(viewer) == [four, two]  # each in place, no network
+
+    viewer.layers.remove(two)  # the target is taken out: the result still open is the target
+    assert widget.target_label.text() == "Settings apply to: 'four nuclei'"
+    assert widget.threshold_slider.value() == 0.5 and notifications.messages["error"] == []
+
+
+def test_results_keep_their_probabilities_within_a_budget_and_a_freed_one_says_it_needs_a_rerun(
+    viewer_and_widget, fake_network, qtbot
+):
+    viewer, widget = viewer_and_widget
+    widget.threshold_slider.setValue(0.3)
+    for name in ("first", "second", "third"):
+        segment_new_image(qtbot, viewer, widget, blobs(), name)
+        if name == "first":  # room for the maps of two such results
+            widget.target.budget_bytes = 2 * widget.rethresholder.cache.probabilities.nbytes
+    first, second, third = labels_layers(viewer)
+    assert [widget.target.result(layer).cache is not None for layer in (first, second, third)] == [False, True, True]
+
+    viewer.layers.selection.active = second  # kept: it follows the slider
+    widget.threshold_slider.setValue(0.7)
+    assert second.data.max() == 2
+
+    viewer.layers.selection.active = first  # freed: the line says so, and a change says it needs a rerun
+    assert widget.target_label.text() == ("Settings apply to: 'first nuclei'; its probabilities were freed to "
+                                          "save memory: a change needs it segmented again")
+    widget.threshold_slider.setValue(0.9)
+    assert first.data.max() == 4 and second.data.max() == 2 and third.data.max() == 4
+    assert widget.target_label.text() == ("The settings cannot change 'first nuclei' until 'first' is segmented "
+                                          "again: its probabilities were freed to save memory")
+    assert fake_network.calls == 3
+
+
+def test_a_hand_edited_result_selected_again_sends_new_settings_to_the_layer_under_it(
+    viewer_and_widget, fake_network, notifications, qtbot
+):
+    viewer, widget = viewer_and_widget
+    widget.threshold_slider.setValue(0.3)
+    edited = segment_new_image(qtbot, viewer, widget, blobs(), "blobs")
+    edited.fill((32, 25), 0)  # the user deletes a nucleus
+    corrected = edited.data.copy()
+    widget.threshold_slider.setValue(0.5)
+    new, _ = labels_layers(viewer)
+    assert new.name == "blobs nuclei [2]"
+
+    viewer.layers.selection.active = edited  # its settings as made; a change goes to the layer under it
+    assert widget.threshold_slider.value() == 0.3
+    widget.threshold_slider.setValue(0.7)
+    assert labels_layers(viewer) == [new, edited] and new.data.max() == 2
+    assert np.array_equal(edited.data, corrected) and fake_network.calls == 1
+    assert widget.target_label.text() == "Settings apply to: 'blobs nuclei [2]'"  # the layer that changed

@@ -422,15 +422,8 @@ class ChannelPicker(NameComboBox):
         self.label.setVisible(self.axis is not None)
 
     def axis_labels(self, layer: Any) -> tuple[str, ...]:
-        """The labels of ``layer``'s axes: its own, or where those are napari's defaults ("-3"), the
-        viewer's (a layer's axes are the viewer's last ones)."""
-        if layer is None:
-            return ()
-        own = [str(label) for label in getattr(layer, "axis_labels", ())]
-        viewer = [str(label) for label in self.viewer.dims.axis_labels][-layer.ndim:]
-        own = own if len(own) == layer.ndim else [""] * layer.ndim
-        viewer = viewer if len(viewer) == layer.ndim else [""] * layer.ndim
-        return tuple(theirs if _is_default_label(mine) else mine for mine, theirs in zip(own, viewer))
+        """:func:`layer_axis_labels` of ``layer`` in this picker's viewer."""
+        return layer_axis_labels(self.viewer, layer)
 
     def hint(self, record: Any) -> str:
         """What to add to the count of a result (an :class:`~._outputs.OutputLayer`, or None) made of
@@ -484,17 +477,31 @@ def _shorten(text: str, length: int) -> str:
     return f"{text[:keep - keep // 2]}…{text[len(text) - keep // 2:]}"
 
 
-def _is_default_label(label: str) -> bool:
+def layer_axis_labels(viewer: Any, layer: Any) -> tuple[str, ...]:
+    """The labels of ``layer``'s axes: its own, or where those are napari's defaults ("-3"), the
+    ``viewer``'s (a layer's axes are the viewer's last ones)."""
+    if layer is None:
+        return ()
+    own = [str(label) for label in getattr(layer, "axis_labels", ())]
+    theirs = [str(label) for label in viewer.dims.axis_labels][-layer.ndim:]
+    own = own if len(own) == layer.ndim else [""] * layer.ndim
+    theirs = theirs if len(theirs) == layer.ndim else [""] * layer.ndim
+    return tuple(viewers if is_default_label(mine) else mine for mine, viewers in zip(own, theirs))
+
+
+def is_default_label(label: str) -> bool:
     """Whether an axis label is napari's default (``"-3"``, ``"axis -3"``, ``"0"``): it names nothing."""
     return label.removeprefix("axis").strip().lstrip("-").isdigit() or not label.strip()
 
 
 class PostprocessControls(QObject):
-    """The threshold slider, the min size box, the split box and the border box: the settings a result
-    is made with.
+    """The threshold slider, the min size box, the split box, the border box and, for a stack, the 3-D
+    box: the settings a result is made with.
 
     Emits :attr:`changed` when the user changes one. The min size box starts at the model's min size
     at the scale of the last run (:attr:`default_min_size`); left there, it follows the next run's scale.
+    The 3-D box is shown for one image or result at a time (:meth:`show_volumes`), whose labels' leading
+    :attr:`volume_axis` it links.
     """
 
     changed = Signal()
@@ -514,6 +521,13 @@ class PostprocessControls(QObject):
         self.exclude_border_check.setToolTip("Leave out of the labels, the count and the table the nuclei that "
                                              "touch the edge of the image (of each plane of a stack): they are "
                                              "cut off. The exported table records it")
+        self.volumes_check = QCheckBox("3-D nuclei (link planes)", checked=False, visible=False)
+        self.volumes_check.setToolTip("Link the sections of each nucleus in neighbouring planes of the Z stack "
+                                      "into one 3-D nucleus (by their overlap): it has one label, counts once "
+                                      "and has one row in the table, with its volume. On for a stack whose "
+                                      "axis is named z; time points are never linked")
+        self.volume_axis: int | None = None  # the leading axis of the labels the 3-D box links
+        self.volumes_for: Any = None  # what the 3-D box is shown for (an image or result's key)
         self.reset_button = QPushButton("Reset to the model's settings",
                                         toolTip="The threshold and min size the model was calibrated with "
                                                 "(its min size at the scale of the result shown)")
@@ -522,11 +536,44 @@ class PostprocessControls(QObject):
         self.min_size_spin.valueChanged.connect(self.changed)
         self.split_check.toggled.connect(self.changed)
         self.exclude_border_check.toggled.connect(self.changed)
+        self.volumes_check.toggled.connect(self.changed)
 
     def values(self) -> dict[str, Any]:
         """The settings the controls show, by name."""
+        linked = self.volume_axis is not None and self.volumes_check.isChecked()
         return {"threshold": self.threshold_slider.value(), "min_size": self.min_size_spin.value(),
-                "split": self.split_check.isChecked(), "exclude_border": self.exclude_border_check.isChecked()}
+                "split": self.split_check.isChecked(), "exclude_border": self.exclude_border_check.isChecked(),
+                "link_axis": self.volume_axis if linked else None}
+
+    def show_volumes(self, axis: int | None, key: Any, linked: bool) -> None:
+        """Show the 3-D box for the image or result ``key`` whose labels' leading ``axis`` may be linked
+        (None: hide it), ticked when ``linked`` (re-thresholding nothing)."""
+        with signals_blocked(self.volumes_check):
+            self.volumes_check.setChecked(axis is not None and linked)
+        self.volume_axis, self.volumes_for = axis, key
+        self.volumes_check.setVisible(axis is not None)
+
+    def offer_volumes(self, axis: int | None, named: bool, key: Any) -> None:
+        """Show the 3-D box for the image ``key`` to be segmented: as it was left for it, or for another
+        image, ticked when its ``axis`` is named Z (``named``)."""
+        if key != self.volumes_for:
+            self.show_volumes(axis, key, named)
+
+    def link_axis_for(self, key: Any, axis: int | None, named: bool) -> int | None:
+        """The axis a run of the image ``key`` links into 3-D nuclei: the 3-D box's, when it is shown for
+        that image; else its ``axis`` when that is named Z (``named``)."""
+        if key == self.volumes_for:
+            return self.values()["link_axis"]
+        return axis if named else None
+
+    def show_result(self, settings: PostprocessSettings) -> None:
+        """Show the settings a result was made with (re-thresholding nothing)."""
+        with signals_blocked(self.threshold_slider), signals_blocked(self.min_size_spin), \
+                signals_blocked(self.split_check), signals_blocked(self.exclude_border_check):
+            self.threshold_slider.setValue(settings.threshold)
+            self.min_size_spin.setValue(settings.min_size)
+            self.split_check.setChecked(settings.split)
+            self.exclude_border_check.setChecked(settings.exclude_border)
 
     def show(self, settings: PostprocessSettings) -> None:
         """Show a model's settings (re-thresholding nothing); its min size is now the default."""

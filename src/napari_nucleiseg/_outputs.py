@@ -25,8 +25,10 @@ from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, QTimer
 
+from ._controls import is_default_label, layer_axis_labels
 from .channels import take_channel
 from .tables import PixelSize, count_labels, nuclei_table, write_csv
+from .volumes import TIME_LABELS, count_sections
 from .weights import MODEL_TITLES
 
 #: The per-nucleus table is measured this long after the last change, so dragging the slider
@@ -67,18 +69,42 @@ def placement(image: Image, channel: tuple[int, int] | None = None) -> dict[str,
             "units": [image.units[axis] for axis in keep]}
 
 
-def pixel_size(layer: Any) -> PixelSize | None:
-    """The layer's pixel size in y and x with their unit, unless they are plain pixels (or differ in unit)."""
-    units = [f"{unit:~}" for unit in getattr(layer, "units", ())[-2:]]
-    if len(units) != 2 or units[0] != units[1] or units[0] in ("px", "pixel"):
+def pixel_size(layer: Any, volume_axis: int | None = None) -> PixelSize | None:
+    """The layer's pixel size in y and x with their unit, unless they are plain pixels (or differ in unit);
+    with ``volume_axis`` (3-D nuclei), the spacing of its planes too, when it is in that unit."""
+    units = [f"{unit:~}" for unit in getattr(layer, "units", ())]
+    if len(units) < 2 or units[-2] != units[-1] or units[-1] in ("px", "pixel"):
         return None
-    unit = units[0].replace("µ", "u").replace(" ", "")
+    unit = units[-1].replace("µ", "u").replace(" ", "")
     scale, translate = layer.scale[-2:], layer.translate[-2:]
-    return PixelSize(float(scale[0]), float(scale[1]), unit, (float(translate[0]), float(translate[1])))
+    z = None if volume_axis is None or units[volume_axis] != units[-1] else float(layer.scale[volume_axis])
+    return PixelSize(float(scale[0]), float(scale[1]), unit, (float(translate[0]), float(translate[1])), z)
+
+
+def volume_axis(layer: Any) -> int | None:
+    """The leading axis along which the planes of the result ``layer`` were linked into 3-D nuclei (None:
+    they were not), as the widget recorded it in the layer's metadata."""
+    axis = layer.metadata.get("link_axis")
+    return axis if isinstance(axis, int) and 0 <= axis < layer.ndim - 2 else None
+
+
+def plane_columns(axis_labels: tuple[str, ...], taken: set[str]) -> dict[str, str]:
+    """``{"axis_0": "z", ...}``: the table's plane columns named from the labels of the layer's axes (its
+    own or the viewer's: ``z``, ``t``), ``plane`` for an axis nothing names (``plane_1``, ... when there
+    are more); a name the table has already (``label``) stays ``axis_N``."""
+    leading = axis_labels[:-2]
+    names = ["plane" if is_default_label(label) else label.strip().lower() for label in leading]
+    names = [name if names.count(name) == 1 else f"{name}_{axis}" for axis, name in enumerate(names)]
+    return {f"axis_{axis}": name for axis, name in enumerate(names) if name not in taken}
 
 
 def count_and_fingerprint(labels: np.ndarray) -> tuple[int, int]:
     return count_labels(labels), checksum(labels)
+
+
+def _count_with_sections(labels: np.ndarray, linked: int | None) -> tuple[tuple[int, int], int | None]:
+    """:func:`count_and_fingerprint`, and with ``linked`` (3-D nuclei), their sections in the planes."""
+    return count_and_fingerprint(labels), None if linked is None else count_sections(labels, linked)
 
 
 @dataclass(eq=False)
@@ -98,13 +124,15 @@ class OutputLayer:
         """Whether the layer holds other labels than the widget last wrote there (a hand edit)."""
         return checksum(self.layer.data) != self.written
 
-    def table_source(self) -> tuple[Any, bool, PixelSize | None]:
+    def table_source(self) -> tuple[Any, bool, PixelSize | None, int | None]:
         """The image that mean intensities come from (None if it was swapped for one of another shape),
-        whether it is RGB, and the physical pixel size, when the layer has one."""
+        whether it is RGB, the physical pixel size, when the layer has one, and the axis the planes
+        were linked along into 3-D nuclei (None: one row per nucleus of a plane)."""
         source = self.image
         data = source.data if self.channel is None else take_channel(source.data, *self.channel)
         same_shape = np.shape(data)[: self.layer.ndim] == self.layer.data.shape
-        return (data if same_shape else None), source.rgb, pixel_size(self.layer)
+        linked = volume_axis(self.layer)
+        return (data if same_shape else None), source.rgb, pixel_size(self.layer, linked), linked
 
     def measure_now(self) -> None:
         """Measure the table here and now, unless it is up to date."""
@@ -144,7 +172,8 @@ class OutputLayers(QObject):
         #: Labels layers larger than this many pixels are counted in a worker.
         self.count_in_worker_pixels = COUNT_IN_WORKER_PIXELS
         self.records: dict[Any, OutputLayer] = {}  # by the Labels layer's unique id
-        self._by_image: dict[tuple[Any, str], Labels] = {}  # the layer each image (unique id) and model write to
+        #: the layer each image (unique id), model and channel write to
+        self._by_image: dict[tuple[Any, str, tuple[int, int] | None], Labels] = {}
         self._probability_layers: dict[Any, Image] = {}  # the nucleus probability shown for each image
         self.shown: Labels | None = None  # the layer whose count is shown and whose table is exported
         self.writing = False  # see self_writing
@@ -172,21 +201,24 @@ class OutputLayers(QObject):
         return self.shown is not None and getattr(layer, "unique_id", None) == self.shown.unique_id
 
     def write(self, image: Image, labels: np.ndarray, *, count: int, metadata: dict[str, Any] | None = None,
-              channel: tuple[int, int] | None = None, model: str = "") -> tuple[Labels, Labels | None]:
+              channel: tuple[int, int] | None = None, model: str = "",
+              into: Labels | None = None) -> tuple[Labels, Labels | None]:
         """Write ``labels`` (numbered 1..``count``) of ``image`` (its ``channel``, ``(axis, index)``, if one)
-        made by ``model``: in place to that image and model's layer while it holds what the widget wrote
-        (same shape and channel), else to a new layer; ``metadata`` goes into the layer's. Returns the
-        layer, and the layer edited by hand that was kept (None if none was)."""
-        key = (image.unique_id, model)
-        layer = self._by_image.get(key)
+        made by ``model``: in place to the result layer ``into`` (default: that image, channel and model's
+        layer) while it holds what the widget wrote (same shape and channel), else to a new layer; a layer
+        edited by hand is kept, and the result goes to the layer under it that holds the widget's result
+        for it, or a new one; ``metadata`` goes into the layer's. Returns the layer, and the layer edited by
+        hand that was kept (None if none was)."""
+        key = (image.unique_id, model, channel)
+        layer = into if into is not None and self.record(into) is not None else self._by_image.get(key)
+        layer = layer if layer is not None and self._in_viewer(layer) else None
         edited = None
-        if layer is None or not self._in_viewer(layer):
-            layer = self._add_layer(image, labels, channel, model)
-        elif self.record(layer).edited():
-            edited, layer = layer, self._add_layer(image, labels, channel, model)
-            self._put_under(layer, edited)
-        elif layer.data.shape != labels.shape or self.record(layer).channel != channel:
-            layer = self._add_layer(image, labels, channel, model)  # another channel: a result of its own
+        if layer is not None and self.record(layer).edited():
+            edited, layer = layer, self._result_under(layer)
+        if layer is None or layer.data.shape != labels.shape or self.record(layer).channel != channel:
+            layer = self._add_layer(image, labels, channel, model)  # (another channel: a result of its own)
+            if edited is not None:
+                self._put_under(layer, edited)
         else:
             with self.self_writing():
                 layer.data = labels
@@ -201,7 +233,7 @@ class OutputLayers(QObject):
                    model: str = "") -> Labels:
         taken = {layer.name for layer in self.viewer.layers}
         base = f"{image.name} nuclei" if channel is None else f"{image.name} channel {channel[1]} nuclei"
-        others = [layer for (image_id, other), layer in self._by_image.items()
+        others = [layer for (image_id, other, _), layer in self._by_image.items()
                   if image_id == image.unique_id and other != model and self._in_viewer(layer)]
         if others:  # another model's result for this image is in the viewer: say whose each is
             base += f" ({MODEL_TITLES.get(model, model)})"
@@ -213,6 +245,13 @@ class OutputLayers(QObject):
         layer.events.data.connect(self._on_hand_edit)
         layer.events.set_data.connect(self._on_redrawn)
         return layer
+
+    def _result_under(self, edited: Labels) -> Labels | None:
+        """The layer put under the hand-edited layer ``edited`` for the results that followed the edit,
+        while it still holds what the widget wrote there; None if there is none."""
+        return next((record.layer for record in self.records.values() if record.below is not None
+                     and record.below.unique_id == edited.unique_id and self._in_viewer(record.layer)
+                     and not record.edited()), None)
 
     def _put_under(self, layer: Labels, edited: Labels) -> None:
         """The new result ``layer`` just under the ``edited`` one: the corrections stay in sight."""
@@ -311,8 +350,9 @@ class OutputLayers(QObject):
         self._stale[layer.unique_id] = layer
         self._table_timer.start()
 
-    def show(self, layer: Labels, count: int | None = None) -> None:
-        """Show the count of ``layer`` (counting it, in a worker if it is large)."""
+    def show(self, layer: Labels, count: int | None = None, sections: int | None = None) -> None:
+        """Show the count of ``layer`` (counting it, in a worker if it is large); of 3-D nuclei, with
+        their ``sections`` in the planes (counted here if not given and the layer is small)."""
         if count is None:
             if layer.data.size > self.count_in_worker_pixels:
                 self._count_in_worker(layer)
@@ -321,7 +361,10 @@ class OutputLayers(QObject):
         self.shown = layer
         text = f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'"
         planes = int(np.prod(layer.data.shape[:-2]))
-        if planes > 1:  # each plane is segmented on its own: a nucleus in 5 z-planes counts 5 times
+        linked = volume_axis(layer)
+        if linked is not None:
+            text += self._in_3d(layer, linked, sections)
+        elif planes > 1:  # each plane is segmented on its own: a nucleus in 5 z-planes counts 5 times
             text += f", summed over its {planes} planes"
         if layer.metadata.get("exclude_border"):
             text += ", not counting those touching the border"
@@ -330,23 +373,38 @@ class OutputLayers(QObject):
             text += f" (under your edited '{record.below.name}', which stays on top)"
         self._show_count(layer, text)
 
+    def _in_3d(self, layer: Labels, linked: int, sections: int | None) -> str:
+        """What the count line adds for 3-D nuclei linked along the axis ``linked``: how many sections
+        over how many planes, and over how many stacks (time points) the count is summed."""
+        if sections is None and layer.data.size <= self.count_in_worker_pixels:
+            sections = count_sections(layer.data, linked)
+        planes = layer.data.shape[linked]
+        text = ", counted in 3-D" + (f" ({sections} sections over its {planes} planes)" if sections is not None
+                                     else f" through its {planes} planes")
+        others = [axis for axis in range(layer.ndim - 2) if axis != linked]
+        stacks = int(np.prod([layer.data.shape[axis] for axis in others]))
+        if stacks > 1:
+            labels = [layer_axis_labels(self.viewer, layer)[axis].strip().lower() for axis in others]
+            text += f", summed over its {stacks} {'time points' if set(labels) <= TIME_LABELS else 'stacks'}"
+        return text
+
     def _count_in_worker(self, layer: Labels) -> None:
         self.shown = layer
         self._show_count(layer, f"Counting the nuclei in '{layer.name}'...")
         self._count_requests += 1
         # The live array, not a copy (a copy takes as long as the count): if the brush moves on
         # meanwhile, that stroke asks for a newer count, and only the newest is shown.
-        worker = thread_worker(count_and_fingerprint, start_thread=False)(layer.data)
+        worker = thread_worker(_count_with_sections, start_thread=False)(layer.data, volume_axis(layer))
         worker.returned.connect(partial(self._on_counted, layer, self._count_requests))
         worker.start()
 
-    def _on_counted(self, layer: Labels, request: int, counted: tuple[int, int]) -> None:
+    def _on_counted(self, layer: Labels, request: int, counted: tuple[tuple[int, int], int | None]) -> None:
         record = self.record(layer)
         if record is None or self.closed:
             return
-        count, record.counted = counted
+        (count, record.counted), sections = counted
         if request == self._count_requests and self.is_shown(layer):
-            self.show(layer, count)
+            self.show(layer, count, sections)
 
     def refresh_tables(self, *, busy: bool = False) -> None:
         """Measure the tables of changed layers in workers: a large image's table takes seconds.
@@ -388,6 +446,7 @@ def export_csv(outputs: OutputLayers, path: Path, layer: Labels | None) -> tuple
         return "warning", "Segment an image first; there is no table to export."
     table = outputs.table_now(layer)
     exported = table.drop(columns="index", errors="ignore")
+    exported = exported.rename(columns=plane_columns(layer_axis_labels(outputs.viewer, layer), set(exported.columns)))
     if "exclude_border" in layer.metadata:
         exported = exported.assign(exclude_border=bool(layer.metadata["exclude_border"]))
     try:

@@ -1,5 +1,6 @@
-"""Re-thresholding in the dock widget: the probability maps of the last run, and the labels made
-from them with the controls' newest settings, without running the network again.
+"""Re-thresholding in the dock widget: the probability maps of the result the controls act on (the
+last run's, or a result chosen since: :mod:`._target`), and the labels made from them with the
+controls' newest settings, without running the network again.
 
 Small images are labelled at once, on the main thread; larger ones in a worker, where the newest
 settings win: while a worker runs, further changes are only noted (the controls hold them) and,
@@ -40,7 +41,7 @@ CLOSE_WAIT_S = 10.0
 
 @dataclass(eq=False)  # compared by identity: a result belongs to one run's maps
 class Cache:
-    """The probability maps of the last finished run, from which every re-threshold starts."""
+    """The probability maps of a finished run, from which every re-threshold of its result starts."""
 
     image: Image
     probabilities: CompactProbabilities
@@ -129,6 +130,16 @@ class Rethresholder(QObject):
         if cache is None:
             self._result_key = None
             self.request()
+
+    def switch_to(self, cache: Cache | None) -> None:
+        """Re-threshold from another result's ``cache`` from now on (None: a result whose maps were
+        freed), whose labels are taken to be those the controls now show (they show its settings): no
+        labels are made until they change. Work on other maps stops."""
+        self.cache = cache
+        self._result_key = None if cache is None else (cache, self.wanted())
+        for job in self.jobs:
+            if job.cache is not cache:
+                job.worker.quit()
 
     def start_from(self, cache: Cache, settings: PostprocessSettings, labels: Any) -> None:
         """Re-threshold from a new run's ``cache`` from now on, starting with the ``labels`` it made with

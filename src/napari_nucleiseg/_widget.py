@@ -4,9 +4,11 @@ Controls and wiring only. The parts it wires together:
 
 - a :class:`~._run.SegmentationRun` runs the pipeline (:mod:`.pipeline`) in a worker, with progress
   and Cancel, and keeps the model;
-- a :class:`~._rethreshold.Rethresholder` keeps the probability maps of the last run and re-labels
-  them as the threshold, minimum size and splitting change (the network does not run again; a new
-  nucleus diameter runs it again);
+- a :class:`~._rethreshold.Rethresholder` re-labels the probability maps of a run as the threshold,
+  minimum size and boxes change (the network does not run again; a new nucleus diameter runs it again);
+- a :class:`~._target.SettingsTarget` says which result layer those controls act on (the last one
+  written, or the one selected), keeps each result's maps within a memory budget, and shows the
+  3-D box for Z stacks;
 - :class:`~._outputs.OutputLayers` writes the Labels layers, sees hand edits, and keeps each
   layer's count and table;
 - a :class:`~._finetune_panel.FineTunePanel` (the collapsible Fine-tune section) teaches the model
@@ -45,6 +47,7 @@ from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, 
 from ._outputs import OutputLayers, export_csv
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
+from ._target import SettingsTarget, TargetLabel
 from .settings import PostprocessSettings
 
 
@@ -65,12 +68,15 @@ class NucleiSegWidget(QWidget):
         self._build_ui()
         self.run = SegmentationRun(self.progress_bar, self._on_run_returned, self._on_run_finished, parent=self)
         self.rethresholder = Rethresholder(self.postprocess_controls.values, self._on_result, parent=self)
-        self.postprocess_controls.changed.connect(self.rethresholder.request)
+        self.target = SettingsTarget(self.viewer, self.outputs, self.rethresholder, self.postprocess_controls,
+                                     self.target_label, parent=self)
+        self.postprocess_controls.changed.connect(self.target.controls_changed)
+        self.channel_combo.currentIndexChanged.connect(self._on_image_changed)  # the 3-D box follows the channel
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         # Closing the widget mid-run stops the workers (not via self: it is going).
         self.destroyed.connect(partial(_stop_workers, self.run.cancel_event, self.rethresholder.jobs))
         self._on_model_changed()
-        self.channel_combo.follow(self.image_layer)
+        self._on_image_changed()
 
     # ---- for tests and scripts ------------------------------------------------------------
 
@@ -91,7 +97,7 @@ class NucleiSegWidget(QWidget):
     def _build_ui(self) -> None:
         self.image_combo = ImagePicker(self.viewer, adding=lambda: self.outputs.writing)
         self.channel_combo = ChannelPicker(self.viewer)
-        self.image_combo.currentIndexChanged.connect(lambda *_: self.channel_combo.follow(self.image_layer))
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.model_combo = ModelPicker(error=lambda message: show_error(message))
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
 
@@ -104,6 +110,8 @@ class NucleiSegWidget(QWidget):
         controls = self.postprocess_controls
         self.threshold_slider, self.min_size_spin = controls.threshold_slider, controls.min_size_spin
         self.split_check, self.exclude_border_check = controls.split_check, controls.exclude_border_check
+        self.volumes_check = controls.volumes_check
+        self.target_label = TargetLabel()
         self.diameter_control = DiameterControl()
         self.diameter_auto_check, self.diameter_spin = self.diameter_control.auto_check, self.diameter_control.spin
         self.count_label = CountLabel("No segmentation yet")
@@ -123,11 +131,13 @@ class NucleiSegWidget(QWidget):
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
-        cache = self.rethresholder.cache
-        if cache is not None and cache.image.unique_id == layer.unique_id:
-            self.rethresholder.set_cache(None)  # free the probability maps, and stop working on them
         self.outputs.removed(layer)
+        self.target.removed(layer)  # frees the maps of a result or image taken out
         self.image_combo.removed(layer)
+
+    def _on_image_changed(self, *_) -> None:
+        self.channel_combo.follow(self.image_layer)
+        self.target.offer(self.image_layer, self.channel_combo.channel)
 
     @property
     def image_layer(self) -> Image | None:
@@ -171,7 +181,7 @@ class NucleiSegWidget(QWidget):
         if image is not self.image_layer:  # a rerun at another diameter: the channel of the result
             self._run_channel = cache.channel if cache is not None and cache.image is image else None
         else:
-            self.channel_combo.follow(image)  # its shape or axis labels may have changed since it was picked
+            self._on_image_changed()  # its shape or axis labels may have changed since it was picked
             self._run_channel = self.channel_combo.channel
         try:
             planes, weights, metadata = check_runnable(image, self.viewer.layers, self.model_combo.weights_path,
@@ -181,7 +191,7 @@ class NucleiSegWidget(QWidget):
             return
         # The worker makes the first labels too, with the controls' settings; a min size left at its
         # default is the model's at the scale of this run, known once the diameter is.
-        chosen = self.postprocess_controls.for_run()
+        chosen = self.target.settings_for_run(image, self._run_channel)
         self._run_diameter, self._rerun = self.diameter_control.diameter, False
         estimating = self._run_diameter is None and metadata.get("diameter") is not None
         self._set_running(True)
@@ -250,10 +260,7 @@ class NucleiSegWidget(QWidget):
         if isinstance(outcome, Failure):
             show_error(outcome.message)
             return
-        # fresh labels are numbered 1..N
-        metadata = cache.metadata() | {"exclude_border": settings.exclude_border}
-        layer, edited = self.outputs.write(cache.image, outcome, count=int(outcome.max()), metadata=metadata,
-                                           channel=cache.channel, model=cache.model_name)
+        layer, edited = self.target.write(cache, settings, outcome)
         if edited is not None:
             show_info(f"'{edited.name}' was edited by hand and is kept, on top; the new result is in "
                       f"'{layer.name}', under it.")
@@ -340,10 +347,12 @@ def _lay_out(widget: NucleiSegWidget) -> None:
     run_box.addWidget(widget.progress_bar)
     form.addRow(run_box)
     form.addRow(widget.probability_check)
+    form.addRow(widget.target_label)
     form.addRow("Threshold", widget.threshold_slider)
     form.addRow("Min size", widget.min_size_spin)
     form.addRow(widget.split_check)
     form.addRow(widget.exclude_border_check)
+    form.addRow(widget.volumes_check)
     form.addRow(widget.postprocess_controls.reset_button)
     form.addRow(widget.count_label)
     form.addRow(widget.export_button)
