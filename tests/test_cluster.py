@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -17,7 +18,7 @@ import pytest
 import tifffile
 
 from conftest import blob_image
-from test_batch_stops import wait_for_labels
+from test_batch_stops import check_consistent, wait_for_labels
 from napari_nucleiseg.cli import main
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -112,13 +113,17 @@ def test_a_run_killed_at_half_and_resumed_gives_the_outputs_of_an_uninterrupted_
     out = tmp_path / "out"
     command = (folder, "--out", out, "--weights", tiny_weights["unet"], "--resume")
     killed = start(*command, "--workers", 2)
-    wait_for_labels(out, 6, killed)  # of 13
+    records = out / ".nucleiseg" / "done"
+    wait_for_labels(out, 1, killed)
     workers = worker_processes(killed.pid)
+    while len(list(records.glob("*.json"))) < 6:  # of 13
+        assert killed.poll() is None, killed.communicate()
+        time.sleep(0.01)
     killed.kill()  # SIGKILL: nothing of the run's own runs after it
     killed.wait(timeout=60)
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, "the workers outlived the run"
-    recorded = {path.stem for path in (out / ".nucleiseg" / "done").glob("*.json")}
+    recorded = {path.stem for path in records.glob("*.json")}
     assert 6 <= len(recorded) < 13
     finished = {name: identity for name, identity in label_files(out).items() if Path(name).stem in recorded}
 
@@ -157,10 +162,15 @@ def test_a_changed_input_file_or_setting_is_redone_and_nothing_else(tmp_path, ti
     assert status == 0 and stdout.startswith("Nothing left to segment: all 5 images were done before")
 
 
-def test_a_killed_worker_is_replaced_and_its_image_segmented_again(tmp_path, tiny_weights):
-    folder = write_images(tmp_path / "images", 6, tile=5)  # 960 x 960: about half a second each
+@pytest.fixture(scope="module")
+def large_images(tmp_path_factory) -> Path:
+    """6 images of 960 x 960 (about half a second each) and a stack: a run lasts a few seconds."""
+    return write_images(tmp_path_factory.mktemp("large") / "images", 6, tile=5)
+
+
+def test_a_killed_worker_is_replaced_and_its_image_segmented_again(large_images, tmp_path, tiny_weights):
     out = tmp_path / "out"
-    process = start(folder, "--out", out, "--weights", tiny_weights["unet"], "--workers", 2)
+    process = start(large_images, "--out", out, "--weights", tiny_weights["unet"], "--workers", 2)
     wait_for_labels(out, 1, process)
     workers = worker_processes(process.pid)
     assert len(workers) == 2
@@ -171,11 +181,29 @@ def test_a_killed_worker_is_replaced_and_its_image_segmented_again(tmp_path, tin
     assert len(pd.read_csv(out / "counts.csv")) == 7 and len(list(out.glob("*_labels.tif"))) == 7
 
 
+def test_a_cluster_run_stopped_by_sigterm_keeps_the_tables_of_every_image_it_finished(large_images, tmp_path,
+                                                                                      tiny_weights):
+    out = tmp_path / "out"
+    process = start(large_images, "--out", out, "--weights", tiny_weights["unet"], "--workers", 2)
+    wait_for_labels(out, 1, process)
+    workers = worker_processes(process.pid)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("nucleiseg: interrupted by SIGTERM; counts.csv and nuclei.csv hold the")
+    assert 1 <= len(check_consistent(out)) < 7  # every row describes the label file beside it, and back
+    assert not (out / ".nucleiseg.lock").exists()
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, "the workers outlived the run"
+
+
 def test_a_run_on_a_running_cluster_and_a_scheduler_that_does_not_answer(reference, tmp_path, tiny_weights, capsys):
     import dask
 
     folder, expected = reference
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as running:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as running:
         status, stdout, stderr = run(capsys, folder, "--out", tmp_path / "out", "--weights", tiny_weights["unet"],
                                      "--scheduler", running.scheduler_address)
         assert status == 0 and stderr == "" and "Segmented 13 of 13 images" in stdout

@@ -45,10 +45,9 @@ CLUSTER_LOG_LEVEL = logging.CRITICAL
 class ModelOnWorkers(WorkerPlugin):
     """The run's model, loaded once on each worker from the weights file's bytes, with torch on one thread."""
 
-    def __init__(self, weights: bytes, file_name: str, sha256: str):
+    def __init__(self, weights: bytes, file_name: str):
         self.weights = weights
         self.file_name = file_name  # a model without a recorded name is named after its file
-        self.sha256 = sha256
         self.model: Any = None
         self._folder: Path | None = None
 
@@ -82,14 +81,18 @@ def segment_on_cluster(jobs: list[Job], model_file: Path, args: argparse.Namespa
                        stops: Stops) -> Iterator[Iterator[tuple[Job, Finished | str]]]:
     """Each job and its :class:`~.cli.Finished` (or why it was skipped), in the order the cluster finishes
     them; every image is submitted at once, and what is not finished is cancelled when the run stops."""
-    from ._manifest import file_sha256
+    import uuid
 
+    run = uuid.uuid4().hex[:12]  # the run's own names: other runs may share a running cluster
+    plugin_name = f"nucleiseg-model-{run}"
+    plugin = ModelOnWorkers(Path(model_file).read_bytes(), Path(model_file).name)
     with _client(args) as client:
-        sha256 = file_sha256(model_file)
-        plugin_name = f"nucleiseg-model-{sha256[:16]}"
-        client.register_plugin(ModelOnWorkers(Path(model_file).read_bytes(), Path(model_file).name, sha256),
-                               name=plugin_name)
-        futures = {client.submit(segment_task, job, args, plugin_name, key=f"nucleiseg-{index}-{sha256[:8]}",
+        try:
+            client.register_plugin(plugin, name=plugin_name)
+        except Exception as error:  # raised on a worker: e.g. a worker without torch or this package
+            raise CommandError(f"the dask workers cannot load the model: {type(error).__name__}: "
+                               f"{_one_line(error)}") from None
+        futures = {client.submit(segment_task, job, args, plugin_name, key=f"nucleiseg-{run}-{index}",
                                  pure=False): job for index, job in enumerate(jobs)}
         try:
             yield _as_finished(client, futures, stops)
@@ -136,7 +139,18 @@ def _allowed_failures() -> int:
 @contextlib.contextmanager
 def _client(args: argparse.Namespace) -> Iterator[Client]:
     """A client of the run's cluster: a new LocalCluster (``--workers``), or the one at ``--scheduler``."""
-    logging.getLogger("distributed").setLevel(CLUSTER_LOG_LEVEL)
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(CLUSTER_LOG_LEVEL)
+    try:
+        with _connected(args) as client:
+            yield client
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _connected(args: argparse.Namespace) -> Iterator[Client]:
     if args.scheduler is not None:
         try:
             client = Client(args.scheduler)  # waits up to dask's distributed.comm.timeouts.connect (30 s)
@@ -145,6 +159,11 @@ def _client(args: argparse.Namespace) -> Iterator[Client]:
         with client:
             yield client
         return
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=CLUSTER_LOG_LEVEL) as cluster, Client(cluster) as client:
+    try:
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=CLUSTER_LOG_LEVEL)
+    except Exception as error:  # no processes, no port, ...: what dask says, in one line
+        raise CommandError(f"cannot start {args.workers} dask worker processes: {type(error).__name__}: "
+                           f"{_one_line(error)}") from None
+    with cluster, Client(cluster) as client:
         yield client
