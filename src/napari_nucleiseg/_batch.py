@@ -189,7 +189,13 @@ def stops_as_interrupts() -> Iterator[Stops]:
 
 
 def remove_partial_files(folder: Path) -> None:
-    """Delete the temporary files of a run that was killed outright while it wrote them."""
+    """Delete the temporary files (and folders: the OME-Zarr labels of a large image) of a run that was
+    killed outright while it wrote them."""
+    import shutil
+
     for partial in Path(folder).glob(".*.partial"):
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial, ignore_errors=True)
+            continue
         with contextlib.suppress(OSError):
             partial.unlink()

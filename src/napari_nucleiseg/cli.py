@@ -59,6 +59,15 @@ from ._batch import (
     stops_as_interrupts,
     write_atomically,
 )
+from ._cli_large import (
+    LARGE_LABELS_SUFFIX,
+    ZARR_SUFFIXES,
+    LargeFinished,
+    is_large_input,
+    output_stem,
+    segment_large_image,
+)
+from .lazy_io import is_zarr
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -169,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg = commands.add_parser(
         "segment",
         help="segment image files or folders of images",
-        description="Segment the nuclei of image files and folders (png, tif/tiff, jpg/jpeg).",
+        description="Segment the nuclei of image files and folders (png, tif/tiff, jpg/jpeg, OME-Zarr). A TIFF of "
+                    "64 megapixels or more, or an OME-Zarr, is read lazily and segmented block by block into "
+                    "<name>_labels.ome.zarr.",
         epilog=EPILOG,
     )
     seg.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file or folder of images")
@@ -241,7 +252,7 @@ def run_segment(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"nucleiseg: {problem}", file=sys.stderr)
     if not sources:
-        raise CommandError("no images to segment (png, tif, tiff, jpg or jpeg).")
+        raise CommandError("no images to segment (png, tif, tiff, jpg, jpeg or an OME-Zarr folder).")
     jobs = plan_jobs(sources, args.out, save_probability=args.save_probability)
     if not args.overwrite and not args.resume:
         refuse_existing(jobs, args.out)
@@ -370,7 +381,7 @@ def _outcomes(jobs: list[Job], model: Any, args: argparse.Namespace,
 
 
 def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops | None = None,
-                  fingerprint: bool = False) -> Finished | str:
+                  fingerprint: bool = False) -> Finished | LargeFinished | str:
     """Segment one image (a stack plane by plane): its :class:`Finished`, or why it is skipped (one line).
 
     With ``stops``, the run stops (KeyboardInterrupt) when one is asked for, before the image or between its
@@ -389,6 +400,8 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
             from ._manifest import input_fingerprint
 
             identity = input_fingerprint(job.source)
+        if job.labels_path.name.endswith(LARGE_LABELS_SUFFIX):
+            return segment_large_image(job, model, args, stops.requested if stops is not None else None, identity)
         image = read_image(job.source, channel=args.channel)
         shortfall = memory_shortfall(image.shape)
         if shortfall is not None:
@@ -508,7 +521,9 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
     problems: list[str] = []
     seen: dict[Path, Path] = {}
     for path in inputs:
-        if path.is_dir():
+        if is_zarr(path):  # an OME-Zarr image is a folder
+            found = [path]
+        elif path.is_dir():
             try:
                 entries = sorted(path.iterdir())
             except OSError as error:
@@ -518,6 +533,8 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
             problems += [f"skipped {p}: a link to a file that does not exist" for p in candidates
                          if p.is_symlink() and not p.exists()]
             found = [p for p in candidates if p.is_file()]
+            found += [p for p in entries if p.suffix.lower() in ZARR_SUFFIXES and is_zarr(p)
+                      and not p.name.endswith(LARGE_LABELS_SUFFIX)]  # not labels this command wrote
             if not found:
                 problems.append(f"no images in folder {path}")
         elif path.is_file():
@@ -551,15 +568,17 @@ def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list
     jobs, by_stem = [], {}
     inputs = {source.resolve(): source for source in sources}
     for source in sources:
-        if source.stem in by_stem:
+        stem, large = output_stem(source), is_large_input(source)
+        labels = f"{stem}{LARGE_LABELS_SUFFIX}" if large else f"{stem}_labels.tif"
+        if stem in by_stem:
             raise CommandError(
-                f"{by_stem[source.stem]} and {source} would both write {source.stem}_labels.tif; "
-                "segment them into different --out folders.",
+                f"{by_stem[stem]} and {source} would both write {labels}; segment them into different --out folders.",
                 EXIT_USAGE,
             )
-        by_stem[source.stem] = source
-        probability = out / f"{source.stem}_probability.tif" if save_probability else None
-        job = Job(source, out / f"{source.stem}_labels.tif", probability)
+        by_stem[stem] = source
+        # An image segmented block by block has no probability file: its probabilities are never held whole.
+        probability = out / f"{stem}_probability.tif" if save_probability and not large else None
+        job = Job(source, out / labels, probability)
         for output in (job.labels_path, job.probability_path):
             if output is not None and output.resolve() in inputs:  # not even with --overwrite
                 raise CommandError(

@@ -1,0 +1,110 @@
+"""The command line's images larger than memory: a TIFF of at least
+:data:`~napari_nucleiseg.large.LARGE_IMAGE_PIXELS` pixels or an OME-Zarr is segmented block by block
+(:func:`~napari_nucleiseg.large.segment_large`), read lazily, and its labels written as an OME-Zarr
+``<name>_labels.ome.zarr`` beside the other outputs, under a temporary name until it is complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: The labels of an image segmented block by block: an OME-Zarr folder.
+LARGE_LABELS_SUFFIX = "_labels.ome.zarr"
+#: Inputs read as zarr stores (folders).
+ZARR_SUFFIXES = (".zarr",)
+
+
+def is_large_input(path: Path) -> bool:
+    """Whether ``path`` is segmented block by block: a zarr store, or a TIFF whose first image declares at
+    least :data:`~napari_nucleiseg.large.LARGE_IMAGE_PIXELS` pixels in a plane (read from its header only)."""
+    from . import large
+    from .lazy_io import is_zarr
+
+    if is_zarr(path):
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape = series.axes.upper(), series.shape
+    except Exception:  # not readable as TIFF: the ordinary reader says why, in one line
+        return False
+    if "Y" not in axes or "X" not in axes:
+        return False
+    return shape[axes.index("Y")] * shape[axes.index("X")] >= large.LARGE_IMAGE_PIXELS
+
+
+def output_stem(source: Path) -> str:
+    """The name the outputs of ``source`` start with: its stem, less a zarr store's ``.zarr`` and ``.ome``."""
+    name = source.name
+    for suffix in (".zarr", ".ome"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name if source.is_dir() else source.stem
+
+
+def partial_path(labels_path: Path) -> Path:
+    """Where the labels are written until they are complete (removed by ``remove_partial_files``)."""
+    return labels_path.with_name(f".{labels_path.name}.partial")
+
+
+@dataclass
+class LargeFinished:
+    """An image segmented block by block: its labels complete under their temporary name."""
+
+    job: Any
+    row: dict
+    table: Any
+    fingerprint: dict | None = None
+    plane_axes: str = ""
+
+    def write(self) -> tuple[dict, Any]:
+        """Rename the labels into place (a replaced run's were set aside first); the image's rows."""
+        os.replace(partial_path(self.job.labels_path), self.job.labels_path)
+        return self.row, self.table
+
+
+def segment_large_image(job: Any, model: Any, args: Any, cancelled: Callable[[], bool] | None = None,
+                        identity: dict | None = None) -> LargeFinished:
+    """Segment ``job.source`` block by block into the temporary name of its labels.
+
+    Raises
+    ------
+    ImageError, ValueError, Cancelled, OSError
+        As :func:`~napari_nucleiseg.lazy_io.open_lazy` and :func:`~napari_nucleiseg.large.segment_large` do;
+        a cancelled or failed run leaves no temporary folder.
+    """
+    from .large import segment_large
+    from .lazy_io import open_lazy
+
+    image = open_lazy(job.source, channel=args.channel)
+    partial = partial_path(job.labels_path)
+    shutil.rmtree(partial, ignore_errors=True)
+    chosen = {"threshold": args.threshold, "min_size": args.min_size, "split": args.split,
+              "neck_ratio": args.neck_ratio, "exclude_border": args.exclude_border}
+    try:
+        result = segment_large(image.data, model, partial, {k: v for k, v in chosen.items() if v is not None},
+                               diameter=args.diameter, rgb=image.rgb, cancelled=cancelled)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        image.close()
+    height, width = result.labels.shape
+    row = {
+        "file": str(job.source), "nuclei": result.count, "height": height, "width": width, "planes": 1,
+        "mean_area": float(result.table["area"].mean()) if result.count else float("nan"),
+        "labels_file": job.labels_path.name, "model": model.name, **result.settings.row(),
+        "diameter_px": result.diameter if result.diameter is not None else float("nan"),
+        "diameter_estimated": result.diameter_estimated, "scale": result.scale,
+    }
+    table = result.table.copy()
+    table.insert(0, "index", table["label"].to_numpy())
+    return LargeFinished(job, row, table.assign(file=str(job.source)), identity)

@@ -1,0 +1,66 @@
+"""The command line on images larger than memory: a large TIFF or an OME-Zarr is segmented block by block
+into <name>_labels.ome.zarr, with its rows in counts.csv and nuclei.csv, never half-written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import zarr
+
+import napari_nucleiseg.large
+from napari_nucleiseg.large import segment_large
+
+from conftest import blob_image
+from test_bad_input import cli_pixel_model, pixel_model, run_cli  # noqa: F401 (fixtures)
+from test_lazy_io import write_ome_zarr
+
+#: 1200 x 1200 px, 144 nuclei: "large" once the limit is lowered to 1 MPx.
+BIG = np.tile(blob_image((100, 100), centers=((50, 50),), radius=12), (12, 12))
+
+
+@pytest.fixture
+def large_from_1_mpx(monkeypatch):
+    monkeypatch.setattr(napari_nucleiseg.large, "LARGE_IMAGE_PIXELS", 1_000_000)
+
+
+def test_a_large_tiff_is_segmented_block_by_block_into_an_ome_zarr(capsys, tmp_path, cli_pixel_model,
+                                                                    large_from_1_mpx):
+    tifffile.imwrite(tmp_path / "slide.tif", BIG, tile=(256, 256))
+    tifffile.imwrite(tmp_path / "small.tif", BIG[:300, :300])
+    status, stdout, stderr = run_cli(capsys, tmp_path, "--out", tmp_path / "out")
+    assert status == 0, stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "counts.csv", "nuclei.csv", "slide_labels.ome.zarr", "small_labels.tif"]
+    labels = zarr.open_group(str(out / "slide_labels.ome.zarr"), mode="r")["0"][:]
+    expected = segment_large(BIG, pixel_model(), tmp_path / "api.zarr")
+    assert np.array_equal(labels, expected.labels[:]) and expected.count == 144
+    counts = pd.read_csv(out / "counts.csv").set_index("labels_file")
+    assert counts.loc["slide_labels.ome.zarr", "nuclei"] == 144
+    assert (counts.loc["slide_labels.ome.zarr", "height"], counts.loc["slide_labels.ome.zarr", "width"]) == BIG.shape
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    assert (nuclei["file"] == str(tmp_path / "slide.tif")).sum() == 144
+
+
+def test_an_ome_zarr_is_an_input_and_a_rerun_needs_overwrite(capsys, tmp_path, cli_pixel_model):
+    write_ome_zarr(tmp_path / "plate.ome.zarr", [BIG[None], BIG[None, ::2, ::2]], "cyx")
+    status, _, stderr = run_cli(capsys, tmp_path / "plate.ome.zarr", "--out", tmp_path / "out")
+    assert status == 0, stderr
+    written = tmp_path / "out" / "plate_labels.ome.zarr"
+    assert zarr.open_group(str(written), mode="r")["0"].shape == BIG.shape
+    status, _, stderr = run_cli(capsys, tmp_path / "plate.ome.zarr", "--out", tmp_path / "out")
+    assert status == 1 and "plate_labels.ome.zarr" in stderr and "--overwrite" in stderr
+    status, _, _ = run_cli(capsys, tmp_path / "plate.ome.zarr", "--out", tmp_path / "out", "--overwrite")
+    assert status == 0 and written.is_dir() and not list((tmp_path / "out").glob("replaced-*"))
+
+
+def test_a_stopped_run_leaves_no_half_written_labels(capsys, tmp_path, monkeypatch, large_from_1_mpx):
+    model = pixel_model(interrupt_on_call=3)  # Ctrl+C in the third block
+    monkeypatch.setattr(napari_nucleiseg.api, "load_model", lambda source: model)
+    tifffile.imwrite(tmp_path / "slide.tif", BIG, tile=(256, 256))
+    monkeypatch.setattr(napari_nucleiseg.large, "BLOCK_SIDE", 512)
+    status, _, _ = run_cli(capsys, tmp_path / "slide.tif", "--out", tmp_path / "out")
+    assert status == 130
+    assert list((tmp_path / "out").iterdir()) == []  # no labels, no partial folder, no tables
