@@ -774,10 +774,6 @@ def test_bad_input_gets_one_sentence_and_no_traceback(viewer_and_widget, notific
     assert "not a napari-nucleiseg weights file" in errors[-1]
     assert widget.model_combo.currentText() == model_before
 
-    viewer.add_image([np.zeros((64, 64)), np.zeros((32, 32))], multiscale=True, name="pyramid")
-    click_segment(qtbot, widget)
-    assert "multiscale" in errors[-1]
-
     # The bundled weights are not installed: say so when the user picks one.
     monkeypatch.setattr("napari_nucleiseg.weights.weights_dir", lambda: tmp_path)
     viewer.add_image(blobs(), name="blobs")

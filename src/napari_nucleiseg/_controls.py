@@ -254,7 +254,7 @@ class DiameterControl(QWidget):
         from .scale import check_diameter
 
         plane = None
-        if image is not None and not image.multiscale:
+        if image is not None:  # a multiscale image's planes: its full-resolution level's
             with suppress(ImageError):  # an image that cannot be segmented says so when it is tried
                 plane = stack_shape(image.data.shape, image.rgb)[1]
         try:
@@ -406,7 +406,7 @@ class ChannelPicker(NameComboBox):
         if key == self._shown_for:
             return
         self._shown_for = key
-        self.axis = None if layer is None or layer.multiscale else find_channel_axis(
+        self.axis = None if layer is None else find_channel_axis(  # a multiscale layer's: its full level's
             layer.data.shape, layer.rgb, axis_labels, layer.metadata)
         with signals_blocked(self):
             self.clear()

@@ -27,7 +27,7 @@ from qtpy.QtCore import QObject, QTimer
 
 from ._controls import is_default_label, layer_axis_labels
 from .channels import take_channel
-from .tables import PixelSize, count_labels, nuclei_table, write_csv
+from .tables import PixelSize, count_labels, nuclei_table, physical_columns, write_csv
 from .volumes import TIME_LABELS, count_sections
 from .weights import MODEL_TITLES
 
@@ -172,6 +172,9 @@ class OutputLayers(QObject):
         #: Labels layers larger than this many pixels are counted in a worker.
         self.count_in_worker_pixels = COUNT_IN_WORKER_PIXELS
         self.records: dict[Any, OutputLayer] = {}  # by the Labels layer's unique id
+        #: Results of images segmented block by block, by unique id: lazy layers, never read whole here;
+        #: their count and table are the run's.
+        self.lazy: dict[Any, Labels] = {}
         #: the layer each image (unique id), model and channel write to
         self._by_image: dict[tuple[Any, str, tuple[int, int] | None], Labels] = {}
         self._probability_layers: dict[Any, Image] = {}  # the nucleus probability shown for each image
@@ -229,17 +232,46 @@ class OutputLayers(QObject):
         self.mark_changed(layer, count=count, fingerprint=record.written)
         return layer, edited
 
-    def _add_layer(self, image: Image, labels: np.ndarray, channel: tuple[int, int] | None = None,
-                   model: str = "") -> Labels:
+    def write_lazy(self, image: Image, levels: list[Any], table: Any, *, metadata: dict[str, Any],
+                   channel: tuple[int, int] | None = None, model: str = "") -> Labels:
+        """Add the labels of ``image`` segmented block by block (its ``channel``, if one), made by
+        ``model``: one multiscale Labels layer of the lazy ``levels`` (full resolution first), with
+        ``table`` (one row per nucleus, from the run) as its features and its count. Nothing here reads
+        the labels: napari reads the chunks it shows."""
+        name = self._new_name(image, channel, model)
+        with self.self_writing():
+            layer = self.viewer.add_labels(levels, multiscale=True, name=name, metadata=metadata | {"model": model},
+                                           **placement(image, channel))
+        pixel = pixel_size(layer)
+        layer.features = table if pixel is None else physical_columns(table, pixel)
+        self.lazy[layer.unique_id] = layer
+        self.show_lazy(layer)
+        return layer
+
+    def show_lazy(self, layer: Labels) -> None:
+        """Show the count of a result segmented block by block, from its table, and where its labels are."""
+        self.shown = layer
+        count = len(layer.features)
+        text = f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'"
+        if layer.metadata.get("exclude_border"):
+            text += ", not counting those touching the border"
+        self._show_count(layer, f"{text} (segmented block by block; labels in {layer.metadata.get('store')})")
+
+    def _new_name(self, image: Image, channel: tuple[int, int] | None, model: str) -> str:
+        """A name for a new result layer of ``image`` (its ``channel``) by ``model``, unlike the layers'."""
         taken = {layer.name for layer in self.viewer.layers}
         base = f"{image.name} nuclei" if channel is None else f"{image.name} channel {channel[1]} nuclei"
         others = [layer for (image_id, other, _), layer in self._by_image.items()
                   if image_id == image.unique_id and other != model and self._in_viewer(layer)]
         if others:  # another model's result for this image is in the viewer: say whose each is
             base += f" ({MODEL_TITLES.get(model, model)})"
+        return unique_name(base, taken)
+
+    def _add_layer(self, image: Image, labels: np.ndarray, channel: tuple[int, int] | None = None,
+                   model: str = "") -> Labels:
+        name = self._new_name(image, channel, model)
         with self.self_writing():
-            layer = self.viewer.add_labels(labels, name=unique_name(base, taken),
-                                           **placement(image, channel))
+            layer = self.viewer.add_labels(labels, name=name, **placement(image, channel))
         self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels), channel=channel)
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)
@@ -292,6 +324,7 @@ class OutputLayers(QObject):
             del self._by_image[key]
         self._probability_layers.pop(uid, None)
         self.records.pop(uid, None)
+        self.lazy.pop(uid, None)
         for pending in (self._edited, self._redrawn, self._stale):
             pending.pop(uid, None)
         if self.is_shown(layer):
@@ -304,8 +337,11 @@ class OutputLayers(QObject):
         """Selecting one of the widget's Labels layers shows its count, and Export writes its table."""
         layer = self.viewer.layers.selection.active
         record = self.record(layer)
+        lazy = self.lazy.get(getattr(layer, "unique_id", None))
         if record is not None and not self.is_shown(layer):
             self.show(record.layer)
+        elif lazy is not None and not self.is_shown(layer):
+            self.show_lazy(lazy)
 
     # ---- hand edits -------------------------------------------------------------------------
 
@@ -430,6 +466,8 @@ class OutputLayers(QObject):
     def table_now(self, layer: Labels) -> Any:
         """The table of ``layer`` as it is now (measured here if it is not up to date)."""
         record = self.record(layer)
+        if layer.unique_id in self.lazy:  # segmented block by block: the run's table
+            return layer.features
         if record is None:  # a Labels layer of the user's own
             layer.features = nuclei_table(np.asarray(layer.data), None, False, pixel_size(layer))
         else:

@@ -58,17 +58,20 @@ class Refused(Exception):
 
 
 def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
-                   channel: tuple[int, int] | None = None) -> tuple[int, Path, dict[str, Any]]:
+                   channel: tuple[int, int] | None = None) -> tuple[int, Path, dict[str, Any], bool]:
     """The number of planes of the Image layer ``image`` (of its ``channel``, ``(axis, index)``, if
-    one is chosen), the weights file (``weights()``) and its metadata, once it is sure that the run
-    can start: an image (among ``layers``), one that is not multiscale and holds 2-D planes, a
-    readable weights file, and the memory the run needs.
+    one is chosen), the weights file (``weights()``), its metadata, and whether the image is segmented
+    block by block (:func:`~._large_layer.segmented_in_blocks`: multiscale, or one plane too large to
+    hold whole), once it is sure that the run can start: an image (among ``layers``) that holds 2-D
+    planes, one plane if it is segmented block by block, a readable weights file, and the memory the
+    run needs.
 
     Raises
     ------
     Refused
         Saying what is missing.
     """
+    from ._large_layer import segmented_in_blocks
     from .memory import memory_shortfall
     from .pipeline import stack_shape
     from .weights import read_metadata
@@ -79,21 +82,23 @@ def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
         raise Refused(f"There is no image layer to segment{detail}; open an image first.")
     path = None
     try:
-        if image.multiscale:
-            raise ImageError(f"'{image.name}' is a multiscale image, which cannot be segmented; "
-                             "open its full-resolution level as an image.")
-        shape = list(image.data.shape)
+        shape = list(image.data.shape)  # a multiscale image's: its full-resolution level's
         if channel is not None:
             del shape[channel[0]]
         leading, plane = stack_shape(tuple(shape), image.rgb)
+        shortfall = memory_shortfall((*leading, *plane))
+        blocks = segmented_in_blocks(image, plane, shortfall is not None)
+        if blocks and leading:
+            raise ImageError(f"'{image.name}' is a stack of {' x '.join(map(str, leading))} planes of "
+                             f"{plane[0]} x {plane[1]} pixels, too large to segment whole; open one plane of it "
+                             "as an image: a single plane is segmented block by block.")
         path = weights()
         metadata = read_metadata(path)
     except (ImageError, WeightsError) as error:
         raise Refused(str(error), path if isinstance(error, WeightsError) else None) from None
-    shortfall = memory_shortfall((*leading, *plane))
-    if shortfall is not None:
+    if shortfall is not None and not blocks:
         raise Refused(shortfall)
-    return int(np.prod(leading)), path, metadata
+    return int(np.prod(leading)), path, metadata, blocks
 
 
 def file_key(path: Path) -> tuple[str, int]:
@@ -123,16 +128,22 @@ def run_in_worker(data: Any, rgb: bool, weights: Path, *, model: Any = None, set
         model = model if model is not None else load_weights(weights)
         planes = yield from segment_planes(data, model, settings, rgb=rgb, diameter=diameter, compact=True,
                                            on_progress=on_progress, cancelled=cancelled, predict=predict)
-    except Cancelled:
-        return Failure("Segmentation cancelled; no layer was changed.", cancelled=True)
-    except (WeightsError, ImageError) as error:
-        return Failure(str(error), weights=weights if isinstance(error, WeightsError) else None)
-    except MemoryError:
-        return Failure(f"Not enough memory to segment an image of shape {tuple(np.shape(data))}.")
     except Exception as error:
-        logger.exception("Segmentation failed")
-        return Failure(f"Segmentation failed: {error}")
+        return failure_of(error, np.shape(data), weights)
     return Finished(planes, model, key)
+
+
+def failure_of(error: Exception, shape: tuple[int, ...], weights: Path) -> Failure:
+    """What a run that raised ``error`` (on an image of ``shape``, with the weights file ``weights``) tells
+    the user; an unexpected error is logged with its traceback."""
+    if isinstance(error, Cancelled):
+        return Failure("Segmentation cancelled; no layer was changed.", cancelled=True)
+    if isinstance(error, (WeightsError, ImageError)):
+        return Failure(str(error), weights=weights if isinstance(error, WeightsError) else None)
+    if isinstance(error, MemoryError):
+        return Failure(f"Not enough memory to segment an image of shape {tuple(shape)}.")
+    logger.exception("Segmentation failed", exc_info=error)
+    return Failure(f"Segmentation failed: {error}")
 
 
 class _TileProgress(QObject):
@@ -166,6 +177,8 @@ class SegmentationRun(QObject):
         self._plane: tuple[int, int] = (0, 1)  # plane being predicted, number of planes
         self._tiles = _TileProgress()  # no parent: the worker may still report while the widget goes
         self._tiles.done.connect(self._on_tile_progress)
+        self._blocks = _TileProgress()  # blocks done and total, of an image segmented block by block
+        self._blocks.done.connect(self._on_block_progress)
 
     @property
     def running(self) -> bool:
@@ -177,17 +190,44 @@ class SegmentationRun(QObject):
         if one is chosen) with the weights file at ``weights``."""
         from .channels import take_channel
 
+        self._begin(image, planes, stage)
+        data = image.data if channel is None else take_channel(image.data, *channel)
+        run = partial(run_in_worker, data, image.rgb, weights, model=self._model_of(weights), settings=settings,
+                      diameter=diameter, on_progress=self._tiles.done.emit, cancelled=self.cancel_event.is_set,
+                      predict=self.predict)
+        self._run(run)
+
+    def start_in_blocks(self, image: Any, weights: Path, out: Path, *, settings: ChosenSettings,
+                        diameter: float | None, stage: str, channel: tuple[int, int] | None = None) -> None:
+        """Segment the one plane of ``image`` (its full-resolution level, if multiscale) block by block into
+        an OME-Zarr store at ``out`` (:func:`~._large_layer.segment_in_blocks`); progress in blocks."""
+        from ._large_layer import lazy_plane, segment_in_blocks
+
+        self._begin(image, 1, stage)
+        run = partial(segment_in_blocks, lazy_plane(image, channel), image.rgb, weights, out,
+                      model=self._model_of(weights), settings=settings, diameter=diameter,
+                      on_progress=self._blocks.done.emit, cancelled=self.cancel_event.is_set)
+        self._run(run)
+
+    def _begin(self, image: Any, planes: int, stage: str) -> None:
         self.cancel_event.clear()
         self._plane = (0, planes)
         self.image = image
-        key = file_key(weights)
         self.show_progress(True, stage)
-        data = image.data if channel is None else take_channel(image.data, *channel)
-        run = partial(run_in_worker, data, image.rgb, weights,
-                      model=self.model if self.model_key == key else None, settings=settings, diameter=diameter,
-                      on_progress=self._tiles.done.emit, cancelled=self.cancel_event.is_set, predict=self.predict)
+
+    def _model_of(self, weights: Path) -> Any:
+        """The model kept from the last run, when it came from this version of ``weights``; else None."""
+        return self.model if self.model_key == file_key(weights) else None
+
+    def _run(self, run: Callable[[], Any]) -> None:
+        """Call ``run`` (a generator function yielding planes done, or a plain function) in a worker,
+        or here when :attr:`synchronous`; its return value is the outcome."""
         if self.synchronous:
             generator = run()
+            if not isinstance(generator, Generator):
+                self._returned(generator)
+                self._finished()
+                return
             try:
                 while True:
                     self._on_plane_done(next(generator))
@@ -196,7 +236,8 @@ class SegmentationRun(QObject):
             self._finished()
             return
         self._worker = thread_worker(run, start_thread=False, ignore_errors=True)()
-        self._worker.yielded.connect(self._on_plane_done)
+        if hasattr(self._worker, "yielded"):  # a generator's worker (a plain function's has no yields)
+            self._worker.yielded.connect(self._on_plane_done)
         self._worker.returned.connect(self._returned)
         self._worker.finished.connect(self._finished)
         self._worker.start()
@@ -212,7 +253,7 @@ class SegmentationRun(QObject):
 
     def _returned(self, outcome: Finished | Failure) -> None:
         self.show_progress(False)
-        if isinstance(outcome, Finished):
+        if not isinstance(outcome, Failure):  # Finished, or a LargeFinished: the model to keep
             self.model, self.model_key = outcome.model, outcome.model_key
         self._on_returned(outcome)
 
@@ -227,6 +268,10 @@ class SegmentationRun(QObject):
         self.progress_bar.setValue(int(PROGRESS_STEPS * (plane + done / max(total, 1)) / planes))
         where = f"plane {plane + 1}/{planes}, " if planes > 1 else ""
         self.progress_bar.setFormat(f"{where}tile {done}/{total}")
+
+    def _on_block_progress(self, done: int, total: int) -> None:
+        self.progress_bar.setValue(int(PROGRESS_STEPS * done / max(total, 1)))
+        self.progress_bar.setFormat(f"block {done}/{total}")
 
     def _on_plane_done(self, planes_done: int) -> None:
         self._plane = (planes_done, self._plane[1])

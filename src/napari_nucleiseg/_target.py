@@ -55,6 +55,7 @@ class Result:
     image_name: str
     freed: str = ""  # why its maps are gone
     used: int = 0  # when the controls last acted on it (a tick of SettingsTarget's clock)
+    in_blocks: bool = False  # segmented block by block: it has no maps to re-label (a change needs a new run)
 
 
 def image_key(viewer: Any, image: Image, channel: tuple[int, int] | None) -> tuple:
@@ -144,10 +145,25 @@ class SettingsTarget(QObject):
         self._show_line()
         return layer, edited
 
+    def write_in_blocks(self, layer: Labels, settings: PostprocessSettings, image: Image,
+                        channel: tuple[int, int] | None) -> None:
+        """Make the result ``layer`` of ``image`` (its ``channel``) segmented block by block with ``settings``
+        the target: the controls cannot re-label it (no maps are kept), and the line says so; they set
+        the settings of the next run."""
+        result = Result(layer, None, settings, None, image_key(self.viewer, image, channel), image.name,
+                        in_blocks=True)
+        self.results[layer.unique_id] = result
+        self.layer = layer
+        self.controls.show_volumes(None, result.key, False)
+        self.rethresholder.switch_to(None)
+        self._changed_freed = False
+        self._use(result)
+        self._show_line()
+
     def controls_changed(self) -> None:
         """The user changed a setting: re-label the target, or say why it cannot be."""
         target = self.result(self.layer)
-        if target is not None and target.cache is None:
+        if target is not None and target.cache is None and not target.in_blocks:
             self._changed_freed = True
             self._show_line()
         self.rethresholder.request()
@@ -227,7 +243,10 @@ class SettingsTarget(QObject):
             return
         text = f"Settings apply to: '{target.layer.name}'"
         selected = self.viewer.layers.selection.active
-        if target.cache is None and self._changed_freed:
+        if target.in_blocks:
+            text = (f"'{target.layer.name}' was segmented block by block: change the settings and press Segment "
+                    "to run it again")
+        elif target.cache is None and self._changed_freed:
             text = (f"The settings cannot change '{target.layer.name}' until '{target.image_name}' is segmented "
                     f"again: {target.freed}")
         elif target.cache is None:

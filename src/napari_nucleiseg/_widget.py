@@ -42,6 +42,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._finetune_panel import FineTunePanel
+from ._large_layer import LargeFinished, features_of, lazy_levels, result_metadata, store_path
 from ._model_menu import UserModelMenu
 from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
 from ._outputs import OutputLayers, export_csv
@@ -184,8 +185,8 @@ class NucleiSegWidget(QWidget):
             self._on_image_changed()  # its shape or axis labels may have changed since it was picked
             self._run_channel = self.channel_combo.channel
         try:
-            planes, weights, metadata = check_runnable(image, self.viewer.layers, self.model_combo.weights_path,
-                                                       self._run_channel)
+            planes, weights, metadata, in_blocks = check_runnable(image, self.viewer.layers,
+                                                                  self.model_combo.weights_path, self._run_channel)
         except Refused as refusal:
             show_error(self.model_combo.refuse(str(refusal), refusal.weights))  # a bad file leaves the list
             return
@@ -195,8 +196,13 @@ class NucleiSegWidget(QWidget):
         self._run_diameter, self._rerun = self.diameter_control.diameter, False
         estimating = self._run_diameter is None and metadata.get("diameter") is not None
         self._set_running(True)
-        self.run.start(image, planes, weights, settings=chosen, diameter=self._run_diameter, channel=self._run_channel,
-                       stage="Estimating the nucleus diameter..." if estimating else "Loading the model...")
+        stage = "Estimating the nucleus diameter..." if estimating else "Loading the model..."
+        if in_blocks:  # multiscale, or one plane too large to hold whole: into a store in the cache folder
+            self.run.start_in_blocks(image, weights, store_path(image.name), settings=chosen,
+                                     diameter=self._run_diameter, channel=self._run_channel, stage=stage)
+        else:
+            self.run.start(image, planes, weights, settings=chosen, diameter=self._run_diameter,
+                           channel=self._run_channel, stage=stage)
 
     def cancel(self) -> None:
         """Stop the run at the next plane or tile; the layers stay as they were."""
@@ -213,20 +219,27 @@ class NucleiSegWidget(QWidget):
         if self._rerun and image is not None and image in self.viewer.layers:
             self._segment(image)  # the diameter changed while the network ran
 
-    def _on_run_returned(self, outcome: Finished | Failure) -> None:
+    def _on_run_returned(self, outcome: Finished | LargeFinished | Failure) -> None:
         image = self.run.image
         self._set_running(False)
         if isinstance(outcome, Failure):
             (show_info if outcome.cancelled else show_error)(self.model_combo.refuse(outcome.message, outcome.weights))
             return
-        planes, model = outcome.planes, outcome.model
+        model = outcome.model
         previous = self.rethresholder.cache
         new_model = previous is not None and previous.model_key != outcome.model_key  # its calibration, at this scale
-        self.postprocess_controls.after_run(planes.settings, model.settings_at(planes.scale).min_size, new_model)
-        cache = Cache.of_run(image, planes, outcome.model_key, self._run_channel, model.name)
-        self.diameter_control.show_used(cache.diameter, cache.diameter_estimated, model.diameter is not None,
+        run = outcome.result if isinstance(outcome, LargeFinished) else outcome.planes
+        self.postprocess_controls.after_run(run.settings, model.settings_at(run.scale).min_size, new_model)
+        self.diameter_control.show_used(run.diameter, run.diameter_estimated, model.diameter is not None,
                                         self._run_diameter is None)
-        self.rethresholder.start_from(cache, planes.settings, planes.labels)
+        if isinstance(outcome, LargeFinished):  # one lazy layer of the store's levels; the run's table
+            layer = self.outputs.write_lazy(image, lazy_levels(run.levels), features_of(run.table),
+                                            metadata=result_metadata(outcome, self._run_channel),
+                                            channel=self._run_channel, model=model.name)
+            self.target.write_in_blocks(layer, run.settings, image, self._run_channel)
+            return
+        cache = Cache.of_run(image, run, outcome.model_key, self._run_channel, model.name)
+        self.rethresholder.start_from(cache, run.settings, run.labels)
         self._show_probabilities()
 
     # ---- nucleus diameter -----------------------------------------------------------------

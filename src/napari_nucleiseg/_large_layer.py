@@ -1,0 +1,130 @@
+"""Images larger than memory in the dock widget: which images are segmented block by block, the run
+that does it (:func:`~napari_nucleiseg.large.segment_large` in the worker thread), and where its labels go.
+
+A multiscale Image layer (its full-resolution level, read lazily), or one plane of at least
+:data:`~napari_nucleiseg.large.LARGE_IMAGE_PIXELS` pixels or too large for the free memory, is
+segmented block by block into an OME-Zarr store in the user's cache folder
+(:func:`store_path`). The result is one lazy multiscale Labels layer of the store's levels, with the
+table of the one pass as its features. Its threshold and other settings cannot be changed afterwards
+without running the network again (the probabilities are not kept): the widget says so.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._run import Failure, failure_of, file_key
+from .pipeline import ChosenSettings
+
+#: The folder under the user's cache folder where the labels of images segmented block by block go.
+STORE_FOLDER = "large"
+#: An image's name is kept in its store's name with characters other than these replaced by "_".
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class LargeFinished:
+    """A run that segmented an image block by block: the result, the model that made it, and the store."""
+
+    result: Any  # a napari_nucleiseg.large.LargeResult
+    model: Any  # the NucleiModel, to be reused while its file is unchanged
+    model_key: tuple[str, int]
+    store: Path
+
+
+def segmented_in_blocks(image: Any, plane: tuple[int, int], too_large: bool) -> bool:
+    """Whether the Image layer ``image``, whose planes are ``plane`` pixels, is segmented block by block:
+    it is multiscale, or its planes are of at least :data:`~napari_nucleiseg.large.LARGE_IMAGE_PIXELS`
+    pixels, or segmenting it whole needs more memory than is free (``too_large``)."""
+    from . import large
+
+    return bool(image.multiscale or plane[0] * plane[1] >= large.LARGE_IMAGE_PIXELS or too_large)
+
+
+def lazy_plane(image: Any, channel: tuple[int, int] | None) -> Any:
+    """The pixels of the Image layer ``image`` to segment block by block, not read: its full-resolution
+    level if it is multiscale, as a dask array (any other array than numpy's is wrapped, so that taking
+    its ``channel``, ``(axis, index)``, reads nothing either)."""
+    import dask.array as da
+
+    from .channels import take_channel
+
+    data = image.data[0] if image.multiscale else image.data
+    if not isinstance(data, (np.ndarray, da.Array)):
+        chunks = getattr(data, "chunks", None)
+        data = da.from_array(data, chunks=chunks if isinstance(chunks, tuple) else "auto")
+    return data if channel is None else take_channel(data, *channel)
+
+
+def store_path(image_name: str, now: float | None = None) -> Path:
+    """Where the labels of the image ``image_name`` segmented block by block go: an OME-Zarr folder
+    ``<image name>-<time>.ome.zarr`` in ``large/`` of the user's cache folder (the folder is made, the
+    store is not; a name taken gets ``-2``, ``-3``, ...)."""
+    from platformdirs import user_cache_dir
+
+    folder = Path(user_cache_dir("napari-nucleiseg")) / STORE_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{SAFE_NAME.sub('_', image_name).strip('_') or 'image'}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+    path, number = folder / f"{stem}.ome.zarr", 1
+    while path.exists():
+        number += 1
+        path = folder / f"{stem}-{number}.ome.zarr"
+    return path
+
+
+def segment_in_blocks(data: Any, rgb: bool, weights: Path, out: Path, *, model: Any = None,
+                      settings: ChosenSettings = None, diameter: float | None = None,
+                      on_progress: Callable[[int, int], None] | None = None,
+                      cancelled: Callable[[], bool] | None = None) -> LargeFinished | Failure:
+    """Load the model (unless given) and segment the 2-D ``data`` block by block into ``out``, for a worker
+    thread: what goes wrong comes back as a :class:`~._run.Failure`, and a run that fails or is
+    cancelled leaves no store."""
+    from .large import segment_large
+    from .weights import load_weights
+
+    try:
+        key = file_key(weights)
+        model = model if model is not None else load_weights(weights)
+        result = segment_large(data, model, out, settings, diameter=diameter, rgb=rgb, progress=on_progress,
+                               cancelled=cancelled)
+    except Exception as error:
+        shutil.rmtree(out, ignore_errors=True)
+        return failure_of(error, np.shape(data), weights)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return LargeFinished(result, model, key, Path(out))
+
+
+def result_metadata(finished: LargeFinished, channel: tuple[int, int] | None) -> dict[str, Any]:
+    """What the Labels layer of an image segmented block by block records of its run: that it was, where
+    its labels are, the settings, model and diameter, and the channel segmented."""
+    result = finished.result
+    recorded = {"block_by_block": True, "store": str(finished.store), "settings": result.settings.row(),
+                "model": finished.model.name, "diameter": result.diameter,
+                "diameter_estimated": result.diameter_estimated, "scale": result.scale,
+                "exclude_border": result.settings.exclude_border, "left_out": result.left_out}
+    return recorded if channel is None else recorded | {"channel": channel[1]}
+
+
+def lazy_levels(levels: list[Any]) -> list[Any]:
+    """The store's levels (zarr arrays) as dask arrays, for one multiscale Labels layer (read as shown)."""
+    import dask.array as da
+
+    return [da.from_zarr(level) for level in levels]
+
+
+def features_of(table: Any) -> Any:
+    """The table of a block-by-block run as a Labels layer's features: an ``index`` column equal to
+    ``label`` first (napari shows a nucleus's row by it), as the widget's other results have."""
+    table = table.copy()
+    table.insert(0, "index", table["label"].to_numpy())
+    return table
