@@ -155,3 +155,17 @@ def test_cancel_mid_run_stops_within_2_s_and_leaves_no_layer_and_no_store(
     assert labels_layers(viewer) == [] and list(cache_folder(tmp_path).iterdir()) == []
     assert notifications.messages["info"][-1] == "Segmentation cancelled; no layer was changed."
     assert not widget.progress_bar.isVisible() and widget.segment_button.isEnabled()
+
+
+def test_an_image_taken_out_during_the_run_gets_no_layer_and_the_user_is_told_where_its_labels_are(
+    viewer_and_widget, notifications, tmp_path, qtbot
+):
+    viewer, widget = viewer_and_widget
+    image = tiled_blobs(1024)
+    viewer.add_image([image, image[::2, ::2]], multiscale=True, name="slide")
+    widget.segment()
+    viewer.layers.remove("slide")
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    (store,) = cache_folder(tmp_path).iterdir()
+    assert labels_layers(viewer) == []
+    assert notifications.messages["info"][-1] == f"'slide' was taken out during the run; its labels are in {store}."

@@ -3,7 +3,8 @@
 Controls and wiring only. The parts it wires together:
 
 - a :class:`~._run.SegmentationRun` runs the pipeline (:mod:`.pipeline`) in a worker, with progress
-  and Cancel, and keeps the model;
+  and Cancel, and keeps the model; a multiscale image, or a plane too large to hold whole, it segments
+  block by block into an OME-Zarr store instead, shown as one lazy multiscale layer (:mod:`._large_layer`);
 - a :class:`~._rethreshold.Rethresholder` re-labels the probability maps of a run as the threshold,
   minimum size and boxes change (the network does not run again; a new nucleus diameter runs it again);
 - a :class:`~._target.SettingsTarget` says which result layer those controls act on (the last one
@@ -232,15 +233,25 @@ class NucleiSegWidget(QWidget):
         self.postprocess_controls.after_run(run.settings, model.settings_at(run.scale).min_size, new_model)
         self.diameter_control.show_used(run.diameter, run.diameter_estimated, model.diameter is not None,
                                         self._run_diameter is None)
-        if isinstance(outcome, LargeFinished):  # one lazy layer of the store's levels; the run's table
-            layer = self.outputs.write_lazy(image, lazy_levels(run.levels), features_of(run.table),
-                                            metadata=result_metadata(outcome, self._run_channel),
-                                            channel=self._run_channel, model=model.name)
-            self.target.write_in_blocks(layer, run.settings, image, self._run_channel)
+        if isinstance(outcome, LargeFinished):
+            self._show_in_blocks(image, outcome)
             return
         cache = Cache.of_run(image, run, outcome.model_key, self._run_channel, model.name)
         self.rethresholder.start_from(cache, run.settings, run.labels)
         self._show_probabilities()
+
+    def _show_in_blocks(self, image: Image, outcome: LargeFinished) -> None:
+        """The result of ``image`` segmented block by block: one lazy multiscale layer of its store's levels,
+        with the run's table; the settings' target, which they cannot re-label. An image taken out during
+        the run gets no layer; its labels stay in the store."""
+        if image not in self.viewer.layers:
+            show_info(f"'{image.name}' was taken out during the run; its labels are in {outcome.store}.")
+            return
+        result = outcome.result
+        layer = self.outputs.write_lazy(image, lazy_levels(result.levels), features_of(result.table),
+                                        metadata=result_metadata(outcome, self._run_channel),
+                                        channel=self._run_channel, model=outcome.model.name)
+        self.target.write_in_blocks(layer, result.settings, image, self._run_channel)
 
     # ---- nucleus diameter -----------------------------------------------------------------
 
