@@ -185,6 +185,7 @@ def segment_large(
                                                       options, next_label, cancelled)
         tables.append(table)
         left_out += too_large
+        _release_freed_memory()
         if progress is not None:
             progress(done + 1, len(starts))
     import pandas as pd
@@ -220,6 +221,27 @@ def write_pyramid(group: Any, cancelled: Callable[[], bool] | None = None) -> li
                      for i in range(len(levels))],
     }]
     return levels
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory freed by a block back to the system (glibc's ``malloc_trim``). A zarr or dask
+    source is read by their worker threads, and glibc gives each thread its own heap: without this, the
+    freed blocks' memory stayed in those heaps and the resident size grew by about 15 MB a block (a
+    30,000 px TIFF passed 3.4 GB, where one block needs about 0.6 GB)."""
+    import ctypes
+    import ctypes.util
+
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
 
 
 def whole_normalization(data: Any, model: NucleiModel) -> Normalization:
