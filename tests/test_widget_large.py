@@ -169,3 +169,18 @@ def test_an_image_taken_out_during_the_run_gets_no_layer_and_the_user_is_told_wh
     (store,) = cache_folder(tmp_path).iterdir()
     assert labels_layers(viewer) == []
     assert notifications.messages["info"][-1] == f"'slide' was taken out during the run; its labels are in {store}."
+
+
+def test_the_channel_chosen_of_a_large_image_is_segmented_block_by_block(viewer_and_widget, monkeypatch, qtbot):
+    """Of a plane under 1024 px (one level in the store), the layer is the one level, not multiscale."""
+    viewer, widget = viewer_and_widget
+    monkeypatch.setattr(large, "LARGE_IMAGE_PIXELS", 1_000_000)
+    nuclei = tiled_blobs(1000)
+    channels = da.stack([da.zeros_like(nuclei), da.from_array(nuclei, chunks=512)])  # nothing in channel 0
+    viewer.add_image(channels, name="dapi and marker", axis_labels=("c", "y", "x"))
+    widget.channel_combo.setCurrentIndex(widget.channel_combo.findData(1))
+    click_segment(qtbot, widget)
+    (layer,) = labels_layers(viewer)
+    assert layer.metadata["block_by_block"] and not layer.multiscale and isinstance(layer.data, da.Array)
+    assert layer.name == "dapi and marker channel 1 nuclei" and layer.metadata["channel"] == 1
+    assert layer.data.shape == nuclei.shape and len(layer.features) > 20

@@ -11,6 +11,7 @@ without running the network again (the probabilities are not kept): the widget s
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import time
@@ -47,6 +48,19 @@ def segmented_in_blocks(image: Any, plane: tuple[int, int], too_large: bool) -> 
     from . import large
 
     return bool(image.multiscale or plane[0] * plane[1] >= large.LARGE_IMAGE_PIXELS or too_large)
+
+
+def blocks_shortfall(image_name: str) -> str | None:
+    """A sentence for the user when segmenting the image ``image_name`` block by block would need more memory
+    than is free (one block as large as the network may see it, its arrays and the model); None when it fits."""
+    from . import large
+    from .memory import memory_shortfall
+
+    side = math.isqrt(large.BLOCK_NETWORK_PIXELS)
+    shortfall = memory_shortfall((side, side))
+    if shortfall is None:
+        return None
+    return f"'{image_name}' is segmented in blocks of up to {side} x {side} pixels: {shortfall[0].lower()}{shortfall[1:]}"
 
 
 def lazy_plane(image: Any, channel: tuple[int, int] | None) -> Any:

@@ -239,9 +239,10 @@ class OutputLayers(QObject):
         ``table`` (one row per nucleus, from the run) as its features and its count. Nothing here reads
         the labels: napari reads the chunks it shows."""
         name = self._new_name(image, channel, model)
+        several = len(levels) > 1  # an image under 1024 px a side has one level: napari takes it as is
         with self.self_writing():
-            layer = self.viewer.add_labels(levels, multiscale=True, name=name, metadata=metadata | {"model": model},
-                                           **placement(image, channel))
+            layer = self.viewer.add_labels(levels if several else levels[0], multiscale=several, name=name,
+                                           metadata=metadata | {"model": model}, **placement(image, channel))
         pixel = pixel_size(layer)
         layer.features = table if pixel is None else physical_columns(table, pixel)
         self.lazy[layer.unique_id] = layer

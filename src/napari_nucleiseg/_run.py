@@ -71,7 +71,7 @@ def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
     Refused
         Saying what is missing.
     """
-    from ._large_layer import segmented_in_blocks
+    from ._large_layer import blocks_shortfall, segmented_in_blocks
     from .memory import memory_shortfall
     from .pipeline import stack_shape
     from .weights import read_metadata
@@ -96,7 +96,8 @@ def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
         metadata = read_metadata(path)
     except (ImageError, WeightsError) as error:
         raise Refused(str(error), path if isinstance(error, WeightsError) else None) from None
-    if shortfall is not None and not blocks:
+    shortfall = blocks_shortfall(image.name) if blocks else shortfall
+    if shortfall is not None:
         raise Refused(shortfall)
     return int(np.prod(leading)), path, metadata, blocks
 
