@@ -71,9 +71,10 @@ class LargeFinished:
         return self.row, self.table
 
 
-def segment_large_image(job: Any, model: Any, args: Any, cancelled: Callable[[], bool] | None = None,
-                        identity: dict | None = None) -> LargeFinished:
-    """Segment ``job.source`` block by block into the temporary name of its labels.
+def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
+                        cancelled: Callable[[], bool] | None = None, identity: dict | None = None) -> LargeFinished:
+    """Segment ``job.source`` block by block into the temporary name of its labels, with the settings
+    ``chosen`` (``cli.chosen_settings``).
 
     Raises
     ------
@@ -87,11 +88,9 @@ def segment_large_image(job: Any, model: Any, args: Any, cancelled: Callable[[],
     image = open_lazy(job.source, channel=args.channel)
     partial = partial_path(job.labels_path)
     shutil.rmtree(partial, ignore_errors=True)
-    chosen = {"threshold": args.threshold, "min_size": args.min_size, "split": args.split,
-              "neck_ratio": args.neck_ratio, "exclude_border": args.exclude_border}
     try:
-        result = segment_large(image.data, model, partial, {k: v for k, v in chosen.items() if v is not None},
-                               diameter=args.diameter, rgb=image.rgb, cancelled=cancelled)
+        result = segment_large(image.data, model, partial, chosen, diameter=args.diameter, rgb=image.rgb,
+                               cancelled=cancelled)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -105,6 +104,4 @@ def segment_large_image(job: Any, model: Any, args: Any, cancelled: Callable[[],
         "diameter_px": result.diameter if result.diameter is not None else float("nan"),
         "diameter_estimated": result.diameter_estimated, "scale": result.scale,
     }
-    table = result.table.copy()
-    table.insert(0, "index", table["label"].to_numpy())
-    return LargeFinished(job, row, table.assign(file=str(job.source)), identity)
+    return LargeFinished(job, row, result.table.assign(file=str(job.source)), identity)

@@ -137,8 +137,6 @@ def lazy_levels(levels: list[Any]) -> list[Any]:
 
 
 def features_of(table: Any) -> Any:
-    """The table of a block-by-block run as a Labels layer's features: an ``index`` column equal to
-    ``label`` first (napari shows a nucleus's row by it), as the widget's other results have."""
-    table = table.copy()
-    table.insert(0, "index", table["label"].to_numpy())
-    return table
+    """The table of a block-by-block run as a Labels layer's features (a copy: its ``index`` column,
+    equal to ``label``, is what napari shows a nucleus's row by)."""
+    return table.copy()

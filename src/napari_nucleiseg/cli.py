@@ -401,7 +401,8 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
 
             identity = input_fingerprint(job.source)
         if job.labels_path.name.endswith(LARGE_LABELS_SUFFIX):
-            return segment_large_image(job, model, args, stops.requested if stops is not None else None, identity)
+            return segment_large_image(job, model, args, chosen_settings(args),
+                                       stops.requested if stops is not None else None, identity)
         image = read_image(job.source, channel=args.channel)
         shortfall = memory_shortfall(image.shape)
         if shortfall is not None:
@@ -442,14 +443,19 @@ def _segment(image: InputImage, model: Any, args: argparse.Namespace,
     from .api import result_from_planes, segment
     from .pipeline import run_to_end, segment_planes
 
-    chosen = {"threshold": args.threshold, "min_size": args.min_size, "split": args.split,
-              "neck_ratio": args.neck_ratio, "exclude_border": args.exclude_border}
+    chosen = chosen_settings(args)
     if not image.plane_axes:
         return segment(image.data, model, **chosen, diameter=args.diameter, cancelled=cancelled)
     chosen["link_axis"] = volume_axis(image.plane_axes, args.volumes)
     run = segment_planes(image.data, model, chosen, rgb=image.rgb, diameter=args.diameter, compact=False,
                          cancelled=cancelled)
     return result_from_planes(run_to_end(run, cancelled), image.data, model_name=model.name)
+
+
+def chosen_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The post-processing settings given on the command line (None: the model's)."""
+    return {"threshold": args.threshold, "min_size": args.min_size, "split": args.split,
+            "neck_ratio": args.neck_ratio, "exclude_border": args.exclude_border}
 
 
 def volume_axis(plane_axes: str, volumes: bool | None) -> int | None:

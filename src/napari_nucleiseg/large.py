@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import Cancelled, ImageError
-from .pipeline import ChosenSettings, resolve_settings
+from .pipeline import ChosenSettings, check_settings, resolve_settings
 from .preprocess import PERCENTILE_SAMPLE_PIXELS, Normalization
 from .scale import check_diameter
 from .settings import PostprocessSettings
@@ -74,7 +74,7 @@ class LargeResult:
     """What :func:`segment_large` returns."""
 
     labels: Any  # the (Y, X) uint32 zarr array written (level "0" of the OME-Zarr group at ``out``)
-    table: pd.DataFrame  # one row per nucleus (measure_nuclei's columns, in the image's pixels)
+    table: pd.DataFrame  # one row per nucleus: index (= label), then measure_nuclei's columns, in the image's pixels
     settings: PostprocessSettings
     diameter: float | None
     diameter_estimated: bool
@@ -158,10 +158,7 @@ def segment_large(
                          "stack plane by plane.")
     height, width = shape[:2]
     check_diameter(diameter, (height, width))
-    if isinstance(settings, PostprocessSettings):
-        settings.validate()
-    elif settings:
-        model.settings.replace(**settings)
+    check_settings(settings, model)
     out = Path(out)
     if out.exists():
         raise FileExistsError(0, "it exists already", str(out))
@@ -190,7 +187,8 @@ def segment_large(
             progress(done + 1, len(starts))
     import pandas as pd
 
-    table = pd.concat(tables, ignore_index=True) if tables else None
+    table = pd.concat(tables, ignore_index=True)
+    table.insert(0, "index", table["label"].to_numpy())  # as nuclei_table's: napari shows a nucleus's row by it
     levels = write_pyramid(group, cancelled)
     return LargeResult(labels, table, chosen, used, estimated, scale, len(starts), left_out, levels)
 

@@ -118,10 +118,7 @@ def segment_planes(
     """
     leading, plane = stack_shape(np.shape(data), _is_rgb(data, rgb))
     check_diameter(diameter, plane)
-    if isinstance(settings, PostprocessSettings):
-        settings.validate()  # before the slow part
-    elif settings:
-        model.settings.replace(**settings)
+    check_settings(settings, model)
     if not leading:  # one image: its estimate is checked against all its nuclei
         prediction = predict_at_diameter(np.asarray(data), model, diameter, progress=on_progress,
                                          cancelled=cancelled, predict=predict)
@@ -144,6 +141,14 @@ def segment_planes(
     chosen = resolve_settings(settings, model, scale)
     labels = run_to_end(label_planes(probabilities, chosen), cancelled) if label else None
     return PlanesResult(probabilities, labels, chosen, used, estimated, scale)
+
+
+def check_settings(settings: ChosenSettings, model: NucleiModel) -> None:
+    """Raise what a bad setting chosen would raise, before the slow part of a run (ValueError)."""
+    if isinstance(settings, PostprocessSettings):
+        settings.validate()
+    elif settings:
+        model.settings.replace(**settings)
 
 
 def resolve_settings(settings: ChosenSettings, model: NucleiModel, scale: float) -> PostprocessSettings:
