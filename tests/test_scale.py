@@ -103,3 +103,41 @@ def test_a_plane_gets_the_same_diameter_alone_and_in_its_stack():
     stack = np.stack([image[::-1], image, image[:, ::-1]])
     diameter, estimated = stack_diameter(stack, (3,), load_model("hrnet"))
     assert estimated and diameter == pytest.approx(alone.diameter)
+
+
+def _rung(relative, estimate, *, confidence, foreground_share, brightness, colour=0.0, boundary_share=0.2):
+    return {"relative": relative, "count": 20, "estimate": estimate, "signed_miss": 0.0, "confidence": confidence,
+            "boundary_share": boundary_share, "foreground_share": foreground_share, "colour": colour,
+            "brightness": brightness}
+
+
+def test_on_a_light_gray_image_a_rung_that_found_whole_cells_does_not_count():
+    from napari_nucleiseg.scale import rule_choice
+
+    nuclei = _rung(1.0, 12.0, confidence=0.72, foreground_share=0.05, brightness=0.8)
+    cells = _rung(4.0, 52.0, confidence=0.74, foreground_share=0.2, brightness=0.9)
+    assert rule_choice([nuclei, cells])["estimate"] == 12.0
+    # Dense fluorescence (dark background) and stained tissue keep the rule as it was: the tie
+    # goes to the rung that enlarges least.
+    dark = [dict(rung, brightness=0.2) for rung in (nuclei, cells)]
+    assert rule_choice(dark)["estimate"] == 52.0
+    stained = [dict(rung, colour=0.05) for rung in (nuclei, cells)]
+    assert rule_choice(stained)["estimate"] == 52.0
+
+
+def test_a_brightfield_image_s_estimate_is_its_nuclei_not_its_cells():
+    from conftest import SHARED
+
+    from napari_nucleiseg.scale import median_diameter
+    from skimage.io import imread
+
+    # DSB2018 val's brightfield image where the estimate took the cells (52 px) for its 10 px nuclei.
+    name = "4217e25defac94ff465157d53f5a24b8a14045b763d8606ec4a97d71d99ee381.png"
+    folder = SHARED / "data" / "dsb2018" / "stage1_train"
+    if not (folder / "images" / name).is_file():
+        pytest.skip("DSB2018 is not in ../shared")
+    image, labels = imread(folder / "images" / name), imread(folder / "labels" / name)
+    truth = median_diameter(labels)
+    result = segment(image, model="hrnet")
+    assert result.diameter_estimated
+    assert abs(result.diameter / truth - 1) <= 0.25, f"estimated {result.diameter:.1f} px, nuclei {truth:.1f} px"
