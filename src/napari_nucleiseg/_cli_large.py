@@ -82,6 +82,7 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
         As :func:`~napari_nucleiseg.lazy_io.open_lazy` and :func:`~napari_nucleiseg.large.segment_large` do;
         a cancelled or failed run leaves no temporary folder.
     """
+    from .cli import count_row
     from .large import segment_large
     from .lazy_io import open_lazy
 
@@ -96,12 +97,5 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
         raise
     finally:
         image.close()
-    height, width = result.labels.shape
-    row = {
-        "file": str(job.source), "nuclei": result.count, "height": height, "width": width, "planes": 1,
-        "mean_area": float(result.table["area"].mean()) if result.count else float("nan"),
-        "labels_file": job.labels_path.name, "model": model.name, **result.settings.row(),
-        "diameter_px": result.diameter if result.diameter is not None else float("nan"),
-        "diameter_estimated": result.diameter_estimated, "scale": result.scale,
-    }
+    row = count_row(job, result, model.name)
     return LargeFinished(job, row, result.table.assign(file=str(job.source)), identity)

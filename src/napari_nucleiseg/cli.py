@@ -416,25 +416,33 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
         return _one_line(error)
     except Exception as error:  # anything else on one image (torch's "can't allocate memory", a decoder's bug)
         return f"{type(error).__name__}: {_one_line(error)}"
-    row = {
-        "file": str(job.source),
-        "nuclei": result.count,  # of a stack: all its planes'
-        "height": result.labels.shape[-2],
-        "width": result.labels.shape[-1],
-        "planes": _plane_count(result.labels.shape[:-2]),
-        "mean_area": float(result.table["area"].mean()) if result.count and "area" in result.table else float("nan"),
-        "labels_file": job.labels_path.name,
-        "model": result.model_name,
-        **result.settings.row(),
-        "diameter_px": result.diameter if result.diameter is not None else float("nan"),
-        "diameter_estimated": result.diameter_estimated,
-        "scale": result.scale,
-    }
+    row = count_row(job, result, result.model_name)
     columns = plane_columns(image.plane_axes)
     table = result.table.rename(columns={f"axis_{axis}": name for axis, name in enumerate(columns)})
     probabilities = result.probabilities if job.probability_path is not None else None  # only those written
     return Finished(job, result.labels, probabilities, row, table.assign(file=str(job.source)), image.plane_axes,
                     identity)
+
+
+def count_row(job: Job, result: Any, model_name: str) -> dict[str, Any]:
+    """The row of ``counts.csv`` for one finished image: ``result`` is a
+    :class:`~napari_nucleiseg.api.SegmentationResult` or a :class:`~napari_nucleiseg.large.LargeResult`
+    (whose labels are a lazy array of the same shape)."""
+    shape = result.labels.shape
+    return {
+        "file": str(job.source),
+        "nuclei": result.count,  # of a stack: all its planes'
+        "height": shape[-2],
+        "width": shape[-1],
+        "planes": _plane_count(shape[:-2]),
+        "mean_area": float(result.table["area"].mean()) if result.count and "area" in result.table else float("nan"),
+        "labels_file": job.labels_path.name,
+        "model": model_name,
+        **result.settings.row(),
+        "diameter_px": result.diameter if result.diameter is not None else float("nan"),
+        "diameter_estimated": result.diameter_estimated,
+        "scale": result.scale,
+    }
 
 
 def _segment(image: InputImage, model: Any, args: argparse.Namespace,
