@@ -11,12 +11,13 @@ main thread all the while; the gaps between its ticks are how long the main thre
 (a click, a redraw). Prints the longest gap, the 99th percentile and the median, idle and from the
 click on, the time from Cancel to the run's end, and whether the half-written store was deleted.
 
-    xvfb-run -a python benchmarks/bench_large_gui.py [--side 8192] [--model unet] [--blocks 2] [--diameter D]
+    xvfb-run -a python benchmarks/bench_large_gui.py [--side 8192] [--model unet] [--blocks 2] [--diameter D] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -37,16 +38,27 @@ TARGET_MS = 50
 CANCEL_TARGET_S = 2.0
 
 
-def gap_line(what: str, ticks: list[float], start: float, end: float) -> str:
+def gap_stats(ticks: list[float], start: float, end: float) -> dict | None:
+    """The gaps (ms) between the ticks from ``start`` to ``end``: the longest, 99th percentile, median,
+    how many are over the target, and the three longest with when they began (s after ``start``)."""
     times = np.array([tick for tick in ticks if start <= tick <= end])
     gaps = np.diff(times) * 1000
     if gaps.size == 0:
+        return None
+    longest = sorted(np.argsort(gaps)[::-1][:3])
+    return {"gaps": len(gaps), "max_ms": round(float(gaps.max()), 1),
+            "p99_ms": round(float(np.percentile(gaps, 99)), 1), "median_ms": round(float(np.median(gaps)), 1),
+            "over_target": int((gaps > TARGET_MS).sum()),
+            "longest": [[round(float(times[i] - start), 2), round(float(gaps[i]))] for i in longest]}
+
+
+def gap_line(what: str, stats: dict | None) -> str:
+    if stats is None:
         return f"{what}: no ticks"
-    longest = np.argsort(gaps)[::-1][:3]
-    return (f"{what}: {len(gaps)} gaps between {TICK_MS} ms ticks: max {gaps.max():.1f} ms, 99th percentile "
-            f"{np.percentile(gaps, 99):.1f} ms, median {np.median(gaps):.1f} ms, {int((gaps > TARGET_MS).sum())} "
-            f"over {TARGET_MS} ms; longest at (s after the start: ms) "
-            + ", ".join(f"{times[i] - start:.1f}: {gaps[i]:.0f}" for i in sorted(longest)))
+    return (f"{what}: {stats['gaps']} gaps between {TICK_MS} ms ticks: max {stats['max_ms']:.1f} ms, 99th "
+            f"percentile {stats['p99_ms']:.1f} ms, median {stats['median_ms']:.1f} ms, {stats['over_target']} over "
+            f"{TARGET_MS} ms; longest at (s after the start: ms) "
+            + ", ".join(f"{at:.1f}: {gap:.0f}" for at, gap in stats["longest"]))
 
 
 def ticking(ticks: list[float]):
@@ -67,6 +79,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=2, help="press Cancel once this many blocks are done (0: never)")
     parser.add_argument("--diameter", type=float, default=None, help="the nucleus diameter (px); default Auto")
     parser.add_argument("--idle", type=float, default=5, help="seconds of ticks with nothing running, first")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     cache = tempfile.TemporaryDirectory(prefix="nucleiseg-bench-cache-")
     os.environ["XDG_CACHE_HOME"] = cache.name
@@ -87,6 +100,8 @@ def main() -> None:
         widget.set_diameter(args.diameter)
     blocks: list[tuple[float, int, int]] = []  # (time, done, total) of each block reported
     widget.run._blocks.done.connect(lambda done, total: blocks.append((time.perf_counter(), done, total)))
+    added: list[float] = []  # when the result's layer was added to the viewer
+    viewer.layers.events.inserted.connect(lambda event: added.append(time.perf_counter()))
 
     ticks: list[float] = []
     timer = ticking(ticks)
@@ -119,16 +134,31 @@ def main() -> None:
         print(f"first block done {first - clicked:.1f} s after the click (diameter estimate, normalisation and "
               f"the block); {len(blocks)} of {blocks[0][2]} blocks done, "
               f"{(blocks[-1][0] - first) / max(len(blocks) - 1, 1):.1f} s a block after the first")
-    print(gap_line(f"idle, {args.idle:g} s", ticks, idle_start, clicked))
-    print(gap_line("from the click to the run's end", ticks, clicked, ended))
-    print(gap_line("from the click to 2 s after the end", ticks, clicked, settled))
+    figures = {"side": args.side, "model": args.model, "diameter": args.diameter, "blocks_before_cancel": args.blocks,
+               "torch_threads": torch.get_num_threads(), "machine": machine_description(),
+               "load_average": [round(load, 2) for load in os.getloadavg()], "handler_ms": round(1000 * handler),
+               "idle": gap_stats(ticks, idle_start, clicked), "run": gap_stats(ticks, clicked, ended),
+               "shown": gap_stats(ticks, added[0] - 0.5, settled) if added else None,
+               "click_to_settled": gap_stats(ticks, clicked, settled)}
+    print(gap_line(f"idle, {args.idle:g} s", figures["idle"]))
+    print(gap_line("from the click to the run's end", figures["run"]))
+    if added:
+        print(gap_line("from 0.5 s before the result's layer was added to 2 s after the run's end", figures["shown"]))
+    print(gap_line("from the click to 2 s after the end", figures["click_to_settled"]))
     if cancelled_at is not None:
         took = ended - cancelled_at
+        layers = sum(layer.__class__.__name__ == "Labels" for layer in viewer.layers)
+        figures |= {"cancel_to_end_s": round(took, 2), "labels_layers": layers, "stores_left": len(stores)}
         print(f"Cancel pressed after {len(blocks)} blocks: the run ended {took:.2f} s later (target "
               f"{CANCEL_TARGET_S:g} s: {'met' if took <= CANCEL_TARGET_S else 'MISSED'}); Labels layers "
-              f"{sum(layer.__class__.__name__ == 'Labels' for layer in viewer.layers)}, stores left {len(stores)}")
+              f"{layers}, stores left {len(stores)}")
     else:
-        print(f"run finished {ended - clicked:.1f} s after the click: {widget.count_label.toolTip().splitlines()[-1]}")
+        counted = widget.count_label.toolTip().splitlines()[-1]
+        figures |= {"run_s": round(ended - clicked, 1), "count_line": counted}
+        print(f"run finished {ended - clicked:.1f} s after the click: {counted}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"wrote {args.json}")
     viewer.close()
     cache.cleanup()
 

@@ -8,6 +8,7 @@ the tiny untrained UNet: what is tested is the widget's path, not the segmentati
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
+from napari.layers import Labels
 from qtpy.QtCore import Qt
 
 from napari_nucleiseg import inference, large
+from napari_nucleiseg._large_layer import segment_in_blocks
 from napari_nucleiseg.errors import Cancelled
 from napari_nucleiseg.weights import load_weights
 
@@ -51,6 +54,21 @@ def tiled_blobs(side: int = SIDE) -> np.ndarray:
     return np.tile(tile, (side // 192 + 1, side // 256 + 1))[:side, :side]
 
 
+def slow_blocks(monkeypatch, seconds: float) -> None:
+    """Each block's network takes ``seconds`` more, polling Cancel: the run lasts long enough to act in it."""
+    predict = inference.predict_probabilities
+
+    def slow(image, model, *, cancelled=None, **options):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if cancelled is not None and cancelled():
+                raise Cancelled("Segmentation cancelled.")
+            time.sleep(0.01)
+        return predict(image, model, cancelled=cancelled, **options)
+
+    monkeypatch.setattr(inference, "predict_probabilities", slow)
+
+
 def block_formats(widget) -> list[str]:
     """The progress bar's texts as each block is reported (recorded after the widget shows them)."""
     shown: list[str] = []
@@ -68,6 +86,8 @@ def test_a_multiscale_image_is_segmented_block_by_block_into_one_lazy_multiscale
     click_segment(qtbot, widget)
 
     (layer,) = labels_layers(viewer)
+    qtbot.waitUntil(lambda: layer.visible, timeout=2_000)  # added hidden, shown in a later turn of the event loop
+    assert viewer.layers.selection.active is layer
     assert layer.multiscale and len(layer.data) == 2 and all(isinstance(level, da.Array) for level in layer.data)
     assert layer.data[0].shape == (SIDE, SIDE) and layer.data[1].shape == (SIDE // 2, SIDE // 2)
     assert tuple(layer.scale) == (0.5, 0.5) and tuple(layer.translate) == (10, 20)
@@ -86,6 +106,44 @@ def test_a_multiscale_image_is_segmented_block_by_block_into_one_lazy_multiscale
     whole = f"{reference.count} nuclei in 'slide nuclei' (segmented block by block; labels in {store})"
     assert whole in widget.count_label.toolTip() and widget.count_label.text().startswith(f"{reference.count} nuclei")
     assert shown[0] == "block 1/9" and shown[-1] == "block 9/9"
+
+
+def test_the_worker_builds_the_layer_hidden_with_its_table_and_reads_the_halved_level_but_not_the_full_one(
+    tiny_weights, monkeypatch, tmp_path
+):
+    """What the main thread is left to do is adding the layer: the worker function returns it built."""
+    monkeypatch.setattr(large, "BLOCK_SIDE", BLOCK)
+    out = tmp_path / "slide.ome.zarr"
+    where = {"scale": (0.5, 0.5), "translate": (10, 20), "units": ("um", "um")}
+    finished = segment_in_blocks(tiled_blobs(), False, tiny_weights["unet"], out, channel=None, placement=where)
+
+    layer = finished.layer
+    assert isinstance(layer, Labels) and not layer.visible and layer.multiscale
+    assert tuple(layer.scale) == (0.5, 0.5) and tuple(layer.translate) == (10, 20)
+    assert layer.metadata["block_by_block"] and layer.metadata["store"] == str(out)
+    features = layer.features
+    assert len(features) == finished.result.count > 50 and (features["label"] == features["index"]).all()
+    assert np.allclose(features["area_um2"], features["area"] * 0.25)
+    full, half = (np.asarray(level) for level in layer.data)
+    shutil.rmtree(out)  # the store gone: the halved level was read into memory, the full one is read as shown
+    assert np.array_equal(np.asarray(layer.data[1]), half) and half.any()
+    assert full.any() and not np.asarray(layer.data[0]).any()
+
+
+def test_an_image_moved_during_the_run_gets_its_result_where_it_lies_at_the_end(viewer_and_widget, monkeypatch, qtbot):
+    viewer, widget = viewer_and_widget
+    slow_blocks(monkeypatch, 0.3)
+    image = tiled_blobs()
+    slide = viewer.add_image([image, image[::2, ::2]], multiscale=True, name="slide", scale=(0.5, 0.5),
+                             units=("um", "um"))
+    widget.segment()
+    qtbot.waitUntil(lambda: widget.progress_bar.format() == "block 1/9", timeout=30_000)
+    slide.scale = (0.25, 0.25)  # the layer the worker builds lies where the image lay at the start
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+
+    (layer,) = labels_layers(viewer)
+    assert tuple(layer.scale) == (0.25, 0.25)
+    assert np.allclose(layer.features["area_um2"], layer.features["area"] * 0.0625)
 
 
 def test_a_dask_layer_over_the_large_size_goes_block_by_block_the_settings_say_they_cannot_change_it_and_export(
@@ -132,17 +190,7 @@ def test_cancel_mid_run_stops_within_2_s_and_leaves_no_layer_and_no_store(
     viewer_and_widget, notifications, monkeypatch, tmp_path, qtbot
 ):
     viewer, widget = viewer_and_widget
-    predict = inference.predict_probabilities
-
-    def slow(image, model, *, cancelled=None, **options):  # each block's network takes 1 s, polling Cancel
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            if cancelled is not None and cancelled():
-                raise Cancelled("Segmentation cancelled.")
-            time.sleep(0.01)
-        return predict(image, model, cancelled=cancelled, **options)
-
-    monkeypatch.setattr(inference, "predict_probabilities", slow)
+    slow_blocks(monkeypatch, 1.0)
     image = tiled_blobs()
     viewer.add_image([image, image[::2, ::2]], multiscale=True, name="slide")
     widget.segment()

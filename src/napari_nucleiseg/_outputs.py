@@ -27,7 +27,7 @@ from qtpy.QtCore import QObject, QTimer
 
 from ._controls import is_default_label, layer_axis_labels
 from .channels import take_channel
-from .tables import PixelSize, count_labels, nuclei_table, physical_columns, write_csv
+from .tables import PixelSize, count_labels, nuclei_table, write_csv
 from .volumes import TIME_LABELS, count_sections
 from .weights import MODEL_TITLES
 
@@ -40,6 +40,9 @@ REDRAW_CHECK_MS = 100
 #: Labels layers larger than this are counted in a worker after a hand edit: counting takes
 #: 0.2 s at 8192 x 8192 and seconds at 20,000 x 20,000, too long to hold up the brush.
 COUNT_IN_WORKER_PIXELS = 1 << 24
+#: A result segmented block by block is shown this long after it is added (hidden): a timer, not a call
+#: posted with no delay, so that the event loop serves input and timers between the two steps.
+SHOW_LAZY_AFTER_MS = 10
 
 
 def checksum(labels: np.ndarray) -> int:
@@ -232,22 +235,24 @@ class OutputLayers(QObject):
         self.mark_changed(layer, count=count, fingerprint=record.written)
         return layer, edited
 
-    def write_lazy(self, image: Image, levels: list[Any], table: Any, *, metadata: dict[str, Any],
-                   channel: tuple[int, int] | None = None, model: str = "") -> Labels:
-        """Add the labels of ``image`` segmented block by block (its ``channel``, if one), made by
-        ``model``: one multiscale Labels layer of the lazy ``levels`` (full resolution first), with
-        ``table`` (one row per nucleus, from the run) as its features and its count. Nothing here reads
-        the labels: napari reads the chunks it shows."""
-        name = self._new_name(image, channel, model)
-        several = len(levels) > 1  # an image under 1024 px a side has one level: napari takes it as is
+    def write_lazy(self, image: Image, layer: Labels, *, channel: tuple[int, int] | None = None,
+                   model: str = "") -> Labels:
+        """Add the result of ``image`` segmented block by block (its ``channel``, if one) by ``model``: the
+        lazy Labels ``layer`` built hidden in the worker (:func:`~._large_layer.labels_layer`), with the
+        run's table as its features, and its count. It is shown :data:`SHOW_LAZY_AFTER_MS` later, in a turn
+        of the event loop of its own: napari builds the layer's display objects when it is added, and
+        reads and draws its view when it is shown; in one go the two blocked the window for 373 ms."""
+        layer.name = self._new_name(image, channel, model)
         with self.self_writing():
-            layer = self.viewer.add_labels(levels if several else levels[0], multiscale=several, name=name,
-                                           metadata=metadata | {"model": model}, **placement(image, channel))
-        pixel = pixel_size(layer)
-        layer.features = table if pixel is None else physical_columns(table, pixel)
+            self.viewer.add_layer(layer)
         self.lazy[layer.unique_id] = layer
         self.show_lazy(layer)
+        QTimer.singleShot(SHOW_LAZY_AFTER_MS, partial(self._show_added, layer))
         return layer
+
+    def _show_added(self, layer: Labels) -> None:
+        if self._in_viewer(layer):
+            layer.visible = True
 
     def show_lazy(self, layer: Labels) -> None:
         """Show the count of a result segmented block by block, from its table, and where its labels are."""

@@ -201,13 +201,16 @@ class SegmentationRun(QObject):
     def start_in_blocks(self, image: Any, weights: Path, out: Path, *, settings: ChosenSettings,
                         diameter: float | None, stage: str, channel: tuple[int, int] | None = None) -> None:
         """Segment the one plane of ``image`` (its full-resolution level, if multiscale) block by block into
-        an OME-Zarr store at ``out`` (:func:`~._large_layer.segment_in_blocks`); progress in blocks."""
+        an OME-Zarr store at ``out`` (:func:`~._large_layer.segment_in_blocks`, which builds the result's
+        layer where the image lies now); progress in blocks."""
         from ._large_layer import lazy_plane, segment_in_blocks
+        from ._outputs import placement
 
         self._begin(image, 1, stage)
         run = partial(segment_in_blocks, lazy_plane(image, channel), image.rgb, weights, out,
-                      model=self._model_of(weights), settings=settings, diameter=diameter,
-                      on_progress=self._blocks.done.emit, cancelled=self.cancel_event.is_set)
+                      model=self._model_of(weights), settings=settings, diameter=diameter, channel=channel,
+                      placement=placement(image, channel), on_progress=self._blocks.done.emit,
+                      cancelled=self.cancel_event.is_set)
         self._run(run)
 
     def _begin(self, image: Any, planes: int, stage: str) -> None:

@@ -43,10 +43,10 @@ from qtpy.QtWidgets import (
 )
 
 from ._finetune_panel import FineTunePanel
-from ._large_layer import LargeFinished, features_of, lazy_levels, result_metadata, store_path
+from ._large_layer import LargeFinished, layer_for, store_path
 from ._model_menu import UserModelMenu
 from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
-from ._outputs import OutputLayers, export_csv
+from ._outputs import OutputLayers, export_csv, placement
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
 from ._target import SettingsTarget, TargetLabel
@@ -247,11 +247,10 @@ class NucleiSegWidget(QWidget):
         if image not in self.viewer.layers:
             show_info(f"'{image.name}' was taken out during the run; its labels are in {outcome.store}.")
             return
-        result = outcome.result
-        layer = self.outputs.write_lazy(image, lazy_levels(result.levels), features_of(result.table),
-                                        metadata=result_metadata(outcome, self._run_channel),
-                                        channel=self._run_channel, model=outcome.model.name)
-        self.target.write_in_blocks(layer, result.settings, image, self._run_channel)
+        channel = self._run_channel
+        layer = self.outputs.write_lazy(image, layer_for(outcome, channel, placement(image, channel)),
+                                        channel=channel, model=outcome.model.name)
+        self.target.write_in_blocks(layer, outcome.result.settings, image, channel)
 
     # ---- nucleus diameter -----------------------------------------------------------------
 
