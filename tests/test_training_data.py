@@ -12,7 +12,7 @@ from napari_nucleiseg.preprocess import DEFAULT_LOG_GAIN, normalize_image
 from training.data import (
     Augmenter, brighten_some_nuclei, hed_jitter, holdout_split, list_ids, load_pair, median_diameter,
 )
-from training.train import at_diameter, licence_note
+from training.train import BALANCED_SHARES_WITH_TISSUE, at_diameter, licence_note, parse_share, sampling_shares
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,6 +108,18 @@ def test_the_log_normalisation_lifts_dim_nuclei_beside_bright_ones():
 def test_weights_trained_on_monuseg_say_non_commercial():
     assert "non-commercial" in licence_note(["dsb2018", "monuseg", "consep"])
     assert "non-commercial" not in licence_note(["dsb2018", "consep"]) and "CC0" in licence_note(["dsb2018"])
+
+
+def test_chosen_sampling_shares_replace_the_defaults_and_add_up_to_one():
+    shares = sampling_shares(BALANCED_SHARES_WITH_TISSUE, [parse_share("fluorescence=0.40"), parse_share("brightfield=0.15")])
+    assert sum(shares.values()) == pytest.approx(1)
+    assert shares["brightfield"] == pytest.approx(0.15) and shares["fluorescence"] == pytest.approx(0.40)
+    assert shares["consep"] == pytest.approx(BALANCED_SHARES_WITH_TISSUE["consep"])
+    with pytest.raises(SystemExit, match="unknown kind 'phase'"):
+        sampling_shares(BALANCED_SHARES_WITH_TISSUE, [("phase", 0.2)])
+    for bad in ("brightfield", "brightfield=-0.1", "=0.2", "brightfield=many"):
+        with pytest.raises(Exception, match="KIND=SHARE"):
+            parse_share(bad)
 
 
 @needs_tissue

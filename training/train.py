@@ -213,6 +213,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "fluorescence, tissue and brightfield images make up "
                              + "/".join(f"{share:.0%}" for share in BALANCED_SHARES.values()).replace("%", "%%")
                              + " of the crops")
+    parser.add_argument("--shares", nargs="+", type=parse_share, default=None, metavar="KIND=SHARE",
+                        help="with --sampling balanced, the share of the crops of each kind (fluorescence, tissue, "
+                             "brightfield and each --extra-data name), e.g. brightfield=0.15; kinds not named keep "
+                             "their default share, and the shares are then made to add up to 1")
     parser.add_argument("--schedule", choices=("plateau", "cosine"), default="plateau",
                         help="plateau: halve the learning rate after 3 epochs without val improvement; cosine: anneal "
                              "it from --lr to --lr/100 over --epochs (for continuing a trained model with --init)")
@@ -330,14 +334,37 @@ def choose_head_weights(args: argparse.Namespace, network: torch.nn.Module) -> t
     return head_weights
 
 
+def parse_share(text: str) -> tuple[str, float]:
+    """``"brightfield=0.15"`` -> ``("brightfield", 0.15)`` (``--shares``)."""
+    kind, _, value = text.partition("=")
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not kind or not share >= 0:
+        raise argparse.ArgumentTypeError(f"expected KIND=SHARE with a share >= 0, e.g. brightfield=0.15; got {text!r}")
+    return kind, share
+
+
+def sampling_shares(defaults: dict[str, float], chosen: list[tuple[str, float]] | None) -> dict[str, float]:
+    """``defaults`` with the ``chosen`` kinds' shares in their place, made to add up to 1."""
+    shares = dict(defaults)
+    for kind, share in chosen or []:
+        if kind not in shares:
+            raise SystemExit(f"--shares: unknown kind {kind!r}; expected one of {', '.join(shares)}")
+        shares[kind] = share
+    total = sum(shares.values())
+    return {kind: share / total for kind, share in shares.items()}
+
+
 def make_loader(args: argparse.Namespace, data: TrainingData, dataset: CropDataset, first_epoch: int) -> DataLoader:
     """Batches of ``--epoch-size`` crops an epoch, drawn ``--sampling`` (balanced: by kind of image)."""
     generator = torch.Generator().manual_seed(args.seed + first_epoch)
     epoch_size = args.epoch_size or len(data.pairs)
     if args.sampling == "balanced":
         kinds = [image_kind(image) if name == "dsb2018" else name for (image, _), name in zip(data.pairs, data.sets)]
-        shares = BALANCED_SHARES_WITH_TISSUE if args.extra_data else BALANCED_SHARES
-        print("kinds: " + ", ".join(f"{kinds.count(k)} {k}" for k in shares), flush=True)
+        shares = sampling_shares(BALANCED_SHARES_WITH_TISSUE if args.extra_data else BALANCED_SHARES, args.shares)
+        print("kinds: " + ", ".join(f"{kinds.count(k)} {k} ({shares[k]:.0%} of the crops)" for k in shares), flush=True)
         sampler = WeightedRandomSampler(balanced_weights(kinds, shares), epoch_size, generator=generator)
     elif args.epoch_size:
         sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=epoch_size, generator=generator)
@@ -381,7 +408,8 @@ def build_metadata(args: argparse.Namespace, *, network: torch.nn.Module, kwargs
                     + "".join(f"; {name} ({folder}, val part held out): {data.sets.count(name)} images"
                               for name, _, folder in extra),
             "epochs": epoch, "crop_size": args.crop_size, "batch_size": args.batch_size, "lr": args.lr,
-            "seed": args.seed, "sampling": args.sampling, "schedule": args.schedule, "minutes": round(minutes, 1),
+            "seed": args.seed, "sampling": args.sampling,
+            **({"shares": dict(args.shares)} if args.shares else {}), "schedule": args.schedule, "minutes": round(minutes, 1),
             "device": str(device),
             "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "parameters": sum(p.numel() for p in network.parameters()), "command": command,
