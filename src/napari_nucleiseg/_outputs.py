@@ -257,10 +257,7 @@ class OutputLayers(QObject):
     def show_lazy(self, layer: Labels) -> None:
         """Show the count of a result segmented block by block, from its table, and where its labels are."""
         self.shown = layer
-        count = len(layer.features)
-        text = f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'"
-        if layer.metadata.get("exclude_border"):
-            text += ", not counting those touching the border"
+        text = _nuclei_in(len(layer.features), layer) + _border_note(layer)
         self._show_count(layer, f"{text} (segmented block by block; labels in {layer.metadata.get('store')})")
 
     def _new_name(self, image: Image, channel: tuple[int, int] | None, model: str) -> str:
@@ -401,15 +398,14 @@ class OutputLayers(QObject):
                 return
             count = count_labels(layer.data)
         self.shown = layer
-        text = f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'"
+        text = _nuclei_in(count, layer)
         planes = int(np.prod(layer.data.shape[:-2]))
         linked = volume_axis(layer)
         if linked is not None:
             text += self._in_3d(layer, linked, sections)
         elif planes > 1:  # each plane is segmented on its own: a nucleus in 5 z-planes counts 5 times
             text += f", summed over its {planes} planes"
-        if layer.metadata.get("exclude_border"):
-            text += ", not counting those touching the border"
+        text += _border_note(layer)
         record = self.record(layer)
         if record is not None and record.below is not None and self._in_viewer(record.below):
             text += f" (under your edited '{record.below.name}', which stays on top)"
@@ -498,3 +494,13 @@ def export_csv(outputs: OutputLayers, path: Path, layer: Labels | None) -> tuple
     except OSError as error:
         return "error", f"Cannot write {path}: {error.strerror or error}."
     return "info", f"Saved {len(table)} nuclei to {path}."
+
+
+def _nuclei_in(count: int, layer: Labels) -> str:
+    """The start of the count line: ``"12 nuclei in 'name'"``."""
+    return f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'"
+
+
+def _border_note(layer: Labels) -> str:
+    """What the count line adds for a result whose nuclei touching the border were left out."""
+    return ", not counting those touching the border" if layer.metadata.get("exclude_border") else ""
