@@ -861,9 +861,15 @@ def test_image_kinds_and_balanced_sampling_weights():
 def test_balanced_sampling_trains(tmp_path, capsys):
     train.main(["--model", "unet", "--data", str(DATA), "--limit", "3", "--max-batches", "1", "--batch-size", "2",
                 "--crop-size", "64", "--workers", "0", "--epochs", "1", "--val-split", "", "--sampling", "balanced",
-                "--out", str(tmp_path)])
+                "--shares", "brightfield=0.3", "--out", str(tmp_path)])
     assert "kinds: " in capsys.readouterr().out
-    assert load_weights(tmp_path / "best.safetensors").metadata["training"]["sampling"] == "balanced"
+    training = load_weights(tmp_path / "best.safetensors").metadata["training"]
+    assert training["sampling"] == "balanced"
+    # the file records the shares the crops were drawn with: brightfield 0.3 beside the others' defaults, all
+    # scaled to add up to 1 (0.6 / 0.25 / 0.3 -> 0.52 / 0.22 / 0.26)
+    assert training["shares"]["brightfield"] == pytest.approx(0.3 / 1.15, abs=1e-3)
+    assert training["shares"]["fluorescence"] == pytest.approx(0.6 / 1.15, abs=1e-3)
+    assert sum(training["shares"].values()) == pytest.approx(1, abs=1e-3)
 
 
 def test_training_help_lists_every_option(capsys):

@@ -12,7 +12,8 @@ from napari_nucleiseg.preprocess import DEFAULT_LOG_GAIN, normalize_image
 from training.data import (
     Augmenter, brighten_some_nuclei, hed_jitter, holdout_split, list_ids, load_pair, median_diameter,
 )
-from training.train import BALANCED_SHARES_WITH_TISSUE, at_diameter, licence_note, parse_share, sampling_shares
+from training.train import (BALANCED_SHARES_WITH_TISSUE, at_diameter, licence_note, parse_args, parse_share,
+                            sampling_shares)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,6 +121,13 @@ def test_chosen_sampling_shares_replace_the_defaults_and_add_up_to_one():
     for bad in ("brightfield", "brightfield=-0.1", "=0.2", "brightfield=many"):
         with pytest.raises(Exception, match="KIND=SHARE"):
             parse_share(bad)
+
+
+def test_a_misspelt_share_kind_stops_the_run_before_any_data_is_loaded(tmp_path):
+    with pytest.raises(SystemExit, match="unknown kind 'brightfeld'"):
+        parse_args(["--out", str(tmp_path / "run"), "--data", str(tmp_path / "no such folder"),
+                    "--shares", "brightfeld=0.15"])
+    assert not (tmp_path / "run").exists()
 
 
 @needs_tissue

@@ -248,7 +248,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="data loading processes")
     parser.add_argument("--limit", type=int, default=None, help="use only this many images of each split (smoke tests)")
     parser.add_argument("--max-batches", type=int, default=None, help="batches per epoch (smoke tests)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    crop_shares(args)  # a misspelt --shares kind stops here, before minutes of loading data
+    return args
 
 
 @dataclass
@@ -357,13 +359,18 @@ def sampling_shares(defaults: dict[str, float], chosen: list[tuple[str, float]] 
     return {kind: share / total for kind, share in shares.items()}
 
 
+def crop_shares(args: argparse.Namespace) -> dict[str, float]:
+    """The share of the crops each kind of image gets with ``--sampling balanced``."""
+    return sampling_shares(BALANCED_SHARES_WITH_TISSUE if args.extra_data else BALANCED_SHARES, args.shares)
+
+
 def make_loader(args: argparse.Namespace, data: TrainingData, dataset: CropDataset, first_epoch: int) -> DataLoader:
     """Batches of ``--epoch-size`` crops an epoch, drawn ``--sampling`` (balanced: by kind of image)."""
     generator = torch.Generator().manual_seed(args.seed + first_epoch)
     epoch_size = args.epoch_size or len(data.pairs)
     if args.sampling == "balanced":
         kinds = [image_kind(image) if name == "dsb2018" else name for (image, _), name in zip(data.pairs, data.sets)]
-        shares = sampling_shares(BALANCED_SHARES_WITH_TISSUE if args.extra_data else BALANCED_SHARES, args.shares)
+        shares = crop_shares(args)
         print("kinds: " + ", ".join(f"{kinds.count(k)} {k} ({shares[k]:.0%} of the crops)" for k in shares), flush=True)
         sampler = WeightedRandomSampler(balanced_weights(kinds, shares), epoch_size, generator=generator)
     elif args.epoch_size:
@@ -409,7 +416,9 @@ def build_metadata(args: argparse.Namespace, *, network: torch.nn.Module, kwargs
                               for name, _, folder in extra),
             "epochs": epoch, "crop_size": args.crop_size, "batch_size": args.batch_size, "lr": args.lr,
             "seed": args.seed, "sampling": args.sampling,
-            **({"shares": dict(args.shares)} if args.shares else {}), "schedule": args.schedule, "minutes": round(minutes, 1),
+            **({"shares": {kind: round(share, 4) for kind, share in crop_shares(args).items()}}
+               if args.sampling == "balanced" else {}),
+            "schedule": args.schedule, "minutes": round(minutes, 1),
             "device": str(device),
             "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "parameters": sum(p.numel() for p in network.parameters()), "command": command,
