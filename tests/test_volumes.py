@@ -136,3 +136,13 @@ def test_the_axis_to_link_is_a_named_z_axis_or_an_unnamed_stacks_only_axis_never
     assert find_volume_axis((2, 5, 64, 64), False, ()) == (None, False)  # two axes, neither named Z
     assert find_volume_axis((2, 5, 64, 64), False, ("c", "z", "y", "x"), channel_axis=0) == (0, True)  # of ZYX
     assert find_volume_axis((64, 64, 3), True, ()) == (None, False)
+
+
+def test_the_cli_links_a_files_z_axis_unless_told_not_and_an_unnamed_stack_only_with_3d():
+    from napari_nucleiseg.cli import volume_axis
+
+    assert volume_axis("Z", None) == 0 and volume_axis("TZ", None) == 1  # a file's Z axis, by default
+    assert volume_axis("Z", False) is None  # --no-3d
+    assert volume_axis("Q", None) is None and volume_axis("Q", True) == 0  # unnamed: only with --3d
+    assert volume_axis("T", True) is None and volume_axis("TQ", True) is None  # never time; two unnamed axes
+    assert volume_axis("", True) is None  # a single plane

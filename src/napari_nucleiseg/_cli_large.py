@@ -56,8 +56,9 @@ def partial_path(labels_path: Path) -> Path:
 
 
 @dataclass
-class LargeFinished:
-    """An image segmented block by block: its labels complete under their temporary name."""
+class LargeImageWritten:
+    """An image segmented block by block by the CLI: its labels complete under their temporary name (the
+    widget's counterpart is ``_large_layer.LargeFinished``)."""
 
     job: Any
     row: dict
@@ -72,7 +73,7 @@ class LargeFinished:
 
 
 def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
-                        cancelled: Callable[[], bool] | None = None, identity: dict | None = None) -> LargeFinished:
+                        cancelled: Callable[[], bool] | None = None, identity: dict | None = None) -> LargeImageWritten:
     """Segment ``job.source`` block by block into the temporary name of its labels, with the settings
     ``chosen`` (``cli.chosen_settings``).
 
@@ -98,4 +99,4 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
     finally:
         image.close()
     row = count_row(job, result, model.name)
-    return LargeFinished(job, row, result.table.assign(file=str(job.source)), identity)
+    return LargeImageWritten(job, row, result.table.assign(file=str(job.source)), identity)

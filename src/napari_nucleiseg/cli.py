@@ -62,12 +62,13 @@ from ._batch import (
 from ._cli_large import (
     LARGE_LABELS_SUFFIX,
     ZARR_SUFFIXES,
-    LargeFinished,
+    LargeImageWritten,
     is_large_input,
     output_stem,
     segment_large_image,
 )
 from .lazy_io import is_zarr
+from .volumes import find_volume_axis
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -381,7 +382,7 @@ def _outcomes(jobs: list[Job], model: Any, args: argparse.Namespace,
 
 
 def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops | None = None,
-                  fingerprint: bool = False) -> Finished | LargeFinished | str:
+                  fingerprint: bool = False) -> Finished | LargeImageWritten | str:
     """Segment one image (a stack plane by plane): its :class:`Finished`, or why it is skipped (one line).
 
     With ``stops``, the run stops (KeyboardInterrupt) when one is asked for, before the image or between its
@@ -471,11 +472,8 @@ def volume_axis(plane_axes: str, volumes: bool | None) -> int | None:
     a stack's only axis when the file does not name it. None: the planes stay apart."""
     if volumes is False:
         return None
-    if "Z" in plane_axes:
-        return plane_axes.index("Z")
-    if volumes and len(plane_axes) == 1 and plane_axes != "T":
-        return 0
-    return None
+    axis, named_z = find_volume_axis((1,) * (len(plane_axes) + 2), rgb=False, metadata={"axes": plane_axes + "YX"})
+    return axis if named_z or volumes else None
 
 
 def plane_columns(plane_axes: str) -> list[str]:
