@@ -76,6 +76,36 @@ def test_a_shrunk_image_is_mirrored_with_each_copy_a_nucleus_of_its_own():
     assert len(np.unique(warped_labels[warped_labels > 0])) >= 4
 
 
+def test_low_res_crops_lose_the_fine_detail_but_keep_sharp_targets():
+    """--low-res: some crops look like an image of tiny nuclei the plugin enlarged; the targets do not change."""
+    labels = disks(18, size=300)
+    rng = np.random.default_rng(0)
+    image = (np.where(labels[..., None] > 0, 160, 30) + rng.normal(0, 20, (300, 300, 1))).clip(0, 255)
+    image = image.repeat(3, -1).astype(np.uint8)
+    for seed in range(4):  # the same draws up to the coarsening (which draws more after them)
+        plain = Augmenter(128, np.random.default_rng(seed), diameter=18.0)
+        coarse = Augmenter(128, np.random.default_rng(seed), diameter=18.0, low_res=1.0)
+        (sharp_crop, sharp_targets), (coarse_crop, coarse_targets) = (
+            plain(image, labels, None, 18.0), coarse(image, labels, None, 18.0))
+        assert coarse_crop.shape == sharp_crop.shape and coarse_crop.dtype == np.float32
+        np.testing.assert_array_equal(coarse_targets, sharp_targets)
+        assert fine_detail(coarse_crop[0]) < 0.75 * fine_detail(sharp_crop[0])
+
+
+def fine_detail(plane: np.ndarray) -> float:
+    """What a 1-pixel Gaussian blur takes away from ``plane``, relative to its contrast."""
+    from scipy import ndimage as ndi
+
+    return float(np.abs(plane - ndi.gaussian_filter(plane, 1)).mean() / (plane.std() + 1e-6))
+
+
+def test_a_low_res_share_outside_0_1_is_refused(tmp_path):
+    for bad in ("-0.1", "1.5"):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", str(tmp_path / "run"), "--low-res", bad])
+    assert parse_args(["--out", str(tmp_path / "run"), "--low-res", "0.25"]).low_res == 0.25
+
+
 def test_hed_jitter_changes_the_stain_but_not_the_picture():
     rng = np.random.default_rng(0)
     image = np.clip(rng.normal(0.6, 0.15, (64, 64, 3)), 0, 1).astype(np.float32)

@@ -208,6 +208,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--crop-size", type=int, default=192)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--low-res", type=float, default=0.0, metavar="P",
+                        help="share of crops shrunk 1.5-6x and enlarged back, as the plugin enlarges images of tiny "
+                             "nuclei (napari_nucleiseg.learn.augment.coarsen)")
     parser.add_argument("--sampling", choices=("uniform", "balanced"), default="uniform",
                         help="uniform: every image once per epoch; balanced: images drawn (with replacement) so that "
                              "fluorescence, tissue and brightfield images make up "
@@ -249,6 +252,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="use only this many images of each split (smoke tests)")
     parser.add_argument("--max-batches", type=int, default=None, help="batches per epoch (smoke tests)")
     args = parser.parse_args(argv)
+    if not 0 <= args.low_res <= 1:
+        parser.error(f"--low-res is a share of the crops, between 0 and 1, not {args.low_res}")
     crop_shares(args)  # a misspelt --shares kind stops here, before minutes of loading data
     return args
 
@@ -416,6 +421,7 @@ def build_metadata(args: argparse.Namespace, *, network: torch.nn.Module, kwargs
                               for name, _, folder in extra),
             "epochs": epoch, "crop_size": args.crop_size, "batch_size": args.batch_size, "lr": args.lr,
             "seed": args.seed, "sampling": args.sampling,
+            **({"low_res": args.low_res} if args.low_res else {}),
             **({"shares": {kind: round(share, 4) for kind, share in crop_shares(args).items()}}
                if args.sampling == "balanced" else {}),
             "schedule": args.schedule, "minutes": round(minutes, 1),
@@ -466,7 +472,8 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--distill-weight must be between 0 and 1, not {args.distill_weight}")
         soft = cached_teacher_maps(args.out / "teacher.npz", args.teacher, data.ids,
                                    [image for image, _ in data.pairs], device, args.teacher_tta)
-    dataset = CropDataset(data.pairs, args.crop_size, args.seed, soft, args.diameter, args.log_gain)
+    dataset = CropDataset(data.pairs, args.crop_size, args.seed, soft, args.diameter, args.log_gain,
+                          low_res=args.low_res)
     loader = make_loader(args, data, dataset, state["epoch"])
     start = time.perf_counter() - state["elapsed"]
     while state["epoch"] < args.epochs:

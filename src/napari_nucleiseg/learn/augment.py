@@ -16,7 +16,7 @@ from skimage.segmentation import find_boundaries
 from torch.utils.data import Dataset
 
 from ..preprocess import normalize_image
-from ..scale import median_diameter
+from ..scale import median_diameter, rescale_image
 
 
 def make_targets(labels: np.ndarray) -> np.ndarray:
@@ -36,7 +36,9 @@ class Augmenter:
     Geometry (one warp): flips, 90-degree rotations, scale 0.6-1.6 and an elastic
     deformation (a coarse random displacement grid, smoothed, as in the U-Net paper).
     Appearance: brightness, contrast, gamma, hue and saturation, colour -> gray and
-    gray -> tinted colour, inversion (fluorescence <-> brightfield look), blur, noise.
+    gray -> tinted colour, inversion (fluorescence <-> brightfield look), blur, noise; with
+    ``low_res`` (a probability), the crop seen as the plugin sees an image of tiny nuclei that it
+    enlarged (:func:`coarsen`).
     """
 
     #: Jitter of the scale around the one that brings an image's median nucleus to ``diameter``:
@@ -45,11 +47,12 @@ class Augmenter:
     SCALE_JITTER = (0.7, 1.4)
 
     def __init__(self, crop_size: int, rng: np.random.Generator, diameter: float | None = None,
-                 log_gain: float = 0.0) -> None:
+                 log_gain: float = 0.0, low_res: float = 0.0) -> None:
         self.crop_size = crop_size
         self.rng = rng
         self.diameter = diameter
         self.log_gain = log_gain
+        self.low_res = low_res
 
     def __call__(self, image: np.ndarray, labels: np.ndarray, soft: np.ndarray | None = None,
                  image_diameter: float | None = None,
@@ -77,6 +80,8 @@ class Augmenter:
             pixels = np.concatenate([pixels, *extra], axis=-1)
         pixels, labels = self.warp_crop(pixels, labels, self.scale_for(image_diameter))
         image = self.appearance(np.ascontiguousarray(pixels[..., :3]), labels)
+        if self.low_res and self.rng.random() < self.low_res:
+            image = coarsen(image, self.rng)
         normalized = normalize_image(image, log_gain=self.log_gain)
         targets = make_targets(labels)
         if soft is not None:
@@ -163,6 +168,23 @@ class Augmenter:
         return image.astype(np.float32)
 
 
+#: How much coarser than the crop :func:`coarsen` makes it (drawn log-uniformly): nuclei of 3-12 px,
+#: which the plugin enlarges 1.5-6x to bring them to a network's 18 px.
+COARSEN_FACTORS = (1.5, 6.0)
+
+
+def coarsen(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An ``(S, S, C)`` crop shrunk by a random factor of :data:`COARSEN_FACTORS` and enlarged back to
+    ``S`` x ``S``, both with :func:`~napari_nucleiseg.scale.rescale_image`'s filters: the blur and
+    the lost detail of an image of tiny nuclei after the plugin has enlarged it. The labels stay
+    sharp: the network learns where the nucleus edges are from what such an image still shows."""
+    low, high = COARSEN_FACTORS
+    factor = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    small = rescale_image(image, 1 / factor)
+    zoom = (image.shape[0] / small.shape[0], image.shape[1] / small.shape[1], 1)
+    return ndi.zoom(small, zoom, order=1, mode="grid-mirror", grid_mode=True).astype(np.float32)
+
+
 def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.15) -> np.ndarray:
     """Vary an RGB image's stain: each of its haematoxylin, eosin and DAB intensities
     (scikit-image's colour deconvolution) scaled by 1 +- ``sigma`` and shifted by +- ``sigma``
@@ -202,13 +224,13 @@ class CropDataset(Dataset):
     def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], crop_size: int, seed: int,
                  soft: list[np.ndarray] | None = None, diameter: float | None = None,
                  log_gain: float = 0.0, known: list[np.ndarray | None] | None = None,
-                 diameters: list[float | None] | None = None) -> None:
+                 diameters: list[float | None] | None = None, low_res: float = 0.0) -> None:
         self.pairs = pairs
         self.soft = soft
         self.known = known
         self.crop_size = crop_size
         self.seed = seed
-        self.augmenter = Augmenter(crop_size, np.random.default_rng(seed), diameter, log_gain)
+        self.augmenter = Augmenter(crop_size, np.random.default_rng(seed), diameter, log_gain, low_res)
         if diameters is not None:
             self.diameters = list(diameters)
         elif diameter:
