@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from napari_nucleiseg.weights import BUNDLED_MODELS, bundled_weights_path
-from training.regression import DSB2018, TOLERANCE, regression_ids, regression_scores
+from training.regression import DSB2018, TOLERANCE, regression_ids, regression_scores, sample_scores, sample_truth
 
 RECORD = Path(__file__).resolve().parents[1] / "weights" / "regression.json"
 
@@ -26,6 +26,24 @@ def test_the_shipped_model_scores_what_its_card_says_on_real_val_images(model):
     (score,) = regression_scores([model]).values()
     assert score == pytest.approx(record["dsb_score"][model], abs=TOLERANCE), (model, score)
     assert score > 0.3  # and the figure itself is that of a working model
+
+
+def test_each_bundled_sample_has_the_truth_of_the_val_image_it_was_cut_from():
+    from napari_nucleiseg._sample_data import SAMPLES, read_sample
+
+    for name in SAMPLES:
+        image, truth = read_sample(name), sample_truth(name)
+        assert truth.shape == image.shape[:2], name
+        assert len(np.unique(truth)) > 50, name  # every sample shows many nuclei
+
+
+@pytest.mark.parametrize("model", BUNDLED_MODELS)
+def test_the_shipped_model_segments_the_bundled_samples_as_recorded(model):
+    """What a new user segments first: a change that degrades it fails here, not in their hands."""
+    record = json.loads(RECORD.read_text())["samples"][model]
+    (scores,) = sample_scores([model]).values()
+    assert scores == pytest.approx(record, abs=TOLERANCE), (model, scores)
+    assert min(scores.values()) > 0.15  # a working model on each kind of image
 
 
 CONSEP = DSB2018.parent / "consep" / "train"
