@@ -12,13 +12,14 @@ from napari_nucleiseg.preprocess import DEFAULT_LOG_GAIN, normalize_image
 from training.data import (
     Augmenter, brighten_some_nuclei, hed_jitter, holdout_split, list_ids, load_pair, median_diameter,
 )
-from training.train import (BALANCED_SHARES_WITH_TISSUE, at_diameter, licence_note, parse_args, parse_share,
-                            sampling_shares)
+from training.train import (BALANCED_SHARES_WITH_TISSUE, LOW_RES_VAL, at_diameter, licence_note, load_training_data,
+                            parse_args, parse_share, sampling_shares)
 
 REPO = Path(__file__).resolve().parents[1]
 
 SHARED = REPO.parent / "shared" / "data"
 needs_tissue = pytest.mark.skipif(not (SHARED / "consep" / "train").is_dir(), reason="CoNSeP not found in ../shared")
+needs_dsb = pytest.mark.skipif(not (SHARED / "dsb2018" / "splits.json").is_file(), reason="DSB2018 not found in ../shared")
 
 
 def disks(diameter: float, size: int = 200, spacing: float | None = None) -> np.ndarray:
@@ -97,6 +98,21 @@ def fine_detail(plane: np.ndarray) -> float:
     from scipy import ndimage as ndi
 
     return float(np.abs(plane - ndi.gaussian_filter(plane, 1)).mean() / (plane.std() + 1e-6))
+
+
+@needs_dsb
+def test_a_low_res_run_also_chooses_its_epoch_on_coarsened_val_images(tmp_path):
+    """With --low-res the best epoch is chosen on tiny nuclei too: DSB2018 val once more, blurred as the
+    plugin sees val x0.25, with the same sharp truth; without it, val is as before."""
+    common = ["--out", str(tmp_path / "run"), "--data", str(SHARED / "dsb2018"), "--limit", "3", "--diameter", "18"]
+    plain = load_training_data(parse_args(common)).val_sets
+    low = load_training_data(parse_args(common + ["--low-res", "0.25"])).val_sets
+    assert LOW_RES_VAL not in plain and set(low) == {"dsb2018", LOW_RES_VAL}
+    for (image, truth), (coarse, coarse_truth) in zip(low["dsb2018"], low[LOW_RES_VAL]):
+        np.testing.assert_array_equal(coarse_truth, truth)
+        assert coarse.shape == image.shape and coarse.dtype == image.dtype
+        plane, coarse_plane = image[..., 0].astype(np.float32), coarse[..., 0].astype(np.float32)
+        assert fine_detail(coarse_plane) < 0.75 * fine_detail(plane)
 
 
 def test_a_low_res_share_outside_0_1_is_refused(tmp_path):

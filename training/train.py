@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from napari_nucleiseg.inference import predict_normalized
+from napari_nucleiseg.learn.augment import coarsened
 from napari_nucleiseg.learn.loop import train_steps
 from napari_nucleiseg.models import build_model
 from napari_nucleiseg.postprocess import labels_from_probabilities
@@ -210,7 +211,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--low-res", type=float, default=0.0, metavar="P",
                         help="share of crops shrunk 1.5-6x and enlarged back, as the plugin enlarges images of tiny "
-                             "nuclei (napari_nucleiseg.learn.augment.coarsen)")
+                             "nuclei (napari_nucleiseg.learn.augment.coarsen); the best epoch is then chosen on DSB2018 val "
+                             "coarsened 4x as well, each val set weighing the same")
     parser.add_argument("--sampling", choices=("uniform", "balanced"), default="uniform",
                         help="uniform: every image once per epoch; balanced: images drawn (with replacement) so that "
                              "fluorescence, tissue and brightfield images make up "
@@ -268,9 +270,14 @@ class TrainingData:
     val_sets: dict[str, list]
 
 
+#: With ``--low-res``, DSB2018's val images at the diameter are also scored shrunk this many times
+#: and enlarged back (as the plugin sees val x0.25), so the best epoch is chosen on tiny nuclei too.
+LOW_RES_VAL, LOW_RES_VAL_FACTOR = "dsb2018_coarse", 4.0
+
+
 def load_training_data(args: argparse.Namespace) -> TrainingData:
     """DSB2018's split and every ``--extra-data`` set (its val part held out), val parts brought to
-    ``--diameter``."""
+    ``--diameter``; with ``--low-res``, DSB2018's val once more, coarsened (:data:`LOW_RES_VAL`)."""
     train_ids = list_ids(args.data, args.train_split or None)[: args.limit]
     val_ids = list_ids(args.data, args.val_split)[: args.limit] if args.val_split else []
     pairs = [load_pair(args.data, i) for i in train_ids]
@@ -290,6 +297,8 @@ def load_training_data(args: argparse.Namespace) -> TrainingData:
     if args.diameter:
         val_sets = {name: [at_diameter(image, truth, args.diameter) for image, truth in group]
                     for name, group in val_sets.items()}
+        if args.low_res and val_sets.get("dsb2018"):
+            val_sets[LOW_RES_VAL] = [(coarsened(image, LOW_RES_VAL_FACTOR), truth) for image, truth in val_sets["dsb2018"]]
     return TrainingData(pairs, sets, train_ids, val_sets)
 
 

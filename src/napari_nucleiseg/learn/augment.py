@@ -180,9 +180,14 @@ def coarsen(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     sharp: the network learns where the nucleus edges are from what such an image still shows."""
     low, high = COARSEN_FACTORS
     factor = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    return coarsened(image, factor).astype(np.float32)
+
+
+def coarsened(image: np.ndarray, factor: float) -> np.ndarray:
+    """An ``(H, W, C)`` image shrunk ``factor`` times and enlarged back to ``H`` x ``W`` (its dtype kept)."""
     small = rescale_image(image, 1 / factor)
     zoom = (image.shape[0] / small.shape[0], image.shape[1] / small.shape[1], 1)
-    return ndi.zoom(small, zoom, order=1, mode="grid-mirror", grid_mode=True).astype(np.float32)
+    return ndi.zoom(small, zoom, order=1, mode="grid-mirror", grid_mode=True)
 
 
 def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.15) -> np.ndarray:
