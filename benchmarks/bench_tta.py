@@ -1,0 +1,108 @@
+"""What test-time augmentation would give: each model's DSB2018 score with the probabilities of one
+network pass beside the mean of four (the image as it is, flipped up-down, left-right, and both;
+each flipped back), with the same Auto diameter for both and the file's own settings, and the
+time each took (the estimate included in the first).
+
+Sets: DSB2018 ``val`` and its rescaled copies (``val_x0.25`` ...), ``monuseg_val`` and
+``consep_val`` (the val parts train.py holds out of MoNuSeg and CoNSeP train, which the networks
+never trained on), and any folder of images/ + labels/ given as ``NAME=DIR``. No ``test`` folder
+should be given: this is for choosing whether to build the option.
+
+Example::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_tta.py --models hrnet --sets val val_x0.25 val_x0.5 \
+        monuseg_val consep_val --limit 34
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from napari_nucleiseg.inference import predict_probabilities  # noqa: E402
+from napari_nucleiseg.pipeline import predict_at_diameter  # noqa: E402
+from napari_nucleiseg.weights import bundled_weights_path, load_weights  # noqa: E402
+from training import evaluate as ev  # noqa: E402
+from training.data import holdout_split, list_ids  # noqa: E402
+from training.metrics import instance_scores  # noqa: E402
+
+#: Set name -> the train folder (under the shared data) whose held-out val part it is.
+HELD_OUT = {"monuseg_val": ("monuseg2018", "train"), "consep_val": ("consep", "train")}
+#: (flip rows, flip columns) of each pass.
+FLIPS = ((False, False), (True, False), (False, True), (True, True))
+
+
+def flipped(array: np.ndarray, rows: bool, columns: bool, first: int) -> np.ndarray:
+    """``array`` flipped along its axes ``first`` (rows) and ``first + 1`` (columns)."""
+    axes = tuple(axis for axis, flip in ((first, rows), (first + 1, columns)) if flip)
+    return np.flip(array, axes) if axes else array
+
+
+def predict_flips(image: np.ndarray, model, **options) -> np.ndarray:
+    """The mean of :data:`FLIPS`' probabilities, each flipped back; a ``predict`` for the pipeline."""
+    total = None
+    for rows, columns in FLIPS:
+        view = np.ascontiguousarray(flipped(image, rows, columns, 0))
+        maps = flipped(predict_probabilities(view, model, scale=options.get("scale", 1.0)), rows, columns, 1)
+        total = maps.copy() if total is None else total + maps
+    return total / len(FLIPS)
+
+
+def dsb_score(model, prediction, truth: np.ndarray) -> float:
+    labels = ev.label(ev.pipeline_settings(model, prediction.scale), prediction.probabilities, True)
+    return instance_scores(labels, truth)["dsb_score"]
+
+
+def samples(name: str, folder: Path | None, data: Path, limit: int):
+    """The samples of a set: DSB2018 val (rescaled), a held-out val part, or a folder."""
+    if name in HELD_OUT:
+        folder = data.parent.joinpath(*HELD_OUT[name])
+        ids = holdout_split(list_ids(folder, None))[1][:limit]
+        factor = 1.0
+    else:
+        eval_set = ev.EvalSet(name, folder) if folder else ev.resolve_set(name, data)
+        folder, ids, factor = eval_set.folder, ev.set_ids(eval_set, limit), getattr(eval_set, "factor", 1.0) or 1.0
+    for sample_id in ids:
+        sample = ev.Sample(sample_id, *ev.load_pair(folder, sample_id))
+        yield ev.rescaled_sample(sample, factor) if factor != 1.0 else sample
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["hrnet"])
+    parser.add_argument("--sets", nargs="+", default=["val", "val_x0.25", "val_x0.5"],
+                        help="val, val_x<factor>, or NAME=DIR (a folder of images/ + labels/)")
+    parser.add_argument("--limit", type=int, default=34, help="the first N images of each set (sorted ids)")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "dsb2018")
+    args = parser.parse_args(argv)
+    print("DSB2018 score, Auto diameter (the same for both columns)\n")
+    print("| model | set | images | one pass | 4 flips | time, one pass (s) | time, 4 flips (s) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in args.models:
+        model = load_weights(bundled_weights_path(name))
+        for entry in args.sets:
+            set_name, _, folder = entry.partition("=")
+            one, four, seconds_one, seconds_four = [], [], 0.0, 0.0
+            for sample in samples(set_name, Path(folder) if folder else None, args.data, args.limit):
+                start = time.perf_counter()
+                single = predict_at_diameter(sample.image, model)
+                seconds_one += time.perf_counter() - start
+                start = time.perf_counter()
+                averaged = predict_at_diameter(sample.image, model, single.diameter, predict=predict_flips)
+                seconds_four += time.perf_counter() - start
+                one.append(dsb_score(model, single, sample.truth))
+                four.append(dsb_score(model, averaged, sample.truth))
+            print(f"| {name} | {set_name} | {len(one)} | {np.mean(one):.3f} | {np.mean(four):.3f} "
+                  f"| {seconds_one:.0f} | {seconds_four:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
