@@ -152,11 +152,10 @@ def val_row(k: int, minutes: float, count: int, factor: float = 3.0) -> Row:
 
 def dsb_score(model, sample) -> float:
     """The DSB2018 score of ``model`` on ``sample``, segmented as ``segment(diameter=None)`` does for it."""
-    from training.evaluate import label, pipeline_prediction, pipeline_settings
+    from training.evaluate import pipeline_prediction, prediction_labels
     from training.metrics import instance_scores
 
-    prediction = pipeline_prediction(sample.image, model, "none")
-    labels = label(pipeline_settings(model, prediction.scale), prediction.probabilities)
+    labels = prediction_labels(model, pipeline_prediction(sample.image, model, "none"))
     return float(instance_scores(labels, sample.truth)["dsb_score"])
 
 

@@ -31,8 +31,7 @@ from training.metrics import instance_scores  # noqa: E402
 
 def segment_auto(model, image: np.ndarray) -> np.ndarray:
     """``model``'s labels of ``image`` as ``segment()`` makes them (Auto diameter, splitting on)."""
-    prediction = ev.pipeline_prediction(image, model, "auto")
-    return ev.label(ev.pipeline_settings(model, prediction.scale), prediction.probabilities, True)
+    return ev.prediction_labels(model, ev.pipeline_prediction(image, model, "auto"))
 
 
 def dsb_score(labels: np.ndarray, truth: np.ndarray) -> float:

@@ -56,22 +56,19 @@ def predict_flips(image: np.ndarray, model, **options) -> np.ndarray:
 
 
 def dsb_score(model, prediction, truth: np.ndarray) -> float:
-    labels = ev.label(ev.pipeline_settings(model, prediction.scale), prediction.probabilities, True)
-    return instance_scores(labels, truth)["dsb_score"]
+    return instance_scores(ev.prediction_labels(model, prediction), truth)["dsb_score"]
 
 
 def samples(name: str, folder: Path | None, data: Path, limit: int):
     """The samples of a set: DSB2018 val (rescaled), a held-out val part, or a folder."""
     if name in HELD_OUT:
-        folder = data.parent.joinpath(*HELD_OUT[name])
-        ids = holdout_split(list_ids(folder, None))[1][:limit]
-        factor = 1.0
+        eval_set = ev.EvalSet(name, data.parent.joinpath(*HELD_OUT[name]))
+        ids = holdout_split(list_ids(eval_set.folder, None))[1][:limit]
     else:
         eval_set = ev.EvalSet(name, folder) if folder else ev.resolve_set(name, data)
-        folder, ids, factor = eval_set.folder, ev.set_ids(eval_set, limit), getattr(eval_set, "factor", 1.0) or 1.0
+        ids = ev.set_ids(eval_set, limit)
     for sample_id in ids:
-        sample = ev.Sample(sample_id, *ev.load_pair(folder, sample_id))
-        yield ev.rescaled_sample(sample, factor) if factor != 1.0 else sample
+        yield ev.rescaled_sample(ev.Sample(sample_id, *ev.load_pair(eval_set.folder, sample_id)), eval_set.factor)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,6 +156,12 @@ def label(settings: PostprocessSettings, probabilities: np.ndarray, split: bool 
     return labels_from_probabilities(probabilities, **settings.replace(split=split).options())
 
 
+def prediction_labels(model, prediction, split: bool = True) -> np.ndarray:
+    """The labels ``segment()`` makes of a :func:`pipeline_prediction`: ``model``'s settings at the
+    prediction's scale."""
+    return label(pipeline_settings(model, prediction.scale), prediction.probabilities, split)
+
+
 def describe(settings: PostprocessSettings, split: bool = True) -> str:
     """``threshold / boundary threshold / min size / neck ratio``, as the reports show settings."""
     boundary = f"{settings.boundary_threshold:g}" if split else "-"
