@@ -275,3 +275,20 @@ def test_channel_segments_one_channel_alone_never_summed():
         segment(np.stack([dapi, marker]), model="hrnet", channel=2)
     with pytest.raises(ImageError, match="no channel axis"):
         segment(dapi, model="hrnet", channel=0)
+
+
+def test_augment_segments_the_mean_of_four_flips_and_is_recorded(tiny_weights):
+    image = blob_image((96, 128), centers=((20, 30), (50, 90), (70, 40)))
+    model = load_model(tiny_weights["hrnet"])
+    result = segment(image, model, augment=True)
+    assert result.augmented and not segment(image, model).augmented
+    np.testing.assert_allclose(result.probabilities, predict_probabilities(image, model, augment=True), atol=1e-6)
+    mirrored = segment(np.ascontiguousarray(image[:, ::-1]), model, augment=True)
+    np.testing.assert_array_equal(mirrored.labels[:, ::-1] > 0, result.labels > 0)
+    assert mirrored.count == result.count
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_a_bad_augment_is_one_sentence(tiny_weights, value):
+    with pytest.raises(ValueError, match=r"^augment must be True or False, not .*$"):
+        segment(IMAGE, tiny_weights["unet"], augment=value)

@@ -92,6 +92,19 @@ def test_neck_ratio_is_passed_on_and_recorded(capsys, folder, tmp_path, tiny_wei
     assert pd.read_csv(out / "counts.csv").loc[0, "seed_min_size"] == 0  # the file's: every seed counts
 
 
+def test_augment_is_passed_on_and_recorded(capsys, folder, tmp_path, tiny_weights):
+    weights = tiny_weights["unet"]
+    status, _, _ = run(capsys, folder / "a.png", "--out", tmp_path / "one", "--weights", weights)
+    assert status == 0
+    status, _, stderr = run(capsys, folder / "a.png", "--out", tmp_path / "four", "--weights", weights, "--augment")
+    assert status == 0, stderr
+    expected = segment(iio.imread(folder / "a.png"), weights, augment=True)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "four" / "a_labels.tif"), expected.labels)
+    one, four = (pd.read_csv(tmp_path / out / "counts.csv").loc[0] for out in ("one", "four"))
+    assert (one["augmented"], four["augmented"]) == (False, True)
+    assert four["nuclei"] == expected.count
+
+
 def test_exclude_border_changes_the_counts_and_is_recorded(capsys, folder, tmp_path, tiny_weights):
     weights = tiny_weights["hrnet"]  # its random nuclei reach the edges of a.png
     status, _, _ = run(capsys, folder / "a.png", "--out", tmp_path / "all", "--weights", weights)

@@ -177,3 +177,30 @@ def test_tiles_read_past_the_edge_as_the_padded_image(shape):
     whole, bottom_strip = (0, 0, *padded.shape[:2]), (shape[0] // 2, 1, padded.shape[0] - shape[0] // 2, 3)
     for y, x, h, w in (whole, bottom_strip):
         assert np.array_equal(_padded_crop(image, y, x, h, w, mirror), padded[y : y + h, x : x + w])
+
+
+@pytest.mark.parametrize("name", sorted(TINY_KWARGS))
+def test_augment_averages_the_four_flips_so_orientation_does_not_matter(models, name):
+    image = blob_image((96, 128), centers=((20, 30), (50, 90), (70, 40)))
+
+    def one_pass(view):
+        return predict_probabilities(np.ascontiguousarray(view), models[name])
+
+    averaged = predict_probabilities(image, models[name], augment=True)
+    _check_probabilities(averaged, image.shape)
+    flips = [one_pass(image), one_pass(image[::-1])[:, ::-1], one_pass(image[:, ::-1])[:, :, ::-1],
+             one_pass(image[::-1, ::-1])[:, ::-1, ::-1]]
+    np.testing.assert_allclose(averaged, np.mean(flips, axis=0), atol=1e-5)
+    assert np.abs(averaged - flips[0]).max() > 0.01  # the networks are not symmetric: averaging changes the maps
+    mirrored = predict_probabilities(np.ascontiguousarray(image[:, ::-1]), models[name], augment=True)
+    np.testing.assert_allclose(mirrored[:, :, ::-1], averaged, atol=1e-5)
+
+
+def test_augment_is_averaged_tile_by_tile(models):
+    image = blob_image((320, 288), centers=((40, 40), (100, 200), (250, 60), (160, 150), (300, 270)))
+    calls = []
+    whole = predict_probabilities(image, models["unet"], augment=True)
+    tiled = predict_probabilities(image, models["unet"], augment=True, tile_size=192,
+                                  progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]  # progress in tiles, each tile's four passes at once
+    assert np.abs(tiled - whole).max() < 0.06 and np.abs(tiled - whole).mean() < 1e-3

@@ -167,3 +167,19 @@ def test_cancel_stops_between_blocks(tmp_path):
         segment_large(image, load_model("unet"), tmp_path / "labels.zarr", diameter=20, block=256,
                       progress=lambda done, total: calls.append(done), cancelled=lambda: len(calls) >= 2)
     assert calls == [1, 2]
+
+
+def test_augment_averages_each_blocks_maps_over_flips(tmp_path):
+    model = load_model("unet")
+    image = blob_image((320, 320), centers=((60, 60), (100, 220), (250, 80), (200, 200), (290, 290)))
+    scale = model.scale_for(DIAMETER)
+    probabilities = predict_probabilities(image, model, scale=scale, normalization=whole_normalization(image, model),
+                                          augment=True)
+    expected = labels_from_probabilities(probabilities, **resolve_settings(None, model, scale).options())
+    result = segment_large(image, model, tmp_path / "labels.zarr", diameter=DIAMETER, augment=True, block=512)
+    labels = np.asarray(result.labels[:])
+    assert result.augmented and result.count == int(expected.max()) > 0
+    np.testing.assert_array_equal(labels > 0, expected > 0)
+    with pytest.raises(ValueError, match="augment must be True or False"):
+        segment_large(image, model, tmp_path / "bad.zarr", augment="yes")
+    assert not (tmp_path / "bad.zarr").exists()

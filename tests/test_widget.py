@@ -20,7 +20,7 @@ import pytest
 from napari.layers import Labels
 from qtpy.QtCore import Qt
 
-from napari_nucleiseg import _outputs, _widget, compact, errors, pipeline, postprocess
+from napari_nucleiseg import _outputs, _widget, compact, errors, pipeline, postprocess, segment
 from napari_nucleiseg._run import PROGRESS_STEPS
 from napari_nucleiseg._widget import NucleiSegWidget
 
@@ -40,12 +40,14 @@ class FakeNetwork:
     def __init__(self, delay: float = 0.0):
         self.calls = 0
         self.scales: list[float] = []  # the factor each image was to be resized by
+        self.augments: list[bool] = []  # whether each was to be averaged over flips
         self.delay = delay
         self.started = threading.Event()
 
-    def __call__(self, image, model, *, progress=None, cancelled=None, scale=1.0):
+    def __call__(self, image, model, *, progress=None, cancelled=None, scale=1.0, augment=False):
         self.calls += 1
         self.scales.append(scale)
+        self.augments.append(augment)
         self.started.set()
         deadline = time.monotonic() + self.delay
         while time.monotonic() < deadline:
@@ -1147,8 +1149,8 @@ def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
 
     assert fake_network.calls == 2 and fake_network.scales[-1] == 0.5  # one run, not one a keystroke
     assert labels_layers(viewer) == [labels]  # the result is updated in place
-    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "exclude_border": False,
-                               "link_axis": None, "model": "unet"}
+    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "augmented": False,
+                               "exclude_border": False, "link_axis": None, "model": "unet"}
     assert labels.data.shape == image.data.shape
     assert widget.diameter_auto_check.text() == "Auto" and not widget.diameter_auto_check.isChecked()
     assert widget.min_size_spin.value() == widget.run.model.settings_at(0.5).min_size
@@ -1180,8 +1182,8 @@ def test_the_threshold_after_a_diameter_run_rethresholds_the_cached_probabilitie
     assert counts == {0.3: 4, 0.5: 3, 0.9: 1}
     assert fake_network.calls == 1  # the network ran once; the slider re-used its output
     assert widget.min_size_spin.value() == min_size and labels_layers(viewer) == [labels]
-    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "exclude_border": False,
-                               "link_axis": None, "model": "unet"}
+    assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "augmented": False,
+                               "exclude_border": False, "link_axis": None, "model": "unet"}
 
 
 @pytest.mark.parametrize("bad", [0.0, -5.0, float("nan"), 300.0])
@@ -1224,6 +1226,40 @@ def test_a_diameter_entered_during_a_run_runs_again_when_it_ends(
     qtbot.waitUntil(lambda: slow.calls == 2 and not widget.running, timeout=RUN_TIMEOUT_MS)
     (labels,) = labels_layers(viewer)
     assert slow.scales == [0.75, 0.5] and labels.metadata["diameter"] == 36.0
+
+
+def test_average_4_flips_gives_the_apis_augmented_labels_and_is_recorded(viewer_and_widget, tiny_weights, qtbot):
+    viewer, widget = viewer_and_widget
+    image = viewer.add_image(blobs(values=(120, 160, 200, 240), shape=(96, 200)), name="blobs")
+    one_pass = segment(image.data, tiny_weights["unet"])
+    averaged = segment(image.data, tiny_weights["unet"], augment=True)
+    assert not np.allclose(one_pass.probabilities, averaged.probabilities, atol=0.01)  # the box can change the maps
+
+    widget.augment_check.setChecked(True)  # nothing runs until Segment
+    assert not labels_layers(viewer)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    np.testing.assert_array_equal(labels.data, averaged.labels)
+    assert labels.metadata["augmented"] is True
+
+    widget.augment_check.setChecked(False)
+    click_segment(qtbot, widget)
+    np.testing.assert_array_equal(labels_layers(viewer)[-1].data, one_pass.labels)
+    assert labels_layers(viewer)[-1].metadata["augmented"] is False
+
+
+def test_average_4_flips_reaches_the_network_of_a_rerun_at_another_diameter(
+    viewer_and_widget, diameter_weights, fake_network, qtbot
+):
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(diameter_weights)
+    viewer.add_image(blobs(shape=(256, 256)), name="blobs")
+    widget.augment_check.setChecked(True)
+    widget.set_diameter(24.0)
+    click_segment(qtbot, widget)
+    assert widget.set_diameter(36.0)
+    wait_for_run(qtbot, widget)
+    assert fake_network.augments == [True, True] and fake_network.scales == [0.75, 0.5]
 
 
 # ---- 3-D nuclei from Z stacks (issue 17, item 5) -------------------------------------------------

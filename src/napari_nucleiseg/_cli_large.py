@@ -91,7 +91,8 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
     partial = partial_path(job.labels_path)
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        result = segment_large(image.data, model, partial, chosen, diameter=args.diameter, rgb=image.rgb,
+        result = segment_large(image.data, model, partial, chosen, diameter=args.diameter, augment=args.augment,
+                               rgb=image.rgb,
                                cancelled=cancelled)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

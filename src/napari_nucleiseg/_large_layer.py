@@ -106,7 +106,7 @@ def store_path(image_name: str, now: float | None = None) -> Path:
 
 
 def segment_in_blocks(data: Any, rgb: bool, weights: Path, out: Path, *, model: Any = None,
-                      settings: ChosenSettings = None, diameter: float | None = None,
+                      settings: ChosenSettings = None, diameter: float | None = None, augment: bool = False,
                       channel: tuple[int, int] | None = None, placement: dict[str, Any] | None = None,
                       on_progress: Callable[[int, int], None] | None = None,
                       cancelled: Callable[[], bool] | None = None) -> LargeFinished | Failure:
@@ -121,8 +121,8 @@ def segment_in_blocks(data: Any, rgb: bool, weights: Path, out: Path, *, model: 
     try:
         key = file_key(weights)
         model = model if model is not None else load_weights(weights)
-        result = segment_large(data, model, out, settings, diameter=diameter, rgb=rgb, progress=on_progress,
-                               cancelled=cancelled)
+        result = segment_large(data, model, out, settings, diameter=diameter, augment=augment, rgb=rgb,
+                               progress=on_progress, cancelled=cancelled)
         finished = LargeFinished(result, model, key, Path(out), placement=placement)
         finished.layer = labels_layer(finished, channel, placement)
     except Exception as error:
@@ -142,7 +142,7 @@ def result_metadata(finished: LargeFinished, channel: tuple[int, int] | None) ->
     recorded = {"block_by_block": True, "store": str(finished.store), "settings": result.settings.row(),
                 "model": finished.model.name, "diameter": result.diameter,
                 "diameter_estimated": result.diameter_estimated, "scale": result.scale,
-                "exclude_border": result.settings.exclude_border, "left_out": result.left_out}
+                "augmented": result.augmented, "exclude_border": result.settings.exclude_border, "left_out": result.left_out}
     return recorded if channel is None else recorded | {"channel": channel[1]}
 
 

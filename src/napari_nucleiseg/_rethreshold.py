@@ -54,18 +54,20 @@ class Cache:
     scale: float = 1.0  # the factor the image was resized by for the network
     channel: tuple[int, int] | None = None  # (axis, index) of the image's channel segmented; None: all of it
     model_name: str = ""  # the model's name (its file's, or a bundled one's)
+    augmented: bool = False  # whether the maps are the mean over flips (the widget's "Average 4 flips")
 
     @classmethod
     def of_run(cls, image: Image, planes: Any, model_key: tuple[str, int],
                channel: tuple[int, int] | None = None, model_name: str = "") -> Cache:
         """The cache of a finished run's :class:`~napari_nucleiseg.pipeline.PlanesResult`."""
         return cls(image, planes.probabilities, planes.settings, model_key, planes.diameter,
-                   planes.diameter_estimated, planes.scale, channel, model_name)
+                   planes.diameter_estimated, planes.scale, channel, model_name, planes.augmented)
 
     def metadata(self) -> dict[str, Any]:
         """What a result layer records of the run: the diameter it ran for, whether estimated, the
-        scale, and the channel segmented (None: the whole image)."""
-        recorded = {"diameter": self.diameter, "diameter_estimated": self.diameter_estimated, "scale": self.scale}
+        scale, whether the maps were averaged over flips, and the channel segmented (None: the whole image)."""
+        recorded = {"diameter": self.diameter, "diameter_estimated": self.diameter_estimated, "scale": self.scale,
+                    "augmented": self.augmented}
         return recorded if self.channel is None else recorded | {"channel": self.channel[1]}
 
 

@@ -116,6 +116,11 @@ class NucleiSegWidget(QWidget):
         self.target_label = TargetLabel()
         self.diameter_control = DiameterControl()
         self.diameter_auto_check, self.diameter_spin = self.diameter_control.auto_check, self.diameter_control.spin
+        self.augment_check = QCheckBox(
+            "Average 4 flips (4x slower)",
+            toolTip="Test-time augmentation: the network sees the image as it is and flipped three ways, and the "
+                    "four maps are averaged; a little more accurate (HRNet on DSB2018 val: 0.547 -> 0.560), four "
+                    "times the network's time. Takes effect at the next Segment.")
         self.count_label = CountLabel("No segmentation yet")
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
         self.model_menu, self.finetune_panel = _fine_tuning_controls(self)
@@ -200,10 +205,11 @@ class NucleiSegWidget(QWidget):
         stage = "Estimating the nucleus diameter..." if estimating else "Loading the model..."
         if in_blocks:  # multiscale, or one plane too large to hold whole: into a store in the cache folder
             self.run.start_in_blocks(image, weights, store_path(image.name), settings=chosen,
-                                     diameter=self._run_diameter, channel=self._run_channel, stage=stage)
+                                     diameter=self._run_diameter, channel=self._run_channel, stage=stage,
+                                     augment=self.augment_check.isChecked())
         else:
             self.run.start(image, planes, weights, settings=chosen, diameter=self._run_diameter,
-                           channel=self._run_channel, stage=stage)
+                           channel=self._run_channel, stage=stage, augment=self.augment_check.isChecked())
 
     def cancel(self) -> None:
         """Stop the run at the next plane or tile; the layers stay as they were."""
@@ -365,6 +371,7 @@ def _lay_out(widget: NucleiSegWidget) -> None:
     model_row.addWidget(widget.model_menu)
     form.addRow("Model", model_row)
     form.addRow("Nucleus diameter", widget.diameter_control)
+    form.addRow(widget.augment_check)
     run_box = QVBoxLayout()  # a hidden progress bar leaves no gap here, unlike a row of its own
     run_box.addLayout(buttons)
     run_box.addWidget(widget.progress_bar)

@@ -80,6 +80,9 @@ class SegmentationResult:
     scale : float
         The factor the image was resized by for the network (1: not resized); the labels,
         the probabilities and the table are always in the image's own pixels.
+    augmented : bool
+        Whether the probabilities are the mean over the image flipped four ways
+        (``segment(augment=True)``).
     """
 
     labels: np.ndarray
@@ -98,6 +101,7 @@ class SegmentationResult:
     scale: float = 1.0
     exclude_border: bool = False
     link_axis: int | None = None
+    augmented: bool = False
 
     @property
     def settings(self) -> PostprocessSettings:
@@ -118,6 +122,7 @@ def segment(
     seed_min_size: int | None = None,
     exclude_border: bool = False,
     diameter: float | None = None,
+    augment: bool = False,
     channel: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
@@ -161,6 +166,10 @@ def segment(
         ``diameter``), and the results are brought back to the image's pixels. Default:
         estimated from the image (:func:`~napari_nucleiseg.scale.estimate_diameter`). A
         model without a recorded diameter runs on the image as it is.
+    augment : bool
+        Test-time augmentation: the network sees the image as it is and flipped three ways,
+        and the four maps are averaged. Slightly more accurate (DSB2018 val 0.547 -> 0.560
+        with the HRNet), four times the network's time.
     channel : int, optional
         Segment this channel (from 0) of a multichannel image alone, as a gray image: the
         last axis of ``(H, W, C)`` (C of 2 to 4, RGB included), else the first axis of
@@ -187,7 +196,7 @@ def segment(
     napari_nucleiseg.errors.Cancelled
         If ``cancelled()`` returned True.
     """
-    from .pipeline import run_to_end, segment_planes
+    from .pipeline import check_augment, run_to_end, segment_planes
     from .preprocess import as_rgb
     from .scale import check_diameter
 
@@ -195,14 +204,15 @@ def segment(
     if channel is not None:
         image = one_channel(image, channel)
     check_diameter(diameter, np.shape(image))
+    check_augment(augment)
     as_rgb(image)  # the one-sentence ImageError for anything but one 2-D image, before any work
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]  # gray with a channel axis
     chosen = {"threshold": threshold, "min_size": min_size, "split": split, "boundary_threshold": boundary_threshold,
               "neck_ratio": neck_ratio, "seed_min_size": seed_min_size, "exclude_border": exclude_border}
-    run = segment_planes(image, nuclei_model, chosen, rgb=np.ndim(image) == 3, diameter=diameter, compact=False,
-                         on_progress=progress, cancelled=cancelled)
+    run = segment_planes(image, nuclei_model, chosen, rgb=np.ndim(image) == 3, diameter=diameter, augment=augment,
+                         compact=False, on_progress=progress, cancelled=cancelled)
     return result_from_planes(run_to_end(run), image, model_name=nuclei_model.name)
 
 
@@ -263,6 +273,7 @@ def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,
         diameter=None if planes.diameter is None else float(planes.diameter),
         diameter_estimated=bool(planes.diameter_estimated),
         scale=float(planes.scale),
+        augmented=bool(planes.augmented),
     )
 
 
@@ -275,6 +286,7 @@ def result_from_probabilities(
     diameter: float | None = None,
     diameter_estimated: bool = False,
     scale: float = 1.0,
+    augmented: bool = False,
 ) -> SegmentationResult:
     """Post-process ``(2, H, W)`` probabilities into a :class:`SegmentationResult`.
 
@@ -287,7 +299,7 @@ def result_from_probabilities(
 
     settings = (settings or PostprocessSettings()).validate()
     labels = labels_from_stack(probabilities, settings)
-    planes = PlanesResult(probabilities, labels, settings, diameter, diameter_estimated, scale)
+    planes = PlanesResult(probabilities, labels, settings, diameter, diameter_estimated, scale, augmented)
     return result_from_planes(planes, image, model_name=model_name)
 
 

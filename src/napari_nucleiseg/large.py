@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import Cancelled, ImageError
-from .pipeline import ChosenSettings, check_settings, resolve_settings
+from .pipeline import ChosenSettings, check_augment, check_settings, resolve_settings
 from .preprocess import PERCENTILE_SAMPLE_PIXELS, Normalization
 from .scale import check_diameter
 from .settings import PostprocessSettings
@@ -82,6 +82,7 @@ class LargeResult:
     blocks: int
     left_out: int = 0  # objects too large for any block's view (wider than the margin), not written
     levels: list = field(default_factory=list)  # labels, then halved copies of them (write_pyramid)
+    augmented: bool = False  # whether each block's maps are the mean over flips (``augment``)
 
     @property
     def count(self) -> int:
@@ -114,6 +115,7 @@ def segment_large(
     settings: ChosenSettings = None,
     *,
     diameter: float | None = None,
+    augment: bool = False,
     rgb: bool | None = None,
     block: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -135,6 +137,9 @@ def segment_large(
         As :func:`~napari_nucleiseg.pipeline.segment_planes` takes them.
     diameter : float, optional
         The nuclei's median diameter in pixels; None: estimated on the busiest window.
+    augment : bool
+        Test-time augmentation: each block's maps are the mean over four flips
+        (:func:`~napari_nucleiseg.inference.predict_probabilities`), at four times the network's time.
     rgb : bool, optional
         Whether the last axis holds colour; None: a last axis of 3 or 4 values does.
     block : int, optional
@@ -158,6 +163,7 @@ def segment_large(
                          "stack plane by plane.")
     height, width = shape[:2]
     check_diameter(diameter, (height, width))
+    check_augment(augment)
     check_settings(settings, model)
     out = Path(out)
     if out.exists():
@@ -179,7 +185,7 @@ def segment_large(
         if cancelled is not None and cancelled():
             raise Cancelled("Segmentation cancelled.")
         table, next_label, too_large = _segment_block(data, labels, model, (y, x), side, margin, scale, normalization,
-                                                      options, next_label, cancelled)
+                                                      options, next_label, cancelled, augment)
         tables.append(table)
         left_out += too_large
         _release_freed_memory()
@@ -190,7 +196,7 @@ def segment_large(
     table = pd.concat(tables, ignore_index=True)
     table.insert(0, "index", table["label"].to_numpy())  # as nuclei_table's: napari shows a nucleus's row by it
     levels = write_pyramid(group, cancelled)
-    return LargeResult(labels, table, chosen, used, estimated, scale, len(starts), left_out, levels)
+    return LargeResult(labels, table, chosen, used, estimated, scale, len(starts), left_out, levels, bool(augment))
 
 
 def write_pyramid(group: Any, cancelled: Callable[[], bool] | None = None) -> list[Any]:
@@ -287,7 +293,8 @@ def _busiest_window(data: Any, side: int) -> Any:
     return data[y : y + side, x : x + side]
 
 
-def _segment_block(data, labels, model, origin, side, margin, scale, normalization, options, next_label, cancelled):
+def _segment_block(data, labels, model, origin, side, margin, scale, normalization, options, next_label, cancelled,
+                   augment=False):
     """Segment one block with its margin and write the nuclei it owns; returns their table rows
     (in the whole image's pixels), the next free label and the number of objects it owns that are
     too large for its view."""
@@ -300,7 +307,8 @@ def _segment_block(data, labels, model, origin, side, margin, scale, normalizati
     y0, y1 = max(core[0] - margin, 0), min(core[1] + margin, height)
     x0, x1 = max(core[2] - margin, 0), min(core[3] + margin, width)
     image = np.asarray(data[y0:y1, x0:x1])
-    probabilities = predict_probabilities(image, model, scale=scale, cancelled=cancelled, normalization=normalization)
+    probabilities = predict_probabilities(image, model, scale=scale, cancelled=cancelled, normalization=normalization,
+                                          augment=augment)
     found = labels_from_probabilities(probabilities, **options)
     del probabilities
     table = measure_nuclei(found, None)

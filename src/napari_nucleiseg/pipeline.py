@@ -36,7 +36,7 @@ from .settings import PostprocessSettings
 if TYPE_CHECKING:
     from .weights import NucleiModel
 
-#: ``predict(plane, model, *, progress, cancelled, scale) -> (2, Y, X) float32``: the network's
+#: ``predict(plane, model, *, progress, cancelled, scale, augment) -> (2, Y, X) float32``: the network's
 #: probabilities for one plane (the default is :func:`napari_nucleiseg.inference.predict_probabilities`;
 #: tests give a fake).
 Predict = Callable[..., np.ndarray]
@@ -69,6 +69,7 @@ class PlanesResult:
     diameter: float | None = None
     diameter_estimated: bool = False
     scale: float = 1.0  # the factor the planes were resized by for the network (1: not resized)
+    augmented: bool = False  # whether the network's maps are the mean over flips (``augment``)
 
 
 def segment_planes(
@@ -78,6 +79,7 @@ def segment_planes(
     *,
     rgb: bool | None = None,
     diameter: float | None = None,
+    augment: bool = False,
     compact: bool = True,
     label: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
@@ -99,6 +101,10 @@ def segment_planes(
         whose last holds 3 or 4 values is one colour plane.
     diameter : float, optional
         The nuclei's median diameter in pixels; None: estimated.
+    augment : bool
+        Test-time augmentation: the network's maps are the mean over the plane flipped four ways
+        (:data:`~napari_nucleiseg.inference.FLIPS`), at four times the network's time. The estimate
+        of the diameter (its scale sweep; a stack's middle plane) runs without it.
     compact : bool
         Keep the probabilities as :class:`~napari_nucleiseg.compact.CompactProbabilities`
         (3 bytes a pixel, what the widget caches) rather than float32 (8 bytes a pixel).
@@ -118,10 +124,11 @@ def segment_planes(
     """
     leading, plane = stack_shape(np.shape(data), _is_rgb(data, rgb))
     check_diameter(diameter, plane)
+    check_augment(augment)
     check_settings(settings, model)
     if not leading:  # one image: its estimate is checked against all its nuclei
         prediction = predict_at_diameter(np.asarray(data), model, diameter, progress=on_progress,
-                                         cancelled=cancelled, predict=predict)
+                                         cancelled=cancelled, predict=predict, augment=augment)
         used, estimated, scale = prediction.diameter, prediction.estimated, prediction.scale
         probabilities = CompactProbabilities.from_float(prediction.probabilities) if compact \
             else prediction.probabilities
@@ -133,14 +140,20 @@ def segment_planes(
         probabilities = CompactProbabilities(leading, plane) if compact \
             else np.zeros((*leading, 2, *plane), dtype=np.float32)
         planes = predict_planes(data, leading, model, scale=scale, on_progress=on_progress, cancelled=cancelled,
-                                predict=predict)
+                                predict=predict, augment=augment)
         for done, (index, plane_probabilities) in enumerate(planes, start=1):
             probabilities[index] = plane_probabilities
             del plane_probabilities  # stored: the float maps go before the next plane (or labels) start
             yield done
     chosen = resolve_settings(settings, model, scale)
     labels = run_to_end(label_planes(probabilities, chosen), cancelled) if label else None
-    return PlanesResult(probabilities, labels, chosen, used, estimated, scale)
+    return PlanesResult(probabilities, labels, chosen, used, estimated, scale, bool(augment))
+
+
+def check_augment(augment: Any) -> None:
+    """Raise a ValueError of one sentence unless ``augment`` is True or False."""
+    if not isinstance(augment, (bool, np.bool_)):
+        raise ValueError(f"augment must be True or False, not {augment!r}")
 
 
 def check_settings(settings: ChosenSettings, model: NucleiModel) -> None:
@@ -224,7 +237,7 @@ class Prediction(NamedTuple):
 def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float | None = None, *,
                         progress: Callable[[int, int], None] | None = None,
                         cancelled: Callable[[], bool] | None = None,
-                        predict: Predict | None = None) -> Prediction:
+                        predict: Predict | None = None, augment: bool = False) -> Prediction:
     """The network's probabilities for one plane with its nuclei brought to the model's size.
 
     The diameter is given or estimated (:func:`resolve_diameter`), the image resized by the
@@ -233,7 +246,7 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
     nuclei at that scale, labelled with the model's settings, have a median diameter of their
     own, measured on far more nuclei than the estimate's window holds; if it differs by more than
     :data:`RECHECK_FACTOR`, the network runs once more at that size, and that is the diameter
-    reported.
+    reported. With ``augment`` every network pass is the mean over flips (:func:`segment_planes`).
     """
     from .postprocess import labels_from_probabilities
 
@@ -241,7 +254,7 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
     used, estimated = resolve_diameter(image, model, diameter, cancelled=cancelled)
     shape = np.shape(image)[:2]
     scale = model.scale_for(used, shape)
-    probabilities = predict(image, model, progress=progress, cancelled=cancelled, scale=scale)
+    probabilities = predict(image, model, progress=progress, cancelled=cancelled, scale=scale, augment=augment)
     if estimated:
         labels = labels_from_probabilities(probabilities, **model.settings_at(scale).replace(neck_ratio=0.0).options())
         diameters = nucleus_diameters(labels)
@@ -249,7 +262,8 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
             measured = float(np.median(diameters))
             if abs(np.log(measured / used)) > np.log(RECHECK_FACTOR):
                 used, scale = measured, model.scale_for(measured, shape)
-                probabilities = predict(image, model, progress=progress, cancelled=cancelled, scale=scale)
+                probabilities = predict(image, model, progress=progress, cancelled=cancelled, scale=scale,
+                                        augment=augment)
     return Prediction(probabilities, used, estimated, scale)
 
 
@@ -302,6 +316,7 @@ def predict_planes(
     on_progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
     predict: Predict | None = None,
+    augment: bool = False,
 ) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Predict every plane of ``data`` in turn; yield ``(plane index, (2, Y, X) probabilities)``.
 
@@ -313,7 +328,7 @@ def predict_planes(
         if cancelled is not None and cancelled():
             raise Cancelled("Segmentation cancelled.")
         plane = np.asarray(data[index])
-        yield index, predict(plane, model, progress=on_progress, cancelled=cancelled, scale=scale)
+        yield index, predict(plane, model, progress=on_progress, cancelled=cancelled, scale=scale, augment=augment)
 
 
 def label_planes(
