@@ -168,7 +168,7 @@ def segment(
         model without a recorded diameter runs on the image as it is.
     augment : bool
         Test-time augmentation: the network sees the image as it is and flipped three ways,
-        and the four maps are averaged. Slightly more accurate (DSB2018 val 0.547 -> 0.560
+        and the four maps are averaged. Slightly more accurate (DSB2018 val 0.547 -> 0.558
         with the HRNet), four times the network's time.
     channel : int, optional
         Segment this channel (from 0) of a multichannel image alone, as a gray image: the
