@@ -64,3 +64,12 @@ def test_a_stopped_run_leaves_no_half_written_labels(capsys, tmp_path, monkeypat
     status, _, _ = run_cli(capsys, tmp_path / "slide.tif", "--out", tmp_path / "out")
     assert status == 130
     assert list((tmp_path / "out").iterdir()) == []  # no labels, no partial folder, no tables
+
+
+def test_augment_reaches_a_large_image_and_is_recorded(capsys, tmp_path, cli_pixel_model, large_from_1_mpx):
+    tifffile.imwrite(tmp_path / "slide.tif", BIG, tile=(256, 256))
+    status, _, stderr = run_cli(capsys, tmp_path / "slide.tif", "--out", tmp_path / "out", "--augment")
+    assert status == 0, stderr
+    row = pd.read_csv(tmp_path / "out" / "counts.csv").loc[0]
+    assert row["labels_file"] == "slide_labels.ome.zarr" and row["nuclei"] == 144
+    assert bool(row["augmented"]) is True
