@@ -92,8 +92,7 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
     shutil.rmtree(partial, ignore_errors=True)
     try:
         result = segment_large(image.data, model, partial, chosen, diameter=args.diameter, augment=args.augment,
-                               rgb=image.rgb,
-                               cancelled=cancelled)
+                               rgb=image.rgb, cancelled=cancelled)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -142,7 +142,8 @@ def result_metadata(finished: LargeFinished, channel: tuple[int, int] | None) ->
     recorded = {"block_by_block": True, "store": str(finished.store), "settings": result.settings.row(),
                 "model": finished.model.name, "diameter": result.diameter,
                 "diameter_estimated": result.diameter_estimated, "scale": result.scale,
-                "augmented": result.augmented, "exclude_border": result.settings.exclude_border, "left_out": result.left_out}
+                "augmented": result.augmented, "exclude_border": result.settings.exclude_border,
+                "left_out": result.left_out}
     return recorded if channel is None else recorded | {"channel": channel[1]}
 
 

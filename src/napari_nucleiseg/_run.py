@@ -213,8 +213,7 @@ class SegmentationRun(QObject):
         self._begin(image, 1, stage)
         run = partial(segment_in_blocks, lazy_plane(image, channel), image.rgb, weights, out,
                       model=self._model_of(weights), settings=settings, diameter=diameter, augment=augment,
-                      channel=channel,
-                      placement=placement(image, channel), on_progress=self._blocks.done.emit,
+                      channel=channel, placement=placement(image, channel), on_progress=self._blocks.done.emit,
                       cancelled=self.cancel_event.is_set)
         self._run(run)
 

@@ -169,7 +169,7 @@ def segment(
     augment : bool
         Test-time augmentation: the network sees the image as it is and flipped three ways,
         and the four maps are averaged. Slightly more accurate (DSB2018 val 0.547 -> 0.558
-        with the HRNet), four times the network's time.
+        with session 12's HRNet), four times the network's time.
     channel : int, optional
         Segment this channel (from 0) of a multichannel image alone, as a gray image: the
         last axis of ``(H, W, C)`` (C of 2 to 4, RGB included), else the first axis of

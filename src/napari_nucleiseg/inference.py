@@ -36,7 +36,7 @@ TILE_BATCH = 1
 BAND_ROWS = 256
 #: ``augment``: (flip rows, flip columns) of the passes averaged for each tile. The networks are
 #: trained on flipped crops but are not exactly symmetric; the mean of the four views is steadier
-#: (shipped HRNet, benchmarks/README.md: DSB2018 val 0.547 -> 0.558, nuclei 4 px across 0.308 ->
+#: (session 12's HRNet, benchmarks/README.md: DSB2018 val 0.547 -> 0.558, nuclei 4 px across 0.308 ->
 #: 0.329, CoNSeP 0.142 -> 0.150) at 4 network passes instead of one.
 FLIPS = ((False, False), (True, False), (False, True), (True, True))
 
@@ -111,7 +111,6 @@ def predict_normalized(
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
     device: torch.device | str | None = None,
-    augment: bool = False,
 ) -> np.ndarray:
     """As :func:`predict_probabilities`, for an already normalised ``(H, W, 3)`` float32 image.
 
@@ -119,7 +118,7 @@ def predict_normalized(
     """
     return _predict_tiled(
         normalized, None, network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-        progress=progress, cancelled=cancelled, device=device, augment=augment,
+        progress=progress, cancelled=cancelled, device=device,
     )
 
 
