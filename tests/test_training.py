@@ -899,8 +899,9 @@ def test_cosine_schedule_anneals_the_learning_rate_and_resumes(tmp_path, capsys)
 def test_export_checkpoint_writes_the_last_or_an_earlier_epoch(tmp_path):
     import shutil
 
-    from training import export_checkpoint
     import torch
+
+    from training import export_checkpoint
 
     args = ["--model", "unet", "--data", str(DATA), "--limit", "2", "--max-batches", "1", "--batch-size", "2",
             "--crop-size", "64", "--workers", "0", "--val-split", "", "--out", str(tmp_path)]
@@ -924,8 +925,9 @@ def test_export_checkpoint_writes_the_last_or_an_earlier_epoch(tmp_path):
 def test_averaged_epochs_are_the_mean_of_their_weights_with_batch_norm_measured_again(tmp_path):
     import shutil
 
-    from training import average_checkpoints
     import torch
+
+    from training import average_checkpoints
 
     args = ["--model", "unet", "--data", str(DATA), "--limit", "2", "--max-batches", "1", "--batch-size", "2",
             "--crop-size", "64", "--workers", "0", "--val-split", "", "--lr", "0.05", "--out", str(tmp_path)]
@@ -968,3 +970,44 @@ def test_model_card_figures_do_not_round_up_to_a_target_they_miss():
     assert model_card._cell("count_error_median", 0.0851) == "8.5%"
     assert model_card.shortfalls({"mean_iou": 0.93, "dsb_score": 0.54991, "f1_iou50": 0.85,
                                   "count_error_median": 0.08}) == ["dsb_score 0.5499 (target 0.550)"]
+
+
+def _auto_point(threshold, val, kinds, monuseg, consep, boundary=0.1):
+    return {"threshold": threshold, "boundary_threshold": boundary, "dsb2018": val,
+            "kinds": dict(zip(("fluorescence", "tissue", "brightfield"), kinds)), "monuseg": monuseg, "consep": consep}
+
+
+def test_auto_thresholds_raise_the_stained_parts_only_where_val_holds():
+    from training import calibrate_auto
+
+    own = _auto_point(0.6, 0.560, (0.61, 0.33, 0.43), 0.27, 0.13)
+    loses_val = _auto_point(0.7, 0.557, (0.61, 0.33, 0.43), 0.40, 0.30)  # the best parts, but val -0.003
+    loses_a_kind = _auto_point(0.8, 0.560, (0.61, 0.30, 0.43), 0.35, 0.25)  # tissue -0.03
+    small_gain = _auto_point(0.6, 0.559, (0.61, 0.33, 0.42), 0.272, 0.131, boundary=0.15)  # +0.002
+    gain = _auto_point(0.6, 0.5585, (0.60, 0.32, 0.415), 0.28, 0.14, boundary=0.2)  # +0.01, losses within limits
+
+    assert calibrate_auto.choose([loses_val, loses_a_kind, small_gain], own) is None
+    assert calibrate_auto.choose([loses_val, loses_a_kind, small_gain, gain], own) is gain
+    assert calibrate_auto.choose([gain, dict(gain, boundary_threshold=0.3)], own) is gain  # ties: the first
+
+
+@needs_data
+def test_auto_thresholds_copy_keeps_the_other_settings_and_records_the_choice(tmp_path, monkeypatch):
+    from training import calibrate_auto
+
+    source = tiny_weights(tmp_path / "source", fit_steps=20)
+    before = digest(source)
+    for limit in ("MIN_PARTS_GAIN", "MAX_VAL_LOSS", "MAX_KIND_LOSS"):  # the best parts' point is taken, whatever it is
+        monkeypatch.setattr(calibrate_auto, limit, 1.0 if limit != "MIN_PARTS_GAIN" else -1.0)
+    monkeypatch.setattr(calibrate_auto, "THRESHOLDS", (0.3, 0.5))
+    monkeypatch.setattr(calibrate_auto, "BOUNDARY_THRESHOLDS", (0.3,))
+    chosen = calibrate_auto.main([str(source), "--out", str(tmp_path / "out"), "--data", str(DATA.parent),
+                                  "--limit", "1"])
+
+    assert digest(source) == before
+    copy = read_metadata(tmp_path / "out" / "tiny.safetensors")
+    assert (copy["threshold"], copy["boundary_threshold"]) == (chosen["threshold"], 0.3)
+    assert copy["min_size"] == 10  # what the grid does not search stays the file's
+    record = copy["calibration"]["auto_thresholds"]
+    assert record["after"]["threshold"] == chosen["threshold"] and record["before"]["threshold"] == 0.5
+    assert "1 dsb2018, 1 monuseg, 1 consep" in record["on"]

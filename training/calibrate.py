@@ -40,28 +40,45 @@ NECK_RATIOS = (0.0, 0.2, 0.4)
 SEED_MIN_SIZES = (0, 16)
 
 
-def val_samples(data: Path, diameter: float, limit: int | None = None) -> dict[str, list[Sample]]:
-    """The val images of each set, resized so their median nucleus is ``diameter`` px across."""
-    sets = {"dsb2018": [(i, *load_pair(data / "dsb2018", i)) for i in list_ids(data / "dsb2018", "val")[:limit]]}
+def val_pairs(data: Path, limit: int | None = None) -> dict[str, list[Sample]]:
+    """The val images of each set as they are: DSB2018 ``val`` and the val parts train.py holds out
+    of MoNuSeg and CoNSeP train."""
+    sets = {"dsb2018": [Sample(i, *load_pair(data / "dsb2018", i)) for i in list_ids(data / "dsb2018", "val")[:limit]]}
     for name, folder in (("monuseg", "monuseg2018/train"), ("consep", "consep/train")):
         _, held = holdout_split(list_ids(data / folder, None))
-        sets[name] = [(i, *load_pair(data / folder, i)) for i in held[:limit]]
-    return {name: [Sample(i, *at_diameter(image, truth, diameter)) for i, image, truth in pairs]
-            for name, pairs in sets.items()}
+        sets[name] = [Sample(i, *load_pair(data / folder, i)) for i in held[:limit]]
+    return sets
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def val_samples(data: Path, diameter: float, limit: int | None = None) -> dict[str, list[Sample]]:
+    """The val images of each set (:func:`val_pairs`), resized so their median nucleus is ``diameter`` px across."""
+    return {name: [Sample(s.id, *at_diameter(s.image, s.truth, diameter)) for s in samples]
+            for name, samples in val_pairs(data, limit).items()}
+
+
+def parse_args(description: str, out_help: str, argv=None) -> argparse.Namespace:
+    """The command line of this script and of ``calibrate_auto``: a weights file, ``--out``, ``--data``, ``--limit``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("weights", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="folder for the calibrated <name>.safetensors")
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--limit", type=int, default=None, help="images per set (smoke tests)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def timed_log():
+    """A ``log(message)`` that prints with the seconds since it was made."""
     start = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {message}", flush=True)
 
+    return log
+
+
+def main(argv=None) -> None:
+    args = parse_args(__doc__.split("\n\n")[0], "folder for the calibrated <name>.safetensors", argv)
+    log = timed_log()
     model = load_weights(args.weights)
     if model.diameter is None:
         raise SystemExit(f"{args.weights} records no diameter: calibrate it with evaluate.py --calibrate")
