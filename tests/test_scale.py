@@ -174,3 +174,27 @@ def test_a_gray_fluorescence_image_s_estimate_is_its_whole_nuclei(name, factor):
     result = segment(image, model="hrnet")
     assert result.diameter_estimated
     assert abs(result.diameter / truth - 1) <= 0.25, f"estimated {result.diameter:.1f} px, nuclei {truth:.1f} px"
+
+
+def test_thresholds_chosen_again_leave_the_auto_diameter_as_it_was():
+    """A file whose output thresholds were chosen again records its old ones for the estimate
+    (training/calibrate_auto.py): the diameter users get stays the one its size model was fitted
+    for, though the estimate's recheck, labelling with the new ones, would have measured another."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from skimage.io import imread
+
+    from napari_nucleiseg.pipeline import predict_at_diameter
+
+    image = imread(Path(__file__).parents[1] / "src" / "napari_nucleiseg" / "samples" / "tissue.png")
+    shipped = load_model("hrnet")
+    own = shipped.settings
+    moved = replace(shipped, metadata=shipped.metadata | {"boundary_threshold": 0.3})
+    kept = replace(moved, metadata=moved.metadata | {
+        "estimate": {"threshold": own.threshold, "boundary_threshold": own.boundary_threshold}})
+    assert kept.settings.boundary_threshold == 0.3 and kept.estimate_settings == own  # output moved, estimate not
+
+    before = predict_at_diameter(image, shipped).diameter
+    assert predict_at_diameter(image, moved).diameter != pytest.approx(before, rel=0.01)  # what the key prevents
+    assert predict_at_diameter(image, kept).diameter == pytest.approx(before, rel=1e-9)

@@ -1008,6 +1008,7 @@ def test_auto_thresholds_copy_keeps_the_other_settings_and_records_the_choice(tm
     copy = read_metadata(tmp_path / "out" / "tiny.safetensors")
     assert (copy["threshold"], copy["boundary_threshold"]) == (chosen["threshold"], 0.3)
     assert copy["min_size"] == 10  # what the grid does not search stays the file's
+    assert copy["estimate"] == {"threshold": 0.5, "boundary_threshold": 0.5}  # the Auto diameter stays the source's
     record = copy["calibration"]["auto_thresholds"]
     assert record["after"]["threshold"] == chosen["threshold"] and record["before"]["threshold"] == 0.5
     assert "1 dsb2018, 1 monuseg, 1 consep" in record["on"]

@@ -349,3 +349,20 @@ def test_a_file_of_the_user_s_is_described_by_its_own_metadata_in_plain_names(tm
     text = describe_weights(metadata)  # no evaluation: not a bundled file, whatever it is named
     assert text.startswith("Architecture: unet") and "Validation (val): DSB2018 score 0.41, F1 0.70" in text
     assert "Scores on images" not in text
+
+
+@pytest.mark.parametrize("estimate", [{"threshold": 1.5}, {"boundary_threshold": "0.1"}, [0.6, 0.1]],
+                         ids=["out-of-range", "string", "not-a-mapping"])
+def test_bad_estimate_thresholds_in_a_file_are_refused_naming_them(tmp_path, estimate):
+    metadata = tiny_metadata("unet") | {"diameter": 18, "estimate": estimate}
+    path = save_weights(tmp_path / "estimate.safetensors", build_tiny("unet"), metadata)
+    _expect_error(path, "estimate")
+
+
+def test_a_file_s_estimate_thresholds_change_the_estimate_s_labels_only(tmp_path):
+    metadata = tiny_metadata("unet") | {"threshold": 0.7, "boundary_threshold": 0.3,
+                                        "estimate": {"threshold": 0.5, "boundary_threshold": 0.1}}
+    model = load_weights(save_weights(tmp_path / "estimate.safetensors", build_tiny("unet"), metadata))
+    assert (model.settings.threshold, model.settings.boundary_threshold) == (0.7, 0.3)
+    assert (model.estimate_settings.threshold, model.estimate_settings.boundary_threshold) == (0.5, 0.1)
+    assert model.estimate_settings.min_size == model.settings.min_size

@@ -16,8 +16,11 @@ prediction (Auto diameter, then the network):
 - chosen: the eligible point with the highest mean of the two val parts, if that mean rises by at
   least :data:`MIN_PARTS_GAIN`; otherwise the file keeps its settings and no copy is written.
 
-The probabilities are those of the file's own settings (the Auto estimate's recheck labels with
-them), computed once per image; each grid point only labels them again.
+The copy records the file's own thresholds as those of the diameter estimate (``"estimate"``,
+:attr:`~napari_nucleiseg.weights.NucleiModel.estimate_settings`): its sweep and recheck label with
+them, and its size model was fitted with them, so the copy estimates every image's diameter as the
+file did, and the probabilities, computed once per image, are the copy's too: each grid point only
+labels them again, and its figures are what the copy scores.
 
 Example::
 
@@ -120,7 +123,9 @@ def main(argv=None) -> dict | None:
         "before": _rounded(own), "after": _rounded(chosen),
         "command": "python -m training.calibrate_auto " + " ".join(sys.argv[1:] if argv is None else argv)}}
     heads = tuple(metadata["heads"]) if metadata.get("heads") else None
-    target = write_calibrated_weights(args.weights, args.out, settings, {}, calibration, heads)
+    estimate = model.estimate_settings  # a file calibrated before keeps the thresholds of its estimate
+    target = write_calibrated_weights(args.weights, args.out, settings, {}, calibration, heads, extra={
+        "estimate": {"threshold": estimate.threshold, "boundary_threshold": estimate.boundary_threshold}})
     log(f"-> {target}")
     return chosen
 

@@ -500,13 +500,14 @@ def calibrate_splitting(probabilities: list[np.ndarray], samples: list[Sample], 
 
 
 def write_calibrated_weights(source: Path, destination: Path, settings: Settings, metrics: dict,
-                             calibration: dict, heads: tuple[int, ...] | None = None) -> Path:
+                             calibration: dict, heads: tuple[int, ...] | None = None,
+                             extra: dict | None = None) -> Path:
     """Copy ``source`` into the folder ``destination`` as ``<name>.safetensors`` with new settings and metrics.
 
     The tensors are copied unchanged (float16 stays float16); the metadata gets the
     calibrated ``threshold``, ``boundary_threshold``, ``min_size`` and ``neck_ratio``, the output
-    ``heads`` to average (None: all; the key is then left out), and ``metrics`` merged into its
-    ``"metrics"``. Refuses to overwrite ``source`` itself.
+    ``heads`` to average (None: all; the key is then left out), ``metrics`` merged into its
+    ``"metrics"``, and the keys of ``extra`` set. Refuses to overwrite ``source`` itself.
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -528,6 +529,7 @@ def write_calibrated_weights(source: Path, destination: Path, settings: Settings
         **({"seed_min_size": settings.seed_min_size} if settings.seed_min_size else {}),
         "metrics": {**metadata.get("metrics", {}), **metrics},
         "calibration": calibration,
+        **(extra or {}),
     })
     if not settings.seed_min_size:
         metadata.pop("seed_min_size", None)

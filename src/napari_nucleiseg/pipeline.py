@@ -256,7 +256,8 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
     scale = model.scale_for(used, shape)
     probabilities = predict(image, model, progress=progress, cancelled=cancelled, scale=scale, augment=augment)
     if estimated:
-        labels = labels_from_probabilities(probabilities, **model.settings_at(scale).replace(neck_ratio=0.0).options())
+        recheck = model.estimate_settings.at_scale(scale).replace(neck_ratio=0.0)
+        labels = labels_from_probabilities(probabilities, **recheck.options())
         diameters = nucleus_diameters(labels)
         if diameters.size >= 5:
             measured = float(np.median(diameters))

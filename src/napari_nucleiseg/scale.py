@@ -207,9 +207,9 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
     if normalization is None:
         normalization = Normalization.of(rgb, model.percentiles, model.log_gain)
     rungs = []
-    # The model's own settings in its frame, with a low min size (fragments of a nucleus too large
-    # for the network are what a rung must show) and no cut by shape.
-    settings = model.settings.replace(min_size=max(3, int(0.05 * trained**2)), neck_ratio=0.0)
+    # The model's own settings for the estimate in its frame, with a low min size (fragments of a
+    # nucleus too large for the network are what a rung must show) and no cut by shape.
+    settings = model.estimate_settings.replace(min_size=max(3, int(0.05 * trained**2)), neck_ratio=0.0)
     hook = _last_layer_hook(model.network, on_features) if on_features is not None else None
     try:
         for relative in ESTIMATE_LADDER:

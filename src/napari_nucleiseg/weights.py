@@ -32,6 +32,8 @@ FORMAT_VERSION = 1
 #: The largest safetensors header read (bytes): ours are a few kB; a larger length is not a header.
 MAX_HEADER_BYTES = 100_000_000
 METADATA_KEY = "nucleiseg"
+#: The settings a file may record apart for the diameter estimate (:attr:`NucleiModel.estimate_settings`).
+ESTIMATE_SETTINGS = ("threshold", "boundary_threshold")
 WEIGHTS_SUFFIX = ".safetensors"
 
 
@@ -60,6 +62,15 @@ class NucleiModel:
     def settings_at(self, scale: float) -> PostprocessSettings:
         """:attr:`settings` for an image resized by ``scale`` for the network: the sizes in its own pixels."""
         return self.settings.at_scale(scale)
+
+    @property
+    def estimate_settings(self) -> PostprocessSettings:
+        """The settings the Auto diameter estimate labels with (its sweep and its recheck): :attr:`settings`
+        with the thresholds of ``metadata["estimate"]`` where the file records them. A file whose output
+        thresholds were chosen again (``training/calibrate_auto.py``) keeps there the ones its size model
+        was fitted with, so that the estimate, and the diameter users get, stay as they were."""
+        recorded = self.metadata.get("estimate") or {}
+        return self.settings.replace(**{key: recorded[key] for key in ESTIMATE_SETTINGS if key in recorded})
 
     @property
     def log_gain(self) -> float:
@@ -229,6 +240,13 @@ def _metadata_problem(metadata: dict[str, Any]) -> str | None:
         check_settings(**{key: metadata[key] for key in FILE_SETTINGS if key in metadata})
     except ValueError as error:
         return f"its {error}"
+    estimate = metadata.get("estimate", {})
+    if not isinstance(estimate, dict):
+        return f"its estimate settings {estimate!r} are not a mapping"
+    try:
+        check_settings(**{key: estimate[key] for key in ESTIMATE_SETTINGS if key in estimate})
+    except ValueError as error:
+        return f"its estimate's {error}"
     normalization = metadata.get("normalization", {})
     percentiles = normalization.get("percentiles", (1.0, 99.8)) if isinstance(normalization, dict) else None
     if not (
