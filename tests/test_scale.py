@@ -189,12 +189,16 @@ def test_thresholds_chosen_again_leave_the_auto_diameter_as_it_was():
 
     image = imread(Path(__file__).parents[1] / "src" / "napari_nucleiseg" / "samples" / "tissue.png")
     shipped = load_model("hrnet")
-    own = shipped.settings
-    moved = replace(shipped, metadata=shipped.metadata | {"boundary_threshold": 0.3})
-    kept = replace(moved, metadata=moved.metadata | {
-        "estimate": {"threshold": own.threshold, "boundary_threshold": own.boundary_threshold}})
-    assert kept.settings.boundary_threshold == 0.3 and kept.estimate_settings == own  # output moved, estimate not
+    own = shipped.estimate_settings  # the thresholds its size model was fitted with
+    own_thresholds = {"threshold": own.threshold, "boundary_threshold": own.boundary_threshold}
+    base = replace(shipped, metadata={key: value for key, value in shipped.metadata.items() if key != "estimate"}
+                   | own_thresholds)  # the file as it was before any thresholds were chosen again
+    other = 0.3 if own.boundary_threshold != 0.3 else 0.1
+    moved = replace(base, metadata=base.metadata | {"boundary_threshold": other})
+    kept = replace(moved, metadata=moved.metadata | {"estimate": own_thresholds})
+    assert kept.settings.boundary_threshold == other and kept.estimate_settings == base.settings
 
-    before = predict_at_diameter(image, shipped).diameter
+    before = predict_at_diameter(image, base).diameter
     assert predict_at_diameter(image, moved).diameter != pytest.approx(before, rel=0.01)  # what the key prevents
     assert predict_at_diameter(image, kept).diameter == pytest.approx(before, rel=1e-9)
+    assert predict_at_diameter(image, shipped).diameter == pytest.approx(before, rel=1e-9)

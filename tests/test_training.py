@@ -995,7 +995,10 @@ def test_auto_thresholds_raise_the_stained_parts_only_where_val_holds():
 def test_auto_thresholds_copy_keeps_the_other_settings_and_records_the_choice(tmp_path, monkeypatch):
     from training import calibrate_auto
 
+    from training.calibrate import write_metadata_copy
+
     source = tiny_weights(tmp_path / "source", fit_steps=20)
+    write_metadata_copy(source, source, {"metrics": {"val_at_true_diameter_dsb_score": {"dsb2018": 0.1}}})
     before = digest(source)
     for limit in ("MIN_PARTS_GAIN", "MAX_VAL_LOSS", "MAX_KIND_LOSS"):  # the best parts' point is taken, whatever it is
         monkeypatch.setattr(calibrate_auto, limit, 1.0 if limit != "MIN_PARTS_GAIN" else -1.0)
@@ -1012,3 +1015,10 @@ def test_auto_thresholds_copy_keeps_the_other_settings_and_records_the_choice(tm
     record = copy["calibration"]["auto_thresholds"]
     assert record["after"]["threshold"] == chosen["threshold"] and record["before"]["threshold"] == 0.5
     assert "1 dsb2018, 1 monuseg, 1 consep" in record["on"]
+    assert set(copy["metrics"]["val_at_auto_dsb_score"]) == {"dsb2018", "monuseg", "consep"}
+    assert "val_at_true_diameter_dsb_score" not in copy["metrics"]  # measured with the thresholds replaced
+
+    # Chosen again, a copy keeps the thresholds of the first file's estimate, not its own new ones.
+    calibrate_auto.main([str(tmp_path / "out" / "tiny.safetensors"), "--out", str(tmp_path / "again"),
+                         "--data", str(DATA.parent), "--limit", "1"])
+    assert read_metadata(tmp_path / "again" / "tiny.safetensors")["estimate"] == copy["estimate"]

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -128,6 +129,9 @@ def write_metadata_copy(source: Path, target: Path, changes: dict) -> Path:
     header[METADATA_KEY] = json.dumps(full)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(target), metadata=header)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(target, 0o666 & ~umask)  # safetensors writes 0600; a shipped file should be readable
     return Path(target)
 
 

@@ -243,10 +243,10 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
     The diameter is given or estimated (:func:`resolve_diameter`), the image resized by the
     factor it gives, the network run tile by tile, and the probabilities brought back to the
     image's pixels. An estimate is then checked (Cellpose's second step): the whole image's
-    nuclei at that scale, labelled with the model's settings, have a median diameter of their
-    own, measured on far more nuclei than the estimate's window holds; if it differs by more than
-    :data:`RECHECK_FACTOR`, the network runs once more at that size, and that is the diameter
-    reported. With ``augment`` every network pass is the mean over flips (:func:`segment_planes`).
+    nuclei at that scale, labelled with the estimate's settings (``model.estimate_settings``), have a
+    median diameter of their own, measured on far more nuclei than the estimate's window holds; if it
+    differs by more than :data:`RECHECK_FACTOR`, the network runs once more at that size, and that is
+    the diameter reported. With ``augment`` every network pass is the mean over flips (:func:`segment_planes`).
     """
     from .postprocess import labels_from_probabilities
 
