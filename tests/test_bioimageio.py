@@ -78,7 +78,9 @@ def test_the_package_holds_what_the_issue_lists(unet_package):
     files = (image["test_tensor"], output["test_tensor"], description["covers"][0], image["sample_tensor"])
     assert {file["source"] for file in files} <= names
     assert description["license"] == "CC-BY-NC-SA-4.0"
-    assert description["config"]["napari-nucleiseg"]["threshold"] == 0.7
+    from napari_nucleiseg.api import load_model
+
+    assert description["config"]["napari-nucleiseg"]["threshold"] == load_model("unet").settings.threshold
     for words in ("## Validation", "log(1 + 10|x|)", "18 px", "Threshold", "Split touching nuclei", "MoNuSeg",
                   "CC BY-NC-SA 4.0", "Non-commercial", "## Citations"):
         assert words in readme, words
