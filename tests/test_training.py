@@ -994,7 +994,6 @@ def test_auto_thresholds_raise_the_stained_parts_only_where_val_holds():
 @needs_data
 def test_auto_thresholds_copy_keeps_the_other_settings_and_records_the_choice(tmp_path, monkeypatch):
     from training import calibrate_auto
-
     from training.calibrate import write_metadata_copy
 
     source = tiny_weights(tmp_path / "source", fit_steps=20)

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,9 @@ import numpy as np
 from napari_nucleiseg.inference import predict_probabilities
 from napari_nucleiseg.weights import load_weights, read_metadata
 from training.data import holdout_split, list_ids, load_pair
-from training.evaluate import Sample, calibrate, calibrate_splitting, describe, label, write_calibrated_weights
+from training.evaluate import (
+    Sample, calibrate, calibrate_splitting, describe, label, make_readable, write_calibrated_weights,
+)
 from training.train import at_diameter, licence_note
 
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
@@ -129,9 +130,7 @@ def write_metadata_copy(source: Path, target: Path, changes: dict) -> Path:
     header[METADATA_KEY] = json.dumps(full)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(target), metadata=header)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(target, 0o666 & ~umask)  # safetensors writes 0600; a shipped file should be readable
+    make_readable(target)
     return Path(target)
 
 

@@ -34,7 +34,7 @@ import sys
 import numpy as np
 
 from napari_nucleiseg.weights import load_weights, read_metadata
-from training.calibrate import parse_args, timed_log, val_pairs, write_metadata_copy
+from training.calibrate import parse_args, timed_log, val_pairs
 from training.data import image_kind
 from training.evaluate import label, pipeline_prediction, write_calibrated_weights
 from training.metrics import instance_scores
@@ -124,12 +124,12 @@ def main(argv=None) -> dict | None:
         "command": "python -m training.calibrate_auto " + " ".join(sys.argv[1:] if argv is None else argv)}}
     heads = tuple(metadata["heads"]) if metadata.get("heads") else None
     estimate = model.estimate_settings  # a file calibrated before keeps the thresholds of its estimate
-    metrics = {"val_at_auto_dsb_score": {name: round(chosen[name], 4) for name in sets}}  # this copy's, at Auto
-    target = write_calibrated_weights(args.weights, args.out, settings, metrics, calibration, heads, extra={
+    metrics = {key: value for key, value in metadata.get("metrics", {}).items()
+               if key != "val_at_true_diameter_dsb_score"}  # scored with the thresholds it replaces
+    metrics["val_at_auto_dsb_score"] = {name: round(chosen[name], 4) for name in sets}  # this copy's, at Auto
+    target = write_calibrated_weights(args.weights, args.out, settings, {}, calibration, heads, extra={
+        "metrics": metrics,
         "estimate": {"threshold": estimate.threshold, "boundary_threshold": estimate.boundary_threshold}})
-    stale = {key: value for key, value in read_metadata(target)["metrics"].items()
-             if key != "val_at_true_diameter_dsb_score"}  # scored with the thresholds it replaces
-    write_metadata_copy(target, target, {"metrics": stale})
     log(f"-> {target}")
     return chosen
 

@@ -499,6 +499,14 @@ def calibrate_splitting(probabilities: list[np.ndarray], samples: list[Sample], 
     return best, grid
 
 
+def make_readable(path: Path) -> None:
+    """Give ``path`` the permissions a new file gets (umask): safetensors writes 0600, and a shipped
+    weights file should be readable."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_calibrated_weights(source: Path, destination: Path, settings: Settings, metrics: dict,
                              calibration: dict, heads: tuple[int, ...] | None = None,
                              extra: dict | None = None) -> Path:
@@ -540,9 +548,7 @@ def write_calibrated_weights(source: Path, destination: Path, settings: Settings
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     save_file(tensors, str(partial), metadata=header)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o666 & ~umask)  # safetensors writes 0600; a shipped file should be readable
+    make_readable(partial)
     os.replace(partial, target)  # a reader never sees a half-written file
     read_metadata(target)
     return target
