@@ -972,9 +972,10 @@ def test_model_card_figures_do_not_round_up_to_a_target_they_miss():
                                   "count_error_median": 0.08}) == ["dsb_score 0.5499 (target 0.550)"]
 
 
-def _auto_point(threshold, val, kinds, monuseg, consep, boundary=0.1):
+def _auto_point(threshold, val, kinds, monuseg, consep, boundary=0.1, samples=(0.45, 0.33, 0.28)):
     return {"threshold": threshold, "boundary_threshold": boundary, "dsb2018": val,
-            "kinds": dict(zip(("fluorescence", "tissue", "brightfield"), kinds)), "monuseg": monuseg, "consep": consep}
+            "kinds": dict(zip(("fluorescence", "tissue", "brightfield"), kinds)), "monuseg": monuseg, "consep": consep,
+            "samples": dict(zip(("fluorescence", "tissue", "brightfield"), samples))}
 
 
 def test_auto_thresholds_raise_the_stained_parts_only_where_val_holds():
@@ -991,6 +992,17 @@ def test_auto_thresholds_raise_the_stained_parts_only_where_val_holds():
     assert calibrate_auto.choose([gain, dict(gain, boundary_threshold=0.3)], own) is gain  # ties: the first
 
 
+def test_auto_thresholds_pass_over_a_point_that_loses_a_sample_for_the_next_best():
+    from training import calibrate_auto
+
+    own = _auto_point(0.7, 0.517, (0.57, 0.28, 0.34), 0.20, 0.10)
+    best_but_tissue = _auto_point(0.5, 0.530, (0.58, 0.31, 0.37), 0.23, 0.12, boundary=0.15,
+                                  samples=(0.45, 0.3099, 0.28))  # the tissue sample -0.0201
+    next_best = _auto_point(0.6, 0.528, (0.58, 0.30, 0.36), 0.22, 0.12, boundary=0.15)
+    assert calibrate_auto.choose([best_but_tissue, next_best], own) is next_best
+    assert calibrate_auto.choose([best_but_tissue], own) is None
+
+
 @needs_data
 def test_auto_thresholds_copy_keeps_the_other_settings_and_records_the_choice(tmp_path, monkeypatch):
     from training import calibrate_auto
@@ -999,7 +1011,7 @@ def test_auto_thresholds_copy_keeps_the_other_settings_and_records_the_choice(tm
     source = tiny_weights(tmp_path / "source", fit_steps=20)
     write_metadata_copy(source, source, {"metrics": {"val_at_true_diameter_dsb_score": {"dsb2018": 0.1}}})
     before = digest(source)
-    for limit in ("MIN_PARTS_GAIN", "MAX_VAL_LOSS", "MAX_KIND_LOSS"):  # the best parts' point is taken, whatever it is
+    for limit in ("MIN_PARTS_GAIN", "MAX_VAL_LOSS", "MAX_KIND_LOSS", "MAX_SAMPLE_LOSS"):  # the best parts' point is taken, whatever it is
         monkeypatch.setattr(calibrate_auto, limit, 1.0 if limit != "MIN_PARTS_GAIN" else -1.0)
     monkeypatch.setattr(calibrate_auto, "THRESHOLDS", (0.3, 0.5))
     monkeypatch.setattr(calibrate_auto, "BOUNDARY_THRESHOLDS", (0.3,))
