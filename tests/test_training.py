@@ -1025,7 +1025,8 @@ def test_auto_thresholds_copy_keeps_the_other_settings_and_records_the_choice(tm
     assert copy["estimate"] == {"threshold": 0.5, "boundary_threshold": 0.5}  # the Auto diameter stays the source's
     record = copy["calibration"]["auto_thresholds"]
     assert record["after"]["threshold"] == chosen["threshold"] and record["before"]["threshold"] == 0.5
-    assert "1 dsb2018, 1 monuseg, 1 consep" in record["on"]
+    assert "1 dsb2018, 1 monuseg, 1 consep" in record["on"] and "3 bundled samples" in record["on"]
+    assert set(record["after"]["samples"]) == {"fluorescence", "tissue", "brightfield"}
     assert set(copy["metrics"]["val_at_auto_dsb_score"]) == {"dsb2018", "monuseg", "consep"}
     assert "val_at_true_diameter_dsb_score" not in copy["metrics"]  # measured with the thresholds replaced
 

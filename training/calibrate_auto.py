@@ -132,7 +132,8 @@ def main(argv=None) -> dict | None:
     metadata = read_metadata(args.weights)
     calibration = {**metadata.get("calibration", {}), "auto_thresholds": {
         "grid": {"thresholds": THRESHOLDS, "boundary_thresholds": BOUNDARY_THRESHOLDS},
-        "on": "Auto, the images as they are: " + ", ".join(f"{len(g)} {n}" for n, g in sets.items()),
+        "on": "Auto, the images as they are: " + ", ".join(f"{len(g)} {n}" for n, g in sets.items())
+              + f"; {len(SAMPLES)} bundled samples against their truth",
         "rule": f"DSB2018 val falls <= {MAX_VAL_LOSS}, each kind <= {MAX_KIND_LOSS}, each bundled sample <= "
                 f"{MAX_SAMPLE_LOSS}; the highest mean of the MoNuSeg / CoNSeP val parts, if it rises >= {MIN_PARTS_GAIN}",
         "before": _rounded(own), "after": _rounded(chosen),
