@@ -97,6 +97,20 @@ def test_a_thin_boundary_survives_the_shrink_back_to_the_image(column):
     assert back[1].sum() * 16 == pytest.approx(probabilities[1].sum(), rel=0.1)
 
 
+def test_the_user_is_told_when_nuclei_could_not_be_brought_to_the_models_size():
+    from napari_nucleiseg.scale import resize_shortfall, scale_factor
+
+    assert resize_shortfall(9.0, 2.0, 18.0) is None  # brought to 18 px
+    assert resize_shortfall(None, 1.0, 18.0) is None and resize_shortfall(9.0, 1.0, None) is None
+    big = scale_factor(9.4, 18.0, (4096, 4096))  # held back by the pixel bound
+    message = resize_shortfall(9.4, big, 18.0)
+    assert message == (f"Nuclei of 9.4 px were enlarged {big:.2f}x, to {9.4 * big:.1f} px, not to the 18 px the model "
+                       "works best at (the enlarged image is kept within 40 megapixels; a crop of it can be enlarged "
+                       "further): expect more nuclei missed or merged.")
+    assert "8x is the most an image is enlarged" in resize_shortfall(1.0, scale_factor(1.0, 18.0), 18.0)
+    assert "shrunk 8.00x, to 37.5 px" in resize_shortfall(300.0, scale_factor(300.0, 18.0), 18.0)
+
+
 def test_the_resize_is_bounded_so_a_tiny_diameter_cannot_fill_the_memory():
     from napari_nucleiseg.scale import MAX_SCALE, MAX_SCALED_PIXELS, scale_factor
 

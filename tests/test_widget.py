@@ -1129,6 +1129,28 @@ def test_auto_diameter_is_estimated_shown_and_the_labels_are_at_full_resolution(
     assert widget.rethresholder.cache.settings.seed_min_size == model.settings_at(scale).seed_min_size
 
 
+def test_nuclei_too_small_to_bring_to_the_models_size_are_said_so(
+    viewer_and_widget, diameter_weights, fake_network, notifications, qtbot
+):
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(diameter_weights)
+    viewer.add_image(blobs(shape=(64, 200)), name="blobs")  # nuclei 18 px across: the model's own size
+    click_segment(qtbot, widget)
+    assert notifications.messages["info"] == []
+
+    widget.diameter_auto_check.setChecked(False)
+    spin = widget.diameter_spin
+    spin.lineEdit().selectAll()
+    qtbot.keyClicks(spin, "1")  # 1 px nuclei: the image is enlarged 8x, the most it may be
+    qtbot.keyClick(spin, Qt.Key.Key_Return)
+    wait_for_run(qtbot, widget)
+
+    assert fake_network.scales[-1] == 8.0
+    (message,) = notifications.messages["info"]
+    assert message.startswith("Nuclei of 1.0 px were enlarged 8.00x, to 8.0 px, not to the 18 px the model works best")
+    assert notifications.messages["error"] == []
+
+
 def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
     viewer_and_widget, diameter_weights, fake_network, notifications, qtbot
 ):

@@ -50,6 +50,7 @@ from ._outputs import OutputLayers, export_csv, placement
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
 from ._target import SettingsTarget, TargetLabel
+from .scale import resize_shortfall
 from .settings import PostprocessSettings
 
 
@@ -239,6 +240,9 @@ class NucleiSegWidget(QWidget):
         self.postprocess_controls.after_run(run.settings, model.settings_at(run.scale).min_size, new_model)
         self.diameter_control.show_used(run.diameter, run.diameter_estimated, model.diameter is not None,
                                         self._run_diameter is None)
+        shortfall = resize_shortfall(run.diameter, run.scale, model.diameter)
+        if shortfall is not None:
+            show_info(shortfall)
         if isinstance(outcome, LargeFinished):
             self._show_in_blocks(image, outcome)
             return

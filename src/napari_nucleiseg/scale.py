@@ -53,6 +53,26 @@ def scale_factor(diameter: float | None, trained_diameter: float | None,
     return 1.0 if abs(math.log(factor)) < math.log1p(RESCALE_TOLERANCE) else factor
 
 
+def resize_shortfall(diameter: float | None, scale: float, trained_diameter: float | None) -> str | None:
+    """One sentence for the user when nuclei of ``diameter`` could not be brought to ``trained_diameter``
+    (the resize held back by :data:`MAX_SCALE` or :data:`MAX_SCALED_PIXELS`); None when they were, or
+    when nothing was resized for a diameter."""
+    if diameter is None or trained_diameter is None:
+        return None
+    reached = diameter * scale
+    if abs(math.log(reached / trained_diameter)) <= math.log1p(RESCALE_TOLERANCE):
+        return None
+    if reached < trained_diameter:
+        why = (f"{MAX_SCALE:g}x is the most an image is enlarged" if scale >= MAX_SCALE else
+               f"the enlarged image is kept within {MAX_SCALED_PIXELS / 1e6:g} megapixels; a crop of it can be enlarged further")
+        change, expect = f"enlarged {scale:.2f}x", "more nuclei missed or merged"
+    else:
+        why = f"{MAX_SCALE:g}x is the most an image is shrunk"
+        change, expect = f"shrunk {1 / scale:.2f}x", "more nuclei cut in pieces"
+    return (f"Nuclei of {diameter:.1f} px were {change}, to {reached:.1f} px, not to the {trained_diameter:g} px the "
+            f"model works best at ({why}): expect {expect}.")
+
+
 def nucleus_diameters(labels: np.ndarray) -> np.ndarray:
     """The equivalent diameter (``2 sqrt(area / pi)``, pixels) of each nucleus present in ``labels``."""
     areas = np.bincount(np.asarray(labels).ravel())[1:]
