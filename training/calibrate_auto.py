@@ -83,7 +83,7 @@ def eligible(point: dict, own: dict) -> bool:
     return (point["dsb2018"] >= own["dsb2018"] - MAX_VAL_LOSS
             and all(point["kinds"][kind] >= own["kinds"][kind] - MAX_KIND_LOSS for kind in own["kinds"])
             and all(point["samples"][name] >= own["samples"][name] - MAX_SAMPLE_LOSS
-                    for name in own.get("samples", {})))
+                    for name in own["samples"]))
 
 
 def choose(points: list[dict], own: dict) -> dict | None:
@@ -155,7 +155,7 @@ def _describe(point: dict) -> str:
     return (f"threshold {point['threshold']:g} boundary {point['boundary_threshold']:g}: DSB2018 val "
             f"{point['dsb2018']:.4f} (kinds {kinds}), MoNuSeg {point['monuseg']:.3f}, CoNSeP {point['consep']:.3f}, "
             f"parts mean {parts_mean(point):.4f}; samples "
-            + ", ".join(f"{name} {value:.3f}" for name, value in point.get("samples", {}).items()))
+            + ", ".join(f"{name} {value:.3f}" for name, value in point["samples"].items()))
 
 
 def _rounded(point: dict) -> dict:
