@@ -104,11 +104,17 @@ def test_the_user_is_told_when_nuclei_could_not_be_brought_to_the_models_size():
     assert resize_shortfall(None, 1.0, 18.0) is None and resize_shortfall(9.0, 1.0, None) is None
     big = scale_factor(9.4, 18.0, (4096, 4096))  # held back by the pixel bound
     message = resize_shortfall(9.4, big, 18.0)
-    assert message == (f"Nuclei of 9.4 px were enlarged {big:.2f}x, to {9.4 * big:.1f} px, not to the 18 px the model "
-                       "works best at (the enlarged image is kept within 40 megapixels; a crop of it can be enlarged "
-                       "further): expect more nuclei missed or merged.")
-    assert "8x is the most an image is enlarged" in resize_shortfall(1.0, scale_factor(1.0, 18.0), 18.0)
-    assert "shrunk 8.00x, to 37.5 px" in resize_shortfall(300.0, scale_factor(300.0, 18.0), 18.0)
+    assert message == (f"Nuclei reached {9.4 * big:.1f} px, not the 18 px the model works best at: expect more nuclei "
+                       f"missed or merged (nuclei of 9.4 px, enlarged {big:.2f}x: the enlarged image is kept within "
+                       "40 megapixels; a crop of it can be enlarged further).")
+    assert "enlarged 8.00x, the most an image is enlarged" in resize_shortfall(1.0, scale_factor(1.0, 18.0), 18.0)
+    huge = scale_factor(9.4, 18.0, (8000, 8000))  # over the pixel bound already: not enlarged at all
+    assert huge == 1.0
+    assert resize_shortfall(9.4, huge, 18.0).startswith("Nuclei reached 9.4 px, not the 18 px")
+    assert "(nuclei of 9.4 px, not enlarged: the image has 40 megapixels or more already" in resize_shortfall(9.4, huge, 18.0)
+    shrunk = resize_shortfall(300.0, scale_factor(300.0, 18.0), 18.0)
+    assert shrunk.startswith("Nuclei reached 37.5 px, not the 18 px") and "shrunk 8.00x" in shrunk
+    assert "cut in pieces" in shrunk
 
 
 def test_the_resize_is_bounded_so_a_tiny_diameter_cannot_fill_the_memory():

@@ -1147,7 +1147,8 @@ def test_nuclei_too_small_to_bring_to_the_models_size_are_said_so(
 
     assert fake_network.scales[-1] == 8.0
     (message,) = notifications.messages["info"]
-    assert message.startswith("Nuclei of 1.0 px were enlarged 8.00x, to 8.0 px, not to the 18 px the model works best")
+    assert message.startswith("Nuclei reached 8.0 px, not the 18 px the model works best at")
+    assert "nuclei of 1.0 px, enlarged 8.00x" in message
     assert notifications.messages["error"] == []
 
 

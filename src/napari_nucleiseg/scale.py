@@ -63,14 +63,21 @@ def resize_shortfall(diameter: float | None, scale: float, trained_diameter: flo
     if abs(math.log(reached / trained_diameter)) <= math.log1p(RESCALE_TOLERANCE):
         return None
     if reached < trained_diameter:
-        why = (f"{MAX_SCALE:g}x is the most an image is enlarged" if scale >= MAX_SCALE else
-               f"the enlarged image is kept within {MAX_SCALED_PIXELS / 1e6:g} megapixels; a crop of it can be enlarged further")
-        change, expect = f"enlarged {scale:.2f}x", "more nuclei missed or merged"
+        expect = "more nuclei missed or merged"
+        if scale >= MAX_SCALE:
+            how = f"enlarged {scale:.2f}x, the most an image is enlarged"
+        elif scale > 1:
+            how = (f"enlarged {scale:.2f}x: the enlarged image is kept within {MAX_SCALED_PIXELS / 1e6:g} megapixels; "
+                   "a crop of it can be enlarged further")
+        else:
+            how = (f"not enlarged: the image has {MAX_SCALED_PIXELS / 1e6:g} megapixels or more already; a crop of it "
+                   "can be enlarged")
     else:
-        why = f"{MAX_SCALE:g}x is the most an image is shrunk"
-        change, expect = f"shrunk {1 / scale:.2f}x", "more nuclei cut in pieces"
-    return (f"Nuclei of {diameter:.1f} px were {change}, to {reached:.1f} px, not to the {trained_diameter:g} px the "
-            f"model works best at ({why}): expect {expect}.")
+        expect = "more nuclei cut in pieces"
+        how = f"shrunk {1 / scale:.2f}x, the most an image is shrunk"
+    # The point first: napari shows a notification's first words until it is expanded.
+    return (f"Nuclei reached {reached:.1f} px, not the {trained_diameter:g} px the model works best at: expect "
+            f"{expect} (nuclei of {diameter:.1f} px, {how}).")
 
 
 def nucleus_diameters(labels: np.ndarray) -> np.ndarray:
