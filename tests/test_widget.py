@@ -546,6 +546,27 @@ def test_cancel_stops_between_planes_and_leaves_the_layers_alone(
     assert widget.segment_button.isEnabled() and not widget.progress_bar.isVisible()
 
 
+def test_taking_the_image_out_mid_run_stops_the_run_and_adds_nothing(
+    viewer_and_widget, notifications, qtbot
+):
+    viewer, widget = viewer_and_widget
+    slow = FakeNetwork(delay=0.5)
+    widget.predict = slow
+    other = viewer.add_image(blobs(), name="other")
+    image = viewer.add_image(np.stack([blobs()] * 8), name="long stack")
+
+    qtbot.mouseClick(widget.segment_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
+    viewer.layers.remove(image)
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+
+    assert slow.calls < 8  # stopped, not run to the end for nothing
+    assert list(viewer.layers) == [other]
+    assert notifications.messages["info"] == [
+        "'long stack' was taken out during the run, so the run was stopped; no layer was added."]
+    assert notifications.messages["error"] == [] and widget.segment_button.isEnabled()
+
+
 def test_the_probability_map_can_be_shown(viewer_and_widget, fake_network, qtbot):
     viewer, widget = viewer_and_widget
     viewer.add_image(blobs(), name="blobs")

@@ -176,6 +176,7 @@ class SegmentationRun(QObject):
         self.model: Any = None  # the last loaded NucleiModel ...
         self.model_key: tuple[str, int] | None = None  # ... and its file's key
         self.image: Any = None  # the image layer being segmented
+        self.in_blocks = False  # ... block by block, into a store
         self._worker: Any = None
         self._plane: tuple[int, int] = (0, 1)  # plane being predicted, number of planes
         self._tiles = _TileProgress()  # no parent: the worker may still report while the widget goes
@@ -195,6 +196,7 @@ class SegmentationRun(QObject):
         from .channels import take_channel
 
         self._begin(image, planes, stage)
+        self.in_blocks = False
         data = image.data if channel is None else take_channel(image.data, *channel)
         run = partial(run_in_worker, data, image.rgb, weights, model=self._model_of(weights), settings=settings,
                       diameter=diameter, augment=augment, on_progress=self._tiles.done.emit,
@@ -211,6 +213,7 @@ class SegmentationRun(QObject):
         from ._outputs import placement
 
         self._begin(image, 1, stage)
+        self.in_blocks = True
         run = partial(segment_in_blocks, lazy_plane(image, channel), image.rgb, weights, out,
                       model=self._model_of(weights), settings=settings, diameter=diameter, augment=augment,
                       channel=channel, placement=placement(image, channel), on_progress=self._blocks.done.emit,

@@ -139,6 +139,8 @@ class NucleiSegWidget(QWidget):
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
+        if layer is self.run.image and not self.run.in_blocks:
+            self.cancel()  # its result would have nowhere to go (a store keeps a run in blocks')
         self.outputs.removed(layer)
         self.target.removed(layer)  # frees the maps of a result or image taken out
         self.image_combo.removed(layer)
@@ -230,6 +232,9 @@ class NucleiSegWidget(QWidget):
     def _on_run_returned(self, outcome: Finished | LargeFinished | Failure) -> None:
         image = self.run.image
         self._set_running(False)
+        if image is not None and image not in self.viewer.layers and not isinstance(outcome, LargeFinished):
+            show_info(f"'{image.name}' was taken out during the run, so the run was stopped; no layer was added.")
+            return
         if isinstance(outcome, Failure):
             (show_info if outcome.cancelled else show_error)(self.model_combo.refuse(outcome.message, outcome.weights))
             return
