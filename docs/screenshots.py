@@ -10,6 +10,7 @@ Writes to docs/images/:
 3_threshold.png   the threshold slider moved: the same layer follows, the network does not run again
 4_painted.png     a nucleus painted by hand with napari's brush: the count follows
 5_kept.png        the threshold moved after the edit: the edited layer is kept, the result is a new layer
+21_table.png      the table of nuclei sorted by area, its first row clicked: the view goes to that nucleus
 6_stack.png       a stack being segmented plane by plane: progress bar and Cancel
 widget.png        the widget alone
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtCore import QRect
+from qtpy.QtCore import QRect, Qt
 from qtpy.QtWidgets import QApplication
 from scipy import ndimage as ndi
 
@@ -61,6 +62,19 @@ def main() -> None:
     if labels is None:
         raise SystemExit("the segmentation produced no layer; see the notifications above")
     shot("2_segmented.png")
+
+    # The table: sorted by area, largest first; a click on its first row goes to that nucleus.
+    table = widget.table_view
+    table.sortByColumn(table.columns.index("area"), Qt.SortOrder.DescendingOrder)
+    table.selectRow(0)
+    table.clicked.emit(table.model().index(0, 0))
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.zoom *= 3
+    labels.show_selected_label = True  # napari's "show selected": that nucleus alone
+    wait()
+    viewer.screenshot(str(args.out / "21_table.png"), canvas_only=False, flash=False)
+    labels.show_selected_label = False
+    print(f"{args.out / '21_table.png'}: label {labels.selected_label}, {table.row_values(0)['area']} px")
 
     widget.threshold_slider.setValue(round(widget.threshold_slider.value() + 0.2, 2))
     shot("3_threshold.png")

@@ -187,6 +187,11 @@ def click_export(qtbot, widget: NucleiSegWidget, monkeypatch, path) -> None:
     qtbot.mouseClick(widget.export_button, Qt.MouseButton.LeftButton)
 
 
+def camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9)."""
+    return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+
+
 def labels_layers(viewer):
     return [layer for layer in viewer.layers if isinstance(layer, Labels)]
 
@@ -516,6 +521,56 @@ def test_a_stack_is_segmented_plane_by_plane_with_progress(viewer_and_widget, fa
     assert labels.features["axis_0"].tolist() == [0, 1, 1, 2, 2, 2]
 
 
+def test_the_table_of_nuclei_is_shown_follows_edits_and_takes_the_viewer_to_a_nucleus(
+    viewer_and_widget, fake_network, qtbot
+):
+    viewer, widget = viewer_and_widget
+    table = widget.table_view
+    assert table.isHidden()  # nothing segmented yet
+    image = blobs(values=(200, 200, 200), radius=9)
+    image[disk(image.shape, (32, 115), 14)] = 200  # the middle nucleus is the largest
+    viewer.add_image(image, name="blobs")
+    widget.threshold_slider.setValue(0.5)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    wait_for_table(qtbot, labels, 3)
+    assert not table.isHidden() and table.rows == 3
+    assert "index" not in table.columns and {"label", "area", "centroid_y", "centroid_x"} <= set(table.columns)
+
+    # Sorted by area, largest first, as a user clicks the column's name twice.
+    table.sortByColumn(table.columns.index("area"), Qt.SortOrder.DescendingOrder)
+    largest = table.row_values(0)
+    assert largest["area"] == labels.features["area"].max()
+    table.clicked.emit(table.model().index(0, 0))
+    assert labels.selected_label == largest["label"] == labels.data[32, 115]
+    assert np.allclose(camera(viewer).center[-2:], (largest["centroid_y"], largest["centroid_x"]))
+
+    # A nucleus painted by hand gets its row; the table follows the layer.
+    labels.brush_size = 7
+    labels.paint((8, 8), 9)
+    qtbot.waitUntil(lambda: table.rows == 4, timeout=5_000)
+    assert 9 in {table.row_values(row)["label"] for row in range(4)}
+
+    viewer.layers.remove(labels)
+    assert table.isHidden() and table.rows == 0
+
+
+def test_a_row_of_a_stacks_table_moves_the_slider_to_its_plane(viewer_and_widget, fake_network, qtbot):
+    viewer, widget = viewer_and_widget
+    stack = np.stack([blobs((200,)), blobs((200, 200)), blobs((200, 200, 200))])
+    viewer.add_image(stack, name="stack", scale=(1, 2, 2))
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    wait_for_table(qtbot, labels, 6)
+    viewer.dims.set_point(0, 0)
+    last = [row for row in range(6) if widget.table_view.row_values(row)["axis_0"] == 2][-1]
+    values = widget.table_view.row_values(last)
+    widget.table_view.clicked.emit(widget.table_view.model().index(last, 0))
+    assert viewer.dims.current_step[0] == 2
+    assert labels.selected_label == values["label"]
+    assert np.allclose(camera(viewer).center[-2:], (2 * values["centroid_y"], 2 * values["centroid_x"]))  # world
+
+
 def test_an_rgb_stack_is_recognised_by_the_layers_rgb_flag(viewer_and_widget, fake_network, qtbot):
     viewer, widget = viewer_and_widget
     gray = np.stack([blobs((200,)), blobs((200, 200))])
@@ -576,6 +631,10 @@ def test_the_probability_map_can_be_shown(viewer_and_widget, fake_network, qtbot
     assert probability.data.shape == (64, 200)
     # The cache keeps probabilities in steps of 1 / NUCLEUS_LEVELS, read back as their middle.
     assert probability.data.max() == pytest.approx(240 / 255, abs=0.5 / compact.NUCLEUS_LEVELS)
+    # The map is no image to segment: the picker does not offer it, even once the image is gone.
+    assert [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())] == ["blobs"]
+    viewer.layers.remove("blobs")
+    assert widget.image_combo.count() == 0 and widget.image_layer is None
 
 
 def test_results_lie_where_the_image_lies_in_the_world(viewer_and_widget, fake_network, qtbot):
@@ -617,6 +676,11 @@ def test_the_image_picker_follows_added_renamed_and_removed_layers(viewer_and_wi
     viewer.add_points([[1, 1]], name="points")
     second = viewer.add_image(blobs(), name="second")
     assert items() == ["first", "second"] and widget.image_layer is second  # the image just opened
+    viewer.layers.selection.active = first  # selected in the layer list: the image to segment
+    assert widget.image_layer is first
+    viewer.layers.selection.active = viewer.layers["points"]  # not an image: the choice stays
+    assert widget.image_layer is first
+    widget.image_combo.setCurrentIndex(1)
     widget.image_combo.setCurrentIndex(0)
     first.name = "renamed"
     assert items() == ["renamed", "second"] and widget.image_layer is first

@@ -329,9 +329,15 @@ class DiameterControl(QWidget):
         self.auto_check.setText(text)
 
 
+#: The metadata key that marks an Image layer the widget added to show a nucleus probability: the
+#: picker does not offer it (a map of the network's output is no image to segment).
+PROBABILITY_MAP_KEY = "nucleiseg_probability_of"
+
+
 class ImagePicker(NameComboBox):
     """The image layers of the viewer, by name: follows layers added, renamed, moved and removed, and
-    picks an image the user opens (not one the widget adds: ``adding()`` says which)."""
+    picks an image the user opens (not one the widget adds: ``adding()`` says which) or selects in the
+    layer list. The probability maps the widget shows are not offered."""
 
     def __init__(self, viewer, adding: Callable[[], bool], parent: QWidget | None = None):
         super().__init__(parent, toolTip="The image layer to segment (gray, RGB, or a stack of them)")
@@ -339,7 +345,15 @@ class ImagePicker(NameComboBox):
         self._adding = adding
         viewer.layers.events.inserted.connect(self.refresh)
         viewer.layers.events.moved.connect(self.refresh)
+        viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.refresh()
+
+    def _on_active_layer(self, event=None) -> None:
+        """An image selected in the layer list is the one to segment (another kind of layer changes nothing)."""
+        active = self.viewer.layers.selection.active
+        ids = [self.itemData(index).unique_id for index in range(self.count())]
+        if active is not None and getattr(active, "unique_id", None) in ids:
+            self.setCurrentIndex(ids.index(active.unique_id))
 
     @property
     def layer(self) -> Any:
@@ -351,7 +365,8 @@ class ImagePicker(NameComboBox):
         from napari.layers import Image
 
         current = self.layer
-        layers = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        layers = [layer for layer in self.viewer.layers
+                  if isinstance(layer, Image) and PROBABILITY_MAP_KEY not in layer.metadata]
         ids = [layer.unique_id for layer in layers]
         self.clear()
         for layer in layers:

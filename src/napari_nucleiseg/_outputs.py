@@ -25,7 +25,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, QTimer
 
-from ._controls import is_default_label, layer_axis_labels
+from ._controls import PROBABILITY_MAP_KEY, is_default_label, layer_axis_labels
 from .channels import take_channel
 from .tables import PixelSize, count_labels, nuclei_table, write_csv
 from .volumes import TIME_LABELS, count_sections
@@ -317,7 +317,8 @@ class OutputLayers(QObject):
         with self.self_writing():  # not an image the user opened: the picker keeps its choice
             self._probability_layers[image.unique_id] = self.viewer.add_image(
                 nucleus, name=f"{image.name} nucleus probability", colormap="magma", blending="additive",
-                opacity=0.6, contrast_limits=(0, 1), **placement(image, channel),
+                opacity=0.6, contrast_limits=(0, 1), metadata={PROBABILITY_MAP_KEY: image.name},
+                **placement(image, channel),
             )
 
     def removed(self, layer: Any) -> None:

@@ -49,6 +49,7 @@ from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, 
 from ._outputs import OutputLayers, export_csv, placement
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
+from ._table_view import NucleiTable
 from ._target import SettingsTarget, TargetLabel
 from .scale import resize_shortfall
 from .settings import PostprocessSettings
@@ -65,9 +66,8 @@ class NucleiSegWidget(QWidget):
         self._run_diameter: float | None = None  # the diameter the run under way was asked for (None: Auto)
         self._rerun = False  # the diameter changed during a run: run again when it ends
         self._run_channel: tuple[int, int] | None = None  # (axis, index) of the channel the run segments
-        self.outputs = OutputLayers(self.viewer, lambda layer, text: self.count_label.setText(
-            text + self.channel_combo.hint(self.outputs.record(layer))),
-                                    busy=lambda: self.rethresholder.running, parent=self)
+        self.outputs = OutputLayers(self.viewer, self._show_count, busy=lambda: self.rethresholder.running,
+                                    parent=self)
         self._build_ui()
         self.run = SegmentationRun(self.progress_bar, self._on_run_returned, self._on_run_finished, parent=self)
         self.rethresholder = Rethresholder(self.postprocess_controls.values, self._on_result, parent=self)
@@ -123,6 +123,7 @@ class NucleiSegWidget(QWidget):
                     "four maps are averaged; a little more accurate (about +0.01 on DSB2018 val), four "
                     "times the network's time. Takes effect at the next Segment.")
         self.count_label = CountLabel("No segmentation yet")
+        self.table_view = NucleiTable(self.viewer)
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
         self.model_menu, self.finetune_panel = _fine_tuning_controls(self)
 
@@ -137,8 +138,14 @@ class NucleiSegWidget(QWidget):
 
     # ---- image layer picker ---------------------------------------------------------------
 
+    def _show_count(self, layer: Labels | None, text: str) -> None:
+        """The count line and the table, of the result ``layer`` (None: none shown)."""
+        self.count_label.setText(text + self.channel_combo.hint(self.outputs.record(layer)))
+        self.table_view.show_layer(layer)
+
     def _on_layer_removed(self, event) -> None:
         layer = event.value
+        self.table_view.forget(layer)
         if layer is self.run.image and not self.run.in_blocks:
             self.cancel()  # its result would have nowhere to go (a store keeps a run in blocks')
         self.outputs.removed(layer)
@@ -394,6 +401,7 @@ def _lay_out(widget: NucleiSegWidget) -> None:
     form.addRow(widget.volumes_check)
     form.addRow(widget.postprocess_controls.reset_button)
     form.addRow(widget.count_label)
+    form.addRow(widget.table_view)
     form.addRow(widget.export_button)
     widget.progress_bar.setToolTip("The run's progress: planes, then tiles of a large image")
     for row in range(form.rowCount()):  # a row's name says what its control says (the first paragraph)

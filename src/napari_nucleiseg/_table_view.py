@@ -1,0 +1,184 @@
+"""The per-nucleus table of the result shown, in the dock widget: one row per nucleus, sortable;
+clicking a row takes the viewer to that nucleus and selects its label (to paint more of it, or to
+see it with *show selected*).
+
+The rows are the result layer's ``features`` (:func:`~napari_nucleiseg.tables.nuclei_table`), read
+as they are whenever napari says they changed: the table follows the slider and hand edits as the
+layer's table does (measured in a worker, :mod:`._outputs`). Nothing is copied row by row: the model
+hands Qt the cells it draws, so a table of 100,000 nuclei costs what its columns cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableView
+
+#: Columns left out of the view (all are in Export CSV): the copy of ``label`` napari needs, and the
+#: bounding box, which the centroid says more readably.
+HIDDEN_COLUMNS = ("index", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x")
+#: Rows shown without scrolling: the view never grows taller than ``VISIBLE_ROWS`` nor shrinks below
+#: ``MIN_VISIBLE_ROWS``.
+VISIBLE_ROWS = 8
+MIN_VISIBLE_ROWS = 5
+
+
+class _FeaturesModel(QAbstractTableModel):
+    """A read-only view of a DataFrame's columns: text to show, numbers to sort by."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.columns: list[str] = []
+        self._values: list[np.ndarray] = []
+
+    def set_frame(self, frame: Any) -> None:
+        self.beginResetModel()
+        names = [] if frame is None else [str(name) for name in frame.columns if name not in HIDDEN_COLUMNS]
+        self.columns = names
+        self._values = [frame[name].to_numpy() for name in names]
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 (Qt's names and signature)
+        return 0 if parent.isValid() or not self._values else len(self._values[0])
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.columns)
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        value = self._values[index.column()][index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return _shown(value)
+        if role == Qt.ItemDataRole.UserRole:  # what sorting compares
+            return float(value) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
+                else str(value)
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def headerData(self, section: int, orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.columns[section]
+        return None
+
+    def row_values(self, row: int) -> dict[str, Any]:
+        return {name: values[row] for name, values in zip(self.columns, self._values)}
+
+
+def _shown(value: Any) -> str:
+    """A cell as text: integers whole, other numbers to 4 significant digits, NaN empty."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "" if np.isnan(value) else f"{float(value):.4g}"
+    return str(value)
+
+
+class NucleiTable(QTableView):
+    """The per-nucleus table of one Labels layer of ``viewer`` (:meth:`show_layer`), hidden without one.
+    Clicking a row centres the view on that nucleus, moves the sliders to its plane and selects its label."""
+
+    HELP = ("One row per nucleus of the result shown (its layer's features; Export CSV saves every column). "
+            "Click a column's name to sort; click a row to go to that nucleus and select its label.")
+
+    def __init__(self, viewer, parent=None) -> None:
+        super().__init__(parent, toolTip=self.HELP)
+        self.viewer = viewer
+        self.layer: Any = None
+        self._model = _FeaturesModel(self)
+        self._sorted = QSortFilterProxyModel(self)
+        self._sorted.setSourceModel(self._model)
+        self._sorted.setSortRole(Qt.ItemDataRole.UserRole)
+        self.setModel(self._sorted)
+        self.setSortingEnabled(True)
+        self.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # the layer's own order until a header is clicked
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.verticalHeader().setVisible(False)
+        self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.verticalHeader().setMinimumSectionSize(1)
+        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)  # compact rows
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        chrome = self.horizontalHeader().sizeHint().height() + 2 * self.frameWidth() + 16  # header, scroll bar
+        row = self.verticalHeader().defaultSectionSize()
+        self.setMinimumHeight(MIN_VISIBLE_ROWS * row + chrome)
+        self.setMaximumHeight(VISIBLE_ROWS * row + chrome)
+        self.clicked.connect(self._go_to)
+        self.setVisible(False)
+
+    def show_layer(self, layer: Any) -> None:
+        """Show the table of ``layer`` (None: no table), and follow its changes from now on."""
+        if layer is not self.layer:
+            if self.layer is not None:
+                self.layer.events.features.disconnect(self._refresh)
+            self.layer = layer
+            if layer is not None:
+                layer.events.features.connect(self._refresh)
+        self._refresh()
+
+    def forget(self, layer: Any) -> None:
+        """``layer`` is going: show no table if it is the one shown."""
+        if layer is self.layer or getattr(layer, "unique_id", None) == getattr(self.layer, "unique_id", -1):
+            self.show_layer(None)
+
+    @property
+    def rows(self) -> int:
+        """The number of rows (nuclei) shown."""
+        return self._model.rowCount()
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns shown, in order."""
+        return list(self._model.columns)
+
+    def row_values(self, row: int) -> dict[str, Any]:
+        """The values of the ``row``-th row as shown (sorted), by column."""
+        return self._model.row_values(self._sorted.mapToSource(self._sorted.index(row, 0)).row())
+
+    def _refresh(self, *_) -> None:
+        features = None if self.layer is None else self.layer.features
+        measured = features is not None and "label" in getattr(features, "columns", ())
+        self._model.set_frame(features if measured else None)
+        self.setVisible(self.layer is not None)  # empty until measured: the dock does not jump
+
+    def _go_to(self, index: QModelIndex) -> None:
+        layer = self.layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        values = self.row_values(index.row())
+        layer.selected_label = int(values["label"])
+        position = _data_position(values, layer.ndim)
+        if position is None:
+            return
+        world = np.asarray(layer.data_to_world(position), dtype=float)
+        offset = self.viewer.dims.ndim - len(world)  # the viewer may have axes the layer has not
+        for axis, value in enumerate(world[:-2]):
+            if offset + axis not in self.viewer.dims.displayed:
+                self.viewer.dims.set_point(offset + axis, value)
+        displayed = list(self.viewer.dims.displayed)
+        point = list(self.viewer.dims.point)
+        for axis, value in enumerate(world):
+            point[offset + axis] = value
+        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera  # napari >= 0.9
+        camera.center = tuple(point[axis] for axis in displayed)
+
+
+def _data_position(values: dict[str, Any], ndim: int) -> list[float] | None:
+    """The nucleus's position in the layer's data (its plane on the leading axes, its centroid), from
+    its row; None when the row has no centroid."""
+    if "centroid_y" not in values or "centroid_x" not in values:
+        return None
+    position = [0.0] * ndim
+    position[-2:] = [float(values["centroid_y"]), float(values["centroid_x"])]
+    for axis in range(ndim - 2):
+        if f"axis_{axis}" in values:
+            position[axis] = float(values[f"axis_{axis}"])
+        elif "centroid_z" in values:  # 3-D nuclei: the axis their planes were linked along
+            position[axis] = float(values["centroid_z"])
+    return position
