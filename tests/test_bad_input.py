@@ -665,6 +665,13 @@ def test_cli_never_replaces_an_input_image_even_with_overwrite(capsys, tmp_path,
     status, _, stderr = run_cli(capsys, tmp_path, "--out", tmp_path, "--overwrite")
     assert status == 2
     (line,) = stderr.strip().splitlines()
+    assert "is the folder of the images" in line  # refused before the files are even listed
+    assert (tmp_path / "cells_labels.tif").read_bytes() == before
+    # Given as files, the labels of the earlier run are an input image the run would replace.
+    status, _, stderr = run_cli(capsys, tmp_path / "cells.png", tmp_path / "cells_labels.tif",
+                                "--out", tmp_path, "--overwrite")
+    assert status == 2
+    (line,) = stderr.strip().splitlines()
     assert "would replace the input image" in line and "cells_labels.tif" in line and one_sentence(line)
     assert (tmp_path / "cells_labels.tif").read_bytes() == before
 
@@ -1131,3 +1138,29 @@ def test_cli_a_cmyk_jpeg_is_read_as_its_rgb_picture(capsys, tmp_path, cli_pixel_
     assert status == 0, stderr
     labels = tifffile.imread(tmp_path / "out" / "cmyk_labels.tif")
     assert labels.max() == len(BLOB_CENTERS) and all(labels[center] > 0 for center in BLOB_CENTERS)
+
+
+@pytest.mark.parametrize("given, fragment", [("image.png", "not the path 'image.png'"), (None, "not nothing (None)")])
+def test_api_a_path_or_nothing_instead_of_an_image_is_one_sentence(given, fragment):
+    with pytest.raises(ImageError) as error:
+        segment(given, pixel_model())
+    assert one_sentence(str(error.value)) and fragment in str(error.value) and "imread" in str(error.value)
+
+
+@pytest.mark.parametrize("shape", [(40, 50, 2), (2, 40, 50), (5, 40, 50)])
+def test_api_an_image_with_channels_names_the_channel_argument(shape):
+    with pytest.raises(ImageError) as error:
+        segment(np.zeros(shape, np.uint8), pixel_model())
+    count = 2 if 2 in shape else 5
+    assert f"segment(image, channel=N), N from 0 to {count - 1}" in str(error.value)
+    assert segment(np.zeros(shape, np.uint8), pixel_model(), channel=1).labels.shape == (40, 50)
+
+
+def test_api_diameter_auto_and_model_titles_are_understood():
+    from napari_nucleiseg.api import load_model
+
+    assert load_model("HRNet") is load_model("hrnet") and load_model("unet++").name == load_model("unetpp").name
+    with pytest.raises(WeightsError):
+        load_model("HRNets")
+    image = np.zeros((40, 50), np.uint8)
+    assert segment(image, pixel_model(), diameter="auto").diameter == segment(image, pixel_model()).diameter

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -273,6 +275,13 @@ def test_help_exits_cleanly(capsys):
     assert "--save-probability" in help_text and "--diameter auto|PX" in help_text
 
 
+def test_version_is_printed(capsys):
+    from napari_nucleiseg import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"nucleiseg (napari-nucleiseg) {__version__}"
+
+
 def test_without_model_or_weights_the_bundled_default_model_runs(capsys, tmp_path):
     from napari_nucleiseg.weights import DEFAULT_MODEL, bundled_weights_path
 
@@ -400,3 +409,80 @@ def test_an_image_smaller_than_the_diameter_is_skipped(capsys, folder, tmp_path,
     counts = pd.read_csv(out / "counts.csv")
     assert counts["file"].str.endswith("a.png").tolist() == [True] and counts["diameter_px"].tolist() == [100.0]
     assert not (out / "b_labels.tif").exists()
+
+
+def test_overwrite_that_cannot_move_an_old_output_aside_changes_nothing(capsys, folder, tmp_path, tiny_weights,
+                                                                        monkeypatch):
+    # A file held open elsewhere (counts.csv in a spreadsheet on Windows) or locked cannot be moved.
+    from napari_nucleiseg import _batch
+
+    out = tmp_path / "out"
+    arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
+    assert run(capsys, *arguments)[0] == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    replace = os.replace
+
+    def locked(source, target):
+        if Path(source).name == "a_labels.tif":
+            raise PermissionError(1, "Operation not permitted")
+        return replace(source, target)
+
+    monkeypatch.setattr(_batch.os, "replace", locked)
+    status, _, stderr = run(capsys, *arguments, "--threshold", "0.1", "--overwrite")
+    assert status == 1 and "Traceback" not in stderr
+    assert "cannot move" in stderr and "a_labels.tif" in stderr and "no file was changed" in stderr
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # the tables moved first are back
+
+
+def test_overwrite_keeps_the_old_output_of_an_image_that_fails_this_time(capsys, folder, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
+    assert run(capsys, *arguments)[0] == 0
+    old_b = (out / "b_labels.tif").read_bytes()
+    (folder / "b.tif").write_bytes(b"II*\x00" + b"\x00" * 20)  # b cannot be read any more
+
+    status, _, stderr = run(capsys, *arguments, "--overwrite")
+    assert status == 0
+    assert not (out / "b_labels.tif").exists()  # no row of the new tables would describe it
+    (aside,) = out.glob("replaced-*")
+    assert sorted(path.name for path in aside.iterdir()) == ["b_labels.tif"]  # the replaced ones are gone
+    assert (aside / "b_labels.tif").read_bytes() == old_b
+    assert f"kept in {aside}" in stderr
+
+
+def test_overwrite_that_segments_nothing_leaves_the_old_outputs_in_place(capsys, folder, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
+    assert run(capsys, *arguments)[0] == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    status, _, stderr = run(capsys, *arguments, "--overwrite", "--diameter", "5000")  # larger than every image
+    assert status == 1
+    assert "the earlier outputs are left as they were" in stderr
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_nuclei_that_cannot_be_brought_to_the_models_size_are_said_so(capsys, sample_png, tmp_path, sized_weights):
+    out = tmp_path / "out"
+    status, _, stderr = run(capsys, sample_png, "--out", out, "--weights", sized_weights, "--diameter", "250")
+    assert status == 0, stderr
+    assert f"nucleiseg: note: {sample_png}: Nuclei reached 31.2 px, not the 18 px the model works best at" in stderr
+    assert "shrunk 8.00x, the most an image is shrunk" in stderr
+    status, _, stderr = run(capsys, sample_png, "--out", tmp_path / "fits", "--weights", sized_weights,
+                            "--diameter", "12")
+    assert status == 0 and "note" not in stderr  # brought to 18 px: nothing to say
+
+
+def test_the_output_folder_may_not_be_the_folder_of_the_images(capsys, folder, tiny_weights):
+    status, _, stderr = run(capsys, folder, "--out", folder, "--weights", tiny_weights["unet"])
+    assert status == 2 and "is the folder of the images" in stderr
+    assert f"--out {folder / 'nuclei-results'}" in stderr
+    assert not list(folder.glob("*_labels.tif")) and not (folder / "counts.csv").exists()
+    status, _, stderr = run(capsys, folder, "--out", "", "--weights", tiny_weights["unet"])
+    assert status == 2 and "give a folder" in stderr
+
+
+def test_a_bundled_model_may_be_named_by_its_title(capsys, folder, tmp_path):
+    status, _, stderr = run(capsys, folder / "a.png", "--out", tmp_path / "out", "--model", "UNet++")
+    assert status == 0, stderr
+    assert pd.read_csv(tmp_path / "out" / "counts.csv")["model"].tolist() == ["unetpp"]

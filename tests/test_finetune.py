@@ -211,7 +211,7 @@ def test_cli_fine_tunes_on_files_and_the_result_segments(tiny_weights, tmp_path)
     (["--labels", "a.png", "a.png"], 2, "1 images but 2 label images"),
     (["--region", "2@0:10,0:10"], 2, "--region 2@... names image 2, but there is 1."),
     (["--labels", "a.png"], 1, "a.png is a colour picture, not labels"),
-    (["--out", "exists.safetensors"], 1, "exists.safetensors already exists"),
+    (["--out", "exists.safetensors"], 1, "exists.safetensors already exists; choose another name, or give --overwrite."),
 ], ids=["label-count", "region-image", "rgb-labels", "exists"])
 def test_cli_bad_input_is_one_sentence_and_writes_nothing(tiny_weights, tmp_path, monkeypatch, capsys,
                                                            extra, status, sentence):

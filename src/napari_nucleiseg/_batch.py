@@ -127,9 +127,15 @@ class Tables:
         self._last = time.monotonic()
 
 
+class SetAsideError(OSError):
+    """An earlier output could not be moved aside; the ones moved before it were put back."""
+
+
 def set_aside(paths: list[Path], folder: Path) -> Path | None:
     """Move the files of ``paths`` that exist into a new ``<folder>/replaced-<time>`` folder (one rename
-    each); returns it, or None when there was nothing to move."""
+    each); returns it, or None when there was nothing to move. If one cannot be moved (a file held open
+    elsewhere, a locked file), those moved before it are put back and :class:`SetAsideError` says which:
+    either all are set aside or none is."""
     existing = [path for path in paths if path.exists()]
     if not existing:
         return None
@@ -139,9 +145,31 @@ def set_aside(paths: list[Path], folder: Path) -> Path | None:
         number += 1
         aside = aside.with_name(f"{aside.name.split('.')[0]}.{number}")
     aside.mkdir()
+    moved: list[Path] = []
     for path in existing:
-        os.replace(path, aside / path.name)
+        try:
+            os.replace(path, aside / path.name)
+        except OSError as error:
+            put_back(aside, moved)
+            with contextlib.suppress(OSError):
+                aside.rmdir()
+            raise SetAsideError(f"cannot move {path} aside to replace it ({error.strerror or error}); no file was "
+                                "changed") from None
+        moved.append(path)
     return aside
+
+
+def put_back(aside: Path, paths: list[Path]) -> list[Path]:
+    """Move the files of ``paths`` set aside in ``aside`` back to where they were (unless something is
+    there now); returns those put back."""
+    returned = []
+    for path in paths:
+        kept = Path(aside) / path.name
+        if kept.exists() and not path.exists():
+            with contextlib.suppress(OSError):
+                os.replace(kept, path)
+                returned.append(path)
+    return returned
 
 
 class Stops:

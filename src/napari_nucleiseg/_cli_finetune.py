@@ -77,6 +77,8 @@ def run_finetune(args: argparse.Namespace) -> int:
             raise CommandError(f"--region {number}@... names image {number}, but there "
                                f"{'is' if len(args.images) == 1 else 'are'} {len(args.images)}.", 2)
     images, labels = [], []
+    if args.out.exists() and not args.overwrite:  # before reading any image
+        raise CommandError(f"{args.out} already exists; choose another name, or give --overwrite.")
     for image_path, labels_path in zip(args.images, args.labels):
         try:
             images.append(read_image(image_path, args.channel).data)

@@ -164,8 +164,8 @@ def segment(
         The median nucleus diameter in the image, in pixels. The image is resized so that
         its nuclei arrive at the size the network was trained on (the weights file's
         ``diameter``), and the results are brought back to the image's pixels. Default:
-        estimated from the image (:func:`~napari_nucleiseg.scale.estimate_diameter`). A
-        model without a recorded diameter runs on the image as it is.
+        estimated from the image (:func:`~napari_nucleiseg.scale.estimate_diameter`; ``"auto"``
+        says the same). A model without a recorded diameter runs on the image as it is.
     augment : bool
         Test-time augmentation: the network sees the image as it is and flipped three ways,
         and the four maps are averaged. Slightly more accurate (DSB2018 val 0.547 -> 0.558
@@ -201,8 +201,17 @@ def segment(
     from .scale import check_diameter
 
     nuclei_model = load_model(model)
+    if isinstance(image, (str, bytes, os.PathLike)) or image is None:
+        as_rgb(image)  # raises the one sentence: a path, or nothing, is no image
     if channel is not None:
         image = one_channel(image, channel)
+    elif np.ndim(image) == 3 and np.shape(image)[-1] not in (1, 3, 4):
+        shape = tuple(np.shape(image))
+        count = shape[2] if 2 <= shape[2] <= 4 else shape[0]
+        raise ImageError(f"An image of shape {shape} has {count} channels (or planes); segment one channel at a time: "
+                         f"segment(image, channel=N), N from 0 to {count - 1}.")
+    if isinstance(diameter, str) and diameter.strip().lower() == "auto":
+        diameter = None  # as the command line's --diameter auto
     check_diameter(diameter, np.shape(image))
     check_augment(augment)
     as_rgb(image)  # the one-sentence ImageError for anything but one 2-D image, before any work
@@ -315,15 +324,15 @@ def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
         For an unknown name, a missing file, or a file that is not usable weights;
         the message names the file and says what is wrong.
     """
-    from .weights import BUNDLED_MODELS, NucleiModel, WeightsError, bundled_weights_path
+    from .weights import BUNDLED_MODELS, NucleiModel, WeightsError, bundled_model_name, bundled_weights_path
 
     if isinstance(model, NucleiModel):
         return model
     if not isinstance(model, (str, os.PathLike)) or str(model).strip() == "":
         raise WeightsError(f"Unknown model {model!r}; expected one of {', '.join(BUNDLED_MODELS)}, the path of a "
                            "weights file, or a model from load_model().")
-    if isinstance(model, str) and model in BUNDLED_MODELS:
-        path = bundled_weights_path(model)
+    if isinstance(model, str) and bundled_model_name(model) is not None and not Path(model).is_file():
+        path = bundled_weights_path(bundled_model_name(model))
     else:
         path = Path(model).expanduser()
         if not path.exists() and isinstance(model, str) and path.suffix == "" and len(path.parts) == 1:

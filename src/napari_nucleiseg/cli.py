@@ -55,6 +55,8 @@ from ._batch import (
     OutputLock,
     Stops,
     Tables,
+    SetAsideError,
+    put_back,
     remove_partial_files,
     set_aside,
     stops_as_interrupts,
@@ -173,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .weights import BUNDLED_MODELS, DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="nucleiseg", description="Find cell nuclei in microscopy images.")
+    parser.add_argument("--version", action="version", version=f"nucleiseg (napari-nucleiseg) {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     seg = commands.add_parser(
         "segment",
@@ -186,8 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     seg.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file or folder of images")
-    seg.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
-    seg.add_argument("--model", choices=BUNDLED_MODELS, default=None, help=f"bundled model (default: {DEFAULT_MODEL})")
+    seg.add_argument("--out", required=True, type=_output_folder, metavar="DIR",
+                     help="output folder (created if missing)")
+    seg.add_argument("--model", type=_model_name, choices=BUNDLED_MODELS, default=None,
+                     help=f"bundled model, by name or title, e.g. hrnet or HRNet (default: {DEFAULT_MODEL})")
     seg.add_argument("--weights", type=Path, metavar="FILE", help="a weights file to use instead of a bundled model")
     seg.add_argument("--threshold", type=_probability, metavar="T",
                      help="nucleus probability threshold in [0, 1] (default: the model's calibrated one)")
@@ -253,6 +259,11 @@ def run_segment(args: argparse.Namespace) -> int:
                            "not both.", EXIT_USAGE)
     if on_cluster(args):
         _require_distributed()
+    for given in args.inputs:
+        if given.is_dir() and not is_zarr(given) and given.resolve() == args.out.resolve():
+            raise CommandError(f"--out {args.out} is the folder of the images: a later run of it would take the label "
+                               f"files for images. Choose another folder, e.g. --out {args.out / 'nuclei-results'}.",
+                               EXIT_USAGE)
     sources, problems = collect_images(args.inputs)
     for problem in problems:
         print(f"nucleiseg: {problem}", file=sys.stderr)
@@ -299,8 +310,12 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     for job in todo if manifest is not None else ():
         manifest.forget(job.labels_path)  # first: a record never describes the files that replace its image's
     # --overwrite replaces everything; --resume the outputs of the images it segments again, and the tables
-    aside = set_aside(planned_outputs(jobs if args.overwrite else todo, args.out), args.out) \
-        if args.overwrite or args.resume else None
+    replaced = planned_outputs(jobs if args.overwrite else todo, args.out) if args.overwrite or args.resume else []
+    try:
+        aside = set_aside(replaced, args.out)
+    except SetAsideError as error:
+        raise CommandError(f"{error}.") from None
+    segmented: list[Job] = []
     tables = Tables(lambda rows, nuclei: write_tables(args.out, rows, nuclei))
     for job, (row, table) in done.items():
         tables.add(row, table, order=order[job])
@@ -319,6 +334,8 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
                 if manifest is not None:
                     _record(manifest, outcome, row, table)
                 tables.add(row, table, order=order[job])
+                segmented.append(job)
+                _note_shortfall(job, row, model)
     except (KeyboardInterrupt, CommandError) as stop:
         # Hours of work may be done: the tables of the images finished so far are kept.
         saved = _save_tables_so_far(tables, len(jobs))
@@ -328,11 +345,17 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
             raise CommandError(f"{stop}{' ' + saved.strip() if saved.strip() else ''}", stop.status) from None
         raise Interrupted(saved.strip().rstrip("."), signum=stops.received[0] if stops.received else signal.SIGINT) from None
     if not tables.rows:
+        if aside is not None:
+            put_back(aside, replaced)  # nothing replaced them
+            if not any(aside.iterdir()):
+                shutil.rmtree(aside, ignore_errors=True)
+                aside = None
+                raise CommandError("no image could be segmented; the earlier outputs are left as they were.")
         raise CommandError("no image could be segmented." + (f" The files it was to replace are in {aside}."
                                                                if aside is not None else ""))
     tables.flush()
     if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)  # replaced: what --overwrite asked for
+        _keep_outputs_of_failed(aside, replaced, planned_outputs(segmented, args.out))
     total = sum(row["nuclei"] for row in tables.rows)
     if done and not todo:
         print(f"Nothing left to segment: all {len(jobs)} images were done before ({total} nuclei). "
@@ -605,6 +628,41 @@ def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list
                 )
         jobs.append(job)
     return jobs
+
+
+def _note_shortfall(job: Job, row: dict[str, Any], model: Any) -> None:
+    """Say so on stderr when an image's nuclei could not be brought to the model's size
+    (:func:`~napari_nucleiseg.scale.resize_shortfall`), as the widget does."""
+    from .scale import resize_shortfall
+
+    diameter = row.get("diameter_px")
+    if diameter is None or not math.isfinite(diameter):
+        return
+    note = resize_shortfall(float(diameter), float(row["scale"]), getattr(model, "diameter", None))
+    if note is not None:
+        _report(f"nucleiseg: note: {job.source}: {note}")
+
+
+def _keep_outputs_of_failed(aside: Path, replaced: list[Path], rewritten: list[Path]) -> None:
+    """After a run that completed, delete what it replaced (the tables, and the outputs of the images it
+    segmented again) from ``aside``; the earlier outputs of images it could not segment this time stay
+    there, and the user is told where (they are not put back: no row of the new tables describes them)."""
+    import shutil
+
+    rewritten_names = {path.name for path in rewritten} | {COUNTS_FILE, NUCLEI_FILE}
+    for path in replaced:
+        old = aside / path.name
+        if path.name in rewritten_names and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)  # the OME-Zarr labels of a large image
+        elif path.name in rewritten_names:
+            with contextlib.suppress(OSError):
+                old.unlink()
+    kept = sorted(p.name for p in aside.iterdir()) if aside.is_dir() else []
+    if not kept:
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    _report(f"nucleiseg: the earlier outputs of the images not segmented this time are kept in {aside} "
+            f"({', '.join(kept[:LISTED_EXISTING])}{' ...' if len(kept) > LISTED_EXISTING else ''}).")
 
 
 def planned_outputs(jobs: list[Job], out: Path) -> list[Path]:
@@ -938,6 +996,19 @@ def _report(message: str) -> None:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
+
+
+def _output_folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a folder (. for the current one)")
+    return Path(text)
+
+
+def _model_name(text: str) -> str:
+    """A bundled model's name from its name or title in any case; other text is left for argparse to refuse."""
+    from .weights import bundled_model_name
+
+    return bundled_model_name(text) or text
 
 
 def _probability(text: str) -> float:

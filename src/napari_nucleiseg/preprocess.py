@@ -6,6 +6,7 @@ learnt on is exactly what it sees in the plugin.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,9 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     ImageError
         For anything else: stacks, 2- or 5-channel images, empty images.
     """
+    if isinstance(image, (str, bytes, os.PathLike)) or image is None:
+        what = "nothing (None)" if image is None else f"the path {str(image)!r}"
+        raise ImageError(f"Pass an image array, not {what}; read a file first, e.g. with skimage.io.imread.")
     try:
         image = np.asarray(image)
     except (RuntimeError, TypeError, ValueError) as error:  # e.g. a torch tensor that requires grad

@@ -105,6 +105,16 @@ def weights_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "weights"
 
 
+def bundled_model_name(text: str) -> str | None:
+    """The bundled model that ``text`` names, by its name or its title in any case (``"HRNet"``,
+    ``"UNet++"``, ``"unetpp"``); None for any other text."""
+    wanted = text.strip().lower()
+    for name, title in MODEL_TITLES.items():
+        if wanted in (name, title.lower()):
+            return name
+    return None
+
+
 def bundled_weights_path(name: str) -> Path:
     """Path of the bundled weights file of model ``name`` (one of :data:`BUNDLED_MODELS`)."""
     if name not in BUNDLED_MODELS:
