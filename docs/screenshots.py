@@ -102,7 +102,7 @@ def main() -> None:
         wait(0.02)
     shot("6_stack.png")
     wait_for_run(widget)
-    wait()
+    wait(2.0)  # the table of the last result is measured in a worker
 
     height = widget.layout().sizeHint().height()
     widget.grab(QRect(0, 0, widget.width(), height)).save(str(args.out / "widget.png"))

@@ -211,14 +211,16 @@ def test_cli_fine_tunes_on_files_and_the_result_segments(tiny_weights, tmp_path)
     (["--labels", "a.png", "a.png"], 2, "1 images but 2 label images"),
     (["--region", "2@0:10,0:10"], 2, "--region 2@... names image 2, but there is 1."),
     (["--labels", "a.png"], 1, "a.png is a colour picture, not labels"),
+    (["--labels", "gray.png"], 1, "gray.png has no background (no pixel is 0): it looks like an image, not labels"),
     (["--out", "exists.safetensors"], 1, "exists.safetensors already exists; choose another name, or give --overwrite."),
-], ids=["label-count", "region-image", "rgb-labels", "exists"])
+], ids=["label-count", "region-image", "rgb-labels", "gray-image-as-labels", "exists"])
 def test_cli_bad_input_is_one_sentence_and_writes_nothing(tiny_weights, tmp_path, monkeypatch, capsys,
                                                            extra, status, sentence):
     monkeypatch.chdir(tmp_path)
     image, truth = field(12)
     iio.imwrite("a.png", np.stack([image] * 3, axis=-1))
     tifffile.imwrite("a_labels.tif", truth.astype(np.uint16))
+    iio.imwrite("gray.png", (image.astype(np.float32) * 0.5 + 20).astype(np.uint8))  # a photo: no pixel is 0
     Path("exists.safetensors").write_bytes(b"keep")
     argv = ["finetune", "a.png", "--labels", "a_labels.tif", "--from", str(tiny_weights["unet"]),
             "--out", "new.safetensors", "--minutes", "0.05"]

@@ -553,6 +553,10 @@ def test_the_table_of_nuclei_is_shown_follows_edits_and_takes_the_viewer_to_a_nu
 
     viewer.layers.remove(labels)
     assert table.isHidden() and table.rows == 0
+    click_segment(qtbot, widget)  # another result: its table in its own order, not sorted by a column of the last
+    (labels,) = labels_layers(viewer)
+    wait_for_table(qtbot, labels, 3)
+    assert [table.row_values(row)["label"] for row in range(3)] == [1, 2, 3]
 
 
 def test_a_row_of_a_stacks_table_moves_the_slider_to_its_plane(viewer_and_widget, fake_network, qtbot):
@@ -1212,6 +1216,15 @@ def test_auto_diameter_is_estimated_shown_and_the_labels_are_at_full_resolution(
     # The min size defaults to the model's at the scale of the run (in the image's pixels).
     assert widget.min_size_spin.value() == model.settings_at(scale).min_size != model.settings.min_size
     assert widget.rethresholder.cache.settings.seed_min_size == model.settings_at(scale).seed_min_size
+    viewer.add_points([[1, 1]], name="points")  # the picker rebuilds its list: the estimate stays
+    qtbot.wait(50)
+    assert widget.diameter_auto_check.text() == f"Auto (estimated {estimate:.1f} px)"
+    # Another image picked: the estimate was not its own, and is not shown beside it.
+    other = viewer.add_image(np.zeros((64, 64), np.uint8), name="other")
+    assert widget.image_layer is other
+    qtbot.waitUntil(lambda: widget.diameter_auto_check.text() == "Auto", timeout=5_000)
+    viewer.layers.selection.active = image
+    assert widget.image_layer is image
 
 
 def test_nuclei_too_small_to_bring_to_the_models_size_are_said_so(

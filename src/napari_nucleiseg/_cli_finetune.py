@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 EPILOG = """\
 Only the regions given with --region train (each pixel outside them counts as
 unknown, not background); without --region each image counts as checked whole.
@@ -91,6 +93,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         if label.rgb:
             raise CommandError(f"{labels_path} is a colour picture, not labels (one whole number per nucleus, "
                                "0 for background, e.g. the _labels.tif of nucleiseg segment).")
+        if np.size(label.data) and np.min(label.data) > 0:
+            raise CommandError(f"{labels_path} has no background (no pixel is 0): it looks like an image, not labels "
+                               "(one whole number per nucleus, 0 for background, e.g. the _labels.tif of nucleiseg "
+                               "segment).")
         labels.append(label.data)
     regions = [[box for k, box in args.region if k in (None, number)] or None
                for number in range(1, len(images) + 1)]

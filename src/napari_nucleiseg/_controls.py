@@ -316,6 +316,10 @@ class DiameterControl(QWidget):
             with signals_blocked(self.spin):
                 self.spin.setValue(float(trained))
 
+    def forget_estimate(self) -> None:
+        """"Auto" without the estimate of an earlier run (of another image, or of one taken out)."""
+        self.auto_check.setText("Auto")
+
     def show_used(self, diameter: float | None, estimated: bool, resizable: bool, asked_auto: bool) -> None:
         """After a run: "Auto" says what it estimated, and the number box holds it."""
         text = "Auto"

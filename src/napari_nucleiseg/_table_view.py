@@ -120,6 +120,7 @@ class NucleiTable(QTableView):
             self.layer = layer
             if layer is not None:
                 layer.events.features.connect(self._refresh)
+            self.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # another table: in its own order again
         self._refresh()
 
     def forget(self, layer: Any) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -66,6 +66,8 @@ class NucleiSegWidget(QWidget):
         self._run_diameter: float | None = None  # the diameter the run under way was asked for (None: Auto)
         self._rerun = False  # the diameter changed during a run: run again when it ends
         self._run_channel: tuple[int, int] | None = None  # (axis, index) of the channel the run segments
+        self._estimate_check = QTimer(self, singleShot=True, interval=0)
+        self._estimate_check.timeout.connect(self._forget_estimate_of_another_image)
         self.outputs = OutputLayers(self.viewer, self._show_count, busy=lambda: self.rethresholder.running,
                                     parent=self)
         self._build_ui()
@@ -155,6 +157,15 @@ class NucleiSegWidget(QWidget):
     def _on_image_changed(self, *_) -> None:
         self.channel_combo.follow(self.image_layer)
         self.target.offer(self.image_layer, self.channel_combo.channel)
+        # Once the picker has settled (it rebuilds its list as layers come and go, passing other images):
+        self._estimate_check.start()
+
+    def _forget_estimate_of_another_image(self) -> None:
+        """"Auto (estimated ...)" is said of the image of the result shown; not beside another image."""
+        cache = self.rethresholder.cache
+        if self.image_layer is not None and (cache is None or getattr(cache.image, "unique_id", None)
+                                             != self.image_layer.unique_id):
+            self.diameter_control.forget_estimate()
 
     @property
     def image_layer(self) -> Image | None:
