@@ -237,3 +237,26 @@ def test_thresholds_chosen_again_leave_the_auto_diameter_as_it_was():
     assert predict_at_diameter(image, moved).diameter != pytest.approx(before, rel=0.01)  # what the key prevents
     assert predict_at_diameter(image, kept).diameter == pytest.approx(before, rel=1e-9)
     assert predict_at_diameter(image, shipped).diameter == pytest.approx(before, rel=1e-9)
+
+
+@pytest.mark.parametrize("other", ["blurred marker", "noise"])
+def test_a_dapi_plane_beside_a_marker_gives_the_diameter_not_the_middle_plane(other):
+    # A DAPI + marker image that nothing names is segmented as a 2-plane stack; its middle plane is
+    # the marker. The diameter is the DAPI plane's, as if it were segmented alone.
+    from scipy import ndimage as ndi
+
+    from napari_nucleiseg._sample_data import read_sample
+    from napari_nucleiseg.pipeline import run_to_end, segment_planes
+
+    dapi = read_sample("fluorescence")
+    rng = np.random.default_rng(0)
+    if other == "noise":
+        second = rng.integers(0, 50, dapi.shape).astype(np.uint8)
+    else:  # a stain of the cells around the nuclei
+        cells = ndi.gaussian_filter(ndi.grey_dilation(dapi, size=15).astype(float), 4) * 0.3
+        second = np.clip(cells + rng.normal(10, 4, dapi.shape), 0, 255).astype(np.uint8)
+    model = load_model("hrnet")
+    alone = segment(dapi, model)
+    run = run_to_end(segment_planes(np.stack([dapi, second]), model))
+    assert run.diameter == pytest.approx(alone.diameter)  # the marker alone: 29.7 px; the noise: 2.3 px
+    np.testing.assert_array_equal(run.labels[0] > 0, alone.labels > 0)

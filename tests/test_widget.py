@@ -1227,6 +1227,30 @@ def test_auto_diameter_is_estimated_shown_and_the_labels_are_at_full_resolution(
     assert widget.image_layer is image
 
 
+def test_while_the_diameter_is_estimated_the_bar_counts_the_seconds(
+    viewer_and_widget, diameter_weights, fake_network, monkeypatch, qtbot
+):
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(diameter_weights)
+    gate = threading.Event()
+
+    def slow_estimate(image, model, **options):  # as a large image's estimate takes seconds
+        gate.wait(30)
+        return 20.0
+
+    monkeypatch.setattr(pipeline, "estimate_diameter", slow_estimate)
+    viewer.add_image(blobs(), name="blobs")
+    try:
+        qtbot.mouseClick(widget.segment_button, Qt.MouseButton.LeftButton)
+        assert widget.progress_bar.format() == "Estimating the nucleus diameter..."
+        qtbot.waitUntil(lambda: widget.progress_bar.format() == "Estimating the nucleus diameter... 2 s",
+                        timeout=10_000)
+    finally:
+        gate.set()
+    wait_for_run(qtbot, widget)
+    assert labels_layers(viewer)[0].metadata["diameter"] == 20.0
+
+
 def test_nuclei_too_small_to_bring_to_the_models_size_are_said_so(
     viewer_and_widget, diameter_weights, fake_network, notifications, qtbot
 ):

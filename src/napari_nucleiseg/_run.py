@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from napari.qt.threading import thread_worker
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QProgressBar
 
 from .errors import Cancelled, ImageError, WeightsError
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: Progress bar resolution within a run (planes x tiles are mapped onto it).
 PROGRESS_STEPS = 1000
+#: Before the first tile is done, the bar's text counts the seconds of its stage this often.
+STAGE_TICK_MS = 1000
 
 
 @dataclass
@@ -183,6 +186,12 @@ class SegmentationRun(QObject):
         self._tiles.done.connect(self._on_tile_progress)
         self._blocks = _TileProgress()  # blocks done and total, of an image segmented block by block
         self._blocks.done.connect(self._on_block_progress)
+        # Until the first tile is done (loading the model, estimating the diameter: seconds on a large image
+        # or a stack), the bar says how long its stage has taken, so the window is seen to be working.
+        self._stage = ""
+        self._stage_started = 0.0
+        self._stage_timer = QTimer(self, interval=STAGE_TICK_MS)
+        self._stage_timer.timeout.connect(self._on_stage_tick)
 
     @property
     def running(self) -> bool:
@@ -261,6 +270,15 @@ class SegmentationRun(QObject):
         self.progress_bar.setVisible(running)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat(stage)
+        self._stage, self._stage_started = stage, time.monotonic()
+        if running and stage:
+            self._stage_timer.start()
+        else:
+            self._stage_timer.stop()
+
+    def _on_stage_tick(self) -> None:
+        seconds = int(time.monotonic() - self._stage_started)
+        self.progress_bar.setFormat(f"{self._stage} {seconds} s" if seconds else self._stage)
 
     def _returned(self, outcome: Finished | Failure) -> None:
         self.show_progress(False)
@@ -275,16 +293,19 @@ class SegmentationRun(QObject):
         self._on_finished(image)  # which may start the next run
 
     def _on_tile_progress(self, done: int, total: int) -> None:
+        self._stage_timer.stop()
         plane, planes = self._plane
         self.progress_bar.setValue(int(PROGRESS_STEPS * (plane + done / max(total, 1)) / planes))
         where = f"plane {plane + 1}/{planes}, " if planes > 1 else ""
         self.progress_bar.setFormat(f"{where}tile {done}/{total}")
 
     def _on_block_progress(self, done: int, total: int) -> None:
+        self._stage_timer.stop()
         self.progress_bar.setValue(int(PROGRESS_STEPS * done / max(total, 1)))
         self.progress_bar.setFormat(f"block {done}/{total}")
 
     def _on_plane_done(self, planes_done: int) -> None:
+        self._stage_timer.stop()
         self._plane = (planes_done, self._plane[1])
         self.progress_bar.setValue(int(PROGRESS_STEPS * planes_done / self._plane[1]))
         if planes_done == self._plane[1]:

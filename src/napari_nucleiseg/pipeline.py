@@ -30,7 +30,7 @@ import numpy as np
 
 from .compact import CompactProbabilities
 from .errors import Cancelled, ImageError
-from .scale import check_diameter, estimate_diameter, nucleus_diameters
+from .scale import check_diameter, estimate_diameter, nucleus_diameters, sweep, sweep_confidence
 from .settings import PostprocessSettings
 
 if TYPE_CHECKING:
@@ -52,6 +52,9 @@ MIN_STACK_PLANE_SIDE = 8
 #: An estimated diameter is checked against the median nucleus of the whole image segmented at the
 #: scale it gave; further off than this factor, the network runs once more at the measured size.
 RECHECK_FACTOR = 1.25
+#: A stack of at most this many planes may be channels: its diameter is estimated on the plane the
+#: network is surest of (:func:`stack_diameter`), not on its middle one.
+MAX_PLANES_COMPARED = 4
 
 
 @dataclass
@@ -296,15 +299,27 @@ def stack_diameter(
 ) -> tuple[float | None, bool]:
     """``(diameter, estimated)`` for a whole stack, as :func:`resolve_diameter` gives for one plane.
 
-    One diameter for every plane, estimated on the middle one (as one image is, the check against
-    its nuclei included): the planes of a stack come from one microscope at one magnification, so
-    one scale serves them all and the min size keeps one meaning (the ends of a z-stack, often out
+    One diameter for every plane: the planes of a stack come from one microscope at one magnification,
+    so one scale serves them all and the min size keeps one meaning. It is estimated on one plane (as one
+    image is, the check against its nuclei included): of a stack of up to :data:`MAX_PLANES_COMPARED`
+    planes, the one whose scale sweep the network is surest of (:func:`~.scale.sweep_confidence`), since
+    such a stack may be channels (a DAPI + marker image that nothing names), and a marker plane's
+    "nuclei" are not the nuclei; of a longer stack, the middle plane (the ends of a z-stack, often out
     of focus, are poor planes to measure on).
     """
-    middle = tuple(int(i) for i in np.unravel_index(int(np.prod(leading)) // 2, leading))
+    planes = list(np.ndindex(*leading))
+    chosen = planes[len(planes) // 2]
     if diameter is not None or model.diameter is None:
-        return resolve_diameter(data[middle], model, diameter, cancelled=cancelled)
-    prediction = predict_at_diameter(np.asarray(data[middle]), model, cancelled=cancelled, predict=predict)
+        return resolve_diameter(data[chosen], model, diameter, cancelled=cancelled)
+    if 1 < len(planes) <= MAX_PLANES_COMPARED:
+        confidence = {}
+        for index in planes:
+            confidence[index] = sweep_confidence(sweep(np.asarray(data[index]), model, cancelled=cancelled))
+            if cancelled is not None and cancelled():
+                raise Cancelled("Segmentation cancelled.")
+        if max(confidence.values()) > -np.inf:
+            chosen = max(planes, key=confidence.__getitem__)
+    prediction = predict_at_diameter(np.asarray(data[chosen]), model, cancelled=cancelled, predict=predict)
     return prediction.diameter, prediction.estimated
 
 

@@ -351,6 +351,19 @@ def estimate_diameter(image: np.ndarray, model, *, normalization=None, cancelled
     return None if chosen is None else chosen["estimate"]
 
 
+def sweep_confidence(rungs: list[dict]) -> float:
+    """How sure the network is of the nuclei it found in a sweep: the best :func:`rung_score` among the
+    rungs :func:`rule_choice` may choose from (``-inf`` when it may choose none). Compares the planes of a
+    short stack, which may be channels: the one that shows the nuclei scores highest (a DAPI plane beside a
+    blurred marker or noise, on 9 DSB2018 fluorescence images: 0.72-0.87 against at most 0.72 and 0.40)."""
+    gray = max((rung["colour"] for rung in rungs), default=0.0) < GRAY_COLOUR
+    rule = GRAY_RULE if gray else STAINED_RULE
+    scores = [rung_score(rung, rule.boundary_penalty) for rung in rungs
+              if rung["count"] >= ESTIMATE_MIN_OBJECTS and not _found_cells(rung)
+              and abs(rung["signed_miss"]) < math.log(rule.max_miss)]
+    return max(scores, default=-math.inf)
+
+
 def rule_choice(rungs: list[dict]) -> dict | None:
     """The rung the hand-made rule of :func:`estimate_diameter` chooses (None: no rung found
     :data:`ESTIMATE_MIN_OBJECTS` objects), with :data:`GRAY_RULE`'s constants when every window of the
