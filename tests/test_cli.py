@@ -478,6 +478,9 @@ def test_the_output_folder_may_not_be_the_folder_of_the_images(capsys, folder, t
     assert status == 2 and "is the folder of the images" in stderr
     assert f"--out {folder / 'nuclei-results'}" in stderr
     assert not list(folder.glob("*_labels.tif")) and not (folder / "counts.csv").exists()
+    status, _, stderr = run(capsys, folder / "a.png", folder / "b.tif", "--out", folder, "--weights",
+                            tiny_weights["unet"])  # as a shell glob gives them
+    assert status == 2 and "is the folder of the images" in stderr
     status, _, stderr = run(capsys, folder, "--out", "", "--weights", tiny_weights["unet"])
     assert status == 2 and "give a folder" in stderr
 

@@ -684,6 +684,9 @@ def test_the_image_picker_follows_added_renamed_and_removed_layers(viewer_and_wi
     assert widget.image_layer is first
     viewer.layers.selection.active = viewer.layers["points"]  # not an image: the choice stays
     assert widget.image_layer is first
+    viewer.layers.remove_selected()  # napari then selects another layer by itself: not the user's choice
+    assert viewer.layers.selection.active in (first, second) and widget.image_layer is first
+    viewer.add_points([[1, 1]], name="points")
     widget.image_combo.setCurrentIndex(1)
     widget.image_combo.setCurrentIndex(0)
     first.name = "renamed"

@@ -10,7 +10,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -66,7 +66,7 @@ class NameComboBox(QComboBox):
         self.setMinimumContentsLength(SHOWN_NAME_LENGTH)
         self.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
 
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+    def paintEvent(self, event) -> None:
         """What QComboBox paints, the current text elided to the room there is (Qt would clip it)."""
         painter = QStylePainter(self)
         option = QStyleOptionComboBox()
@@ -350,10 +350,19 @@ class ImagePicker(NameComboBox):
         viewer.layers.events.inserted.connect(self.refresh)
         viewer.layers.events.moved.connect(self.refresh)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
+        # napari selects a layer by itself when one is deleted: that is not the user choosing an image.
+        self._removing = QTimer(self, singleShot=True, interval=0)
+        viewer.layers.events.removing.connect(self._on_removing)
         self.refresh()
 
+    def _on_removing(self, event=None) -> None:
+        self._removing.start()
+
     def _on_active_layer(self, event=None) -> None:
-        """An image selected in the layer list is the one to segment (another kind of layer changes nothing)."""
+        """An image selected in the layer list is the one to segment (another kind of layer changes nothing;
+        nor does the layer napari selects when one is deleted)."""
+        if self._removing.isActive():
+            return
         active = self.viewer.layers.selection.active
         ids = [self.itemData(index).unique_id for index in range(self.count())]
         if active is not None and getattr(active, "unique_id", None) in ids:
@@ -472,7 +481,7 @@ class CountLabel(QLabel):
         super().__init__(parent, toolTip=self.HELP, wordWrap=True)
         self.setText(text)
 
-    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+    def setText(self, text: str) -> None:
         shown = " ".join(_shorten(word, LONGEST_WORD) for word in text.split(" "))
         super().setText(shown)
         self.setToolTip(self.HELP if shown == text else f"{self.HELP}:\n{text}")

@@ -66,6 +66,7 @@ class NucleiSegWidget(QWidget):
         self._run_diameter: float | None = None  # the diameter the run under way was asked for (None: Auto)
         self._rerun = False  # the diameter changed during a run: run again when it ends
         self._run_channel: tuple[int, int] | None = None  # (axis, index) of the channel the run segments
+        self._estimated_image: int | None = None  # the image (unique id) the diameter line speaks of
         self._estimate_check = QTimer(self, singleShot=True, interval=0)
         self._estimate_check.timeout.connect(self._forget_estimate_of_another_image)
         self.outputs = OutputLayers(self.viewer, self._show_count, busy=lambda: self.rethresholder.running,
@@ -161,10 +162,8 @@ class NucleiSegWidget(QWidget):
         self._estimate_check.start()
 
     def _forget_estimate_of_another_image(self) -> None:
-        """"Auto (estimated ...)" is said of the image of the result shown; not beside another image."""
-        cache = self.rethresholder.cache
-        if self.image_layer is not None and (cache is None or getattr(cache.image, "unique_id", None)
-                                             != self.image_layer.unique_id):
+        """"Auto (estimated ...)" is said of the image it was estimated on; not beside another image."""
+        if self.image_layer is not None and self.image_layer.unique_id != self._estimated_image:
             self.diameter_control.forget_estimate()
 
     @property
@@ -263,6 +262,7 @@ class NucleiSegWidget(QWidget):
         self.postprocess_controls.after_run(run.settings, model.settings_at(run.scale).min_size, new_model)
         self.diameter_control.show_used(run.diameter, run.diameter_estimated, model.diameter is not None,
                                         self._run_diameter is None)
+        self._estimated_image = image.unique_id
         shortfall = resize_shortfall(run.diameter, run.scale, model.diameter)
         if shortfall is not None:
             show_info(shortfall)

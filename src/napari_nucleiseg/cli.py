@@ -259,12 +259,13 @@ def run_segment(args: argparse.Namespace) -> int:
                            "not both.", EXIT_USAGE)
     if on_cluster(args):
         _require_distributed()
-    for given in args.inputs:
-        if given.is_dir() and not is_zarr(given) and given.resolve() == args.out.resolve():
-            raise CommandError(f"--out {args.out} is the folder of the images: a later run of it would take the label "
-                               f"files for images. Choose another folder, e.g. --out {args.out / 'nuclei-results'}.",
-                               EXIT_USAGE)
     sources, problems = collect_images(args.inputs)
+    folders = {given.resolve() for given in args.inputs if given.is_dir() and not is_zarr(given)}
+    folders |= {source.parent.resolve() for source in sources}  # files named one by one, or by a shell glob
+    if args.out.resolve() in folders:
+        raise CommandError(f"--out {args.out} is the folder of the images: a later run of it would take the label "
+                           f"files for images. Choose another folder, e.g. --out {args.out / 'nuclei-results'}.",
+                           EXIT_USAGE)
     for problem in problems:
         print(f"nucleiseg: {problem}", file=sys.stderr)
     if not sources:
