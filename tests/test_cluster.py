@@ -5,6 +5,7 @@ setting or input redone, a failed image skipped, a killed worker's image retried
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,9 +146,15 @@ def test_a_changed_input_file_or_setting_is_redone_and_nothing_else(tmp_path, ti
 
     iio.imwrite(folder / "image01.png", blob_image((192, 192), centers=((60, 60),), seed=99))  # changed
     os.utime(folder / "image02.png")  # touched: the same bytes, a new modification time
-    status, stdout, _ = run(capsys, *command)
+    status, stdout, stderr = run(capsys, *command)
     assert status == 0 and "Segmented 1 of the 1 images left (4 of 5 were done before)" in stdout
     after = label_files(out)
+    (aside,) = out.glob("replaced-*")  # the earlier labels of the image redone: kept (it may be hand-corrected)
+    assert sorted(path.name for path in aside.iterdir()) == ["image01_labels.tif"]
+    kept = aside / "image01_labels.tif"
+    assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == before["image01_labels.tif"]  # the very file, moved
+    assert f"kept in {aside}" in stderr
+    shutil.rmtree(aside)
     assert after["image01_labels.tif"] != before["image01_labels.tif"]
     assert {name: after[name] for name in before if name != "image01_labels.tif"} == \
         {name: before[name] for name in before if name != "image01_labels.tif"}

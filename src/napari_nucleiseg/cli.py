@@ -100,10 +100,11 @@ be read or segmented are reported on stderr and skipped. A run that stops early
 finished; no file is ever left half-written, and a row of counts.csv always
 describes the label file beside it. Existing outputs are only replaced with
 --overwrite: they are first moved into a replaced-<time> folder in --out, which
-is deleted when the run completes and kept (and named) when it stops. One run
+is deleted when the run completes (but for the outputs of images that failed this
+time) and kept (and named) when it stops. One run
 at a time writes to a folder. A run with --resume, --workers or --scheduler records each image it
 finishes (in .nucleiseg/ in --out); --resume then keeps the images done with the same input file and
-settings and segments the rest, replacing their earlier outputs (moved aside as with --overwrite).
+settings and segments the rest; their earlier outputs are kept in a replaced-<time> folder (named).
 """
 
 
@@ -355,8 +356,11 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
         raise CommandError("no image could be segmented." + (f" The files it was to replace are in {aside}."
                                                                if aside is not None else ""))
     tables.flush()
-    if aside is not None:
+    if aside is not None and args.overwrite:
         _keep_outputs_of_failed(aside, replaced, planned_outputs(segmented, args.out))
+    elif aside is not None:  # --resume: the user asked to go on, not to replace; an output may be hand-corrected
+        _keep_outputs(aside, "the earlier outputs of the images segmented again (their file or the settings changed) "
+                             "are kept in {aside} ({names}); delete it once you do not need them.")
     total = sum(row["nuclei"] for row in tables.rows)
     if done and not todo:
         print(f"Nothing left to segment: all {len(jobs)} images were done before ({total} nuclei). "
@@ -644,6 +648,22 @@ def _note_shortfall(job: Job, row: dict[str, Any], model: Any) -> None:
         _report(f"nucleiseg: note: {job.source}: {note}")
 
 
+def _keep_outputs(aside: Path, sentence: str) -> None:
+    """Delete the earlier tables from ``aside`` (the new ones hold every row) and keep the rest there,
+    saying so with ``sentence`` (``{aside}`` and ``{names}`` filled in); remove it if nothing is left."""
+    import shutil
+
+    for name in (COUNTS_FILE, NUCLEI_FILE):
+        with contextlib.suppress(OSError):
+            (aside / name).unlink()
+    kept = sorted(p.name for p in aside.iterdir()) if aside.is_dir() else []
+    if not kept:
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    names = f"{', '.join(kept[:LISTED_EXISTING])}{' ...' if len(kept) > LISTED_EXISTING else ''}"
+    _report("nucleiseg: " + sentence.format(aside=aside, names=names))
+
+
 def _keep_outputs_of_failed(aside: Path, replaced: list[Path], rewritten: list[Path]) -> None:
     """After a run that completed, delete what it replaced (the tables, and the outputs of the images it
     segmented again) from ``aside``; the earlier outputs of images it could not segment this time stay
@@ -658,12 +678,7 @@ def _keep_outputs_of_failed(aside: Path, replaced: list[Path], rewritten: list[P
         elif path.name in rewritten_names:
             with contextlib.suppress(OSError):
                 old.unlink()
-    kept = sorted(p.name for p in aside.iterdir()) if aside.is_dir() else []
-    if not kept:
-        shutil.rmtree(aside, ignore_errors=True)
-        return
-    _report(f"nucleiseg: the earlier outputs of the images not segmented this time are kept in {aside} "
-            f"({', '.join(kept[:LISTED_EXISTING])}{' ...' if len(kept) > LISTED_EXISTING else ''}).")
+    _keep_outputs(aside, "the earlier outputs of the images not segmented this time are kept in {aside} ({names}).")
 
 
 def planned_outputs(jobs: list[Job], out: Path) -> list[Path]:
