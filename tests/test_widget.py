@@ -544,6 +544,11 @@ def test_the_table_of_nuclei_is_shown_follows_edits_and_takes_the_viewer_to_a_nu
     table.clicked.emit(table.model().index(0, 0))
     assert labels.selected_label == largest["label"] == labels.data[32, 115]
     assert np.allclose(camera(viewer).center[-2:], (largest["centroid_y"], largest["centroid_x"]))
+    table.setCurrentIndex(table.model().index(0, 0))
+    qtbot.keyClick(table, Qt.Key.Key_Down)  # the arrow keys go from nucleus to nucleus
+    second = table.row_values(1)
+    assert labels.selected_label == second["label"] != largest["label"]
+    assert np.allclose(camera(viewer).center[-2:], (second["centroid_y"], second["centroid_x"]))
 
     # A nucleus painted by hand gets its row; the table follows the layer.
     labels.brush_size = 7
@@ -567,6 +572,7 @@ def test_a_row_of_a_stacks_table_moves_the_slider_to_its_plane(viewer_and_widget
     (labels,) = labels_layers(viewer)
     wait_for_table(qtbot, labels, 6)
     viewer.dims.set_point(0, 0)
+    assert widget.table_view.model().headerData(0, Qt.Orientation.Horizontal) == "plane"  # as Export CSV names it
     last = [row for row in range(6) if widget.table_view.row_values(row)["axis_0"] == 2][-1]
     values = widget.table_view.row_values(last)
     widget.table_view.clicked.emit(widget.table_view.model().index(last, 0))

@@ -10,6 +10,7 @@ hands Qt the cells it draws, so a table of 100,000 nuclei costs what its columns
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ class _FeaturesModel(QAbstractTableModel):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.columns: list[str] = []
+        self.headers: dict[str, str] = {}  # a column's name as shown, where it differs (axis_0 -> z)
         self._values: list[np.ndarray] = []
         self._order: np.ndarray | None = None  # row shown -> row of the frame; None: the frame's order
         self.sort_key: tuple[str, bool] | None = None  # (column, descending)
@@ -86,7 +88,7 @@ class _FeaturesModel(QAbstractTableModel):
 
     def headerData(self, section: int, orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self.columns[section]
+            return self.headers.get(self.columns[section], self.columns[section])
         return None
 
     def row_values(self, row: int) -> dict[str, Any]:
@@ -111,11 +113,15 @@ class NucleiTable(QTableView):
     Clicking a row centres the view on that nucleus, moves the sliders to its plane and selects its label."""
 
     HELP = ("One row per nucleus of the result shown (its layer's features; Export CSV saves every column). "
-            "Click a column's name to sort; click a row to go to that nucleus and select its label.")
+            "Click a column's name to sort; click a row (or move with the arrow keys) to go to that nucleus "
+            "and select its label.")
 
     def __init__(self, viewer, parent=None) -> None:
         super().__init__(parent, toolTip=self.HELP)
         self.viewer = viewer
+        #: ``headers(layer)``: the names to show for some of its columns, as Export CSV writes them
+        #: (``{"axis_0": "z"}``); set by the widget.
+        self.headers: Callable[[Any], dict[str, str]] = lambda layer: {}
         self.layer: Any = None
         self._model = _FeaturesModel(self)
         self.setModel(self._model)
@@ -138,6 +144,13 @@ class NucleiTable(QTableView):
         self.setMaximumHeight(VISIBLE_ROWS * row + chrome)
         self.clicked.connect(self._go_to)
         self.setVisible(False)
+
+    def keyPressEvent(self, event) -> None:
+        """The arrow keys (and Page Up/Down, Home, End) go from nucleus to nucleus, as clicks do."""
+        before = self.currentIndex().row()
+        super().keyPressEvent(event)
+        if self.currentIndex().isValid() and self.currentIndex().row() != before:
+            self._go_to(self.currentIndex())
 
     def show_layer(self, layer: Any) -> None:
         """Show the table of ``layer`` (None: no table), and follow its changes from now on."""
@@ -172,6 +185,7 @@ class NucleiTable(QTableView):
     def _refresh(self, *_) -> None:
         features = None if self.layer is None else self.layer.features
         measured = features is not None and "label" in getattr(features, "columns", ())
+        self._model.headers = self.headers(self.layer) if measured else {}
         self._model.set_frame(features if measured else None)
         key = self._model.sort_key  # kept by name: the indicator goes where that column is now
         header = self.horizontalHeader()
