@@ -489,3 +489,11 @@ def test_a_bundled_model_may_be_named_by_its_title(capsys, folder, tmp_path):
     status, _, stderr = run(capsys, folder / "a.png", "--out", tmp_path / "out", "--model", "UNet++")
     assert status == 0, stderr
     assert pd.read_csv(tmp_path / "out" / "counts.csv")["model"].tolist() == ["unetpp"]
+
+
+def test_an_ome_tiff_gives_labels_named_after_the_image(capsys, folder, tmp_path, tiny_weights):
+    ome = tmp_path / "cells.ome.tif"
+    shutil.copy(folder / "b.tif", ome)
+    status, _, stderr = run(capsys, ome, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
+    assert status == 0, stderr
+    assert [path.name for path in (tmp_path / "out").glob("*_labels.tif")] == ["cells_labels.tif"]

@@ -42,12 +42,13 @@ def is_large_input(path: Path) -> bool:
 
 
 def output_stem(source: Path) -> str:
-    """The name the outputs of ``source`` start with: its stem, less a zarr store's ``.zarr`` and ``.ome``."""
-    name = source.name
-    for suffix in (".zarr", ".ome"):
-        if name.lower().endswith(suffix):
+    """The name the outputs of ``source`` start with: its stem, less a zarr store's ``.zarr`` and an
+    OME file's ``.ome`` (``cells.ome.tif`` and ``cells.ome.zarr``: ``cells``)."""
+    name = source.name if source.is_dir() else source.stem
+    for suffix in (".zarr", ".ome") if source.is_dir() else (".ome",):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
             name = name[: -len(suffix)]
-    return name if source.is_dir() else source.stem
+    return name
 
 
 def partial_path(labels_path: Path) -> Path:

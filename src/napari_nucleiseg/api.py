@@ -208,8 +208,9 @@ def segment(
     elif np.ndim(image) == 3 and np.shape(image)[-1] not in (1, 3, 4):
         shape = tuple(np.shape(image))
         count = shape[2] if 2 <= shape[2] <= 4 else shape[0]
-        raise ImageError(f"An image of shape {shape} has {count} channels (or planes); segment one channel at a time: "
-                         f"segment(image, channel=N), N from 0 to {count - 1}.")
+        if count <= 4:  # a few channels (more, first, are planes of a stack: as_rgb says so below)
+            raise ImageError(f"An image of shape {shape} has {count} channels (or planes); segment one channel at a "
+                             f"time: segment(image, channel=N), N from 0 to {count - 1}.")
     if isinstance(diameter, str) and diameter.strip().lower() == "auto":
         diameter = None  # as the command line's --diameter auto
     check_diameter(diameter, np.shape(image))
