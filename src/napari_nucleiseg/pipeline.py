@@ -240,7 +240,8 @@ class Prediction(NamedTuple):
 def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float | None = None, *,
                         progress: Callable[[int, int], None] | None = None,
                         cancelled: Callable[[], bool] | None = None,
-                        predict: Predict | None = None, augment: bool = False) -> Prediction:
+                        predict: Predict | None = None, augment: bool = False,
+                        rungs: list[dict] | None = None) -> Prediction:
     """The network's probabilities for one plane with its nuclei brought to the model's size.
 
     The diameter is given or estimated (:func:`resolve_diameter`), the image resized by the
@@ -250,11 +251,12 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
     median diameter of their own, measured on far more nuclei than the estimate's window holds; if it
     differs by more than :data:`RECHECK_FACTOR`, the network runs once more at that size, and that is
     the diameter reported. With ``augment`` every network pass is the mean over flips (:func:`segment_planes`).
+    ``rungs``: the image's scale sweep, when it was swept already (the estimate then reuses it).
     """
     from .postprocess import labels_from_probabilities
 
     predict = predict or _network
-    used, estimated = resolve_diameter(image, model, diameter, cancelled=cancelled)
+    used, estimated = resolve_diameter(image, model, diameter, cancelled=cancelled, rungs=rungs)
     shape = np.shape(image)[:2]
     scale = model.scale_for(used, shape)
     probabilities = predict(image, model, progress=progress, cancelled=cancelled, scale=scale, augment=augment)
@@ -272,19 +274,21 @@ def predict_at_diameter(image: np.ndarray, model: NucleiModel, diameter: float |
 
 
 def resolve_diameter(image: np.ndarray, model: NucleiModel, diameter: float | None = None, *,
-                     cancelled: Callable[[], bool] | None = None) -> tuple[float | None, bool]:
+                     cancelled: Callable[[], bool] | None = None,
+                     rungs: list[dict] | None = None) -> tuple[float | None, bool]:
     """``(diameter, estimated)``: the nucleus diameter to segment ``image`` for.
 
     A given ``diameter`` is checked and returned; None is estimated with the model
     (:func:`~napari_nucleiseg.scale.estimate_diameter`) when it records a diameter of its
-    own, and stays None (no resizing) when it does not or no estimate can be made.
+    own (from ``rungs``, the image's sweep, when it was swept already), and stays None (no
+    resizing) when it does not or no estimate can be made.
     """
     check_diameter(diameter, np.shape(image))
     if diameter is not None:
         return float(diameter), False
     if model.diameter is None:
         return None, False
-    estimate = estimate_diameter(image, model, cancelled=cancelled)
+    estimate = estimate_diameter(image, model, cancelled=cancelled, rungs=rungs)
     return (None, False) if estimate is None else (float(estimate), True)
 
 
@@ -311,15 +315,19 @@ def stack_diameter(
     chosen = planes[len(planes) // 2]
     if diameter is not None or model.diameter is None:
         return resolve_diameter(data[chosen], model, diameter, cancelled=cancelled)
+    rungs = None  # the chosen plane's sweep, once it is swept
     if 1 < len(planes) <= MAX_PLANES_COMPARED:
-        confidence = {}
+        swept = {}
         for index in planes:
-            confidence[index] = sweep_confidence(sweep(np.asarray(data[index]), model, cancelled=cancelled))
+            swept[index] = sweep(np.asarray(data[index]), model, cancelled=cancelled)
             if cancelled is not None and cancelled():
                 raise Cancelled("Segmentation cancelled.")
+        confidence = {index: sweep_confidence(rungs) for index, rungs in swept.items()}
         if max(confidence.values()) > -np.inf:
             chosen = max(planes, key=confidence.__getitem__)
-    prediction = predict_at_diameter(np.asarray(data[chosen]), model, cancelled=cancelled, predict=predict)
+        rungs = swept[chosen]
+    prediction = predict_at_diameter(np.asarray(data[chosen]), model, cancelled=cancelled, predict=predict,
+                                     rungs=rungs)
     return prediction.diameter, prediction.estimated
 
 
