@@ -204,8 +204,7 @@ class SegmentationRun(QObject):
         if one is chosen) with the weights file at ``weights``."""
         from .channels import take_channel
 
-        self._begin(image, planes, stage)
-        self.in_blocks = False
+        self._begin(image, planes, stage, in_blocks=False)
         data = image.data if channel is None else take_channel(image.data, *channel)
         run = partial(run_in_worker, data, image.rgb, weights, model=self._model_of(weights), settings=settings,
                       diameter=diameter, augment=augment, on_progress=self._tiles.done.emit,
@@ -221,18 +220,17 @@ class SegmentationRun(QObject):
         from ._large_layer import lazy_plane, segment_in_blocks
         from ._outputs import placement
 
-        self._begin(image, 1, stage)
-        self.in_blocks = True
+        self._begin(image, 1, stage, in_blocks=True)
         run = partial(segment_in_blocks, lazy_plane(image, channel), image.rgb, weights, out,
                       model=self._model_of(weights), settings=settings, diameter=diameter, augment=augment,
                       channel=channel, placement=placement(image, channel), on_progress=self._blocks.done.emit,
                       cancelled=self.cancel_event.is_set)
         self._run(run)
 
-    def _begin(self, image: Any, planes: int, stage: str) -> None:
+    def _begin(self, image: Any, planes: int, stage: str, *, in_blocks: bool) -> None:
         self.cancel_event.clear()
         self._plane = (0, planes)
-        self.image = image
+        self.image, self.in_blocks = image, in_blocks
         self.show_progress(True, stage)
 
     def _model_of(self, weights: Path) -> Any:

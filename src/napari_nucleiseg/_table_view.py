@@ -165,7 +165,7 @@ class NucleiTable(QTableView):
 
     def forget(self, layer: Any) -> None:
         """``layer`` is going: show no table if it is the one shown."""
-        if layer is self.layer or getattr(layer, "unique_id", None) == getattr(self.layer, "unique_id", -1):
+        if self.layer is not None and layer.unique_id == self.layer.unique_id:
             self.show_layer(None)
 
     @property
@@ -208,13 +208,12 @@ class NucleiTable(QTableView):
             return
         world = np.asarray(layer.data_to_world(position), dtype=float)
         offset = self.viewer.dims.ndim - len(world)  # the viewer may have axes the layer has not
-        for axis, value in enumerate(world[:-2]):
-            if offset + axis not in self.viewer.dims.displayed:
-                self.viewer.dims.set_point(offset + axis, value)
-        displayed = list(self.viewer.dims.displayed)
         point = list(self.viewer.dims.point)
-        for axis, value in enumerate(world):
-            point[offset + axis] = value
+        point[offset:] = world
+        displayed = list(self.viewer.dims.displayed)
+        for axis in range(offset, len(point) - 2):  # the sliders: to the nucleus's plane
+            if axis not in displayed:
+                self.viewer.dims.set_point(axis, point[axis])
         camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera  # napari >= 0.9
         camera.center = tuple(point[axis] for axis in displayed)
 

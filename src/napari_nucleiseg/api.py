@@ -207,7 +207,7 @@ def segment(
         image = one_channel(image, channel)
     elif np.ndim(image) == 3 and np.shape(image)[-1] not in (1, 3, 4):
         shape = tuple(np.shape(image))
-        count = shape[2] if 2 <= shape[2] <= 4 else shape[0]
+        count = shape[_channel_axis(shape)]
         if count <= 4:  # a few channels (more, first, are planes of a stack: as_rgb says so below)
             raise ImageError(f"An image of shape {shape} has {count} channels (or planes); segment one channel at a "
                              f"time: segment(image, channel=N), N from 0 to {count - 1}.")
@@ -240,10 +240,15 @@ def one_channel(image: Any, channel: int) -> np.ndarray:
     if len(shape) != 3:
         raise ImageError(f"An image of shape {tuple(shape)} has no channel axis to take channel {channel} from; "
                          "expected (H, W, C) or (C, H, W).")
-    axis = 2 if 2 <= shape[2] <= 4 else 0
+    axis = _channel_axis(shape)
     if not 0 <= channel < shape[axis]:
         raise ImageError(f"The image has {shape[axis]} channels (0 to {shape[axis] - 1}), not a channel {channel}.")
     return take_channel(np.asarray(image), axis, channel)
+
+
+def _channel_axis(shape: tuple[int, ...]) -> int:
+    """The channel axis of an image of 3 axes: its last when that has 2-4 entries, else its first."""
+    return 2 if 2 <= shape[2] <= 4 else 0
 
 
 def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,
@@ -332,8 +337,9 @@ def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
     if not isinstance(model, (str, os.PathLike)) or str(model).strip() == "":
         raise WeightsError(f"Unknown model {model!r}; expected one of {', '.join(BUNDLED_MODELS)}, the path of a "
                            "weights file, or a model from load_model().")
-    if isinstance(model, str) and bundled_model_name(model) is not None and not Path(model).is_file():
-        path = bundled_weights_path(bundled_model_name(model))
+    bundled = bundled_model_name(model) if isinstance(model, str) else None
+    if bundled is not None and not Path(model).is_file():
+        path = bundled_weights_path(bundled)
     else:
         path = Path(model).expanduser()
         if not path.exists() and isinstance(model, str) and path.suffix == "" and len(path.parts) == 1:

@@ -351,7 +351,6 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
             put_back(aside, replaced)  # nothing replaced them
             if not any(aside.iterdir()):
                 shutil.rmtree(aside, ignore_errors=True)
-                aside = None
                 raise CommandError("no image could be segmented; the earlier outputs are left as they were.")
         raise CommandError("no image could be segmented." + (f" The files it was to replace are in {aside}."
                                                                if aside is not None else ""))
@@ -665,12 +664,13 @@ def _keep_outputs(aside: Path, sentence: str) -> None:
 
 
 def _keep_outputs_of_failed(aside: Path, replaced: list[Path], rewritten: list[Path]) -> None:
-    """After a run that completed, delete what it replaced (the tables, and the outputs of the images it
-    segmented again) from ``aside``; the earlier outputs of images it could not segment this time stay
-    there, and the user is told where (they are not put back: no row of the new tables describes them)."""
+    """After a run that completed, delete what it replaced (the outputs of the images it segmented again;
+    the tables go in :func:`_keep_outputs`) from ``aside``; the earlier outputs of images it could not
+    segment this time stay there, and the user is told where (they are not put back: no row of the new
+    tables describes them)."""
     import shutil
 
-    rewritten_names = {path.name for path in rewritten} | {COUNTS_FILE, NUCLEI_FILE}
+    rewritten_names = {path.name for path in rewritten}
     for path in replaced:
         old = aside / path.name
         if path.name in rewritten_names and old.is_dir() and not old.is_symlink():
