@@ -53,9 +53,9 @@ import numpy as np
 from ._batch import (
     FolderBusy,
     OutputLock,
+    SetAsideError,
     Stops,
     Tables,
-    SetAsideError,
     put_back,
     remove_partial_files,
     set_aside,
@@ -975,8 +975,8 @@ def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) 
     import pandas as pd
 
     from .postprocess import MEASUREMENT_COLUMNS
-    from .volumes import VOLUME_COLUMNS
     from .tables import write_csv
+    from .volumes import VOLUME_COLUMNS
 
     nuclei = pd.concat(tables, ignore_index=True)
     # A stack's nuclei say their plane (z, t, plane: empty for 2-D images), between file and label.
