@@ -497,3 +497,16 @@ def test_an_ome_tiff_gives_labels_named_after_the_image(capsys, folder, tmp_path
     status, _, stderr = run(capsys, ome, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
     assert status == 0, stderr
     assert [path.name for path in (tmp_path / "out").glob("*_labels.tif")] == ["cells_labels.tif"]
+
+
+def test_a_run_logged_to_a_file_says_now_and_then_how_far_it_is(capsys, folder, tmp_path, tiny_weights, monkeypatch):
+    from napari_nucleiseg import cli
+
+    (folder / "broken.png").unlink()
+    iio.imwrite(folder / "c.png", blob_image((64, 64)))
+    monkeypatch.setattr(cli, "PROGRESS_LINE_SECONDS", 0.0)  # a line after each image but the last
+    status, _, stderr = run(capsys, folder, "--out", tmp_path / "out", "--weights", tiny_weights["hrnet"])
+    assert status == 0
+    lines = stderr.strip().splitlines()
+    assert [line.split(" images done")[0] for line in lines] == ["nucleiseg: 1 of 3", "nucleiseg: 2 of 3"]
+    assert all(line.endswith(" left.") and "about" in line for line in lines)

@@ -100,6 +100,21 @@ def test_cli_links_a_z_stack_into_3d_nuclei_and_keeps_planes_apart_with_no_3d(tm
     assert flat_counts["nuclei"][0] > 3 and not bool(flat_counts["nuclei_3d"][0]) and "z" in flat_nuclei
 
 
+def test_a_2d_image_beside_a_z_stack_keeps_the_plane_numbers_whole_in_nuclei_csv(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    tifffile.imwrite(folder / "stack.tif", stack_image(), imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(folder / "flat.tif", stack_image()[3])
+    out = tmp_path / "mixed-out"
+    assert main(["segment", str(folder), "--out", str(out), "--model", "unet", "--diameter", "22"]) == 0
+    lines = (out / "nuclei.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    stack_rows = [row for row in rows if row["file"].endswith("stack.tif")]
+    assert len(stack_rows) == 3 and [row["first_plane"] for row in stack_rows] == ["0", "0", "0"]
+    assert {row["first_plane"] for row in rows if row["file"].endswith("flat.tif")} == {""}  # a 2-D nucleus has none
+
+
 def test_cli_links_z_within_each_time_point_and_counts_them_apart(tmp_path):
     data = np.stack([stack_image(), stack_image()[:, :, ::-1]])  # (T, Z, Y, X)
     counts, nuclei, labels = run(tmp_path, "tz", data, "TZYX")

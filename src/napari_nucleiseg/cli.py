@@ -983,7 +983,11 @@ def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) 
     # 2-D nuclei and 3-D ones (a linked Z stack) in one run: each column once, those of either kind.
     measured = [column for column in dict.fromkeys(MEASUREMENT_COLUMNS + VOLUME_COLUMNS) if column in nuclei]
     planes = [column for column in nuclei.columns if column not in ("file", *measured)]
-    nuclei = nuclei[["file", *planes, *measured]].astype({column: "Int64" for column in planes})
+    # A column of whole numbers stays one where some images lack it (first_plane of a 2-D image): empty,
+    # not 3.0 for 3.
+    counted = [column for column in measured if all(pd.api.types.is_integer_dtype(table[column])
+                                                     for table in tables if column in table)]
+    nuclei = nuclei[["file", *planes, *measured]].astype({column: "Int64" for column in [*planes, *counted]})
     try:
         write_csv(nuclei, out / NUCLEI_FILE)
         write_csv(pd.DataFrame(count_rows), out / COUNTS_FILE)
@@ -992,12 +996,43 @@ def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) 
 
 
 def _progress_bar(items: Iterable, total: int):
-    """Iterate over ``items`` (``total`` of them), with a progress bar only when stderr is a terminal."""
+    """Iterate over ``items`` (``total`` of them), with a progress bar when stderr is a terminal, and
+    otherwise (a log file, a cluster job's output) a line now and then: :func:`_progress_lines`."""
     if not sys.stderr.isatty():
-        return items
+        return _progress_lines(items, total)
     from tqdm import tqdm
 
     return tqdm(items, total=total, unit="image", file=sys.stderr)
+
+
+#: Seconds between two progress lines in a log (stderr not a terminal); a run done sooner writes none.
+PROGRESS_LINE_SECONDS = 60.0
+
+
+def _progress_lines(items: Iterable, total: int) -> Iterator:
+    """``items``, writing to stderr at most one line a :data:`PROGRESS_LINE_SECONDS` of how many of
+    ``total`` images are done, and the time left at this pace."""
+    import time
+
+    start = last = time.monotonic()
+    for done, item in enumerate(items, start=1):
+        yield item
+        now = time.monotonic()
+        if now - last >= PROGRESS_LINE_SECONDS and done < total:
+            last = now
+            left = (now - start) / done * (total - done)
+            print(f"nucleiseg: {done} of {total} images done in {_duration(now - start)}; about "
+                  f"{_duration(left)} left.", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 5 s"``, ``"2 h 7 min"``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _report(message: str) -> None:
