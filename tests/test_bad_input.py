@@ -1147,7 +1147,7 @@ def test_api_a_path_or_nothing_instead_of_an_image_is_one_sentence(given, fragme
     assert one_sentence(str(error.value)) and fragment in str(error.value) and "imread" in str(error.value)
 
 
-@pytest.mark.parametrize("shape", [(40, 50, 2), (2, 40, 50), (3, 40, 50)])
+@pytest.mark.parametrize("shape", [(40, 50, 2), (2, 40, 50), (3, 40, 50), (40, 50, 6)])
 def test_api_an_image_with_channels_names_the_channel_argument(shape):
     with pytest.raises(ImageError) as error:
         segment(np.zeros(shape, np.uint8), pixel_model())

@@ -970,6 +970,19 @@ def test_a_channels_last_image_is_segmented_in_the_channel_chosen_never_summed(
     assert notifications.messages["error"] == []
 
 
+def test_an_image_of_six_channels_last_offers_each_channel(viewer_and_widget, notifications, fake_network, qtbot):
+    """(Y, X, 6), as a multiplexed stain: refused with advice to use a Channel picker it did not show."""
+    viewer, widget = viewer_and_widget
+    six = np.concatenate([_dapi_and_marker(channels_last=True)] * 3, axis=-1)
+    viewer.add_image(six, name="six")
+    assert widget.channel_combo.count() == 6 and widget.channel_combo.currentText() == "channel 0"
+    widget.channel_combo.setCurrentIndex(2)
+    click_segment(qtbot, widget)
+    (dapi,) = labels_layers(viewer)
+    assert dapi.data.shape == six.shape[:2] and shown_count(widget) == 3 and dapi.metadata["channel"] == 2
+    assert notifications.messages["error"] == []
+
+
 def test_a_two_plane_image_nothing_names_is_offered_as_channels_and_the_count_says_so(
     viewer_and_widget, fake_network, qtbot
 ):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from .channels import take_channel
+from .channels import channels_last, take_channel
 from .errors import ImageError
 from .settings import PostprocessSettings
 from .weights import DEFAULT_MODEL
@@ -207,8 +207,9 @@ def segment(
         image = one_channel(image, channel)
     elif np.ndim(image) == 3 and np.shape(image)[-1] not in (1, 3, 4):
         shape = tuple(np.shape(image))
-        count = shape[_channel_axis(shape)]
-        if count <= 4:  # a few channels (more, first, are planes of a stack: as_rgb says so below)
+        axis = _channel_axis(shape)
+        count = shape[axis]
+        if axis == 2 or count <= 4:  # channels (more than 4 first are planes of a stack: as_rgb says so below)
             raise ImageError(f"An image of shape {shape} has {count} channels (or planes); segment one channel at a "
                              f"time: segment(image, channel=N), N from 0 to {count - 1}.")
     if isinstance(diameter, str) and diameter.strip().lower() == "auto":
@@ -227,7 +228,8 @@ def segment(
 
 
 def one_channel(image: Any, channel: int) -> np.ndarray:
-    """Channel ``channel`` of ``image``: of its last axis when that has 2-4 entries, else of its first.
+    """Channel ``channel`` of ``image``: of its last axis when that holds channels (2-15 entries beside
+    larger rows and columns, or 2-4), else of its first.
 
     Raises
     ------
@@ -247,8 +249,9 @@ def one_channel(image: Any, channel: int) -> np.ndarray:
 
 
 def _channel_axis(shape: tuple[int, ...]) -> int:
-    """The channel axis of an image of 3 axes: its last when that has 2-4 entries, else its first."""
-    return 2 if 2 <= shape[2] <= 4 else 0
+    """The channel axis of an image of 3 axes: its last when it holds channels
+    (:func:`~napari_nucleiseg.channels.channels_last`, or has 2-4 entries), else its first."""
+    return 2 if channels_last(shape) or 2 <= shape[2] <= 4 else 0
 
 
 def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,

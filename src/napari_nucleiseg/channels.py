@@ -2,9 +2,9 @@
 
 Segmenting every channel of a DAPI + marker image as planes of a stack adds the marker's false
 nuclei to the count. An axis is taken for channels when something says so: the viewer's axis label
-(``c``, ``channel``), a reader's ``axes`` in the layer metadata (``"CYX"``), or a last axis of 2-4
-entries that napari does not show as colour (a ``(Y, X, 2)`` image). A leading axis of 2-4 entries
-that nothing names may be channels or a short stack: the widget offers it as channels, but keeps it
+(``c``, ``channel``), a reader's ``axes`` in the layer metadata (``"CYX"``), or a last axis of 2-15
+entries that napari does not show as colour (a ``(Y, X, 2)`` or ``(Y, X, 6)`` image). A leading axis of
+2-4 entries that nothing names may be channels or a short stack: the widget offers it as channels, but keeps it
 as planes unless the user chooses one, and says so under the count. (The command line reads a
 file's own axes, and keeps an axis the file does not name as planes.)
 """
@@ -57,12 +57,20 @@ def find_channel_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str
         return ChannelAxis(axis, shape[axis], named=True)
     if rgb:
         return None
-    if len(shape) == 3 and 2 <= shape[-1] <= MAX_UNNAMED_CHANNELS and min(shape[:2]) >= MIN_PLANE_SIDE:
+    if channels_last(shape):
         return ChannelAxis(2, shape[-1], named=True)  # (Y, X, C): napari would show X against C
     if len(shape) == 3 and 2 <= shape[0] <= MAX_UNNAMED_CHANNELS and min(shape[1:]) >= MIN_PLANE_SIDE:
         if not labels or labels[0] not in PLANE_LABELS:
             return ChannelAxis(0, shape[0], named=False)
     return None
+
+
+def channels_last(shape: Sequence[int]) -> bool:
+    """Whether an image of ``shape`` has its channels last: ``(Y, X, C)`` with 2 to 15 channels
+    (fewer than :data:`MIN_PLANE_SIDE`, as 5 or 6 stains of a multiplexed image), rows and columns
+    not. Read as a stack instead, its planes would be ``X`` by ``C`` pixels: too narrow for nuclei."""
+    shape = tuple(int(side) for side in shape)
+    return len(shape) == 3 and 2 <= shape[-1] < MIN_PLANE_SIDE <= min(shape[:2])
 
 
 def take_channel(data: Any, axis: int, index: int) -> Any:
