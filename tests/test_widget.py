@@ -957,7 +957,8 @@ def test_a_channels_last_image_is_segmented_in_the_channel_chosen_never_summed(
     assert [widget.channel_combo.itemText(i) for i in range(widget.channel_combo.count())] == ["channel 0", "channel 1"]
     click_segment(qtbot, widget)
     (dapi,) = labels_layers(viewer)
-    assert dapi.data.shape == image.data.shape[:2] and shown_count(widget) == 3
+    assert dapi.data.shape == (*image.data.shape[:2], 1) and shown_count(widget) == 3
+    assert np.array_equal(dapi.extent.world[:, :2], image.extent.world[:, :2])  # on the image's rows and columns
     assert dapi.name == "two channels channel 0 nuclei" and dapi.metadata["channel"] == 0
     wait_for_table(qtbot, dapi, 3)
     assert dapi.features["mean_intensity"].round().tolist() == [140, 200, 240]  # measured in channel 0
@@ -979,7 +980,7 @@ def test_an_image_of_six_channels_last_offers_each_channel(viewer_and_widget, no
     widget.channel_combo.setCurrentIndex(2)
     click_segment(qtbot, widget)
     (dapi,) = labels_layers(viewer)
-    assert dapi.data.shape == six.shape[:2] and shown_count(widget) == 3 and dapi.metadata["channel"] == 2
+    assert dapi.data.shape == (*six.shape[:2], 1) and shown_count(widget) == 3 and dapi.metadata["channel"] == 2
     assert notifications.messages["error"] == []
 
 
@@ -1021,6 +1022,70 @@ def test_an_axis_the_viewer_names_as_channels_starts_at_channel_0_and_z_stays_pl
     assert labels_layers(viewer)[-1].data.shape == image.data.shape
     # a z axis: the planes' nuclei are linked into 3-D nuclei by default (these do not overlap)
     assert widget.count_label.text() == "5 nuclei in 'named nuclei', counted in 3-D (5 sections over its 2 planes)"
+
+
+def test_the_nuclei_of_a_channel_after_the_first_axis_lie_on_the_image_and_follow_its_sliders(
+    viewer_and_widget, fake_network, notifications, qtbot
+):
+    """A (Z, C, Y, X) image: the result lay on the viewer's last three axes (C, Y, X), so its planes
+    followed the C slider and a row of the table moved the C slider to the nucleus's plane."""
+    viewer, widget = viewer_and_widget
+    dapi = np.stack([blobs((200,)), blobs((200, 200)), blobs((200, 200, 200))])  # 1, 2 and 3 nuclei
+    marker = np.zeros_like(dapi)
+    marker[:, 5:15, 5:15] = 250
+    image = viewer.add_image(np.stack([marker, dapi], axis=1), name="zcyx", axis_labels=("z", "c", "y", "x"),
+                             scale=(3, 1, 0.5, 0.5))
+    widget.channel_combo.setCurrentIndex(widget.channel_combo.findText("channel 1"))
+    click_segment(qtbot, widget)
+    (nuclei,) = labels_layers(viewer)
+    assert nuclei.data.shape == (3, 1, 64, 200)
+    assert widget.count_label.text() == ("3 nuclei in 'zcyx channel 1 nuclei', counted in 3-D "
+                                         "(6 sections over its 3 planes)")
+    assert np.array_equal(nuclei.extent.world[:, [0, 2, 3]], image.extent.world[:, [0, 2, 3]])
+    assert np.array_equal(nuclei.extent.world[:, 1], [1, 1])  # at channel 1 of the C axis
+    widget.probability_check.setChecked(True)
+    probability = next(layer for layer in viewer.layers if layer.name == "zcyx nucleus probability")
+    assert np.array_equal(probability.extent.world, nuclei.extent.world)
+    wait_for_table(qtbot, nuclei, 3)
+
+    viewer.dims.set_point(0, 0)
+    deepest = int(np.argmax([widget.table_view.row_values(row)["centroid_z"] for row in range(3)]))
+    widget.table_view.clicked.emit(widget.table_view.model().index(deepest, 0))
+    assert viewer.dims.current_step[0] == 2 and viewer.dims.current_step[1] == 1  # Z to its plane, C stays
+
+    nuclei.paint((0, 0, 8, 8), 9)  # a hand edit in the first plane
+    qtbot.waitUntil(lambda: shown_count(widget) == 4, timeout=5_000)
+    wait_for_table(qtbot, nuclei, 4)
+    widget.threshold_slider.setValue(0.7)  # the edited layer is kept; a new one lies on the image too
+    wait_for_postprocessing(qtbot, widget)
+    second = labels_layers(viewer)[0]
+    assert second is not nuclei and second.data.shape == (3, 1, 64, 200) and nuclei.data[0, 0, 8, 8] == 9
+    assert notifications.messages["error"] == []
+
+
+def test_a_hyperstack_tiff_opened_by_napari_is_segmented_in_a_channel_as_its_file_says(
+    viewer_and_widget, fake_network, tmp_path, qtbot
+):
+    """napari's reader hands an ImageJ (Z, C, Y, X) TIFF over as a bare 4-D array: its marker channel was
+    segmented as more planes, and the nuclei summed over the 6 planes."""
+    import tifffile
+
+    viewer, widget = viewer_and_widget
+    dapi = np.stack([blobs((200,)), blobs((200, 200)), blobs((200, 200, 200))])
+    marker = np.zeros_like(dapi)
+    marker[:, 5:15, 5:15] = 250
+    path = tmp_path / "hyperstack.tif"
+    tifffile.imwrite(path, np.stack([dapi, marker], axis=1), imagej=True, metadata={"axes": "ZCYX"})
+    (image,) = viewer.open(str(path), plugin="napari")
+    assert image.data.shape == (3, 2, 64, 200) and "axes" not in image.metadata
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText(image.name))
+    assert [widget.channel_combo.itemText(i) for i in range(widget.channel_combo.count())] == [
+        "channel 0", "channel 1", "all 2, as planes of a stack"]
+    assert not widget.volumes_check.isHidden() and widget.volumes_check.isChecked()  # its Z axis, named in the file
+    click_segment(qtbot, widget)
+    (nuclei,) = labels_layers(viewer)
+    assert nuclei.data.shape == (3, 1, 64, 200) and widget.count_label.text().startswith(
+        "3 nuclei in 'hyperstack channel 0 nuclei', counted in 3-D")
 
 
 # ---- re-thresholding in a worker: the window never freezes, the newest settings win ------------

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 from superqt.utils import signals_blocked
 
-from .channels import ChannelAxis, find_channel_axis
+from .channels import ChannelAxis, find_channel_axis, with_file_axes
 from .errors import WeightsError
 from .settings import PostprocessSettings
 from .user_models import is_user_model, list_user_models
@@ -435,7 +435,7 @@ class ChannelPicker(NameComboBox):
             return
         self._shown_for = key
         self.axis = None if layer is None else find_channel_axis(  # a multiscale layer's: its full level's
-            layer.data.shape, layer.rgb, axis_labels, layer.metadata)
+            layer.data.shape, layer.rgb, axis_labels, image_metadata(layer))
         with signals_blocked(self):
             self.clear()
             if self.axis is not None:
@@ -459,7 +459,7 @@ class ChannelPicker(NameComboBox):
         if record is None or record.channel is not None:
             return ""
         image = record.image
-        if find_channel_axis(image.data.shape, image.rgb, self.axis_labels(image), image.metadata) is None:
+        if find_channel_axis(image.data.shape, image.rgb, self.axis_labels(image), image_metadata(image)) is None:
             return ""
         return "; if they are channels, choose the one with the nuclei under Channel"
 
@@ -515,6 +515,12 @@ def layer_axis_labels(viewer: Any, layer: Any) -> tuple[str, ...]:
     own = own if len(own) == layer.ndim else [""] * layer.ndim
     theirs = theirs if len(theirs) == layer.ndim else [""] * layer.ndim
     return tuple(viewers if is_default_label(mine) else mine for mine, viewers in zip(own, theirs))
+
+
+def image_metadata(layer: Any) -> dict[str, Any]:
+    """An Image layer's metadata, with the axes of the TIFF it was opened from when it names none
+    (:func:`~napari_nucleiseg.channels.with_file_axes`)."""
+    return with_file_axes(layer.metadata, getattr(layer.source, "path", None), layer.data.shape)
 
 
 def is_default_label(label: str) -> bool:

@@ -43,6 +43,7 @@ from superqt.utils import signals_blocked
 
 from ._controls import ModelPicker, NameComboBox
 from ._model_menu import confirm
+from ._outputs import labels_of
 from ._run import Failure
 from .channels import take_channel
 from .errors import Cancelled, FineTuneError, WeightsError
@@ -371,13 +372,13 @@ class FineTunePanel(QCollapsible):
                 raise Refused(f"'{(pair.labels if pair.labels.multiscale else pair.image).name}' is multiscale; "
                               "fine-tune on its full-resolution level.")
             image_shape = _plane_shape(np.shape(pair.image_data()), pair.image.rgb)
-            if image_shape != pair.labels.data.shape:
-                raise Refused(f"'{pair.labels.name}' is {_size(pair.labels.data.shape)} but its image "
+            if image_shape != labels_of(pair.labels).shape:
+                raise Refused(f"'{pair.labels.name}' is {_size(labels_of(pair.labels).shape)} but its image "
                               f"'{pair.image.name}' is {_size(image_shape)}; choose the image it corrects.")
         shapes = self.regions_combo.currentData()
         regions = None
         if shapes is not None:
-            regions = [regions_over(shapes, pair.image, pair.labels.data.shape[-2:]) for pair in pairs]
+            regions = [regions_over(shapes, pair.image, labels_of(pair.labels).shape[-2:]) for pair in pairs]
             pairs = [pair for pair, boxes in zip(pairs, regions) if boxes]
             regions = [boxes for boxes in regions if boxes]
             if not pairs:
@@ -396,7 +397,7 @@ class FineTunePanel(QCollapsible):
             raise Refused(f"There is a model called '{name}' already; choose another name.")
         # Copies: the layers stay the user's to edit while the worker trains.
         return {"images": [np.array(pair.image_data()) for pair in pairs],
-                "labels": [np.asarray(pair.labels.data).copy() for pair in pairs],
+                "labels": [np.asarray(labels_of(pair.labels)).copy() for pair in pairs],
                 "base": base, "name": name, "minutes": self.minutes_spin.value(), "regions": regions,
                 "overwrite": overwrite, "image": pairs[0].image}
 

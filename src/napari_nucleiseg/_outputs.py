@@ -43,6 +43,8 @@ COUNT_IN_WORKER_PIXELS = 1 << 24
 #: A result segmented block by block is shown this long after it is added (hidden): a timer, not a call
 #: posted with no delay, so that the event loop serves input and timers between the two steps.
 SHOW_LAZY_AFTER_MS = 10
+#: Layer metadata: the axis of the image's channels that a result layer keeps, of length 1 (see kept_axis).
+KEPT_CHANNEL_AXIS = "kept_channel_axis"
 
 
 def checksum(labels: np.ndarray) -> int:
@@ -60,27 +62,71 @@ def unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
-def placement(image: Image, channel: tuple[int, int] | None = None) -> dict[str, Any]:
+def placement(image: Image, channel: tuple[int, int] | None = None, *, kept: bool = False) -> dict[str, Any]:
     """Where ``image`` lies in the world (pixel size and its unit, offset, rotation, shear, affine):
     results lie on it. Results of one ``channel`` (``(axis, index)``) lie on the other axes (rotation,
-    shear and affine of such an image are not carried over)."""
+    shear and affine of such an image are not carried over), or with ``kept`` (a result that keeps
+    the channel axis, :func:`kept_axis`), on all of them, at that channel's place on its axis."""
     if channel is None:
         return {"scale": image.scale, "translate": image.translate, "rotate": image.rotate, "shear": image.shear,
                 "affine": image.affine, "units": image.units}
+    if kept and kept_axis(channel) is not None:
+        translate = list(image.translate)
+        translate[channel[0]] += channel[1] * image.scale[channel[0]]
+        return {"scale": image.scale, "translate": translate, "units": image.units}
     keep = [axis for axis in range(image.ndim) if axis != channel[0]]
     return {"scale": [image.scale[axis] for axis in keep], "translate": [image.translate[axis] for axis in keep],
             "units": [image.units[axis] for axis in keep]}
+
+
+def kept_axis(channel: tuple[int, int] | None) -> int | None:
+    """The axis of an image's ``channel`` (``(axis, index)``) that the result layer keeps, of length 1; None
+    when it keeps none. napari lines a layer up with the viewer's last axes: without the channel axis, the
+    labels ``(Z, Y, X)`` of a ``(Z, C, Y, X)`` image would lie on its C, Y and X, and those of a
+    ``(Y, X, C)`` one on X and C. A first axis of channels may go (``(C, Z, Y, X)``: Z, Y, X stay in place)."""
+    return channel[0] if channel is not None and channel[0] > 0 else None
+
+
+def shown(labels: np.ndarray, channel: tuple[int, int] | None) -> np.ndarray:
+    """What a result layer of ``labels`` (of the image's ``channel``) holds: ``labels``, or a view of them with
+    the channel axis (:func:`kept_axis`). Painting on the layer paints ``labels``."""
+    axis = kept_axis(channel)
+    return labels if axis is None else np.expand_dims(labels, axis)
+
+
+def labels_of(layer: Any) -> Any:
+    """The labels a result layer holds, without the channel axis it may keep (a view): what was segmented,
+    counted and measured. Any other Labels layer's data as it is."""
+    axis = layer.metadata.get(KEPT_CHANNEL_AXIS)
+    return layer.data if axis is None or layer.multiscale else np.squeeze(layer.data, axis)
+
+
+def labels_axis_labels(viewer: Any, layer: Any) -> tuple[str, ...]:
+    """:func:`~._controls.layer_axis_labels` of the axes of :func:`labels_of` ``layer``."""
+    labels = layer_axis_labels(viewer, layer)
+    axis = None if layer is None else layer.metadata.get(KEPT_CHANNEL_AXIS)
+    return labels if axis is None else labels[:axis] + labels[axis + 1 :]
+
+
+def layer_position(layer: Any, position: list[float]) -> list[float]:
+    """A point of :func:`labels_of` ``layer`` as a point of the layer's data (on its channel, if it keeps one)."""
+    axis = layer.metadata.get(KEPT_CHANNEL_AXIS)
+    return position if axis is None else [*position[:axis], 0.0, *position[axis:]]
 
 
 def pixel_size(layer: Any, volume_axis: int | None = None) -> PixelSize | None:
     """The layer's pixel size in y and x with their unit, unless they are plain pixels (or differ in unit);
     with ``volume_axis`` (3-D nuclei), the spacing of its planes too, when it is in that unit."""
     units = [f"{unit:~}" for unit in getattr(layer, "units", ())]
+    kept = getattr(layer, "metadata", {}).get(KEPT_CHANNEL_AXIS)
+    if kept is not None and kept < len(units):
+        units = units[:kept] + units[kept + 1 :]
     if len(units) < 2 or units[-2] != units[-1] or units[-1] in ("px", "pixel"):
         return None
     unit = units[-1].replace("µ", "u").replace(" ", "")
     scale, translate = layer.scale[-2:], layer.translate[-2:]
-    z = None if volume_axis is None or units[volume_axis] != units[-1] else float(layer.scale[volume_axis])
+    scales = list(layer.scale) if kept is None else [*layer.scale[:kept], *layer.scale[kept + 1 :]]
+    z = None if volume_axis is None or units[volume_axis] != units[-1] else float(scales[volume_axis])
     return PixelSize(float(scale[0]), float(scale[1]), unit, (float(translate[0]), float(translate[1])), z)
 
 
@@ -88,7 +134,7 @@ def volume_axis(layer: Any) -> int | None:
     """The leading axis along which the planes of the result ``layer`` were linked into 3-D nuclei (None:
     they were not), as the widget recorded it in the layer's metadata."""
     axis = layer.metadata.get("link_axis")
-    return axis if isinstance(axis, int) and 0 <= axis < layer.ndim - 2 else None
+    return axis if isinstance(axis, int) and 0 <= axis < np.ndim(labels_of(layer)) - 2 else None
 
 
 def plane_columns(axis_labels: tuple[str, ...], taken: set[str]) -> dict[str, str]:
@@ -125,7 +171,7 @@ class OutputLayer:
 
     def edited(self) -> bool:
         """Whether the layer holds other labels than the widget last wrote there (a hand edit)."""
-        return checksum(self.layer.data) != self.written
+        return checksum(labels_of(self.layer)) != self.written
 
     def table_source(self) -> tuple[Any, bool, PixelSize | None, int | None]:
         """The image that mean intensities come from (None if it was swapped for one of another shape),
@@ -133,20 +179,21 @@ class OutputLayer:
         were linked along into 3-D nuclei (None: one row per nucleus of a plane)."""
         source = self.image
         data = source.data if self.channel is None else take_channel(source.data, *self.channel)
-        same_shape = np.shape(data)[: self.layer.ndim] == self.layer.data.shape
+        labels = labels_of(self.layer)
+        same_shape = np.shape(data)[: labels.ndim] == labels.shape
         linked = volume_axis(self.layer)
         return (data if same_shape else None), source.rgb, pixel_size(self.layer, linked), linked
 
     def measure_now(self) -> None:
         """Measure the table here and now, unless it is up to date."""
-        current = checksum(self.layer.data)
+        current = checksum(labels_of(self.layer))
         if self.measured != current:
-            self.layer.features = nuclei_table(np.asarray(self.layer.data), *self.table_source())
+            self.layer.features = nuclei_table(np.asarray(labels_of(self.layer)), *self.table_source())
             self.measured = current
 
     def measure_in_worker(self, on_finished: Callable[[], None]) -> None:
         """Measure the table in a worker, on a snapshot (the user may paint on meanwhile)."""
-        labels = np.array(self.layer.data)
+        labels = np.array(labels_of(self.layer))
         worker = thread_worker(nuclei_table, start_thread=False)(labels, *self.table_source())
         worker.returned.connect(partial(self._set_table, checksum(labels)))
         worker.finished.connect(on_finished)
@@ -154,7 +201,7 @@ class OutputLayer:
 
     def _set_table(self, measured: int, table) -> None:
         """Take the table measured on labels of checksum ``measured``, unless they changed since."""
-        if checksum(self.layer.data) == measured:
+        if checksum(labels_of(self.layer)) == measured:
             self.layer.features = table
             self.measured = measured
 
@@ -221,13 +268,13 @@ class OutputLayers(QObject):
         edited = None
         if layer is not None and self.record(layer).edited():
             edited, layer = layer, self._result_under(layer)
-        if layer is None or layer.data.shape != labels.shape or self.record(layer).channel != channel:
+        if layer is None or labels_of(layer).shape != labels.shape or self.record(layer).channel != channel:
             layer = self._add_layer(image, labels, channel, model)  # (another channel: a result of its own)
             if edited is not None:
                 self._put_under(layer, edited)
         else:
             with self.self_writing():
-                layer.data = labels
+                layer.data = shown(labels, channel)
             self.record(layer).written = checksum(labels)
         self._by_image[key] = layer
         layer.metadata.update(metadata or {}, model=model)
@@ -274,7 +321,8 @@ class OutputLayers(QObject):
                    model: str = "") -> Labels:
         name = self._new_name(image, channel, model)
         with self.self_writing():
-            layer = self.viewer.add_labels(labels, name=name, **placement(image, channel))
+            layer = self.viewer.add_labels(shown(labels, channel), name=name, **placement(image, channel, kept=True),
+                                           metadata={} if kept_axis(channel) is None else {KEPT_CHANNEL_AXIS: kept_axis(channel)})
         self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels), channel=channel)
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)
@@ -311,6 +359,7 @@ class OutputLayers(QObject):
         """Show the nucleus probability of ``image`` (of its ``channel``, if one was segmented), in the
         layer that shows it already if there is one of that shape."""
         layer = self._probability_layers.get(image.unique_id)
+        nucleus = shown(nucleus, channel)
         if layer is not None and self._in_viewer(layer) and layer.data.shape == np.shape(nucleus):
             layer.data = nucleus
             return
@@ -318,7 +367,7 @@ class OutputLayers(QObject):
             self._probability_layers[image.unique_id] = self.viewer.add_image(
                 nucleus, name=f"{image.name} nucleus probability", colormap="magma", blending="additive",
                 opacity=0.6, contrast_limits=(0, 1), metadata={PROBABILITY_MAP_KEY: image.name},
-                **placement(image, channel),
+                **placement(image, channel, kept=True),
             )
 
     def removed(self, layer: Any) -> None:
@@ -366,7 +415,7 @@ class OutputLayers(QObject):
         while self._redrawn:
             _, layer = self._redrawn.popitem()
             record = self.record(layer)
-            if record is not None and checksum(layer.data) != record.counted:
+            if record is not None and checksum(labels_of(layer)) != record.counted:
                 self.mark_changed(record.layer)
 
     def _recount_edited(self) -> None:
@@ -385,7 +434,7 @@ class OutputLayers(QObject):
         if count is None and layer.data.size > self.count_in_worker_pixels:
             self._count_in_worker(layer)
         else:
-            record.counted = checksum(layer.data) if fingerprint is None else fingerprint
+            record.counted = checksum(labels_of(layer)) if fingerprint is None else fingerprint
             self.show(layer, count)
         self._stale[layer.unique_id] = layer
         self._table_timer.start()
@@ -397,10 +446,10 @@ class OutputLayers(QObject):
             if layer.data.size > self.count_in_worker_pixels:
                 self._count_in_worker(layer)
                 return
-            count = count_labels(layer.data)
+            count = count_labels(labels_of(layer))
         self.shown = layer
         text = _nuclei_in(count, layer)
-        planes = int(np.prod(layer.data.shape[:-2]))
+        planes = int(np.prod(labels_of(layer).shape[:-2]))
         linked = volume_axis(layer)
         if linked is not None:
             text += self._in_3d(layer, linked, sections)
@@ -415,16 +464,17 @@ class OutputLayers(QObject):
     def _in_3d(self, layer: Labels, linked: int, sections: int | None) -> str:
         """What the count line adds for 3-D nuclei linked along the axis ``linked``: how many sections
         over how many planes, and over how many stacks (time points) the count is summed."""
-        if sections is None and layer.data.size <= self.count_in_worker_pixels:
-            sections = count_sections(layer.data, linked)
-        planes = layer.data.shape[linked]
+        labels = labels_of(layer)
+        if sections is None and labels.size <= self.count_in_worker_pixels:
+            sections = count_sections(labels, linked)
+        planes = labels.shape[linked]
         text = ", counted in 3-D" + (f" ({sections} sections over its {planes} planes)" if sections is not None
                                      else f" through its {planes} planes")
-        others = [axis for axis in range(layer.ndim - 2) if axis != linked]
-        stacks = int(np.prod([layer.data.shape[axis] for axis in others]))
+        others = [axis for axis in range(labels.ndim - 2) if axis != linked]
+        stacks = int(np.prod([labels.shape[axis] for axis in others]))
         if stacks > 1:
-            labels = [layer_axis_labels(self.viewer, layer)[axis].strip().lower() for axis in others]
-            text += f", summed over its {stacks} {'time points' if set(labels) <= TIME_LABELS else 'stacks'}"
+            names = [labels_axis_labels(self.viewer, layer)[axis].strip().lower() for axis in others]
+            text += f", summed over its {stacks} {'time points' if set(names) <= TIME_LABELS else 'stacks'}"
         return text
 
     def _count_in_worker(self, layer: Labels) -> None:
@@ -433,7 +483,7 @@ class OutputLayers(QObject):
         self._count_requests += 1
         # The live array, not a copy (a copy takes as long as the count): if the brush moves on
         # meanwhile, that stroke asks for a newer count, and only the newest is shown.
-        worker = thread_worker(_count_with_sections, start_thread=False)(layer.data, volume_axis(layer))
+        worker = thread_worker(_count_with_sections, start_thread=False)(labels_of(layer), volume_axis(layer))
         worker.returned.connect(partial(self._on_counted, layer, self._count_requests))
         worker.start()
 
@@ -487,7 +537,7 @@ def export_csv(outputs: OutputLayers, path: Path, layer: Labels | None) -> tuple
         return "warning", "Segment an image first; there is no table to export."
     table = outputs.table_now(layer)
     exported = table.drop(columns="index", errors="ignore")
-    exported = exported.rename(columns=plane_columns(layer_axis_labels(outputs.viewer, layer), set(exported.columns)))
+    exported = exported.rename(columns=plane_columns(labels_axis_labels(outputs.viewer, layer), set(exported.columns)))
     if "exclude_border" in layer.metadata:
         exported = exported.assign(exclude_border=bool(layer.metadata["exclude_border"]))
     try:

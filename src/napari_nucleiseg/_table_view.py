@@ -203,10 +203,12 @@ class NucleiTable(QTableView):
             return
         values = self.row_values(index.row())
         layer.selected_label = int(values["label"])
-        position = _data_position(values, layer.ndim)
+        from ._outputs import labels_of, layer_position
+
+        position = _data_position(values, np.ndim(labels_of(layer)))
         if position is None:
             return
-        world = np.asarray(layer.data_to_world(position), dtype=float)
+        world = np.asarray(layer.data_to_world(layer_position(layer, position)), dtype=float)
         offset = self.viewer.dims.ndim - len(world)  # the viewer may have axes the layer has not
         point = list(self.viewer.dims.point)
         point[offset:] = world

@@ -24,7 +24,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtCore import QObject
 
-from ._controls import CountLabel, PostprocessControls, layer_axis_labels
+from ._controls import CountLabel, PostprocessControls, image_metadata, layer_axis_labels
 from ._outputs import OutputLayers
 from ._rethreshold import Cache, Rethresholder
 from .settings import PostprocessSettings
@@ -68,7 +68,7 @@ def volume_axis_of(viewer: Any, image: Image | None, channel: tuple[int, int] | 
     one is chosen): the leading axis of its labels that may be linked, and whether it is named Z."""
     if image is None or image.multiscale:
         return None, False
-    return find_volume_axis(image.data.shape, image.rgb, layer_axis_labels(viewer, image), image.metadata,
+    return find_volume_axis(image.data.shape, image.rgb, layer_axis_labels(viewer, image), image_metadata(image),
                             None if channel is None else channel[0])
 
 

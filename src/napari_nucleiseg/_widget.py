@@ -45,9 +45,8 @@ from qtpy.QtWidgets import (
 from ._finetune_panel import FineTunePanel
 from ._large_layer import LargeFinished, layer_for, store_path
 from ._model_menu import UserModelMenu
-from ._controls import (ChannelPicker, CountLabel, DiameterControl, ImagePicker, ModelPicker, PostprocessControls,
-                        layer_axis_labels)
-from ._outputs import OutputLayers, export_csv, placement, plane_columns
+from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
+from ._outputs import OutputLayers, export_csv, labels_axis_labels, placement, plane_columns
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
 from ._table_view import NucleiTable
@@ -128,7 +127,7 @@ class NucleiSegWidget(QWidget):
                     "times the network's time. Takes effect at the next Segment.")
         self.count_label = CountLabel("No segmentation yet")
         self.table_view = NucleiTable(self.viewer)
-        self.table_view.headers = lambda layer: plane_columns(layer_axis_labels(self.viewer, layer),
+        self.table_view.headers = lambda layer: plane_columns(labels_axis_labels(self.viewer, layer),
                                                               set(layer.features.columns))
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
         self.model_menu, self.finetune_panel = _fine_tuning_controls(self)

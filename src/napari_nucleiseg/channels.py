@@ -11,6 +11,8 @@ file's own axes, and keeps an axis the file does not name as planes.)
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +65,38 @@ def find_channel_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str
         if not labels or labels[0] not in PLANE_LABELS:
             return ChannelAxis(0, shape[0], named=False)
     return None
+
+
+def with_file_axes(metadata: dict[str, Any] | None, path: Any, shape: Sequence[int]) -> dict[str, Any]:
+    """A layer's ``metadata``, with the ``axes`` of the TIFF file at ``path`` that it was read from
+    (ImageJ or OME metadata: ``"ZCYX"``) when it names none and the file's shape is the layer's.
+    napari's own reader hands a hyperstack over as a bare array: without its axes, the channels of a
+    ``(Z, C, Y, X)`` stack were segmented as planes."""
+    metadata = dict(metadata or {})
+    if "axes" in metadata or not path or not str(path).lower().endswith((".tif", ".tiff")):
+        return metadata
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return metadata
+    axes, file_shape = _tiff_axes(str(path), stat.st_mtime_ns, stat.st_size)
+    if axes and tuple(file_shape) == tuple(int(side) for side in shape):
+        metadata["axes"] = axes
+    return metadata
+
+
+@functools.lru_cache(maxsize=64)
+def _tiff_axes(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[int, ...]]:
+    """The axes and shape of the first series of the TIFF at ``path`` (its header only), ``("", ())`` when
+    it cannot be read; ``mtime_ns`` and ``size`` make a changed file read again."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            return str(series.axes).upper(), tuple(int(side) for side in series.shape)
+    except Exception:  # noqa: BLE001 - any file napari read but tifffile cannot: no axes, as before
+        return "", ()
 
 
 def channels_last(shape: Sequence[int]) -> bool:
