@@ -4,6 +4,7 @@ setting or input redone, a failed image skipped, a killed worker's image retried
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -167,6 +168,29 @@ def test_a_changed_input_file_or_setting_is_redone_and_nothing_else(tmp_path, ti
     assert not set(label_files(out).items()) & set(after.items())
     status, stdout, _ = run(capsys, *command, "--threshold", 0.6)
     assert status == 0 and stdout.startswith("Nothing left to segment: all 5 images were done before")
+
+
+def test_files_a_stopped_run_wrote_but_did_not_record_are_replaced_not_kept_aside(tmp_path, tiny_weights, capsys):
+    """A run killed between writing an image's labels and recording them (as the test above can be):
+    resumed, it set those labels aside as if they were the user's, and said so."""
+    from napari_nucleiseg._manifest import Manifest
+
+    folder = write_images(tmp_path / "images", 3)
+    out = tmp_path / "out"
+    command = (folder, "--out", out, "--weights", tiny_weights["unet"], "--resume")
+    assert run(capsys, *command)[0] == 0
+    records = out / ".nucleiseg" / "done"
+    stopped = json.loads((records / "image01_labels.json").read_text())
+    manifest = Manifest(out, stopped["settings"])
+    manifest.begin(out / "image01_labels.tif")  # the stopped run's note, written before its files
+    (records / "image01_labels.json").unlink()  # and it was killed before its record
+    status, stdout, stderr = run(capsys, *command)
+    assert status == 0 and "Segmented 1 of the 1 images left" in stdout and stderr == ""
+    assert not list(out.glob("replaced-*")) and not list((out / ".nucleiseg" / "writing").iterdir())
+
+    (records / "image02_labels.json").unlink()  # no note: files of unknown origin, kept aside
+    status, _, stderr = run(capsys, *command)
+    assert status == 0 and "kept in" in stderr and len(list(out.glob("replaced-*"))) == 1
 
 
 @pytest.fixture(scope="module")

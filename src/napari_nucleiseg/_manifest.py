@@ -12,6 +12,10 @@ file of a run). A record holds:
 
 An image is done when its record is there, its input is the same file (the same path; the same size and
 modification time, or else the same SHA-256) read with the same settings, and its output files are in place.
+
+Just before its files are written, an image gets a note, ``<out>/.nucleiseg/writing/<stem>_labels.json``
+(the settings), which its record replaces: a run killed between the two left files that are its own, not
+a hand-corrected result to keep (:meth:`Manifest.written_before_a_stop`).
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class Manifest:
 
     def __init__(self, out: Path, settings: dict[str, Any]):
         self.folder = Path(out) / MANIFEST_FOLDER / "done"
+        self.writing = Path(out) / MANIFEST_FOLDER / "writing"
         # Recorded as JSON and read back: compared as the records hold them (a tuple becomes a list).
         self.settings = json.loads(json.dumps(settings))
 
@@ -86,6 +91,26 @@ class Manifest:
         text = json.dumps(record)  # before any file is touched: a value JSON cannot hold fails here
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path(labels_path), lambda partial: partial.write_text(text))
+        with contextlib.suppress(FileNotFoundError):
+            self._note(labels_path).unlink()
+
+    def begin(self, labels_path: Path) -> None:
+        """Note that this run is about to write the files of the image of ``labels_path`` (see the module)."""
+        self.writing.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"version": RECORD_VERSION, "settings": self.settings})
+        write_atomically(self._note(labels_path), lambda partial: partial.write_text(text))
+
+    def written_before_a_stop(self, labels_path: Path) -> bool:
+        """Whether the files of the image of ``labels_path`` were written by a run with these settings that
+        was stopped before it recorded them: files of this tool's own, to replace, not to keep."""
+        try:
+            note = json.loads(self._note(labels_path).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(note, dict) and note.get("version") == RECORD_VERSION and note.get("settings") == self.settings
+
+    def _note(self, labels_path: Path) -> Path:
+        return self.writing / f"{Path(labels_path).stem}.json"
 
     def finished(self, source: Path, outputs: list[Path]) -> tuple[dict, pd.DataFrame] | None:
         """The row and nuclei of the image read from ``source`` if it is done (``outputs``: the files it must

@@ -303,6 +303,7 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
 
     remove_partial_files(args.out)  # of a run killed outright (SIGKILL) while it wrote
     remove_partial_files(args.out / MANIFEST_FOLDER / "done")
+    remove_partial_files(args.out / MANIFEST_FOLDER / "writing")
     manifest = _manifest(model, args) if args.resume or on_cluster(args) else None
     order = {job: index for index, job in enumerate(jobs)}
     done = _finished_before(jobs, manifest) if args.resume else {}
@@ -311,8 +312,10 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
         refuse_existing(jobs, args.out)  # again: a run that ended since the first check may have written them
     for job in todo if manifest is not None else ():
         manifest.forget(job.labels_path)  # first: a record never describes the files that replace its image's
-    # --overwrite replaces everything; --resume the outputs of the images it segments again, and the tables
-    replaced = planned_outputs(jobs if args.overwrite else todo, args.out) if args.overwrite or args.resume else []
+    # --overwrite replaces everything; --resume the outputs of the images it segments again, and the tables,
+    # keeping them aside, except those a stopped run wrote and did not get to record: its own
+    kept = todo if manifest is None else [job for job in todo if not manifest.written_before_a_stop(job.labels_path)]
+    replaced = planned_outputs(jobs if args.overwrite else kept, args.out) if args.overwrite or args.resume else []
     try:
         aside = set_aside(replaced, args.out)
     except SetAsideError as error:
@@ -329,6 +332,8 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
                     _report(f"nucleiseg: skipped {job.source}: {outcome}")
                     continue
                 try:
+                    if manifest is not None:
+                        _begin(manifest, job)
                     row, table = outcome.write()
                 except UnwritableName as problem:
                     _report(f"nucleiseg: skipped {job.source}: {problem}.")
@@ -388,6 +393,14 @@ def _finished_before(jobs: list[Job], manifest: Any) -> dict[Job, tuple[dict, An
         if finished is not None:
             done[job] = finished
     return done
+
+
+def _begin(manifest: Any, job: Job) -> None:
+    """Note that the files of ``job`` are about to be written (:class:`~._manifest.Manifest`)."""
+    try:
+        manifest.begin(job.labels_path)
+    except OSError as error:
+        raise CommandError(f"cannot write {manifest.writing}: {error.strerror or error}.") from None
 
 
 def _record(manifest: Any, outcome: Finished, row: dict, table: Any) -> None:
