@@ -1609,6 +1609,29 @@ def test_the_settings_act_on_the_selected_result_and_show_how_it_was_made(
     assert widget.threshold_slider.value() == 0.5 and notifications.messages["error"] == []
 
 
+def test_choosing_another_model_shows_its_settings_for_the_next_run_and_leaves_the_result_alone(
+    viewer_and_widget, fake_network, notifications, qtbot
+):
+    """QA: choosing UNet after an HRNet run (no Segment) showed UNet's min size of 100 px while the line
+    still said the settings applied to the HRNet result; a nudge of the slider then re-labelled that result
+    with UNet's min size: 108 nuclei became 73, without a word."""
+    viewer, widget = viewer_and_widget
+    widget.threshold_slider.setValue(0.3)
+    four = segment_new_image(qtbot, viewer, widget, blobs(), "four")
+    made_with = widget.postprocess_controls.values()
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("hrnet"))  # the bundled HRNet, not yet run
+    assert widget.target_label.text() == "Settings apply to the next result"
+    widget.threshold_slider.setValue(0.9)
+    assert four.data.max() == 4 and shown_count(widget) == 4  # left as it was made
+
+    viewer.layers.selection.active = viewer.layers["four"]
+    viewer.layers.selection.active = four  # selected again: the target, with the settings it was made with
+    assert widget.target_label.text() == "Settings apply to: 'four nuclei'"
+    assert widget.postprocess_controls.values() == made_with
+    widget.threshold_slider.setValue(0.7)
+    assert four.data.max() == 2 and notifications.messages["error"] == []
+
+
 def test_results_keep_their_probabilities_within_a_budget_and_a_freed_one_says_it_needs_a_rerun(
     viewer_and_widget, fake_network, qtbot
 ):

@@ -107,6 +107,7 @@ class ModelPicker(NameComboBox):
                 self._add_file(path, read_metadata(path))
         self.setCurrentIndex(BUNDLED_MODELS.index(DEFAULT_MODEL))
         self._chosen: list[str] = []  # the models chosen, the latest last: to go back to when one is refused
+        self._renamed: dict[str, Path] = {}  # the user's models renamed here: old path -> new path
         self._on_changed(self.currentIndex())
         self.currentIndexChanged.connect(self._on_changed)
         self.activated.connect(self._on_activated)
@@ -171,7 +172,16 @@ class ModelPicker(NameComboBox):
         self.removeItem(index)
         with suppress(ValueError):
             self._chosen.remove(str(old))
+        self._renamed[str(old)] = new
         self.set_weights_file(new)
+
+    def now_called(self, path: Path) -> Path:
+        """Where the user's model once at ``path`` is now, after the renames made here (``path`` if none)."""
+        seen = set()
+        while str(path) in self._renamed and str(path) not in seen:
+            seen.add(str(path))
+            path = self._renamed[str(path)]
+        return path
 
     def forget(self, path: Path) -> None:
         """Take a deleted user's model out of the list, and choose the last model chosen before it."""

@@ -160,6 +160,15 @@ class SettingsTarget(QObject):
         self._use(result)
         self._show_line()
 
+    def release(self) -> None:
+        """Act on no result from now on: the controls set the next run's settings (see the widget's
+        model choice); selecting a result layer makes it the target again."""
+        self.layer = None
+        self._changed_freed = False
+        self.rethresholder.switch_to(None)
+        self.controls.show_volumes(None, None, False)
+        self._show_line()
+
     def controls_changed(self) -> None:
         """The user changed a setting: re-label the target, or say why it cannot be."""
         target = self.result(self.layer)

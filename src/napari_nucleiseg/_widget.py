@@ -51,6 +51,7 @@ from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
 from ._table_view import NucleiTable
 from ._target import SettingsTarget, TargetLabel
+from .errors import WeightsError
 from .scale import resize_shortfall
 from .settings import PostprocessSettings
 
@@ -181,10 +182,23 @@ class NucleiSegWidget(QWidget):
 
     def _on_model_changed(self, index: int | None = None) -> None:
         """The chosen model's calibrated settings show at once (the next run starts from them; the result
-        shown is not re-thresholded). The diameter controls are for models that record a diameter."""
+        shown is not re-thresholded). They are not the settings of a result of another model: the controls
+        then let go of it, so that a nudge of the slider does not re-label it with them (its min size of
+        100 px took 108 HRNet nuclei down to 73). The diameter controls are for models that record a diameter."""
         metadata = self.model_combo.metadata()
+        cache = self.rethresholder.cache
+        if cache is not None and cache.model_key[0] != self._chosen_weights():
+            self.target.release()
+            self.target.offer(self.image_layer, self.channel_combo.channel)
         self.diameter_control.for_model(metadata.get("diameter"), self.rethresholder.cache is None)
         self.postprocess_controls.show(PostprocessSettings.from_metadata(metadata))
+
+    def _chosen_weights(self) -> str | None:
+        """The path of the weights file chosen under Model (None if it cannot be found)."""
+        try:
+            return str(self.model_combo.weights_path())
+        except WeightsError:
+            return None
 
     def reset_settings(self) -> None:
         """The model's calibrated settings (its min size at the scale of the result shown), applied."""
