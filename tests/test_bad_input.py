@@ -301,6 +301,8 @@ BAD_WEIGHTS = [
                                              tiny_metadata("unet") | {"kwargs": {"base_channels": -4}}),
                  "architecture argument base_channels -4 is not a whole number from 1 to 256",
                  id="impossible-architecture-arguments"),
+    pytest.param(lambda folder: _raw_safetensors(folder, "torch.safetensors", {"__metadata__": {"format": "pt"}}),
+                 "not a napari-nucleiseg weights file (it has no napari-nucleiseg metadata", id="another-tools-weights"),
     # issue 18, item 13: hostile files, each refused before anything is built
     pytest.param(lambda folder: _nested_header(folder / "nested.safetensors"), "not a napari-nucleiseg weights file",
                  id="nested-json-200000-levels"),

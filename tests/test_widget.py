@@ -1017,6 +1017,7 @@ def test_an_axis_the_viewer_names_as_channels_starts_at_channel_0_and_z_stays_pl
     assert widget.channel_combo.currentText() == "channel 0" and shown_count(widget) == 3
 
     viewer.dims.axis_labels = ("z", "y", "x")
+    assert widget.channel_combo.isHidden()  # before Segment
     click_segment(qtbot, widget)
     assert widget.channel_combo.isHidden() and shown_count(widget) == 5
     assert labels_layers(viewer)[-1].data.shape == image.data.shape
@@ -1086,6 +1087,19 @@ def test_a_hyperstack_tiff_opened_by_napari_is_segmented_in_a_channel_as_its_fil
     (nuclei,) = labels_layers(viewer)
     assert nuclei.data.shape == (3, 1, 64, 200) and widget.count_label.text().startswith(
         "3 nuclei in 'hyperstack channel 0 nuclei', counted in 3-D")
+
+
+def test_a_z_axis_named_after_the_image_was_opened_ticks_the_3d_box_before_segment(
+    viewer_and_widget, fake_network, qtbot
+):
+    """QA: the box stayed unticked until Segment, which then linked the planes all the same."""
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.stack([blobs()] * 3), name="stack")
+    assert not widget.volumes_check.isHidden() and not widget.volumes_check.isChecked()  # an unnamed axis: off
+    viewer.dims.axis_labels = ("z", "y", "x")
+    assert not widget.volumes_check.isHidden() and widget.volumes_check.isChecked()
+    click_segment(qtbot, widget)
+    assert "counted in 3-D" in widget.count_label.text() and widget.volumes_check.isChecked()
 
 
 # ---- re-thresholding in a worker: the window never freezes, the newest settings win ------------

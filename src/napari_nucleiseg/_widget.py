@@ -80,6 +80,8 @@ class NucleiSegWidget(QWidget):
         self.postprocess_controls.changed.connect(self.target.controls_changed)
         self.channel_combo.currentIndexChanged.connect(self._on_image_changed)  # the 3-D box follows the channel
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        # Axis labels named after the image was opened (z, c): the Channel picker and the 3-D box follow
+        self.viewer.dims.events.axis_labels.connect(self._on_image_changed)
         # Closing the widget mid-run stops the workers (not via self: it is going).
         self.destroyed.connect(partial(_stop_workers, self.run.cancel_event, self.rethresholder.jobs))
         self._on_model_changed()

@@ -171,7 +171,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         )
     raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if raw is None:
-        raise WeightsError(f"{path.name}: a safetensors file, but not a napari-nucleiseg weights file (no metadata).")
+        raise WeightsError(f"{path.name}: a safetensors file, but not a napari-nucleiseg weights file (it has no "
+                           "napari-nucleiseg metadata: another tool's weights?).")
     try:
         metadata = json.loads(raw)
     except (TypeError, json.JSONDecodeError, RecursionError):
