@@ -34,6 +34,12 @@ PERCENTILE_SAMPLE_PIXELS = 1_000_000
 #: would otherwise overflow to inf, or vanish to 0, in float32, and every pixel would become NaN.
 FLOAT32_SAFE_MAGNITUDE = (1e-30, 1e30)
 
+#: An RGB image whose colour is the same everywhere (each channel a fixed share of the dominant one: DAPI
+#: saved in blue, a marker in green or with a cyan LUT, as Fiji and Zen export a channel) is one channel
+#: shown in colour: the network sees it as gray (its brightest channel, :func:`pseudo_colour`). The
+#: channels may stray this much (root mean square, relative to the dominant channel) from fixed shares.
+PSEUDO_COLOUR_SPREAD = 0.05
+
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
     """Return a ``(H, W, 3)`` view or copy of a 2-D gray, RGB or RGBA ``image``.
@@ -111,12 +117,16 @@ class Normalization:
     scale: float = 0.0  # 0: every pixel becomes 0 (an empty or constant image)
     divisor: float | None = None  # float images far outside float32's range are divided by it first
     log_gain: float = 0.0  # > 0: logarithmic compression after the percentiles (DEFAULT_LOG_GAIN)
+    gray: bool = False  # one channel shown in colour (:func:`pseudo_colour`): its brightest channel, as gray
 
     @classmethod
     def of(cls, rgb: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
            log_gain: float = 0.0) -> Normalization:
         """The normalisation of the ``(H, W, 3)`` image ``rgb`` (see :func:`as_rgb`)."""
         sample = _percentile_sample(rgb)
+        gray = pseudo_colour(sample)
+        if gray:
+            sample = sample.max(axis=-1)
         finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
         if finite.size == 0:
             return cls(log_gain=log_gain)
@@ -129,10 +139,12 @@ class Normalization:
         scale = float(high - low)
         if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero
             scale = float(finite.max() - low)
-        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain))
+        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain), gray)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``(h, w, 3)`` float32 network input of ``rgb``, the whole image or a part of it."""
+        if self.gray:
+            rgb = np.broadcast_to(np.asarray(rgb).max(axis=-1)[..., None], np.shape(rgb))
         if self.divisor is not None:
             with np.errstate(over="ignore", under="ignore"):  # pixels beyond the sample's peak: +/-inf, handled below
                 rgb = rgb / self.divisor
@@ -154,6 +166,25 @@ class Normalization:
             out *= sign
             out /= np.float32(np.log1p(self.log_gain))
         return out
+
+
+def pseudo_colour(rgb: np.ndarray) -> bool:
+    """Whether the ``(H, W, 3)`` image ``rgb`` (or a sample of it) is one channel shown in a strong colour:
+    each channel a fixed share of its brightest (dominant) channel over every pixel, to within
+    :data:`PSEUDO_COLOUR_SPREAD` of it (least squares), and some channel below half of it (blue, green,
+    red; cyan, magenta, yellow). A gray image (a broadcast view, R = G = B) is not, nor a tint (a brownish
+    brightfield), nor a stain (H&E: purple nuclei on a pink and white ground)."""
+    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.strides[-1] == 0:
+        return False
+    pixels = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
+    pixels = pixels[np.isfinite(pixels).all(axis=1)]
+    dominant = pixels[:, int(np.argmax(pixels.sum(axis=0)))] if pixels.size else pixels
+    energy = float(dominant @ dominant) if pixels.size else 0.0
+    if pixels.shape[0] < 100 or energy <= 0:
+        return False
+    shares = pixels.T @ dominant / energy
+    spread = np.sqrt(((pixels - np.outer(dominant, shares)) ** 2).sum(axis=0) / energy)
+    return bool(spread.max() < PSEUDO_COLOUR_SPREAD and shares.min() < 0.5)
 
 
 def _percentile_sample(rgb: np.ndarray) -> np.ndarray:
