@@ -57,6 +57,23 @@ def test_big_nuclei_are_segmented_whole_at_full_resolution_and_measured_in_origi
     assert np.median(result.table["equivalent_diameter"]) == pytest.approx(60, rel=0.1)
 
 
+@pytest.mark.parametrize("field", ["camera", "poisson", "brightfield"])
+def test_an_empty_field_gets_no_estimate_and_no_nuclei(field):
+    """QA: a field of camera noise (an empty well) was estimated to hold nuclei of 1.1 px, enlarged 8x,
+    and 3,327 specks of noise were counted."""
+    from napari_nucleiseg.scale import MIN_CONTRAST, contrast
+
+    rng = np.random.default_rng(2)
+    image = {"camera": lambda: (100 + rng.normal(0, 2, (512, 512))).astype(np.uint16),
+             "poisson": lambda: (rng.poisson(100, (512, 512)) + rng.normal(0, 3, (512, 512))).astype(np.uint16),
+             "brightfield": lambda: (200 + rng.normal(0, 5, (512, 512))).clip(0, 255).astype(np.uint8)}[field]()
+    assert contrast(image) < MIN_CONTRAST
+    result = segment(image, model="hrnet")
+    assert result.count == 0 and result.diameter is None and not result.diameter_estimated
+    nuclei = disks_image(30, 512)[0]  # the same noise, with nuclei: sized as before
+    assert contrast(nuclei) > 3 * MIN_CONTRAST and segment(nuclei, model="hrnet").diameter_estimated
+
+
 def test_a_given_diameter_is_used_and_not_estimated():
     image, _ = disks_image(40, 384, seed=2)
     result = segment(image, model="hrnet", diameter=40)

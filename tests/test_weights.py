@@ -274,6 +274,7 @@ def test_a_bad_size_model_in_a_file_is_refused_naming_it(tmp_path, change):
 def test_a_file_s_size_model_gives_its_estimate(tmp_path):
     """The same network and sweep, two size models that differ only in their correction's
     intercept (log 2): the second file's estimate is twice the first's."""
+    from napari_nucleiseg.preprocess import pseudo_colour
     from napari_nucleiseg.scale import SIZE_FEATURES, estimate_diameter
 
     from test_scale import disks_image
@@ -291,6 +292,7 @@ def test_a_file_s_size_model_gives_its_estimate(tmp_path):
 
 
 def test_a_size_model_for_coloured_images_leaves_a_gray_image_to_the_sweep_s_rule(tmp_path):
+    from napari_nucleiseg.preprocess import pseudo_colour
     from napari_nucleiseg.scale import SIZE_FEATURES, estimate_diameter
 
     from test_scale import disks_image
@@ -303,7 +305,8 @@ def test_a_size_model_for_coloured_images_leaves_a_gray_image_to_the_sweep_s_rul
     sized = load_weights(save_weights(tmp_path / "sized.safetensors", network, metadata | {"size_model": doubling}))
     assert estimate_diameter(image, plain) is not None
     assert estimate_diameter(image, sized) == estimate_diameter(image, plain)
-    coloured = np.stack([image, image // 2, image // 3], axis=-1)  # the same nuclei, tinted: the size model's
+    coloured = np.stack([image, image // 2, 255 - image], axis=-1)  # the same nuclei in colours: the size model's
+    assert not pseudo_colour(coloured)  # (not one channel shown in a colour, which is read as gray)
     assert estimate_diameter(coloured, sized) != estimate_diameter(coloured, plain)
 
 
