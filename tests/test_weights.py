@@ -274,7 +274,6 @@ def test_a_bad_size_model_in_a_file_is_refused_naming_it(tmp_path, change):
 def test_a_file_s_size_model_gives_its_estimate(tmp_path):
     """The same network and sweep, two size models that differ only in their correction's
     intercept (log 2): the second file's estimate is twice the first's."""
-    from napari_nucleiseg.preprocess import pseudo_colour
     from napari_nucleiseg.scale import SIZE_FEATURES, estimate_diameter
 
     from test_scale import disks_image

@@ -224,7 +224,7 @@ def contrast(image: np.ndarray) -> float:
 
     pixels = np.asarray(image)
     height, width = pixels.shape[:2]
-    step = max(1, int(math.ceil(height * width / CONTRAST_SAMPLE_PIXELS)))
+    step = max(1, math.ceil(height * width / CONTRAST_SAMPLE_PIXELS))
     rows = np.asarray(pixels[::step], dtype=np.float64)
     if rows.ndim == 3:
         rows = rows[..., :3].mean(axis=-1)
