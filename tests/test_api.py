@@ -273,8 +273,8 @@ def test_channel_segments_one_channel_alone_never_summed():
         np.testing.assert_array_equal(result.labels, alone.labels)
     with pytest.raises(ImageError, match=r"has 2 channels \(0 to 1\), not a channel 2"):
         segment(np.stack([dapi, marker]), model="hrnet", channel=2)
-    with pytest.raises(ImageError, match="no channel axis"):
-        segment(dapi, model="hrnet", channel=0)
+    with pytest.raises(ImageError, match="The image is gray: it has one channel"):  # (channel 0 is itself)
+        segment(dapi, model="hrnet", channel=1)
 
 
 def test_augment_segments_the_mean_of_four_flips_and_is_recorded(tiny_weights):

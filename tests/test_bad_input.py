@@ -420,6 +420,8 @@ CLI_SKIPPED = [
     pytest.param(_tiff(np.zeros((0, 10), np.uint8)), "not a readable image", id="empty-tiff"),
     pytest.param(_bytes(".png", b""), "not a readable image", id="0-byte-png"),
     pytest.param(_bytes(".tif", b""), "not a readable image", id="0-byte-tiff"),
+    pytest.param(_bytes(".tif", b"II*\x00\x00\x00\x00\x00"), "the TIFF holds no image: was its writing interrupted?",
+                 id="header-only-tiff"),  # what tifffile leaves when imwrite fails half-way
     pytest.param(_encoded(".png", BLOBS, keep=0.5), "the file is truncated", id="truncated-png"),
     pytest.param(_encoded(".tif", BLOBS, keep=0.5), "not a readable image", id="truncated-tiff"),
     pytest.param(_encoded(".tif", BLOBS, keep=0.002), "not a readable image", id="truncated-tiff-header"),
@@ -1156,6 +1158,17 @@ def test_api_an_image_with_channels_names_the_channel_argument(shape):
     count = min(shape)
     assert f"segment(image, channel=N), N from 0 to {count - 1}" in str(error.value)
     assert segment(np.zeros(shape, np.uint8), pixel_model(), channel=1).labels.shape == (40, 50)
+
+
+def test_api_a_one_plane_stack_and_channel_0_of_a_gray_image_are_that_image():
+    """QA: segment() refused both ('has 1 channels (or planes)'; 'no channel axis'), which the command line takes."""
+    image = np.zeros((40, 50), np.uint8)
+    image[10:20, 10:20] = 200
+    plain = segment(image, pixel_model())
+    assert np.array_equal(segment(image[None], pixel_model()).labels, plain.labels)
+    assert np.array_equal(segment(image, pixel_model(), channel=0).labels, plain.labels)
+    with pytest.raises(ImageError, match="The image is gray: it has one channel"):
+        segment(image, pixel_model(), channel=1)
 
 
 def test_api_a_stack_of_many_planes_is_told_to_go_plane_by_plane():

@@ -321,6 +321,28 @@ def test_rgb_intensity_is_the_mean_of_the_colour_channels():
     np.testing.assert_allclose(measure_nuclei(labels, rgba)["mean_intensity"], expected)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_nan_or_inf_pixel_is_left_out_of_a_nucleus_s_mean_intensity():
+    """QA: one saturated (inf) pixel of a float image made its nucleus's mean intensity inf, and numpy
+    warnings ('invalid value encountered in subtract') reached the user."""
+    from napari_nucleiseg import segment
+    from napari_nucleiseg._sample_data import read_sample
+
+    image = read_sample("fluorescence").astype(np.float32)
+    plain = segment(image, model="unet")
+    label = int(plain.labels[tuple(np.argwhere(plain.labels > 0)[0])])
+    (y, x), (v, u) = np.argwhere(plain.labels == label)[:2]
+    image[y, x], image[v, u] = np.inf, np.nan
+    result = segment(image, model="unet")  # (no warning: they are errors here)
+    assert result.count > 0 and np.isfinite(result.table["mean_intensity"]).all()
+    table = measure_nuclei(plain.labels, image).set_index("label")
+    inside = (plain.labels == label) & np.isfinite(image)
+    assert table.loc[label, "mean_intensity"] == pytest.approx(image[inside].mean(), rel=1e-5)
+    alone = np.zeros((3, 3), np.int32)
+    alone[1, 1] = 1
+    assert np.isnan(measure_nuclei(alone, np.full((3, 3), np.nan))["mean_intensity"][0])  # no finite pixel
+
+
 def test_without_an_image_mean_intensity_is_nan():
     labels, _ = rectangles()
     table = measure_nuclei(labels)

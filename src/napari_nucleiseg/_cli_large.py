@@ -30,8 +30,10 @@ def is_large_input(path: Path) -> bool:
         return False
     import tifffile
 
+    from .lazy_io import quiet_tifffile
+
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, shape = series.axes.upper(), series.shape
     except Exception:  # not readable as TIFF: the ordinary reader says why, in one line

@@ -203,6 +203,8 @@ def segment(
     nuclei_model = load_model(model)
     if isinstance(image, (str, bytes, os.PathLike)) or image is None:
         as_rgb(image)  # raises the one sentence: a path, or nothing, is no image
+    if np.ndim(image) == 3 and np.shape(image)[0] == 1 and np.shape(image)[-1] not in (3, 4):
+        image = np.asarray(image)[0]  # a stack of one plane (as the command line reads one): that plane
     if channel is not None:
         image = one_channel(image, channel)
     elif np.ndim(image) == 3 and np.shape(image)[-1] not in (1, 3, 4):
@@ -239,6 +241,10 @@ def one_channel(image: Any, channel: int) -> np.ndarray:
     if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
         raise TypeError(f"channel must be a whole number (from 0), not {channel!r}.")
     shape = np.shape(image)
+    if len(shape) == 2 and channel == 0:
+        return np.asarray(image)  # a gray image is its one channel (as the command line's --channel 0)
+    if len(shape) == 2:
+        raise ImageError(f"The image is gray: it has one channel (0), not a channel {channel}.")
     if len(shape) != 3:
         raise ImageError(f"An image of shape {tuple(shape)} has no channel axis to take channel {channel} from; "
                          "expected (H, W, C) or (C, H, W).")

@@ -91,8 +91,10 @@ def _tiff_axes(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[int, ...
     it cannot be read; ``mtime_ns`` and ``size`` make a changed file read again."""
     import tifffile
 
+    from .lazy_io import quiet_tifffile
+
     try:
-        with tifffile.TiffFile(path) as tiff:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
             return str(series.axes).upper(), tuple(int(side) for side in series.shape)
     except Exception:  # noqa: BLE001 - any file napari read but tifffile cannot: no axes, as before

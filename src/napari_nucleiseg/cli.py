@@ -827,34 +827,30 @@ def _plane_count(leading: tuple[int, ...]) -> int:
 
 
 def _read_tiff(path: Path) -> _Stored:
-    import logging
-
     import tifffile
 
+    from .lazy_io import quiet_tifffile
+
     # tifffile logs a damaged file's problems and returns an empty array; the caller reports it in one line.
-    logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            series = tiff.series[0] if tiff.series else None
-            if len(tiff.series) > 1:
-                shapes = ", ".join(" x ".join(map(str, s.shape)) for s in tiff.series[:3])
-                raise UnreadableImage(f"it holds {len(tiff.series)} images of different sizes ({shapes}"
-                                      f"{', ...' if len(tiff.series) > 3 else ''}); save each as a file of its own")
-            if series is not None and len(series.shape) >= 2:
-                plane = tuple(series.shape[-3:-1]) if series.axes.endswith("S") else tuple(series.shape[-2:])
-                bytes_per_pixel = int(np.prod(series.shape) // max(1, plane[0] * plane[1])) * series.dtype.itemsize
-                _check_declared_size(plane, bytes_per_pixel)
-            image = tiff.asarray()
-            page = tiff.pages.first
-            colour = page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
-            alpha = any(sample in (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
-                        for sample in page.extrasamples)
-            axes = series.axes if series is not None and len(series.axes) == image.ndim else ""
-        return _Stored(image, axes, colour, alpha)
-    finally:
-        logger.setLevel(level)
+    with quiet_tifffile(), tifffile.TiffFile(path) as tiff:
+        if not tiff.pages:
+            raise UnreadableImage("not a readable image (the TIFF holds no image: was its writing interrupted?)")
+        series = tiff.series[0] if tiff.series else None
+        if len(tiff.series) > 1:
+            shapes = ", ".join(" x ".join(map(str, s.shape)) for s in tiff.series[:3])
+            raise UnreadableImage(f"it holds {len(tiff.series)} images of different sizes ({shapes}"
+                                  f"{', ...' if len(tiff.series) > 3 else ''}); save each as a file of its own")
+        if series is not None and len(series.shape) >= 2:
+            plane = tuple(series.shape[-3:-1]) if series.axes.endswith("S") else tuple(series.shape[-2:])
+            bytes_per_pixel = int(np.prod(series.shape) // max(1, plane[0] * plane[1])) * series.dtype.itemsize
+            _check_declared_size(plane, bytes_per_pixel)
+        image = tiff.asarray()
+        page = tiff.pages.first
+        colour = page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
+        alpha = any(sample in (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+                    for sample in page.extrasamples)
+        axes = series.axes if series is not None and len(series.axes) == image.ndim else ""
+    return _Stored(image, axes, colour, alpha)
 
 
 def _stored_other(image: np.ndarray) -> _Stored:

@@ -4,6 +4,8 @@ gray or colour plane that :func:`napari_nucleiseg.large.segment_large` reads blo
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,19 @@ class LazyImage:
         if self.source is not None:
             self.source.close()
             self.source = None
+
+
+@contextmanager
+def quiet_tifffile():
+    """tifffile logs a damaged file's problems (``... contains no pages``) and reads on: inside, those lines
+    are not printed; the callers say what is wrong in one sentence."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def is_zarr(path: Path) -> bool:

@@ -439,6 +439,18 @@ def count_nuclei(labels: np.ndarray) -> int:
     return int(np.unique(labels[labels != 0]).size)
 
 
+def _mean_intensity(ids: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
+    """The mean of ``values`` of each of ``count`` nuclei (``ids``: the nucleus of each value), over its finite
+    values only: a NaN or saturated (inf) pixel of a float image is no intensity (NaN: none is finite)."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return np.bincount(ids, weights=values, minlength=count) / np.bincount(ids, minlength=count)
+    sums = np.bincount(ids[finite], weights=values[finite], minlength=count)
+    counts = np.bincount(ids[finite], minlength=count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
 def measure_nuclei(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame:
     """One row of measurements per nucleus.
 
@@ -515,10 +527,8 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray | None = None) -> pd.Da
         "bbox_min_x": left,
         "bbox_max_y": bottom + 1,
         "bbox_max_x": right + 1,
-        "mean_intensity": (
-            np.full(count, np.nan) if image is None
-            else np.bincount(np.repeat(run_ids, lengths), weights=_gray_at(image, pixels), minlength=count) / area
-        ),
+        "mean_intensity": np.full(count, np.nan) if image is None else _mean_intensity(
+            np.repeat(run_ids, lengths), _gray_at(image, pixels), count),
         "eccentricity": _eccentricity(
             (syy * area - sy * sy) / area**2, (sxx * area - sx * sx) / area**2, (sxy * area - sy * sx) / area**2
         ),

@@ -510,7 +510,7 @@ def _busiest_window(rgb: np.ndarray, side: int) -> np.ndarray:
     for y in range(0, max(height - side, 0) + 1, step):
         for x in range(0, max(width - side, 0) + 1, step):
             patch = np.asarray(rgb[y : y + side : stride, x : x + side : stride], dtype=np.float32)
-            score = float(patch.std())
+            score = float(np.nan_to_num(patch, nan=0.0, posinf=0.0, neginf=0.0).std())  # (NaN, inf: no variation)
             if score > best_score:
                 best, best_score = (y, x), score
     y, x = best
