@@ -510,3 +510,31 @@ def test_a_run_logged_to_a_file_says_now_and_then_how_far_it_is(capsys, folder, 
     lines = stderr.strip().splitlines()
     assert [line.split(" images done")[0] for line in lines] == ["nucleiseg: 1 of 3", "nucleiseg: 2 of 3"]
     assert all(line.endswith(" left.") and "about" in line for line in lines)
+
+
+def test_a_tiff_s_pixel_size_gives_lengths_in_micrometres_and_its_labels_keep_it(capsys, tmp_path, tiny_weights):
+    """QA: nuclei.csv had pixels only, whatever the file recorded, and the label TIFFs lost the calibration."""
+    folder = tmp_path / "calibrated"
+    folder.mkdir()
+    image = blob_image((96, 128))
+    tifffile.imwrite(folder / "imagej.tif", image, imagej=True, resolution=(1 / 0.325, 1 / 0.325),
+                     metadata={"unit": "um"})
+    tifffile.imwrite(folder / "cells.ome.tif", image, metadata={
+        "axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    tifffile.imwrite(folder / "scanned.tif", image, resolution=(72, 72), resolutionunit="INCH")  # no microscope's
+    out = tmp_path / "out"
+    status, _, stderr = run(capsys, folder, "--out", out, "--weights", tiny_weights["hrnet"])
+    assert status == 0 and stderr == ""
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    nuclei["name"] = nuclei["file"].map(lambda name: Path(name).name)
+    for name, size in (("imagej.tif", 0.325), ("cells.ome.tif", 0.5)):
+        rows = nuclei[nuclei["name"] == name]
+        assert len(rows) > 0
+        np.testing.assert_allclose(rows["area_um2"], rows["area"] * size**2)
+        np.testing.assert_allclose(rows["equivalent_diameter_um"], rows["equivalent_diameter"] * size)
+        np.testing.assert_allclose(rows["centroid_x_um"], rows["centroid_x"] * size)
+    assert nuclei.loc[nuclei["name"] == "scanned.tif", "area_um2"].isna().all()
+    with tifffile.TiffFile(out / "imagej_labels.tif") as tiff:
+        numerator, denominator = tiff.pages.first.tags["XResolution"].value
+        assert tiff.pages.first.tags["ResolutionUnit"].value == 3  # centimetres
+        assert 1e4 * denominator / numerator == pytest.approx(0.325, rel=1e-4)

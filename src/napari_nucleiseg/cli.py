@@ -71,6 +71,7 @@ from ._cli_large import (
     segment_large_image,
 )
 from .lazy_io import is_zarr
+from .tables import PixelSize, physical_columns
 from .volumes import find_volume_axis
 
 if TYPE_CHECKING:
@@ -464,9 +465,11 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     row = count_row(job, result, result.model_name)
     columns = plane_columns(image.plane_axes)
     table = result.table.rename(columns={f"axis_{axis}": name for axis, name in enumerate(columns)})
+    if image.pixel is not None:  # lengths in micrometres too, as the widget's table gives them
+        table = physical_columns(table, image.pixel)
     probabilities = result.probabilities if job.probability_path is not None else None  # only those written
     return Finished(job, result.labels, probabilities, row, table.assign(file=str(job.source)), image.plane_axes,
-                    identity)
+                    identity, image.pixel)
 
 
 def count_row(job: Job, result: Any, model_name: str) -> dict[str, Any]:
@@ -539,10 +542,11 @@ class Finished:
     table: Any
     plane_axes: str = ""
     fingerprint: dict | None = None  # of the input file, for the manifest of a resumable run
+    pixel: PixelSize | None = None  # the input's pixel size, which its label file records too
 
     def write(self) -> tuple[dict, Any]:
         """Write the image's files; its row of counts.csv and rows of nuclei.csv."""
-        write_outputs(self.job, self.labels, self.probabilities, self.plane_axes)
+        write_outputs(self.job, self.labels, self.probabilities, self.plane_axes, self.pixel)
         return self.row, self.table
 
 
@@ -736,6 +740,8 @@ class InputImage:
     plane_axes: str
     #: Whether the last axis holds the colours of one picture (RGB or RGBA).
     rgb: bool
+    #: The size of its pixels in micrometres, when the file says (:func:`_tiff_pixel_size`).
+    pixel: PixelSize | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -750,6 +756,7 @@ class _Stored(NamedTuple):
     axes: str  # tifffile's letters, e.g. "YX", "YXS", "ZYX", "CYX", "QYX" (Q: unknown); "" when not told
     colour: bool  # the photometric tag (or format) says RGB
     alpha: bool  # an extra sample is marked as alpha
+    pixel: PixelSize | None = None  # the pixel size the file records (TIFF only)
 
 
 def read_image(path: Path, channel: int | None = None) -> InputImage:
@@ -819,7 +826,7 @@ def read_image(path: Path, channel: int | None = None) -> InputImage:
     if plane_axes and min(plane) < MIN_STACK_PLANE_SIDE:
         raise UnreadableImage(f"its {_plane_count(image.shape[: len(plane_axes)])} planes (axes {axes}) are "
                               f"{plane[0]} x {plane[1]} pixels, too small to hold nuclei")
-    return InputImage(image, plane_axes, rgb)
+    return InputImage(image, plane_axes, rgb, stored.pixel)
 
 
 def _plane_count(leading: tuple[int, ...]) -> int:
@@ -850,7 +857,58 @@ def _read_tiff(path: Path) -> _Stored:
         alpha = any(sample in (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
                     for sample in page.extrasamples)
         axes = series.axes if series is not None and len(series.axes) == image.ndim else ""
-    return _Stored(image, axes, colour, alpha)
+        pixel = _tiff_pixel_size(tiff)
+    return _Stored(image, axes, colour, alpha, pixel)
+
+
+#: Lengths in these units are converted to micrometres (the unit of the tables' physical columns).
+MICROMETRES_PER = {"um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3,
+                   "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def _tiff_pixel_size(tiff: Any) -> PixelSize | None:
+    """The pixel size a TIFF records, in micrometres: OME's PhysicalSizeX/Y (and Z), or ImageJ's unit with
+    the resolution tags (and its slice spacing), or resolution tags in centimetres or inches. None when it
+    records none, or one that is no microscope's (under 1 nm or over 20 um a pixel: a scanner's 72 or 600 dpi)."""
+    from xml.etree import ElementTree
+
+    page = tiff.pages.first
+    sizes: tuple[float, float, float | None] | None = None
+    try:
+        if tiff.is_ome:
+            pixels = next(e for e in ElementTree.fromstring(tiff.ome_metadata).iter() if e.tag.endswith("Pixels"))
+            sizes = tuple(_micrometres(pixels.get(f"PhysicalSize{axis}"), pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+                          for axis in "YXZ")
+        else:
+            resolution = [page.tags.get(f"{axis}Resolution") for axis in "YX"]
+            if all(tag is not None for tag in resolution):
+                per_unit = [tag.value[0] / tag.value[1] for tag in resolution]
+                if tiff.is_imagej:
+                    unit = str((tiff.imagej_metadata or {}).get("unit", ""))
+                    spacing = (tiff.imagej_metadata or {}).get("spacing")
+                else:
+                    unit = {2: "inch", 3: "cm"}.get(int(page.tags["ResolutionUnit"].value), "") \
+                        if "ResolutionUnit" in page.tags else ""
+                    spacing = None
+                factor = 25400.0 if unit == "inch" else _micrometres(1.0, unit)
+                if factor is not None and all(value > 0 for value in per_unit):
+                    z = _micrometres(spacing, unit) if spacing is not None else None
+                    sizes = (factor / per_unit[0], factor / per_unit[1], z)
+    except (StopIteration, ElementTree.ParseError, TypeError, ValueError, ZeroDivisionError, KeyError):
+        return None
+    if sizes is None or sizes[0] is None or sizes[1] is None or not all(1e-3 <= size <= 20 for size in sizes[:2]):
+        return None
+    return PixelSize(sizes[0], sizes[1], "um", z=sizes[2])
+
+
+def _micrometres(value: Any, unit: str) -> float | None:
+    """``value`` in ``unit`` (``um``, ``µm``, ``micron``, ``nm``, ...) in micrometres; None when either is unknown."""
+    key = str(unit).strip().lower().replace("µ", "u").replace("\u00b5", "u").replace("\\u00b5", "u")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number * MICROMETRES_PER[key] if key in MICROMETRES_PER and math.isfinite(number) else None
 
 
 def _stored_other(image: np.ndarray) -> _Stored:
@@ -950,21 +1008,25 @@ def _check_png_complete(data: bytes) -> None:
         raise UnreadableImage(f"the file is truncated: its pixel data ends after {rows} of its {height} rows")
 
 
-def write_outputs(job: Job, labels: np.ndarray, probabilities: np.ndarray | None, plane_axes: str = "") -> None:
+def write_outputs(job: Job, labels: np.ndarray, probabilities: np.ndarray | None, plane_axes: str = "",
+                  pixel: PixelSize | None = None) -> None:
     """Write the labels (and, when the job has a probability file, the probabilities) of one image as
     zlib-compressed TIFF; a stack's keep its plane axes (``plane_axes``, e.g. ``Z``; an axis the file did not
-    name is written as ``Q``)."""
+    name is written as ``Q``), and the input's ``pixel`` size, when it had one, is recorded in the
+    resolution tags (in centimetres, which any TIFF reader understands)."""
     import tifffile
 
     planes = "".join(letter if letter in "TZ" else "Q" for letter in plane_axes)
+    calibration = {} if pixel is None else {"resolution": (1e4 / pixel.x, 1e4 / pixel.y), "resolutionunit": "CENTIMETER"}
     try:
         # The probabilities first: the label file, in place, is what makes the image count as done.
         if job.probability_path is not None:
             write_atomically(job.probability_path, lambda path: tifffile.imwrite(
                 path, probabilities.astype(np.float32, copy=False), compression="zlib",
-                photometric="minisblack", metadata={"axes": f"{planes}CYX"}))
+                photometric="minisblack", metadata={"axes": f"{planes}CYX"}, **calibration))
         write_atomically(job.labels_path, lambda path: tifffile.imwrite(
-            path, labels, compression="zlib", photometric="minisblack", metadata={"axes": f"{planes}YX"}))
+            path, labels, compression="zlib", photometric="minisblack", metadata={"axes": f"{planes}YX"},
+            **calibration))
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:
             raise UnwritableName(f"its output name is too long for the folder ({len(job.labels_path.name) + 9} "
@@ -991,6 +1053,7 @@ def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) 
     # A stack's nuclei say their plane (z, t, plane: empty for 2-D images), between file and label.
     # 2-D nuclei and 3-D ones (a linked Z stack) in one run: each column once, those of either kind.
     measured = [column for column in dict.fromkeys(MEASUREMENT_COLUMNS + VOLUME_COLUMNS) if column in nuclei]
+    measured += [column for column in nuclei.columns if column.endswith(("_um", "_um2", "_um3"))]  # physical
     planes = [column for column in nuclei.columns if column not in ("file", *measured)]
     # A column of whole numbers stays one where some images lack it (first_plane of a 2-D image): empty,
     # not 3.0 for 3.
