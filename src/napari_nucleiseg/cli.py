@@ -903,7 +903,8 @@ def _tiff_pixel_size(tiff: Any) -> PixelSize | None:
 
 def _micrometres(value: Any, unit: str) -> float | None:
     """``value`` in ``unit`` (``um``, ``µm``, ``micron``, ``nm``, ...) in micrometres; None when either is unknown."""
-    key = str(unit).strip().lower().replace("µ", "u").replace("\u00b5", "u").replace("\\u00b5", "u")
+    key = str(unit).strip().lower().replace("\\u00b5", "u")  # (ImageJ may hold the escape as text)
+    key = key.replace("\u00b5", "u").replace("\u03bc", "u")  # micro sign, Greek mu
     try:
         number = float(value)
     except (TypeError, ValueError):
