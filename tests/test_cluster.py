@@ -182,15 +182,18 @@ def test_files_a_stopped_run_wrote_but_did_not_record_are_replaced_not_kept_asid
     records = out / ".nucleiseg" / "done"
     stopped = json.loads((records / "image01_labels.json").read_text())
     manifest = Manifest(out, stopped["settings"])
-    manifest.begin(out / "image01_labels.tif")  # the stopped run's note, written before its files
-    (records / "image01_labels.json").unlink()  # and it was killed before its record
+    for name in ("image01", "image02"):  # the stopped run's notes, written just before its labels went in place
+        manifest.note_written(out / f"{name}_labels.tif", out / f"{name}_labels.tif")
+        (records / f"{name}_labels.json").unlink()  # and it was killed before their records
+    corrected = tifffile.imread(out / "image02_labels.tif")
+    corrected[:5, :5] = 99
+    tifffile.imwrite(out / "image02_labels.tif", corrected)  # then the user corrected one of them
     status, stdout, stderr = run(capsys, *command)
-    assert status == 0 and "Segmented 1 of the 1 images left" in stdout and stderr == ""
-    assert not list(out.glob("replaced-*")) and not list((out / ".nucleiseg" / "writing").iterdir())
-
-    (records / "image02_labels.json").unlink()  # no note: files of unknown origin, kept aside
-    status, _, stderr = run(capsys, *command)
-    assert status == 0 and "kept in" in stderr and len(list(out.glob("replaced-*"))) == 1
+    assert status == 0 and "Segmented 2 of the 2 images left" in stdout
+    (aside,) = out.glob("replaced-*")  # the run's own labels replaced; the corrected ones kept aside
+    assert sorted(path.name for path in aside.iterdir()) == ["image02_labels.tif"] and "kept in" in stderr
+    assert tifffile.imread(aside / "image02_labels.tif")[0, 0] == 99
+    assert not list((out / ".nucleiseg" / "writing").iterdir())
 
 
 @pytest.fixture(scope="module")

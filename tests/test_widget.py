@@ -975,12 +975,15 @@ def test_an_image_of_six_channels_last_offers_each_channel(viewer_and_widget, no
     """(Y, X, 6), as a multiplexed stain: refused with advice to use a Channel picker it did not show."""
     viewer, widget = viewer_and_widget
     six = np.concatenate([_dapi_and_marker(channels_last=True)] * 3, axis=-1)
-    viewer.add_image(six, name="six")
+    viewer.add_image(six, name="six", scale=(0.5, 0.25, 1), units=("um", "um", "pixel"))
     assert widget.channel_combo.count() == 6 and widget.channel_combo.currentText() == "channel 0"
     widget.channel_combo.setCurrentIndex(2)
     click_segment(qtbot, widget)
     (dapi,) = labels_layers(viewer)
     assert dapi.data.shape == (*six.shape[:2], 1) and shown_count(widget) == 3 and dapi.metadata["channel"] == 2
+    wait_for_table(qtbot, dapi, 3)  # in the image's unit: its y and x pixels, not its x and channel axes
+    np.testing.assert_allclose(dapi.features["area_um2"], dapi.features["area"] * 0.5 * 0.25)
+    np.testing.assert_allclose(dapi.features["centroid_x_um"], dapi.features["centroid_x"] * 0.25)
     assert notifications.messages["error"] == []
 
 
@@ -1061,6 +1064,10 @@ def test_the_nuclei_of_a_channel_after_the_first_axis_lie_on_the_image_and_follo
     wait_for_postprocessing(qtbot, widget)
     second = labels_layers(viewer)[0]
     assert second is not nuclei and second.data.shape == (3, 1, 64, 200) and nuclei.data[0, 0, 8, 8] == 9
+
+    widget.channel_combo.setCurrentIndex(widget.channel_combo.findText("channel 0"))  # the marker
+    click_segment(qtbot, widget)
+    assert np.array_equal(probability.extent.world[:, 1], [0, 0])  # the map moved to channel 0 with it
     assert notifications.messages["error"] == []
 
 

@@ -69,8 +69,11 @@ class LargeImageWritten:
     fingerprint: dict | None = None
     plane_axes: str = ""
 
-    def write(self) -> tuple[dict, Any]:
-        """Rename the labels into place (a replaced run's were set aside first); the image's rows."""
+    def write(self, before_rename: Callable[[Any], None] | None = None) -> tuple[dict, Any]:
+        """Rename the labels into place (a replaced run's were set aside first), calling ``before_rename``
+        with their temporary name first; the image's rows."""
+        if before_rename is not None:
+            before_rename(partial_path(self.job.labels_path))
         os.replace(partial_path(self.job.labels_path), self.job.labels_path)
         return self.row, self.table
 

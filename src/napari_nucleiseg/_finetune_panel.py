@@ -232,7 +232,7 @@ class TrainingPairs(QTableWidget):
         """The image a Labels layer corrects: a result's own; else the first of its shape, if any."""
         if source is not None:
             return source[0].unique_id
-        same = [image for image in images if _plane_shape(image.data.shape, image.rgb) == layer.data.shape]
+        same = [image for image in images if _plane_shape(image.data.shape, image.rgb) == np.shape(labels_of(layer))]
         return same[0].unique_id if same else None
 
     def _on_edit(self, event=None) -> None:
@@ -464,15 +464,15 @@ class FineTunePanel(QCollapsible):
         self.cancel_button.setEnabled(False)
 
     def _set_running(self, running: bool) -> None:
+        if not running and self._kept_from_collector:  # first: the panel may be gone (closed mid-training)
+            self._kept_from_collector = False
+            give_back_to_collector()
         self.running = running
+        if not running:
+            self._worker = None
         self.finetune_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.progress_bar.setVisible(running)
-        if not running:
-            self._worker = None
-            if self._kept_from_collector:
-                give_back_to_collector()
-                self._kept_from_collector = False
 
     def _on_progress(self, progress: Any) -> None:
         if not self.running:
@@ -501,7 +501,8 @@ class FineTunePanel(QCollapsible):
         """Segment the image of the last run's first pair with the new model (chosen under Model)."""
         if self.last_model is None:
             return
-        self.last_model = self.picker.now_called(self.last_model)  # renamed under Model's ... menu since
+        if not self.last_model.is_file():  # renamed under Model's ... menu since?
+            self.last_model = self.picker.now_called(self.last_model)
         if not self.last_model.is_file():
             self._say(f"Your model '{self.last_model.stem}' was renamed or deleted since; choose a model under Model "
                       "and click Segment.", self._error)

@@ -13,9 +13,10 @@ file of a run). A record holds:
 An image is done when its record is there, its input is the same file (the same path; the same size and
 modification time, or else the same SHA-256) read with the same settings, and its output files are in place.
 
-Just before its files are written, an image gets a note, ``<out>/.nucleiseg/writing/<stem>_labels.json``
-(the settings), which its record replaces: a run killed between the two left files that are its own, not
-a hand-corrected result to keep (:meth:`Manifest.written_before_a_stop`).
+Just before an image's labels are renamed into place, it gets a note, ``<out>/.nucleiseg/writing/<stem>_labels.json``
+(the settings, and the size and modification time of the file written), which its record replaces: labels a
+run killed between the two left, untouched since, are its own, not a hand-corrected result to keep
+(:meth:`Manifest.written_before_a_stop`).
 """
 
 from __future__ import annotations
@@ -94,20 +95,25 @@ class Manifest:
         with contextlib.suppress(FileNotFoundError):
             self._note(labels_path).unlink()
 
-    def begin(self, labels_path: Path) -> None:
-        """Note that this run is about to write the files of the image of ``labels_path`` (see the module)."""
+    def note_written(self, labels_path: Path, written: Path) -> None:
+        """Note that the labels of ``labels_path``, written under the temporary name ``written``, are about
+        to be renamed into place (see the module)."""
+        stat = os.stat(written)
         self.writing.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"version": RECORD_VERSION, "settings": self.settings})
+        text = json.dumps({"version": RECORD_VERSION, "settings": self.settings, "size": stat.st_size,
+                           "mtime_ns": stat.st_mtime_ns})
         write_atomically(self._note(labels_path), lambda partial: partial.write_text(text))
 
     def written_before_a_stop(self, labels_path: Path) -> bool:
-        """Whether the files of the image of ``labels_path`` were written by a run with these settings that
-        was stopped before it recorded them: files of this tool's own, to replace, not to keep."""
+        """Whether the labels at ``labels_path`` were written by a run with these settings that was stopped
+        before it recorded them, and are as it left them: this tool's own, to replace, not to keep."""
         try:
             note = json.loads(self._note(labels_path).read_text())
+            stat = os.stat(labels_path)
         except (OSError, ValueError):
             return False
-        return isinstance(note, dict) and note.get("version") == RECORD_VERSION and note.get("settings") == self.settings
+        return (isinstance(note, dict) and note.get("version") == RECORD_VERSION and note.get("settings") == self.settings
+                and note.get("size") == stat.st_size and note.get("mtime_ns") == stat.st_mtime_ns)
 
     def _note(self, labels_path: Path) -> Path:
         return self.writing / f"{Path(labels_path).stem}.json"

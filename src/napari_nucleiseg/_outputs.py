@@ -124,10 +124,11 @@ def pixel_size(layer: Any, volume_axis: int | None = None) -> PixelSize | None:
     if len(units) < 2 or units[-2] != units[-1] or units[-1] in ("px", "pixel"):
         return None
     unit = units[-1].replace("µ", "u").replace(" ", "")
-    scale, translate = layer.scale[-2:], layer.translate[-2:]
-    scales = list(layer.scale) if kept is None else [*layer.scale[:kept], *layer.scale[kept + 1 :]]
+    scales, translates = list(layer.scale), list(layer.translate)
+    if kept is not None:  # the labels' axes: the channel axis the layer keeps is not one of them
+        scales, translates = scales[:kept] + scales[kept + 1 :], translates[:kept] + translates[kept + 1 :]
     z = None if volume_axis is None or units[volume_axis] != units[-1] else float(scales[volume_axis])
-    return PixelSize(float(scale[0]), float(scale[1]), unit, (float(translate[0]), float(translate[1])), z)
+    return PixelSize(float(scales[-2]), float(scales[-1]), unit, (float(translates[-2]), float(translates[-1])), z)
 
 
 def volume_axis(layer: Any) -> int | None:
@@ -362,6 +363,7 @@ class OutputLayers(QObject):
         nucleus = shown(nucleus, channel)
         if layer is not None and self._in_viewer(layer) and layer.data.shape == np.shape(nucleus):
             layer.data = nucleus
+            layer.translate = placement(image, channel, kept=True)["translate"]  # (another channel: its place)
             return
         with self.self_writing():  # not an image the user opened: the picker keeps its choice
             self._probability_layers[image.unique_id] = self.viewer.add_image(
@@ -521,8 +523,8 @@ class OutputLayers(QObject):
         record = self.record(layer)
         if layer.unique_id in self.lazy:  # segmented block by block: the run's table
             return layer.features
-        if record is None:  # a Labels layer of the user's own
-            layer.features = nuclei_table(np.asarray(layer.data), None, False, pixel_size(layer))
+        if record is None:  # a Labels layer of the user's own (a copy of a result may keep a channel axis)
+            layer.features = nuclei_table(np.asarray(labels_of(layer)), None, False, pixel_size(layer))
         else:
             self._stale.pop(layer.unique_id, None)
             record.measure_now()

@@ -45,6 +45,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -333,9 +334,7 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
                     _report(f"nucleiseg: skipped {job.source}: {outcome}")
                     continue
                 try:
-                    if manifest is not None:
-                        _begin(manifest, job)
-                    row, table = outcome.write()
+                    row, table = outcome.write(None if manifest is None else partial(_note_written, manifest, job))
                 except UnwritableName as problem:
                     _report(f"nucleiseg: skipped {job.source}: {problem}.")
                     continue
@@ -396,10 +395,11 @@ def _finished_before(jobs: list[Job], manifest: Any) -> dict[Job, tuple[dict, An
     return done
 
 
-def _begin(manifest: Any, job: Job) -> None:
-    """Note that the files of ``job`` are about to be written (:class:`~._manifest.Manifest`)."""
+def _note_written(manifest: Any, job: Job, written: Path) -> None:
+    """Note that the labels of ``job``, written at ``written``, are about to be renamed into place
+    (:class:`~._manifest.Manifest`)."""
     try:
-        manifest.begin(job.labels_path)
+        manifest.note_written(job.labels_path, written)
     except OSError as error:
         raise CommandError(f"cannot write {manifest.writing}: {error.strerror or error}.") from None
 
@@ -544,9 +544,10 @@ class Finished:
     fingerprint: dict | None = None  # of the input file, for the manifest of a resumable run
     pixel: PixelSize | None = None  # the input's pixel size, which its label file records too
 
-    def write(self) -> tuple[dict, Any]:
-        """Write the image's files; its row of counts.csv and rows of nuclei.csv."""
-        write_outputs(self.job, self.labels, self.probabilities, self.plane_axes, self.pixel)
+    def write(self, before_rename: Callable[[Path], None] | None = None) -> tuple[dict, Any]:
+        """Write the image's files; its row of counts.csv and rows of nuclei.csv. ``before_rename(path)`` is
+        called with the labels' temporary file before it is renamed into place."""
+        write_outputs(self.job, self.labels, self.probabilities, self.plane_axes, self.pixel, before_rename)
         return self.row, self.table
 
 
@@ -1010,7 +1011,7 @@ def _check_png_complete(data: bytes) -> None:
 
 
 def write_outputs(job: Job, labels: np.ndarray, probabilities: np.ndarray | None, plane_axes: str = "",
-                  pixel: PixelSize | None = None) -> None:
+                  pixel: PixelSize | None = None, before_rename: Callable[[Path], None] | None = None) -> None:
     """Write the labels (and, when the job has a probability file, the probabilities) of one image as
     zlib-compressed TIFF; a stack's keep its plane axes (``plane_axes``, e.g. ``Z``; an axis the file did not
     name is written as ``Q``), and the input's ``pixel`` size, when it had one, is recorded in the
@@ -1025,9 +1026,13 @@ def write_outputs(job: Job, labels: np.ndarray, probabilities: np.ndarray | None
             write_atomically(job.probability_path, lambda path: tifffile.imwrite(
                 path, probabilities.astype(np.float32, copy=False), compression="zlib",
                 photometric="minisblack", metadata={"axes": f"{planes}CYX"}, **calibration))
-        write_atomically(job.labels_path, lambda path: tifffile.imwrite(
-            path, labels, compression="zlib", photometric="minisblack", metadata={"axes": f"{planes}YX"},
-            **calibration))
+        def write_labels(path: Path) -> None:
+            tifffile.imwrite(path, labels, compression="zlib", photometric="minisblack",
+                             metadata={"axes": f"{planes}YX"}, **calibration)
+            if before_rename is not None:
+                before_rename(path)
+
+        write_atomically(job.labels_path, write_labels)
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:
             raise UnwritableName(f"its output name is too long for the folder ({len(job.labels_path.name) + 9} "
