@@ -98,7 +98,9 @@ def labels_of(layer: Any) -> Any:
     """The labels a result layer holds, without the channel axis it may keep (a view): what was segmented,
     counted and measured. Any other Labels layer's data as it is."""
     axis = layer.metadata.get(KEPT_CHANNEL_AXIS)
-    return layer.data if axis is None or layer.multiscale else np.squeeze(layer.data, axis)
+    if axis is None or layer.multiscale or not (0 <= axis < layer.data.ndim and layer.data.shape[axis] == 1):
+        return layer.data  # (data set since without the channel axis, e.g. by a script: as it is)
+    return np.squeeze(layer.data, axis)
 
 
 def labels_axis_labels(viewer: Any, layer: Any) -> tuple[str, ...]:
