@@ -68,6 +68,9 @@ def test_the_table_of_3d_nuclei_holds_volumes_and_centroids():
     assert table["centroid_z"].tolist() == pytest.approx([4, 5]) and table["centroid_x"].tolist() == pytest.approx([15, 30])
     assert list(table["first_plane"]) == [0, 1] and list(table["last_plane"]) == [8, 9]
     assert table["mean_intensity"].tolist() == pytest.approx([200, 100])
+    saturated = image.astype(np.float32)
+    saturated[4, 15, 15], saturated[5, 35, 30] = np.inf, np.nan  # left out of the means, as in 2-D
+    assert measure_volumes(truth, saturated)["mean_intensity"].tolist() == pytest.approx([200, 100])
     stack = np.stack([truth, np.where(truth == 1, 1, 0)])  # (T, Z, Y, X): 2 nuclei, then 1
     both = nuclei_table(stack, None, False, PixelSize(0.5, 0.5, "um", z=2.0), volume_axis=1)
     assert list(both["axis_0"]) == [0, 0, 1] and "area" not in both

@@ -103,11 +103,17 @@ def labels_of(layer: Any) -> Any:
     return np.squeeze(layer.data, axis)
 
 
+def _of_labels_axes(layer: Any, values: Any) -> list:
+    """``values``, one per axis of ``layer`` (its scale, units, ...), for the axes of :func:`labels_of` it:
+    without the channel axis it may keep."""
+    values = list(values)
+    axis = getattr(layer, "metadata", {}).get(KEPT_CHANNEL_AXIS)
+    return values if axis is None or axis >= len(values) else values[:axis] + values[axis + 1 :]
+
+
 def labels_axis_labels(viewer: Any, layer: Any) -> tuple[str, ...]:
     """:func:`~._controls.layer_axis_labels` of the axes of :func:`labels_of` ``layer``."""
-    labels = layer_axis_labels(viewer, layer)
-    axis = None if layer is None else layer.metadata.get(KEPT_CHANNEL_AXIS)
-    return labels if axis is None else labels[:axis] + labels[axis + 1 :]
+    return tuple(_of_labels_axes(layer, layer_axis_labels(viewer, layer)))
 
 
 def layer_position(layer: Any, position: list[float]) -> list[float]:
@@ -119,16 +125,11 @@ def layer_position(layer: Any, position: list[float]) -> list[float]:
 def pixel_size(layer: Any, volume_axis: int | None = None) -> PixelSize | None:
     """The layer's pixel size in y and x with their unit, unless they are plain pixels (or differ in unit);
     with ``volume_axis`` (3-D nuclei), the spacing of its planes too, when it is in that unit."""
-    units = [f"{unit:~}" for unit in getattr(layer, "units", ())]
-    kept = getattr(layer, "metadata", {}).get(KEPT_CHANNEL_AXIS)
-    if kept is not None and kept < len(units):
-        units = units[:kept] + units[kept + 1 :]
+    units = _of_labels_axes(layer, (f"{unit:~}" for unit in getattr(layer, "units", ())))
     if len(units) < 2 or units[-2] != units[-1] or units[-1] in ("px", "pixel"):
         return None
     unit = units[-1].replace("µ", "u").replace(" ", "")
-    scales, translates = list(layer.scale), list(layer.translate)
-    if kept is not None:  # the labels' axes: the channel axis the layer keeps is not one of them
-        scales, translates = scales[:kept] + scales[kept + 1 :], translates[:kept] + translates[kept + 1 :]
+    scales, translates = _of_labels_axes(layer, layer.scale), _of_labels_axes(layer, layer.translate)
     z = None if volume_axis is None or units[volume_axis] != units[-1] else float(scales[volume_axis])
     return PixelSize(float(scales[-2]), float(scales[-1]), unit, (float(translates[-2]), float(translates[-1])), z)
 
@@ -189,9 +190,10 @@ class OutputLayer:
 
     def measure_now(self) -> None:
         """Measure the table here and now, unless it is up to date."""
-        current = checksum(labels_of(self.layer))
+        labels = labels_of(self.layer)
+        current = checksum(labels)
         if self.measured != current:
-            self.layer.features = nuclei_table(np.asarray(labels_of(self.layer)), *self.table_source())
+            self.layer.features = nuclei_table(np.asarray(labels), *self.table_source())
             self.measured = current
 
     def measure_in_worker(self, on_finished: Callable[[], None]) -> None:
@@ -323,9 +325,10 @@ class OutputLayers(QObject):
     def _add_layer(self, image: Image, labels: np.ndarray, channel: tuple[int, int] | None = None,
                    model: str = "") -> Labels:
         name = self._new_name(image, channel, model)
+        axis = kept_axis(channel)
         with self.self_writing():
             layer = self.viewer.add_labels(shown(labels, channel), name=name, **placement(image, channel, kept=True),
-                                           metadata={} if kept_axis(channel) is None else {KEPT_CHANNEL_AXIS: kept_axis(channel)})
+                                           metadata={} if axis is None else {KEPT_CHANNEL_AXIS: axis})
         self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels), channel=channel)
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)

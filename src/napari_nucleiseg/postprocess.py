@@ -439,9 +439,10 @@ def count_nuclei(labels: np.ndarray) -> int:
     return int(np.unique(labels[labels != 0]).size)
 
 
-def _mean_intensity(ids: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
-    """The mean of ``values`` of each of ``count`` nuclei (``ids``: the nucleus of each value), over its finite
-    values only: a NaN or saturated (inf) pixel of a float image is no intensity (NaN: none is finite)."""
+def finite_means(ids: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
+    """The mean of ``values`` of each of ``count`` nuclei, 2-D or 3-D (``ids``: the nucleus of each value),
+    over its finite values only: a NaN or saturated (inf) pixel of a float image is no intensity (NaN: none
+    is finite)."""
     finite = np.isfinite(values)
     if finite.all():
         return np.bincount(ids, weights=values, minlength=count) / np.bincount(ids, minlength=count)
@@ -527,7 +528,7 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray | None = None) -> pd.Da
         "bbox_min_x": left,
         "bbox_max_y": bottom + 1,
         "bbox_max_x": right + 1,
-        "mean_intensity": np.full(count, np.nan) if image is None else _mean_intensity(
+        "mean_intensity": np.full(count, np.nan) if image is None else finite_means(
             np.repeat(run_ids, lengths), _gray_at(image, pixels), count),
         "eccentricity": _eccentricity(
             (syy * area - sy * sy) / area**2, (sxx * area - sx * sx) / area**2, (sxy * area - sy * sx) / area**2

@@ -178,9 +178,11 @@ def pseudo_colour(rgb: np.ndarray) -> bool:
         return False
     pixels = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
     pixels = pixels[np.isfinite(pixels).all(axis=1)]
-    dominant = pixels[:, int(np.argmax(pixels.sum(axis=0)))] if pixels.size else pixels
-    energy = float(dominant @ dominant) if pixels.size else 0.0
-    if pixels.shape[0] < 100 or energy <= 0:
+    if pixels.shape[0] < 100:
+        return False
+    dominant = pixels[:, int(np.argmax(pixels.sum(axis=0)))]
+    energy = float(dominant @ dominant)
+    if energy <= 0:
         return False
     shares = pixels.T @ dominant / energy
     spread = np.sqrt(((pixels - np.outer(dominant, shares)) ** 2).sum(axis=0) / energy)

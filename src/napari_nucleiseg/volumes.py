@@ -142,7 +142,9 @@ def measure_volumes(labels: np.ndarray, image: Any = None) -> Any:
     intensity = np.full(ids.size, np.nan)
     if image is not None:
         pixels = np.asarray(image).reshape(labels.size, -1)[flat, :3].astype(np.float64).mean(axis=1)
-        intensity = np.bincount(objects, weights=pixels, minlength=ids.size) / volume
+        from .postprocess import finite_means
+
+        intensity = finite_means(objects, pixels, ids.size)  # as a 2-D nucleus's: NaN and inf pixels left out
     return pd.DataFrame({
         "label": ids.astype(np.int64), "volume": volume,
         "centroid_z": np.bincount(objects, weights=zz, minlength=ids.size) / volume,
