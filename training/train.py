@@ -120,22 +120,46 @@ def teacher_maps(network: torch.nn.Module, images: list[np.ndarray], device, tta
     return maps
 
 
-def cached_teacher_maps(cache: Path, teacher_path: Path, ids: list[str], images: list[np.ndarray],
-                        device, tta: bool) -> list[np.ndarray]:
-    """:func:`teacher_maps`, kept in ``cache`` (an .npz) for a resumed or repeated run.
+def framed_teacher_maps(teacher, images: list[np.ndarray], labels: list[np.ndarray],
+                        tta: bool) -> list[np.ndarray]:
+    """A teacher that records a nucleus diameter, run as the plugin runs it: each image brought to the
+    teacher's frame with its true median nucleus diameter (the student's crops are rescaled with the same
+    diameter), through the teacher's own normalisation, its probabilities brought back to the image's
+    pixels; ``(H, W, 2)`` float16 each. An image without nuclei is run as it is.
+    """
+    from napari_nucleiseg.pipeline import predict_at_diameter
 
-    The cache holds the teacher file's SHA-256, the TTA flag and the image ids; it is
-    used only when all three match, otherwise computed and written anew.
+    maps = []
+    for image, truth in zip(images, labels, strict=True):
+        diameter = median_diameter(truth) or teacher.diameter
+        probabilities = predict_at_diameter(image, teacher, diameter, augment=tta).probabilities
+        maps.append(np.asarray(probabilities).transpose(1, 2, 0).astype(np.float16))
+    return maps
+
+
+def cached_teacher_maps(cache: Path, teacher_path: Path, ids: list[str], images: list[np.ndarray],
+                        device, tta: bool, labels: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """The teacher's maps, kept in ``cache`` (an .npz) for a resumed or repeated run.
+
+    A teacher that records a nucleus diameter is run in its frame (:func:`framed_teacher_maps`, given
+    the true ``labels``); an older one on each image as it is (:func:`teacher_maps`). The cache holds
+    the teacher file's SHA-256, the TTA flag, the image ids and the frame; it is used only when all
+    match, otherwise computed and written anew.
     """
     digest = hashlib.sha256(Path(teacher_path).read_bytes()).hexdigest()
-    key = json.dumps({"teacher": digest, "tta": tta, "ids": ids})
+    teacher = load_weights(teacher_path)
+    in_frame = teacher.diameter is not None and labels is not None
+    key = json.dumps({"teacher": digest, "tta": tta, "ids": ids, **({"frame": "true diameter"} if in_frame else {})})
     if cache.is_file():
         with np.load(cache) as stored:
             if str(stored["key"]) == key:
                 print(f"teacher maps read from {cache}", flush=True)
                 return [stored[f"map_{i}"] for i in range(len(ids))]
     start = time.perf_counter()
-    maps = teacher_maps(load_weights(teacher_path).network, images, device, tta)
+    if in_frame:
+        maps = framed_teacher_maps(teacher, images, labels, tta)
+    else:
+        maps = teacher_maps(teacher.network, images, device, tta)
     np.savez(cache, key=np.array(key), **{f"map_{i}": m for i, m in enumerate(maps)})
     print(f"teacher maps of {len(maps)} images in {(time.perf_counter() - start) / 60:.1f} min -> {cache}", flush=True)
     return maps
@@ -480,7 +504,8 @@ def main(argv=None) -> dict:
         if not 0 <= args.distill_weight <= 1:
             raise SystemExit(f"--distill-weight must be between 0 and 1, not {args.distill_weight}")
         soft = cached_teacher_maps(args.out / "teacher.npz", args.teacher, data.ids,
-                                   [image for image, _ in data.pairs], device, args.teacher_tta)
+                                   [image for image, _ in data.pairs], device, args.teacher_tta,
+                                   [labels for _, labels in data.pairs])
     dataset = CropDataset(data.pairs, args.crop_size, args.seed, soft, args.diameter, args.log_gain,
                           low_res=args.low_res)
     loader = make_loader(args, data, dataset, state["epoch"])
