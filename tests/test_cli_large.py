@@ -73,3 +73,43 @@ def test_augment_reaches_a_large_image_and_is_recorded(capsys, tmp_path, cli_pix
     row = pd.read_csv(tmp_path / "out" / "counts.csv").loc[0]
     assert row["labels_file"] == "slide_labels.ome.zarr" and row["nuclei"] == 144
     assert bool(row["augmented"]) is True
+
+
+def test_a_large_image_s_pixel_size_gives_micrometres_and_its_labels_keep_it(capsys, tmp_path, cli_pixel_model,
+                                                                             large_from_1_mpx):
+    """QA: block-by-block images (slides, where micrometres matter most) got pixels only in nuclei.csv,
+    and their OME-Zarr labels no calibration, where a small TIFF's got both."""
+    import zarr
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "slide.tif", BIG, tile=(256, 256), resolution=(1e4 / 0.25, 1e4 / 0.25),
+                     resolutionunit="CENTIMETER")
+    write_ome_zarr(folder / "plate.ome.zarr", [BIG[None]], "cyx")
+    group = zarr.open_group(str(folder / "plate.ome.zarr"), mode="r+")
+    group.attrs["multiscales"] = [{**group.attrs["multiscales"][0],
+                                   "axes": [{"name": "c", "type": "channel"},
+                                            {"name": "y", "type": "space", "unit": "nanometer"},
+                                            {"name": "x", "type": "space", "unit": "nanometer"}],
+                                   "datasets": [{"path": "0", "coordinateTransformations": [
+                                       {"type": "scale", "scale": [1.0, 650.0, 650.0]}]}]}]
+    tifffile.imwrite(folder / "scan.tif", BIG, tile=(256, 256), resolution=(72, 72), resolutionunit="INCH")
+    out = tmp_path / "out"
+    status, _, stderr = run_cli(capsys, folder / "slide.tif", folder / "plate.ome.zarr", folder / "scan.tif",
+                                "--out", out)
+    assert status == 0, stderr
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    for name, size in (("slide.tif", 0.25), ("plate.ome.zarr", 0.65)):
+        rows = nuclei[nuclei["file"].str.endswith(name)]
+        assert len(rows) == 144
+        np.testing.assert_allclose(rows["area_um2"], rows["area"] * size**2)
+        np.testing.assert_allclose(rows["centroid_x_um"], rows["centroid_x"] * size)
+        np.testing.assert_allclose(rows["equivalent_diameter_um"], rows["equivalent_diameter"] * size)
+        written = zarr.open_group(str(out / f"{name.split('.')[0]}_labels.ome.zarr"), mode="r").attrs["multiscales"][0]
+        assert [axis["unit"] for axis in written["axes"]] == ["micrometer"] * 2
+        scales = [d["coordinateTransformations"][0]["scale"] for d in written["datasets"]]
+        np.testing.assert_allclose(scales[0], [size, size])
+        np.testing.assert_allclose(scales[1], [2 * size, 2 * size])
+    assert nuclei.loc[nuclei["file"].str.endswith("scan.tif"), "area_um2"].isna().all()  # 72 dpi: no microscope's
+    scan = zarr.open_group(str(out / "scan_labels.ome.zarr"), mode="r").attrs["multiscales"][0]
+    assert "unit" not in scan["axes"][0]

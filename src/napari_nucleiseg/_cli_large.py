@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .tables import PixelSize, physical_columns
+
 #: The labels of an image segmented block by block: an OME-Zarr folder.
 LARGE_LABELS_SUFFIX = "_labels.ome.zarr"
 #: Inputs read as zarr stores (folders).
@@ -97,12 +99,59 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
     partial = partial_path(job.labels_path)
     shutil.rmtree(partial, ignore_errors=True)
     try:
+        pixel = stored_pixel_size(job.source, image)
         result = segment_large(image.data, model, partial, chosen, diameter=args.diameter, augment=args.augment,
                                rgb=image.rgb, cancelled=cancelled)
+        if pixel is not None:
+            calibrate_pyramid(partial, pixel)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         image.close()
     row = count_row(job, result, model.name)
-    return LargeImageWritten(job, row, result.table.assign(file=str(job.source)), identity)
+    table = result.table if pixel is None else physical_columns(result.table, pixel)
+    return LargeImageWritten(job, row, table.assign(file=str(job.source)), identity)
+
+
+def stored_pixel_size(path: Path, image: Any) -> PixelSize | None:
+    """The pixel size, in micrometres, that a large input records: a TIFF's (``cli._tiff_pixel_size``, from
+    the header ``image`` keeps open) or an OME-Zarr image's (the y and x scale of its full-resolution level,
+    in the unit its axes name); None when it records none, or one that is no microscope's."""
+    from .cli import _micrometres, _tiff_pixel_size
+    from .lazy_io import is_zarr
+
+    if not is_zarr(path):
+        return _tiff_pixel_size(image.source) if hasattr(image.source, "pages") else None
+    import zarr
+
+    try:
+        multiscales = dict(zarr.open_group(str(path), mode="r").attrs)
+        multiscales = multiscales.get("multiscales") or multiscales.get("ome", {})["multiscales"]
+        axes = [axis if isinstance(axis, dict) else {"name": axis} for axis in multiscales[0]["axes"]]
+        scale = next(t["scale"] for t in multiscales[0]["datasets"][0]["coordinateTransformations"]
+                     if t["type"] == "scale")
+        names = [str(axis["name"]).lower() for axis in axes]
+        sizes = [_micrometres(scale[names.index(name)], axes[names.index(name)].get("unit", ""))
+                 for name in ("y", "x")]
+    except (KeyError, ValueError, TypeError, IndexError, StopIteration, zarr.errors.BaseZarrError):
+        return None
+    if any(size is None or not 1e-3 <= size <= 20 for size in sizes):
+        return None
+    return PixelSize(sizes[0], sizes[1], "um")
+
+
+def calibrate_pyramid(labels_path: Path, pixel: PixelSize) -> None:
+    """Record ``pixel`` (micrometres) in the labels' OME-Zarr metadata, as the label TIFFs keep the image's
+    calibration: each level's scale in micrometres, the axes' unit ``micrometer``."""
+    import zarr
+
+    group = zarr.open_group(str(labels_path), mode="r+")
+    multiscales = group.attrs["multiscales"]
+    for axis in multiscales[0]["axes"]:
+        axis["unit"] = "micrometer"
+    for dataset in multiscales[0]["datasets"]:
+        for transform in dataset["coordinateTransformations"]:
+            if transform["type"] == "scale":
+                transform["scale"] = [transform["scale"][0] * pixel.y, transform["scale"][1] * pixel.x]
+    group.attrs["multiscales"] = multiscales

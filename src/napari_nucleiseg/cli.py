@@ -864,7 +864,8 @@ def _read_tiff(path: Path) -> _Stored:
 
 #: Lengths in these units are converted to micrometres (the unit of the tables' physical columns).
 MICROMETRES_PER = {"um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3,
-                   "mm": 1e3, "cm": 1e4, "m": 1e6}
+                   "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+                   "cm": 1e4, "m": 1e6}
 
 
 def _tiff_pixel_size(tiff: Any) -> PixelSize | None:
