@@ -538,3 +538,25 @@ def test_a_tiff_s_pixel_size_gives_lengths_in_micrometres_and_its_labels_keep_it
         numerator, denominator = tiff.pages.first.tags["XResolution"].value
         assert tiff.pages.first.tags["ResolutionUnit"].value == 3  # centimetres
         assert 1e4 * denominator / numerator == pytest.approx(0.325, rel=1e-4)
+
+
+def test_an_overlay_of_fluorescence_channels_says_it_was_read_as_blue(capsys, tmp_path, tiny_weights):
+    """QA: DAPI in blue beside a marker in red was segmented as a colour picture, silently; it is read as its
+    blue channel now, and the run says so and how to choose another."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    from test_inference import marker_overlay
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    dapi = read_sample("fluorescence")
+    iio.imwrite(folder / "composite.png", marker_overlay(dapi))
+    iio.imwrite(folder / "dapi.png", dapi)
+    status, _, stderr = run(capsys, folder, "--out", tmp_path / "out", "--weights", tiny_weights["hrnet"])
+    assert status == 0
+    (note,) = stderr.strip().splitlines()
+    assert note.startswith(f"nucleiseg: note: {folder / 'composite.png'}: Read as its blue channel")
+    assert "--channel 0 (red) or --channel 1 (green)" in note
+    status, _, stderr = run(capsys, folder / "composite.png", "--out", tmp_path / "red", "--channel", "0",
+                            "--weights", tiny_weights["hrnet"])
+    assert status == 0 and stderr == ""  # a channel chosen: no note

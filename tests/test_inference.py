@@ -114,6 +114,45 @@ def test_one_channel_saved_in_colour_is_seen_as_gray(models):
     assert pseudo_colour(jpeg) and segment(jpeg).count >= 0.8 * segment(dapi).count  # (JPEG loses a little)
 
 
+def marker_overlay(dapi: np.ndarray, marker_at: int = 0) -> np.ndarray:
+    """``dapi`` in blue beside a cytoplasm marker (cell bodies around the nuclei, textured) in channel
+    ``marker_at``: a fluorescence overlay as Fiji or Zen exports a composite."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    bodies = ndi.gaussian_filter(ndi.binary_dilation(dapi > np.percentile(dapi, 80), iterations=7).astype(float), 3)
+    marker = (200 * bodies * (0.5 + 0.5 * rng.random(dapi.shape))).astype(np.uint8)
+    overlay = np.zeros((*dapi.shape, 3), dtype=np.uint8)
+    overlay[..., 2], overlay[..., marker_at] = dapi, marker
+    return overlay
+
+
+def test_an_overlay_of_fluorescence_channels_is_read_as_its_blue_nuclear_stain():
+    """QA: DAPI in blue beside a marker in red, one RGB picture, was segmented as a colour picture: the
+    marker's cell bodies were counted as nuclei too (548 objects where the DAPI has 185)."""
+    from napari_nucleiseg import segment
+    from napari_nucleiseg._sample_data import read_sample
+    from napari_nucleiseg.preprocess import BLUE, overlay_note, overlay_nuclear_channel, pseudo_colour
+
+    dapi = read_sample("fluorescence")
+    for marker_at in (0, 1):  # a red or a green marker
+        overlay = marker_overlay(dapi, marker_at)
+        assert not pseudo_colour(overlay) and overlay_nuclear_channel(overlay) == BLUE
+        assert Normalization.of(overlay).channel == BLUE
+        assert np.array_equal(segment(overlay).labels, segment(dapi).labels)  # the same nuclei as the DAPI alone
+        assert overlay_note(overlay, "Split it.").startswith("Read as its blue channel")
+
+    # not an overlay: gray, one channel in colour, H&E and brightfield (a light ground), a dark tissue tile
+    # (its channels rise and fall together), an overlay without blue (nothing says which channel is nuclear)
+    zero = np.zeros_like(dapi)
+    tile = read_sample("tissue")
+    for image in (np.stack([dapi] * 3, axis=-1), np.dstack([zero, zero, dapi]), tile, read_sample("brightfield"),
+                  (255 - tile.astype(np.int16)).clip(0, 255).astype(np.uint8)[..., [2, 1, 0]] // 3,
+                  marker_overlay(dapi)[..., [0, 2, 1]]):
+        assert overlay_nuclear_channel(as_rgb(image)) is None
+        assert overlay_note(image, "Split it.") is None
+
+
 def test_the_image_content_matters(models):
     # Guards the tests above against a model whose output ignores its input.
     a = predict_probabilities(blob_image((64, 64), seed=0), models["unet"])

@@ -1697,3 +1697,23 @@ def test_a_hand_edited_result_selected_again_sends_new_settings_to_the_layer_und
     assert labels_layers(viewer) == [new, edited] and new.data.max() == 2
     assert np.array_equal(edited.data, corrected) and fake_network.calls == 1
     assert widget.target_label.text() == "Settings apply to: 'blobs nuclei [2]'"  # the layer that changed
+
+
+def test_an_overlay_of_fluorescence_channels_is_read_as_blue_and_the_widget_says_how_to_choose_another(
+    viewer_and_widget, fake_network, notifications, qtbot
+):
+    """QA: DAPI in blue beside a marker in red, one RGB layer, was segmented as a colour picture, silently."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    from test_inference import marker_overlay
+
+    viewer, widget = viewer_and_widget
+    dapi = read_sample("fluorescence")
+    viewer.add_image(dapi, name="dapi")
+    click_segment(qtbot, widget)
+    assert notifications.messages["info"] == [] and len(labels_layers(viewer)) == 1
+    viewer.add_image(marker_overlay(dapi), rgb=True, name="composite")
+    click_segment(qtbot, widget)
+    (note,) = notifications.messages["info"]
+    assert note.startswith("'composite': Read as its blue channel") and "Split RGB" in note
+    assert notifications.messages["error"] == []

@@ -52,9 +52,12 @@ from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, c
 from ._table_view import NucleiTable
 from ._target import SettingsTarget, TargetLabel
 from .errors import WeightsError
+from .preprocess import overlay_note
 from .scale import resize_shortfall
 from .settings import PostprocessSettings
 
+#: How the widget's note on a fluorescence overlay read as its blue channel says to segment another one.
+OVERLAY_OTHER_CHANNEL = "For another channel, split the layer (right-click it > Split RGB) and segment that channel."
 
 
 class NucleiSegWidget(QWidget):
@@ -290,6 +293,11 @@ class NucleiSegWidget(QWidget):
         cache = Cache.of_run(image, run, outcome.model_key, self._run_channel, model.name)
         self.rethresholder.start_from(cache, run.settings, run.labels)
         self._show_probabilities()
+        if image.rgb:
+            plane = image.data[(0,) * (image.data.ndim - 3)] if image.data.ndim > 3 else image.data
+            note = overlay_note(np.asarray(plane), OVERLAY_OTHER_CHANNEL)
+            if note is not None:
+                show_info(f"'{image.name}': {note}")
 
     def _show_in_blocks(self, image: Image, outcome: LargeFinished) -> None:
         """The result of ``image`` segmented block by block: one lazy multiscale layer of its store's levels,

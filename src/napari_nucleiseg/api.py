@@ -133,7 +133,11 @@ def segment(
     ----------
     image : ndarray
         ``(H, W)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA; 8- or 16-bit
-        integers or floats, any size (large images are processed in tiles).
+        integers or floats, any size (large images are processed in tiles). One channel
+        shown in colour (DAPI saved in blue) is read as gray, and an overlay of fluorescence
+        channels with the nuclear stain in blue as its blue channel
+        (:func:`~napari_nucleiseg.preprocess.overlay_nuclear_channel`; ``channel=0`` or ``1``
+        segments red or green instead).
     model : str, path or NucleiModel
         A bundled model (``"unet"``, ``"unetpp"``, ``"hrnet"``), the path of a
         weights file, or a model from :func:`load_model`. Files are loaded once

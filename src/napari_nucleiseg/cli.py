@@ -343,6 +343,8 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
                 tables.add(row, table, order=order[job])
                 segmented.append(job)
                 _note_shortfall(job, row, model)
+                if getattr(outcome, "note", None):
+                    _report(f"nucleiseg: note: {job.source}: {outcome.note}")
     except (KeyboardInterrupt, CommandError) as stop:
         # Hours of work may be done: the tables of the images finished so far are kept.
         saved = _save_tables_so_far(tables, len(jobs))
@@ -468,8 +470,13 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     if image.pixel is not None:  # lengths in micrometres too, as the widget's table gives them
         table = physical_columns(table, image.pixel)
     probabilities = result.probabilities if job.probability_path is not None else None  # only those written
+    note = None
+    if image.rgb:
+        from .preprocess import overlay_note
+
+        note = overlay_note(image.data[(0,) * len(image.plane_axes)], OVERLAY_OTHER_CHANNEL)
     return Finished(job, result.labels, probabilities, row, table.assign(file=str(job.source)), image.plane_axes,
-                    identity, image.pixel)
+                    identity, image.pixel, note)
 
 
 def count_row(job: Job, result: Any, model_name: str) -> dict[str, Any]:
@@ -543,6 +550,7 @@ class Finished:
     plane_axes: str = ""
     fingerprint: dict | None = None  # of the input file, for the manifest of a resumable run
     pixel: PixelSize | None = None  # the input's pixel size, which its label file records too
+    note: str | None = None  # said on stderr once written: an RGB overlay read as its blue channel
 
     def write(self, before_rename: Callable[[Path], None] | None = None) -> tuple[dict, Any]:
         """Write the image's files; its row of counts.csv and rows of nuclei.csv. ``before_rename(path)`` is
@@ -650,6 +658,10 @@ def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list
                 )
         jobs.append(job)
     return jobs
+
+
+#: How the command line's note on a fluorescence overlay read as its blue channel says to segment another one.
+OVERLAY_OTHER_CHANNEL = "For another channel, run it with --channel 0 (red) or --channel 1 (green)."
 
 
 def _note_shortfall(job: Job, row: dict[str, Any], model: Any) -> None:

@@ -40,6 +40,18 @@ FLOAT32_SAFE_MAGNITUDE = (1e-30, 1e30)
 #: channels may stray this much (root mean square, relative to the dominant channel) from fixed shares.
 PSEUDO_COLOUR_SPREAD = 0.05
 
+#: An RGB image that overlays several fluorescence channels with the nuclear stain in blue (DAPI or
+#: Hoechst beside a marker in red or green, as Fiji and Zen export a composite) is read as its blue
+#: channel (:func:`overlay_nuclear_channel`): in colour the network counts the marker's cells as nuclei
+#: too. Blue's median lies in the lowest share of its range (a dark ground: no stain, no brightfield),
+#: blue spans at least a share of the widest channel's range, and another channel of at least that share
+#: is not blue again (Pearson correlation with blue below the last figure; dark H&E tiles: 0.99).
+OVERLAY_DARK_GROUND = 0.15
+OVERLAY_MIN_SPAN = 0.1
+OVERLAY_MAX_CORRELATION = 0.8
+#: The channel :func:`overlay_nuclear_channel` reads (blue).
+BLUE = 2
+
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
     """Return a ``(H, W, 3)`` view or copy of a 2-D gray, RGB or RGBA ``image``.
@@ -118,6 +130,7 @@ class Normalization:
     divisor: float | None = None  # float images far outside float32's range are divided by it first
     log_gain: float = 0.0  # > 0: logarithmic compression after the percentiles (DEFAULT_LOG_GAIN)
     gray: bool = False  # one channel shown in colour (:func:`pseudo_colour`): its brightest channel, as gray
+    channel: int | None = None  # a fluorescence overlay (:func:`overlay_nuclear_channel`): this channel, as gray
 
     @classmethod
     def of(cls, rgb: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
@@ -125,8 +138,11 @@ class Normalization:
         """The normalisation of the ``(H, W, 3)`` image ``rgb`` (see :func:`as_rgb`)."""
         sample = _percentile_sample(rgb)
         gray = pseudo_colour(sample)
+        channel = None if gray else overlay_nuclear_channel(sample)
         if gray:
             sample = sample.max(axis=-1)
+        elif channel is not None:
+            sample = sample[..., channel]
         finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
         if finite.size == 0:
             return cls(log_gain=log_gain)
@@ -139,12 +155,14 @@ class Normalization:
         scale = float(high - low)
         if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero
             scale = float(finite.max() - low)
-        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain), gray)
+        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain), gray, channel)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``(h, w, 3)`` float32 network input of ``rgb``, the whole image or a part of it."""
         if self.gray:
             rgb = np.broadcast_to(np.asarray(rgb).max(axis=-1)[..., None], np.shape(rgb))
+        elif self.channel is not None:
+            rgb = np.broadcast_to(np.asarray(rgb)[..., self.channel, None], np.shape(rgb))
         if self.divisor is not None:
             with np.errstate(over="ignore", under="ignore"):  # pixels beyond the sample's peak: +/-inf, handled below
                 rgb = rgb / self.divisor
@@ -168,17 +186,24 @@ class Normalization:
         return out
 
 
+def _colour_pixels(rgb: np.ndarray) -> np.ndarray | None:
+    """The finite pixels of an ``(H, W, 3)`` colour image as ``(N, 3)`` float64; None for a gray image (a
+    broadcast view), another shape, or fewer than 100 finite pixels (too few to tell its colours)."""
+    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.strides[-1] == 0:
+        return None
+    pixels = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
+    pixels = pixels[np.isfinite(pixels).all(axis=1)]
+    return pixels if pixels.shape[0] >= 100 else None
+
+
 def pseudo_colour(rgb: np.ndarray) -> bool:
     """Whether the ``(H, W, 3)`` image ``rgb`` (or a sample of it) is one channel shown in a strong colour:
     each channel a fixed share of its brightest (dominant) channel over every pixel, to within
     :data:`PSEUDO_COLOUR_SPREAD` of it (least squares), and some channel below half of it (blue, green,
     red; cyan, magenta, yellow). A gray image (a broadcast view, R = G = B) is not, nor a tint (a brownish
     brightfield), nor a stain (H&E: purple nuclei on a pink and white ground)."""
-    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.strides[-1] == 0:
-        return False
-    pixels = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
-    pixels = pixels[np.isfinite(pixels).all(axis=1)]
-    if pixels.shape[0] < 100:
+    pixels = _colour_pixels(rgb)
+    if pixels is None:
         return False
     dominant = pixels[:, int(np.argmax(pixels.sum(axis=0)))]
     energy = float(dominant @ dominant)
@@ -187,6 +212,43 @@ def pseudo_colour(rgb: np.ndarray) -> bool:
     shares = pixels.T @ dominant / energy
     spread = np.sqrt(((pixels - np.outer(dominant, shares)) ** 2).sum(axis=0) / energy)
     return bool(spread.max() < PSEUDO_COLOUR_SPREAD and shares.min() < 0.5)
+
+
+def overlay_nuclear_channel(rgb: np.ndarray) -> int | None:
+    """:data:`BLUE` when the ``(H, W, 3)`` image ``rgb`` (or a sample of it) overlays several fluorescence
+    channels with the nuclear stain in blue (:data:`OVERLAY_DARK_GROUND` and the figures after it), else
+    None: a gray image, one channel in colour (:func:`pseudo_colour`), a stain (H&E and brightfield have a
+    bright ground), a dark tissue tile (its channels rise and fall together), an overlay without blue."""
+    pixels = _colour_pixels(rgb)
+    if pixels is None:
+        return None
+    low, median, high = np.percentile(pixels, [1.0, 50.0, 99.5], axis=0)
+    span = high - low
+    if span.max() <= 0 or span[BLUE] < OVERLAY_MIN_SPAN * span.max():
+        return None
+    if (median[BLUE] - low[BLUE]) >= OVERLAY_DARK_GROUND * span[BLUE]:
+        return None
+    deviations = pixels - pixels.mean(axis=0)
+    spread = np.sqrt((deviations**2).sum(axis=0))
+    for other in (0, 1):
+        if span[other] >= OVERLAY_MIN_SPAN * span.max() and spread[other] > 0:
+            correlation = float(deviations[:, other] @ deviations[:, BLUE]) / (spread[other] * spread[BLUE])
+            if abs(correlation) < OVERLAY_MAX_CORRELATION:
+                return BLUE
+    return None
+
+
+def overlay_note(image: np.ndarray, other_channels: str) -> str | None:
+    """The sentence that says an image was read as its blue channel (:func:`overlay_nuclear_channel`), or
+    None when it was not; ``other_channels`` says how to segment another channel where the note is shown."""
+    if np.ndim(image) != 3 or np.shape(image)[-1] not in (3, 4):
+        return None
+    rgb = as_rgb(image)
+    sample = _percentile_sample(rgb)
+    if pseudo_colour(sample) or overlay_nuclear_channel(sample) is None:
+        return None
+    return ("Read as its blue channel: it looks like an overlay of fluorescence channels, and blue is the usual "
+            f"nuclear stain (DAPI, Hoechst). {other_channels}")
 
 
 def _percentile_sample(rgb: np.ndarray) -> np.ndarray:
