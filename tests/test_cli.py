@@ -552,11 +552,13 @@ def test_an_overlay_of_fluorescence_channels_says_it_was_read_as_blue(capsys, tm
     dapi = read_sample("fluorescence")
     iio.imwrite(folder / "composite.png", marker_overlay(dapi))
     iio.imwrite(folder / "dapi.png", dapi)
+    iio.imwrite(folder / "green.png", marker_overlay(dapi)[..., [0, 2, 1]])  # nuclei in green: no blue
     status, _, stderr = run(capsys, folder, "--out", tmp_path / "out", "--weights", tiny_weights["hrnet"])
     assert status == 0
-    (note,) = stderr.strip().splitlines()
-    assert note.startswith(f"nucleiseg: note: {folder / 'composite.png'}: Read as its blue channel")
-    assert "--channel 0 (red) or --channel 1 (green)" in note
+    blue, green = stderr.strip().splitlines()
+    assert blue.startswith(f"nucleiseg: note: {folder / 'composite.png'}: Read as its blue channel")
+    assert green.startswith(f"nucleiseg: note: {folder / 'green.png'}: It looks like an overlay")
+    assert all(line.endswith("run it with --channel 0 (red) or --channel 1 (green).") for line in (blue, green))
     status, _, stderr = run(capsys, folder / "composite.png", "--out", tmp_path / "red", "--channel", "0",
                             "--weights", tiny_weights["hrnet"])
     assert status == 0 and stderr == ""  # a channel chosen: no note

@@ -92,24 +92,50 @@ def test_a_large_image_s_pixel_size_gives_micrometres_and_its_labels_keep_it(cap
                                             {"name": "y", "type": "space", "unit": "nanometer"},
                                             {"name": "x", "type": "space", "unit": "nanometer"}],
                                    "datasets": [{"path": "0", "coordinateTransformations": [
-                                       {"type": "scale", "scale": [1.0, 650.0, 650.0]}]}]}]
+                                       {"type": "scale", "scale": [1.0, 2.0, 2.0]},
+                                       {"type": "translation", "translation": [0.0, 4.0, 8.0]}]}],
+                                   "coordinateTransformations": [{"type": "scale", "scale": [1.0, 325.0, 325.0]}]}]
     tifffile.imwrite(folder / "scan.tif", BIG, tile=(256, 256), resolution=(72, 72), resolutionunit="INCH")
     out = tmp_path / "out"
     status, _, stderr = run_cli(capsys, folder / "slide.tif", folder / "plate.ome.zarr", folder / "scan.tif",
                                 "--out", out)
     assert status == 0, stderr
     nuclei = pd.read_csv(out / "nuclei.csv")
-    for name, size in (("slide.tif", 0.25), ("plate.ome.zarr", 0.65)):
+    # the OME-Zarr: 2 x 325 nm a pixel, pixel (0, 0) at (4, 8) x 325 nm = (1.3, 2.6) um
+    for name, size, (y0, x0) in (("slide.tif", 0.25, (0, 0)), ("plate.ome.zarr", 0.65, (1.3, 2.6))):
         rows = nuclei[nuclei["file"].str.endswith(name)]
         assert len(rows) == 144
         np.testing.assert_allclose(rows["area_um2"], rows["area"] * size**2)
-        np.testing.assert_allclose(rows["centroid_x_um"], rows["centroid_x"] * size)
+        np.testing.assert_allclose(rows["centroid_x_um"], x0 + rows["centroid_x"] * size)
+        np.testing.assert_allclose(rows["centroid_y_um"], y0 + rows["centroid_y"] * size)
         np.testing.assert_allclose(rows["equivalent_diameter_um"], rows["equivalent_diameter"] * size)
         written = zarr.open_group(str(out / f"{name.split('.')[0]}_labels.ome.zarr"), mode="r").attrs["multiscales"][0]
         assert [axis["unit"] for axis in written["axes"]] == ["micrometer"] * 2
         scales = [d["coordinateTransformations"][0]["scale"] for d in written["datasets"]]
         np.testing.assert_allclose(scales[0], [size, size])
         np.testing.assert_allclose(scales[1], [2 * size, 2 * size])
+        shifts = [t["translation"] for d in written["datasets"] for t in d["coordinateTransformations"]
+                  if t["type"] == "translation"]
+        assert shifts == ([[y0, x0]] * len(scales) if x0 else [])
     assert nuclei.loc[nuclei["file"].str.endswith("scan.tif"), "area_um2"].isna().all()  # 72 dpi: no microscope's
     scan = zarr.open_group(str(out / "scan_labels.ome.zarr"), mode="r").attrs["multiscales"][0]
     assert "unit" not in scan["axes"][0]
+
+
+def test_a_large_rgb_overlay_is_read_as_blue_with_a_note_and_channel_picks_a_colour(capsys, tmp_path,
+                                                                                  cli_pixel_model, large_from_1_mpx):
+    """Review: --channel was ignored for a large RGB TIFF (any number accepted), and a large overlay of
+    fluorescence channels was read as its blue channel without the note small images get."""
+    overlay = np.zeros((*BIG.shape, 3), dtype=np.uint8)
+    overlay[..., 2] = BIG  # nuclei in blue, a marker elsewhere in red
+    overlay[..., 0] = np.roll(BIG, (50, 50), axis=(0, 1)) // 2
+    tifffile.imwrite(tmp_path / "overlay.tif", overlay, tile=(256, 256), photometric="rgb")
+    status, _, stderr = run_cli(capsys, tmp_path / "overlay.tif", "--out", tmp_path / "out")
+    assert status == 0 and "note:" in stderr and "Read as its blue channel" in stderr
+    assert pd.read_csv(tmp_path / "out" / "counts.csv").loc[0, "nuclei"] == 144
+    status, _, stderr = run_cli(capsys, tmp_path / "overlay.tif", "--out", tmp_path / "red", "--channel", "0")
+    assert status == 0 and stderr == ""
+    red = zarr.open_group(str(tmp_path / "red" / "overlay_labels.ome.zarr"), mode="r")["0"][:]
+    assert red[50 + 50, 50 + 50] > 0 and red[50, 50] == 0  # the red marker's blobs, not the blue nuclei
+    status, _, stderr = run_cli(capsys, tmp_path / "overlay.tif", "--out", tmp_path / "bad", "--channel", "5")
+    assert status == 1 and "Channel 5 does not exist" in stderr

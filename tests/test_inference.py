@@ -140,17 +140,21 @@ def test_an_overlay_of_fluorescence_channels_is_read_as_its_blue_nuclear_stain()
         assert not pseudo_colour(overlay) and overlay_nuclear_channel(overlay) == BLUE
         assert Normalization.of(overlay).channel == BLUE
         assert np.array_equal(segment(overlay).labels, segment(dapi).labels)  # the same nuclei as the DAPI alone
-        assert overlay_note(overlay, "Split it.").startswith("Read as its blue channel")
+        assert overlay_note(overlay, "split it").startswith("Read as its blue channel")
 
+    # an overlay without blue (H2B-GFP beside a red marker): nothing says which channel is nuclear, so it is
+    # segmented in colour as before, and the note says how to choose the nuclear one
+    green = marker_overlay(dapi)[..., [0, 2, 1]]
+    assert overlay_nuclear_channel(green) is None and Normalization.of(green).channel is None
+    assert overlay_note(green, "split it").startswith("It looks like an overlay of fluorescence channels without blue")
     # not an overlay: gray, one channel in colour, H&E and brightfield (a light ground), a dark tissue tile
-    # (its channels rise and fall together), an overlay without blue (nothing says which channel is nuclear)
+    # (its channels rise and fall together)
     zero = np.zeros_like(dapi)
     tile = read_sample("tissue")
-    for image in (np.stack([dapi] * 3, axis=-1), np.dstack([zero, zero, dapi]), tile, read_sample("brightfield"),
-                  (255 - tile.astype(np.int16)).clip(0, 255).astype(np.uint8)[..., [2, 1, 0]] // 3,
-                  marker_overlay(dapi)[..., [0, 2, 1]]):
+    for image in (np.stack([dapi] * 3, axis=-1), np.dstack([zero, zero, dapi]), np.dstack([dapi, dapi, zero]), tile,
+                  read_sample("brightfield"), (255 - tile.astype(np.int16)).clip(0, 255).astype(np.uint8) // 3):
         assert overlay_nuclear_channel(as_rgb(image)) is None
-        assert overlay_note(image, "Split it.") is None
+        assert overlay_note(image, "split it") is None
 
 
 def test_the_image_content_matters(models):

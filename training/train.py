@@ -157,6 +157,7 @@ def cached_teacher_maps(cache: Path, teacher_path: Path, ids: list[str], images:
                 return [stored[f"map_{i}"] for i in range(len(ids))]
     start = time.perf_counter()
     if in_frame:
+        teacher.network.to(device)  # (the plugin's inference runs on the device the network is on)
         maps = framed_teacher_maps(teacher, images, labels, tta)
     else:
         maps = teacher_maps(teacher.network, images, device, tta)

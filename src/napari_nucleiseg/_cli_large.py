@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .tables import PixelSize, physical_columns
 
 #: The labels of an image segmented block by block: an OME-Zarr folder.
@@ -70,6 +72,7 @@ class LargeImageWritten:
     table: Any
     fingerprint: dict | None = None
     plane_axes: str = ""
+    note: str | None = None  # said on stderr once written: how an RGB overlay of fluorescence channels was read
 
     def write(self, before_rename: Callable[[Any], None] | None = None) -> tuple[dict, Any]:
         """Rename the labels into place (a replaced run's were set aside first), calling ``before_rename``
@@ -91,9 +94,10 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
         As :func:`~napari_nucleiseg.lazy_io.open_lazy` and :func:`~napari_nucleiseg.large.segment_large` do;
         a cancelled or failed run leaves no temporary folder.
     """
-    from .cli import count_row
+    from .cli import OVERLAY_CHOOSE_CHANNEL, count_row
     from .large import segment_large
     from .lazy_io import open_lazy
+    from .preprocess import overlay_note
 
     image = open_lazy(job.source, channel=args.channel)
     partial = partial_path(job.labels_path)
@@ -104,6 +108,7 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
                                rgb=image.rgb, cancelled=cancelled)
         if pixel is not None:
             calibrate_pyramid(partial, pixel)
+        note = overlay_note(image.data, OVERLAY_CHOOSE_CHANNEL) if image.rgb else None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -111,7 +116,7 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
         image.close()
     row = count_row(job, result, model.name)
     table = result.table if pixel is None else physical_columns(result.table, pixel)
-    return LargeImageWritten(job, row, table.assign(file=str(job.source)), identity)
+    return LargeImageWritten(job, row, table.assign(file=str(job.source)), identity, note=note)
 
 
 def stored_pixel_size(path: Path, image: Any) -> PixelSize | None:
@@ -129,16 +134,24 @@ def stored_pixel_size(path: Path, image: Any) -> PixelSize | None:
         multiscales = dict(zarr.open_group(str(path), mode="r").attrs)
         multiscales = multiscales.get("multiscales") or multiscales.get("ome", {})["multiscales"]
         axes = [axis if isinstance(axis, dict) else {"name": axis} for axis in multiscales[0]["axes"]]
-        scale = next(t["scale"] for t in multiscales[0]["datasets"][0]["coordinateTransformations"]
-                     if t["type"] == "scale")
         names = [str(axis["name"]).lower() for axis in axes]
-        sizes = [_micrometres(scale[names.index(name)], axes[names.index(name)].get("unit", ""))
-                 for name in ("y", "x")]
-    except (KeyError, ValueError, TypeError, IndexError, StopIteration, zarr.errors.BaseZarrError):
+        # the full-resolution level's transformations, then the image's own (NGFF: scale, then translation)
+        scale, shift = np.ones(len(axes)), np.zeros(len(axes))
+        for transforms in (multiscales[0]["datasets"][0].get("coordinateTransformations", []),
+                           multiscales[0].get("coordinateTransformations", [])):
+            for transform in transforms:
+                if transform["type"] == "scale":
+                    scale, shift = scale * np.asarray(transform["scale"], float), shift * np.asarray(transform["scale"], float)
+                elif transform["type"] == "translation":
+                    shift = shift + np.asarray(transform["translation"], float)
+        units = [_micrometres(1.0, axes[names.index(name)].get("unit", "")) for name in ("y", "x")]
+        sizes = [scale[names.index(name)] * unit for name, unit in zip(("y", "x"), units, strict=True)]
+        origin = tuple(float(shift[names.index(name)] * unit) for name, unit in zip(("y", "x"), units, strict=True))
+    except (KeyError, ValueError, TypeError, IndexError, zarr.errors.BaseZarrError):
         return None
-    if any(size is None or not 1e-3 <= size <= 20 for size in sizes):
+    if not all(np.isfinite(sizes)) or not all(1e-3 <= size <= 20 for size in sizes) or not all(np.isfinite(origin)):
         return None
-    return PixelSize(sizes[0], sizes[1], "um")
+    return PixelSize(float(sizes[0]), float(sizes[1]), "um", origin)
 
 
 def calibrate_pyramid(labels_path: Path, pixel: PixelSize) -> None:
@@ -154,4 +167,6 @@ def calibrate_pyramid(labels_path: Path, pixel: PixelSize) -> None:
         for transform in dataset["coordinateTransformations"]:
             if transform["type"] == "scale":
                 transform["scale"] = [transform["scale"][0] * pixel.y, transform["scale"][1] * pixel.x]
+        if any(pixel.origin):
+            dataset["coordinateTransformations"].append({"type": "translation", "translation": list(pixel.origin)})
     group.attrs["multiscales"] = multiscales

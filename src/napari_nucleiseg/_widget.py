@@ -56,8 +56,8 @@ from .preprocess import overlay_note
 from .scale import resize_shortfall
 from .settings import PostprocessSettings
 
-#: How the widget's note on a fluorescence overlay read as its blue channel says to segment another one.
-OVERLAY_OTHER_CHANNEL = "For another channel, split the layer (right-click it > Split RGB) and segment that channel."
+#: How the widget's note on a fluorescence overlay says to segment one channel.
+OVERLAY_CHOOSE_CHANNEL = "split the layer (right-click it > Split RGB) and segment that channel"
 
 
 class NucleiSegWidget(QWidget):
@@ -289,13 +289,14 @@ class NucleiSegWidget(QWidget):
             show_info(shortfall)
         if isinstance(outcome, LargeFinished):
             self._show_in_blocks(image, outcome)
-            return
-        cache = Cache.of_run(image, run, outcome.model_key, self._run_channel, model.name)
-        self.rethresholder.start_from(cache, run.settings, run.labels)
-        self._show_probabilities()
+        else:
+            cache = Cache.of_run(image, run, outcome.model_key, self._run_channel, model.name)
+            self.rethresholder.start_from(cache, run.settings, run.labels)
+            self._show_probabilities()
         if image.rgb:
-            plane = image.data[(0,) * (image.data.ndim - 3)] if image.data.ndim > 3 else image.data
-            note = overlay_note(np.asarray(plane), OVERLAY_OTHER_CHANNEL)
+            data = image.data[0] if image.multiscale else image.data
+            plane = data[(0,) * (data.ndim - 3)] if data.ndim > 3 else data
+            note = overlay_note(plane, OVERLAY_CHOOSE_CHANNEL)  # (reads a sample of a lazy plane, not all of it)
             if note is not None:
                 show_info(f"'{image.name}': {note}")
 

@@ -474,7 +474,7 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     if image.rgb:
         from .preprocess import overlay_note
 
-        note = overlay_note(image.data[(0,) * len(image.plane_axes)], OVERLAY_OTHER_CHANNEL)
+        note = overlay_note(image.data[(0,) * len(image.plane_axes)], OVERLAY_CHOOSE_CHANNEL)
     return Finished(job, result.labels, probabilities, row, table.assign(file=str(job.source)), image.plane_axes,
                     identity, image.pixel, note)
 
@@ -550,7 +550,7 @@ class Finished:
     plane_axes: str = ""
     fingerprint: dict | None = None  # of the input file, for the manifest of a resumable run
     pixel: PixelSize | None = None  # the input's pixel size, which its label file records too
-    note: str | None = None  # said on stderr once written: an RGB overlay read as its blue channel
+    note: str | None = None  # said on stderr once written: how an RGB overlay of fluorescence channels was read
 
     def write(self, before_rename: Callable[[Path], None] | None = None) -> tuple[dict, Any]:
         """Write the image's files; its row of counts.csv and rows of nuclei.csv. ``before_rename(path)`` is
@@ -660,8 +660,8 @@ def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list
     return jobs
 
 
-#: How the command line's note on a fluorescence overlay read as its blue channel says to segment another one.
-OVERLAY_OTHER_CHANNEL = "For another channel, run it with --channel 0 (red) or --channel 1 (green)."
+#: How the command line's note on a fluorescence overlay says to segment one channel.
+OVERLAY_CHOOSE_CHANNEL = "run it with --channel 0 (red) or --channel 1 (green)"
 
 
 def _note_shortfall(job: Job, row: dict[str, Any], model: Any) -> None:

@@ -112,6 +112,10 @@ def _plane(array: Any, axes: str, channel: int | None, source: Any = None) -> La
     data = data.reshape(tuple(data.shape[i] for i in keep))
     axes = "".join(axes[i] for i in keep)
     rgb = axes.endswith("S") and data.shape[-1] in (3, 4)
+    if rgb and channel is not None:  # one colour of an RGB picture, as the command line reads a small one
+        if not 0 <= channel < 3:
+            raise ImageError(f"Channel {channel} does not exist: the image has 3 colours (0..2).")
+        data, axes, rgb = data[..., channel], axes[:-1], False
     if axes not in ("YX", "YXS") or (axes == "YXS" and not rgb):
         raise ImageError(f"An image of shape {tuple(data.shape)} (axes {axes}) is not one 2-D plane; large images "
                          "are segmented one 2-D gray or colour plane at a time.")

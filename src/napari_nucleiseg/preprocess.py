@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -193,7 +194,10 @@ def _colour_pixels(rgb: np.ndarray) -> np.ndarray | None:
         return None
     pixels = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
     pixels = pixels[np.isfinite(pixels).all(axis=1)]
-    return pixels if pixels.shape[0] >= 100 else None
+    if pixels.shape[0] < 100:
+        return None
+    peak = float(np.abs(pixels).max())
+    return pixels / peak if peak > 0 and not 1e-100 < peak < 1e100 else pixels  # (squares stay finite)
 
 
 def pseudo_colour(rgb: np.ndarray) -> bool:
@@ -214,41 +218,65 @@ def pseudo_colour(rgb: np.ndarray) -> bool:
     return bool(spread.max() < PSEUDO_COLOUR_SPREAD and shares.min() < 0.5)
 
 
-def overlay_nuclear_channel(rgb: np.ndarray) -> int | None:
-    """:data:`BLUE` when the ``(H, W, 3)`` image ``rgb`` (or a sample of it) overlays several fluorescence
-    channels with the nuclear stain in blue (:data:`OVERLAY_DARK_GROUND` and the figures after it), else
-    None: a gray image, one channel in colour (:func:`pseudo_colour`), a stain (H&E and brightfield have a
-    bright ground), a dark tissue tile (its channels rise and fall together), an overlay without blue."""
+def overlay_kind(rgb: np.ndarray) -> str | None:
+    """Whether the ``(H, W, 3)`` image ``rgb`` (or a sample of it) overlays several fluorescence channels
+    (:data:`OVERLAY_DARK_GROUND` and the figures after it): ``"blue"`` with the nuclear stain in blue (a dark
+    ground in blue, and another channel that is not blue again), ``"other"`` without blue (red and green
+    neither of them the other again, one on a dark ground), else None: a gray image, one channel in colour
+    (:func:`pseudo_colour`), a stain (H&E and brightfield have a bright ground and some blue), a dark tissue
+    tile (its channels rise and fall together)."""
     pixels = _colour_pixels(rgb)
     if pixels is None:
         return None
     low, median, high = np.percentile(pixels, [1.0, 50.0, 99.5], axis=0)
     span = high - low
-    if span.max() <= 0 or span[BLUE] < OVERLAY_MIN_SPAN * span.max():
+    if span.max() <= 0:
         return None
-    if (median[BLUE] - low[BLUE]) >= OVERLAY_DARK_GROUND * span[BLUE]:
-        return None
+    spans = span >= OVERLAY_MIN_SPAN * span.max()
+    dark = median - low < OVERLAY_DARK_GROUND * span
     deviations = pixels - pixels.mean(axis=0)
     spread = np.sqrt((deviations**2).sum(axis=0))
-    for other in (0, 1):
-        if span[other] >= OVERLAY_MIN_SPAN * span.max() and spread[other] > 0:
-            correlation = float(deviations[:, other] @ deviations[:, BLUE]) / (spread[other] * spread[BLUE])
-            if abs(correlation) < OVERLAY_MAX_CORRELATION:
-                return BLUE
+
+    def apart(a: int, b: int) -> bool:  # neither channel the other again
+        if spread[a] <= 0 or spread[b] <= 0:
+            return False
+        return abs(float(deviations[:, a] @ deviations[:, b]) / (spread[a] * spread[b])) < OVERLAY_MAX_CORRELATION
+
+    if spans[BLUE]:
+        return "blue" if dark[BLUE] and any(spans[other] and apart(other, BLUE) for other in (0, 1)) else None
+    return "other" if spans[0] and spans[1] and (dark[0] or dark[1]) and apart(0, 1) else None
+
+
+def overlay_nuclear_channel(rgb: np.ndarray) -> int | None:
+    """:data:`BLUE` when the ``(H, W, 3)`` image ``rgb`` (or a sample of it) overlays fluorescence channels
+    with the nuclear stain in blue (:func:`overlay_kind`), else None."""
+    return BLUE if overlay_kind(rgb) == "blue" else None
+
+
+def overlay_note(image: np.ndarray, choose: str) -> str | None:
+    """The sentence that says how an RGB overlay of fluorescence channels (:func:`overlay_kind`) was read, or
+    None for any other image; ``choose`` says how to segment one channel where the note is shown (e.g.
+    "run it with --channel 0 (red) or --channel 1 (green)")."""
+    if np.ndim(image) != 3 or np.shape(image)[-1] not in (3, 4):
+        return None
+    sample = _percentile_sample(as_rgb(_sampled(image)))
+    kind = None if pseudo_colour(sample) else overlay_kind(sample)
+    if kind == "blue":
+        return ("Read as its blue channel: it looks like an overlay of fluorescence channels, and blue is the "
+                f"usual nuclear stain (DAPI, Hoechst). For another channel, {choose}.")
+    if kind == "other":
+        return ("It looks like an overlay of fluorescence channels without blue (the usual nuclear stain), so it "
+                "was segmented as one colour picture, which finds the cells of every channel. For the nuclear "
+                f"stain's channel alone, {choose}.")
     return None
 
 
-def overlay_note(image: np.ndarray, other_channels: str) -> str | None:
-    """The sentence that says an image was read as its blue channel (:func:`overlay_nuclear_channel`), or
-    None when it was not; ``other_channels`` says how to segment another channel where the note is shown."""
-    if np.ndim(image) != 3 or np.shape(image)[-1] not in (3, 4):
-        return None
-    rgb = as_rgb(image)
-    sample = _percentile_sample(rgb)
-    if pseudo_colour(sample) or overlay_nuclear_channel(sample) is None:
-        return None
-    return ("Read as its blue channel: it looks like an overlay of fluorescence channels, and blue is the usual "
-            f"nuclear stain (DAPI, Hoechst). {other_channels}")
+def _sampled(image: Any) -> np.ndarray:
+    """``image`` (a numpy, dask or zarr array, rows and columns first) read on the grid of
+    :func:`_percentile_sample` only, not whole."""
+    height, width = np.shape(image)[:2]
+    step = max(1, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
+    return np.asarray(image[::step, ::step])
 
 
 def _percentile_sample(rgb: np.ndarray) -> np.ndarray:
