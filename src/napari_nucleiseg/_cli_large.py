@@ -141,7 +141,8 @@ def stored_pixel_size(path: Path, image: Any) -> PixelSize | None:
                            multiscales[0].get("coordinateTransformations", [])):
             for transform in transforms:
                 if transform["type"] == "scale":
-                    scale, shift = scale * np.asarray(transform["scale"], float), shift * np.asarray(transform["scale"], float)
+                    factors = np.asarray(transform["scale"], float)
+                    scale, shift = scale * factors, shift * factors
                 elif transform["type"] == "translation":
                     shift = shift + np.asarray(transform["translation"], float)
         units = [_micrometres(1.0, axes[names.index(name)].get("unit", "")) for name in ("y", "x")]

@@ -343,7 +343,7 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
                 tables.add(row, table, order=order[job])
                 segmented.append(job)
                 _note_shortfall(job, row, model)
-                if getattr(outcome, "note", None):
+                if outcome.note is not None:
                     _report(f"nucleiseg: note: {job.source}: {outcome.note}")
     except (KeyboardInterrupt, CommandError) as stop:
         # Hours of work may be done: the tables of the images finished so far are kept.

@@ -259,7 +259,7 @@ def overlay_note(image: np.ndarray, choose: str) -> str | None:
     "run it with --channel 0 (red) or --channel 1 (green)")."""
     if np.ndim(image) != 3 or np.shape(image)[-1] not in (3, 4):
         return None
-    sample = _percentile_sample(as_rgb(_sampled(image)))
+    sample = as_rgb(_percentile_sample(image))  # (a lazy plane is read on the sample's grid only)
     kind = None if pseudo_colour(sample) else overlay_kind(sample)
     if kind == "blue":
         return ("Read as its blue channel: it looks like an overlay of fluorescence channels, and blue is the "
@@ -271,15 +271,9 @@ def overlay_note(image: np.ndarray, choose: str) -> str | None:
     return None
 
 
-def _sampled(image: Any) -> np.ndarray:
-    """``image`` (a numpy, dask or zarr array, rows and columns first) read on the grid of
-    :func:`_percentile_sample` only, not whole."""
-    height, width = np.shape(image)[:2]
-    step = max(1, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
-    return np.asarray(image[::step, ::step])
-
-
-def _percentile_sample(rgb: np.ndarray) -> np.ndarray:
+def _percentile_sample(rgb: Any) -> np.ndarray:
+    """``rgb`` (rows and columns first: numpy, or a dask or zarr array, which only this grid is read of) on a
+    regular grid of at most :data:`PERCENTILE_SAMPLE_PIXELS` pixels."""
     height, width = rgb.shape[:2]
     step = max(1, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
     return np.asarray(rgb[::step, ::step])
