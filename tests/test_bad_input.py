@@ -57,7 +57,7 @@ from safetensors.torch import save_file
 
 import napari_nucleiseg.api
 from napari_nucleiseg import segment
-from napari_nucleiseg.cli import main
+from napari_nucleiseg.cli import EXIT_PARTIAL, main
 from napari_nucleiseg.inference import Cancelled
 from napari_nucleiseg.preprocess import ImageError
 from napari_nucleiseg.weights import METADATA_KEY, NucleiModel, WeightsError, save_weights
@@ -604,7 +604,7 @@ def assert_skipped_beside_a_good_image(capsys, tmp_path: Path, source: Path, fra
     good = _good_image(tmp_path, channel)
     status, stdout, stderr = run_cli(capsys, source, good, "--out", tmp_path / "out",
                                      *(["--channel", channel] if channel is not None else []))
-    assert status == 0  # the good image is still segmented
+    assert status == EXIT_PARTIAL  # the good image is still segmented
     (line,) = stderr.strip().splitlines()
     assert line.startswith(f"nucleiseg: skipped {source}: ") and fragment in line and one_sentence(line)
     assert "Segmented 1 of 2 images" in stdout
@@ -728,7 +728,7 @@ def test_cli_an_unexpected_error_on_one_image_skips_it_and_the_run_goes_on(capsy
     for name in ("a", "b", "c"):
         iio.imwrite(tmp_path / f"{name}.png", BLOBS)
     status, stdout, stderr = run_cli(capsys, tmp_path, "--out", tmp_path / "out")
-    assert status == 0 and "Traceback" not in stderr and "Segmented 2 of 3 images" in stdout  # 0: some were segmented
+    assert status == EXIT_PARTIAL and "Traceback" not in stderr and "Segmented 2 of 3 images" in stdout  # some were segmented, one skipped
     (line,) = [line for line in stderr.strip().splitlines() if "b.png" in line]
     assert line.startswith("nucleiseg: skipped") and "can't allocate memory" in line
     assert pd.read_csv(tmp_path / "out" / "counts.csv")["file"].tolist() == [str(tmp_path / n) for n in ("a.png", "c.png")]
@@ -1048,7 +1048,7 @@ def test_cli_a_link_and_its_target_are_one_image_and_a_broken_link_is_reported(c
     (folder / "b.png").symlink_to(folder / "a.png")
     (folder / "c.png").symlink_to(folder / "gone.png")
     status, stdout, stderr = run_cli(capsys, folder, "--out", tmp_path / "out")
-    assert status == 0
+    assert status == EXIT_PARTIAL
     assert stderr.strip().splitlines() == [
         f"nucleiseg: skipped {folder / 'c.png'}: a link to a file that does not exist",
         f"nucleiseg: skipped {folder / 'b.png'}: the same file as {folder / 'a.png'}, segmented once",
@@ -1076,7 +1076,7 @@ def test_cli_an_image_whose_output_name_is_too_long_is_skipped_and_the_run_goes_
     iio.imwrite(long_name, BLOBS)
     iio.imwrite(tmp_path / "short.png", BLOBS)
     status, stdout, stderr = run_cli(capsys, long_name, tmp_path / "short.png", "--out", tmp_path / "out")
-    assert status == 0 and "Segmented 1 of 2 images" in stdout
+    assert status == EXIT_PARTIAL and "Segmented 1 of 2 images" in stdout
     (line,) = stderr.strip().splitlines()
     assert line.startswith(f"nucleiseg: skipped {long_name}: its output name is too long") and one_sentence(line)
     assert pd.read_csv(tmp_path / "out" / "counts.csv")["labels_file"].tolist() == ["short_labels.tif"]

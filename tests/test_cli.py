@@ -14,7 +14,7 @@ import tifffile
 
 from napari_nucleiseg import segment
 from napari_nucleiseg.api import load_model
-from napari_nucleiseg.cli import main
+from napari_nucleiseg.cli import EXIT_PARTIAL, main
 
 from conftest import blob_image
 
@@ -43,7 +43,7 @@ def test_folder_with_a_corrupt_file(capsys, folder, tmp_path, tiny_weights):
     out = tmp_path / "out" / "nested"  # created, parents too
     status, stdout, stderr = run(capsys, folder, "--out", out, "--weights", tiny_weights["hrnet"])
 
-    assert status == 0
+    assert status == EXIT_PARTIAL
     error_lines = stderr.strip().splitlines()
     assert len(error_lines) == 1 and "broken.png" in error_lines[0]
     assert "Traceback" not in stderr and "notes.txt" not in stderr
@@ -132,7 +132,7 @@ def test_real_image(capsys, dsb_image_paths, tmp_path, tiny_weights):
 def test_existing_outputs_are_not_overwritten(capsys, folder, tmp_path, tiny_weights):
     out = tmp_path / "out"
     arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
-    assert run(capsys, *arguments)[0] == 0
+    assert run(capsys, *arguments)[0] == EXIT_PARTIAL
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     assert {"a_labels.tif", "b_labels.tif", "counts.csv", "nuclei.csv"} <= set(before)
 
@@ -143,7 +143,7 @@ def test_existing_outputs_are_not_overwritten(capsys, folder, tmp_path, tiny_wei
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
     status, _, _ = run(capsys, *arguments, "--threshold", "0.1", "--overwrite")
-    assert status == 0
+    assert status == EXIT_PARTIAL
     assert pd.read_csv(out / "counts.csv")["threshold"].eq(0.1).all()
     assert (out / "a_labels.tif").read_bytes() != before["a_labels.tif"]
 
@@ -176,7 +176,7 @@ def test_only_bad_files(capsys, tmp_path, tiny_weights):
 def test_unsupported_image_shape_is_skipped(capsys, folder, tmp_path, tiny_weights):
     tifffile.imwrite(folder / "stack.tif", np.zeros((5, 4, 32), np.uint8), photometric="minisblack")
     status, _, stderr = run(capsys, folder, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
-    assert status == 0
+    assert status == EXIT_PARTIAL
     assert "stack.tif" in stderr and "too small to hold nuclei" in stderr and "broken.png" in stderr
     assert len(pd.read_csv(tmp_path / "out" / "counts.csv")) == 2
 
@@ -254,6 +254,19 @@ def test_no_command_is_a_usage_error(capsys):
     assert "segment" in capsys.readouterr().err
 
 
+def test_the_exit_status_says_whether_every_image_was_segmented(capsys, folder, tmp_path, tiny_weights):
+    good, weights = [folder / "a.png", folder / "b.tif"], ["--weights", tiny_weights["unet"]]
+    status, _, stderr = run(capsys, *good, folder / "a.png", "--out", tmp_path / "all", *weights)
+    assert status == 0 and stderr == ""  # a path named twice leaves no image out
+
+    status, stdout, stderr = run(capsys, *good, folder / "gone.png", "--out", tmp_path / "some", *weights)
+    assert status == EXIT_PARTIAL and "Segmented 2 of 2 images" in stdout
+    assert stderr.strip().splitlines() == [f"nucleiseg: skipped {folder / 'gone.png'}: no such file or folder"]
+
+    status, _, stderr = run(capsys, folder / "broken.png", folder / "gone.png", "--out", tmp_path / "none", *weights)
+    assert status == 1 and "no image could be segmented" in stderr
+
+
 def test_same_stem_twice_is_a_usage_error(capsys, folder, tmp_path, tiny_weights):
     other = tmp_path / "other"
     other.mkdir()
@@ -265,7 +278,7 @@ def test_same_stem_twice_is_a_usage_error(capsys, folder, tmp_path, tiny_weights
 
 def test_the_same_file_twice_is_segmented_once(capsys, folder, tmp_path, tiny_weights):
     status, _, _ = run(capsys, folder, folder / "a.png", "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
-    assert status == 0
+    assert status == EXIT_PARTIAL
     assert len(pd.read_csv(tmp_path / "out" / "counts.csv")) == 2
 
 
@@ -400,7 +413,7 @@ def test_an_image_smaller_than_the_diameter_is_skipped(capsys, folder, tmp_path,
     out = tmp_path / "out"
     # a.png is 96 x 128 pixels, b.tif 80 x 72: a diameter of 100 fits only in a.png.
     status, stdout, stderr = run(capsys, folder, "--out", out, "--weights", tiny_weights["unet"], "--diameter", "100")
-    assert status == 0
+    assert status == EXIT_PARTIAL
     lines = stderr.strip().splitlines()
     assert len(lines) == 2 and sum("broken.png" in line for line in lines) == 1
     (refused,) = [line for line in lines if "b.tif" in line]
@@ -418,7 +431,7 @@ def test_overwrite_that_cannot_move_an_old_output_aside_changes_nothing(capsys, 
 
     out = tmp_path / "out"
     arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
-    assert run(capsys, *arguments)[0] == 0
+    assert run(capsys, *arguments)[0] == EXIT_PARTIAL
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     replace = os.replace
 
@@ -437,12 +450,12 @@ def test_overwrite_that_cannot_move_an_old_output_aside_changes_nothing(capsys, 
 def test_overwrite_keeps_the_old_output_of_an_image_that_fails_this_time(capsys, folder, tmp_path, tiny_weights):
     out = tmp_path / "out"
     arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
-    assert run(capsys, *arguments)[0] == 0
+    assert run(capsys, *arguments)[0] == EXIT_PARTIAL
     old_b = (out / "b_labels.tif").read_bytes()
     (folder / "b.tif").write_bytes(b"II*\x00" + b"\x00" * 20)  # b cannot be read any more
 
     status, _, stderr = run(capsys, *arguments, "--overwrite")
-    assert status == 0
+    assert status == EXIT_PARTIAL
     assert not (out / "b_labels.tif").exists()  # no row of the new tables would describe it
     (aside,) = out.glob("replaced-*")
     assert sorted(path.name for path in aside.iterdir()) == ["b_labels.tif"]  # the replaced ones are gone
@@ -453,7 +466,7 @@ def test_overwrite_keeps_the_old_output_of_an_image_that_fails_this_time(capsys,
 def test_overwrite_that_segments_nothing_leaves_the_old_outputs_in_place(capsys, folder, tmp_path, tiny_weights):
     out = tmp_path / "out"
     arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
-    assert run(capsys, *arguments)[0] == 0
+    assert run(capsys, *arguments)[0] == EXIT_PARTIAL
     before = {path.name: path.read_bytes() for path in out.iterdir()}
 
     status, _, stderr = run(capsys, *arguments, "--overwrite", "--diameter", "5000")  # larger than every image

@@ -89,15 +89,19 @@ NUCLEI_FILE = "nuclei.csv"
 EXIT_OK = 0
 EXIT_FAILED = 1  # nothing segmented, or the run could not start (weights, output folder, existing outputs)
 EXIT_USAGE = 2  # as argparse: the command line itself is wrong
+EXIT_PARTIAL = 3  # some images were segmented and some skipped (each named on stderr)
+
+#: How the line about a path that names an image given before ends.
+SEGMENTED_ONCE = ", segmented once"
 
 #: At most this many existing outputs are listed when refusing to overwrite.
 LISTED_EXISTING = 5
 
 EPILOG = """\
-exit status: 0 if at least one image was segmented, 1 if none was (or the run
-could not start, or stopped on an error such as a full disk), 2 for a wrong
-command line, 130 on Ctrl+C, 143 on SIGTERM, 129 on SIGHUP. Images that cannot
-be read or segmented are reported on stderr and skipped. A run that stops early
+exit status: 0 if every image was segmented, 3 if some were and others skipped,
+1 if none was (or the run could not start, or stopped on an error such as a full
+disk), 2 for a wrong command line, 130 on Ctrl+C, 143 on SIGTERM, 129 on SIGHUP.
+Images that cannot be read or segmented are reported on stderr and skipped. A run that stops early
 (Ctrl+C, SIGTERM, SIGHUP, a full disk) still writes the tables of the images it
 finished; no file is ever left half-written, and a row of counts.csv always
 describes the label file beside it. Existing outputs are only replaced with
@@ -271,6 +275,8 @@ def run_segment(args: argparse.Namespace) -> int:
                            EXIT_USAGE)
     for problem in problems:
         print(f"nucleiseg: {problem}", file=sys.stderr)
+    # A path named twice is segmented once: that is no image left out.
+    missed = sum(1 for problem in problems if not problem.endswith(SEGMENTED_ONCE))
     if not sources:
         raise CommandError("no images to segment (png, tif, tiff, jpg, jpeg or an OME-Zarr folder).")
     jobs = plan_jobs(sources, args.out, save_probability=args.save_probability)
@@ -287,7 +293,7 @@ def run_segment(args: argparse.Namespace) -> int:
     prepare_output_folder(args.out)
     try:
         with OutputLock(args.out), stops_as_interrupts() as stops:
-            return _run_jobs(jobs, model, args, stops)
+            return _run_jobs(jobs, model, args, stops, missed=missed)
     except FolderBusy as busy:
         raise CommandError(str(busy)) from None
 
@@ -297,8 +303,9 @@ def on_cluster(args: argparse.Namespace) -> bool:
     return args.workers is not None or args.scheduler is not None
 
 
-def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stops) -> int:
-    """Segment every job into ``args.out`` (which this run holds the lock of)."""
+def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stops, *, missed: int = 0) -> int:
+    """Segment every job into ``args.out`` (which this run holds the lock of); ``missed`` images named on
+    the command line were not found (already reported)."""
     import shutil
 
     from ._manifest import MANIFEST_FOLDER
@@ -323,6 +330,7 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     except SetAsideError as error:
         raise CommandError(f"{error}.") from None
     segmented: list[Job] = []
+    skipped = missed
     tables = Tables(lambda rows, nuclei: write_tables(args.out, rows, nuclei))
     for job, (row, table) in done.items():
         tables.add(row, table, order=order[job])
@@ -332,11 +340,13 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
             for job, outcome in _progress_bar(outcomes, total=len(todo)):
                 if isinstance(outcome, str):
                     _report(f"nucleiseg: skipped {job.source}: {outcome}")
+                    skipped += 1
                     continue
                 try:
                     row, table = outcome.write(None if manifest is None else partial(_note_written, manifest, job))
                 except UnwritableName as problem:
                     _report(f"nucleiseg: skipped {job.source}: {problem}.")
+                    skipped += 1
                     continue
                 if manifest is not None:
                     _record(manifest, outcome, row, table)
@@ -376,7 +386,7 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
               f"were done before): {total} nuclei in all. Results in {args.out}")
     else:
         print(f"Segmented {len(tables.rows)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
-    return EXIT_OK
+    return EXIT_PARTIAL if skipped else EXIT_OK  # each image skipped was named on stderr
 
 
 def _manifest(model: Any, args: argparse.Namespace) -> Any:
@@ -622,7 +632,7 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
             key = file.resolve()
             if key in seen:
                 if seen[key] != file:
-                    problems.append(f"skipped {file}: the same file as {seen[key]}, segmented once")
+                    problems.append(f"skipped {file}: the same file as {seen[key]}{SEGMENTED_ONCE}")
                 continue
             seen[key] = file
             sources.append(file)
