@@ -55,6 +55,24 @@ def test_an_ome_zarr_opens_at_its_full_resolution(tmp_path):
     assert rgb.rgb and np.array_equal(np.asarray(rgb.data), RGB)
 
 
+@pytest.mark.parametrize("multiscales", [
+    {"datasets": [{"path": "0"}]},  # a dict, not a list of images
+    [{"datasets": [{"path": "9"}]}],  # no such array
+    [{"datasets": []}],
+    [{"datasets": [{"path": "0"}], "axes": [{"label": "y"}, {"label": "x"}]}],  # axes without names
+    [{"version": "0.4"}],
+    ["0"],
+])
+def test_ome_zarr_metadata_not_as_the_specification_has_it_is_one_sentence(tmp_path, multiscales):
+    import zarr
+
+    write_ome_zarr(tmp_path / "odd.zarr", [GRAY], "yx")
+    zarr.open_group(str(tmp_path / "odd.zarr"), mode="r+").attrs["multiscales"] = multiscales
+    with pytest.raises(ImageError, match="as the specification has it") as refused:
+        open_lazy(tmp_path / "odd.zarr")
+    assert str(refused.value).count(". ") == 0  # one sentence
+
+
 def test_a_stack_is_one_sentence(tmp_path):
     tifffile.imwrite(tmp_path / "z.tif", np.stack([GRAY] * 4), metadata={"axes": "ZYX"})
     with pytest.raises(ImageError, match="not one 2-D plane"):

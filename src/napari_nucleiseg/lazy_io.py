@@ -80,13 +80,22 @@ def _open_zarr(path: Path) -> tuple[Any, str]:
     if isinstance(node, zarr.Array):
         return node, "YX" if node.ndim == 2 else ("YXS" if node.ndim == 3 and node.shape[-1] in (3, 4) else "?" * node.ndim)
     attributes = dict(node.attrs)
-    multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get("multiscales")
+    ome = attributes.get("ome")
+    multiscales = attributes.get("multiscales") or (ome.get("multiscales") if isinstance(ome, dict) else None)
     if not multiscales:
         raise ImageError(f"{path} is a zarr group but no OME-Zarr image (no 'multiscales' in its attributes).")
-    image = multiscales[0]
-    level = node[image["datasets"][0]["path"]]
-    names = [axis["name"] if isinstance(axis, dict) else str(axis) for axis in image.get("axes", "tczyx"[-level.ndim:])]
-    return level, "".join(name[0].upper() for name in names)
+    try:
+        image = multiscales[0]
+        level = node[image["datasets"][0]["path"]]
+        names = [axis["name"] if isinstance(axis, dict) else str(axis)
+                 for axis in image.get("axes", "tczyx"[-level.ndim:])]
+        axes = "".join(name[0].upper() for name in names)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        level = None
+    if not isinstance(level, zarr.Array):  # written by hand or by a tool that read the specification otherwise
+        raise ImageError(f"{path}'s OME-Zarr metadata does not name its image's arrays as the specification has it "
+                         "('multiscales': a list of images, the first one's 'datasets' a list of paths to arrays).")
+    return level, axes
 
 
 def _plane(array: Any, axes: str, channel: int | None, source: Any = None) -> LazyImage:
