@@ -82,7 +82,7 @@ def test_the_package_holds_what_the_issue_lists(unet_package):
 
     assert description["config"]["napari-nucleiseg"]["threshold"] == load_model("unet").settings.threshold
     for words in ("## Validation", "log(1 + 10|x|)", "18 px", "Threshold", "Split touching nuclei", "MoNuSeg",
-                  "CC BY-NC-SA 4.0", "Non-commercial", "## Citations"):
+                  "CC BY-NC-SA 4.0", "Non-commercial", "## Citations", "its blue channel repeated"):
         assert words in readme, words
 
 

@@ -74,6 +74,11 @@ def readme(model: NucleiModel, spdx: str) -> str:
         f"(e.g. by reflection) to a multiple of {SIZE_STEP} and crop the output.",
         "- **Odd pixels.** napari-nucleiseg replaces NaN with the low percentile and infinities with the high or "
         "low one, and divides float images far outside float32's range first.",
+        "- **One channel in colour; overlays.** napari-nucleiseg gives the network one channel shown in colour "
+        "(DAPI saved in blue, a marker with a green or cyan LUT) as gray, its brightest channel repeated into "
+        "all three, and an overlay of fluorescence channels with the nuclear stain in blue (DAPI or Hoechst "
+        "beside a red or green marker) as its blue channel repeated; in colour the network finds fewer nuclei, "
+        "or the marker's cells. Give such images as that one channel, repeated.",
         "",
         "## Output",
         "",
