@@ -572,6 +572,13 @@ def test_an_overlay_of_fluorescence_channels_says_it_was_read_as_blue(capsys, tm
     assert blue.startswith(f"nucleiseg: note: {folder / 'composite.png'}: Read as its blue channel")
     assert green.startswith(f"nucleiseg: note: {folder / 'green.png'}: It looks like an overlay")
     assert all(line.endswith("run it with --channel 0 (red) or --channel 1 (green).") for line in (blue, green))
+    # The table gives each colour's mean: the nuclear stain's (blue: the DAPI's intensity) and the marker's.
+    nuclei = pd.read_csv(tmp_path / "out" / "nuclei.csv")
+    composite, alone = (nuclei[nuclei["file"].str.endswith(name)].set_index("label") for name in ("composite.png",
+                                                                                                   "dapi.png"))
+    assert alone[["mean_red", "mean_green", "mean_blue"]].isna().all().all()  # a gray image: empty
+    np.testing.assert_allclose(composite["mean_blue"], alone["mean_intensity"])  # the same nuclei, same stain
+    assert (composite["mean_red"] > 0).mean() > 0.5 and (composite["mean_green"] == 0).all()
     status, _, stderr = run(capsys, folder / "composite.png", "--out", tmp_path / "red", "--channel", "0",
                             "--weights", tiny_weights["hrnet"])
     assert status == 0 and stderr == ""  # a channel chosen: no note

@@ -15,6 +15,7 @@ from napari_nucleiseg.postprocess import (
     labels_from_probabilities,
     measure_nuclei,
     split_by_shape,
+    table_columns,
 )
 from napari_nucleiseg.settings import PostprocessSettings
 
@@ -319,6 +320,23 @@ def test_rgb_intensity_is_the_mean_of_the_colour_channels():
     expected = measure_nuclei(labels, gray)["mean_intensity"].to_numpy()
     np.testing.assert_allclose(measure_nuclei(labels, rgb)["mean_intensity"], expected)  # (g + 2g + 0) / 3 = g
     np.testing.assert_allclose(measure_nuclei(labels, rgba)["mean_intensity"], expected)
+
+
+def test_a_colour_image_gives_each_colour_s_mean_per_nucleus():
+    """An overlay's marker (red) beside its nuclear stain (blue), or a tissue's stains: one mean per colour
+    and nucleus, after mean_intensity; a gray image has no such columns."""
+    labels, gray = rectangles()
+    gray = gray.astype(np.uint16)
+    rgba = np.stack([gray * 3, np.zeros_like(gray), gray, np.full(gray.shape, 7)], axis=-1).astype(np.uint16)
+    table, plain = measure_nuclei(labels, rgba), measure_nuclei(labels, gray)
+    assert list(table.columns) == list(table_columns(colour=True)) and list(plain.columns) == list(MEASUREMENT_COLUMNS)
+    at = list(table.columns).index("mean_intensity")
+    assert list(table.columns)[at + 1:at + 4] == ["mean_red", "mean_green", "mean_blue"]
+    np.testing.assert_allclose(table["mean_blue"], plain["mean_intensity"])
+    np.testing.assert_allclose(table["mean_red"], 3 * plain["mean_intensity"])
+    assert (table["mean_green"] == 0).all()
+    empty = measure_nuclei(np.zeros_like(labels), rgba)  # no nuclei: the same columns, no rows
+    assert list(empty.columns) == list(table_columns(colour=True)) and empty.empty
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")

@@ -1717,3 +1717,9 @@ def test_an_overlay_of_fluorescence_channels_is_read_as_blue_and_the_widget_says
     (note,) = notifications.messages["info"]
     assert note.startswith("'composite': Read as its blue channel") and "Split RGB" in note
     assert notifications.messages["error"] == []
+    # The table gives each colour's mean: the marker's (red) beside the nuclear stain's (blue).
+    composite = [layer for layer in labels_layers(viewer) if "composite" in layer.name][0]
+    qtbot.waitUntil(lambda: len(composite.features) > 0, timeout=5_000)
+    columns = widget.table_view.columns
+    assert columns[columns.index("mean_intensity") + 1:][:3] == ["mean_red", "mean_green", "mean_blue"]
+    assert (composite.features["mean_red"] > 0).any() and (composite.features["mean_green"] == 0).all()

@@ -1074,14 +1074,14 @@ def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) 
     """
     import pandas as pd
 
-    from .postprocess import MEASUREMENT_COLUMNS
+    from .postprocess import table_columns
     from .tables import write_csv
     from .volumes import VOLUME_COLUMNS
 
     nuclei = pd.concat(tables, ignore_index=True)
     # A stack's nuclei say their plane (z, t, plane: empty for 2-D images), between file and label.
     # 2-D nuclei and 3-D ones (a linked Z stack) in one run: each column once, those of either kind.
-    measured = [column for column in dict.fromkeys(MEASUREMENT_COLUMNS + VOLUME_COLUMNS) if column in nuclei]
+    measured = [column for column in dict.fromkeys(table_columns(colour=True) + VOLUME_COLUMNS) if column in nuclei]
     measured += [column for column in nuclei.columns if column.endswith(("_um", "_um2", "_um3"))]  # physical
     planes = [column for column in nuclei.columns if column not in ("file", *measured)]
     # A column of whole numbers stays one where some images lack it (first_plane of a 2-D image): empty,

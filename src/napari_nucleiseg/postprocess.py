@@ -37,6 +37,20 @@ MEASUREMENT_COLUMNS = (
     "solidity",
 )
 
+#: Columns :func:`measure_nuclei` adds, after ``mean_intensity``, for a colour (RGB or RGBA) image: the mean
+#: of each colour over the nucleus, e.g. a marker's in an overlay of fluorescence channels whose nuclei are
+#: found in blue, or the stains' in a tissue image.
+COLOUR_COLUMNS = ("mean_red", "mean_green", "mean_blue")
+
+
+def table_columns(colour: bool) -> tuple[str, ...]:
+    """The columns of :func:`measure_nuclei`'s table, in order, of a gray image or a ``colour`` one."""
+    if not colour:
+        return MEASUREMENT_COLUMNS
+    at = MEASUREMENT_COLUMNS.index("mean_intensity") + 1
+    return MEASUREMENT_COLUMNS[:at] + COLOUR_COLUMNS + MEASUREMENT_COLUMNS[at:]
+
+
 _INTEGER_COLUMNS = ("label", "area", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x")
 
 _UINT16_MAX = np.iinfo(np.uint16).max
@@ -462,12 +476,14 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray | None = None) -> pd.Da
     image : ndarray, optional
         ``(H, W)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA image the labels
         belong to. Its gray value (the mean of the colour channels; alpha is
-        ignored) gives ``mean_intensity``, which is NaN without an image.
+        ignored) gives ``mean_intensity``, which is NaN without an image; each
+        colour's mean of a colour image gives :data:`COLOUR_COLUMNS`.
 
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`MEASUREMENT_COLUMNS`, one row per label in increasing
+        Columns :data:`MEASUREMENT_COLUMNS` (:func:`table_columns`: with
+        :data:`COLOUR_COLUMNS` for a colour image), one row per label in increasing
         order; no rows for labels without nuclei. Lengths are in pixels, and the
         bounding box is half-open. Values are scikit-image's ``regionprops``
         (``perimeter`` with its 4-neighbourhood; ``solidity`` against the convex
@@ -484,13 +500,14 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray | None = None) -> pd.Da
         raise ValueError("labels must not be negative")
     if image is not None:
         image = _checked_image(image, labels.shape)
+    colour = image is not None and image.ndim == 3 and image.shape[-1] >= 3
 
     # Everything is computed from the runs of equal labels along the rows, and from
     # the pixels on each nucleus's border: a python loop over thousands of nuclei
     # (what regionprops does) is what makes tables slow.
     values, starts, lengths = _row_runs(labels)
     if values.size == 0:
-        return _empty_table()
+        return _empty_table(colour)
     present, run_ids = np.unique(values, return_inverse=True)
     count = present.size
     width = labels.shape[1]
@@ -530,6 +547,10 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray | None = None) -> pd.Da
         "bbox_max_x": right + 1,
         "mean_intensity": np.full(count, np.nan) if image is None else finite_means(
             np.repeat(run_ids, lengths), _gray_at(image, pixels), count),
+        **({} if not colour else {
+            name: finite_means(np.repeat(run_ids, lengths), image[..., channel].reshape(-1)[pixels].astype(np.float64),
+                               count)
+            for channel, name in enumerate(COLOUR_COLUMNS)}),
         "eccentricity": _eccentricity(
             (syy * area - sy * sy) / area**2, (sxx * area - sx * sx) / area**2, (sxy * area - sy * sx) / area**2
         ),
@@ -537,7 +558,7 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray | None = None) -> pd.Da
         "equivalent_diameter": np.sqrt(4 * area / np.pi),
         "solidity": area / _convex_areas(run_ids, ys, x0, x1, top, bottom),
     }
-    return pd.DataFrame(table, columns=list(MEASUREMENT_COLUMNS))
+    return pd.DataFrame(table, columns=list(table_columns(colour)))
 
 
 def _row_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -679,10 +700,10 @@ def _eccentricity(var_y: np.ndarray, var_x: np.ndarray, cov_xy: np.ndarray) -> n
     return np.where(major > 0, eccentricity, 0.0)
 
 
-def _empty_table() -> pd.DataFrame:
+def _empty_table(colour: bool = False) -> pd.DataFrame:
     return pd.DataFrame(
         {
             column: pd.Series(dtype=np.int64 if column in _INTEGER_COLUMNS else np.float64)
-            for column in MEASUREMENT_COLUMNS
+            for column in table_columns(colour)
         }
     )

@@ -122,13 +122,18 @@ def _links(previous: np.ndarray, plane: np.ndarray, threshold: float) -> dict[in
 def measure_volumes(labels: np.ndarray, image: Any = None) -> Any:
     """One row per 3-D nucleus of ``labels`` ``(Z, Y, X)``: :data:`VOLUME_COLUMNS` (volume in voxels,
     centroid in planes and pixels, the first and last plane it is in, its largest section's area in
-    pixels, and its mean gray value in ``image`` ``(Z, Y, X[, C])``, NaN without one)."""
+    pixels, and its mean gray value in ``image`` ``(Z, Y, X[, C])``, NaN without one; for a colour image,
+    each colour's mean too, :data:`~napari_nucleiseg.postprocess.COLOUR_COLUMNS`)."""
     import pandas as pd
 
+    from .postprocess import COLOUR_COLUMNS
+
     labels = np.asarray(labels)
+    colour = image is not None and np.ndim(image) == labels.ndim + 1 and np.shape(image)[-1] >= 3
     flat = np.flatnonzero(labels)  # the nuclei's voxels only: a stack is mostly background
     if flat.size == 0:
-        return pd.DataFrame({column: pd.Series(dtype=float) for column in VOLUME_COLUMNS}).astype({"label": int})
+        columns = VOLUME_COLUMNS + (COLOUR_COLUMNS if colour else ())
+        return pd.DataFrame({column: pd.Series(dtype=float) for column in columns}).astype({"label": int})
     ids, objects = np.unique(labels.ravel()[flat], return_inverse=True)
     zz, yy, xx = np.unravel_index(flat, labels.shape)
     volume = np.bincount(objects, minlength=ids.size)
@@ -139,16 +144,19 @@ def measure_volumes(labels: np.ndarray, image: Any = None) -> Any:
     sections = np.unique(objects.astype(np.int64) * labels.shape[0] + zz, return_counts=True)
     largest = np.zeros(ids.size, dtype=np.int64)
     np.maximum.at(largest, sections[0] // labels.shape[0], sections[1])
-    intensity = np.full(ids.size, np.nan)
+    intensity, colours = np.full(ids.size, np.nan), {}
     if image is not None:
-        pixels = np.asarray(image).reshape(labels.size, -1)[flat, :3].astype(np.float64).mean(axis=1)
         from .postprocess import finite_means
 
-        intensity = finite_means(objects, pixels, ids.size)  # as a 2-D nucleus's: NaN and inf pixels left out
+        pixels = np.asarray(image).reshape(labels.size, -1)[flat, :3].astype(np.float64)
+        intensity = finite_means(objects, pixels.mean(axis=1), ids.size)  # as a 2-D nucleus's: NaN, inf left out
+        if colour:
+            colours = {name: finite_means(objects, pixels[:, channel], ids.size)
+                       for channel, name in enumerate(COLOUR_COLUMNS)}
     return pd.DataFrame({
         "label": ids.astype(np.int64), "volume": volume,
         "centroid_z": np.bincount(objects, weights=zz, minlength=ids.size) / volume,
         "centroid_y": np.bincount(objects, weights=yy, minlength=ids.size) / volume,
         "centroid_x": np.bincount(objects, weights=xx, minlength=ids.size) / volume,
-        "first_plane": first, "last_plane": last, "largest_area": largest, "mean_intensity": intensity,
+        "first_plane": first, "last_plane": last, "largest_area": largest, "mean_intensity": intensity, **colours,
     })
