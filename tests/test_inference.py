@@ -127,19 +127,6 @@ def marker_overlay(dapi: np.ndarray, marker_at: int = 0) -> np.ndarray:
     return overlay
 
 
-def ihc_stain(tissue: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """The H&E picture ``tissue`` restained as an IHC section (a Ki-67 stain): hematoxylin alone, no eosin,
-    and the nuclei at ``positive`` brown with DAB (most of their hematoxylin as DAB), by scikit-image's
-    colour deconvolution."""
-    from skimage.color import hed2rgb, rgb2hed
-
-    hed = rgb2hed(tissue[..., :3])
-    hematoxylin, dab = hed[..., 0].copy(), np.zeros(positive.shape)
-    dab[positive], hematoxylin[positive] = 1.2 * hed[..., 0][positive], 0.3 * hed[..., 0][positive]
-    stained = hed2rgb(np.stack([hematoxylin, np.zeros_like(hematoxylin), dab], axis=-1))
-    return (np.clip(stained, 0, 1) * 255).astype(np.uint8)
-
-
 def found_share(labels: np.ndarray, truth: np.ndarray, which: np.ndarray) -> float:
     """The share of the nuclei of ``truth`` at ``which`` that ``labels`` holds (IoU >= 0.5)."""
     nuclei = [n for n in np.unique(truth[which]) if n]
@@ -159,12 +146,13 @@ def test_brown_nuclei_of_an_ihc_stain_are_found_as_hematoxylin_ones(monkeypatch)
     now read as hematoxylin; an H&E picture, which holds no brown, is read as before."""
     from napari_nucleiseg import preprocess, segment
     from napari_nucleiseg._sample_data import read_sample
+    from training.data import restain_as_ihc
 
     tissue = read_sample("tissue")
     assert Normalization.of(as_rgb(tissue)).white is None  # H&E: nothing brown, nothing changed
     truth = segment(tissue, model="hrnet").labels
     brown = (truth > 0) & (truth % 2 == 0)  # half of the nuclei
-    section = ihc_stain(tissue, brown)
+    section = restain_as_ihc(tissue, brown)
     assert Normalization.of(section).white is not None
     labels = segment(section, model="hrnet").labels
     assert found_share(labels, truth, brown) >= 0.75

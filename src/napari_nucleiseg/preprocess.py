@@ -232,9 +232,12 @@ def stain_white(rgb: np.ndarray) -> tuple[float, float, float] | None:
 def _optical_density(pixels: np.ndarray, white: Any) -> np.ndarray:
     """float32 optical density of ``pixels`` (colour last) against ``white``, at most log(1000); a pixel
     brighter than white, or not finite, absorbs nothing."""
+    pixels = np.asarray(pixels)
+    exact = np.float64 if pixels.dtype == np.float64 else np.float32  # (a float64 image may exceed float32)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.asarray(pixels, dtype=np.float64) / np.asarray(white, dtype=np.float64)
-    return -np.log(np.clip(np.nan_to_num(ratio, nan=1.0), 1e-3, 1.0)).astype(np.float32)
+        ratio = pixels.astype(exact, copy=False) / np.asarray(white, dtype=exact)
+    np.clip(np.nan_to_num(ratio, copy=False, nan=1.0), 1e-3, 1.0, out=ratio)
+    return -np.log(ratio).astype(np.float32, copy=False)
 
 
 def brown_as_hematoxylin(rgb: np.ndarray, white: tuple[float, float, float]) -> np.ndarray:
@@ -247,13 +250,13 @@ def brown_as_hematoxylin(rgb: np.ndarray, white: tuple[float, float, float]) -> 
     (H&E's purple and pink, gray, the glass) keep their values."""
     pixels = np.asarray(rgb)[..., :3]
     out = np.array(pixels, dtype=np.float64 if pixels.dtype == np.float64 else np.float32)  # (1e200 stays finite)
-    density = _optical_density(out, white)
-    excess = density[..., 2] - density[..., 1]
+    green_blue = _optical_density(out[..., 1:], white[1:])
+    excess = green_blue[..., 1] - green_blue[..., 0]
     brown = excess > BROWN_MIN_EXCESS
     if not brown.any():
         return out
     dab, hematoxylin = (np.asarray(od, np.float32) / np.linalg.norm(od) for od in (DAB_OD, HEMATOXYLIN_OD))
-    od, excess = density[brown], excess[brown]
+    od, excess = _optical_density(out[brown], white), excess[brown]
     # All of the DAB from twice the margin on, a share of it below (no edge where the margin is crossed).
     share = np.minimum((excess - BROWN_MIN_EXCESS) / BROWN_MIN_EXCESS, 1.0)
     amount = np.minimum(share * excess / (dab[2] - dab[1]), (od / dab).min(axis=1))
