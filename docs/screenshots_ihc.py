@@ -14,7 +14,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from skimage.io import imread
 
 HERE = Path(__file__).resolve().parent
 MONUSEG_TEST = HERE.parents[1] / "shared" / "data" / "monuseg2018" / "test"
