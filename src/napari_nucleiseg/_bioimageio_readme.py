@@ -79,9 +79,6 @@ def readme(model: NucleiModel, spdx: str) -> str:
         "all three, and an overlay of fluorescence channels with the nuclear stain in blue (DAPI or Hoechst "
         "beside a red or green marker) as its blue channel repeated; in colour the network finds fewer nuclei, "
         "or the marker's cells. Give such images as that one channel, repeated.",
-        "- **Brown (IHC).** In a brightfield stain, napari-nucleiseg re-colours brown (DAB, which absorbs blue more "
-        "than green) as hematoxylin before the network sees it (optical density against the image's white, "
-        "Ruifrok and Johnston's stain vectors); as brown, DAB-positive nuclei are missed more often than not.",
         "",
         "## Output",
         "",

@@ -53,22 +53,6 @@ OVERLAY_MAX_CORRELATION = 0.8
 #: The channel :func:`overlay_nuclear_channel` reads (blue).
 BLUE = 2
 
-#: Optical density of one unit of a stain in red, green and blue (Ruifrok & Johnston 2001, as scikit-image's
-#: ``rgb2hed``): hematoxylin, the blue-purple of every nucleus, absorbs red and green; DAB, the brown of
-#: immunohistochemistry (a Ki-67 or p53 stain's positive nuclei), absorbs blue most.
-HEMATOXYLIN_OD = (0.650, 0.704, 0.286)
-DAB_OD = (0.268, 0.570, 0.776)
-#: A colour image is one of stains in transmitted light (brightfield: H&E, IHC) when its median pixel is at
-#: least this share of its white (each colour's :data:`STAIN_WHITE_PERCENTILE`; fluorescence: a dark
-#: ground, the bundled sample 0.12; H&E tiles of MoNuSeg and CoNSeP 0.19-0.99, 0.38 and 0.63 at their 1st
-#: percentile); its brown is then read as hematoxylin (:func:`brown_as_hematoxylin`).
-STAIN_BRIGHT_GROUND = 0.25
-STAIN_WHITE_PERCENTILE = 99.5
-#: A pixel is brown when its optical density in blue exceeds that in green by more than this (hematoxylin's
-#: is 0.42 below, eosin's 0.88 below, DAB's 0.21 above per unit; weak DAB-positive nuclei about 0.14, strong
-#: ones 0.4-0.5): the gray pixels of a brightfield image, and H&E's, are left as they are.
-BROWN_MIN_EXCESS = 0.1
-
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
     """Return a ``(H, W, 3)`` view or copy of a 2-D gray, RGB or RGBA ``image``.
@@ -148,7 +132,6 @@ class Normalization:
     log_gain: float = 0.0  # > 0: logarithmic compression after the percentiles (DEFAULT_LOG_GAIN)
     gray: bool = False  # one channel shown in colour (:func:`pseudo_colour`): its brightest channel, as gray
     channel: int | None = None  # a fluorescence overlay (:func:`overlay_nuclear_channel`): this channel, as gray
-    white: tuple[float, float, float] | None = None  # stains in brightfield (:func:`stain_white`): brown as hematoxylin
 
     @classmethod
     def of(cls, rgb: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
@@ -156,15 +139,11 @@ class Normalization:
         """The normalisation of the ``(H, W, 3)`` image ``rgb`` (see :func:`as_rgb`)."""
         sample = _percentile_sample(rgb)
         gray = pseudo_colour(sample)
-        kind = None if gray else overlay_kind(sample)
-        channel = BLUE if kind == "blue" else None
-        white = stain_white(sample) if not gray and kind is None else None
+        channel = None if gray else overlay_nuclear_channel(sample)
         if gray:
             sample = sample.max(axis=-1)
         elif channel is not None:
             sample = sample[..., channel]
-        elif white is not None:
-            sample = brown_as_hematoxylin(sample, white)
         finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
         if finite.size == 0:
             return cls(log_gain=log_gain)
@@ -177,7 +156,7 @@ class Normalization:
         scale = float(high - low)
         if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero
             scale = float(finite.max() - low)
-        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain), gray, channel, white)
+        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain), gray, channel)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``(h, w, 3)`` float32 network input of ``rgb``, the whole image or a part of it."""
@@ -185,8 +164,6 @@ class Normalization:
             rgb = np.broadcast_to(np.asarray(rgb).max(axis=-1)[..., None], np.shape(rgb))
         elif self.channel is not None:
             rgb = np.broadcast_to(np.asarray(rgb)[..., self.channel, None], np.shape(rgb))
-        elif self.white is not None:
-            rgb = brown_as_hematoxylin(rgb, self.white)
         if self.divisor is not None:
             with np.errstate(over="ignore", under="ignore"):  # pixels beyond the sample's peak: +/-inf, handled below
                 rgb = rgb / self.divisor
@@ -208,61 +185,6 @@ class Normalization:
             out *= sign
             out /= np.float32(np.log1p(self.log_gain))
         return out
-
-
-def stain_white(rgb: np.ndarray) -> tuple[float, float, float] | None:
-    """The white of the ``(H, W, 3)`` image ``rgb`` (or a sample of it), each colour's
-    :data:`STAIN_WHITE_PERCENTILE`, when it shows stains in transmitted light that may hold brown: its
-    median pixel is at least :data:`STAIN_BRIGHT_GROUND` of that white, and some pixel is brown
-    (:data:`BROWN_MIN_EXCESS`: :func:`brown_as_hematoxylin` would change it); else None (gray, fluorescence,
-    most H&E)."""
-    pixels = np.asarray(rgb)[..., :3].reshape(-1, 3).astype(np.float64)
-    pixels = pixels[np.isfinite(pixels).all(axis=1)]
-    if pixels.size == 0:
-        return None
-    white = np.percentile(pixels, STAIN_WHITE_PERCENTILE, axis=0)
-    if not (white > 0).all() or np.median(pixels.mean(axis=1)) < STAIN_BRIGHT_GROUND * white.mean():
-        return None
-    density = _optical_density(pixels, white)
-    if not (density[:, 2] - density[:, 1] > BROWN_MIN_EXCESS).any():
-        return None
-    return float(white[0]), float(white[1]), float(white[2])
-
-
-def _optical_density(pixels: np.ndarray, white: Any) -> np.ndarray:
-    """float32 optical density of ``pixels`` (colour last) against ``white``, at most log(1000); a pixel
-    brighter than white, or not finite, absorbs nothing."""
-    pixels = np.asarray(pixels)
-    exact = np.float64 if pixels.dtype == np.float64 else np.float32  # (a float64 image may exceed float32)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = pixels.astype(exact, copy=False) / np.asarray(white, dtype=exact)
-    np.clip(np.nan_to_num(ratio, copy=False, nan=1.0), 1e-3, 1.0, out=ratio)
-    return -np.log(ratio).astype(np.float32, copy=False)
-
-
-def brown_as_hematoxylin(rgb: np.ndarray, white: tuple[float, float, float]) -> np.ndarray:
-    """``rgb`` (colour last) as float32 (float64 stays float64) with its brown re-coloured as hematoxylin,
-    against ``white`` (:func:`stain_white`): in each pixel whose optical density in blue exceeds that in
-    green by more than :data:`BROWN_MIN_EXCESS` (only DAB does, of the usual stains), the DAB that explains
-    the excess (all of it from twice that margin on, a share below; no more than the pixel's density holds)
-    is replaced by as much hematoxylin. The networks learnt nuclei from hematoxylin (H&E, DSB2018's tissue
-    images): a DAB-positive (brown) nucleus of an IHC stain was missed more often than not. Other pixels
-    (H&E's purple and pink, gray, the glass) keep their values."""
-    pixels = np.asarray(rgb)[..., :3]
-    out = np.array(pixels, dtype=np.float64 if pixels.dtype == np.float64 else np.float32)  # (1e200 stays finite)
-    green_blue = _optical_density(out[..., 1:], white[1:])
-    excess = green_blue[..., 1] - green_blue[..., 0]
-    brown = excess > BROWN_MIN_EXCESS
-    if not brown.any():
-        return out
-    dab, hematoxylin = (np.asarray(od, np.float32) / np.linalg.norm(od) for od in (DAB_OD, HEMATOXYLIN_OD))
-    od, excess = _optical_density(out[brown], white), excess[brown]
-    # All of the DAB from twice the margin on, a share of it below (no edge where the margin is crossed).
-    share = np.minimum((excess - BROWN_MIN_EXCESS) / BROWN_MIN_EXCESS, 1.0)
-    amount = np.minimum(share * excess / (dab[2] - dab[1]), (od / dab).min(axis=1))
-    od += amount[:, None] * (hematoxylin - dab)
-    out[brown] = np.asarray(white, np.float64) * np.exp(-od.astype(np.float64))
-    return out
 
 
 def _colour_pixels(rgb: np.ndarray) -> np.ndarray | None:
