@@ -258,6 +258,8 @@ def test_the_exit_status_says_whether_every_image_was_segmented(capsys, folder, 
     good, weights = [folder / "a.png", folder / "b.tif"], ["--weights", tiny_weights["unet"]]
     status, _, stderr = run(capsys, *good, folder / "a.png", "--out", tmp_path / "all", *weights)
     assert status == 0 and stderr == ""  # a path named twice leaves no image out
+    status, _, stderr = run(capsys, *good, folder / "notes.txt", "--out", tmp_path / "glob", *weights)
+    assert status == 0 and "not a png" in stderr  # a shell glob's text file: no image left out
 
     status, stdout, stderr = run(capsys, *good, folder / "gone.png", "--out", tmp_path / "some", *weights)
     assert status == EXIT_PARTIAL and "Segmented 2 of 2 images" in stdout

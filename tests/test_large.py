@@ -147,6 +147,19 @@ def test_an_object_wider_than_any_block_view_is_left_out_and_counted_not_written
     assert not labels[385, 20:740].any()
 
 
+def test_a_colour_image_s_table_has_its_colour_columns_in_place_when_its_first_blocks_hold_no_nuclei(tmp_path):
+    from napari_nucleiseg.postprocess import table_columns
+
+    from test_bad_input import pixel_model
+
+    gray = np.zeros((768, 768), np.uint8)
+    gray[512:, 512:] = blob_image((256, 256), centers=((64, 64), (190, 190)), radius=10)  # the last block only
+    image = np.stack([gray // 2, gray // 4, gray], axis=-1)
+    result = segment_large(image, pixel_model(), tmp_path / "labels.zarr", diameter=10, block=256)
+    assert result.count > 0 and list(result.table.columns) == ["index", *table_columns(colour=True)]
+    assert (result.table["mean_red"] < result.table["mean_blue"]).all()
+
+
 def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path):
     model = load_model("unet")
     existing = tmp_path / "exists.zarr"

@@ -91,9 +91,6 @@ EXIT_FAILED = 1  # nothing segmented, or the run could not start (weights, outpu
 EXIT_USAGE = 2  # as argparse: the command line itself is wrong
 EXIT_PARTIAL = 3  # some images were segmented and some skipped (each named on stderr)
 
-#: How the line about a path that names an image given before ends.
-SEGMENTED_ONCE = ", segmented once"
-
 #: At most this many existing outputs are listed when refusing to overwrite.
 LISTED_EXISTING = 5
 
@@ -101,7 +98,8 @@ EPILOG = """\
 exit status: 0 if every image was segmented, 3 if some were and others skipped,
 1 if none was (or the run could not start, or stopped on an error such as a full
 disk), 2 for a wrong command line, 130 on Ctrl+C, 143 on SIGTERM, 129 on SIGHUP.
-Images that cannot be read or segmented are reported on stderr and skipped. A run that stops early
+Images that cannot be read or segmented, and paths that do not exist, are
+reported on stderr and skipped (a file that is not an image is reported only). A run that stops early
 (Ctrl+C, SIGTERM, SIGHUP, a full disk) still writes the tables of the images it
 finished; no file is ever left half-written, and a row of counts.csv always
 describes the label file beside it. Existing outputs are only replaced with
@@ -266,7 +264,7 @@ def run_segment(args: argparse.Namespace) -> int:
                            "not both.", EXIT_USAGE)
     if on_cluster(args):
         _require_distributed()
-    sources, problems = collect_images(args.inputs)
+    sources, problems, missed = collect_images(args.inputs)
     folders = {given.resolve() for given in args.inputs if given.is_dir() and not is_zarr(given)}
     folders |= {source.parent.resolve() for source in sources}  # files named one by one, or by a shell glob
     if args.out.resolve() in folders:
@@ -275,8 +273,6 @@ def run_segment(args: argparse.Namespace) -> int:
                            EXIT_USAGE)
     for problem in problems:
         print(f"nucleiseg: {problem}", file=sys.stderr)
-    # A path named twice is segmented once: that is no image left out.
-    missed = sum(1 for problem in problems if not problem.endswith(SEGMENTED_ONCE))
     if not sources:
         raise CommandError("no images to segment (png, tif, tiff, jpg, jpeg or an OME-Zarr folder).")
     jobs = plan_jobs(sources, args.out, save_probability=args.save_probability)
@@ -590,15 +586,18 @@ def _save_tables_so_far(tables: Tables, n_jobs: int) -> str:
     return f"{COUNTS_FILE} and {NUCLEI_FILE} hold the {len(tables.rows)} of {n_jobs} images finished before it."
 
 
-def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
-    """Expand folders to their image files (not recursively); returns the files and what was wrong.
+def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str], int]:
+    """Expand folders to their image files (not recursively); returns the files, what was wrong, and how
+    many images were left out by it (the run's exit status says so).
 
-    Explicit files are kept whatever their suffix is (an unsupported one is a problem); a file named
-    twice, or through a link, is segmented once (the second name is reported), and a broken link or a
-    folder that cannot be read is reported.
+    Explicit files are kept whatever their suffix is (an unsupported one is a problem, but no image left
+    out: a shell glob's text file); a file named twice, or through a link, is segmented once (the second
+    name is reported); a broken link, a path that does not exist and a folder that cannot be read are
+    reported and count as images left out; a folder without images is reported.
     """
     sources: list[Path] = []
     problems: list[str] = []
+    missed = 0
     seen: dict[Path, Path] = {}
     for path in inputs:
         if is_zarr(path):  # an OME-Zarr image is a folder
@@ -608,10 +607,13 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
                 entries = sorted(path.iterdir())
             except OSError as error:
                 problems.append(f"cannot read folder {path}: {error.strerror or error}")
+                missed += 1
                 continue
             candidates = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
-            problems += [f"skipped {p}: a link to a file that does not exist" for p in candidates
-                         if p.is_symlink() and not p.exists()]
+            broken = [f"skipped {p}: a link to a file that does not exist" for p in candidates
+                      if p.is_symlink() and not p.exists()]
+            problems += broken
+            missed += len(broken)
             found = [p for p in candidates if p.is_file()]
             found += [p for p in entries if p.suffix.lower() in ZARR_SUFFIXES and is_zarr(p)
                       and not p.name.endswith(LARGE_LABELS_SUFFIX)]  # not labels this command wrote
@@ -624,19 +626,21 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
             found = [path]
         elif path.is_symlink():
             problems.append(f"skipped {path}: a link to a file that does not exist")
+            missed += 1
             continue
         else:
             problems.append(f"skipped {path}: no such file or folder")
+            missed += 1
             continue
         for file in found:
             key = file.resolve()
             if key in seen:
                 if seen[key] != file:
-                    problems.append(f"skipped {file}: the same file as {seen[key]}{SEGMENTED_ONCE}")
+                    problems.append(f"skipped {file}: the same file as {seen[key]}, segmented once")
                 continue
             seen[key] = file
             sources.append(file)
-    return sources, problems
+    return sources, problems, missed
 
 
 def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list[Job]:

@@ -193,7 +193,10 @@ def segment_large(
             progress(done + 1, len(starts))
     import pandas as pd
 
-    table = pd.concat(tables, ignore_index=True)
+    from .postprocess import table_columns
+
+    # A block without nuclei has a table without the colour columns: each column in its place, for every block.
+    table = pd.concat(tables, ignore_index=True).reindex(columns=list(table_columns(is_rgb)))
     table.insert(0, "index", table["label"].to_numpy())  # as nuclei_table's: napari shows a nucleus's row by it
     levels = write_pyramid(group, cancelled)
     return LargeResult(labels, table, chosen, used, estimated, scale, len(starts), left_out, levels, bool(augment))

@@ -90,8 +90,8 @@ def _open_zarr(path: Path) -> tuple[Any, str]:
         names = [axis["name"] if isinstance(axis, dict) else str(axis)
                  for axis in image.get("axes", "tczyx"[-level.ndim:])]
         axes = "".join(name[0].upper() for name in names)
-    except (KeyError, IndexError, TypeError, AttributeError):
-        level = None
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, zarr.errors.BaseZarrError):
+        level = None  # ('./0' or '0/../0' as a path: zarr's ValueError)
     if not isinstance(level, zarr.Array):  # written by hand or by a tool that read the specification otherwise
         raise ImageError(f"{path}'s OME-Zarr metadata does not name its image's arrays as the specification has it "
                          "('multiscales': a list of images, the first one's 'datasets' a list of paths to arrays).")
