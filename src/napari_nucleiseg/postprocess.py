@@ -536,6 +536,7 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray | None = None) -> pd.Da
     syy, sxx, sxy = total(y * y * lengths), total(sum_xx), total(y * sum_x)
     cy, cx = sy / area, sx / area
     pixels = None if image is None else np.flatnonzero(labels)  # raster order: the runs, pixel by pixel
+    nucleus_of = None if image is None else np.repeat(run_ids, lengths)  # ... and each one's nucleus
     table = {
         "label": present.astype(np.int64),
         "area": area,
@@ -546,10 +547,9 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray | None = None) -> pd.Da
         "bbox_max_y": bottom + 1,
         "bbox_max_x": right + 1,
         "mean_intensity": np.full(count, np.nan) if image is None else finite_means(
-            np.repeat(run_ids, lengths), _gray_at(image, pixels), count),
+            nucleus_of, _gray_at(image, pixels), count),
         **({} if not colour else {
-            name: finite_means(np.repeat(run_ids, lengths), image[..., channel].reshape(-1)[pixels].astype(np.float64),
-                               count)
+            name: finite_means(nucleus_of, image[..., channel].reshape(-1)[pixels].astype(np.float64), count)
             for channel, name in enumerate(COLOUR_COLUMNS)}),
         "eccentricity": _eccentricity(
             (syy * area - sy * sy) / area**2, (sxx * area - sx * sx) / area**2, (sxy * area - sy * sx) / area**2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -251,6 +252,32 @@ def _row_sample(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, gray(pixels[1::step])[:rows.shape[0]]
 
 
+class _Extremes(NamedTuple):
+    """What :func:`contrast` and :func:`structure` read of an image (:func:`_extremes`)."""
+
+    rows: np.ndarray  # :func:`_row_sample`'s rows
+    below: np.ndarray  # ... and the row below each
+    smooth: np.ndarray  # the rows after a running median of 3 along them (a hot pixel is no structure)
+    middle: float  # the median of ``smooth``
+    bright: float  # how far its CONTRAST_TOP_PIXELS-th brightest pixel stands above the median
+    dark: float  # ... and its CONTRAST_TOP_PIXELS-th darkest below
+
+
+def _extremes(image: np.ndarray) -> _Extremes | None:
+    """:class:`_Extremes` of the 2-D gray or RGB ``image``; None for fewer than 3 columns."""
+    from scipy import ndimage as ndi
+
+    rows, below = _row_sample(image)
+    if rows.shape[1] < 3:
+        return None
+    smooth = ndi.median_filter(rows, size=(1, 3), mode="nearest")
+    middle = float(np.median(smooth))
+    values = smooth.ravel()
+    k = min(CONTRAST_TOP_PIXELS, values.size)
+    bottom, top = np.partition(values, k - 1)[k - 1], -np.partition(-values, k - 1)[k - 1]
+    return _Extremes(rows, below, smooth, middle, float(top) - middle, middle - float(bottom))
+
+
 def structure(image: np.ndarray) -> float:
     """How much of their difference from the median of ``image`` (2-D gray or RGB) its extreme pixels share
     with the pixels below them: on the side where the extremes stand farther from the median (bright
@@ -259,18 +286,17 @@ def structure(image: np.ndarray) -> float:
     the median of (the row below's running median there - median) / (pixel - median). About 1 where they
     are parts of structures larger than a pixel (nuclei), about 0 for noise without spatial correlation,
     whatever its distribution. An image of fewer than 2 rows or 3 columns: infinite."""
+    return _structure(_extremes(image))
+
+
+def _structure(extremes: _Extremes | None) -> float:
     from scipy import ndimage as ndi
 
-    rows, below = _row_sample(image)
-    if rows.shape[0] == 0 or below.shape[0] < rows.shape[0] or rows.shape[1] < 3:
+    if extremes is None or extremes.rows.shape[0] == 0 or extremes.below.shape[0] < extremes.rows.shape[0]:
         return math.inf
-    smooth = ndi.median_filter(rows, size=(1, 3), mode="nearest")
-    middle = float(np.median(smooth))
-    values = smooth.ravel() - middle
-    beside = ndi.median_filter(below, size=(1, 3), mode="nearest").ravel() - middle
-    k = min(CONTRAST_TOP_PIXELS, values.size)
-    top, bottom = -np.partition(-values, k - 1)[k - 1], np.partition(values, k - 1)[k - 1]
-    sign = 1.0 if top >= -bottom else -1.0  # the side that stands farther out
+    values = extremes.smooth.ravel() - extremes.middle
+    beside = ndi.median_filter(extremes.below, size=(1, 3), mode="nearest").ravel() - extremes.middle
+    sign = 1.0 if extremes.bright >= extremes.dark else -1.0  # the side that stands farther out
     k = min(STRUCTURE_PIXELS, values.size)
     extreme = np.argpartition(-sign * values, k - 1)[:k]
     value, next_row = sign * values[extreme], sign * beside[extreme]
@@ -284,7 +310,8 @@ def structure(image: np.ndarray) -> float:
 
 def empty_field(image: np.ndarray) -> bool:
     """Whether ``image`` holds nothing to size: too little :func:`contrast`, or noise alone (:func:`structure`)."""
-    return contrast(image) < MIN_CONTRAST or structure(image) < MIN_STRUCTURE
+    extremes = _extremes(image)  # (read and smoothed once for both)
+    return _contrast(extremes) < MIN_CONTRAST or _structure(extremes) < MIN_STRUCTURE
 
 
 def contrast(image: np.ndarray) -> float:
@@ -294,18 +321,14 @@ def contrast(image: np.ndarray) -> float:
     no structure), over the noise's standard deviation (the median absolute difference of neighbouring
     pixels / 0.954, for Gaussian noise; their mean / 1.128 where most neighbours are equal, as in a dark
     8-bit field). An image without noise (a drawing, synthetic disks) has infinite contrast; a constant one 0."""
-    from scipy import ndimage as ndi
+    return _contrast(_extremes(image))
 
-    rows, _ = _row_sample(image)
-    if rows.shape[1] < 3:
+
+def _contrast(extremes: _Extremes | None) -> float:
+    if extremes is None:
         return math.inf
-    smooth = ndi.median_filter(rows, size=(1, 3), mode="nearest")
-    middle = float(np.median(smooth))
-    values = smooth.ravel()
-    k = min(CONTRAST_TOP_PIXELS, values.size)
-    bottom, top = np.partition(values, k - 1)[k - 1], -np.partition(-values, k - 1)[k - 1]
-    spread = max(float(top) - middle, middle - float(bottom))
-    steps = np.abs(np.diff(rows, axis=1))
+    spread = max(extremes.bright, extremes.dark)
+    steps = np.abs(np.diff(extremes.rows, axis=1))
     noise = float(np.median(steps)) / 0.954
     if noise == 0:
         noise = float(steps.mean()) / 1.128
