@@ -1403,7 +1403,7 @@ def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
     assert fake_network.calls == 2 and fake_network.scales[-1] == 0.5  # one run, not one a keystroke
     assert labels_layers(viewer) == [labels]  # the result is updated in place
     assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "augmented": False,
-                               "exclude_border": False, "link_axis": None, "model": "unet"}
+                               "brown_nuclei": False, "exclude_border": False, "link_axis": None, "model": "unet"}
     assert labels.data.shape == image.data.shape
     assert widget.diameter_auto_check.text() == "Auto" and not widget.diameter_auto_check.isChecked()
     assert widget.min_size_spin.value() == widget.run.model.settings_at(0.5).min_size
@@ -1436,7 +1436,7 @@ def test_the_threshold_after_a_diameter_run_rethresholds_the_cached_probabilitie
     assert fake_network.calls == 1  # the network ran once; the slider re-used its output
     assert widget.min_size_spin.value() == min_size and labels_layers(viewer) == [labels]
     assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "augmented": False,
-                               "exclude_border": False, "link_axis": None, "model": "unet"}
+                               "brown_nuclei": False, "exclude_border": False, "link_axis": None, "model": "unet"}
 
 
 @pytest.mark.parametrize("bad", [0.0, -5.0, float("nan"), 300.0])
@@ -1723,3 +1723,37 @@ def test_an_overlay_of_fluorescence_channels_is_read_as_blue_and_the_widget_says
     columns = widget.table_view.columns
     assert columns[columns.index("mean_intensity") + 1:][:3] == ["mean_red", "mean_green", "mean_blue"]
     assert (composite.features["mean_red"] > 0).any() and (composite.features["mean_green"] == 0).all()
+
+
+def test_brown_nuclei_finds_the_brown_nuclei_of_an_ihc_section_and_the_widget_says_when_it_is_off(
+    viewer_and_widget, notifications, qtbot
+):
+    """An IHC section (Ki-67: half of the nuclei brown) with the bundled HRNet: without Brown nuclei the widget
+    finds few brown nuclei and says the image holds brown; with it, the API's brown_nuclei labels, recorded."""
+    from napari_nucleiseg._sample_data import read_sample
+    from training.data import restain_as_ihc
+    from training.ihc_check import found_share
+
+    viewer, widget = viewer_and_widget
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("hrnet"))
+    tissue = read_sample("tissue")[..., :3]
+    truth = segment(tissue, model="hrnet").labels
+    brown = np.arange(2, truth.max() + 1, 2)  # half of the nuclei
+    section = viewer.add_image(restain_as_ihc(tissue, np.isin(truth, brown)), rgb=True, name="ki67")
+    click_segment(qtbot, widget)
+    (note,) = notifications.messages["info"]
+    assert note.startswith("'ki67': It holds brown (DAB) staining") and "tick Brown nuclei" in note
+    (off,) = labels_layers(viewer)
+    assert off.metadata["brown_nuclei"] is False
+    off = off.data.copy()  # a run on the same image updates its result in place
+    assert found_share(off, truth, brown) < 0.5
+
+    widget.brown_check.setChecked(True)  # nothing runs until Segment
+    assert len(labels_layers(viewer)) == 1
+    click_segment(qtbot, widget)
+    (on,) = labels_layers(viewer)
+    expected = segment(section.data, model="hrnet", brown_nuclei=True)
+    np.testing.assert_array_equal(on.data, expected.labels)
+    assert on.metadata["brown_nuclei"] is True and found_share(on.data, truth, brown) >= 0.75
+    assert "read as hematoxylin" in notifications.messages["info"][-1]
+    assert notifications.messages["error"] == []

@@ -94,10 +94,9 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
         As :func:`~napari_nucleiseg.lazy_io.open_lazy` and :func:`~napari_nucleiseg.large.segment_large` do;
         a cancelled or failed run leaves no temporary folder.
     """
-    from .cli import OVERLAY_CHOOSE_CHANNEL, count_row
+    from .cli import colour_note, count_row
     from .large import segment_large
     from .lazy_io import open_lazy
-    from .preprocess import overlay_note
 
     image = open_lazy(job.source, channel=args.channel)
     partial = partial_path(job.labels_path)
@@ -105,10 +104,10 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
     try:
         pixel = stored_pixel_size(job.source, image)
         result = segment_large(image.data, model, partial, chosen, diameter=args.diameter, augment=args.augment,
-                               rgb=image.rgb, cancelled=cancelled)
+                               brown_nuclei=args.brown_nuclei, rgb=image.rgb, cancelled=cancelled)
         if pixel is not None:
             calibrate_pyramid(partial, pixel)
-        note = overlay_note(image.data, OVERLAY_CHOOSE_CHANNEL) if image.rgb else None
+        note = colour_note(image.data, args.brown_nuclei) if image.rgb else None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

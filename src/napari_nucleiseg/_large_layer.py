@@ -107,7 +107,7 @@ def store_path(image_name: str, now: float | None = None) -> Path:
 
 def segment_in_blocks(data: Any, rgb: bool, weights: Path, out: Path, *, model: Any = None,
                       settings: ChosenSettings = None, diameter: float | None = None, augment: bool = False,
-                      channel: tuple[int, int] | None = None, placement: dict[str, Any] | None = None,
+                      brown_nuclei: bool = False, channel: tuple[int, int] | None = None, placement: dict[str, Any] | None = None,
                       on_progress: Callable[[int, int], None] | None = None,
                       cancelled: Callable[[], bool] | None = None) -> LargeFinished | Failure:
     """Load the model (unless given) and segment the 2-D ``data`` block by block into ``out``, for a worker
@@ -121,8 +121,8 @@ def segment_in_blocks(data: Any, rgb: bool, weights: Path, out: Path, *, model: 
     try:
         key = file_key(weights)
         model = model if model is not None else load_weights(weights)
-        result = segment_large(data, model, out, settings, diameter=diameter, augment=augment, rgb=rgb,
-                               progress=on_progress, cancelled=cancelled)
+        result = segment_large(data, model, out, settings, diameter=diameter, augment=augment,
+                               brown_nuclei=brown_nuclei, rgb=rgb, progress=on_progress, cancelled=cancelled)
         finished = LargeFinished(result, model, key, Path(out), placement=placement)
         finished.layer = labels_layer(finished, channel, placement)
     except Exception as error:
@@ -142,7 +142,8 @@ def result_metadata(finished: LargeFinished, channel: tuple[int, int] | None) ->
     recorded = {"block_by_block": True, "store": str(finished.store), "settings": result.settings.row(),
                 "model": finished.model.name, "diameter": result.diameter,
                 "diameter_estimated": result.diameter_estimated, "scale": result.scale,
-                "augmented": result.augmented, "exclude_border": result.settings.exclude_border,
+                "augmented": result.augmented, "brown_nuclei": result.brown_nuclei,
+                "exclude_border": result.settings.exclude_border,
                 "left_out": result.left_out}
     return recorded if channel is None else recorded | {"channel": channel[1]}
 

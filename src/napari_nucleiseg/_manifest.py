@@ -42,8 +42,8 @@ RECORD_VERSION = 1
 HASH_CHUNK = 1 << 20
 
 #: The command-line settings that change an image's labels, rows or files (with the model file's hash).
-RESULT_SETTINGS = ("threshold", "min_size", "split", "neck_ratio", "exclude_border", "diameter", "augment", "channel",
-                   "volumes")
+RESULT_SETTINGS = ("threshold", "min_size", "split", "neck_ratio", "exclude_border", "diameter", "augment",
+                   "brown_nuclei", "channel", "volumes")
 
 
 def file_sha256(path: Path) -> str:

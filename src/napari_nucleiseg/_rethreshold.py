@@ -55,19 +55,22 @@ class Cache:
     channel: tuple[int, int] | None = None  # (axis, index) of the image's channel segmented; None: all of it
     model_name: str = ""  # the model's name (its file's, or a bundled one's)
     augmented: bool = False  # whether the maps are the mean over flips (the widget's "Average 4 flips")
+    brown_nuclei: bool = False  # whether brown (DAB) was read as hematoxylin (the widget's "Brown nuclei")
 
     @classmethod
     def of_run(cls, image: Image, planes: Any, model_key: tuple[str, int],
                channel: tuple[int, int] | None = None, model_name: str = "") -> Cache:
         """The cache of a finished run's :class:`~napari_nucleiseg.pipeline.PlanesResult`."""
         return cls(image, planes.probabilities, planes.settings, model_key, planes.diameter,
-                   planes.diameter_estimated, planes.scale, channel, model_name, planes.augmented)
+                   planes.diameter_estimated, planes.scale, channel, model_name, planes.augmented,
+                   planes.brown_nuclei)
 
     def metadata(self) -> dict[str, Any]:
         """What a result layer records of the run: the diameter it ran for, whether estimated, the
-        scale, whether the maps were averaged over flips, and the channel segmented (None: the whole image)."""
+        scale, whether the maps were averaged over flips, whether brown was read as hematoxylin, and the
+        channel segmented (None: the whole image)."""
         recorded = {"diameter": self.diameter, "diameter_estimated": self.diameter_estimated, "scale": self.scale,
-                    "augmented": self.augmented}
+                    "augmented": self.augmented, "brown_nuclei": self.brown_nuclei}
         return recorded if self.channel is None else recorded | {"channel": self.channel[1]}
 
 

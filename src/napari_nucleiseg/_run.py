@@ -114,7 +114,7 @@ def file_key(path: Path) -> tuple[str, int]:
 
 
 def run_in_worker(data: Any, rgb: bool, weights: Path, *, model: Any = None, settings: ChosenSettings = None,
-                  diameter: float | None = None, augment: bool = False,
+                  diameter: float | None = None, augment: bool = False, brown_nuclei: bool = False,
                   on_progress: Callable[[int, int], None] | None = None,
                   cancelled: Callable[[], bool] | None = None,
                   predict: Predict | None = None) -> Generator[int, None, Finished | Failure]:
@@ -132,7 +132,7 @@ def run_in_worker(data: Any, rgb: bool, weights: Path, *, model: Any = None, set
         key = file_key(weights)
         model = model if model is not None else load_weights(weights)
         planes = yield from segment_planes(data, model, settings, rgb=rgb, diameter=diameter, augment=augment,
-                                           compact=True, on_progress=on_progress, cancelled=cancelled,
+                                           brown_nuclei=brown_nuclei, compact=True, on_progress=on_progress, cancelled=cancelled,
                                            predict=predict)
     except Exception as error:
         return failure_of(error, np.shape(data), weights)
@@ -199,7 +199,7 @@ class SegmentationRun(QObject):
 
     def start(self, image: Any, planes: int, weights: Path, *, settings: ChosenSettings,
               diameter: float | None, stage: str, channel: tuple[int, int] | None = None,
-              augment: bool = False) -> None:
+              augment: bool = False, brown_nuclei: bool = False) -> None:
         """Segment ``image`` (a napari Image layer of ``planes`` planes; its ``channel``, ``(axis, index)``,
         if one is chosen) with the weights file at ``weights``."""
         from .channels import take_channel
@@ -207,13 +207,13 @@ class SegmentationRun(QObject):
         self._begin(image, planes, stage, in_blocks=False)
         data = image.data if channel is None else take_channel(image.data, *channel)
         run = partial(run_in_worker, data, image.rgb, weights, model=self._model_of(weights), settings=settings,
-                      diameter=diameter, augment=augment, on_progress=self._tiles.done.emit,
+                      diameter=diameter, augment=augment, brown_nuclei=brown_nuclei, on_progress=self._tiles.done.emit,
                       cancelled=self.cancel_event.is_set, predict=self.predict)
         self._run(run)
 
     def start_in_blocks(self, image: Any, weights: Path, out: Path, *, settings: ChosenSettings,
                         diameter: float | None, stage: str, channel: tuple[int, int] | None = None,
-                        augment: bool = False) -> None:
+                        augment: bool = False, brown_nuclei: bool = False) -> None:
         """Segment the one plane of ``image`` (its full-resolution level, if multiscale) block by block into
         an OME-Zarr store at ``out`` (:func:`~._large_layer.segment_in_blocks`, which builds the result's
         layer where the image lies now); progress in blocks."""
@@ -223,7 +223,7 @@ class SegmentationRun(QObject):
         self._begin(image, 1, stage, in_blocks=True)
         run = partial(segment_in_blocks, lazy_plane(image, channel), image.rgb, weights, out,
                       model=self._model_of(weights), settings=settings, diameter=diameter, augment=augment,
-                      channel=channel, placement=placement(image, channel), on_progress=self._blocks.done.emit,
+                      brown_nuclei=brown_nuclei, channel=channel, placement=placement(image, channel), on_progress=self._blocks.done.emit,
                       cancelled=self.cancel_event.is_set)
         self._run(run)
 

@@ -83,6 +83,8 @@ class SegmentationResult:
     augmented : bool
         Whether the probabilities are the mean over the image flipped four ways
         (``segment(augment=True)``).
+    brown_nuclei : bool
+        Whether brown (DAB) was read as hematoxylin (``segment(brown_nuclei=True)``).
     """
 
     labels: np.ndarray
@@ -102,6 +104,7 @@ class SegmentationResult:
     exclude_border: bool = False
     link_axis: int | None = None
     augmented: bool = False
+    brown_nuclei: bool = False
 
     @property
     def settings(self) -> PostprocessSettings:
@@ -123,6 +126,7 @@ def segment(
     exclude_border: bool = False,
     diameter: float | None = None,
     augment: bool = False,
+    brown_nuclei: bool = False,
     channel: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
@@ -174,6 +178,12 @@ def segment(
         Test-time augmentation: the network sees the image as it is and flipped three ways,
         and the four maps are averaged. Slightly more accurate (DSB2018 val 0.547 -> 0.558
         with session 12's HRNet), four times the network's time.
+    brown_nuclei : bool
+        For immunohistochemistry whose marker stains nuclei (Ki-67, ER, PR, p53): the brown (DAB) of a
+        brightfield picture is read as hematoxylin, so brown nuclei are found as blue ones are (the
+        networks learnt nuclei from hematoxylin and miss most brown ones). Leave it off for markers of
+        membranes or cytoplasm (HER2, CD3, cytokeratin): their brown would be read as nuclei. Gray,
+        fluorescence and H&E images without brown are read as they are.
     channel : int, optional
         Segment this channel (from 0) of a multichannel image alone, as a gray image: the
         last axis of ``(H, W, C)`` (C of 2 to 4, RGB included), else the first axis of
@@ -200,7 +210,7 @@ def segment(
     napari_nucleiseg.errors.Cancelled
         If ``cancelled()`` returned True.
     """
-    from .pipeline import check_augment, run_to_end, segment_planes
+    from .pipeline import check_switches, run_to_end, segment_planes
     from .preprocess import as_rgb
     from .scale import check_diameter
 
@@ -221,7 +231,7 @@ def segment(
     if isinstance(diameter, str) and diameter.strip().lower() == "auto":
         diameter = None  # as the command line's --diameter auto
     check_diameter(diameter, np.shape(image))
-    check_augment(augment)
+    check_switches(augment=augment, brown_nuclei=brown_nuclei)
     as_rgb(image)  # the one-sentence ImageError for anything but one 2-D image, before any work
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
@@ -229,7 +239,7 @@ def segment(
     chosen = {"threshold": threshold, "min_size": min_size, "split": split, "boundary_threshold": boundary_threshold,
               "neck_ratio": neck_ratio, "seed_min_size": seed_min_size, "exclude_border": exclude_border}
     run = segment_planes(image, nuclei_model, chosen, rgb=np.ndim(image) == 3, diameter=diameter, augment=augment,
-                         compact=False, on_progress=progress, cancelled=cancelled)
+                         brown_nuclei=brown_nuclei, compact=False, on_progress=progress, cancelled=cancelled)
     return result_from_planes(run_to_end(run), image, model_name=nuclei_model.name)
 
 
@@ -302,6 +312,7 @@ def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,
         diameter_estimated=bool(planes.diameter_estimated),
         scale=float(planes.scale),
         augmented=bool(planes.augmented),
+        brown_nuclei=bool(planes.brown_nuclei),
     )
 
 

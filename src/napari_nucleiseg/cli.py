@@ -31,7 +31,9 @@ is estimated first. A model that records none runs on the images as they are.
 ``counts.csv`` records the diameter used (``diameter_px``, empty when none),
 whether it was estimated (``diameter_estimated``) and the resize factor
 (``scale``, 1: not resized). ``--augment`` averages the network's maps over each
-image flipped four ways (``augmented`` in ``counts.csv``).
+image flipped four ways (``augmented`` in ``counts.csv``). ``--brown-nuclei`` reads
+the brown (DAB) of immunohistochemistry as hematoxylin, for markers of nuclei such as
+Ki-67 (``brown_nuclei`` in ``counts.csv``); the log says when an image holds brown.
 """
 
 from __future__ import annotations
@@ -225,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--augment", action="store_true",
                      help="test-time augmentation: average the network's maps over each image flipped four ways; "
                           "slightly more accurate, four times the network's time (counts.csv records it)")
+    seg.add_argument("--brown-nuclei", action="store_true",
+                     help="immunohistochemistry whose marker stains nuclei (Ki-67, ER, PR, p53): read the brown "
+                          "(DAB) of brightfield images as hematoxylin, so brown nuclei are found as blue ones are; "
+                          "not for markers of membranes or cytoplasm (HER2, CD3, cytokeratin), whose brown would "
+                          "be read as nuclei. Other images are read as they are (counts.csv records it)")
     seg.add_argument("--3d", dest="volumes", action=argparse.BooleanOptionalAction, default=None,
                      help="link the nuclei of neighbouring planes of a Z stack into 3-D nuclei (one label, one row "
                           "with volume and z/y/x centroid, one count each); the default for files that name a Z "
@@ -478,9 +485,7 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     probabilities = result.probabilities if job.probability_path is not None else None  # only those written
     note = None
     if image.rgb:
-        from .preprocess import overlay_note
-
-        note = overlay_note(image.data[(0,) * len(image.plane_axes)], OVERLAY_CHOOSE_CHANNEL)
+        note = colour_note(image.data[(0,) * len(image.plane_axes)], args.brown_nuclei)
     return Finished(job, result.labels, probabilities, row, table.assign(file=str(job.source)), image.plane_axes,
                     identity, image.pixel, note)
 
@@ -504,7 +509,18 @@ def count_row(job: Job, result: Any, model_name: str) -> dict[str, Any]:
         "diameter_estimated": result.diameter_estimated,
         "scale": result.scale,
         "augmented": result.augmented,
+        "brown_nuclei": result.brown_nuclei,
     }
+
+
+def colour_note(plane: Any, brown_nuclei: bool) -> str | None:
+    """What the log says of how a colour image (one ``plane``; a lazy one is read on a sample's grid) was
+    read: as an overlay of fluorescence channels (:func:`~napari_nucleiseg.preprocess.overlay_note`), or
+    with brown (DAB) staining (:func:`~napari_nucleiseg.stains.brown_note`); None: as a colour picture."""
+    from .preprocess import overlay_note
+    from .stains import brown_note
+
+    return overlay_note(plane, OVERLAY_CHOOSE_CHANNEL) or brown_note(plane, brown_nuclei, BROWN_CHOOSE)
 
 
 def _segment(image: InputImage, model: Any, args: argparse.Namespace,
@@ -515,10 +531,11 @@ def _segment(image: InputImage, model: Any, args: argparse.Namespace,
 
     chosen = chosen_settings(args)
     if not image.plane_axes:
-        return segment(image.data, model, **chosen, diameter=args.diameter, augment=args.augment, cancelled=cancelled)
+        return segment(image.data, model, **chosen, diameter=args.diameter, augment=args.augment,
+                       brown_nuclei=args.brown_nuclei, cancelled=cancelled)
     chosen["link_axis"] = volume_axis(image.plane_axes, args.volumes)
     run = segment_planes(image.data, model, chosen, rgb=image.rgb, diameter=args.diameter, augment=args.augment,
-                         compact=False, cancelled=cancelled)
+                         brown_nuclei=args.brown_nuclei, compact=False, cancelled=cancelled)
     return result_from_planes(run_to_end(run, cancelled), image.data, model_name=model.name)
 
 
@@ -676,6 +693,7 @@ def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list
 
 #: How the command line's note on a fluorescence overlay says to segment one channel.
 OVERLAY_CHOOSE_CHANNEL = "run it with --channel 0 (red) or --channel 1 (green)"
+BROWN_CHOOSE = "run it with --brown-nuclei"
 
 
 def _note_shortfall(job: Job, row: dict[str, Any], model: Any) -> None:

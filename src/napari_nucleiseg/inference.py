@@ -92,7 +92,7 @@ def predict_probabilities(
 
     rgb = as_rgb(image)
     if normalization is None:
-        normalization = Normalization.of(rgb, model.percentiles, model.log_gain)
+        normalization = model.normalization(rgb)
     source = rgb if scale == 1.0 else rescale_image(np.asarray(rgb), scale)
     probabilities = _predict_tiled(
         source, normalization, model.network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,

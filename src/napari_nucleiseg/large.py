@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import Cancelled, ImageError
-from .pipeline import ChosenSettings, check_augment, check_settings, resolve_settings
+from .pipeline import ChosenSettings, check_settings, check_switches, resolve_settings
 from .preprocess import PERCENTILE_SAMPLE_PIXELS, Normalization
 from .scale import check_diameter
 from .settings import PostprocessSettings
@@ -83,6 +83,7 @@ class LargeResult:
     left_out: int = 0  # objects too large for any block's view (wider than the margin), not written
     levels: list = field(default_factory=list)  # labels, then halved copies of them (write_pyramid)
     augmented: bool = False  # whether each block's maps are the mean over flips (``augment``)
+    brown_nuclei: bool = False  # whether brown (DAB) was read as hematoxylin (``brown_nuclei``)
 
     @property
     def count(self) -> int:
@@ -116,6 +117,7 @@ def segment_large(
     *,
     diameter: float | None = None,
     augment: bool = False,
+    brown_nuclei: bool = False,
     rgb: bool | None = None,
     block: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -140,6 +142,9 @@ def segment_large(
     augment : bool
         Test-time augmentation: each block's maps are the mean over four flips
         (:func:`~napari_nucleiseg.inference.predict_probabilities`), at four times the network's time.
+    brown_nuclei : bool
+        Read the brown (DAB) of a brightfield picture as hematoxylin (a marker of nuclei:
+        :func:`~napari_nucleiseg.pipeline.segment_planes`).
     rgb : bool, optional
         Whether the last axis holds colour; None: a last axis of 3 or 4 values does.
     block : int, optional
@@ -163,8 +168,9 @@ def segment_large(
                          "stack plane by plane.")
     height, width = shape[:2]
     check_diameter(diameter, (height, width))
-    check_augment(augment)
+    check_switches(augment=augment, brown_nuclei=brown_nuclei)
     check_settings(settings, model)
+    model = model.reading(brown_nuclei)
     out = Path(out)
     if out.exists():
         raise FileExistsError(0, "it exists already", str(out))
@@ -199,7 +205,8 @@ def segment_large(
     table = pd.concat(tables, ignore_index=True).reindex(columns=list(table_columns(is_rgb)))
     table.insert(0, "index", table["label"].to_numpy())  # as nuclei_table's: napari shows a nucleus's row by it
     levels = write_pyramid(group, cancelled)
-    return LargeResult(labels, table, chosen, used, estimated, scale, len(starts), left_out, levels, bool(augment))
+    return LargeResult(labels, table, chosen, used, estimated, scale, len(starts), left_out, levels, bool(augment),
+                       bool(brown_nuclei))
 
 
 def write_pyramid(group: Any, cancelled: Callable[[], bool] | None = None) -> list[Any]:
@@ -260,7 +267,7 @@ def whole_normalization(data: Any, model: NucleiModel) -> Normalization:
     height, width = np.shape(data)[:2]
     step = max(1, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
     sample = as_rgb(np.asarray(data[::step, ::step]))
-    return Normalization.of(sample, model.percentiles, model.log_gain)
+    return model.normalization(sample)
 
 
 def _diameter(data: Any, model: NucleiModel, diameter: float | None, normalization: Normalization,

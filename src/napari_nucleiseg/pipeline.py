@@ -73,6 +73,7 @@ class PlanesResult:
     diameter_estimated: bool = False
     scale: float = 1.0  # the factor the planes were resized by for the network (1: not resized)
     augmented: bool = False  # whether the network's maps are the mean over flips (``augment``)
+    brown_nuclei: bool = False  # whether brown (DAB) was read as hematoxylin (``brown_nuclei``)
 
 
 def segment_planes(
@@ -83,6 +84,7 @@ def segment_planes(
     rgb: bool | None = None,
     diameter: float | None = None,
     augment: bool = False,
+    brown_nuclei: bool = False,
     compact: bool = True,
     label: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
@@ -108,6 +110,11 @@ def segment_planes(
         Test-time augmentation: the network's maps are the mean over the plane flipped four ways
         (:data:`~napari_nucleiseg.inference.FLIPS`), at four times the network's time. The estimate
         of the diameter (its scale sweep; a stack's middle plane) runs without it.
+    brown_nuclei : bool
+        Read the brown (DAB) of a brightfield picture (an IHC section) as hematoxylin, for the diameter's
+        estimate and the network alike (:mod:`~napari_nucleiseg.stains`): for a marker of nuclei (Ki-67,
+        ER, PR, p53), whose brown nuclei the networks otherwise mostly miss. Other images are read as
+        they are.
     compact : bool
         Keep the probabilities as :class:`~napari_nucleiseg.compact.CompactProbabilities`
         (3 bytes a pixel, what the widget caches) rather than float32 (8 bytes a pixel).
@@ -127,8 +134,9 @@ def segment_planes(
     """
     leading, plane = stack_shape(np.shape(data), _is_rgb(data, rgb))
     check_diameter(diameter, plane)
-    check_augment(augment)
+    check_switches(augment=augment, brown_nuclei=brown_nuclei)
     check_settings(settings, model)
+    model = model.reading(brown_nuclei)
     if not leading:  # one image: its estimate is checked against all its nuclei
         prediction = predict_at_diameter(np.asarray(data), model, diameter, progress=on_progress,
                                          cancelled=cancelled, predict=predict, augment=augment)
@@ -150,13 +158,14 @@ def segment_planes(
             yield done
     chosen = resolve_settings(settings, model, scale)
     labels = run_to_end(label_planes(probabilities, chosen), cancelled) if label else None
-    return PlanesResult(probabilities, labels, chosen, used, estimated, scale, bool(augment))
+    return PlanesResult(probabilities, labels, chosen, used, estimated, scale, bool(augment), bool(brown_nuclei))
 
 
-def check_augment(augment: Any) -> None:
-    """Raise a ValueError of one sentence unless ``augment`` is True or False."""
-    if not isinstance(augment, (bool, np.bool_)):
-        raise ValueError(f"augment must be True or False, not {augment!r}")
+def check_switches(**switches: Any) -> None:
+    """Raise a ValueError of one sentence for the first of ``switches`` (``augment=...``) not True or False."""
+    for name, value in switches.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, not {value!r}")
 
 
 def check_settings(settings: ChosenSettings, model: NucleiModel) -> None:

@@ -132,18 +132,29 @@ class Normalization:
     log_gain: float = 0.0  # > 0: logarithmic compression after the percentiles (DEFAULT_LOG_GAIN)
     gray: bool = False  # one channel shown in colour (:func:`pseudo_colour`): its brightest channel, as gray
     channel: int | None = None  # a fluorescence overlay (:func:`overlay_nuclear_channel`): this channel, as gray
+    #: Brown nuclei (``brown_nuclei``): the white of a brightfield picture whose brown (DAB) is read as
+    #: hematoxylin (:func:`~napari_nucleiseg.stains.brown_as_hematoxylin`) first; None: colours as they are.
+    white: tuple[float, float, float] | None = None
 
     @classmethod
     def of(cls, rgb: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-           log_gain: float = 0.0) -> Normalization:
-        """The normalisation of the ``(H, W, 3)`` image ``rgb`` (see :func:`as_rgb`)."""
+           log_gain: float = 0.0, brown_nuclei: bool = False) -> Normalization:
+        """The normalisation of the ``(H, W, 3)`` image ``rgb`` (see :func:`as_rgb`); with ``brown_nuclei``,
+        the brown of a picture of stains in transmitted light is read as hematoxylin (:mod:`.stains`)."""
         sample = _percentile_sample(rgb)
         gray = pseudo_colour(sample)
         channel = None if gray else overlay_nuclear_channel(sample)
+        white = None
         if gray:
             sample = sample.max(axis=-1)
         elif channel is not None:
             sample = sample[..., channel]
+        elif brown_nuclei:
+            from .stains import brown_as_hematoxylin, stain_white
+
+            white = stain_white(sample)
+            if white is not None:
+                sample = brown_as_hematoxylin(sample, white)
         finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
         if finite.size == 0:
             return cls(log_gain=log_gain)
@@ -156,10 +167,14 @@ class Normalization:
         scale = float(high - low)
         if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero
             scale = float(finite.max() - low)
-        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain), gray, channel)
+        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain), gray, channel, white)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``(h, w, 3)`` float32 network input of ``rgb``, the whole image or a part of it."""
+        if self.white is not None:
+            from .stains import brown_as_hematoxylin
+
+            rgb = brown_as_hematoxylin(rgb, self.white)
         if self.gray:
             rgb = np.broadcast_to(np.asarray(rgb).max(axis=-1)[..., None], np.shape(rgb))
         elif self.channel is not None:

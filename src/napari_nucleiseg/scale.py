@@ -374,12 +374,12 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
     """
     from .inference import _predict_tiled
     from .postprocess import labels_from_probabilities
-    from .preprocess import Normalization, as_rgb
+    from .preprocess import as_rgb
 
     trained = model.diameter
     rgb = as_rgb(image)
     if normalization is None:
-        normalization = Normalization.of(rgb, model.percentiles, model.log_gain)
+        normalization = model.normalization(rgb)
     rungs = []
     # The model's own settings for the estimate in its frame, with a low min size (fragments of a
     # nucleus too large for the network are what a rung must show) and no cut by shape.

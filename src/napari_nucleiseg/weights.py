@@ -15,6 +15,7 @@ metadata as JSON under the key ``"nucleiseg"``::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -22,10 +23,15 @@ import textwrap
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import WeightsError
 from .settings import FILE_SETTINGS, PostprocessSettings, check_settings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .preprocess import Normalization
 
 FORMAT_NAME = "napari-nucleiseg-weights"
 FORMAT_VERSION = 1
@@ -53,6 +59,21 @@ class NucleiModel:
     metadata: dict[str, Any]
     path: Path | None = None
     name: str = field(default="")
+    #: Whether the brown (DAB) of a brightfield picture is read as hematoxylin (the user's "Brown nuclei",
+    #: :mod:`.stains`); set for a run by :meth:`reading`, never by a file.
+    brown_nuclei: bool = False
+
+    def reading(self, brown_nuclei: bool) -> NucleiModel:
+        """The model that reads brown as hematoxylin or not (the same network; itself when unchanged)."""
+        brown_nuclei = bool(brown_nuclei)
+        return self if brown_nuclei == self.brown_nuclei else dataclasses.replace(self, brown_nuclei=brown_nuclei)
+
+    def normalization(self, rgb: np.ndarray) -> Normalization:
+        """How the network sees the ``(H, W, 3)`` image ``rgb`` (or a sample of it), as it was trained to, and as
+        :attr:`brown_nuclei` says."""
+        from .preprocess import Normalization
+
+        return Normalization.of(rgb, self.percentiles, self.log_gain, self.brown_nuclei)
 
     @property
     def settings(self) -> PostprocessSettings:
