@@ -85,6 +85,28 @@ def test_the_note_says_when_an_image_holds_brown_and_how_it_was_read(section):
         assert brown_note(other, False, "do this") is None
 
 
+def test_colour_noise_and_colour_fringes_are_not_brown():
+    """Review: a brightfield image's colour noise, and its blue 1 px off (a lens's colour fringes), had 4.8% and
+    1.1% of their pixels brown, and the note said so; brown counts in areas only."""
+    gray = read_sample("brightfield").astype(float)
+    noisy = np.clip(gray[..., None] + np.random.default_rng(0).normal(0, 8, (*gray.shape, 3)), 0, 255)
+    fringed = np.stack([gray, gray, np.roll(gray, 1, axis=1)], axis=-1)
+    for image in (noisy.astype(np.uint8), fringed.astype(np.uint8)):
+        assert stain_white(image) is not None  # brown pixels there are ...
+        assert brown_share(image) < 0.01 and brown_note(image, False, "do this") is None  # ... but no brown areas
+
+
+def test_an_rgb_stack_reads_brown_in_every_plane(section):
+    from napari_nucleiseg.api import load_model
+    from napari_nucleiseg.pipeline import run_to_end, segment_planes
+
+    image, truth, brown, _ = section
+    run = run_to_end(segment_planes(np.stack([image, image]), load_model("hrnet"), rgb=True, brown_nuclei=True))
+    assert run.brown_nuclei
+    for plane in run.labels:
+        assert found_share(plane, truth, brown) >= 0.75
+
+
 def test_the_command_line_reads_brown_with_the_option_records_it_and_says_when_it_is_off(capsys, section, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -99,6 +121,28 @@ def test_the_command_line_reads_brown_with_the_option_records_it_and_says_when_i
     assert (bool(counts[False]["brown_nuclei"]), bool(counts[True]["brown_nuclei"])) == (False, True)
     assert counts[True]["nuclei"] == segment(section[0], model="hrnet", brown_nuclei=True).count
     assert counts[True]["nuclei"] > counts[False]["nuclei"]
+
+
+def test_the_command_line_reads_brown_in_a_large_image_block_by_block(capsys, monkeypatch, section, tmp_path):
+    import tifffile
+    import zarr
+
+    import napari_nucleiseg.large
+
+    monkeypatch.setattr(napari_nucleiseg.large, "LARGE_IMAGE_PIXELS", 1_000_000)
+    image, truth, brown, _ = section
+    tiles = (4, 4)  # 1024 x 1280 px
+    tifffile.imwrite(tmp_path / "slide.tif", np.tile(image, (*tiles, 1)), tile=(256, 256))
+    assert main(["segment", str(tmp_path / "slide.tif"), "--out", str(tmp_path / "out"), "--model", "hrnet",
+                 "--brown-nuclei"]) == 0
+    row = pd.read_csv(tmp_path / "out" / "counts.csv").iloc[0]
+    assert row["labels_file"] == "slide_labels.ome.zarr" and bool(row["brown_nuclei"]) is True
+    labels = zarr.open_group(str(tmp_path / "out" / "slide_labels.ome.zarr"), mode="r")["0"][:]
+    offsets = np.arange(tiles[0] * tiles[1]).reshape(tiles).repeat(truth.shape[0], 0).repeat(truth.shape[1], 1)
+    tiled = np.where(np.tile(truth, tiles) > 0, np.tile(truth, tiles) + offsets * (truth.max() + 1), 0)
+    tiled_brown = (brown[None, :] + np.arange(tiles[0] * tiles[1])[:, None] * (truth.max() + 1)).ravel()
+    assert found_share(labels, tiled, tiled_brown) >= 0.75
+    assert "--brown-nuclei" not in capsys.readouterr().err  # no hint: the option is on
 
 
 def test_a_large_image_reads_brown_block_by_block(section, tmp_path):

@@ -1513,6 +1513,12 @@ def test_average_4_flips_reaches_the_network_of_a_rerun_at_another_diameter(
     assert widget.set_diameter(36.0)
     wait_for_run(qtbot, widget)
     assert fake_network.augments == [True, True] and fake_network.scales == [0.75, 0.5]
+    widget.augment_check.setChecked(False)  # for the next Segment: a new diameter redoes the result as it was made
+    assert widget.set_diameter(24.0)
+    wait_for_run(qtbot, widget)
+    assert fake_network.augments == [True, True, True] and labels_layers(viewer)[-1].metadata["augmented"] is True
+    click_segment(qtbot, widget)
+    assert fake_network.augments[-1] is False
 
 
 # ---- 3-D nuclei from Z stacks (issue 17, item 5) -------------------------------------------------

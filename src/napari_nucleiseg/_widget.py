@@ -55,7 +55,7 @@ from .errors import WeightsError
 from .preprocess import overlay_note
 from .scale import resize_shortfall
 from .settings import PostprocessSettings
-from .stains import brown_note
+from .stains import colour_note
 
 #: How the widget's note on a fluorescence overlay says to segment one channel.
 OVERLAY_CHOOSE_CHANNEL = "split the layer (right-click it > Split RGB) and segment that channel"
@@ -71,6 +71,7 @@ class NucleiSegWidget(QWidget):
         self.viewer = napari_viewer
         self._run_diameter: float | None = None  # the diameter the run under way was asked for (None: Auto)
         self._rerun = False  # the diameter changed during a run: run again when it ends
+        self._run_switches = (False, False)  # the run's Average 4 flips and Brown nuclei (a rerun keeps them)
         self._run_channel: tuple[int, int] | None = None  # (axis, index) of the channel the run segments
         self._estimated_image: int | None = None  # the image (unique id) the diameter line speaks of
         self._estimate_check = QTimer(self, singleShot=True, interval=0)
@@ -132,15 +133,17 @@ class NucleiSegWidget(QWidget):
             "Average 4 flips (4x slower)",
             toolTip="Test-time augmentation: the network sees the image as it is and flipped three ways, and the "
                     "four maps are averaged; a little more accurate (about +0.01 on DSB2018 val), four "
-                    "times the network's time. Takes effect at the next Segment.")
+                    "times the network's time. Takes effect at the next Segment (a new diameter redoes a result "
+                    "as it was made).")
         self.brown_check = QCheckBox(
             "Brown nuclei (IHC: Ki-67, ER, PR, p53)",
             toolTip="For immunohistochemistry whose marker stains nuclei: the brown (DAB) of a brightfield "
                     "picture is read as hematoxylin, so brown nuclei are found as blue ones are; the models "
                     "learnt nuclei from hematoxylin and miss most brown ones.\n\nLeave it off for markers of "
                     "membranes or cytoplasm (HER2, CD3, cytokeratin): their brown would be read as nuclei. "
-                    "Gray, fluorescence and H&E images without brown are read as they are. Takes effect at "
-                    "the next Segment.")
+                    "Gray, fluorescence and H&E images without brown are read as they are; yellow or orange "
+                    "stains count as brown. Takes effect at the next Segment (a new diameter redoes a result "
+                    "as it was made).")
         self.count_label = CountLabel("No segmentation yet")
         self.table_view = NucleiTable(self.viewer)
         self.table_view.headers = lambda layer: plane_columns(labels_axis_labels(self.viewer, layer),
@@ -232,7 +235,9 @@ class NucleiSegWidget(QWidget):
         """Whether a segmentation is running."""
         return self.run.running
 
-    def _segment(self, image: Image | None) -> None:
+    def _segment(self, image: Image | None, switches: tuple[bool, bool] | None = None) -> None:
+        """Segment ``image``; ``switches``, (Average 4 flips, Brown nuclei), of the result a rerun at another
+        diameter redoes (None: the check boxes')."""
         if self.running:
             return
         cache = self.rethresholder.cache
@@ -251,18 +256,19 @@ class NucleiSegWidget(QWidget):
         # default is the model's at the scale of this run, known once the diameter is.
         chosen = self.target.settings_for_run(image, self._run_channel)
         self._run_diameter, self._rerun = self.diameter_control.diameter, False
+        if switches is None:
+            switches = (self.augment_check.isChecked(), self.brown_check.isChecked())
+        self._run_switches = augment, brown_nuclei = switches
         estimating = self._run_diameter is None and metadata.get("diameter") is not None
         self._set_running(True)
         stage = "Estimating the nucleus diameter..." if estimating else "Loading the model..."
         if in_blocks:  # multiscale, or one plane too large to hold whole: into a store in the cache folder
             self.run.start_in_blocks(image, weights, store_path(image.name), settings=chosen,
                                      diameter=self._run_diameter, channel=self._run_channel, stage=stage,
-                                     augment=self.augment_check.isChecked(),
-                                     brown_nuclei=self.brown_check.isChecked())
+                                     augment=augment, brown_nuclei=brown_nuclei)
         else:
             self.run.start(image, planes, weights, settings=chosen, diameter=self._run_diameter,
-                           channel=self._run_channel, stage=stage, augment=self.augment_check.isChecked(),
-                           brown_nuclei=self.brown_check.isChecked())
+                           channel=self._run_channel, stage=stage, augment=augment, brown_nuclei=brown_nuclei)
 
     def cancel(self) -> None:
         """Stop the run at the next plane or tile; the layers stay as they were."""
@@ -277,7 +283,7 @@ class NucleiSegWidget(QWidget):
     def _on_run_finished(self, image: Image | None) -> None:
         self._set_running(False)
         if self._rerun and image is not None and image in self.viewer.layers:
-            self._segment(image)  # the diameter changed while the network ran
+            self._segment(image, self._run_switches)  # the diameter changed while the network ran
 
     def _on_run_returned(self, outcome: Finished | LargeFinished | Failure) -> None:
         image = self.run.image
@@ -308,9 +314,10 @@ class NucleiSegWidget(QWidget):
         if image.rgb:
             data = image.data[0] if image.multiscale else image.data
             plane = data[(0,) * (data.ndim - 3)] if data.ndim > 3 else data
-            note = overlay_note(plane, OVERLAY_CHOOSE_CHANNEL)  # (reads a sample of a lazy plane, not all of it)
-            if note is None and self._run_channel is None:
-                note = brown_note(plane, run.brown_nuclei, BROWN_CHOOSE)
+            if self._run_channel is None:  # (reads a sample of a lazy plane, not all of it)
+                note = colour_note(plane, run.brown_nuclei, OVERLAY_CHOOSE_CHANNEL, BROWN_CHOOSE)
+            else:
+                note = overlay_note(plane, OVERLAY_CHOOSE_CHANNEL)
             if note is not None:
                 show_info(f"'{image.name}': {note}")
 
@@ -338,7 +345,7 @@ class NucleiSegWidget(QWidget):
         if new and self.running:
             self._rerun = self.diameter_control.diameter != self._run_diameter
         elif new and cache is not None and cache.image in self.viewer.layers:
-            self._segment(cache.image)
+            self._segment(cache.image, (cache.augmented, cache.brown_nuclei))
         return new is not None
 
     # ---- results --------------------------------------------------------------------------

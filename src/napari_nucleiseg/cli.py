@@ -514,13 +514,10 @@ def count_row(job: Job, result: Any, model_name: str) -> dict[str, Any]:
 
 
 def colour_note(plane: Any, brown_nuclei: bool) -> str | None:
-    """What the log says of how a colour image (one ``plane``; a lazy one is read on a sample's grid) was
-    read: as an overlay of fluorescence channels (:func:`~napari_nucleiseg.preprocess.overlay_note`), or
-    with brown (DAB) staining (:func:`~napari_nucleiseg.stains.brown_note`); None: as a colour picture."""
-    from .preprocess import overlay_note
-    from .stains import brown_note
+    """What the log says of how a colour image (one ``plane``) was read (:func:`~napari_nucleiseg.stains.colour_note`)."""
+    from .stains import colour_note as note
 
-    return overlay_note(plane, OVERLAY_CHOOSE_CHANNEL) or brown_note(plane, brown_nuclei, BROWN_CHOOSE)
+    return note(plane, brown_nuclei, OVERLAY_CHOOSE_CHANNEL, BROWN_CHOOSE)
 
 
 def _segment(image: InputImage, model: Any, args: argparse.Namespace,
