@@ -52,7 +52,7 @@ from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, c
 from ._table_view import NucleiTable
 from ._target import SettingsTarget, TargetLabel
 from .errors import WeightsError
-from .preprocess import overlay_note
+from .channels import take_channel
 from .scale import resize_shortfall
 from .settings import PostprocessSettings
 from .stains import colour_note
@@ -313,11 +313,11 @@ class NucleiSegWidget(QWidget):
             self._show_probabilities()
         if image.rgb:
             data = image.data[0] if image.multiscale else image.data
+            if self._run_channel is not None:  # a channel of colour planes: what the run read
+                data = take_channel(data, *self._run_channel)
             plane = data[(0,) * (data.ndim - 3)] if data.ndim > 3 else data
-            if self._run_channel is None:  # (reads a sample of a lazy plane, not all of it)
-                note = colour_note(plane, run.brown_nuclei, OVERLAY_CHOOSE_CHANNEL, BROWN_CHOOSE)
-            else:
-                note = overlay_note(plane, OVERLAY_CHOOSE_CHANNEL)
+            # (reads a sample of a lazy plane and a few windows of it, not all of it)
+            note = colour_note(plane, run.brown_nuclei, OVERLAY_CHOOSE_CHANNEL, BROWN_CHOOSE)
             if note is not None:
                 show_info(f"'{image.name}': {note}")
 

@@ -274,7 +274,11 @@ def overlay_note(image: np.ndarray, choose: str) -> str | None:
     "run it with --channel 0 (red) or --channel 1 (green)")."""
     if np.ndim(image) != 3 or np.shape(image)[-1] not in (3, 4):
         return None
-    sample = as_rgb(_percentile_sample(image))  # (a lazy plane is read on the sample's grid only)
+    return overlay_sentence(as_rgb(_percentile_sample(image)), choose)  # (a lazy plane: its sample's grid only)
+
+
+def overlay_sentence(sample: np.ndarray, choose: str) -> str | None:
+    """:func:`overlay_note`'s sentence of an image's ``(h, w, 3)`` percentile sample (:func:`_percentile_sample`)."""
     kind = None if pseudo_colour(sample) else overlay_kind(sample)
     if kind == "blue":
         return ("Read as its blue channel: it looks like an overlay of fluorescence channels, and blue is the "

@@ -53,25 +53,55 @@ def stain_white(rgb: np.ndarray) -> tuple[float, float, float] | None:
     return float(white[0]), float(white[1]), float(white[2])
 
 
-def brown_share(rgb: np.ndarray) -> float:
-    """The share of the pixels of the ``(H, W, 3)`` image ``rgb`` (or a sample of it) in brown areas, of a
-    picture of stains in transmitted light (0 for any other image): brown pixels (:data:`BROWN_MIN_EXCESS`)
-    left by an opening of 3 x 3, so that colour noise, the colour fringes of a lens (blue 1-2 px off) and
-    stray pixels do not count (a gray brightfield image with colour noise of 8 gray levels: 4.8% of its
-    pixels brown, none in areas; blue 2 px off: 2.7%, 0.75%), and nuclei do. JPEG at low quality makes
-    areas of H&E brown too (quality 25: 7.5%); so does any yellow or orange stain."""
+def brown_share(image: Any, sample: np.ndarray | None = None) -> float:
+    """The share of the pixels of the colour plane ``image`` (numpy, or a lazy dask or zarr array) in brown
+    areas, of a picture of stains in transmitted light (0 for any other image): brown pixels
+    (:data:`BROWN_MIN_EXCESS`, against the white of ``sample``, its percentile sample, read when not given)
+    left by an opening of 3 x 3, so that colour noise, the colour fringes of a lens and stray pixels do not
+    count (a gray brightfield image with colour noise of 8 gray levels: 4.8% of its pixels brown, none in
+    areas; blue 1 px off: 1.1%, 0.11%; 2 px off: 2.7%, 0.75%), and nuclei do. The areas are found at full
+    resolution, in :data:`NOTE_WINDOWS` x :data:`NOTE_WINDOWS` windows of :data:`NOTE_WINDOW_SIDE` px spread
+    over a larger image (on a strided sample a nucleus is a pixel or two, which the opening removes). JPEG at
+    low quality makes areas of H&E brown too (quality 25: 7.5%); so does any yellow or orange stain."""
     from scipy import ndimage as ndi
 
-    white, excess = _white_and_excess(rgb)
-    if white is None or excess.ndim != 2:
+    from .preprocess import _percentile_sample, as_rgb
+
+    if np.ndim(image) != 3 or np.shape(image)[-1] not in (3, 4):
         return 0.0
-    return float(ndi.binary_opening(excess > BROWN_MIN_EXCESS, np.ones((3, 3), bool)).mean())
+    if sample is None:
+        sample = as_rgb(_percentile_sample(image))
+    white, _ = _white_and_excess(sample)
+    if white is None:
+        return 0.0
+    brown = total = 0
+    for window in _windows(image):
+        pixels = np.asarray(window)[..., :3].astype(np.float64)
+        areas = ndi.binary_opening(_excess(pixels, white) > BROWN_MIN_EXCESS, np.ones((3, 3), bool))
+        brown, total = brown + int(np.count_nonzero(areas)), total + areas.size
+    return brown / total if total else 0.0
+
+
+#: :func:`brown_share` reads a larger image in this many windows along each side, of this side (px).
+NOTE_WINDOWS = 4
+NOTE_WINDOW_SIDE = 256
+
+
+def _windows(image: Any) -> list[Any]:
+    """The whole of a plane of at most :data:`NOTE_WINDOWS` windows' pixels, else windows of
+    :data:`NOTE_WINDOW_SIDE` px on a regular grid over it (lazy slices)."""
+    height, width = np.shape(image)[:2]
+    side = NOTE_WINDOW_SIDE
+    if height * width <= (NOTE_WINDOWS * side) ** 2:
+        return [image]
+    ys = np.linspace(0, max(height - side, 0), NOTE_WINDOWS).astype(int)
+    xs = np.linspace(0, max(width - side, 0), NOTE_WINDOWS).astype(int)
+    return [image[y : y + side, x : x + side] for y in dict.fromkeys(ys) for x in dict.fromkeys(xs)]
 
 
 def _white_and_excess(rgb: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    """The white of ``rgb`` (colour last) and each pixel's optical density in blue less that in green
-    (``rgb``'s shape without colour; a pixel that is not finite absorbs nothing); (None, empty) when it is
-    not a picture of stains in transmitted light (:data:`STAIN_BRIGHT_GROUND`)."""
+    """The white of ``rgb`` (colour last) and each pixel's :func:`_excess` (``rgb``'s shape without colour);
+    (None, empty) when it is not a picture of stains in transmitted light (:data:`STAIN_BRIGHT_GROUND`)."""
     pixels = np.asarray(rgb)[..., :3].astype(np.float64)
     flat = pixels.reshape(-1, 3)
     finite = flat[np.isfinite(flat).all(axis=1)]
@@ -80,8 +110,16 @@ def _white_and_excess(rgb: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     white = np.percentile(finite, STAIN_WHITE_PERCENTILE, axis=0)
     if not (white > 0).all() or np.median(finite.mean(axis=1)) < STAIN_BRIGHT_GROUND * white.mean():
         return None, pixels[:0, ..., 0]
-    density = _optical_density(pixels[..., 1:], white[1:])
-    return white, density[..., 1] - density[..., 0]
+    return white, _excess(pixels, white)
+
+
+def _excess(pixels: np.ndarray, white: Any) -> np.ndarray:
+    """Each pixel's optical density in blue less that in green, against ``white`` (colour last); -inf for a
+    pixel with a colour that is not finite (never brown)."""
+    density = _optical_density(pixels[..., 1:3], np.asarray(white)[1:3])
+    excess = density[..., 1] - density[..., 0]
+    excess[~np.isfinite(pixels[..., :3]).all(axis=-1)] = -np.inf
+    return excess
 
 
 def _optical_density(pixels: np.ndarray, white: Any) -> np.ndarray:
@@ -106,7 +144,7 @@ def brown_as_hematoxylin(rgb: np.ndarray, white: tuple[float, float, float]) -> 
     out = np.array(pixels, dtype=np.float64 if pixels.dtype == np.float64 else np.float32)  # (1e200 stays finite)
     green_blue = _optical_density(out[..., 1:], white[1:])
     excess = green_blue[..., 1] - green_blue[..., 0]
-    brown = excess > BROWN_MIN_EXCESS
+    brown = (excess > BROWN_MIN_EXCESS) & np.isfinite(out).all(axis=-1)  # (a colour not finite: left as it is)
     if not brown.any():
         return out
     dab, hematoxylin = (np.asarray(od, np.float32) / np.linalg.norm(od) for od in (DAB_OD, HEMATOXYLIN_OD))
@@ -119,15 +157,12 @@ def brown_as_hematoxylin(rgb: np.ndarray, white: tuple[float, float, float]) -> 
     return out
 
 
-def brown_note(image: Any, brown_nuclei: bool, choose: str) -> str | None:
-    """The sentence that says an RGB ``image`` (a plane; a lazy one is read on a sample's grid) holds brown
-    (DAB) staining and how it was read, or None when it holds little or none (:data:`NOTE_MIN_BROWN_SHARE`);
-    ``choose`` says how to turn the option on where the note is shown (e.g. "run it with --brown-nuclei")."""
-    from .preprocess import _percentile_sample, as_rgb
-
-    if np.ndim(image) != 3 or np.shape(image)[-1] not in (3, 4):
-        return None
-    if brown_share(as_rgb(_percentile_sample(image))) < NOTE_MIN_BROWN_SHARE:
+def brown_note(image: Any, brown_nuclei: bool, choose: str, sample: np.ndarray | None = None) -> str | None:
+    """The sentence that says the RGB plane ``image`` (numpy or lazy) holds brown (DAB) staining and how it was
+    read, or None when it holds little or none (:data:`NOTE_MIN_BROWN_SHARE` of :func:`brown_share`, which
+    ``sample``, the plane's percentile sample, spares reading again); ``choose`` says how to turn the option
+    on where the note is shown (e.g. "run it with --brown-nuclei")."""
+    if brown_share(image, sample) < NOTE_MIN_BROWN_SHARE:
         return None
     if brown_nuclei:
         return ("Brown (DAB) was read as hematoxylin (Brown nuclei): right where the marker stains nuclei; where "
@@ -139,11 +174,11 @@ def brown_note(image: Any, brown_nuclei: bool, choose: str) -> str | None:
 def colour_note(plane: Any, brown_nuclei: bool, choose_channel: str, choose_brown: str) -> str | None:
     """What to tell the user of how a colour ``plane`` was read: as an overlay of fluorescence channels
     (:func:`~napari_nucleiseg.preprocess.overlay_note`, ``choose_channel``), or with brown staining
-    (:func:`brown_note`, ``choose_brown``); None: as a colour picture. A lazy plane is read once, on the
-    grid of its percentile sample."""
-    from .preprocess import _percentile_sample, as_rgb, overlay_note
+    (:func:`brown_note`, ``choose_brown``); None: as a colour picture. A lazy plane's percentile sample is
+    read once, for both (and the brown note's windows)."""
+    from .preprocess import _percentile_sample, as_rgb, overlay_sentence
 
     if np.ndim(plane) != 3 or np.shape(plane)[-1] not in (3, 4):
         return None
     sample = as_rgb(_percentile_sample(plane))
-    return overlay_note(sample, choose_channel) or brown_note(sample, brown_nuclei, choose_brown)
+    return overlay_sentence(sample, choose_channel) or brown_note(plane, brown_nuclei, choose_brown, sample)
