@@ -39,6 +39,9 @@ BROWN_MIN_EXCESS = 0.1
 #: a quarter of its nuclei brown, 3.4% (median; 0.6% with 5% of them: a section of few positive nuclei may
 #: get no note).
 NOTE_MIN_BROWN_SHARE = 0.01
+#: :func:`brown_share` reads a larger image in this many windows along each side, of this side (px).
+NOTE_WINDOWS = 4
+NOTE_WINDOW_SIDE = 256
 
 
 def stain_white(rgb: np.ndarray) -> tuple[float, float, float] | None:
@@ -47,8 +50,8 @@ def stain_white(rgb: np.ndarray) -> tuple[float, float, float] | None:
     median pixel is at least :data:`STAIN_BRIGHT_GROUND` of that white, and some pixel is brown
     (:data:`BROWN_MIN_EXCESS`: :func:`brown_as_hematoxylin` would change it); else None (gray, fluorescence,
     most H&E)."""
-    white, excess = _white_and_excess(rgb)
-    if white is None or not (excess > BROWN_MIN_EXCESS).any():
+    white = _white(rgb)
+    if white is None or not (_excess(np.asarray(rgb)[..., :3], white) > BROWN_MIN_EXCESS).any():
         return None
     return float(white[0]), float(white[1]), float(white[2])
 
@@ -71,7 +74,7 @@ def brown_share(image: Any, sample: np.ndarray | None = None) -> float:
         return 0.0
     if sample is None:
         sample = as_rgb(_percentile_sample(image))
-    white, _ = _white_and_excess(sample)
+    white = _white(sample)
     if white is None:
         return 0.0
     brown = total = 0
@@ -80,11 +83,6 @@ def brown_share(image: Any, sample: np.ndarray | None = None) -> float:
         areas = ndi.binary_opening(_excess(pixels, white) > BROWN_MIN_EXCESS, np.ones((3, 3), bool))
         brown, total = brown + int(np.count_nonzero(areas)), total + areas.size
     return brown / total if total else 0.0
-
-
-#: :func:`brown_share` reads a larger image in this many windows along each side, of this side (px).
-NOTE_WINDOWS = 4
-NOTE_WINDOW_SIDE = 256
 
 
 def _windows(image: Any) -> list[Any]:
@@ -99,18 +97,17 @@ def _windows(image: Any) -> list[Any]:
     return [image[y : y + side, x : x + side] for y in dict.fromkeys(ys) for x in dict.fromkeys(xs)]
 
 
-def _white_and_excess(rgb: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    """The white of ``rgb`` (colour last) and each pixel's :func:`_excess` (``rgb``'s shape without colour);
-    (None, empty) when it is not a picture of stains in transmitted light (:data:`STAIN_BRIGHT_GROUND`)."""
-    pixels = np.asarray(rgb)[..., :3].astype(np.float64)
-    flat = pixels.reshape(-1, 3)
-    finite = flat[np.isfinite(flat).all(axis=1)]
+def _white(rgb: np.ndarray) -> np.ndarray | None:
+    """The white of ``rgb`` (colour last), each colour's :data:`STAIN_WHITE_PERCENTILE` of its finite pixels;
+    None when it is not a picture of stains in transmitted light (:data:`STAIN_BRIGHT_GROUND`)."""
+    pixels = np.asarray(rgb)[..., :3].reshape(-1, 3).astype(np.float64)
+    finite = pixels[np.isfinite(pixels).all(axis=1)]
     if finite.size == 0:
-        return None, pixels[:0, ..., 0]
+        return None
     white = np.percentile(finite, STAIN_WHITE_PERCENTILE, axis=0)
     if not (white > 0).all() or np.median(finite.mean(axis=1)) < STAIN_BRIGHT_GROUND * white.mean():
-        return None, pixels[:0, ..., 0]
-    return white, _excess(pixels, white)
+        return None
+    return white
 
 
 def _excess(pixels: np.ndarray, white: Any) -> np.ndarray:
@@ -142,9 +139,8 @@ def brown_as_hematoxylin(rgb: np.ndarray, white: tuple[float, float, float]) -> 
     values."""
     pixels = np.asarray(rgb)[..., :3]
     out = np.array(pixels, dtype=np.float64 if pixels.dtype == np.float64 else np.float32)  # (1e200 stays finite)
-    green_blue = _optical_density(out[..., 1:], white[1:])
-    excess = green_blue[..., 1] - green_blue[..., 0]
-    brown = (excess > BROWN_MIN_EXCESS) & np.isfinite(out).all(axis=-1)  # (a colour not finite: left as it is)
+    excess = _excess(out, white)
+    brown = excess > BROWN_MIN_EXCESS  # (a colour not finite: never brown, left as it is)
     if not brown.any():
         return out
     dab, hematoxylin = (np.asarray(od, np.float32) / np.linalg.norm(od) for od in (DAB_OD, HEMATOXYLIN_OD))
