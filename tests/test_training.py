@@ -791,6 +791,36 @@ def test_head_weights_weight_the_loss_of_each_unetpp_head():
     assert len(set(round(e, 6) for e in each)) == 3
 
 
+def test_contact_weight_weighs_only_the_line_where_two_nuclei_touch():
+    import torch
+
+    from napari_nucleiseg.learn.loss import contact_pixels
+
+    labels = np.zeros((40, 60), dtype=np.int32)
+    labels[5:15, 5:15], labels[5:15, 15:25] = 1, 2  # two nuclei touching along x = 15
+    labels[25:35, 40:50] = 3  # a lone nucleus
+    targets = torch.from_numpy(make_targets(labels))[None]
+    contact = contact_pixels(targets)[0, 0].numpy() > 0
+    assert contact[6:14, 14:16].all() and not contact[:, :14].any() and not contact[:, 16:].any()
+    assert not contact[20:].any()  # the lone nucleus's rim borders the background
+
+    logit = 8.0 * (2 * targets - 1)  # confident and right everywhere ...
+    merged, rimless = logit.clone(), logit.clone()
+    merged[0, 1][torch.from_numpy(contact)] = -8.0  # ... but for the line between the two
+    rimless[0, 1, 25, 40:50] = -8.0  # ... or a piece of the lone nucleus's rim
+    with torch.no_grad():
+        base = float(segmentation_loss(logit, targets))
+        merged_cost = [float(segmentation_loss(merged, targets, contact_weight=w)) - base for w in (1.0, 5.0)]
+        rim_cost = [float(segmentation_loss(rimless, targets, contact_weight=w)) - base for w in (1.0, 5.0)]
+        outside = torch.ones((1, 1, 40, 60))
+        outside[..., :, 10:30] = 0  # the contact line is not a pixel that may train
+        unknown = [float(segmentation_loss(merged, targets, outside, contact_weight=w))
+                   - float(segmentation_loss(logit, targets, outside, contact_weight=w)) for w in (1.0, 5.0)]
+    assert merged_cost[1] > 2.5 * merged_cost[0] > 0  # the cross-entropy part weighs 5x
+    assert rim_cost[1] == pytest.approx(rim_cost[0], rel=0.05)
+    assert unknown == pytest.approx([0.0, 0.0], abs=1e-6)
+
+
 @needs_data
 def test_head_weights_are_recorded_and_checked(tmp_path):
     args = ["--data", str(DATA), "--limit", "2", "--max-batches", "1", "--batch-size", "2", "--crop-size", "64",

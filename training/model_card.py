@@ -100,6 +100,9 @@ def training_lines(training: dict) -> list[str]:
             lines.append(f"- run {number} of these weighted the loss of UNet++'s output heads (shallowest first) "
                          f"{' : '.join(f'{w:g}' for w in weights)}" + ("; a head weighted 0 is left out of the "
                                                                       "file's inference too" if 0 in weights else ""))
+        if stage.get("contact_weight"):
+            lines.append(f"- run {number} of these weighted the cross-entropy of the pixels where two nuclei touch "
+                         f"{stage['contact_weight']:g}x (`--contact-weight`)")
     commands = [f"`{stage['command']}`" for stage in stages if "command" in stage]
     lines.append("- reproduce: " + ", then ".join(commands) + ", then ")
     return lines

@@ -262,6 +262,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="UNet++: the weight of each deep-supervision head's loss, shallowest first (default: "
                              "equal), e.g. 1 2 2 to favour the deeper heads; heads weighted 0 are left out of "
                              "inference too (the file's heads)")
+    parser.add_argument("--contact-weight", type=float, default=1.0,
+                        help="weight of the pixels where two nuclei touch in the cross-entropy (the U-Net "
+                             "paper's weight map; 1: as any pixel)")
     parser.add_argument("--patience", type=int, default=8, help="epochs without val improvement before stopping")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -358,7 +361,7 @@ def build_network(args: argparse.Namespace, device) -> tuple[torch.nn.Module, di
 
 #: What a file records of the training of the file it continued (and so on back): enough for the
 #: model card to tell every run, with no need to read the commands.
-CONTINUED_KEYS = ("epochs", "minutes", "command", "teacher", "head_weights", "continued_from")
+CONTINUED_KEYS = ("epochs", "minutes", "command", "teacher", "head_weights", "contact_weight", "continued_from")
 
 
 def choose_head_weights(args: argparse.Namespace, network: torch.nn.Module) -> tuple[float, ...] | None:
@@ -466,6 +469,7 @@ def build_metadata(args: argparse.Namespace, *, network: torch.nn.Module, kwargs
             **({"teacher": {"file": str(args.teacher), "tta": args.teacher_tta,
                             "weight": args.distill_weight}} if args.teacher else {}),
             **({"head_weights": list(head_weights)} if head_weights else {}),
+            **({"contact_weight": args.contact_weight} if args.contact_weight != 1.0 else {}),
         },
         "metrics": {"val_during_training": {k: round(v, 4) for k, v in scores.items()}},
     }
@@ -515,7 +519,8 @@ def main(argv=None) -> dict:
         epoch = state["epoch"] + 1
         dataset.reseed(args.seed * 1000 + epoch)
         losses = train_steps(network, optimizer, itertools.islice(loader, args.max_batches), device=device,
-                             distill_weight=args.distill_weight, head_weights=head_weights)
+                             distill_weight=args.distill_weight, head_weights=head_weights,
+                             contact_weight=args.contact_weight)
         scores = validation_scores(network, data, args, device, losses)
         if args.schedule == "cosine":
             scheduler.step()

@@ -11,7 +11,7 @@ from .loss import model_loss
 
 def train_steps(network: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, *,
                 device: torch.device | str = "cpu", distill_weight: float = 0.5,
-                head_weights: tuple[float, ...] | None = None, stop: Callable[[], bool] | None = None,
+                head_weights: tuple[float, ...] | None = None, contact_weight: float = 1.0, stop: Callable[[], bool] | None = None,
                 on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """One optimiser step per batch of ``batches`` (``(images, targets)`` or ``(images, targets,
     trained)``, see :func:`.loss.model_loss`), until they run out or ``stop()`` returns True
@@ -22,7 +22,8 @@ def train_steps(network: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
         if stop is not None and stop():
             break
         images, targets, *rest = (tensor.to(device) for tensor in batch)
-        loss = model_loss(network, images, targets, distill_weight, head_weights, rest[0] if rest else None)
+        loss = model_loss(network, images, targets, distill_weight, head_weights, rest[0] if rest else None,
+                          contact_weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

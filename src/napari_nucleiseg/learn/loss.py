@@ -7,15 +7,39 @@ import torch
 import torch.nn.functional as F
 
 
-def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, trained: torch.Tensor | None = None) -> torch.Tensor:
+def contact_pixels(targets: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)`` in {0, 1}: the boundary pixels of ``targets`` (nucleus, boundary) with no
+    background among their 8 neighbours, where two nuclei touch. A lone nucleus's inner rim always
+    borders the background, so only the lines that separate touching nuclei count."""
+    background = 1.0 - targets[:, :1]
+    near_background = F.max_pool2d(background, 3, stride=1, padding=1)
+    return targets[:, 1:2] * (1.0 - near_background)
+
+
+def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, trained: torch.Tensor | None = None,
+                      contact_weight: float = 1.0) -> torch.Tensor:
     """Binary cross-entropy plus soft Dice, on both channels (nucleus, boundary).
 
     ``trained``, ``(B, 1, H, W)`` in {0, 1}, leaves the pixels where it is 0 out of both terms:
     their logits get no gradient at all (pixels a user did not check are unknown, not background).
+
+    ``contact_weight`` > 1 weighs the cross-entropy of the pixels where two nuclei touch
+    (:func:`contact_pixels`) that many times, as the U-Net paper's weight map does for the borders
+    between touching cells: the lines a watershed splits them along.
     """
     probabilities = torch.sigmoid(logits)
     dims = (0, 2, 3)
-    if trained is None:
+    if contact_weight != 1.0:
+        weights = 1.0 + (contact_weight - 1.0) * contact_pixels(targets)
+        if trained is not None:
+            weights = weights * trained
+        weights = weights.expand_as(logits)
+        bce = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights).sum()
+        pixels = logits.numel() if trained is None else trained.expand_as(logits).sum().clamp(min=1.0)
+        bce = bce / pixels
+        if trained is not None:
+            probabilities, targets = probabilities * trained, targets * trained
+    elif trained is None:
         bce = F.binary_cross_entropy_with_logits(logits, targets)
     else:
         weights = trained.expand_as(logits)
@@ -29,7 +53,7 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, trained: torc
 
 def model_loss(network: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
                distill_weight: float = 0.5, head_weights: tuple[float, ...] | None = None,
-               trained: torch.Tensor | None = None) -> torch.Tensor:
+               trained: torch.Tensor | None = None, contact_weight: float = 1.0) -> torch.Tensor:
     """The loss, averaged over UNet++'s deep-supervision heads where the model has them.
 
     ``head_weights`` (one per head, shallowest first) weight that average; by default
@@ -40,14 +64,15 @@ def model_loss(network: torch.nn.Module, images: torch.Tensor, targets: torch.Te
     plus ``distill_weight`` times the same loss towards the teacher (knowledge distillation).
 
     ``trained``: the pixels that may train (:func:`segmentation_loss`); None: all.
+    ``contact_weight``: of the pixels where nuclei touch, towards the truth (:func:`segmentation_loss`).
     """
     outputs = network.forward_all(images) if hasattr(network, "forward_all") else [network(images)]
     if targets.shape[1] == 4:
         truth, teacher = targets[:, :2], targets[:, 2:]
-        losses = [(1 - distill_weight) * segmentation_loss(o, truth, trained)
+        losses = [(1 - distill_weight) * segmentation_loss(o, truth, trained, contact_weight)
                   + distill_weight * segmentation_loss(o, teacher, trained) for o in outputs]
     else:
-        losses = [segmentation_loss(o, targets, trained) for o in outputs]
+        losses = [segmentation_loss(o, targets, trained, contact_weight) for o in outputs]
     weights = head_weights if head_weights is not None and len(outputs) > 1 else (1.0,) * len(outputs)
     if len(weights) != len(outputs):
         raise ValueError(f"{len(weights)} head weights for a model with {len(outputs)} heads")
