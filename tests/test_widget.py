@@ -280,6 +280,16 @@ def test_excluding_border_nuclei_relabels_the_result_without_the_network_and_is_
     inner = pd.read_csv(tmp_path / "inner.csv")
     assert list(inner["label"]) == [1, 2, 3, 4] and inner["exclude_border"].tolist() == [True] * 4
 
+    painted = labels.data.copy()  # QA: a nucleus painted at the border is counted; the line said it was not
+    painted[0:6, 100:110] = 9
+    labels.data = painted
+    qtbot.waitUntil(lambda: widget.count_label.text().startswith("5 nuclei"), timeout=5_000)
+    assert widget.count_label.text() == ("5 nuclei in 'edge nuclei', leaving out the nuclei found touching the border "
+                                         "(those painted there are counted)")
+    labels.data = np.where(painted == 9, 0, painted).astype(painted.dtype)  # erased again: the result as made
+    qtbot.waitUntil(lambda: widget.count_label.text().startswith("4 nuclei"), timeout=5_000)
+    assert widget.count_label.text().endswith(", not counting those touching the border")
+
     widget.exclude_border_check.setChecked(False)
     assert labels.data.max() == 5 and widget.count_label.text() == "5 nuclei in 'edge nuclei'"
     click_export(qtbot, widget, monkeypatch, tmp_path / "all.csv")
@@ -1651,12 +1661,64 @@ def test_choosing_another_model_shows_its_settings_for_the_next_run_and_leaves_t
     widget.threshold_slider.setValue(0.9)
     assert four.data.max() == 4 and shown_count(widget) == 4  # left as it was made
 
-    viewer.layers.selection.active = viewer.layers["four"]
+    assert viewer.layers.selection.active is None  # deselected: a click on it selects it again (QA)
     viewer.layers.selection.active = four  # selected again: the target, with the settings it was made with
     assert widget.target_label.text() == "Settings apply to: 'four nuclei'"
     assert widget.postprocess_controls.values() == made_with
     widget.threshold_slider.setValue(0.7)
     assert four.data.max() == 2 and notifications.messages["error"] == []
+
+
+def test_a_model_chosen_during_a_run_leaves_that_runs_result_with_its_own_models_settings(
+    viewer_and_widget, tiny_weights, tmp_path, qtbot
+):
+    """QA: UNet++ running, UNet chosen: the UNet++ result came out at UNet's threshold (0.6, which the user
+    never chose) with UNet++'s min size."""
+    from napari_nucleiseg.weights import save_weights
+
+    from conftest import build_tiny, tiny_metadata
+
+    viewer, widget = viewer_and_widget
+    strict = save_weights(tmp_path / "strict.safetensors", build_tiny("unet"),
+                          tiny_metadata("unet") | {"threshold": 0.65})
+    slow = FakeNetwork(delay=0.3)
+    widget.predict = slow
+    widget.threshold_slider.setValue(0.3)
+    viewer.add_image(blobs(), name="blobs")
+    qtbot.mouseClick(widget.segment_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(slow.started.is_set, timeout=RUN_TIMEOUT_MS)
+    assert widget.set_weights_file(strict)  # during the run
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+    wait_for_postprocessing(qtbot, widget)
+    (result,) = labels_layers(viewer)
+    assert result.data.max() == 4  # made at 0.3, as the run was started, not at 0.65 (2 nuclei)
+    assert widget.threshold_slider.value() == pytest.approx(0.65)  # the chosen model's, for the next run
+    assert widget.target_label.text() == "Settings apply to the next result"
+    widget.threshold_slider.setValue(0.9)
+    assert result.data.max() == 4
+
+
+def test_reset_brings_back_the_settings_of_the_model_that_made_the_result(
+    viewer_and_widget, fake_network, tiny_weights, tmp_path, qtbot
+):
+    """QA: a UNet++ result selected after HRNet was chosen was reset to HRNet's threshold and min size."""
+    from napari_nucleiseg.weights import save_weights
+
+    from conftest import build_tiny, tiny_metadata
+
+    viewer, widget = viewer_and_widget
+    strict = save_weights(tmp_path / "strict.safetensors", build_tiny("unet"),
+                          tiny_metadata("unet") | {"threshold": 0.65})
+    four = segment_new_image(qtbot, viewer, widget, blobs(), "four")
+    own = widget.threshold_slider.value()
+    assert own != pytest.approx(0.65)
+    widget.threshold_slider.setValue(0.3)
+    assert widget.set_weights_file(strict)  # another model chosen, no run
+    viewer.layers.selection.active = four  # the result made with the first one
+    widget.postprocess_controls.reset_button.click()
+    wait_for_postprocessing(qtbot, widget)
+    assert widget.threshold_slider.value() == pytest.approx(own)
+    assert widget.target_label.text() == "Settings apply to: 'four nuclei'"
 
 
 def test_results_keep_their_probabilities_within_a_budget_and_a_freed_one_says_it_needs_a_rerun(

@@ -462,7 +462,7 @@ class OutputLayers(QObject):
             text += self._in_3d(layer, linked, sections)
         elif planes > 1:  # each plane is segmented on its own: a nucleus in 5 z-planes counts 5 times
             text += f", summed over its {planes} planes"
-        text += _border_note(layer)
+        text += _border_note(layer, labels_of(layer))
         record = self.record(layer)
         if record is not None and record.below is not None and self._in_viewer(record.below):
             text += f" (under your edited '{record.below.name}', which stays on top)"
@@ -559,6 +559,12 @@ def _nuclei_in(count: int, layer: Labels) -> str:
     return f"{count} {'nucleus' if count == 1 else 'nuclei'} in '{layer.name}'"
 
 
-def _border_note(layer: Labels) -> str:
-    """What the count line adds for a result whose nuclei touching the border were left out."""
-    return ", not counting those touching the border" if layer.metadata.get("exclude_border") else ""
+def _border_note(layer: Labels, labels: np.ndarray | None = None) -> str:
+    """What the count line adds for a result whose nuclei touching the border were left out; a nucleus
+    painted at the border by hand since (in ``labels``, the layer's in memory) is counted, and it says so."""
+    if not layer.metadata.get("exclude_border"):
+        return ""
+    if isinstance(labels, np.ndarray) and labels.ndim >= 2 and labels.size and (
+            labels[..., 0, :].any() or labels[..., -1, :].any() or labels[..., 0].any() or labels[..., -1].any()):
+        return ", leaving out the nuclei found touching the border (those painted there are counted)"
+    return ", not counting those touching the border"

@@ -56,14 +56,17 @@ class Cache:
     model_name: str = ""  # the model's name (its file's, or a bundled one's)
     augmented: bool = False  # whether the maps are the mean over flips (the widget's "Average 4 flips")
     brown_nuclei: bool = False  # whether brown (DAB) was read as hematoxylin (the widget's "Brown nuclei")
+    #: The calibrated settings of the model that made the maps, at the run's scale (what Reset brings back).
+    model_settings: PostprocessSettings | None = None
 
     @classmethod
     def of_run(cls, image: Image, planes: Any, model_key: tuple[str, int],
-               channel: tuple[int, int] | None = None, model_name: str = "") -> Cache:
+               channel: tuple[int, int] | None = None, model_name: str = "",
+               model_settings: PostprocessSettings | None = None) -> Cache:
         """The cache of a finished run's :class:`~napari_nucleiseg.pipeline.PlanesResult`."""
         return cls(image, planes.probabilities, planes.settings, model_key, planes.diameter,
                    planes.diameter_estimated, planes.scale, channel, model_name, planes.augmented,
-                   planes.brown_nuclei)
+                   planes.brown_nuclei, model_settings)
 
     def metadata(self) -> dict[str, Any]:
         """What a result layer records of the run: the diameter it ran for, whether estimated, the
@@ -146,12 +149,14 @@ class Rethresholder(QObject):
             if job.cache is not cache:
                 job.worker.quit()
 
-    def start_from(self, cache: Cache, settings: PostprocessSettings, labels: Any) -> None:
+    def start_from(self, cache: Cache, settings: PostprocessSettings, labels: Any, *, follow: bool = True) -> None:
         """Re-threshold from a new run's ``cache`` from now on, starting with the ``labels`` it made with
-        ``settings``; then the controls' newest settings (they may have moved during the run)."""
+        ``settings``; then, with ``follow``, the controls' newest settings (they may have moved during the
+        run; not when they show another model's, chosen during the run)."""
         self.set_cache(cache)
         self.deliver(cache, settings, labels)
-        self.request()
+        if follow:
+            self.request()
 
     def deliver(self, cache: Cache, settings: PostprocessSettings, outcome: Any) -> None:
         """Hand on labels made from ``cache`` with ``settings`` (or why they could not be made),

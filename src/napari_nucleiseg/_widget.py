@@ -206,10 +206,18 @@ class NucleiSegWidget(QWidget):
         metadata = self.model_combo.metadata()
         cache = self.rethresholder.cache
         if cache is not None and cache.model_key[0] != self._chosen_weights():
-            self.target.release()
-            self.target.offer(self.image_layer, self.channel_combo.channel)
+            self._let_go_of_result()
         self.diameter_control.for_model(metadata.get("diameter"), self.rethresholder.cache is None)
         self.postprocess_controls.show(PostprocessSettings.from_metadata(metadata))
+
+    def _let_go_of_result(self) -> None:
+        """The controls act on no result (they show another model's settings, for the next run). A result
+        layer still selected is deselected: selecting it again is what makes it their target (a click
+        on the layer selected already changes nothing, so the QA user saw it selected and unchanged)."""
+        self.target.release()
+        self.target.offer(self.image_layer, self.channel_combo.channel)
+        if self.target.result(self.viewer.layers.selection.active) is not None:
+            self.viewer.layers.selection.active = None
 
     def _chosen_weights(self) -> str | None:
         """The path of the weights file chosen under Model (None if it cannot be found)."""
@@ -219,8 +227,12 @@ class NucleiSegWidget(QWidget):
             return None
 
     def reset_settings(self) -> None:
-        """The model's calibrated settings (its min size at the scale of the result shown), applied."""
+        """The calibrated settings of the model that made the result the controls act on (its min size at
+        that result's scale), applied; with no such result, those of the model chosen."""
         cache = self.rethresholder.cache
+        if cache is not None and cache.model_settings is not None:
+            self.postprocess_controls.reset(cache.model_settings)
+            return
         settings = PostprocessSettings.from_metadata(self.model_combo.metadata())
         self.postprocess_controls.reset(settings.at_scale(cache.scale) if cache is not None else settings)
 
@@ -298,7 +310,11 @@ class NucleiSegWidget(QWidget):
         previous = self.rethresholder.cache
         new_model = previous is not None and previous.model_key != outcome.model_key  # its calibration, at this scale
         run = outcome.result if isinstance(outcome, LargeFinished) else outcome.planes
-        self.postprocess_controls.after_run(run.settings, model.settings_at(run.scale).min_size, new_model)
+        # Another model chosen during the run: the controls show its settings, for the next run; the result
+        # keeps those it was made with (QA: UNet++'s came out at UNet's threshold, with UNet++'s min size).
+        chosen_since = self._chosen_weights() != outcome.model_key[0]
+        if not chosen_since:
+            self.postprocess_controls.after_run(run.settings, model.settings_at(run.scale).min_size, new_model)
         self.diameter_control.show_used(run.diameter, run.diameter_estimated, model.diameter is not None,
                                         self._run_diameter is None)
         self._estimated_image = image.unique_id
@@ -308,9 +324,12 @@ class NucleiSegWidget(QWidget):
         if isinstance(outcome, LargeFinished):
             self._show_in_blocks(image, outcome)
         else:
-            cache = Cache.of_run(image, run, outcome.model_key, self._run_channel, model.name)
-            self.rethresholder.start_from(cache, run.settings, run.labels)
+            cache = Cache.of_run(image, run, outcome.model_key, self._run_channel, model.name,
+                                 model.settings_at(run.scale))
+            self.rethresholder.start_from(cache, run.settings, run.labels, follow=not chosen_since)
             self._show_probabilities()
+        if chosen_since:
+            self._let_go_of_result()
         if image.rgb:
             data = image.data[0] if image.multiscale else image.data
             if self._run_channel is not None:  # a channel of colour planes: what the run read
