@@ -171,3 +171,38 @@ def test_a_large_image_reads_brown_block_by_block(section, tmp_path):
     assert found[False] < 0.5 and found[True] >= 0.75
     with pytest.raises(ValueError, match="brown_nuclei must be True or False"):
         segment_large(image, model, tmp_path / "bad.zarr", brown_nuclei="yes")
+
+
+def test_fine_tuning_with_brown_nuclei_learns_from_the_image_as_segment_reads_it(section, tmp_path):
+    """A model fine-tuned on an IHC section corrected with Brown nuclei on learns from the brown read as
+    hematoxylin, as it will see it, and says so in its file (the widget then ticks the box)."""
+    from napari_nucleiseg.learn.finetune import finetune, prepare_examples
+    from napari_nucleiseg.weights import read_metadata
+
+    image, truth, brown, _ = section
+    as_is = prepare_examples([image], [truth]).pairs[0][0]
+    read = prepare_examples([image], [truth], brown_nuclei=True).pairs[0][0]
+    assert as_is.dtype == read.dtype == np.uint8 and np.array_equal(as_is, image)
+    changed = np.any(read != image, axis=-1)
+    assert changed[np.isin(truth, brown)].mean() > 0.5 and changed[truth == 0].mean() < 0.05  # the brown nuclei
+    white = stain_white(image)
+    expected = brown_as_hematoxylin(image, white)
+    assert np.abs(read.astype(float) - expected).max() <= 0.5  # as segment(brown_nuclei=True) reads it
+
+    on = finetune([image], [truth], "unet", out=tmp_path / "ihc.safetensors", minutes=1, max_steps=1,
+                  brown_nuclei=True)
+    off = finetune([image], [truth], "unet", out=tmp_path / "he.safetensors", minutes=1, max_steps=1)
+    assert read_metadata(on)["brown_nuclei"] is True and read_metadata(on)["fine_tuned"]["brown_nuclei"] == [True]
+    assert "brown_nuclei" not in read_metadata(off) and read_metadata(off)["fine_tuned"]["brown_nuclei"] == [False]
+    gray = read_sample("fluorescence")  # nothing to read as hematoxylin: the file does not say it was
+    plain = finetune([gray], [segment(gray, "unet").labels], "unet", out=tmp_path / "gray.safetensors", minutes=1,
+                     max_steps=1, brown_nuclei=True)
+    assert "brown_nuclei" not in read_metadata(plain)
+    with pytest.raises(ValueError, match="brown_nuclei must be True or False, or one of them per image"):
+        prepare_examples([image], [truth], brown_nuclei=[True, False])
+
+    iio.imwrite(tmp_path / "ki67.png", image)
+    iio.imwrite(tmp_path / "ki67_labels.tif", truth.astype(np.uint16))
+    assert main(["finetune", str(tmp_path / "ki67.png"), "--labels", str(tmp_path / "ki67_labels.tif"), "--from",
+                 "unet", "--out", str(tmp_path / "cli.safetensors"), "--minutes", "0.2", "--brown-nuclei"]) == 0
+    assert read_metadata(tmp_path / "cli.safetensors")["brown_nuclei"] is True

@@ -289,3 +289,31 @@ def test_closing_the_widget_mid_training_stops_it_and_saves_nothing(viewer_and_w
     widget.close()
     qtbot.waitUntil(lambda: not panel.running, timeout=RUN_TIMEOUT_MS)
     assert saved_files(models_dir) == [] and panel.last_model is None
+
+
+def test_a_result_made_with_brown_nuclei_teaches_the_brown_read_as_hematoxylin(
+    viewer_and_widget, models_dir, notifications, qtbot  # noqa: F811
+):
+    """The new model learns from the section as its result read it, and choosing it ticks Brown nuclei."""
+    from napari_nucleiseg._sample_data import read_sample
+    from training.data import restain_as_ihc
+
+    viewer, widget = viewer_and_widget
+    tissue = read_sample("tissue")[:192, :192, :3]
+    brown = np.zeros(tissue.shape[:2], dtype=bool)
+    brown[:, :96] = True  # the left half restained brown
+    viewer.add_image(restain_as_ihc(tissue, brown), name="ki67", rgb=True)
+    widget.brown_check.setChecked(True)
+    click_segment(qtbot, widget)
+    result = widget.labels_layer
+    assert result.metadata["brown_nuclei"] is True
+    result.data = nuclei_field()[1]  # corrected
+    widget.brown_check.setChecked(False)  # the box changed since: the result's own reading counts
+    fine_tune(qtbot, widget, "my ki67")
+
+    assert notifications.messages["error"] == []
+    tuned = read_metadata(models_dir / "my ki67.safetensors")
+    assert tuned["brown_nuclei"] is True and tuned["fine_tuned"]["brown_nuclei"] == [True]
+    assert widget.model_combo.currentText() == "my ki67" and widget.brown_check.isChecked()  # chosen: ticked
+    assert any("'my ki67' learnt from images whose brown was read as hematoxylin: Brown nuclei is ticked" in text
+               for text in notifications.messages["info"])

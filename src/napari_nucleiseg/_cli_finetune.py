@@ -62,6 +62,9 @@ def add_parser(commands: Any) -> None:
                       help="median nucleus diameter of the images in pixels (default: measured on the labels)")
     tune.add_argument("--channel", type=int, default=None, metavar="N",
                       help="the channel that shows the nuclei, for images with channels (as for segment)")
+    tune.add_argument("--brown-nuclei", action="store_true",
+                      help="read the brown (DAB) of the images as hematoxylin, as segment --brown-nuclei does "
+                           "(immunohistochemistry of a nuclear marker); the new file records it")
     tune.add_argument("--overwrite", action="store_true", help="replace the file given with --out")
 
 
@@ -109,15 +112,17 @@ def run_finetune(args: argparse.Namespace) -> int:
         with stops_as_interrupts() as stops:
             path = finetune(images, labels, args.base, out=args.out, name=args.name or args.out.stem,
                             minutes=args.minutes, regions=regions, diameter=args.diameter,
-                            overwrite=args.overwrite, progress=reporter, cancelled=stops.requested,
+                            overwrite=args.overwrite, brown_nuclei=args.brown_nuclei, progress=reporter,
+                            cancelled=stops.requested,
                             log=lambda note: print(f"nucleiseg: {note}", file=sys.stderr))
     except (FineTuneError, WeightsError) as error:
         raise CommandError(" ".join(str(error).split()).rstrip(".") + ".") from None
     except Cancelled:
         signum = stops.received[0] if stops is not None and stops.received else 2
         raise Interrupted("nothing was written", signum=signum) from None
+    brown = " --brown-nuclei" if args.brown_nuclei else ""
     print(f"Fine-tuned for {reporter.last.elapsed / 60:.1f} min ({reporter.last.steps} steps): {path}. "
-          f"Segment with it: nucleiseg segment IMAGES --weights {path} --out DIR")
+          f"Segment with it: nucleiseg segment IMAGES --weights {path}{brown} --out DIR")
     return 0
 
 

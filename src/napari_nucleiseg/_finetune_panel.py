@@ -90,7 +90,7 @@ class Pair:
 
 
 def finetune_in_worker(images: list[np.ndarray], labels: list[np.ndarray], base: Path, *, name: str, minutes: float,
-                       regions: list[list[Region] | None] | None, overwrite: bool,
+                       regions: list[list[Region] | None] | None, overwrite: bool, brown_nuclei: list[bool],
                        on_progress: Callable[[Any], None], cancelled: Callable[[], bool]) -> Tuned | Failure:
     """:func:`~napari_nucleiseg.learn.finetune.finetune` for a worker thread: what goes wrong comes back
     as a :class:`~._run.Failure`, one sentence (a worker that raises ends in a traceback dialog)."""
@@ -99,7 +99,7 @@ def finetune_in_worker(images: list[np.ndarray], labels: list[np.ndarray], base:
         from .learn.finetune import finetune
 
         path = finetune(images, labels, base, name=name, minutes=minutes, regions=regions, overwrite=overwrite,
-                        progress=on_progress, cancelled=cancelled, log=notes.append)
+                        brown_nuclei=brown_nuclei, progress=on_progress, cancelled=cancelled, log=notes.append)
     except Cancelled:
         return Failure("Fine-tuning cancelled; no model was saved.", cancelled=True)
     except (FineTuneError, WeightsError) as error:
@@ -293,11 +293,13 @@ class FineTunePanel(QCollapsible):
     """
 
     def __init__(self, viewer, outputs: Any, picker: ModelPicker, *, segment_with: Callable[[Any], None],
-                 error: Callable[[str], None], info: Callable[[str], None], parent: QWidget | None = None):
+                 error: Callable[[str], None], info: Callable[[str], None],
+                 brown_nuclei: Callable[[], bool] = lambda: False, parent: QWidget | None = None):
         super().__init__("Fine-tune the model on your corrections", parent)
         self.viewer = viewer
         self.picker = picker
         self._segment_with, self._error, self._info = segment_with, error, info
+        self._brown_nuclei = brown_nuclei  # the widget's Brown nuclei box, for labels that are not its results
         #: Asks a yes/no question; whether the answer was yes.
         self.confirm: Callable[[str], bool] = lambda question: confirm(self, "Replace a model", question)
         self.cancel_event = threading.Event()
@@ -426,7 +428,9 @@ class FineTunePanel(QCollapsible):
         return {"images": [np.array(pair.image_data()) for pair in pairs],
                 "labels": [np.asarray(labels_of(pair.labels)).copy() for pair in pairs],
                 "base": base, "name": name, "minutes": self.minutes_spin.value(), "regions": regions,
-                "overwrite": overwrite, "image": pairs[0].image}
+                "overwrite": overwrite, "image": pairs[0].image,
+                # each image read as its result was (its brown as hematoxylin or not); other labels as the box says
+                "brown_nuclei": [bool(pair.labels.metadata.get("brown_nuclei", self._brown_nuclei())) for pair in pairs]}
 
     # ---- the run --------------------------------------------------------------------------
 

@@ -209,6 +209,10 @@ class NucleiSegWidget(QWidget):
             self._let_go_of_result()
         self.diameter_control.for_model(metadata.get("diameter"), self.rethresholder.cache is None)
         self.postprocess_controls.show(PostprocessSettings.from_metadata(metadata))
+        if metadata.get("brown_nuclei") is True and not self.brown_check.isChecked():
+            self.brown_check.setChecked(True)  # fine-tuned on brown read as hematoxylin: it sees images so
+            show_info(f"'{metadata.get('name') or self.model_combo.currentText()}' learnt from images whose brown "
+                      "was read as hematoxylin: Brown nuclei is ticked.")
 
     def _let_go_of_result(self) -> None:
         """The controls act on no result (they show another model's settings, for the next run). A result
@@ -443,7 +447,7 @@ def _fine_tuning_controls(widget: NucleiSegWidget) -> tuple[UserModelMenu, FineT
     tell = {"error": lambda message: show_error(message), "info": lambda message: show_info(message)}
     return (UserModelMenu(widget.model_combo, **tell),
             FineTunePanel(widget.viewer, widget.outputs, widget.model_combo, segment_with=partial(_segment_image, widget),
-                          **tell))
+                          brown_nuclei=lambda: widget.brown_check.isChecked(), **tell))
 
 
 def _segment_image(widget: NucleiSegWidget, image: Image) -> None:

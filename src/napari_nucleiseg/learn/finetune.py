@@ -89,6 +89,7 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
              name: str | None = None, minutes: float = DEFAULT_MINUTES,
              regions: Sequence[Sequence[Region] | None] | None = None, diameter: float | None = None,
              overwrite: bool = False, seed: int = 0, max_steps: int | None = None,
+             brown_nuclei: bool | Sequence[bool] = False,
              progress: Callable[[Progress], None] | None = None, cancelled: Callable[[], bool] | None = None,
              log: Callable[[str], None] | None = None) -> Path:
     """Fine-tune ``model`` on ``images`` with their corrected ``labels``; returns the new weights file.
@@ -117,6 +118,11 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     seed, max_steps : int, optional
         The random crops' seed, and a number of steps to stop after (within ``minutes``): with
         both, a run is repeatable.
+    brown_nuclei : bool or sequence of bool
+        Read the brown (DAB) of the images (or of each image) as hematoxylin, as ``segment(...,
+        brown_nuclei=True)`` reads them (:mod:`~napari_nucleiseg.stains`): the model learns from the
+        images as it will see them. The new file records it (``"brown_nuclei": true`` when every image
+        was read so), and the widget ticks *Brown nuclei* when it is chosen.
     progress : callable, optional
         Called with a :class:`Progress` after each step.
     cancelled : callable, optional
@@ -137,7 +143,7 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     base = _load_base(model)
     name = name or f"{base.name}-finetuned-{datetime.date.today():%Y%m%d}"
     out_path = _output_path(out, name, base, overwrite)
-    examples = prepare_examples(images, labels, regions, diameter)
+    examples = prepare_examples(images, labels, regions, diameter, brown_nuclei)
     for note in examples.notes:
         (log or (lambda text: warnings.warn(text, stacklevel=3)))(note)
 
@@ -209,7 +215,7 @@ def _output_path(out: str | os.PathLike | None, name: str, base: NucleiModel, ov
 
 def prepare_examples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                      regions: Sequence[Sequence[Region] | None] | None = None,
-                     diameter: float | None = None) -> Examples:
+                     diameter: float | None = None, brown_nuclei: bool | Sequence[bool] = False) -> Examples:
     """The training material of :func:`finetune`, every input checked (one sentence each)."""
     if isinstance(images, np.ndarray) or isinstance(labels, np.ndarray):
         raise FineTuneError("Pass the images and the labels as lists, one entry per image.")
@@ -221,14 +227,18 @@ def prepare_examples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     regions = [None] * len(images) if regions is None else list(regions)
     if len(regions) != len(images):
         raise FineTuneError(f"{len(images)} images but {len(regions)} region lists; pass one (or None) per image.")
+    browns = [brown_nuclei] * len(images) if isinstance(brown_nuclei, (bool, np.bool_)) else list(brown_nuclei)
+    if len(browns) != len(images) or not all(isinstance(b, (bool, np.bool_)) for b in browns):
+        raise FineTuneError(f"brown_nuclei must be True or False, or one of them per image ({len(images)}), "
+                            f"not {brown_nuclei!r}.")
     needed = sum(int(np.prod(np.shape(lab), dtype=np.float64)) for lab in labels) * BYTES_PER_PIXEL + BYTES_FIXED
     available = free_memory()
     if available is not None and needed > available:
         raise FineTuneError(f"Fine-tuning on these images needs about {needed / 2**30:.1f} GB of memory and "
                             f"{available / 2**30:.1f} GB is free; close other programs, or use fewer or smaller images.")
     examples = Examples()
-    for number, (image, label, rects) in enumerate(zip(images, labels, regions), start=1):
-        _add_image(examples, number, len(images), np.asarray(image), np.asarray(label), rects, diameter)
+    for number, (image, label, rects, brown) in enumerate(zip(images, labels, regions, browns), start=1):
+        _add_image(examples, number, len(images), np.asarray(image), np.asarray(label), rects, diameter, bool(brown))
     if not examples.pairs:
         where = "in the checked regions of any image" if any(r for r in regions) else "in any image"
         raise FineTuneError(f"There is no labelled nucleus {where}; paint (or keep) the nuclei there first.")
@@ -240,7 +250,7 @@ def _which(number: int, total: int) -> str:
 
 
 def _add_image(examples: Examples, number: int, total: int, image: np.ndarray, label: np.ndarray,
-               rects: Sequence[Region] | None, diameter: float | None) -> None:
+               rects: Sequence[Region] | None, diameter: float | None, brown: bool = False) -> None:
     which = _which(number, total)
     if label.dtype == bool or not np.issubdtype(label.dtype, np.integer):
         raise FineTuneError(f"The labels of {which} are {label.dtype}, not integers: labels give each nucleus "
@@ -259,7 +269,7 @@ def _add_image(examples: Examples, number: int, total: int, image: np.ndarray, l
         for index in range(label.shape[0]):
             before = len(examples.pairs)
             _add_plane(examples, f"{which}, plane {index}", image[index], label[index], rects, diameter,
-                       record={"image": number, "plane": index})
+                       record={"image": number, "plane": index}, brown=brown)
             if len(examples.pairs) > before:
                 used.append(index)
         if used and len(used) < label.shape[0]:
@@ -267,7 +277,7 @@ def _add_image(examples: Examples, number: int, total: int, image: np.ndarray, l
                 f"Trained on plane{'s' if len(used) > 1 else ''} {_listing(used)} of the {label.shape[0]} of {which}: "
                 "the others hold no labelled nucleus.")
         return
-    _add_plane(examples, which, image, label, rects, diameter, record={"image": number})
+    _add_plane(examples, which, image, label, rects, diameter, record={"image": number}, brown=brown)
 
 
 def _listing(values: list[int]) -> str:
@@ -276,7 +286,7 @@ def _listing(values: list[int]) -> str:
 
 
 def _add_plane(examples: Examples, which: str, image: np.ndarray, label: np.ndarray, rects: Sequence[Region] | None,
-               diameter: float | None, record: dict[str, Any]) -> None:
+               diameter: float | None, record: dict[str, Any], brown: bool = False) -> None:
     try:
         rgb = as_rgb(image)
     except ValueError as error:
@@ -286,7 +296,8 @@ def _add_plane(examples: Examples, which: str, image: np.ndarray, label: np.ndar
                             f"{label.shape[0]} x {label.shape[1]}; the labels must be of the image they correct.")
     height, width = label.shape
     boxes = [(0, height, 0, width)] if not rects else [_check_region(which, rect, label.shape) for rect in rects]
-    scaled = _unit_rgb(rgb)
+    read = _brown_as_hematoxylin(rgb) if brown else rgb
+    scaled = _unit_rgb(read)
     kept = 0
     for y0, y1, x0, x1 in boxes:
         whole = (y0, y1, x0, x1) == (0, height, 0, width)
@@ -308,7 +319,7 @@ def _add_plane(examples: Examples, which: str, image: np.ndarray, label: np.ndar
         examples.records.append({
             **record, "shape": list(image.shape),
             "sha256": hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest(),
-            "region": [y0, y1, x0, x1], "nuclei": nuclei,
+            "region": [y0, y1, x0, x1], "nuclei": nuclei, "brown_nuclei": brown and read is not rgb,
             "labelled_pixels": int(np.count_nonzero(checked)), "checked_pixels": int((y1 - y0) * (x1 - x0)),
         })
 
@@ -322,6 +333,22 @@ def _check_region(which: str, rect: Sequence[int], shape: tuple[int, int]) -> Re
     if y1 - y0 < 1 or x1 - x0 < 1:
         raise FineTuneError(f"A region of {which}, {tuple(rect)}, holds no pixel of its {shape[0]} x {shape[1]} image.")
     return y0, y1, x0, x1
+
+
+def _brown_as_hematoxylin(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` with its brown read as hematoxylin, as a run with Brown nuclei reads it (the white of the whole
+    image; in its own dtype); ``rgb`` itself when it holds no brightfield stain (fluorescence, gray)."""
+    from ..preprocess import Normalization
+    from ..stains import brown_as_hematoxylin
+
+    white = Normalization.of(rgb, brown_nuclei=True).white
+    if white is None:
+        return rgb
+    read = brown_as_hematoxylin(rgb, white)
+    if np.issubdtype(rgb.dtype, np.integer):
+        limits = np.iinfo(rgb.dtype)
+        read = np.clip(np.rint(read), limits.min, limits.max).astype(rgb.dtype)
+    return read
 
 
 def _unit_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -351,7 +378,9 @@ def _random_batches(dataset: CropDataset, examples: Examples, seed: int):
 def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, minutes: float, loss: float,
               diameter: float | None, seed: int) -> dict[str, Any]:
     metadata = {key: value for key, value in base.metadata.items()
-                if key not in ("format", "format_version", "package_version", "metrics", "name")}
+                if key not in ("format", "format_version", "package_version", "metrics", "name", "brown_nuclei")}
+    if examples.records and all(record.get("brown_nuclei") for record in examples.records):
+        metadata["brown_nuclei"] = True  # learnt from brown read as hematoxylin: run it so
     base_file = None if base.path is None else Path(base.path)
     licence = metadata.get("licence")
     metadata.update({
@@ -370,6 +399,7 @@ def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, m
             "diameter": {"given": diameter, "images": [d for d in examples.diameters],
                          "frame": base.diameter},
             "thresholds": "inherited from the base model",
+            "brown_nuclei": [bool(record.get("brown_nuclei")) for record in examples.records],
             "package_version": __version__,
         },
     })
