@@ -292,3 +292,13 @@ def test_augment_segments_the_mean_of_four_flips_and_is_recorded(tiny_weights):
 def test_a_bad_augment_is_one_sentence(tiny_weights, value):
     with pytest.raises(ValueError, match=r"^augment must be True or False, not .*$"):
         segment(IMAGE, tiny_weights["unet"], augment=value)
+
+
+@pytest.mark.parametrize("diameter", [None, 13.0])
+def test_an_image_of_too_many_axes_is_named_as_such_whatever_the_diameter(diameter):
+    """QA: with a diameter, a (2, 2, 96, 96) array was told its diameter of 13 px was larger than the image
+    (2 x 2 pixels)."""
+    from napari_nucleiseg.errors import ImageError
+
+    with pytest.raises(ImageError, match=r"^An image of shape \(2, 2, 96, 96\) is not a 2-D gray, RGB or RGBA image"):
+        segment(np.zeros((2, 2, 96, 96), np.uint8), "unet", diameter=diameter)

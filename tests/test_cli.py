@@ -158,6 +158,68 @@ def test_one_existing_output_blocks_the_whole_run(capsys, folder, tmp_path, tiny
     assert (out / "b_labels.tif").read_bytes() == b"keep me"
 
 
+def test_one_existing_output_is_named_as_one(capsys, folder, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "counts.csv").write_text("mine")
+    status, _, stderr = run(capsys, folder, "--out", out, "--weights", tiny_weights["unet"])
+    assert status == 1 and "holds counts.csv; use --overwrite to replace it." in stderr
+
+
+def test_what_a_folder_holds_besides_images_is_named_not_passed_over(capsys, tmp_path, tiny_weights):
+    """QA: a subfolder of images and files that are not images were ignored without a word."""
+    images = tmp_path / "images"
+    (images / "day 2").mkdir(parents=True)
+    iio.imwrite(images / "a.png", blob_image())
+    iio.imwrite(images / "day 2" / "b.png", blob_image())
+    (images / "notes.txt").write_text("plate 3")  # notes and metadata beside images are not worth a word
+    (images / ".DS_Store").write_bytes(b"")
+    (images / "c.czi").write_bytes(b"ZISRAWFILE")
+    status, _, stderr = run(capsys, images, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
+    assert status == 0  # what there is to segment is segmented
+    assert (f"left out of {images}: 1 image (c.czi; not png, tif, tiff, jpg or jpeg: save them as TIFF); "
+            "1 subfolder (day 2; not searched: give it as an input)") in stderr
+    assert "notes.txt" not in stderr and ".DS_Store" not in stderr
+    assert len(pd.read_csv(tmp_path / "out" / "counts.csv")) == 1
+
+
+def test_export_takes_the_model_titles_segment_takes(tmp_path):
+    from napari_nucleiseg._cli_export import _model_name
+
+    assert [_model_name(text) for text in ("HRNet", "UNet++", "unet", "mine.safetensors")] == [
+        "hrnet", "unetpp", "unet", "mine.safetensors"]
+
+
+def test_resume_measures_labels_corrected_since_again(capsys, tmp_path, tiny_weights):
+    """QA: after labels 1 and 2 were erased from a finished image's label file, --resume said there was nothing
+    left to do and kept 12 rows for a file holding 10 nuclei (the help: a row always describes the label file)."""
+    from test_batch_stops import check_consistent
+
+    images = tmp_path / "images"
+    images.mkdir()
+    iio.imwrite(images / "a.png", blob_image())
+    tifffile.imwrite(images / "stack.tif", np.stack([blob_image(seed=plane) for plane in range(2)]), imagej=True,
+                     metadata={"axes": "ZYX"})
+    out = tmp_path / "out"
+    command = (images, "--out", out, "--weights", tiny_weights["unet"], "--resume")
+    assert run(capsys, *command)[0] == 0
+    before = pd.read_csv(out / "counts.csv").set_index("labels_file")["nuclei"]
+    columns = list(pd.read_csv(out / "nuclei.csv").columns)  # the stack's nuclei are 3-D (its axis is Z)
+    for name in ("a_labels.tif", "stack_labels.tif"):
+        labels = tifffile.imread(out / name)
+        labels[labels == labels.max()] = 0  # one nucleus erased by hand
+        tifffile.imwrite(out / name, labels)
+    status, stdout, stderr = run(capsys, *command)
+    assert status == 0 and stdout.startswith("Nothing left to segment")
+    assert f"a_labels.tif was changed since it was segmented: measured again ({before['a_labels.tif']} -> " \
+           f"{before['a_labels.tif'] - 1} nuclei)" in stderr
+    after = check_consistent(out).set_index("labels_file")["nuclei"]
+    assert after.to_dict() == {name: count - 1 for name, count in before.items()}
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    assert len(nuclei) == after.sum() and list(nuclei.columns) == columns and "volume" in columns
+    assert run(capsys, *command)[2] == ""  # recorded: said once
+
+
 def test_only_bad_files(capsys, tmp_path, tiny_weights):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -118,7 +118,7 @@ def test_the_file_is_written_atomically(tiny_weights, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(finetune_module, "save_weights", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(FineTuneError, match=r"^Could not write .*new\.safetensors: No space left on device\.$"):
         finetune([image], [truth], tiny_weights["unet"], out=out, minutes=1, max_steps=1, overwrite=True)
     assert out.read_bytes() == b"the user's earlier model" and sorted(tmp_path.iterdir()) == [out]
 
@@ -241,3 +241,21 @@ def test_importing_the_package_and_its_cli_imports_no_torch():
             "print('torch' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training_and_the_file_is_readable(tiny_weights, tmp_path):
+    """QA: --out in /proc or under a file ended, after the whole time budget, in a traceback; the file written
+    was readable by its owner only (0600), where every other output follows the umask."""
+    import os
+    import stat
+
+    image, truth = field(1)
+    (tmp_path / "a file").write_text("")
+    for out in (tmp_path / "a file" / "new.safetensors", Path("/proc/new.safetensors")):
+        with pytest.raises(FineTuneError, match=r"^Cannot write .*; save the new model elsewhere\.$"):
+            finetune([image], [truth], tiny_weights["unet"], out=out, minutes=5, max_steps=1)
+    assert not (tmp_path / "a file").is_dir()
+    path = finetune([image], [truth], tiny_weights["unet"], out=tmp_path / "new.safetensors", minutes=1, max_steps=1)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

@@ -35,7 +35,7 @@ def add_parser(commands: Any) -> None:
         description="Write a bundled or fine-tuned model as a BioImage.IO model package (a .zip).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    export.add_argument("--model", required=True, metavar="|".join(BUNDLED_MODELS) + "|FILE",
+    export.add_argument("--model", required=True, type=_model_name, metavar="|".join(BUNDLED_MODELS) + "|FILE",
                         help="a bundled model, or a weights file (e.g. one made with nucleiseg finetune)")
     export.add_argument("--out", required=True, type=Path, metavar="MODEL.zip", help="the package to write")
     export.add_argument("--licence", default=None, metavar="SPDX",
@@ -57,3 +57,11 @@ def run_export(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot write {args.out}: {error.strerror or error}.") from None
     print(f"Wrote {path}. Test it: bioimageio test {path}")
     return 0
+
+
+def _model_name(text: str) -> str:
+    """A bundled model's name from its name or title in any case (HRNet, unet++), as ``segment --model``
+    takes it; other text (a weights file) as it is."""
+    from .weights import bundled_model_name
+
+    return bundled_model_name(text) or text

@@ -88,7 +88,8 @@ class Manifest:
                   "dtypes": [str(dtype) for dtype in table.dtypes],
                   "rows": [[_plain(value) for value in values] for values in table.itertuples(index=False)]}
         record = {"version": RECORD_VERSION, "input": fingerprint, "settings": self.settings,
-                  "row": {key: _plain(value) for key, value in row.items()}, "nuclei": nuclei}
+                  "row": {key: _plain(value) for key, value in row.items()}, "nuclei": nuclei,
+                  "labels": _stat(labels_path)}
         text = json.dumps(record)  # before any file is touched: a value JSON cannot hold fails here
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path(labels_path), lambda partial: partial.write_text(text))
@@ -130,6 +131,18 @@ class Manifest:
             return record["row"], _table(record["nuclei"])
         except (KeyError, TypeError, ValueError):
             return None  # a record damaged by hand: the image is segmented again
+
+    def recorded_input(self, labels_path: Path) -> Any:
+        """The input fingerprint recorded with a finished image's labels."""
+        record = self._read(labels_path)
+        return None if record is None else record.get("input")
+
+    def labels_changed(self, labels_path: Path) -> bool:
+        """Whether the labels of a finished image were changed since they were recorded (corrected by hand:
+        their rows must be measured again); False for a record made before labels were noted."""
+        record = self._read(labels_path)
+        noted = None if record is None else record.get("labels")
+        return noted is not None and noted != _stat(labels_path)
 
     def forget(self, labels_path: Path) -> None:
         """Delete an image's record (before its outputs are replaced)."""
@@ -180,3 +193,12 @@ def _plain(value: Any) -> Any:
     if value is pd.NA:
         return None
     raise TypeError(f"a value of type {type(value).__name__} cannot be recorded")
+
+
+def _stat(path: Path) -> dict[str, int] | None:
+    """The size and modification time of ``path`` (None if it cannot be read)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}

@@ -230,9 +230,9 @@ def segment(
                              f"time: segment(image, channel=N), N from 0 to {count - 1}.")
     if isinstance(diameter, str) and diameter.strip().lower() == "auto":
         diameter = None  # as the command line's --diameter auto
+    as_rgb(image)  # the one-sentence ImageError for anything but one 2-D image, before any work
     check_diameter(diameter, np.shape(image))
     check_switches(augment=augment, brown_nuclei=brown_nuclei)
-    as_rgb(image)  # the one-sentence ImageError for anything but one 2-D image, before any work
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]  # gray with a channel axis

@@ -84,6 +84,9 @@ if TYPE_CHECKING:
 
 #: Files taken from a folder given as INPUT (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: Images of other formats, named when a folder holds them (they are not read: convert them to TIFF).
+OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".webp", ".jp2", ".czi", ".nd2", ".lif", ".lsm", ".oib", ".oir", ".vsi",
+                        ".ims", ".svs", ".ndpi", ".scn", ".mrxs", ".dv", ".stk")
 TIFF_SUFFIXES = (".tif", ".tiff")
 COUNTS_FILE = "counts.csv"
 NUCLEI_FILE = "nuclei.csv"
@@ -101,7 +104,8 @@ exit status: 0 if every image was segmented, 3 if some were and others skipped,
 1 if none was (or the run could not start, or stopped on an error such as a full
 disk), 2 for a wrong command line, 130 on Ctrl+C, 143 on SIGTERM, 129 on SIGHUP.
 Images that cannot be read or segmented, and paths that do not exist, are
-reported on stderr and skipped (a file that is not an image is reported only). A run that stops early
+reported on stderr and skipped (a file that is not an image is reported only; a
+folder's subfolders and images of other formats are named, not searched). A run that stops early
 (Ctrl+C, SIGTERM, SIGHUP, a full disk) still writes the tables of the images it
 finished; no file is ever left half-written, and a row of counts.csv always
 describes the label file beside it. Existing outputs are only replaced with
@@ -318,7 +322,7 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     remove_partial_files(args.out / MANIFEST_FOLDER / "writing")
     manifest = _manifest(model, args) if args.resume or on_cluster(args) else None
     order = {job: index for index, job in enumerate(jobs)}
-    done = _finished_before(jobs, manifest) if args.resume else {}
+    done = _finished_before(jobs, manifest, args) if args.resume else {}
     todo = [job for job in jobs if job not in done]
     if not args.overwrite and not args.resume:
         refuse_existing(jobs, args.out)  # again: a run that ended since the first check may have written them
@@ -399,15 +403,53 @@ def _manifest(model: Any, args: argparse.Namespace) -> Any:
     return Manifest(args.out, run_settings(args, file_sha256(model.path)))
 
 
-def _finished_before(jobs: list[Job], manifest: Any) -> dict[Job, tuple[dict, Any]]:
+def _finished_before(jobs: list[Job], manifest: Any, args: argparse.Namespace) -> dict[Job, tuple[dict, Any]]:
     """The row and nuclei of each job that an earlier run into the output folder finished as this one would."""
     done = {}
     for job in jobs:
         outputs = [job.labels_path] + ([job.probability_path] if job.probability_path is not None else [])
         finished = manifest.finished(job.source, outputs)
-        if finished is not None:
-            done[job] = finished
+        if finished is None:
+            continue
+        if manifest.labels_changed(job.labels_path) and not job.labels_path.name.endswith(LARGE_LABELS_SUFFIX):
+            finished = _remeasured(job, finished, manifest, args)
+        done[job] = finished
     return done
+
+
+def _remeasured(job: Job, finished: tuple[dict, Any], manifest: Any, args: argparse.Namespace) -> tuple[dict, Any]:
+    """The row and nuclei of a finished image whose labels were corrected by hand since: measured again from
+    the labels as they are (QA: --resume kept 12 rows for a label file holding 10 nuclei), and recorded so.
+    Labels that cannot be read keep the rows recorded, and the log says so."""
+    import tifffile
+
+    from .postprocess import count_nuclei
+    from .tables import nuclei_table
+
+    row, _ = finished
+    try:
+        image = read_image(job.source, channel=args.channel)
+        labels = np.asarray(tifffile.imread(job.labels_path))
+        if labels.shape != image.shape[: labels.ndim] or labels.ndim != len(image.plane_axes) + 2:
+            raise UnreadableImage(f"its shape {labels.shape} is not that of the image")
+        axis = volume_axis(image.plane_axes, args.volumes) if row.get("nuclei_3d") else None
+        table = nuclei_table(labels, image.data, rgb=image.rgb, volume_axis=axis).drop(columns="index")
+    except (UnreadableImage, OSError, ValueError) as error:
+        print(f"nucleiseg: {job.labels_path.name} was changed since it was segmented and could not be measured "
+              f"again ({_one_line(error)}); its rows are those of the labels as segmented", file=sys.stderr)
+        return finished
+    table = table.rename(columns={f"axis_{axis}": name for axis, name in enumerate(plane_columns(image.plane_axes))})
+    if image.pixel is not None:
+        table = physical_columns(table, image.pixel)
+    table = table.assign(file=str(job.source))
+    count = count_nuclei(labels) if axis is None else len(table)
+    new_row = {**row, "nuclei": count,
+               "mean_area": float(table["area"].mean()) if len(table) and "area" in table else float("nan")}
+    print(f"nucleiseg: {job.labels_path.name} was changed since it was segmented: measured again "
+          f"({row.get('nuclei')} -> {count} nuclei)", file=sys.stderr)
+    with contextlib.suppress(OSError):
+        manifest.record(job.labels_path, manifest.recorded_input(job.labels_path), new_row, table)
+    return new_row, table
 
 
 def _note_written(manifest: Any, job: Job, written: Path) -> None:
@@ -633,6 +675,9 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str], int]:
                       and not p.name.endswith(LARGE_LABELS_SUFFIX)]  # not labels this command wrote
             if not found:
                 problems.append(f"no images in folder {path}")
+            left = _left_out(entries, found, candidates)
+            if left:
+                problems.append(f"left out of {path}: {left}")
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 problems.append(f"skipped {path}: not a png, tif, tiff, jpg or jpeg file")
@@ -655,6 +700,23 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str], int]:
             seen[key] = file
             sources.append(file)
     return sources, problems, missed
+
+
+def _left_out(entries: list[Path], found: list[Path], candidates: list[Path]) -> str:
+    """What of a folder's ``entries`` a user may have meant to segment and is not, in words: images of formats
+    it does not read (a microscope's own, BMP, WebP; not the notes and metadata beside images) and
+    subfolders, which are not searched (hidden entries aside)."""
+    taken = set(found) | set(candidates)
+    others = [p for p in entries if p not in taken and not p.name.startswith(".")]
+    folders = [p.name for p in others if p.is_dir()]
+    files = [p.name for p in others if not p.is_dir() and p.suffix.lower() in OTHER_IMAGE_SUFFIXES]
+    parts = []
+    for names, one, many, why in ((files, "image", "images", "not png, tif, tiff, jpg or jpeg: save them as TIFF"),
+                                  (folders, "subfolder", "subfolders", "not searched: give it as an input")):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            parts.append(f"{len(names)} {one if len(names) == 1 else many} ({shown}; {why})")
+    return "; ".join(parts)
 
 
 def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list[Job]:
@@ -756,7 +818,8 @@ def refuse_existing(jobs: list[Job], out: Path) -> None:
     if existing:
         names = ", ".join(path.name for path in existing[:LISTED_EXISTING])
         more = f" and {len(existing) - LISTED_EXISTING} more" if len(existing) > LISTED_EXISTING else ""
-        raise CommandError(f"{out} already holds {names}{more}; use --overwrite to replace them.")
+        them = "them" if len(existing) > 1 else "it"
+        raise CommandError(f"{out} already holds {names}{more}; use --overwrite to replace {them}.")
 
 
 def prepare_output_folder(out: Path) -> None:

@@ -210,7 +210,23 @@ def _output_path(out: str | os.PathLike | None, name: str, base: NucleiModel, ov
         raise FineTuneError(f"{path} already exists; choose another name, or allow overwriting it.")
     if path.is_dir():
         raise FineTuneError(f"{path} is a folder; name a file ending in .safetensors.")
+    _check_writable(path)
     return path
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse, before any training, a ``path`` whose folder cannot be made or written in (QA: the minutes of
+    training were lost to a traceback at the end, for --out in /proc or under a file)."""
+    probe = path.with_name(f".{path.name}.probe")
+    blocking = next((folder for folder in path.parents if folder.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise FineTuneError(f"Cannot write {path}: {blocking} is a file, not a folder; save the new model elsewhere.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise FineTuneError(f"Cannot write {path}: {error.strerror or error}; save the new model elsewhere.") from None
 
 
 def prepare_examples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
@@ -407,6 +423,24 @@ def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, m
 
 
 def _save_atomically(path: Path, network: torch.nn.Module, metadata: dict[str, Any]) -> None:
-    """Write the weights under a temporary name beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda partial: save_weights(partial, network, metadata))
+    """Write the weights under a temporary name beside ``path`` and rename it into place, readable as any
+    file the user makes is (the user's umask; safetensors writes a private temporary file)."""
+    from safetensors import SafetensorError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda partial: save_weights(partial, network, metadata))
+        os.chmod(path, 0o666 & ~_umask())
+    except (OSError, SafetensorError) as error:
+        raise FineTuneError(f"Could not write {path}: {getattr(error, 'strerror', None) or error}.") from None
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
