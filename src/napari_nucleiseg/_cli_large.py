@@ -104,7 +104,8 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
     try:
         pixel = stored_pixel_size(job.source, image)
         result = segment_large(image.data, model, partial, chosen, diameter=args.diameter, augment=args.augment,
-                               brown_nuclei=args.brown_nuclei, rgb=image.rgb, cancelled=cancelled)
+                               brown_nuclei=args.brown_nuclei, rgb=image.rgb, cancelled=cancelled,
+                               progress=BlockLines(Path(job.source).name))
         if pixel is not None:
             calibrate_pyramid(partial, pixel)
         note = colour_note(image.data, args.brown_nuclei) if image.rgb else None
@@ -170,3 +171,28 @@ def calibrate_pyramid(labels_path: Path, pixel: PixelSize) -> None:
         if any(pixel.origin):
             dataset["coordinateTransformations"].append({"type": "translation", "translation": list(pixel.origin)})
     group.attrs["multiscales"] = multiscales
+
+
+class BlockLines:
+    """``progress(done, total)`` of :func:`~napari_nucleiseg.large.segment_large`: a line on stderr now and
+    then (every ``cli.PROGRESS_LINE_SECONDS``) of how many of an image's blocks are done and the time left at
+    this pace (QA: an 8192 x 8192 mosaic ran 9.5 minutes without a word)."""
+
+    def __init__(self, name: str):
+        import time
+
+        self.name, self._clock = name, time.monotonic
+        self._start = self._last = self._clock()
+
+    def __call__(self, done: int, total: int) -> None:
+        import sys
+
+        from .cli import PROGRESS_LINE_SECONDS
+
+        now = self._clock()
+        if done >= total or now - self._last < PROGRESS_LINE_SECONDS:
+            return
+        self._last = now
+        left = int(round((now - self._start) / done * (total - done)))
+        print(f"nucleiseg: {self.name}: {done} of {total} blocks, about {left // 60}:{left % 60:02d} left",
+              file=sys.stderr, flush=True)
