@@ -217,12 +217,11 @@ def _output_path(out: str | os.PathLike | None, name: str, base: NucleiModel, ov
 def _check_writable(path: Path) -> None:
     """Refuse, before any training, a ``path`` whose folder cannot be made or written in (QA: the minutes of
     training were lost to a traceback at the end, for --out in /proc or under a file)."""
-    probe = path.with_name(f".{path.name}.probe")
-    blocking = next((folder for folder in path.parents if folder.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise FineTuneError(f"Cannot write {path}: {blocking} is a file, not a folder; save the new model elsewhere.")
+    existing = next((folder for folder in path.parents if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise FineTuneError(f"Cannot write {path}: {existing} is a file, not a folder; save the new model elsewhere.")
+    probe = (existing or Path.cwd()) / f".{path.name}.probe"  # no folder is made before the model is
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         probe.touch()
         probe.unlink()
     except OSError as error:
