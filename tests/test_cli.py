@@ -175,10 +175,12 @@ def test_what_a_folder_holds_besides_images_is_named_not_passed_over(capsys, tmp
     (images / "notes.txt").write_text("plate 3")  # notes and metadata beside images are not worth a word
     (images / ".DS_Store").write_bytes(b"")
     (images / "c.czi").write_bytes(b"ZISRAWFILE")
+    (images / "nuclei-results").mkdir()  # an earlier run's results, beside the images: not a folder to search
+    (images / "nuclei-results" / "counts.csv").write_text("file,nuclei\n")
     status, _, stderr = run(capsys, images, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
     assert status == 0  # what there is to segment is segmented
-    assert (f"left out of {images}: 1 image (c.czi; not png, tif, tiff, jpg or jpeg: save them as TIFF); "
-            "1 subfolder (day 2; not searched: give it as an input)") in stderr
+    assert (f"left out of {images}: 1 image (c.czi; not png, tif, tiff, jpg or jpeg: save such images as TIFF); "
+            "1 subfolder (day 2; not searched: give a subfolder as an input)") in stderr
     assert "notes.txt" not in stderr and ".DS_Store" not in stderr
     assert len(pd.read_csv(tmp_path / "out" / "counts.csv")) == 1
 
@@ -218,6 +220,14 @@ def test_resume_measures_labels_corrected_since_again(capsys, tmp_path, tiny_wei
     nuclei = pd.read_csv(out / "nuclei.csv")
     assert len(nuclei) == after.sum() and list(nuclei.columns) == columns and "volume" in columns
     assert run(capsys, *command)[2] == ""  # recorded: said once
+
+    shutil.copy2(out / "a_labels.tif", tmp_path / "a.tif")  # copied back with its times: the same bytes
+    os.utime(out / "a_labels.tif", ns=(1, 1))
+    assert run(capsys, *command)[2] == ""
+    (out / "a_labels.tif").write_bytes((tmp_path / "a.tif").read_bytes()[:300])  # damaged (a crash while saving)
+    status, stdout, stderr = run(capsys, *command)
+    assert status == 0 and "a_labels.tif was changed since it was segmented and could not be measured again" in stderr
+    assert pd.read_csv(out / "counts.csv").set_index("labels_file")["nuclei"].to_dict() == after.to_dict()
 
 
 def test_only_bad_files(capsys, tmp_path, tiny_weights):

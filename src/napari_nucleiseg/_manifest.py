@@ -89,7 +89,7 @@ class Manifest:
                   "rows": [[_plain(value) for value in values] for values in table.itertuples(index=False)]}
         record = {"version": RECORD_VERSION, "input": fingerprint, "settings": self.settings,
                   "row": {key: _plain(value) for key, value in row.items()}, "nuclei": nuclei,
-                  "labels": _stat(labels_path)}
+                  "labels": _labels_identity(labels_path)}
         text = json.dumps(record)  # before any file is touched: a value JSON cannot hold fails here
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path(labels_path), lambda partial: partial.write_text(text))
@@ -142,7 +142,15 @@ class Manifest:
         their rows must be measured again); False for a record made before labels were noted."""
         record = self._read(labels_path)
         noted = None if record is None else record.get("labels")
-        return noted is not None and noted != _stat(labels_path)
+        if not isinstance(noted, dict) or not noted:
+            return False
+        now = _stat(labels_path)
+        if now is not None and all(noted.get(key) == value for key, value in now.items()):
+            return False
+        try:  # touched, or copied without its times: the same bytes are the same labels
+            return file_sha256(labels_path) != noted.get("sha256")
+        except OSError:
+            return True
 
     def forget(self, labels_path: Path) -> None:
         """Delete an image's record (before its outputs are replaced)."""
@@ -202,3 +210,14 @@ def _stat(path: Path) -> dict[str, int] | None:
     except OSError:
         return None
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _labels_identity(path: Path) -> dict[str, Any] | None:
+    """What identifies a label file as written: its size, modification time and SHA-256 (None if unreadable)."""
+    stat = _stat(path)
+    if stat is None:
+        return None
+    try:
+        return {**stat, "sha256": file_sha256(path)}
+    except OSError:
+        return None

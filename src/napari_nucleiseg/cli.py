@@ -426,23 +426,29 @@ def _remeasured(job: Job, finished: tuple[dict, Any], manifest: Any, args: argpa
     from .postprocess import count_nuclei
     from .tables import nuclei_table
 
-    row, _ = finished
+    from .lazy_io import quiet_tifffile
+
+    row, table = finished
     try:
         image = read_image(job.source, channel=args.channel)
-        labels = np.asarray(tifffile.imread(job.labels_path))
+        with quiet_tifffile():
+            labels = np.asarray(tifffile.imread(job.labels_path))
         if labels.shape != image.shape[: labels.ndim] or labels.ndim != len(image.plane_axes) + 2:
             raise UnreadableImage(f"its shape {labels.shape} is not that of the image")
         axis = volume_axis(image.plane_axes, args.volumes) if row.get("nuclei_3d") else None
-        table = nuclei_table(labels, image.data, rgb=image.rgb, volume_axis=axis).drop(columns="index")
-    except (UnreadableImage, OSError, ValueError) as error:
+        new_table = nuclei_table(labels, image.data, rgb=image.rgb, volume_axis=axis).drop(columns="index")
+    except (Exception, MemoryError) as error:  # a damaged file (a decoder's own error), memory: the rows kept
         print(f"nucleiseg: {job.labels_path.name} was changed since it was segmented and could not be measured "
               f"again ({_one_line(error)}); its rows are those of the labels as segmented", file=sys.stderr)
+        with contextlib.suppress(OSError):  # said once
+            manifest.record(job.labels_path, manifest.recorded_input(job.labels_path), row, table)
         return finished
+    table = new_table
     table = table.rename(columns={f"axis_{axis}": name for axis, name in enumerate(plane_columns(image.plane_axes))})
     if image.pixel is not None:
         table = physical_columns(table, image.pixel)
     table = table.assign(file=str(job.source))
-    count = count_nuclei(labels) if axis is None else len(table)
+    count = len(table)  # a row per nucleus (per plane for planes not linked): as the rows, whatever the ids
     new_row = {**row, "nuclei": count,
                "mean_area": float(table["area"].mean()) if len(table) and "area" in table else float("nan")}
     print(f"nucleiseg: {job.labels_path.name} was changed since it was segmented: measured again "
@@ -708,15 +714,27 @@ def _left_out(entries: list[Path], found: list[Path], candidates: list[Path]) ->
     subfolders, which are not searched (hidden entries aside)."""
     taken = set(found) | set(candidates)
     others = [p for p in entries if p not in taken and not p.name.startswith(".")]
-    folders = [p.name for p in others if p.is_dir()]
+    folders = [p.name for p in others if p.is_dir() and not _is_output_folder(p)]
     files = [p.name for p in others if not p.is_dir() and p.suffix.lower() in OTHER_IMAGE_SUFFIXES]
     parts = []
-    for names, one, many, why in ((files, "image", "images", "not png, tif, tiff, jpg or jpeg: save them as TIFF"),
-                                  (folders, "subfolder", "subfolders", "not searched: give it as an input")):
+    for names, one, many, why in ((files, "image", "images", "not png, tif, tiff, jpg or jpeg: save such images as TIFF"),
+                                  (folders, "subfolder", "subfolders", "not searched: give a subfolder as an input")):
         if names:
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             parts.append(f"{len(names)} {one if len(names) == 1 else many} ({shown}; {why})")
     return "; ".join(parts)
+
+
+def _is_output_folder(path: Path) -> bool:
+    """Whether ``path`` holds this command's results (``--out images/nuclei-results``) or is one large image's labels."""
+    from ._manifest import MANIFEST_FOLDER
+
+    if path.name.endswith(LARGE_LABELS_SUFFIX):
+        return True
+    try:
+        return (path / MANIFEST_FOLDER).exists() or (path / COUNTS_FILE).exists()
+    except OSError:
+        return False
 
 
 def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list[Job]:

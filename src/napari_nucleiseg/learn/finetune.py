@@ -9,10 +9,12 @@ renamed into place, so a cancelled, failed or killed run leaves no file behind.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import hashlib
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -429,17 +431,19 @@ def _save_atomically(path: Path, network: torch.nn.Module, metadata: dict[str, A
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda partial: save_weights(partial, network, metadata))
-        os.chmod(path, 0o666 & ~_umask())
     except (OSError, SafetensorError) as error:
         raise FineTuneError(f"Could not write {path}: {getattr(error, 'strerror', None) or error}.") from None
+    with contextlib.suppress(OSError):  # written: a file system that keeps its own modes changes nothing
+        os.chmod(path, _new_file_mode(path.parent))
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it (os.umask sets it, racing other threads)."""
+def _new_file_mode(folder: Path) -> int:
+    """The mode a file the user creates in ``folder`` gets (0o666 less the umask), read from a file made there:
+    os.umask would change it for a moment, racing other threads."""
+    probe = folder / f".mode-{os.getpid()}-{threading.get_ident()}.probe"
+    descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
+        return os.fstat(descriptor).st_mode & 0o777
+    finally:
+        os.close(descriptor)
+        probe.unlink()
