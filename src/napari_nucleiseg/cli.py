@@ -423,7 +423,6 @@ def _remeasured(job: Job, finished: tuple[dict, Any], manifest: Any, args: argpa
     Labels that cannot be read keep the rows recorded, and the log says so."""
     import tifffile
 
-    from .postprocess import count_nuclei
     from .tables import nuclei_table
 
     from .lazy_io import quiet_tifffile
