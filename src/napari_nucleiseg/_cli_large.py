@@ -187,12 +187,12 @@ class BlockLines:
     def __call__(self, done: int, total: int) -> None:
         import sys
 
-        from .cli import PROGRESS_LINE_SECONDS
+        from .cli import PROGRESS_LINE_SECONDS, _duration
 
         now = self._clock()
         if done >= total or now - self._last < PROGRESS_LINE_SECONDS:
             return
         self._last = now
-        left = int(round((now - self._start) / done * (total - done)))
-        print(f"nucleiseg: {self.name}: {done} of {total} blocks, about {left // 60}:{left % 60:02d} left",
-              file=sys.stderr, flush=True)
+        left = (now - self._start) / done * (total - done)
+        print(f"nucleiseg: {self.name}: {done} of {total} blocks done in {_duration(now - self._start)}; about "
+              f"{_duration(left)} left.", file=sys.stderr, flush=True)

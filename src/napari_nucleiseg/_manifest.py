@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._batch import write_atomically
 
@@ -119,38 +119,20 @@ class Manifest:
     def _note(self, labels_path: Path) -> Path:
         return self.writing / f"{Path(labels_path).stem}.json"
 
-    def finished(self, source: Path, outputs: list[Path]) -> tuple[dict, pd.DataFrame] | None:
+    def finished(self, source: Path, outputs: list[Path]) -> Done | None:
         """The row and nuclei of the image read from ``source`` if it is done (``outputs``: the files it must
-        have in place, labels first); None if it must be segmented (again)."""
+        have in place, labels first), with the input recorded and whether its labels changed since; None if
+        it must be segmented (again)."""
         record = self._read(outputs[0])
         if record is None or record.get("settings") != self.settings:
             return None
         if not all(path.is_file() for path in outputs) or not _same_input(record.get("input"), source):
             return None
         try:
-            return record["row"], _table(record["nuclei"])
+            row, table = record["row"], _table(record["nuclei"])
         except (KeyError, TypeError, ValueError):
             return None  # a record damaged by hand: the image is segmented again
-
-    def recorded_input(self, labels_path: Path) -> Any:
-        """The input fingerprint recorded with a finished image's labels."""
-        record = self._read(labels_path)
-        return None if record is None else record.get("input")
-
-    def labels_changed(self, labels_path: Path) -> bool:
-        """Whether the labels of a finished image were changed since they were recorded (corrected by hand:
-        their rows must be measured again); False for a record made before labels were noted."""
-        record = self._read(labels_path)
-        noted = None if record is None else record.get("labels")
-        if not isinstance(noted, dict) or not noted:
-            return False
-        now = _stat(labels_path)
-        if now is not None and all(noted.get(key) == value for key, value in now.items()):
-            return False
-        try:  # touched, or copied without its times: the same bytes are the same labels
-            return file_sha256(labels_path) != noted.get("sha256")
-        except OSError:
-            return True
+        return Done(row, table, record["input"], _labels_changed(record.get("labels"), outputs[0]))
 
     def forget(self, labels_path: Path) -> None:
         """Delete an image's record (before its outputs are replaced)."""
@@ -201,6 +183,29 @@ def _plain(value: Any) -> Any:
     if value is pd.NA:
         return None
     raise TypeError(f"a value of type {type(value).__name__} cannot be recorded")
+
+
+class Done(NamedTuple):
+    """An image an earlier run finished (:meth:`Manifest.finished`)."""
+
+    row: dict
+    table: pd.DataFrame
+    input: dict  # its input's fingerprint, as recorded (:func:`input_fingerprint`)
+    labels_changed: bool  # its labels were changed since (corrected by hand): their rows are to be measured again
+
+
+def _labels_changed(noted: Any, labels_path: Path) -> bool:
+    """Whether the label file at ``labels_path`` differs from the one ``noted`` (:func:`_labels_identity`);
+    False for a record made before labels were noted."""
+    if not isinstance(noted, dict) or not noted:
+        return False
+    now = _stat(labels_path)
+    if now is not None and all(noted.get(key) == value for key, value in now.items()):
+        return False
+    try:  # touched, or copied without its times: the same bytes are the same labels
+        return file_sha256(labels_path) != noted.get("sha256")
+    except OSError:
+        return True
 
 
 def _stat(path: Path) -> dict[str, int] | None:

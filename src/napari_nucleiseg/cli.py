@@ -408,26 +408,25 @@ def _finished_before(jobs: list[Job], manifest: Any, args: argparse.Namespace) -
     done = {}
     for job in jobs:
         outputs = [job.labels_path] + ([job.probability_path] if job.probability_path is not None else [])
-        finished = manifest.finished(job.source, outputs)
-        if finished is None:
+        before = manifest.finished(job.source, outputs)
+        if before is None:
             continue
-        if manifest.labels_changed(job.labels_path) and not job.labels_path.name.endswith(LARGE_LABELS_SUFFIX):
-            finished = _remeasured(job, finished, manifest, args)
-        done[job] = finished
+        remeasure = before.labels_changed and not job.labels_path.name.endswith(LARGE_LABELS_SUFFIX)
+        done[job] = _remeasured(job, before, manifest, args) if remeasure else (before.row, before.table)
     return done
 
 
-def _remeasured(job: Job, finished: tuple[dict, Any], manifest: Any, args: argparse.Namespace) -> tuple[dict, Any]:
-    """The row and nuclei of a finished image whose labels were corrected by hand since: measured again from
-    the labels as they are (QA: --resume kept 12 rows for a label file holding 10 nuclei), and recorded so.
-    Labels that cannot be read keep the rows recorded, and the log says so."""
+def _remeasured(job: Job, before: Any, manifest: Any, args: argparse.Namespace) -> tuple[dict, Any]:
+    """The row and nuclei of a finished image (``before``, :class:`~._manifest.Done`) whose labels were
+    corrected by hand since: measured again from the labels as they are (QA: --resume kept 12 rows for a label
+    file holding 10 nuclei), and recorded so. Labels that cannot be read keep the rows recorded, and the log
+    says so, once."""
     import tifffile
 
+    from .lazy_io import quiet_tifffile
     from .tables import nuclei_table
 
-    from .lazy_io import quiet_tifffile
-
-    row, table = finished
+    row, table = before.row, before.table
     try:
         image = read_image(job.source, channel=args.channel)
         with quiet_tifffile():
@@ -435,26 +434,19 @@ def _remeasured(job: Job, finished: tuple[dict, Any], manifest: Any, args: argpa
         if labels.shape != image.shape[: labels.ndim] or labels.ndim != len(image.plane_axes) + 2:
             raise UnreadableImage(f"its shape {labels.shape} is not that of the image")
         axis = volume_axis(image.plane_axes, args.volumes) if row.get("nuclei_3d") else None
-        new_table = nuclei_table(labels, image.data, rgb=image.rgb, volume_axis=axis).drop(columns="index")
+        measured = nuclei_table(labels, image.data, rgb=image.rgb, volume_axis=axis).drop(columns="index")
     except (Exception, MemoryError) as error:  # a damaged file (a decoder's own error), memory: the rows kept
         print(f"nucleiseg: {job.labels_path.name} was changed since it was segmented and could not be measured "
               f"again ({_one_line(error)}); its rows are those of the labels as segmented", file=sys.stderr)
-        with contextlib.suppress(OSError):  # said once
-            manifest.record(job.labels_path, manifest.recorded_input(job.labels_path), row, table)
-        return finished
-    table = new_table
-    table = table.rename(columns={f"axis_{axis}": name for axis, name in enumerate(plane_columns(image.plane_axes))})
-    if image.pixel is not None:
-        table = physical_columns(table, image.pixel)
-    table = table.assign(file=str(job.source))
-    count = len(table)  # a row per nucleus (per plane for planes not linked): as the rows, whatever the ids
-    new_row = {**row, "nuclei": count,
-               "mean_area": float(table["area"].mean()) if len(table) and "area" in table else float("nan")}
-    print(f"nucleiseg: {job.labels_path.name} was changed since it was segmented: measured again "
-          f"({row.get('nuclei')} -> {count} nuclei)", file=sys.stderr)
-    with contextlib.suppress(OSError):
-        manifest.record(job.labels_path, manifest.recorded_input(job.labels_path), new_row, table)
-    return new_row, table
+    else:
+        table = _file_table(measured, image, job.source)
+        count = len(table)  # a row per nucleus (per plane for planes not linked): as the rows, whatever the ids
+        print(f"nucleiseg: {job.labels_path.name} was changed since it was segmented: measured again "
+              f"({row.get('nuclei')} -> {count} nuclei)", file=sys.stderr)
+        row = {**row, "nuclei": count, "mean_area": _mean_area(table, count)}
+    with contextlib.suppress(OSError):  # recorded with the labels as they are now: said once
+        manifest.record(job.labels_path, before.input, row, table)
+    return row, table
 
 
 def _note_written(manifest: Any, job: Job, written: Path) -> None:
@@ -525,16 +517,27 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     except Exception as error:  # anything else on one image (torch's "can't allocate memory", a decoder's bug)
         return f"{type(error).__name__}: {_one_line(error)}"
     row = count_row(job, result, result.model_name)
-    columns = plane_columns(image.plane_axes)
-    table = result.table.rename(columns={f"axis_{axis}": name for axis, name in enumerate(columns)})
-    if image.pixel is not None:  # lengths in micrometres too, as the widget's table gives them
-        table = physical_columns(table, image.pixel)
+    table = _file_table(result.table, image, job.source)
     probabilities = result.probabilities if job.probability_path is not None else None  # only those written
     note = None
     if image.rgb:
         note = colour_note(image.data[(0,) * len(image.plane_axes)], args.brown_nuclei)
-    return Finished(job, result.labels, probabilities, row, table.assign(file=str(job.source)), image.plane_axes,
-                    identity, image.pixel, note)
+    return Finished(job, result.labels, probabilities, row, table, image.plane_axes, identity, image.pixel, note)
+
+
+def _file_table(table: Any, image: InputImage, source: Path) -> Any:
+    """An image's nuclei as ``nuclei.csv`` holds them: its planes' columns named (``z``, ``t``, ...), lengths
+    in micrometres too when the file says its pixel size (as the widget's table gives them), and the file."""
+    columns = plane_columns(image.plane_axes)
+    table = table.rename(columns={f"axis_{axis}": name for axis, name in enumerate(columns)})
+    if image.pixel is not None:
+        table = physical_columns(table, image.pixel)
+    return table.assign(file=str(source))
+
+
+def _mean_area(table: Any, count: int) -> float:
+    """``counts.csv``'s mean area of an image's ``count`` nuclei (NaN without nuclei, or for 3-D nuclei)."""
+    return float(table["area"].mean()) if count and "area" in table else float("nan")
 
 
 def count_row(job: Job, result: Any, model_name: str) -> dict[str, Any]:
@@ -548,7 +551,7 @@ def count_row(job: Job, result: Any, model_name: str) -> dict[str, Any]:
         "height": shape[-2],
         "width": shape[-1],
         "planes": _plane_count(shape[:-2]),
-        "mean_area": float(result.table["area"].mean()) if result.count and "area" in result.table else float("nan"),
+        "mean_area": _mean_area(result.table, result.count),
         "labels_file": job.labels_path.name,
         "model": model_name,
         **result.settings.row(),

@@ -29,23 +29,16 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, trained: torc
     """
     probabilities = torch.sigmoid(logits)
     dims = (0, 2, 3)
-    if contact_weight != 1.0:
-        weights = 1.0 + (contact_weight - 1.0) * contact_pixels(targets)
-        if trained is not None:
-            weights = weights * trained
-        weights = weights.expand_as(logits)
-        bce = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights).sum()
-        pixels = logits.numel() if trained is None else trained.expand_as(logits).sum().clamp(min=1.0)
-        bce = bce / pixels
-        if trained is not None:
-            probabilities, targets = probabilities * trained, targets * trained
-    elif trained is None:
+    weights = 1.0 + (contact_weight - 1.0) * contact_pixels(targets) if contact_weight != 1.0 else None
+    if trained is not None:
+        weights = trained if weights is None else weights * trained
+    if weights is None:
         bce = F.binary_cross_entropy_with_logits(logits, targets)
-    else:
-        weights = trained.expand_as(logits)
-        bce = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights).sum()
-        bce = bce / weights.sum().clamp(min=1.0)
-        probabilities, targets = probabilities * weights, targets * weights
+    else:  # summed over the pixels that may train, each weighed, divided by their number
+        pixels = logits.numel() if trained is None else trained.expand_as(logits).sum().clamp(min=1.0)
+        bce = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights).sum() / pixels
+    if trained is not None:
+        probabilities, targets = probabilities * trained, targets * trained
     intersection = (probabilities * targets).sum(dims)
     dice = (2 * intersection + 1) / (probabilities.sum(dims) + targets.sum(dims) + 1)
     return bce + (1 - dice).mean()
