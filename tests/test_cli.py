@@ -656,3 +656,16 @@ def test_an_overlay_of_fluorescence_channels_says_it_was_read_as_blue(capsys, tm
     status, _, stderr = run(capsys, folder / "composite.png", "--out", tmp_path / "red", "--channel", "0",
                             "--weights", tiny_weights["hrnet"])
     assert status == 0 and stderr == ""  # a channel chosen: no note
+
+
+def test_one_channel_shown_through_a_colour_map_says_how_it_was_read(capsys, tmp_path, tiny_weights):
+    """QA: DAPI saved through viridis was segmented as a colour picture (45 of 108 nuclei), silently."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    from test_inference import through_colour_map
+
+    image = tmp_path / "dapi viridis.png"
+    iio.imwrite(image, through_colour_map(read_sample("fluorescence"), "viridis"))
+    status, _, stderr = run(capsys, image, "--out", tmp_path / "out", "--weights", tiny_weights["hrnet"])
+    assert status == 0
+    assert stderr.startswith(f"nucleiseg: note: {image}: Read as one channel shown through a colour map")

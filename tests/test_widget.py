@@ -1793,6 +1793,22 @@ def test_an_overlay_of_fluorescence_channels_is_read_as_blue_and_the_widget_says
     assert (composite.features["mean_red"] > 0).any() and (composite.features["mean_green"] == 0).all()
 
 
+def test_one_channel_shown_through_a_colour_map_is_read_by_its_brightness_and_the_widget_says_so(
+    viewer_and_widget, fake_network, notifications, qtbot
+):
+    """QA: DAPI saved through viridis, one RGB layer, was segmented as a colour picture, silently."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    from test_inference import through_colour_map
+
+    viewer, widget = viewer_and_widget
+    viewer.add_image(through_colour_map(read_sample("fluorescence"), "magma"), rgb=True, name="dapi magma")
+    click_segment(qtbot, widget)
+    (note,) = notifications.messages["info"]
+    assert note.startswith("'dapi magma': Read as one channel shown through a colour map")
+    assert notifications.messages["error"] == [] and len(labels_layers(viewer)) == 1
+
+
 def test_brown_nuclei_finds_the_brown_nuclei_of_an_ihc_section_and_the_widget_says_when_it_is_off(
     viewer_and_widget, notifications, qtbot
 ):

@@ -53,6 +53,28 @@ OVERLAY_MAX_CORRELATION = 0.8
 #: The channel :func:`overlay_nuclear_channel` reads (blue).
 BLUE = 2
 
+#: An RGB image in which each brightness has one colour, on a dark ground, is one fluorescence channel shown
+#: through a colour map (viridis, magma, inferno, plasma, Fiji's Fire, as figures and exports show DAPI): the
+#: network sees its brightness as gray (:func:`colour_map`; in colour it found 45 of the bundled fluorescence
+#: sample's 108 nuclei through viridis, DSB2018 score 0.441 -> 0.006). Maps whose brightness does not rise along
+#: them (turbo, jet, hsv, twilight) are not recognised, and stay colour pictures. Over :data:`COLOUR_MAP_BINS`
+#: bins of brightness, the pixels' root-mean-square distance from their bin's mean colour lies below the first
+#: figure (a share of the widest channel's range) and below the second share of their distance from the best
+#: straight line through the colours, which exceeds the third (a curve, not one tint); the colours span at least
+#: the fourth share (not gray) and the median brightness lies in the lowest fifth share of its range (a dark
+#: ground, not a stain). Measured (session 29, runs/s29/lut_*.py): DSB2018 val's 57 gray images and the bundled
+#: fluorescence sample through viridis, magma, inferno, plasma and Fiji's Fire, saved as PNG: the spread 0.00-0.19
+#: of the straight line's (saved as JPEG of quality 90: up to 0.54); the 814 colour images of DSB2018, MoNuSeg
+#: and CoNSeP: 0.54 and more (0.69 and more on a dark ground), and none is read so.
+COLOUR_MAP_SPREAD = 0.08
+COLOUR_MAP_MAX_STRAIGHTNESS = 0.45
+COLOUR_MAP_MIN_BEND = 0.02
+COLOUR_MAP_MIN_HUE = 0.2
+COLOUR_MAP_DARK_GROUND = 0.25
+COLOUR_MAP_BINS = 256
+#: The brightness of a colour (ITU-R BT.709 luma, as :func:`skimage.color.rgb2gray`).
+LUMA = np.array([0.2125, 0.7154, 0.0721])
+
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
     """Return a ``(H, W, 3)`` view or copy of a 2-D gray, RGB or RGBA ``image``.
@@ -132,6 +154,7 @@ class Normalization:
     log_gain: float = 0.0  # > 0: logarithmic compression after the percentiles (DEFAULT_LOG_GAIN)
     gray: bool = False  # one channel shown in colour (:func:`pseudo_colour`): its brightest channel, as gray
     channel: int | None = None  # a fluorescence overlay (:func:`overlay_nuclear_channel`): this channel, as gray
+    mapped: bool = False  # one channel through a colour map (:func:`colour_map`): its brightness, as gray
     #: Brown nuclei (``brown_nuclei``): the white of a brightfield picture whose brown (DAB) is read as
     #: hematoxylin (:func:`~napari_nucleiseg.stains.brown_as_hematoxylin`) first; None: colours as they are.
     white: tuple[float, float, float] | None = None
@@ -143,10 +166,13 @@ class Normalization:
         the brown of a picture of stains in transmitted light is read as hematoxylin (:mod:`.stains`)."""
         sample = _percentile_sample(rgb)
         gray = pseudo_colour(sample)
-        channel = None if gray else overlay_nuclear_channel(sample)
+        mapped = not gray and colour_map(sample)
+        channel = None if gray or mapped else overlay_nuclear_channel(sample)
         white = None
         if gray:
             sample = sample.max(axis=-1)
+        elif mapped:
+            sample = brightness(sample)
         elif channel is not None:
             sample = sample[..., channel]
         elif brown_nuclei:
@@ -167,7 +193,7 @@ class Normalization:
         scale = float(high - low)
         if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero
             scale = float(finite.max() - low)
-        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain), gray, channel, white)
+        return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain), gray, channel, mapped, white)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``(h, w, 3)`` float32 network input of ``rgb``, the whole image or a part of it."""
@@ -177,6 +203,8 @@ class Normalization:
             rgb = brown_as_hematoxylin(rgb, self.white)
         if self.gray:
             rgb = np.broadcast_to(np.asarray(rgb).max(axis=-1)[..., None], np.shape(rgb))
+        elif self.mapped:
+            rgb = np.broadcast_to(brightness(rgb)[..., None], np.shape(rgb))
         elif self.channel is not None:
             rgb = np.broadcast_to(np.asarray(rgb)[..., self.channel, None], np.shape(rgb))
         if self.divisor is not None:
@@ -233,6 +261,39 @@ def pseudo_colour(rgb: np.ndarray) -> bool:
     return bool(spread.max() < PSEUDO_COLOUR_SPREAD and shares.min() < 0.5)
 
 
+def brightness(rgb: np.ndarray) -> np.ndarray:
+    """The ``(H, W)`` brightness (:data:`LUMA`) of the ``(H, W, 3)`` image ``rgb``, as float64."""
+    return np.asarray(rgb, dtype=np.float64) @ LUMA
+
+
+def colour_map(rgb: np.ndarray) -> bool:
+    """Whether the ``(H, W, 3)`` image ``rgb`` (or a sample of it) is one fluorescence channel shown through a
+    colour map whose brightness rises along it (viridis, magma, inferno, plasma, Fiji's Fire): its colour a
+    function of its brightness, bent (not one tint), on a dark ground (:data:`COLOUR_MAP_SPREAD` and the figures
+    after it). A gray image is not, nor one channel in one colour (:func:`pseudo_colour`, a straight line), nor
+    a stain (a light ground, colours that differ at one brightness), nor an overlay of several channels."""
+    pixels = _colour_pixels(rgb)
+    if pixels is None:
+        return False
+    low, high = np.percentile(pixels, [0.5, 99.5], axis=0)
+    span = float((high - low).max())
+    if span <= 0 or np.percentile(np.ptp(pixels, axis=1), 99) < COLOUR_MAP_MIN_HUE * span:
+        return False
+    luma = pixels @ LUMA
+    ground_low, median, ground_high = np.percentile(luma, [0.5, 50.0, 99.5])
+    if ground_high <= ground_low or median - ground_low >= COLOUR_MAP_DARK_GROUND * (ground_high - ground_low):
+        return False
+    darkest, brightest = float(luma.min()), float(luma.max())
+    bins = np.clip(((luma - darkest) / (brightest - darkest) * COLOUR_MAP_BINS).astype(np.intp), 0, COLOUR_MAP_BINS - 1)
+    counts = np.bincount(bins, minlength=COLOUR_MAP_BINS)
+    means = np.stack([np.bincount(bins, pixels[:, c], minlength=COLOUR_MAP_BINS) for c in range(3)], axis=1)
+    spread = np.sqrt(((pixels - (means / np.maximum(counts, 1)[:, None])[bins]) ** 2).sum(axis=1).mean())
+    design = np.stack([np.ones_like(luma), luma], axis=1)
+    straight = np.sqrt(((pixels - design @ np.linalg.lstsq(design, pixels, rcond=None)[0]) ** 2).sum(axis=1).mean())
+    return bool(spread < COLOUR_MAP_SPREAD * span and COLOUR_MAP_MIN_BEND * span < straight
+                and spread < COLOUR_MAP_MAX_STRAIGHTNESS * straight)
+
+
 def overlay_kind(rgb: np.ndarray) -> str | None:
     """Whether the ``(H, W, 3)`` image ``rgb`` (or a sample of it) overlays several fluorescence channels
     (:data:`OVERLAY_DARK_GROUND` and the figures after it): ``"blue"`` with the nuclear stain in blue (a dark
@@ -279,7 +340,12 @@ def overlay_note(image: np.ndarray, choose: str) -> str | None:
 
 def overlay_sentence(sample: np.ndarray, choose: str) -> str | None:
     """:func:`overlay_note`'s sentence of an image's ``(h, w, 3)`` percentile sample (:func:`_percentile_sample`)."""
-    kind = None if pseudo_colour(sample) else overlay_kind(sample)
+    if pseudo_colour(sample):
+        return None
+    if colour_map(sample):  # (before the overlay: viridis's blue rises and falls while its green rises)
+        return ("Read as one channel shown through a colour map (as viridis or Fire): its brightness, as gray. "
+                "The table's intensities are the colours', not the channel's.")
+    kind = overlay_kind(sample)
     if kind == "blue":
         return ("Read as its blue channel: it looks like an overlay of fluorescence channels, and blue is the "
                 f"usual nuclear stain (DAPI, Hoechst). For another channel, {choose}.")
