@@ -78,7 +78,14 @@ COLOUR_MAP_BINS = 256
 #: colour-mapped PNGs 0.33 at most (Fiji's Fire; viridis 0.02). JPEGs of colour maps (1.0 and more: the
 #: compression's colour noise fills the sparse bright bins) are not read so, and stay colour pictures.
 COLOUR_MAP_BIN_PIXELS = 20
+#: ... of which there are at least this many (colour-mapped PNGs: 16 and more; a drawing in black, red, yellow
+#: and white, which is what the hot map shows, 3).
+COLOUR_MAP_MIN_BINS = 8
 COLOUR_MAP_MAX_BIN_SPREAD = 0.4
+#: ... and the path through those bins' mean colours is at most this many times as long as the distance between
+#: its ends: a map is one smooth curve (colour-mapped PNGs: 1.3-2.2, Fiji's Fire the most), while two hues of
+#: noise-free blobs that never share a bin of brightness zigzag between them (6.4).
+COLOUR_MAP_MAX_WINDING = 3.5
 #: The brightness of a colour (ITU-R BT.709 luma, as :func:`skimage.color.rgb2gray`).
 LUMA = np.array([0.2125, 0.7154, 0.0721])
 
@@ -328,7 +335,13 @@ def colour_map(rgb: np.ndarray) -> bool:
     deviations = ((pixels - (sums / np.maximum(counts, 1)[:, None])[bins]) ** 2).sum(axis=1)
     spread = np.sqrt(deviations.mean())
     full = counts >= COLOUR_MAP_BIN_PIXELS
+    if full.sum() < COLOUR_MAP_MIN_BINS:  # a few flat colours (a drawing, a mask) or a small image: no curve
+        return False
     per_bin = np.sqrt((np.bincount(bins, deviations, minlength=COLOUR_MAP_BINS)[full] / counts[full]).mean())
+    path = sums[full] / counts[full, None]
+    length, ends = np.linalg.norm(np.diff(path, axis=0), axis=1).sum(), np.linalg.norm(path[-1] - path[0])
+    if not length <= COLOUR_MAP_MAX_WINDING * ends:
+        return False
     design = np.stack([np.ones_like(luma), luma], axis=1)
     straight = np.sqrt(((pixels - design @ np.linalg.lstsq(design, pixels, rcond=None)[0]) ** 2).sum(axis=1).mean())
     return bool(spread < COLOUR_MAP_SPREAD * span and COLOUR_MAP_MIN_BEND * span < straight
