@@ -179,7 +179,7 @@ def through_colour_map(gray: np.ndarray, name: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["viridis", "magma", "inferno", "plasma", "fiji fire"])
-def test_one_channel_shown_through_a_colour_map_is_read_by_its_brightness(name):
+def test_one_channel_shown_through_a_colour_map_is_read_as_gray(name):
     """QA: the fluorescence sample saved through viridis was segmented as a colour picture: 45 of its 108 nuclei
     (DSB2018 score 0.441 -> 0.006; plasma 0.007, inferno 0.126)."""
     from napari_nucleiseg import segment
@@ -220,7 +220,7 @@ def test_a_nuclear_marker_in_a_few_nuclei_keeps_the_overlay_reading():
         assert overlay_note(overlay, "split it").startswith("Read as its blue channel")
 
 
-def test_a_colour_mapped_float_image_of_extreme_values_is_read_as_at_any_scale():
+def test_a_colour_mapped_float_image_of_extreme_values_is_read_alike_at_any_scale():
     """Review: viridis as float64 near 1e200 overflowed in the places along the map: every input pixel 0."""
     from napari_nucleiseg._sample_data import read_sample
 

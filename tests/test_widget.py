@@ -1793,7 +1793,7 @@ def test_an_overlay_of_fluorescence_channels_is_read_as_blue_and_the_widget_says
     assert (composite.features["mean_red"] > 0).any() and (composite.features["mean_green"] == 0).all()
 
 
-def test_one_channel_shown_through_a_colour_map_is_read_by_its_brightness_and_the_widget_says_so(
+def test_one_channel_shown_through_a_colour_map_is_read_as_gray_and_the_widget_says_so(
     viewer_and_widget, fake_network, notifications, qtbot
 ):
     """QA: DAPI saved through viridis, one RGB layer, was segmented as a colour picture, silently."""

@@ -78,10 +78,10 @@ COLOUR_MAP_BINS = 256
 #: colour-mapped PNGs 0.33 at most (Fiji's Fire; viridis 0.02). JPEGs of colour maps (1.0 and more: the
 #: compression's colour noise fills the sparse bright bins) are not read so, and stay colour pictures.
 COLOUR_MAP_BIN_PIXELS = 20
-#: ... of which there are at least this many (colour-mapped PNGs: 16 and more; a drawing in black, red, yellow
+COLOUR_MAP_MAX_BIN_SPREAD = 0.4
+#: ... there are at least this many such bins (colour-mapped PNGs: 16 and more; a drawing in black, red, yellow
 #: and white, which is what the hot map shows, 3).
 COLOUR_MAP_MIN_BINS = 8
-COLOUR_MAP_MAX_BIN_SPREAD = 0.4
 #: ... and the path through those bins' mean colours is at most this many times as long as the distance between
 #: its ends: a map is one smooth curve (colour-mapped PNGs: 1.3-2.2, Fiji's Fire the most), while two hues of
 #: noise-free blobs that never share a bin of brightness zigzag between them (6.4).
