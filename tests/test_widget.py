@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from napari.layers import Labels
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QMessageBox
 
 from napari_nucleiseg import _outputs, _widget, compact, errors, pipeline, postprocess, segment
 from napari_nucleiseg._run import PROGRESS_STEPS
@@ -510,6 +511,36 @@ def test_export_csv_writes_the_table_as_the_user_edited_it(
     assert message.startswith("Cannot write") and "\n" not in message
 
 
+def test_export_adds_csv_to_a_name_typed_without_it_and_asks_before_replacing_that_file(
+    viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
+):
+    # QA: "mytable" typed in the save dialog was written as "mytable", without .csv.
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    click_export(qtbot, widget, monkeypatch, tmp_path / "mytable")
+    assert [path.name for path in tmp_path.iterdir()] == ["mytable.csv"]
+    assert len(pd.read_csv(tmp_path / "mytable.csv")) == 4
+
+    # The dialog asked about "mytable" (there is none): replacing "mytable.csv" is asked here.
+    widget.threshold_slider.setValue(0.5)
+    typed, suggested, asked = [], [], []
+    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName",
+                        lambda parent, caption, name, *args: (suggested.append(name), (typed.pop(0), ""))[1])
+    for answer in (QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes):
+        monkeypatch.setattr(_widget.QMessageBox, "question",
+                            lambda parent, title, text, *args, answer=answer: (asked.append(text), answer)[1])
+        typed[:] = [str(tmp_path / "mytable"), ""]  # No goes back to the dialog, where the user cancels
+        qtbot.mouseClick(widget.export_button, Qt.MouseButton.LeftButton)
+        rows = 4 if answer == QMessageBox.StandardButton.No else 3
+        assert len(pd.read_csv(tmp_path / "mytable.csv")) == rows
+    assert asked == ["mytable.csv already exists. Do you want to replace it?"] * 2
+    assert suggested == ["blobs nuclei.csv", str(tmp_path / "mytable.csv"), "blobs nuclei.csv"]
+    assert [path.name for path in tmp_path.iterdir()] == ["mytable.csv"]
+    assert notifications.messages["error"] == []
+
+
 def test_a_stack_is_segmented_plane_by_plane_with_progress(viewer_and_widget, fake_network, qtbot):
     viewer, widget = viewer_and_widget
     stack = np.stack([blobs((200,)), blobs((200, 200)), blobs((200, 200, 200))])
@@ -687,6 +718,55 @@ def test_the_table_gives_sizes_in_the_images_unit_when_it_has_one(viewer_and_wid
     # lengths only where a pixel is as long as it is wide
     assert ("perimeter_um" in table) == (scale[0] == scale[1])
     assert not any(column.endswith("_um") or column.endswith("_um2") for column in plain.features)
+
+
+def test_a_pixel_size_given_to_the_image_after_a_run_reaches_its_result_and_table(
+    viewer_and_widget, fake_network, monkeypatch, qtbot, tmp_path
+):
+    # QA: set after a first run, the pixel size never reached the result: drawn 3x too large, no um columns.
+    viewer, widget = viewer_and_widget
+    image = viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.3)
+    widget.probability_check.setChecked(True)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    wait_for_table(qtbot, labels, 4)
+
+    def lies_on_the_image(*results):
+        for result in results:
+            assert result.units == image.units
+            for pixel in [(0, 0), (63, 199)]:
+                np.testing.assert_allclose(result.data_to_world(pixel), image.data_to_world(pixel))
+
+    def exported_at_once(scale):
+        click_export(qtbot, widget, monkeypatch, tmp_path / "nuclei.csv")
+        table = pd.read_csv(tmp_path / "nuclei.csv")
+        np.testing.assert_allclose(table["area_um2"], table["area"] * scale**2)
+        np.testing.assert_allclose(table["centroid_x_um"], 20 + table["centroid_x"] * scale)
+        return table
+
+    image.scale, image.translate, image.units = (0.325, 0.325), (10, 20), ("um", "um")
+    click_segment(qtbot, widget)  # Segment again: the same labels, in place
+    assert labels_layers(viewer) == [labels]
+    lies_on_the_image(labels, viewer.layers["blobs nucleus probability"])
+    assert len(exported_at_once(0.325)) == 4
+
+    image.scale = (0.5, 0.5)
+    widget.threshold_slider.setValue(0.5)  # re-labelled in place
+    assert labels_layers(viewer) == [labels] and labels.data.max() == 3
+    lies_on_the_image(labels)
+    assert len(exported_at_once(0.5)) == 3
+
+    # A layer edited by hand is left as it is; the next result goes to a new layer, on the image.
+    labels.paint((8, 8), 4)
+    qtbot.waitUntil(lambda: shown_count(widget) == 4, timeout=5_000)
+    edited = labels.data.copy()
+    image.scale = (0.25, 0.25)
+    widget.threshold_slider.setValue(0.7)
+    second, first = labels_layers(viewer)
+    assert first is labels and np.array_equal(first.data, edited)
+    lies_on_the_image(second)
+    assert len(exported_at_once(0.25)) == 2
 
 
 def test_the_image_picker_follows_added_renamed_and_removed_layers(viewer_and_widget):

@@ -79,6 +79,24 @@ def placement(image: Image, channel: tuple[int, int] | None = None, *, kept: boo
             "units": [image.units[axis] for axis in keep]}
 
 
+def lay_on(layer: Any, image: Image, channel: tuple[int, int] | None = None) -> bool:
+    """Move the result ``layer`` of ``image`` (its ``channel``) to where the image lies now
+    (:func:`placement`): a pixel size, unit or offset given to the image after a first run reaches its
+    result when it is re-labelled. Returns whether the layer moved."""
+    moved = False
+    for name, value in placement(image, channel, kept=True).items():
+        if not _same(getattr(layer, name), value):
+            setattr(layer, name, value)
+            moved = True
+    return moved
+
+
+def _same(value: Any, other: Any) -> bool:
+    """Whether two values of a layer's placement (arrays, an Affine, units) are equal."""
+    value, other = (np.asarray(getattr(v, "affine_matrix", v), dtype=object) for v in (value, other))
+    return np.array_equal(value, other)
+
+
 def kept_axis(channel: tuple[int, int] | None) -> int | None:
     """The axis of an image's ``channel`` (``(axis, index)``) that the result layer keeps, of length 1; None
     when it keeps none. napari lines a layer up with the viewer's last axes: without the channel axis, the
@@ -280,7 +298,10 @@ class OutputLayers(QObject):
         else:
             with self.self_writing():
                 layer.data = shown(labels, channel)
+                moved = lay_on(layer, image, channel)
             self.record(layer).written = checksum(labels)
+            if moved:  # its sizes in the image's unit change too, even where the labels do not
+                self.record(layer).measured = None
         self._by_image[key] = layer
         layer.metadata.update(metadata or {}, model=model)
         record = self.record(layer)
@@ -368,7 +389,7 @@ class OutputLayers(QObject):
         nucleus = shown(nucleus, channel)
         if layer is not None and self._in_viewer(layer) and layer.data.shape == np.shape(nucleus):
             layer.data = nucleus
-            layer.translate = placement(image, channel, kept=True)["translate"]  # (another channel: its place)
+            lay_on(layer, image, channel)  # (another channel: its place; a pixel size given since)
             return
         with self.self_writing():  # not an image the user opened: the picker keeps its choice
             self._probability_layers[image.unique_id] = self.viewer.add_image(

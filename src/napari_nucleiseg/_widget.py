@@ -36,23 +36,24 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
+from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
 from ._finetune_panel import FineTunePanel
 from ._large_layer import LargeFinished, layer_for, store_path
 from ._model_menu import UserModelMenu
-from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, ModelPicker, PostprocessControls
 from ._outputs import OutputLayers, export_csv, labels_axis_labels, placement, plane_columns
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
 from ._table_view import NucleiTable
 from ._target import SettingsTarget, TargetLabel
-from .errors import WeightsError
 from .channels import take_channel
+from .errors import WeightsError
 from .scale import resize_shortfall
 from .settings import PostprocessSettings
 from .stains import colour_note
@@ -424,9 +425,25 @@ class NucleiSegWidget(QWidget):
 
     def _on_export_clicked(self) -> None:
         layer = self.labels_layer  # none: export_csv says there is nothing to export
-        path = layer and QFileDialog.getSaveFileName(self, "Export the nuclei table", f"{layer.name}.csv", "*.csv")
-        if layer is None or path[0]:
-            self.export_csv(path[0] if path else "", layer)
+        path = layer and self._ask_csv_path(f"{layer.name}.csv")
+        if layer is None or path:
+            self.export_csv(path or "", layer)
+
+    def _ask_csv_path(self, suggested: str) -> str:
+        """The file the user chooses in the save dialog ("" if cancelled); a name typed without a suffix
+        gets ``.csv``, and a file of that name is replaced only if the user says so (the dialog asked
+        about the name as typed)."""
+        while True:
+            path, _ = QFileDialog.getSaveFileName(self, "Export the nuclei table", suggested, "*.csv")
+            if not path or Path(path).suffix:
+                return path
+            path += ".csv"
+            button = QMessageBox.StandardButton
+            if not Path(path).exists() or QMessageBox.question(
+                    self, "Export the nuclei table", f"{Path(path).name} already exists. Do you want to replace it?",
+                    button.Yes | button.No, button.No) == button.Yes:
+                return path
+            suggested = path  # No: back to the dialog, as the dialog itself does
 
     def export_csv(self, path: str | Path, layer: Labels | None = None) -> bool:
         """Write the per-nucleus table of ``layer`` (default: :attr:`labels_layer`) to ``path``
