@@ -1099,6 +1099,28 @@ def test_a_two_plane_image_nothing_names_is_offered_as_channels_and_the_count_sa
     assert labels_layers(viewer)[-1].data.shape == (64, 200)
 
 
+def test_a_short_second_axis_nothing_names_is_offered_as_channels_and_the_count_says_so(
+    viewer_and_widget, fake_network, qtbot
+):
+    """QA: a (Z, C, Y, X) DAPI + marker stack added as a plain array was counted over its 12 planes, the
+    marker's spots with the nuclei, without the hint or the Channel choice a (C, Y, X) image gets."""
+    viewer, widget = viewer_and_widget
+    viewer.add_image(np.stack([_dapi_and_marker()] * 5), name="zcyx")  # (5, 2, 64, 200): 5 planes of 2 channels
+    assert not widget.channel_combo.isHidden()
+    assert widget.channel_combo.currentText() == "all 2, as planes of a stack"  # as before, unless told
+    click_segment(qtbot, widget)
+    assert shown_count(widget) == 25 and "if they are channels, choose the one with the nuclei under Channel" in (
+        widget.count_label.text())
+
+    widget.channel_combo.setCurrentIndex(widget.channel_combo.findText("channel 0"))
+    click_segment(qtbot, widget)
+    assert viewer.layers["zcyx channel 0 nuclei"].data.shape == (5, 1, 64, 200)
+    assert widget.count_label.text().startswith("15 nuclei in 'zcyx channel 0 nuclei'")
+
+    viewer.add_image(np.zeros((3, 2, 64, 200), np.uint8), name="two short axes")  # which is C? no guess
+    assert widget.channel_combo.isHidden()
+
+
 def test_an_axis_the_viewer_names_as_channels_starts_at_channel_0_and_z_stays_planes(
     viewer_and_widget, fake_network, qtbot
 ):

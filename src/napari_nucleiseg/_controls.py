@@ -418,7 +418,7 @@ class ChannelPicker(NameComboBox):
     """The channel of the chosen image to segment, for an image with a channel axis
     (:func:`~napari_nucleiseg.channels.find_channel_axis`); hidden, with its label, for any other.
 
-    An axis named as channels starts at channel 0. A short leading axis that nothing names starts
+    An axis named as channels starts at channel 0. A short axis before the plane that nothing names starts
     at "all, as planes" (it may be a stack), and the count says how to choose a channel.
     """
 

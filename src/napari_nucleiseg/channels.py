@@ -3,9 +3,10 @@
 Segmenting every channel of a DAPI + marker image as planes of a stack adds the marker's false
 nuclei to the count. An axis is taken for channels when something says so: the viewer's axis label
 (``c``, ``channel``), a reader's ``axes`` in the layer metadata (``"CYX"``), or a last axis of 2-15
-entries that napari does not show as colour (a ``(Y, X, 2)`` or ``(Y, X, 6)`` image). A leading axis of
-2-4 entries that nothing names may be channels or a short stack: the widget offers it as channels, but keeps it
-as planes unless the user chooses one, and says so under the count. (The command line reads a
+entries that napari does not show as colour (a ``(Y, X, 2)`` or ``(Y, X, 6)`` image). An axis before the
+plane of 2-4 entries that nothing names (the only such axis: ``(2, Y, X)``, ``(Z, 2, Y, X)``) may be channels or
+a short stack: the widget offers it as channels, but keeps it as planes unless the user chooses one, and says so
+under the count. (The command line reads a
 file's own axes, and keeps an axis the file does not name as planes.)
 """
 
@@ -61,9 +62,12 @@ def find_channel_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str
         return None
     if channels_last(shape):
         return ChannelAxis(2, shape[-1], named=True)  # (Y, X, C): napari would show X against C
-    if len(shape) == 3 and 2 <= shape[0] <= MAX_UNNAMED_CHANNELS and min(shape[1:]) >= MIN_PLANE_SIDE:
-        if not labels or labels[0] not in PLANE_LABELS:
-            return ChannelAxis(0, shape[0], named=False)
+    if min(shape[-2:]) < MIN_PLANE_SIDE:
+        return None
+    short = [axis for axis in candidates if 2 <= shape[axis] <= MAX_UNNAMED_CHANNELS
+             and not (labels and labels[axis] in PLANE_LABELS)]
+    if len(short) == 1:  # (C, Y, X), or a (Z, C, Y, X) hyperstack as an array: one short axis; two: no guess
+        return ChannelAxis(short[0], shape[short[0]], named=False)
     return None
 
 
