@@ -793,6 +793,24 @@ def test_the_image_picker_follows_added_renamed_and_removed_layers(viewer_and_wi
     assert items() == [] and widget.image_layer is None
 
 
+@pytest.mark.parametrize("names", [["DAPI", "Ki-67"], ["C1 GFP", "C2 Hoechst 33342", "C3 mCherry"]])
+def test_of_the_channels_opened_together_the_nuclear_stain_is_picked(viewer_and_widget, qtbot, names):
+    """QA: a file opened as a layer per channel (channel_axis, as readers split CZI, ND2 or LIF files) had
+    the last channel picked, the one napari selects (a marker: 30 nuclei against 62), without a word."""
+    viewer, widget = viewer_and_widget
+    channels = np.stack([blobs()] * len(names))
+    layers = viewer.add_image(channels, channel_axis=0, name=names)
+    nuclear = next(layer for layer in layers if "DAPI" in layer.name or "Hoechst" in layer.name)
+    assert viewer.layers.selection.active is layers[-1] and widget.image_layer is nuclear
+    qtbot.wait(20)  # the next event loop: then the user's own choice in the layer list counts
+    marker = layers[-1]
+    viewer.layers.selection.active = nuclear
+    viewer.layers.selection.active = marker  # the user clicks the marker
+    assert widget.image_layer is marker
+    plain = viewer.add_image(channels, channel_axis=0, name=[f"C{k}" for k in range(len(names))])  # none: the last
+    assert widget.image_layer is plain[-1]
+
+
 def test_the_model_picker_describes_models_and_opens_custom_weights_files(
     viewer_and_widget, tiny_weights, notifications, monkeypatch, tmp_path
 ):

@@ -5,6 +5,7 @@ from one place."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -348,10 +349,16 @@ class DiameterControl(QWidget):
 PROBABILITY_MAP_KEY = "nucleiseg_probability_of"
 
 
+#: Names of a nuclear stain's channel: of the layers opened together (a reader's layer per channel), the one
+#: whose name matches is picked, not the last one (napari selects the last: often a marker).
+NUCLEAR_NAME = re.compile(r"(?<![a-z])(dapi|hoechst|draq ?[57]|nucle(i|us|ar)|sir-?dna|nucblue|h2b)", re.IGNORECASE)
+
+
 class ImagePicker(NameComboBox):
     """The image layers of the viewer, by name: follows layers added, renamed, moved and removed, and
     picks an image the user opens (not one the widget adds: ``adding()`` says which) or selects in the
-    layer list. The probability maps the widget shows are not offered."""
+    layer list; of several opened together, the one named as a nuclear stain (:data:`NUCLEAR_NAME`),
+    if any. The probability maps the widget shows are not offered."""
 
     def __init__(self, viewer, adding: Callable[[], bool], parent: QWidget | None = None):
         super().__init__(parent, toolTip="The image layer to segment (gray, RGB, or a stack of them)")
@@ -363,6 +370,9 @@ class ImagePicker(NameComboBox):
         # napari selects a layer by itself when one is deleted: that is not the user choosing an image.
         self._removing = QTimer(self, singleShot=True, interval=0)
         viewer.layers.events.removing.connect(self._on_removing)
+        # The layers opened in one go (before the event loop runs again): a file's channels, one layer each.
+        self._opened: list[Any] = []
+        self._opening = QTimer(self, singleShot=True, interval=0, timeout=self._opened.clear)
         self.refresh()
 
     def _on_removing(self, event=None) -> None:
@@ -373,10 +383,16 @@ class ImagePicker(NameComboBox):
         nor does the layer napari selects when one is deleted)."""
         if self._removing.isActive():
             return
-        active = self.viewer.layers.selection.active
+        active = self._nuclear_sibling(self.viewer.layers.selection.active)  # (napari selects what it adds)
         ids = [self.itemData(index).unique_id for index in range(self.count())]
         if active is not None and getattr(active, "unique_id", None) in ids:
             self.setCurrentIndex(ids.index(active.unique_id))
+
+    def _nuclear_sibling(self, layer: Any) -> Any:
+        """``layer``, or the layer opened with it whose name says it holds the nuclei when its own does not."""
+        if layer not in self._opened or NUCLEAR_NAME.search(layer.name):
+            return layer
+        return next((other for other in self._opened if NUCLEAR_NAME.search(other.name)), layer)
 
     @property
     def layer(self) -> Any:
@@ -398,7 +414,9 @@ class ImagePicker(NameComboBox):
             layer.events.name.connect(self.refresh)  # connecting twice is a no-op
         added = getattr(event, "value", None) if event is not None and event.type == "inserted" else None
         if added is not None and getattr(added, "unique_id", None) in ids and not self._adding():
-            self.setCurrentIndex(ids.index(added.unique_id))  # the image the user just opened
+            self._opened.append(added)
+            self._opening.start()
+            self.setCurrentIndex(ids.index(self._nuclear_sibling(added).unique_id))  # the image the user opened
         elif current is not None and current.unique_id in ids:
             self.setCurrentIndex(ids.index(current.unique_id))
 
