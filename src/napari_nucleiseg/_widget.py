@@ -71,6 +71,7 @@ class NucleiSegWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._run_diameter: float | None = None  # the diameter the run under way was asked for (None: Auto)
+        self._run_data = None  # the image data the run under way reads
         self._rerun = False  # the diameter changed during a run: run again when it ends
         self._run_switches = (False, False)  # the run's Average 4 flips and Brown nuclei (a rerun keeps them)
         self._run_channel: tuple[int, int] | None = None  # (axis, index) of the channel the run segments
@@ -273,6 +274,7 @@ class NucleiSegWidget(QWidget):
         # default is the model's at the scale of this run, known once the diameter is.
         chosen = self.target.settings_for_run(image, self._run_channel)
         self._run_diameter, self._rerun = self.diameter_control.diameter, False
+        self._run_data = image.data  # (new data given to the layer during the run: its result is not shown)
         if switches is None:
             switches = (self.augment_check.isChecked(), self.brown_check.isChecked())
         self._run_switches = augment, brown_nuclei = switches
@@ -307,6 +309,11 @@ class NucleiSegWidget(QWidget):
         self._set_running(False)
         if image is not None and image not in self.viewer.layers and not isinstance(outcome, LargeFinished):
             show_info(f"'{image.name}' was taken out during the run, so the run was stopped; no layer was added.")
+            return
+        if (image is not None and image.data is not self._run_data and not isinstance(outcome, LargeFinished)
+                and not isinstance(outcome, Failure)):
+            show_info(f"'{image.name}' was given new data during the run, so no layer was added (its nuclei would "
+                      "be those of the data it had); press Segment to segment the new data.")
             return
         if isinstance(outcome, Failure):
             (show_info if outcome.cancelled else show_error)(self.model_combo.refuse(outcome.message, outcome.weights))
