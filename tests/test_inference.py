@@ -296,6 +296,23 @@ def test_nuclei_far_brighter_than_their_cells_keep_the_high_percentile():
     assert Normalization.of(as_rgb(debris)).high < 0.1 * np.percentile(debris, 99.8)
 
 
+def test_debris_is_left_out_beside_hot_pixels_and_in_the_sample_of_a_large_image():
+    """Review: 18 hot pixels (0.02%) were each counted as an object far brighter than the nuclei, and the
+    saturated speck set the high percentile again (79 of 108 nuclei); the objects of a large image's sample
+    (read every 8th pixel from 64 megapixels) were counted in the sample's pixels, and none was large enough."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    debris, _ = with_debris(read_sample("fluorescence"))
+    plain = np.percentile(debris, 99.8)
+    hot = debris.copy()
+    rows, cols = np.random.default_rng(1).integers(0, debris.shape, size=(18, 2)).T
+    hot[rows, cols] = 65535
+    assert Normalization.of(as_rgb(hot)).high < 0.1 * plain
+    sample = debris[::6, ::6]  # what a 36x larger image's grid reads: nuclei of about 2 x 2 pixels
+    assert Normalization.of(as_rgb(sample)).high == plain  # (counted as an image of its own: too small)
+    assert Normalization.of(as_rgb(sample), step=6).high < 0.1 * plain
+
+
 def test_the_image_content_matters(models):
     # Guards the tests above against a model whose output ignores its input.
     a = predict_probabilities(blob_image((64, 64), seed=0), models["unet"])

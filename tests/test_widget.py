@@ -538,6 +538,9 @@ def test_export_adds_csv_to_a_name_typed_without_it_and_asks_before_replacing_th
     assert asked == ["mytable.csv already exists. Do you want to replace it?"] * 2
     assert suggested == ["blobs nuclei.csv", str(tmp_path / "mytable.csv"), "blobs nuclei.csv"]
     assert [path.name for path in tmp_path.iterdir()] == ["mytable.csv"]
+    click_export(qtbot, widget, monkeypatch, tmp_path / "nuclei 2024.05.03")  # a dot, but no suffix of letters
+    click_export(qtbot, widget, monkeypatch, tmp_path / "nuclei.txt")  # a suffix of the user's: as typed
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mytable.csv", "nuclei 2024.05.03.csv", "nuclei.txt"]
     assert notifications.messages["error"] == []
 
 
@@ -768,10 +771,11 @@ def test_a_pixel_size_given_to_the_image_after_a_run_reaches_its_result_and_tabl
         return table
 
     image.scale, image.translate, image.units = (0.325, 0.325), (10, 20), ("um", "um")
+    lies_on_the_image(labels)  # at once (review: until a re-label, it lay where it was, and Export had no um)
+    assert len(exported_at_once(0.325)) == 4
     click_segment(qtbot, widget)  # Segment again: the same labels, in place
     assert labels_layers(viewer) == [labels]
     lies_on_the_image(labels, viewer.layers["blobs nucleus probability"])
-    assert len(exported_at_once(0.325)) == 4
 
     image.scale = (0.5, 0.5)
     widget.threshold_slider.setValue(0.5)  # re-labelled in place
@@ -779,11 +783,12 @@ def test_a_pixel_size_given_to_the_image_after_a_run_reaches_its_result_and_tabl
     lies_on_the_image(labels)
     assert len(exported_at_once(0.5)) == 3
 
-    # A layer edited by hand is left as it is; the next result goes to a new layer, on the image.
+    # A layer edited by hand follows the image too, its pixels as they are; the next result goes to a new layer.
     labels.paint((8, 8), 4)
     qtbot.waitUntil(lambda: shown_count(widget) == 4, timeout=5_000)
     edited = labels.data.copy()
     image.scale = (0.25, 0.25)
+    lies_on_the_image(labels)
     widget.threshold_slider.setValue(0.7)
     second, first = labels_layers(viewer)
     assert first is labels and np.array_equal(first.data, edited)
@@ -831,6 +836,19 @@ def test_of_the_channels_opened_together_the_nuclear_stain_is_picked(viewer_and_
     assert widget.image_layer is marker
     plain = viewer.add_image(channels, channel_axis=0, name=[f"C{k}" for k in range(len(names))])  # none: the last
     assert widget.image_layer is plain[-1]
+
+
+def test_a_nuclear_channel_taken_out_or_of_another_shape_is_not_picked(viewer_and_widget):
+    """Review: DAPI opened with GFP and taken out again before the event loop ran, then another image opened,
+    raised ValueError (the picker went for the DAPI no longer there)."""
+    viewer, widget = viewer_and_widget
+    dapi, gfp = viewer.add_image(np.stack([blobs()] * 2), channel_axis=0, name=["DAPI", "GFP"])
+    viewer.layers.remove(dapi)
+    other = viewer.add_image(blobs(), name="segment me")
+    assert widget.image_layer is other
+    viewer.add_image(blobs()[:32], name="nuclei of a crop")  # another shape: no sibling of the next one
+    last = viewer.add_image(blobs(), name="marker")
+    assert widget.image_layer is last
 
 
 def test_the_model_picker_describes_models_and_opens_custom_weights_files(

@@ -79,6 +79,10 @@ def readme(model: NucleiModel, spdx: str) -> str:
         "all three, and an overlay of fluorescence channels with the nuclear stain in blue (DAPI or Hoechst "
         "beside a red or green marker) as its blue channel repeated; in colour the network finds fewer nuclei, "
         "or the marker's cells. Give such images as that one channel, repeated.",
+        "- **Debris far brighter than the nuclei.** In a one-channel image, napari-nucleiseg leaves a few objects "
+        "far brighter than every nucleus (a saturated speck of debris, a bead, one mitosis) out of the high "
+        "percentile; the package's percentile takes them, and every nucleus then comes out dim and is missed "
+        "once they cover more than 0.2% of the image. Clip such specks to the nuclei's brightness first.",
         "",
         "## Output",
         "",

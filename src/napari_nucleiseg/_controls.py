@@ -351,7 +351,8 @@ PROBABILITY_MAP_KEY = "nucleiseg_probability_of"
 
 #: Names of a nuclear stain's channel: of the layers opened together (a reader's layer per channel), the one
 #: whose name matches is picked, not the last one (napari selects the last: often a marker).
-NUCLEAR_NAME = re.compile(r"(?<![a-z])(dapi|hoechst|draq ?[57]|nucle(i|us|ar)|sir-?dna|nucblue|h2b)", re.IGNORECASE)
+NUCLEAR_NAME = re.compile(r"(?<![a-z-])(dapi|hoechst|draq ?[57]|nuclei|nucleus|sir-?dna|nuc(blue|red|spot)|to-?pro|sytox|"
+                          r"h2b)(?![a-z])", re.IGNORECASE)
 
 
 class ImagePicker(NameComboBox):
@@ -389,10 +390,12 @@ class ImagePicker(NameComboBox):
             self.setCurrentIndex(ids.index(active.unique_id))
 
     def _nuclear_sibling(self, layer: Any) -> Any:
-        """``layer``, or the layer opened with it whose name says it holds the nuclei when its own does not."""
+        """``layer``, or the layer of its shape opened with it whose name says it holds the nuclei when its own
+        does not (a file's channels, one layer each)."""
         if layer not in self._opened or NUCLEAR_NAME.search(layer.name):
             return layer
-        return next((other for other in self._opened if NUCLEAR_NAME.search(other.name)), layer)
+        return next((other for other in self._opened if NUCLEAR_NAME.search(other.name)
+                     and other.data.shape == layer.data.shape and other in self.viewer.layers), layer)
 
     @property
     def layer(self) -> Any:
@@ -429,6 +432,7 @@ class ImagePicker(NameComboBox):
         """Forget a layer taken out of the viewer."""
         with suppress(TypeError, ValueError):
             layer.events.name.disconnect(self.refresh)
+        self._opened[:] = [opened for opened in self._opened if opened is not layer]
         self.refresh()
 
 

@@ -251,6 +251,7 @@ class OutputLayers(QObject):
         #: the layer each image (unique id), model and channel write to
         self._by_image: dict[tuple[Any, str, tuple[int, int] | None], Labels] = {}
         self._probability_layers: dict[Any, Image] = {}  # the nucleus probability shown for each image
+        self._placed: set[Any] = set()  # the images (unique ids) whose results follow their placement
         self.shown: Labels | None = None  # the layer whose count is shown and whose table is exported
         self.writing = False  # see self_writing
         self.closed = False
@@ -351,10 +352,33 @@ class OutputLayers(QObject):
             layer = self.viewer.add_labels(shown(labels, channel), name=name, **placement(image, channel, kept=True),
                                            metadata={} if axis is None else {KEPT_CHANNEL_AXIS: axis})
         self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels), channel=channel)
+        self._follow_placement(image)
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)
         layer.events.set_data.connect(self._on_redrawn)
         return layer
+
+    def _follow_placement(self, image: Image) -> None:
+        """Have the results of ``image`` follow it when it is given a pixel size, unit or offset (or turned)."""
+        if image.unique_id in self._placed:
+            return
+        self._placed.add(image.unique_id)
+        for name in ("scale", "translate", "rotate", "shear", "affine", "units"):
+            emitter = getattr(image.events, name, None)
+            if emitter is not None:
+                emitter.connect(partial(self._on_image_moved, image))
+
+    def _on_image_moved(self, image: Image, event=None) -> None:
+        """Lay the results of ``image`` on it again (hand-edited ones too: their pixels are not touched), and
+        measure their tables again in the image's unit."""
+        for record in list(self.records.values()):
+            if record.image is image and self._in_viewer(record.layer):
+                with self.self_writing():
+                    moved = lay_on(record.layer, image, record.channel)
+                if moved:
+                    record.measured = None
+                    self._stale[record.layer.unique_id] = record.layer
+                    self._table_timer.start()
 
     def _result_under(self, edited: Labels) -> Labels | None:
         """The layer put under the hand-edited layer ``edited`` for the results that followed the edit,

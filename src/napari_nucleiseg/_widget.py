@@ -306,11 +306,12 @@ class NucleiSegWidget(QWidget):
 
     def _on_run_returned(self, outcome: Finished | LargeFinished | Failure) -> None:
         image = self.run.image
+        run_data, self._run_data = self._run_data, None  # (the image's data is not held after the run)
         self._set_running(False)
         if image is not None and image not in self.viewer.layers and not isinstance(outcome, LargeFinished):
             show_info(f"'{image.name}' was taken out during the run, so the run was stopped; no layer was added.")
             return
-        if (image is not None and image.data is not self._run_data and not isinstance(outcome, LargeFinished)
+        if (image is not None and image.data is not run_data and not isinstance(outcome, LargeFinished)
                 and not isinstance(outcome, Failure)):
             show_info(f"'{image.name}' was given new data during the run, so no layer was added (its nuclei would "
                       "be those of the data it had); press Segment to segment the new data.")
@@ -437,12 +438,12 @@ class NucleiSegWidget(QWidget):
             self.export_csv(path or "", layer)
 
     def _ask_csv_path(self, suggested: str) -> str:
-        """The file the user chooses in the save dialog ("" if cancelled); a name typed without a suffix
-        gets ``.csv``, and a file of that name is replaced only if the user says so (the dialog asked
-        about the name as typed)."""
+        """The file the user chooses in the save dialog ("" if cancelled); a name typed without a suffix of
+        letters (``mytable``, ``nuclei 2024.05.03``) gets ``.csv``, and a file of that name is replaced only
+        if the user says so (the dialog asked about the name as typed)."""
         while True:
             path, _ = QFileDialog.getSaveFileName(self, "Export the nuclei table", suggested, "*.csv")
-            if not path or Path(path).suffix:
+            if not path or Path(path).suffix[1:].isalpha():
                 return path
             path += ".csv"
             button = QMessageBox.StandardButton

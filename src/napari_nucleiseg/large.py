@@ -267,7 +267,7 @@ def whole_normalization(data: Any, model: NucleiModel) -> Normalization:
     height, width = np.shape(data)[:2]
     step = max(1, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
     sample = as_rgb(np.asarray(data[::step, ::step]))
-    return model.normalization(sample)
+    return model.normalization(sample, step)
 
 
 def _diameter(data: Any, model: NucleiModel, diameter: float | None, normalization: Normalization,

@@ -34,7 +34,9 @@ DEFAULT_LOG_GAIN = 10.0
 #: from the low one, (b) those objects number at most the second share of the objects of at least
 #: :data:`OUTLIER_MIN_PIXELS` pixels above half of that new high (so sparse bright nuclei over a dim cytoplasm keep
 #: theirs: they are the many, the cytoplasm's specks few and small) and (c) the new high stands at least the last
-#: figure of noise levels above the median (not noise around one speck). Colour images keep theirs. Measured
+#: figure of noise levels above the median (not noise around one speck). Objects are counted in the image's
+#: pixels (a percentile sample of a large image: scaled by its step; a hot pixel is none). Colour pictures (stains,
+#: brightfield) keep theirs; one channel shown in colour (:func:`pseudo_colour`, a map, an overlay) is one. Measured
 #: (session 30, runs/s30/): of DSB2018's 664 train and val images one is changed (a mitosis beside 16 nuclei at
 #: a third of its brightness), no val image; DSB2018 val's first 12 gray images in 16 bits with a saturated blob
 #: (r = 12 px): HRNet's score away from it 0.235 -> 0.576 at Auto (0.567 without the blob).
@@ -195,10 +197,13 @@ class Normalization:
 
     @classmethod
     def of(cls, rgb: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-           log_gain: float = 0.0, brown_nuclei: bool = False) -> Normalization:
+           log_gain: float = 0.0, brown_nuclei: bool = False, step: int = 1) -> Normalization:
         """The normalisation of the ``(H, W, 3)`` image ``rgb`` (see :func:`as_rgb`); with ``brown_nuclei``,
-        the brown of a picture of stains in transmitted light is read as hematoxylin (:mod:`.stains`)."""
+        the brown of a picture of stains in transmitted light is read as hematoxylin (:mod:`.stains`).
+        ``step``: the grid ``rgb`` was read at, if a sample of a larger image (the objects of
+        :func:`_outlier_free_high` are measured in its pixels)."""
         sample = _percentile_sample(rgb)
+        step *= _sample_step(rgb.shape)
         gray = pseudo_colour(sample)
         mapped = colour_map_places(sample) if not gray and colour_map(sample) else None
         channel = None if gray or mapped else overlay_nuclear_channel(sample)
@@ -227,7 +232,7 @@ class Normalization:
         plane = _one_plane(sample)
         if plane is not None:
             high = _outlier_free_high(plane if divisor is None else plane / divisor, float(low), float(high),
-                                      percentiles[1])
+                                      percentiles[1], step)
         scale = float(high - low)
         if scale <= 0:  # constant (or nearly so) image: nothing to find, and no division by zero
             scale = float(finite.max() - low)
@@ -283,32 +288,40 @@ def _one_plane(sample: np.ndarray) -> np.ndarray | None:
     return plane
 
 
-def _outlier_free_high(plane: np.ndarray, low: float, high: float, percentile: float) -> float:
+def _outlier_free_high(plane: np.ndarray, low: float, high: float, percentile: float, step: int = 1) -> float:
     """``high``, or the ``percentile`` of ``plane`` without a few objects far brighter than all the others (see
-    :data:`OUTLIER_MAX_RATIO`)."""
+    :data:`OUTLIER_MAX_RATIO`); ``plane`` is read every ``step`` pixels of the image."""
     from scipy import ndimage as ndi
 
     span = high - low
     if span <= 0 or plane.ndim != 2 or min(plane.shape) < 3:
         return high
+    smallest = max(2, round(OUTLIER_MIN_PIXELS / step**2))  # an object, in the plane's pixels (a hot pixel is none)
     with np.errstate(all="ignore"):  # values near float64's limits: no verdict, the high as it is
         outliers = plane >= low + 0.5 * span
-        count = ndi.label(outliers)[1]
         around = ndi.binary_dilation(outliers, iterations=2)
         rest = plane[~around]
-        if count == 0 or rest.size < plane.size // 2:
+        if not outliers.any() or rest.size < plane.size // 2:
             return high
         rest_high = float(np.percentile(rest, percentile))
         if not rest_high - low <= OUTLIER_MAX_RATIO * span:
             return high
-        labels, _ = ndi.label((plane >= low + 0.5 * (rest_high - low)) & ~around)
-        objects = int((np.bincount(labels.ravel())[1:] >= OUTLIER_MIN_PIXELS).sum())
+        count = _objects(outliers, smallest)
+        objects = _objects((plane >= low + 0.5 * (rest_high - low)) & ~around, smallest)
         if count > OUTLIER_MAX_SHARE * objects:
             return high
         steps = np.abs(np.diff(plane, axis=1))
         noise = float(np.median(steps)) / 0.954 or float(steps.mean()) / 1.128
         stands = (rest_high - float(np.median(rest))) / noise if noise > 0 else math.inf
     return rest_high if stands >= OUTLIER_MIN_CONTRAST else high
+
+
+def _objects(mask: np.ndarray, smallest: int) -> int:
+    """How many connected regions of ``mask`` hold at least ``smallest`` pixels."""
+    from scipy import ndimage as ndi
+
+    labels, _ = ndi.label(mask)
+    return int((np.bincount(labels.ravel())[1:] >= smallest).sum())
 
 
 def _colour_pixels(rgb: np.ndarray) -> np.ndarray | None:
@@ -478,6 +491,10 @@ def overlay_sentence(sample: np.ndarray, choose: str) -> str | None:
 def _percentile_sample(rgb: Any) -> np.ndarray:
     """``rgb`` (rows and columns first: numpy, or a dask or zarr array, which only this grid is read of) on a
     regular grid of at most :data:`PERCENTILE_SAMPLE_PIXELS` pixels."""
-    height, width = rgb.shape[:2]
-    step = max(1, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
+    step = _sample_step(rgb.shape)
     return np.asarray(rgb[::step, ::step])
+
+
+def _sample_step(shape: tuple[int, ...]) -> int:
+    """The step of :func:`_percentile_sample`'s grid over an image of ``shape`` (rows and columns first)."""
+    return max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / PERCENTILE_SAMPLE_PIXELS))))

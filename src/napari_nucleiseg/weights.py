@@ -68,12 +68,12 @@ class NucleiModel:
         brown_nuclei = bool(brown_nuclei)
         return self if brown_nuclei == self.brown_nuclei else dataclasses.replace(self, brown_nuclei=brown_nuclei)
 
-    def normalization(self, rgb: np.ndarray) -> Normalization:
-        """How the network sees the ``(H, W, 3)`` image ``rgb`` (or a sample of it), as it was trained to, and as
-        :attr:`brown_nuclei` says."""
+    def normalization(self, rgb: np.ndarray, step: int = 1) -> Normalization:
+        """How the network sees the ``(H, W, 3)`` image ``rgb`` (or a sample of it, read every ``step`` pixels), as
+        it was trained to, and as :attr:`brown_nuclei` says."""
         from .preprocess import Normalization
 
-        return Normalization.of(rgb, self.percentiles, self.log_gain, self.brown_nuclei)
+        return Normalization.of(rgb, self.percentiles, self.log_gain, self.brown_nuclei, step)
 
     @property
     def settings(self) -> PostprocessSettings:
