@@ -296,6 +296,21 @@ def test_nuclei_far_brighter_than_their_cells_keep_the_high_percentile():
     assert Normalization.of(as_rgb(debris)).high < 0.1 * np.percentile(debris, 99.8)
 
 
+def test_sparse_nuclei_of_3_px_over_their_cells_keep_the_high_percentile():
+    """A first fix counted the bright objects from 10 px, as it counts the rest's: DSB2018 val's 8175a55b711c
+    shrunk 4x (11 nuclei of 3-4 px over dim cells) lost its high percentile to the cells, and its score fell
+    0.56 -> 0.33 (HRNet)."""
+    from conftest import SHARED
+    from training.evaluate import resolve_set, set_samples
+
+    data = SHARED / "data" / "dsb2018"
+    if not data.is_dir():
+        pytest.skip(f"DSB2018 not found in {data}")
+    (sample,) = [s for s in set_samples(resolve_set("val_x0.25", data), 68) if s.id.startswith("8175a55b711c")]
+    rgb = as_rgb(sample.image)
+    assert Normalization.of(rgb).high == pytest.approx(np.percentile(rgb, 99.8))
+
+
 def test_debris_is_left_out_beside_hot_pixels_and_in_the_sample_of_a_large_image():
     """Review: 18 hot pixels (0.02%) were each counted as an object far brighter than the nuclei, and the
     saturated speck set the high percentile again (79 of 108 nuclei); the objects of a large image's sample
