@@ -301,6 +301,7 @@ def test_sparse_nuclei_of_3_px_over_their_cells_keep_the_high_percentile():
     shrunk 4x (11 nuclei of 3-4 px over dim cells) lost its high percentile to the cells, and its score fell
     0.56 -> 0.33 (HRNet)."""
     from conftest import SHARED
+
     from training.evaluate import resolve_set, set_samples
 
     data = SHARED / "data" / "dsb2018"
