@@ -230,6 +230,28 @@ def test_resume_measures_labels_corrected_since_again(capsys, tmp_path, tiny_wei
     assert pd.read_csv(out / "counts.csv").set_index("labels_file")["nuclei"].to_dict() == after.to_dict()
 
 
+@pytest.mark.parametrize("first", [(), ("--resume",)])
+def test_resume_with_other_images_keeps_the_rows_of_the_earlier_ones(capsys, tmp_path, tiny_weights, first):
+    """QA: a new image segmented with --resume into a folder of earlier results (a plain run's, or a resumed
+    one's) rewrote counts.csv and nuclei.csv with its row alone, without --overwrite, and said nothing."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed, name in enumerate(("a", "b", "new")):
+        iio.imwrite(images / f"{name}.png", blob_image(seed=seed))
+    out = tmp_path / "out"
+    weights = ("--out", out, "--weights", tiny_weights["unet"])
+    assert run(capsys, images / "a.png", images / "b.png", *weights, *first)[0] == 0
+    tables = {name: (out / name).read_bytes() for name in ("counts.csv", "nuclei.csv")}
+
+    status, _, stderr = run(capsys, images / "new.png", *weights, "--resume")
+    assert status == 2 and "holds the rows of images this run is not given" in stderr and "a.png, " in stderr
+    assert {name: (out / name).read_bytes() for name in tables} == tables  # nothing written
+    assert not (out / "new_labels.tif").exists()
+    status, _, _ = run(capsys, images / "a.png", images / "b.png", images / "new.png", *weights, "--resume")
+    assert status == 0
+    assert sorted(pd.read_csv(out / "counts.csv")["labels_file"]) == ["a_labels.tif", "b_labels.tif", "new_labels.tif"]
+
+
 def test_only_bad_files(capsys, tmp_path, tiny_weights):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -115,6 +115,7 @@ time) and kept (and named) when it stops. One run
 at a time writes to a folder. A run with --resume, --workers or --scheduler records each image it
 finishes (in .nucleiseg/ in --out); --resume then keeps the images done with the same input file and
 settings and segments the rest; their earlier outputs are kept in a replaced-<time> folder (named).
+--resume refuses a folder whose counts.csv holds images it is not given: it would drop their rows.
 """
 
 
@@ -289,6 +290,8 @@ def run_segment(args: argparse.Namespace) -> int:
     jobs = plan_jobs(sources, args.out, save_probability=args.save_probability)
     if not args.overwrite and not args.resume:
         refuse_existing(jobs, args.out)
+    if args.resume:
+        refuse_dropping_rows(jobs, args.out)
 
     from .api import load_model
     from .weights import DEFAULT_MODEL, WeightsError
@@ -840,6 +843,26 @@ def refuse_existing(jobs: list[Job], out: Path) -> None:
         more = f" and {len(existing) - LISTED_EXISTING} more" if len(existing) > LISTED_EXISTING else ""
         them = "them" if len(existing) > 1 else "it"
         raise CommandError(f"{out} already holds {names}{more}; use --overwrite to replace {them}.")
+
+
+def refuse_dropping_rows(jobs: list[Job], out: Path) -> None:
+    """Raise if the tables in ``out`` hold rows of images this run is not given: --resume writes the tables of
+    the images it is given, and would drop theirs (QA: a run of one new image into a folder of earlier results
+    left one row, without --overwrite)."""
+    import pandas as pd
+
+    try:
+        rows = pd.read_csv(out / COUNTS_FILE, usecols=["file", "labels_file"], dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError):  # none, or not ours: nothing to keep
+        return
+    given = {job.labels_path.name for job in jobs}
+    others = [name for name, labels in zip(rows["file"], rows["labels_file"]) if labels not in given]
+    if others:
+        names = ", ".join(others[:LISTED_EXISTING]) + (f" and {len(others) - LISTED_EXISTING} more"
+                                                         if len(others) > LISTED_EXISTING else "")
+        raise CommandError(f"{out / COUNTS_FILE} holds the rows of images this run is not given ({names}), and "
+                           "--resume writes the tables of the images it is given: give those images too, or choose "
+                           "another --out.", EXIT_USAGE)
 
 
 def prepare_output_folder(out: Path) -> None:
