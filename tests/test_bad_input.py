@@ -514,7 +514,6 @@ CLI_STACKS = [
     pytest.param(_tiff(_planes(4)), None, (4,), "plane", id="plain-4-planes"),
     pytest.param(_tiff(_planes(3), photometric="minisblack"), None, (3,), "plane", id="plain-3-planes-minisblack"),
     pytest.param(_tiff(_planes(5)), None, (5,), "plane", id="plain-5-planes"),
-    pytest.param(_tiff(_planes(2)), 0, (2,), "plane", id="plain-2-planes-channel-0"),
     pytest.param(_tiff(_planes(3, channel_axis=1), imagej=True, metadata={"axes": "ZCYX"}), 1, (3,), "z",
                  id="imagej-ZCYX-channel-1"),
     pytest.param(_tiff(_planes(3, channel_axis=1, channels=3, nuclei_in=2), ome=True, metadata={"axes": "TCYX"}),
@@ -524,6 +523,23 @@ CLI_STACKS = [
     pytest.param(_tiff(np.stack([_planes(4)] * 3, axis=-1)), None, (4,), "plane", id="rgb-planes"),
     pytest.param(_tiff(_planes(4).reshape(2, 2, *BLOBS.shape)), None, (2, 2), "plane_1", id="4-D"),
 ]
+
+
+def test_cli_channel_picks_a_channel_of_a_short_axis_the_file_does_not_name(capsys, tmp_path, cli_pixel_model,
+                                                                           reference_labels):
+    """QA: DAPI + marker saved as a plain (2, H, W) array gave the nuclei of both with --channel 0 (145 where DAPI
+    has 108), and --channel 1 was refused; the Python API and the widget take such an axis for channels."""
+    source = tmp_path / "dapi+marker.tif"
+    tifffile.imwrite(source, np.stack([BLOBS, np.zeros_like(BLOBS)]))
+    for channel, nuclei in ((0, 3), (1, 0)):
+        out = tmp_path / f"out{channel}"
+        status, _, stderr = run_cli(capsys, source, "--out", out, "--channel", channel)
+        assert status == 0 and stderr == ""
+        labels = tifffile.imread(out / "dapi+marker_labels.tif")
+        assert labels.shape == BLOBS.shape and labels.max() == nuclei
+        np.testing.assert_array_equal(labels > 0, reference_labels > 0 if nuclei else np.zeros(BLOBS.shape, bool))
+    status, _, _ = run_cli(capsys, source, "--out", tmp_path / "planes")  # not told: planes, as before
+    assert status == 0 and tifffile.imread(tmp_path / "planes" / "dapi+marker_labels.tif").shape == (2, *BLOBS.shape)
 
 
 @pytest.mark.parametrize("write, channel, planes, column", CLI_STACKS)
@@ -560,9 +576,9 @@ def test_cli_a_stack_is_segmented_plane_by_plane_into_labels_of_its_shape(write,
 
 #: Files whose ``--channel`` is refused, or that need one: the file, the option and a fragment of the line.
 CLI_CHANNEL_REFUSED = [
-    pytest.param(_tiff(_planes(2)), 4, "it has one channel (its 2 planes are segmented one by one); --channel 4",
-                 id="plain-2-planes-channel-4"),
-    pytest.param(_tiff(_planes(2)), 1, "it has one channel", id="plain-2-planes-channel-1"),
+    pytest.param(_tiff(_planes(2)), 4, "it has 2 channels (0 to 1), not a channel 4", id="plain-2-planes-channel-4"),
+    pytest.param(_tiff(_planes(5)), 1, "it has one channel (its 5 planes are segmented one by one); --channel 1",
+                 id="plain-5-planes-channel-1"),
     pytest.param(_tiff(_planes(3, channel_axis=1), imagej=True, metadata={"axes": "ZCYX"}), None,
                  "it has 2 channels (axes ZCYX); choose the one that shows the nuclei with --channel N (0 to 1)",
                  id="imagej-ZCYX-without-channel"),

@@ -6,8 +6,8 @@ nuclei to the count. An axis is taken for channels when something says so: the v
 entries that napari does not show as colour (a ``(Y, X, 2)`` or ``(Y, X, 6)`` image). An axis before the
 plane of 2-4 entries that nothing names (the only such axis: ``(2, Y, X)``, ``(Z, 2, Y, X)``) may be channels or
 a short stack: the widget offers it as channels, but keeps it as planes unless the user chooses one, and says so
-under the count. (The command line reads a
-file's own axes, and keeps an axis the file does not name as planes.)
+under the count. (The command line reads a file's own axes, and keeps such an axis as planes unless given
+``--channel``.)
 """
 
 from __future__ import annotations

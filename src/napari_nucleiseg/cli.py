@@ -916,9 +916,11 @@ def read_image(path: Path, channel: int | None = None) -> InputImage:
     not the colours of an RGB picture; the last axis is colour only when the file says RGB.
     A gray+alpha image keeps its gray channel.
 
-    ``channel`` picks one channel: of a ``C`` axis, of samples stored last, or of an RGB
-    picture's colours. A file with channels must be given one: its channels are separate
-    stains, not the colours of one picture. A file without channels has one (channel 0).
+    ``channel`` picks one channel: of a ``C`` axis, of samples stored last, of an RGB
+    picture's colours, or of the only axis of 2-4 entries the file does not name (DAPI + a
+    marker saved as a plain ``(2, H, W)`` array: planes without ``channel``). A file with
+    channels must be given one: its channels are separate stains, not the colours of one
+    picture. A file without channels has one (channel 0).
 
     Raises
     ------
@@ -955,6 +957,12 @@ def read_image(path: Path, channel: int | None = None) -> InputImage:
                               "as an image of its own")
     if not channel_axes and rgb and channel is not None:
         channel_axes, rgb = [len(axes) - 1], False  # one colour of an RGB picture, e.g. the blue of a stain
+    if not channel_axes and not rgb and channel is not None:  # --channel given: an axis the file does not name
+        from .channels import MAX_UNNAMED_CHANNELS
+
+        short = [index for index, letter in enumerate(axes[:-2]) if letter not in "ZT"
+                 and 2 <= image.shape[index] <= MAX_UNNAMED_CHANNELS]
+        channel_axes = short if len(short) == 1 else []  # (DAPI + marker saved as a plain array, as the widget)
     if channel_axes:
         index = channel_axes[0]
         count = image.shape[index]
