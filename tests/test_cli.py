@@ -252,6 +252,20 @@ def test_resume_with_other_images_keeps_the_rows_of_the_earlier_ones(capsys, tmp
     assert sorted(pd.read_csv(out / "counts.csv")["labels_file"]) == ["a_labels.tif", "b_labels.tif", "new_labels.tif"]
 
 
+def test_the_channel_given_is_recorded(capsys, tmp_path, tiny_weights):
+    """QA: the same file segmented with --channel 0 and --channel 1 gave tables that could not be told apart."""
+    source = tmp_path / "dapi+marker.tif"
+    tifffile.imwrite(source, np.stack([blob_image(), blob_image(seed=1)]), imagej=True, metadata={"axes": "CYX"})
+    for channel in (0, 1):
+        assert run(capsys, source, "--out", tmp_path / f"c{channel}", "--weights", tiny_weights["unet"],
+                   "--channel", channel)[0] == 0
+        assert pd.read_csv(tmp_path / f"c{channel}" / "counts.csv")["channel"].tolist() == [channel]
+    plain = tmp_path / "plain.png"
+    iio.imwrite(plain, blob_image())
+    assert run(capsys, plain, "--out", tmp_path / "plain", "--weights", tiny_weights["unet"])[0] == 0
+    assert pd.read_csv(tmp_path / "plain" / "counts.csv")["channel"].isna().all()  # not given: empty
+
+
 def test_only_bad_files(capsys, tmp_path, tiny_weights):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -114,7 +114,7 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
         raise
     finally:
         image.close()
-    row = count_row(job, result, model.name)
+    row = count_row(job, result, model.name, args.channel)
     table = result.table if pixel is None else physical_columns(result.table, pixel)
     return LargeImageWritten(job, row, table.assign(file=str(job.source)), identity, note=note)
 

@@ -519,7 +519,7 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
         return _one_line(error)
     except Exception as error:  # anything else on one image (torch's "can't allocate memory", a decoder's bug)
         return f"{type(error).__name__}: {_one_line(error)}"
-    row = count_row(job, result, result.model_name)
+    row = count_row(job, result, result.model_name, args.channel)
     table = _file_table(result.table, image, job.source)
     probabilities = result.probabilities if job.probability_path is not None else None  # only those written
     note = None
@@ -543,10 +543,10 @@ def _mean_area(table: Any, count: int) -> float:
     return float(table["area"].mean()) if count and "area" in table else float("nan")
 
 
-def count_row(job: Job, result: Any, model_name: str) -> dict[str, Any]:
+def count_row(job: Job, result: Any, model_name: str, channel: int | None = None) -> dict[str, Any]:
     """The row of ``counts.csv`` for one finished image: ``result`` is a
     :class:`~napari_nucleiseg.api.SegmentationResult` or a :class:`~napari_nucleiseg.large.LargeResult`
-    (whose labels are a lazy array of the same shape)."""
+    (whose labels are a lazy array of the same shape); ``channel``: the ``--channel`` it was given."""
     shape = result.labels.shape
     return {
         "file": str(job.source),
@@ -563,6 +563,7 @@ def count_row(job: Job, result: Any, model_name: str) -> dict[str, Any]:
         "scale": result.scale,
         "augmented": result.augmented,
         "brown_nuclei": result.brown_nuclei,
+        "channel": channel if channel is not None else float("nan"),  # (two runs of one file, told apart)
     }
 
 
