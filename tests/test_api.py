@@ -244,6 +244,8 @@ def test_settings_of_the_wrong_type_are_one_sentence_before_any_work(tiny_weight
     with pytest.raises(ValueError, match=f"^{name} must be") as raised:
         segment(IMAGE, tiny_weights["unet"], **settings)
     assert "\n" not in str(raised.value)
+    if name in ("threshold", "neck_ratio"):  # QA: "must be between 0 and 1, not '0.5'" read as wrong
+        assert str(raised.value).startswith(f"{name} must be a number between 0 and 1")
 
 
 @pytest.mark.parametrize("model", [None, 123, ""])

@@ -137,13 +137,13 @@ def check_settings(threshold: float = DEFAULT_THRESHOLD, boundary_threshold: flo
     if not isinstance(exclude_border, (bool, np.bool_)):
         raise ValueError(f"exclude_border must be True or False, not {exclude_border!r}")
     if not _fraction(neck_ratio):
-        raise ValueError(f"neck_ratio must be between 0 and 1, not {neck_ratio!r}")
+        raise ValueError(f"neck_ratio must be a number between 0 and 1, not {neck_ratio!r}")
     if not _whole(seed_min_size):
         raise ValueError(f"seed_min_size must be a whole number of pixels >= 0, not {seed_min_size!r}")
     if not _fraction(threshold):
-        raise ValueError(f"threshold must be between 0 and 1, not {threshold!r}")
+        raise ValueError(f"threshold must be a number between 0 and 1, not {threshold!r}")
     if not _fraction(boundary_threshold):
-        raise ValueError(f"boundary_threshold must be between 0 and 1, not {boundary_threshold!r}")
+        raise ValueError(f"boundary_threshold must be a number between 0 and 1, not {boundary_threshold!r}")
     if not _whole(min_size):
         raise ValueError(f"min_size must be a whole number of pixels >= 0, not {min_size!r}")
 
