@@ -179,6 +179,8 @@ NOT_AN_IMAGE = [
     pytest.param(lambda: np.zeros(10, np.uint8), "2-D", id="1-D"),
     pytest.param(lambda: np.zeros((4, 4), complex), "not supported", id="complex"),
     pytest.param(lambda: np.array([["a", "b"]]), "not supported", id="text"),
+    pytest.param(lambda: [BLOBS, BLOBS], "to segment several, segment each", id="list-of-images"),  # QA: channels?
+    pytest.param(lambda: (BLOBS, BLOBS, BLOBS), "segment each", id="tuple-of-images"),
 ]
 
 
@@ -418,8 +420,8 @@ CLI_SKIPPED = [
                  id="3-channel-last-gray-tiff"),
     pytest.param(_tiff(np.stack([BLOBS[:, :5]] * 3)), "too small to hold nuclei", id="stack-of-5-px-planes"),
     pytest.param(_tiff(np.zeros((0, 10), np.uint8)), "not a readable image", id="empty-tiff"),
-    pytest.param(_bytes(".png", b""), "not a readable image", id="0-byte-png"),
-    pytest.param(_bytes(".tif", b""), "not a readable image", id="0-byte-tiff"),
+    pytest.param(_bytes(".png", b""), "the file is empty (0 bytes", id="0-byte-png"),
+    pytest.param(_bytes(".tif", b""), "the file is empty (0 bytes", id="0-byte-tiff"),  # QA: "header=b''"
     pytest.param(_bytes(".tif", b"II*\x00\x00\x00\x00\x00"), "the TIFF holds no image: was its writing interrupted?",
                  id="header-only-tiff"),  # what tifffile leaves when imwrite fails half-way
     pytest.param(_encoded(".png", BLOBS, keep=0.5), "the file is truncated", id="truncated-png"),

@@ -217,6 +217,9 @@ def segment(
     nuclei_model = load_model(model)
     if isinstance(image, (str, bytes, os.PathLike)) or image is None:
         as_rgb(image)  # raises the one sentence: a path, or nothing, is no image
+    if isinstance(image, (list, tuple)) and len(image) > 1 and all(np.ndim(item) >= 2 for item in image):
+        raise ImageError(f"Pass one image, not a {type(image).__name__} of {len(image)}; to segment several, segment "
+                         "each: [segment(image) for image in images].")  # (QA: it read as channels)
     if np.ndim(image) == 3 and np.shape(image)[0] == 1 and np.shape(image)[-1] not in (3, 4):
         image = np.asarray(image)[0]  # a stack of one plane (as the command line reads one): that plane
     if channel is not None:

@@ -929,6 +929,9 @@ def read_image(path: Path, channel: int | None = None) -> InputImage:
         If the file cannot be decoded, or holds channels and no valid ``channel`` was given.
     """
     is_tiff = path.suffix.lower() in TIFF_SUFFIXES
+    with contextlib.suppress(OSError):
+        if path.is_file() and path.stat().st_size == 0:
+            raise UnreadableImage("the file is empty (0 bytes: was its writing interrupted?)")
     try:
         stored = _read_tiff(path) if is_tiff else _stored_other(_read_other(path))
     except (UnreadableImage, MemoryError):
