@@ -395,7 +395,7 @@ class ImagePicker(NameComboBox):
         if layer not in self._opened or NUCLEAR_NAME.search(layer.name):
             return layer
         return next((other for other in self._opened if NUCLEAR_NAME.search(other.name)
-                     and other.data.shape == layer.data.shape and other in self.viewer.layers), layer)
+                     and other.data.shape == layer.data.shape), layer)  # (removed(): those taken out are not)
 
     @property
     def layer(self) -> Any:

@@ -82,7 +82,7 @@ def placement(image: Image, channel: tuple[int, int] | None = None, *, kept: boo
 def lay_on(layer: Any, image: Image, channel: tuple[int, int] | None = None) -> bool:
     """Move the result ``layer`` of ``image`` (its ``channel``) to where the image lies now
     (:func:`placement`): a pixel size, unit or offset given to the image after a first run reaches its
-    result when it is re-labelled. Returns whether the layer moved."""
+    result (:meth:`OutputLayers._on_image_moved`). Returns whether the layer moved."""
     moved = False
     for name, value in placement(image, channel, kept=True).items():
         if not _same(getattr(layer, name), value):
@@ -299,10 +299,7 @@ class OutputLayers(QObject):
         else:
             with self.self_writing():
                 layer.data = shown(labels, channel)
-                moved = lay_on(layer, image, channel)
             self.record(layer).written = checksum(labels)
-            if moved:  # its sizes in the image's unit change too, even where the labels do not
-                self.record(layer).measured = None
         self._by_image[key] = layer
         layer.metadata.update(metadata or {}, model=model)
         record = self.record(layer)

@@ -311,8 +311,7 @@ class NucleiSegWidget(QWidget):
         if image is not None and image not in self.viewer.layers and not isinstance(outcome, LargeFinished):
             show_info(f"'{image.name}' was taken out during the run, so the run was stopped; no layer was added.")
             return
-        if (image is not None and image.data is not run_data and not isinstance(outcome, LargeFinished)
-                and not isinstance(outcome, Failure)):
+        if isinstance(outcome, Finished) and image is not None and image.data is not run_data:
             show_info(f"'{image.name}' was given new data during the run, so no layer was added (its nuclei would "
                       "be those of the data it had); press Segment to segment the new data.")
             return

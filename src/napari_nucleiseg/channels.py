@@ -64,11 +64,17 @@ def find_channel_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str
         return ChannelAxis(2, shape[-1], named=True)  # (Y, X, C): napari would show X against C
     if min(shape[-2:]) < MIN_PLANE_SIDE:
         return None
-    short = [axis for axis in candidates if 2 <= shape[axis] <= MAX_UNNAMED_CHANNELS
+    axis = short_unnamed_axis(shape, labels)
+    return None if axis is None else ChannelAxis(axis, shape[axis], named=False)
+
+
+def short_unnamed_axis(shape: Sequence[int], labels: Sequence[str] = ()) -> int | None:
+    """The only axis of ``shape`` before its 2-D plane with 2 to :data:`MAX_UNNAMED_CHANNELS` entries that
+    ``labels`` (lower case, one per axis, or none) do not name as planes: ``(C, Y, X)``, or a ``(Z, C, Y, X)``
+    hyperstack as an array; None when there is none, or two (no guess)."""
+    short = [axis for axis in range(len(shape) - 2) if 2 <= shape[axis] <= MAX_UNNAMED_CHANNELS
              and not (labels and labels[axis] in PLANE_LABELS)]
-    if len(short) == 1:  # (C, Y, X), or a (Z, C, Y, X) hyperstack as an array: one short axis; two: no guess
-        return ChannelAxis(short[0], shape[short[0]], named=False)
-    return None
+    return short[0] if len(short) == 1 else None
 
 
 def with_file_axes(metadata: dict[str, Any] | None, path: Any, shape: Sequence[int]) -> dict[str, Any]:

@@ -840,10 +840,15 @@ def refuse_existing(jobs: list[Job], out: Path) -> None:
     """Raise if any output of the run already exists, naming them."""
     existing = [path for path in planned_outputs(jobs, out) if path.exists()]
     if existing:
-        names = ", ".join(path.name for path in existing[:LISTED_EXISTING])
-        more = f" and {len(existing) - LISTED_EXISTING} more" if len(existing) > LISTED_EXISTING else ""
         them = "them" if len(existing) > 1 else "it"
-        raise CommandError(f"{out} already holds {names}{more}; use --overwrite to replace {them}.")
+        raise CommandError(f"{out} already holds {_listed([path.name for path in existing])}; use --overwrite to "
+                           f"replace {them}.")
+
+
+def _listed(names: list[str]) -> str:
+    """The first :data:`LISTED_EXISTING` of ``names``, and how many more there are."""
+    more = f" and {len(names) - LISTED_EXISTING} more" if len(names) > LISTED_EXISTING else ""
+    return ", ".join(names[:LISTED_EXISTING]) + more
 
 
 def refuse_dropping_rows(jobs: list[Job], out: Path) -> None:
@@ -859,11 +864,9 @@ def refuse_dropping_rows(jobs: list[Job], out: Path) -> None:
     given = {job.labels_path.name for job in jobs}
     others = [name for name, labels in zip(rows["file"], rows["labels_file"]) if labels not in given]
     if others:
-        names = ", ".join(others[:LISTED_EXISTING]) + (f" and {len(others) - LISTED_EXISTING} more"
-                                                         if len(others) > LISTED_EXISTING else "")
-        raise CommandError(f"{out / COUNTS_FILE} holds the rows of images this run is not given ({names}), and "
-                           "--resume writes the tables of the images it is given: give those images too, or choose "
-                           "another --out.", EXIT_USAGE)
+        raise CommandError(f"{out / COUNTS_FILE} holds the rows of images this run is not given "
+                           f"({_listed(others)}), and --resume writes the tables of the images it is given: give "
+                           "those images too, or choose another --out.", EXIT_USAGE)
 
 
 def prepare_output_folder(out: Path) -> None:
@@ -962,11 +965,10 @@ def read_image(path: Path, channel: int | None = None) -> InputImage:
     if not channel_axes and rgb and channel is not None:
         channel_axes, rgb = [len(axes) - 1], False  # one colour of an RGB picture, e.g. the blue of a stain
     if not channel_axes and not rgb and channel is not None:  # --channel given: an axis the file does not name
-        from .channels import MAX_UNNAMED_CHANNELS
+        from .channels import short_unnamed_axis
 
-        short = [index for index, letter in enumerate(axes[:-2]) if letter not in "ZT"
-                 and 2 <= image.shape[index] <= MAX_UNNAMED_CHANNELS]
-        channel_axes = short if len(short) == 1 else []  # (DAPI + marker saved as a plain array, as the widget)
+        short = short_unnamed_axis(image.shape, axes.lower())  # (DAPI + marker saved as a plain array)
+        channel_axes = [] if short is None else [short]
     if channel_axes:
         index = channel_axes[0]
         count = image.shape[index]

@@ -42,7 +42,7 @@ import numpy as np
 
 from .errors import Cancelled, ImageError
 from .pipeline import ChosenSettings, check_settings, check_switches, resolve_settings
-from .preprocess import PERCENTILE_SAMPLE_PIXELS, Normalization
+from .preprocess import Normalization, sample_step
 from .scale import check_diameter
 from .settings import PostprocessSettings
 
@@ -265,7 +265,7 @@ def whole_normalization(data: Any, model: NucleiModel) -> Normalization:
     from .preprocess import as_rgb
 
     height, width = np.shape(data)[:2]
-    step = max(1, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
+    step = sample_step((height, width))
     sample = as_rgb(np.asarray(data[::step, ::step]))
     return model.normalization(sample, step)
 
@@ -290,7 +290,7 @@ def _busiest_window(data: Any, side: int) -> Any:
     height, width = np.shape(data)[:2]
     if height <= side and width <= side:
         return data
-    step = max(1, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
+    step = sample_step((height, width))
     coarse = as_rgb(np.asarray(data[::step, ::step])).astype(np.float32).mean(axis=-1)
     cell = max(1, side // step)
     best, best_score = (0, 0), -1.0

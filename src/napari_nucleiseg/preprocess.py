@@ -204,7 +204,7 @@ class Normalization:
         ``step``: the grid ``rgb`` was read at, if a sample of a larger image (the objects of
         :func:`_outlier_free_high` are measured in its pixels)."""
         sample = _percentile_sample(rgb)
-        step *= _sample_step(rgb.shape)
+        step *= sample_step(rgb.shape)
         gray = pseudo_colour(sample)
         mapped = colour_map_places(sample) if not gray and colour_map(sample) else None
         channel = None if gray or mapped else overlay_nuclear_channel(sample)
@@ -294,6 +294,8 @@ def _outlier_free_high(plane: np.ndarray, low: float, high: float, percentile: f
     :data:`OUTLIER_MAX_RATIO`); ``plane`` is read every ``step`` pixels of the image."""
     from scipy import ndimage as ndi
 
+    from .scale import pixel_noise
+
     span = high - low
     if span <= 0 or plane.ndim != 2 or min(plane.shape) < 3:
         return high
@@ -311,8 +313,7 @@ def _outlier_free_high(plane: np.ndarray, low: float, high: float, percentile: f
         objects = _objects((plane >= low + 0.5 * (rest_high - low)) & ~around, smallest)
         if count > OUTLIER_MAX_SHARE * objects:
             return high
-        steps = np.abs(np.diff(plane, axis=1))
-        noise = float(np.median(steps)) / 0.954 or float(steps.mean()) / 1.128
+        noise = pixel_noise(plane)
         stands = (rest_high - float(np.median(rest))) / noise if noise > 0 else math.inf
     return rest_high if stands >= OUTLIER_MIN_CONTRAST else high
 
@@ -492,10 +493,10 @@ def overlay_sentence(sample: np.ndarray, choose: str) -> str | None:
 def _percentile_sample(rgb: Any) -> np.ndarray:
     """``rgb`` (rows and columns first: numpy, or a dask or zarr array, which only this grid is read of) on a
     regular grid of at most :data:`PERCENTILE_SAMPLE_PIXELS` pixels."""
-    step = _sample_step(rgb.shape)
+    step = sample_step(rgb.shape)
     return np.asarray(rgb[::step, ::step])
 
 
-def _sample_step(shape: tuple[int, ...]) -> int:
+def sample_step(shape: tuple[int, ...]) -> int:
     """The step of :func:`_percentile_sample`'s grid over an image of ``shape`` (rows and columns first)."""
     return max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / PERCENTILE_SAMPLE_PIXELS))))
