@@ -771,7 +771,8 @@ def test_a_pixel_size_given_to_the_image_after_a_run_reaches_its_result_and_tabl
         return table
 
     image.scale, image.translate, image.units = (0.325, 0.325), (10, 20), ("um", "um")
-    lies_on_the_image(labels)  # at once (review: until a re-label, it lay where it was, and Export had no um)
+    lies_on_the_image(labels, viewer.layers["blobs nucleus probability"])  # at once (review: until a re-label,
+    # it lay where it was, and Export had no um; the probability map until it was shown again)
     assert len(exported_at_once(0.325)) == 4
     click_segment(qtbot, widget)  # Segment again: the same labels, in place
     assert labels_layers(viewer) == [labels]

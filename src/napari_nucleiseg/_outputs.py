@@ -250,7 +250,8 @@ class OutputLayers(QObject):
         self.lazy: dict[Any, Labels] = {}
         #: the layer each image (unique id), model and channel write to
         self._by_image: dict[tuple[Any, str, tuple[int, int] | None], Labels] = {}
-        self._probability_layers: dict[Any, Image] = {}  # the nucleus probability shown for each image
+        #: the nucleus probability shown for each image: its layer and the image's channel it shows
+        self._probability_layers: dict[Any, tuple[Image, tuple[int, int] | None]] = {}
         self._placed: set[Any] = set()  # the images (unique ids) whose results follow their placement
         self.shown: Labels | None = None  # the layer whose count is shown and whose table is exported
         self.writing = False  # see self_writing
@@ -366,8 +367,8 @@ class OutputLayers(QObject):
                 emitter.connect(partial(self._on_image_moved, image))
 
     def _on_image_moved(self, image: Image, event=None) -> None:
-        """Lay the results of ``image`` on it again (hand-edited ones too: their pixels are not touched), and
-        measure their tables again in the image's unit."""
+        """Lay the results of ``image`` (and its probability layer) on it again (hand-edited ones too: their
+        pixels are not touched), and measure their tables again in the image's unit."""
         for record in list(self.records.values()):
             if record.image is image and self._in_viewer(record.layer):
                 with self.self_writing():
@@ -376,6 +377,10 @@ class OutputLayers(QObject):
                     record.measured = None
                     self._stale[record.layer.unique_id] = record.layer
                     self._table_timer.start()
+        layer, channel = self._probability_layers.get(image.unique_id, (None, None))
+        if layer is not None and self._in_viewer(layer):
+            with self.self_writing():
+                lay_on(layer, image, channel)
 
     def _result_under(self, edited: Labels) -> Labels | None:
         """The layer put under the hand-edited layer ``edited`` for the results that followed the edit,
@@ -406,18 +411,21 @@ class OutputLayers(QObject):
     def show_probabilities(self, image: Image, nucleus: Any, channel: tuple[int, int] | None = None) -> None:
         """Show the nucleus probability of ``image`` (of its ``channel``, if one was segmented), in the
         layer that shows it already if there is one of that shape."""
-        layer = self._probability_layers.get(image.unique_id)
+        layer, _ = self._probability_layers.get(image.unique_id, (None, None))
         nucleus = shown(nucleus, channel)
+        self._follow_placement(image)
         if layer is not None and self._in_viewer(layer) and layer.data.shape == np.shape(nucleus):
             layer.data = nucleus
-            lay_on(layer, image, channel)  # (another channel: its place; a pixel size given since)
+            lay_on(layer, image, channel)  # (another channel: its place)
+            self._probability_layers[image.unique_id] = (layer, channel)
             return
         with self.self_writing():  # not an image the user opened: the picker keeps its choice
-            self._probability_layers[image.unique_id] = self.viewer.add_image(
+            layer = self.viewer.add_image(
                 nucleus, name=f"{image.name} nucleus probability", colormap="magma", blending="additive",
                 opacity=0.6, contrast_limits=(0, 1), metadata={PROBABILITY_MAP_KEY: image.name},
                 **placement(image, channel, kept=True),
             )
+        self._probability_layers[image.unique_id] = (layer, channel)
 
     def removed(self, layer: Any) -> None:
         """Forget a layer taken out of the viewer (an image's layer, or one of the widget's)."""
