@@ -372,7 +372,7 @@ def test_splitting_cuts_an_eight_by_its_shape_with_the_models_neck_ratio(viewer_
 
 
 def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
-    viewer_and_widget, fake_network, notifications, qtbot
+    viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
 ):
     viewer, widget = viewer_and_widget
     viewer.add_image(blobs(), name="blobs")
@@ -409,6 +409,16 @@ def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
     # The new layer is the widget's own until edited: it follows the slider in place.
     widget.threshold_slider.setValue(0.7)
     assert labels_layers(viewer) == [second, first] and second.data.max() == 2
+
+    # Export writes the selected new result; the message says so, and where the corrections are (QA: a nudge of
+    # the slider after a correction, then Export, wrote the table without them, 'Saved 24 nuclei to ...').
+    click_export(qtbot, widget, monkeypatch, tmp_path / "nuclei.csv")
+    assert notifications.messages["info"][-1] == (
+        f"Saved the 2 nuclei of 'blobs nuclei [2]' to {tmp_path / 'nuclei.csv'}. Your corrections are in "
+        "'blobs nuclei': select it and Export CSV for their table.")
+    viewer.layers.selection.active = first
+    click_export(qtbot, widget, monkeypatch, tmp_path / "edited.csv")
+    assert notifications.messages["info"][-1] == f"Saved the 3 nuclei of 'blobs nuclei' to {tmp_path / 'edited.csv'}."
 
     # Segmenting again never discards edits either.
     second.data_setitem((np.array([60]), np.array([5])), 9)  # an edit napari records (and emits)

@@ -173,7 +173,7 @@ def test_a_dask_layer_over_the_large_size_goes_block_by_block_the_settings_say_t
     click_export(qtbot, widget, monkeypatch, path)
     exported = pd.read_csv(path)
     assert len(exported) == len(mosaic.features) > 50 and "index" not in exported
-    assert notifications.messages["info"][-1] == f"Saved {len(exported)} nuclei to {path}."
+    assert notifications.messages["info"][-1] == f"Saved the {len(exported)} nuclei of '{mosaic.name}' to {path}."
 
     viewer.layers.selection.active = small  # the small result is the target again, its table exported
     assert widget.target_label.text() == "Settings apply to: 'small nuclei'"

@@ -601,7 +601,13 @@ def export_csv(outputs: OutputLayers, path: Path, layer: Labels | None) -> tuple
         write_csv(exported, path)
     except OSError as error:
         return "error", f"Cannot write {path}: {error.strerror or error}."
-    return "info", f"Saved {len(table)} nuclei to {path}."
+    saved = f"Saved the {len(table)} nuclei of '{layer.name}' to {path}."
+    record = outputs.record(layer)
+    below = None if record is None else record.below
+    if below is not None and outputs._in_viewer(below) and below.unique_id != layer.unique_id:
+        # (QA: a nudge of the slider after a correction makes a new result, selected; its table lacks the edits)
+        saved += f" Your corrections are in '{below.name}': select it and Export CSV for their table."
+    return "info", saved
 
 
 def _nuclei_in(count: int, layer: Labels) -> str:
