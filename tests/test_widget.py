@@ -1954,7 +1954,7 @@ def test_an_overlay_of_fluorescence_channels_is_read_as_blue_and_the_widget_says
     viewer.add_image(marker_overlay(dapi), rgb=True, name="composite")
     click_segment(qtbot, widget)
     (note,) = notifications.messages["info"]
-    assert note.startswith("'composite': Read as its blue channel") and "Split RGB" in note
+    assert note.startswith("'composite': Read as its blue channel") and "choose it under Channel" in note
     assert notifications.messages["error"] == []
     # The table gives each colour's mean: the marker's (red) beside the nuclear stain's (blue).
     composite = [layer for layer in labels_layers(viewer) if "composite" in layer.name][0]
@@ -1962,6 +1962,45 @@ def test_an_overlay_of_fluorescence_channels_is_read_as_blue_and_the_widget_says
     columns = widget.table_view.columns
     assert columns[columns.index("mean_intensity") + 1:][:3] == ["mean_red", "mean_green", "mean_blue"]
     assert (composite.features["mean_red"] > 0).any() and (composite.features["mean_green"] == 0).all()
+
+
+def test_a_colour_of_an_rgb_layer_is_chosen_under_channel(viewer_and_widget, notifications, qtbot):
+    """QA: a 16-bit (Y, X, 3) array of fluorescence channels (RGB to napari) with the nuclei in red and a marker in
+    green and blue was read as its blue marker (18 objects where the nuclei are 24), and the note sent the user
+    to napari's Split RGB. Red, green and blue are now offered under Channel."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    from test_inference import marker_overlay
+
+    viewer, widget = viewer_and_widget
+    dapi = read_sample("fluorescence")
+    viewer.add_image(dapi, name="dapi")
+    click_segment(qtbot, widget)
+    (alone,) = labels_layers(viewer)
+    assert not widget.channel_combo.isVisible()  # a gray image has no channel to choose
+
+    marker = marker_overlay(dapi, marker_at=1)[..., 1].astype(np.uint16) * 257
+    stack = np.stack([dapi.astype(np.uint16) * 257, marker, marker // 2], axis=-1)
+    image = viewer.add_image(stack, name="three", scale=(0.5, 0.5))
+    assert image.rgb  # napari's guess for any (Y, X, 3)
+    items = [widget.channel_combo.itemText(i) for i in range(widget.channel_combo.count())]
+    assert items == ["all colours, as a picture", "red", "green", "blue"]
+    assert widget.channel_combo.isVisibleTo(widget) and widget.channel_combo.currentIndex() == 0
+    click_segment(qtbot, widget)  # as a picture: the marker's cells count too
+    as_picture = viewer.layers["three nuclei"]
+    assert not np.array_equal(as_picture.data > 0, alone.data > 0)
+
+    widget.channel_combo.setCurrentIndex(1)  # red
+    click_segment(qtbot, widget)
+    red = viewer.layers["three red nuclei"]
+    assert red.metadata["channel"] == "red"
+    assert np.array_equal(red.data, alone.data)  # the nuclei, as the gray image alone gives them
+    assert red.data.shape == dapi.shape and tuple(red.scale) == (0.5, 0.5)
+    qtbot.waitUntil(lambda: len(red.features) == alone.data.max(), timeout=10_000)
+    assert "mean_red" not in red.features and np.allclose(  # the table measures the red channel
+        red.features["mean_intensity"].to_numpy()[:3],
+        [stack[..., 0][red.data == label].mean() for label in red.features["label"][:3]])
+    assert notifications.messages["error"] == []
 
 
 def test_one_channel_shown_through_a_colour_map_is_read_as_gray_and_the_widget_says_so(

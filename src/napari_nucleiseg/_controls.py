@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 from superqt.utils import signals_blocked
 
-from .channels import ChannelAxis, find_channel_axis, with_file_axes
+from .channels import COLOUR_AXIS, COLOURS, ChannelAxis, find_channel_axis, with_file_axes
 from .errors import WeightsError
 from .settings import PostprocessSettings
 from .user_models import is_user_model, list_user_models
@@ -441,7 +441,10 @@ class ChannelPicker(NameComboBox):
     (:func:`~napari_nucleiseg.channels.find_channel_axis`); hidden, with its label, for any other.
 
     An axis named as channels starts at channel 0. A short axis before the plane that nothing names starts
-    at "all, as planes" (it may be a stack), and the count says how to choose a channel.
+    at "all, as planes" (it may be a stack), and the count says how to choose a channel. An RGB layer without
+    such an axis offers its colours (:data:`~napari_nucleiseg.channels.COLOUR_AXIS`), starting at the colour
+    picture: QA, a 16-bit ``(Y, X, 3)`` array of fluorescence channels (RGB to napari) with the nuclei in red
+    was read as its blue marker, and only napari's Split RGB could change it.
     """
 
     def __init__(self, viewer, parent: QWidget | None = None):
@@ -468,9 +471,17 @@ class ChannelPicker(NameComboBox):
         self._shown_for = key
         self.axis = None if layer is None else find_channel_axis(  # a multiscale layer's: its full level's
             layer.data.shape, layer.rgb, axis_labels, image_metadata(layer))
+        colours = self.axis is None and layer is not None and layer.rgb
+        if colours:
+            self.axis = ChannelAxis(COLOUR_AXIS, len(COLOURS), named=True)
         with signals_blocked(self):
             self.clear()
-            if self.axis is not None:
+            if colours:
+                self.addItem("all colours, as a picture", None)
+                for index, colour in enumerate(COLOURS):
+                    self.addItem(colour, index)
+                self.setCurrentIndex(self._chosen.get(key, 0))
+            elif self.axis is not None:
                 if self.axis.axis < layer.data.ndim - (3 if layer.rgb else 2) and not self.axis.named:
                     self.addItem(f"all {self.axis.count}, as planes of a stack", None)
                 for index in range(self.axis.count):

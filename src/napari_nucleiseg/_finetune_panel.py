@@ -45,7 +45,7 @@ from ._controls import ModelPicker, NameComboBox
 from ._model_menu import confirm
 from ._outputs import labels_of
 from ._run import Failure
-from .channels import take_channel
+from .channels import reads_colour, take_channel
 from .errors import Cancelled, FineTuneError, WeightsError
 from .learn import DEFAULT_MINUTES
 from .user_models import list_user_models, name_problem, user_model_path
@@ -400,7 +400,7 @@ class FineTunePanel(QCollapsible):
             if pair.labels.multiscale or pair.image.multiscale:
                 raise Refused(f"'{(pair.labels if pair.labels.multiscale else pair.image).name}' is multiscale; "
                               "fine-tune on its full-resolution level.")
-            image_shape = _plane_shape(np.shape(pair.image_data()), pair.image.rgb)
+            image_shape = _plane_shape(np.shape(pair.image_data()), reads_colour(pair.image.rgb, pair.channel))
             if image_shape != labels_of(pair.labels).shape:
                 raise Refused(f"'{pair.labels.name}' is {_size(labels_of(pair.labels).shape)} but its image "
                               f"'{pair.image.name}' is {_size(image_shape)}; choose the image it corrects.")

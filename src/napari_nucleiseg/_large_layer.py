@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._run import Failure, failure_of, file_key
+from .channels import channel_value
 from .pipeline import ChosenSettings
 
 #: The folder under the user's cache folder where the labels of images segmented block by block go.
@@ -145,7 +146,7 @@ def result_metadata(finished: LargeFinished, channel: tuple[int, int] | None) ->
                 "augmented": result.augmented, "brown_nuclei": result.brown_nuclei,
                 "exclude_border": result.settings.exclude_border,
                 "left_out": result.left_out}
-    return recorded if channel is None else recorded | {"channel": channel[1]}
+    return recorded if channel is None else recorded | {"channel": channel_value(channel)}
 
 
 def layer_levels(levels: list[Any]) -> list[Any]:

@@ -26,7 +26,7 @@ from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, QTimer
 
 from ._controls import PROBABILITY_MAP_KEY, is_default_label, layer_axis_labels
-from .channels import take_channel
+from .channels import channel_name, is_colour, reads_colour, take_channel
 from .tables import PixelSize, count_labels, nuclei_table, write_csv
 from .volumes import TIME_LABELS, count_sections
 from .weights import MODEL_TITLES
@@ -67,7 +67,7 @@ def placement(image: Image, channel: tuple[int, int] | None = None, *, kept: boo
     results lie on it. Results of one ``channel`` (``(axis, index)``) lie on the other axes (rotation,
     shear and affine of such an image are not carried over), or with ``kept`` (a result that keeps
     the channel axis, :func:`kept_axis`), on all of them, at that channel's place on its axis."""
-    if channel is None:
+    if channel is None or is_colour(channel):  # (a colour of an RGB layer is on no axis of the layer's)
         return {"scale": image.scale, "translate": image.translate, "rotate": image.rotate, "shear": image.shear,
                 "affine": image.affine, "units": image.units}
     if kept and kept_axis(channel) is not None:
@@ -204,7 +204,8 @@ class OutputLayer:
         labels = labels_of(self.layer)
         same_shape = np.shape(data)[: labels.ndim] == labels.shape
         linked = volume_axis(self.layer)
-        return (data if same_shape else None), source.rgb, pixel_size(self.layer, linked), linked
+        return ((data if same_shape else None), reads_colour(source.rgb, self.channel), pixel_size(self.layer, linked),
+                linked)
 
     def measure_now(self) -> None:
         """Measure the table here and now, unless it is up to date."""
@@ -335,7 +336,7 @@ class OutputLayers(QObject):
     def _new_name(self, image: Image, channel: tuple[int, int] | None, model: str) -> str:
         """A name for a new result layer of ``image`` (its ``channel``) by ``model``, unlike the layers'."""
         taken = {layer.name for layer in self.viewer.layers}
-        base = f"{image.name} nuclei" if channel is None else f"{image.name} channel {channel[1]} nuclei"
+        base = f"{image.name} nuclei" if channel is None else f"{image.name} {channel_name(channel)} nuclei"
         others = [layer for (image_id, other, _), layer in self._by_image.items()
                   if image_id == image.unique_id and other != model and self._in_viewer(layer)]
         if others:  # another model's result for this image is in the viewer: say whose each is

@@ -22,6 +22,7 @@ from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject
 
 from ._run import Failure
+from .channels import channel_value
 from .compact import CompactProbabilities
 from .pipeline import label_planes, run_to_end
 from .settings import PostprocessSettings
@@ -74,7 +75,7 @@ class Cache:
         channel segmented (None: the whole image)."""
         recorded = {"diameter": self.diameter, "diameter_estimated": self.diameter_estimated, "scale": self.scale,
                     "augmented": self.augmented, "brown_nuclei": self.brown_nuclei}
-        return recorded if self.channel is None else recorded | {"channel": self.channel[1]}
+        return recorded if self.channel is None else recorded | {"channel": channel_value(self.channel)}
 
 
 @dataclass(eq=False)

@@ -75,6 +75,7 @@ def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
         Saying what is missing.
     """
     from ._large_layer import blocks_shortfall, segmented_in_blocks
+    from .channels import reads_colour
     from .memory import memory_shortfall
     from .pipeline import stack_shape
     from .weights import read_metadata
@@ -88,7 +89,7 @@ def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
         shape = list(image.data.shape)  # a multiscale image's: its full-resolution level's
         if channel is not None:
             del shape[channel[0]]
-        leading, plane = stack_shape(tuple(shape), image.rgb)
+        leading, plane = stack_shape(tuple(shape), reads_colour(image.rgb, channel))
         shortfall = memory_shortfall((*leading, *plane))
         blocks = segmented_in_blocks(image, plane, shortfall is not None)
         if blocks and leading:
@@ -202,11 +203,11 @@ class SegmentationRun(QObject):
               augment: bool = False, brown_nuclei: bool = False) -> None:
         """Segment ``image`` (a napari Image layer of ``planes`` planes; its ``channel``, ``(axis, index)``,
         if one is chosen) with the weights file at ``weights``."""
-        from .channels import take_channel
+        from .channels import reads_colour, take_channel
 
         self._begin(image, planes, stage, in_blocks=False)
         data = image.data if channel is None else take_channel(image.data, *channel)
-        run = partial(run_in_worker, data, image.rgb, weights, model=self._model_of(weights), settings=settings,
+        run = partial(run_in_worker, data, reads_colour(image.rgb, channel), weights, model=self._model_of(weights), settings=settings,
                       diameter=diameter, augment=augment, brown_nuclei=brown_nuclei, on_progress=self._tiles.done.emit,
                       cancelled=self.cancel_event.is_set, predict=self.predict)
         self._run(run)
@@ -219,9 +220,10 @@ class SegmentationRun(QObject):
         layer where the image lies now); progress in blocks."""
         from ._large_layer import lazy_plane, segment_in_blocks
         from ._outputs import placement
+        from .channels import reads_colour
 
         self._begin(image, 1, stage, in_blocks=True)
-        run = partial(segment_in_blocks, lazy_plane(image, channel), image.rgb, weights, out,
+        run = partial(segment_in_blocks, lazy_plane(image, channel), reads_colour(image.rgb, channel), weights, out,
                       model=self._model_of(weights), settings=settings, diameter=diameter, augment=augment,
                       brown_nuclei=brown_nuclei, channel=channel, placement=placement(image, channel), on_progress=self._blocks.done.emit,
                       cancelled=self.cancel_event.is_set)

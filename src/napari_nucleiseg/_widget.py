@@ -52,14 +52,14 @@ from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
 from ._table_view import NucleiTable
 from ._target import SettingsTarget, TargetLabel
-from .channels import take_channel
+from .channels import reads_colour, take_channel
 from .errors import WeightsError
 from .scale import resize_shortfall
 from .settings import PostprocessSettings
 from .stains import colour_note
 
 #: How the widget's note on a fluorescence overlay says to segment one channel.
-OVERLAY_CHOOSE_CHANNEL = "split the layer (right-click it > Split RGB) and segment that channel"
+OVERLAY_CHOOSE_CHANNEL = "choose it under Channel"
 BROWN_CHOOSE = "tick Brown nuclei and segment again"
 
 
@@ -342,7 +342,7 @@ class NucleiSegWidget(QWidget):
             self._show_probabilities()
         if chosen_since:
             self._let_go_of_result()
-        if image.rgb:
+        if reads_colour(image.rgb, self._run_channel):  # (not one colour of it, read as gray)
             data = image.data[0] if image.multiscale else image.data
             if self._run_channel is not None:  # a channel of colour planes: what the run read
                 data = take_channel(data, *self._run_channel)

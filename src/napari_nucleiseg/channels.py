@@ -8,6 +8,10 @@ plane of 2-4 entries that nothing names (the only such axis: ``(2, Y, X)``, ``(Z
 a short stack: the widget offers it as channels, but keeps it as planes unless the user chooses one, and says so
 under the count. (The command line reads a file's own axes, and keeps such an axis as planes unless given
 ``--channel``.)
+
+An RGB layer (napari shows it as one picture) is read as a colour picture, or one colour of it: the widget
+offers red, green and blue as channels on :data:`COLOUR_AXIS` (a 16-bit ``(Y, X, 3)`` array of three
+fluorescence channels is RGB to napari).
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ PLANE_LABELS = frozenset({"z", "t", "time", "depth", "plane", "planes", "slice"}
 MAX_UNNAMED_CHANNELS = 4
 #: Nor when its planes are smaller than this (pixels a side): then it is no image of channels.
 MIN_PLANE_SIDE = 16
+#: The axis of a channel ``(axis, index)`` that is a colour of an RGB layer (red 0, green 1, blue 2), the
+#: data's last axis, which napari does not count among the layer's axes.
+COLOUR_AXIS = -1
+#: The colours of an RGB layer offered as channels (alpha is not).
+COLOURS = ("red", "green", "blue")
 
 
 @dataclass(frozen=True)
@@ -120,5 +129,29 @@ def channels_last(shape: Sequence[int]) -> bool:
 
 
 def take_channel(data: Any, axis: int, index: int) -> Any:
-    """Channel ``index`` of ``data`` along ``axis``: a view (numpy) or a lazy slice (dask, zarr)."""
+    """Channel ``index`` of ``data`` along ``axis`` (:data:`COLOUR_AXIS`: the last): a view (numpy) or a lazy
+    slice (dask, zarr)."""
+    if axis == COLOUR_AXIS:
+        return data[..., index]
     return data[(slice(None),) * axis + (index,)]
+
+
+def is_colour(channel: tuple[int, int] | None) -> bool:
+    """Whether ``channel`` (``(axis, index)``, or None) is one colour of an RGB layer."""
+    return channel is not None and channel[0] == COLOUR_AXIS
+
+
+def reads_colour(rgb: bool, channel: tuple[int, int] | None) -> bool:
+    """Whether segmenting an image (``rgb``: napari shows it as a colour picture) of ``channel`` reads a colour
+    picture: not when the channel is one of its colours."""
+    return rgb and not is_colour(channel)
+
+
+def channel_value(channel: tuple[int, int]) -> int | str:
+    """What a result's metadata records of ``channel``: its index, or its colour (``"red"``)."""
+    return COLOURS[channel[1]] if is_colour(channel) else channel[1]
+
+
+def channel_name(channel: tuple[int, int]) -> str:
+    """How a result's name and metadata call ``channel``: ``"channel 1"``, or a colour (``"red"``)."""
+    return COLOURS[channel[1]] if is_colour(channel) else f"channel {channel[1]}"
