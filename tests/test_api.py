@@ -279,6 +279,28 @@ def test_channel_segments_one_channel_alone_never_summed():
         segment(dapi, model="hrnet", channel=1)
 
 
+def test_nothing_is_found_under_the_transparent_pixels_of_an_rgba_image():
+    """QA: an H&E section with its left half transparent (alpha 0, its colours kept) had as many nuclei found
+    there, and exported, as with alpha 255 everywhere (193 of 193)."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    tissue = read_sample("tissue")
+    opaque = np.dstack([tissue, np.full(tissue.shape[:2], 255, np.uint8)])
+    half = opaque.copy()
+    cut = tissue.shape[1] // 2
+    half[:, :cut, 3] = 0
+    whole = segment(opaque, model="hrnet", diameter=16)
+    shown = segment(half, model="hrnet", diameter=16)
+    assert whole.count > 40 and not shown.labels[:, :cut].any()
+    right = [label for label in np.unique(whole.labels[:, cut + 20:]) if label and not (whole.labels[:, :cut + 20] == label).any()]
+    assert len(right) > 15 and shown.count >= len(right)  # the nuclei of the shown half, as before
+    np.testing.assert_array_equal(shown.labels[:, cut + 20:] > 0, whole.labels[:, cut + 20:] > 0)
+    np.testing.assert_array_equal(segment(opaque[..., :3], model="hrnet", diameter=16).labels, whole.labels)
+    unused = opaque.copy()
+    unused[..., 3] = 0  # an alpha of 0 everywhere: an alpha channel left unused, not an empty picture
+    np.testing.assert_array_equal(segment(unused, model="hrnet", diameter=16).labels, whole.labels)
+
+
 def test_augment_segments_the_mean_of_four_flips_and_is_recorded(tiny_weights):
     image = blob_image((96, 128), centers=((20, 30), (50, 90), (70, 40)))
     model = load_model(tiny_weights["hrnet"])

@@ -80,13 +80,17 @@ def test_bit_depth_and_scale_do_not_matter(models):
     np.testing.assert_allclose(as_float, as_uint8, atol=1e-4)
 
 
-def test_gray_equals_rgb_of_equal_channels_and_alpha_is_ignored(models):
+def test_gray_equals_rgb_of_equal_channels_and_alpha_is_ignored_unless_fully_transparent(models):
     gray = blob_image((50, 40))
     rgb = np.stack([gray] * 3, axis=-1)
-    rgba = np.dstack([rgb, np.random.default_rng(1).integers(0, 256, gray.shape, dtype=np.uint8)])
+    rgba = np.dstack([rgb, np.random.default_rng(1).integers(1, 256, gray.shape, dtype=np.uint8)])
     reference = predict_probabilities(gray, models["unet"])
     np.testing.assert_allclose(predict_probabilities(rgb, models["unet"]), reference, atol=1e-6)
     np.testing.assert_allclose(predict_probabilities(rgba, models["unet"]), reference, atol=1e-6)
+    rgba[:, :10, 3] = 0  # fully transparent: nothing there
+    left_out = predict_probabilities(rgba, models["unet"])
+    assert not left_out[:, :, :10].any() and reference[:, :, :10].max() > 0.5
+    np.testing.assert_allclose(left_out[:, :, 10:], reference[:, :, 10:], atol=1e-6)
 
 
 def test_one_channel_saved_in_colour_is_seen_as_gray(models):

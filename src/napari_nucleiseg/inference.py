@@ -10,6 +10,7 @@ besides the image itself a run holds little more than its ``(2, H, W)`` float32 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,8 @@ def predict_probabilities(
     Returns
     -------
     ndarray
-        ``(2, H, W)`` float32 in [0, 1]: channel 0 nucleus, channel 1 nucleus boundary.
+        ``(2, H, W)`` float32 in [0, 1]: channel 0 nucleus, channel 1 nucleus boundary; 0 under the
+        fully transparent pixels of an RGBA image (:func:`left_out_where_transparent`).
     """
     from .scale import rescale_image, resize_probabilities
 
@@ -98,7 +100,20 @@ def predict_probabilities(
         source, normalization, model.network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         progress=progress, cancelled=cancelled, device=None, augment=augment,
     )
-    return resize_probabilities(probabilities, rgb.shape[:2])
+    return left_out_where_transparent(resize_probabilities(probabilities, rgb.shape[:2]), image)
+
+
+def left_out_where_transparent(probabilities: np.ndarray, image: Any) -> np.ndarray:
+    """``probabilities`` (``(2, H, W)``) of ``image``, set to 0 under its fully transparent pixels if it is
+    RGBA: nothing is found where the picture shows nothing (QA: an H&E section exported with the area
+    outside its region transparent had as many nuclei counted and exported there as in the region). An
+    alpha of 0 everywhere is taken for an alpha channel left unused, and ignored."""
+    if np.ndim(image) != 3 or np.shape(image)[-1] != 4:
+        return probabilities
+    transparent = np.asarray(image[..., 3]) == 0
+    if transparent.any() and not transparent.all():
+        probabilities[:, transparent] = 0
+    return probabilities
 
 
 def predict_normalized(
