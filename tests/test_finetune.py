@@ -207,6 +207,26 @@ def test_cli_fine_tunes_on_files_and_the_result_segments(tiny_weights, tmp_path)
     assert main(["segment", str(tmp_path / "cells.png"), "--weights", str(out), "--out", str(tmp_path / "res")]) == 0
 
 
+def test_cli_without_out_saves_in_the_model_folder_where_the_widget_lists_it(tiny_weights, tmp_path, monkeypatch,
+                                                                               capsys):
+    """QA (README walk-through): the README said the model is saved in the model folder without --out, but the
+    command required --out."""
+    from napari_nucleiseg.user_models import list_user_models
+
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(tmp_path / "models"))
+    image, truth = field(13)
+    iio.imwrite(tmp_path / "cells.png", image)
+    tifffile.imwrite(tmp_path / "cells_labels.tif", truth.astype(np.uint16))
+    argv = ["finetune", str(tmp_path / "cells.png"), "--labels", str(tmp_path / "cells_labels.tif"),
+            "--from", str(tiny_weights["unet"]), "--name", "my cells", "--minutes", "0.05"]
+    assert main(argv) == 0
+    saved = tmp_path / "models" / "my cells.safetensors"
+    assert saved.is_file() and str(saved) in capsys.readouterr().out
+    assert list_user_models() == [saved]
+    assert main(argv) == 1  # the name is taken: refused, the file kept
+    assert "already exists" in capsys.readouterr().err and list_user_models() == [saved]
+
+
 @pytest.mark.parametrize("extra, status, sentence", [
     (["--labels", "a.png", "a.png"], 2, "1 images but 2 label images"),
     (["--region", "2@0:10,0:10"], 2, "--region 2@... names image 2, but there is 1."),

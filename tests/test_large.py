@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_nucleiseg.api import load_model
-from napari_nucleiseg.errors import Cancelled, ImageError
+from napari_nucleiseg.errors import Cancelled, ImageError, WeightsError
 from napari_nucleiseg.inference import predict_probabilities
 from napari_nucleiseg.large import block_margin, segment_large, whole_normalization
 from napari_nucleiseg.pipeline import resolve_settings
@@ -125,7 +125,8 @@ def test_the_image_is_read_a_block_at_a_time_and_the_labels_written_to_zarr(tmp_
                     (8, 8))  # 1280 x 1280, 256 nuclei
     source = CountingReads(image)
     model = load_model("unet")
-    result = segment_large(source, model, tmp_path / "labels.zarr", diameter=20, block=256)
+    # a model's name, as segment() takes it (QA: the README's call with "hrnet" ended in AttributeError)
+    result = segment_large(source, "UNet", tmp_path / "labels.zarr", diameter=20, block=256)
     margin = block_margin(20, model.scale_for(20))
     assert max(source.reads) <= (256 + 2 * margin) ** 2 < image.size
     reopened = zarr.open_group(str(tmp_path / "labels.zarr"), mode="r")
@@ -170,6 +171,8 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path):
         segment_large(np.zeros((5, 64, 64), np.uint8), model, tmp_path / "stack.zarr", diameter=10)
     with pytest.raises(ValueError):
         segment_large(np.zeros((64, 64), np.uint8), model, tmp_path / "bad.zarr", diameter=-3)
+    with pytest.raises(WeightsError, match="Unknown model 'hrnett'"):
+        segment_large(np.zeros((64, 64), np.uint8), "hrnett", tmp_path / "bad.zarr", diameter=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.zarr"]
 
 

@@ -52,8 +52,12 @@ def add_parser(commands: Any) -> None:
                       help="the corrected label image of each IMAGE, in the same order")
     tune.add_argument("--from", dest="base", default=DEFAULT_MODEL, metavar="|".join(BUNDLED_MODELS) + "|FILE",
                       help=f"the model to start from: a bundled one or any weights file (default: {DEFAULT_MODEL})")
-    tune.add_argument("--out", required=True, type=Path, metavar="NEW.safetensors", help="the new weights file")
-    tune.add_argument("--name", default=None, help="the new model's name (default: the file's name)")
+    tune.add_argument("--out", type=Path, default=None, metavar="NEW.safetensors",
+                      help="the new weights file (default: NAME.safetensors in your model folder, where the widget "
+                           "lists it: ~/.local/share/napari-nucleiseg/models on Linux, or NUCLEISEG_MODELS_DIR)")
+    tune.add_argument("--name", default=None,
+                      help="the new model's name (default: the --out file's name, or the base model's name with "
+                           "-finetuned and the date)")
     tune.add_argument("--minutes", type=_minutes, default=DEFAULT_MINUTES, metavar="M",
                       help=f"time budget of the training (default: {DEFAULT_MINUTES:g})")
     tune.add_argument("--region", action="append", type=_region, default=[], metavar="[K@]y0:y1,x0:x1",
@@ -82,7 +86,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             raise CommandError(f"--region {number}@... names image {number}, but there "
                                f"{'is' if len(args.images) == 1 else 'are'} {len(args.images)}.", 2)
     images, labels = [], []
-    if args.out.exists() and not args.overwrite:  # before reading any image
+    if args.out is not None and args.out.exists() and not args.overwrite:  # before reading any image
         raise CommandError(f"{args.out} already exists; choose another name, or give --overwrite.")
     for image_path, labels_path in zip(args.images, args.labels):
         try:
@@ -110,7 +114,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     stops = None
     try:
         with stops_as_interrupts() as stops:
-            path = finetune(images, labels, args.base, out=args.out, name=args.name or args.out.stem,
+            path = finetune(images, labels, args.base, out=args.out,
+                            name=args.name or (args.out.stem if args.out is not None else None),
                             minutes=args.minutes, regions=regions, diameter=args.diameter,
                             overwrite=args.overwrite, brown_nuclei=args.brown_nuclei, progress=reporter,
                             cancelled=stops.requested,

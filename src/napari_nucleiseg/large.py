@@ -111,7 +111,7 @@ def block_side(scale: float, margin: int) -> int:
 
 def segment_large(
     data: Any,
-    model: NucleiModel,
+    model: NucleiModel | str | Path,
     out: str | Path,
     settings: ChosenSettings = None,
     *,
@@ -130,8 +130,10 @@ def segment_large(
     data : array-like
         ``(Y, X)`` gray or ``(Y, X, 3|4)`` colour, sliceable without reading it whole (zarr, dask,
         a TIFF's ``aszarr()`` store opened with zarr, a memory map).
-    model : NucleiModel
-        The network and its calibrated settings.
+    model : NucleiModel, str or path
+        The network and its calibrated settings: a bundled model's name (``"hrnet"``, ``"UNet++"``), a
+        weights file, or a model of :func:`~napari_nucleiseg.api.load_model`, as :func:`~napari_nucleiseg.segment`
+        takes it.
     out : path
         Where the labels are written: an OME-Zarr multiscale image (a folder; it must not exist), the
         labels at full resolution in its array ``0`` and halved copies after it (:func:`write_pyramid`).
@@ -157,10 +159,13 @@ def segment_large(
 
     Raises
     ------
-    ImageError, ValueError, FileExistsError, Cancelled
+    ImageError, WeightsError, ValueError, FileExistsError, Cancelled
     """
     import zarr
 
+    from .api import load_model
+
+    model = load_model(model)  # (QA: a name, as segment() takes, ended in AttributeError)
     shape = tuple(np.shape(data))
     is_rgb = (len(shape) == 3 and shape[-1] in (3, 4)) if rgb is None else rgb
     if len(shape) != 2 + int(is_rgb) or min(shape[:2]) == 0:
