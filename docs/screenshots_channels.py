@@ -7,6 +7,8 @@ Writes to docs/images/:
 10_planes.png     DAPI + a marker as a (2, Y, X) image that nothing names (a TIFF opened as it
                   comes): segmented as two planes, the count says how to choose a channel
 11_channel.png    the same image with Channel 0 chosen: DAPI's nuclei alone, in a layer of their own
+24_rgb_colour.png a 16-bit (Y, X, 3) array (RGB to napari) of DAPI in red beside the marker in green
+                  and blue, with Channel 'red' chosen: DAPI's nuclei alone
 
 The DAPI channel is the bundled fluorescence sample; the marker channel is made up: bright
 blurred spots between the nuclei, which the model takes for nuclei when it is given them.
@@ -62,6 +64,15 @@ def main() -> None:
     viewer.dims.set_current_step(0, 0)
     viewer.layers["DAPI + marker nuclei"].visible = False
     shot("11_channel.png")
+
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    dapi, marker = dapi_and_marker().astype(np.uint16) * 257
+    viewer.add_image(np.stack([dapi, marker, marker // 2 + 2000], axis=-1), name="three channels")
+    widget.channel_combo.setCurrentIndex(widget.channel_combo.findText("red"))
+    widget.segment_button.click()
+    wait_for_run(widget)
+    shot("24_rgb_colour.png")
     wait(2.0)
     viewer.close()
 
