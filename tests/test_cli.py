@@ -148,6 +148,33 @@ def test_existing_outputs_are_not_overwritten(capsys, folder, tmp_path, tiny_wei
     assert (out / "a_labels.tif").read_bytes() != before["a_labels.tif"]
 
 
+def test_overwrite_of_one_image_keeps_the_rows_of_the_others(capsys, folder, tmp_path, tiny_weights):
+    """QA: re-running one image of a finished batch with --overwrite (another threshold) left the tables with
+    its row alone and deleted the earlier ones; the other images' label files stayed without a row."""
+    out = tmp_path / "out"
+    assert run(capsys, folder, "--out", out, "--weights", tiny_weights["unet"])[0] == EXIT_PARTIAL
+    counts, nuclei = pd.read_csv(out / "counts.csv"), pd.read_csv(out / "nuclei.csv")
+    names = lambda table: [Path(file).name for file in table["file"]]  # noqa: E731
+    assert names(counts) == ["a.png", "b.tif"]
+
+    status, stdout, stderr = run(capsys, folder / "b.tif", "--out", out, "--weights", tiny_weights["unet"],
+                                 "--threshold", "0.1", "--overwrite")
+    assert status == 0 and "Segmented 1 of 1 images" in stdout
+    assert "keep the rows of 1 earlier image not given to this run" in stderr
+    again, nuclei_again = pd.read_csv(out / "counts.csv"), pd.read_csv(out / "nuclei.csv")
+    assert names(again) == ["a.png", "b.tif"] and again.loc[0, "threshold"] != 0.1
+    pd.testing.assert_series_equal(again.iloc[0], counts.iloc[0])  # a's row as it was
+    assert again.loc[1, "threshold"] == 0.1
+    a_file = counts.loc[0, "file"]
+    pd.testing.assert_frame_equal(nuclei_again[nuclei_again["file"] == a_file], nuclei[nuclei["file"] == a_file])
+    assert (nuclei_again["file"] == again.loc[1, "file"]).sum() == again.loc[1, "nuclei"]
+    assert not list(out.glob("replaced-*"))  # what it replaced is deleted, as before
+
+    (out / "a_labels.tif").unlink()  # a row describes the label file beside it: none, no row
+    assert run(capsys, folder / "b.tif", "--out", out, "--weights", tiny_weights["unet"], "--overwrite")[0] == 0
+    assert names(pd.read_csv(out / "counts.csv")) == ["b.tif"]
+
+
 def test_one_existing_output_blocks_the_whole_run(capsys, folder, tmp_path, tiny_weights):
     out = tmp_path / "out"
     out.mkdir()

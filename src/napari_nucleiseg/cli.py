@@ -111,7 +111,8 @@ finished; no file is ever left half-written, and a row of counts.csv always
 describes the label file beside it. Existing outputs are only replaced with
 --overwrite: they are first moved into a replaced-<time> folder in --out, which
 is deleted when the run completes (but for the outputs of images that failed this
-time) and kept (and named) when it stops. One run
+time) and kept (and named) when it stops; the tables keep the rows of earlier images
+not given to the run whose label files are there. One run
 at a time writes to a folder. A run with --resume, --workers or --scheduler records each image it
 finishes (in .nucleiseg/ in --out); --resume then keeps the images done with the same input file and
 settings and segments the rest; their earlier outputs are kept in a replaced-<time> folder (named).
@@ -335,16 +336,24 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     # keeping them aside, except those a stopped run wrote and did not get to record: its own
     kept = todo if manifest is None else [job for job in todo if not manifest.written_before_a_stop(job.labels_path)]
     replaced = planned_outputs(jobs if args.overwrite else kept, args.out) if args.overwrite or args.resume else []
+    others = rows_of_other_images(jobs, args.out) if args.overwrite else []  # (read before the tables move aside)
     try:
         aside = set_aside(replaced, args.out)
     except SetAsideError as error:
         raise CommandError(f"{error}.") from None
     segmented: list[Job] = []
+    new_rows: list[dict] = []  # their rows
     skipped = missed
     tables = Tables(lambda rows, nuclei: write_tables(args.out, rows, nuclei))
     for job, (row, table) in done.items():
         tables.add(row, table, order=order[job])
-    tables.flush()
+    for place, (row, table) in enumerate(others):  # first, as they were
+        tables.add(row, table, order=place - len(others))
+    if others:
+        _report(f"nucleiseg: the tables keep the rows of {len(others)} earlier image{'s' if len(others) > 1 else ''} "
+                f"not given to this run, whose label files are in {args.out}.")
+    if done:
+        tables.flush()
     try:
         with _outcomes(todo, model, args, stops) as outcomes:
             for job, outcome in _progress_bar(outcomes, total=len(todo)):
@@ -362,18 +371,19 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
                     _record(manifest, outcome, row, table)
                 tables.add(row, table, order=order[job])
                 segmented.append(job)
+                new_rows.append(row)
                 _note_shortfall(job, row, model)
                 if outcome.note is not None:
                     _report(f"nucleiseg: note: {job.source}: {outcome.note}")
     except (KeyboardInterrupt, CommandError) as stop:
         # Hours of work may be done: the tables of the images finished so far are kept.
-        saved = _save_tables_so_far(tables, len(jobs))
+        saved = _save_tables_so_far(tables, len(jobs), earlier=len(others))
         if aside is not None:
             saved += f" The files this run was to replace are in {aside}."
         if isinstance(stop, CommandError):
             raise CommandError(f"{stop}{' ' + saved.strip() if saved.strip() else ''}", stop.status) from None
         raise Interrupted(saved.strip().rstrip("."), signum=stops.received[0] if stops.received else signal.SIGINT) from None
-    if not tables.rows:
+    if not segmented and not done:
         if aside is not None:
             put_back(aside, replaced)  # nothing replaced them
             if not any(aside.iterdir()):
@@ -387,15 +397,15 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     elif aside is not None:  # --resume: the user asked to go on, not to replace; an output may be hand-corrected
         _keep_outputs(aside, "the earlier outputs of the images segmented again (their file or the settings changed) "
                              "are kept in {aside} ({names}); delete it once you do not need them.")
-    total = sum(row["nuclei"] for row in tables.rows)
+    total = sum(row["nuclei"] for row in [*(row for row, _ in done.values()), *new_rows])
     if done and not todo:
         print(f"Nothing left to segment: all {len(jobs)} images were done before ({total} nuclei). "
               f"Results in {args.out}")
     elif done:
-        print(f"Segmented {len(tables.rows) - len(done)} of the {len(todo)} images left ({len(done)} of {len(jobs)} "
+        print(f"Segmented {len(segmented)} of the {len(todo)} images left ({len(done)} of {len(jobs)} "
               f"were done before): {total} nuclei in all. Results in {args.out}")
     else:
-        print(f"Segmented {len(tables.rows)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
+        print(f"Segmented {len(segmented)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
     return EXIT_PARTIAL if skipped else EXIT_OK  # each image skipped was named on stderr
 
 
@@ -643,15 +653,18 @@ def _check_diameter_fits(diameter: float | None, shape: tuple[int, ...]) -> None
         raise ImageTooSmall(_one_line(error)) from None
 
 
-def _save_tables_so_far(tables: Tables, n_jobs: int) -> str:
-    """Write the tables of the images done before a run stopped; say so in a sentence ('' if none)."""
-    if not tables.rows:
+def _save_tables_so_far(tables: Tables, n_jobs: int, earlier: int = 0) -> str:
+    """Write the tables of the images done before a run stopped; say so in a sentence ('' if none). The
+    first ``earlier`` rows are of images not in the run (:func:`rows_of_other_images`)."""
+    if len(tables.rows) == earlier:
         return ""
     try:
         tables.flush()
     except CommandError:
         return ""
-    return f"{COUNTS_FILE} and {NUCLEI_FILE} hold the {len(tables.rows)} of {n_jobs} images finished before it."
+    kept = f" (and the rows of {earlier} earlier images not in the run)" if earlier else ""
+    return (f"{COUNTS_FILE} and {NUCLEI_FILE} hold the {len(tables.rows) - earlier} of {n_jobs} images finished "
+            f"before it{kept}.")
 
 
 def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str], int]:
@@ -867,6 +880,29 @@ def refuse_dropping_rows(jobs: list[Job], out: Path) -> None:
         raise CommandError(f"{out / COUNTS_FILE} holds the rows of images this run is not given "
                            f"({_listed(others)}), and --resume writes the tables of the images it is given: give "
                            "those images too, or choose another --out.", EXIT_USAGE)
+
+
+def rows_of_other_images(jobs: list[Job], out: Path) -> list[tuple[dict, Any]]:
+    """``(counts row, nuclei table)`` of each image in the tables in ``out`` that this run is not given and
+    whose label file is still there: --overwrite of some images of a finished run keeps the others' rows
+    (QA: re-running one image of a batch with --overwrite left the tables with its row alone, and deleted
+    the earlier ones). Tables that cannot be read as ours give none."""
+    import pandas as pd
+
+    try:
+        counts = pd.read_csv(out / COUNTS_FILE)
+        nuclei = pd.read_csv(out / NUCLEI_FILE)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return []
+    if not {"file", "labels_file"} <= set(counts.columns) or "file" not in nuclei.columns:
+        return []
+    given = {job.labels_path.name for job in jobs}
+    kept = []
+    for row in counts.to_dict("records"):
+        labels = str(row["labels_file"])
+        if labels not in given and (out / labels).is_file():
+            kept.append((row, nuclei[nuclei["file"] == row["file"]].reset_index(drop=True)))
+    return kept
 
 
 def prepare_output_folder(out: Path) -> None:
