@@ -279,7 +279,7 @@ def test_channel_segments_one_channel_alone_never_summed():
         segment(dapi, model="hrnet", channel=1)
 
 
-def test_nothing_is_found_under_the_transparent_pixels_of_an_rgba_image():
+def test_nothing_is_found_under_the_transparent_pixels_of_an_rgba_image(tmp_path):
     """QA: an H&E section with its left half transparent (alpha 0, its colours kept) had as many nuclei found
     there, and exported, as with alpha 255 everywhere (193 of 193)."""
     from napari_nucleiseg._sample_data import read_sample
@@ -296,9 +296,19 @@ def test_nothing_is_found_under_the_transparent_pixels_of_an_rgba_image():
     assert len(right) > 15 and shown.count >= len(right)  # the nuclei of the shown half, as before
     np.testing.assert_array_equal(shown.labels[:, cut + 20:] > 0, whole.labels[:, cut + 20:] > 0)
     np.testing.assert_array_equal(segment(opaque[..., :3], model="hrnet", diameter=16).labels, whole.labels)
-    unused = opaque.copy()
-    unused[..., 3] = 0  # an alpha of 0 everywhere: an alpha channel left unused, not an empty picture
-    np.testing.assert_array_equal(segment(unused, model="hrnet", diameter=16).labels, whole.labels)
+    clear = opaque.copy()
+    clear[..., 3] = 0  # transparent everywhere: napari shows nothing, and nothing is found
+    assert segment(clear, model="hrnet", diameter=16).count == 0
+    # Block by block (a whole slide with a transparent background), wholly transparent blocks included (review:
+    # judged per block, an alpha of 0 everywhere in a block was taken for an unused channel).
+    from napari_nucleiseg.large import segment_large
+
+    width = tissue.shape[1]
+    tiled = np.tile(half, (2, 2, 1))  # columns: transparent, shown, transparent, shown
+    blocks = segment_large(tiled, "hrnet", tmp_path / "labels.zarr", diameter=16, block=128)
+    in_blocks = np.asarray(blocks.labels[:])
+    assert not in_blocks[:, :cut].any() and not in_blocks[:, width:width + cut].any()
+    assert len(np.unique(in_blocks[:, cut + 20:width - 20])) > 15
 
 
 def test_augment_segments_the_mean_of_four_flips_and_is_recorded(tiny_weights):

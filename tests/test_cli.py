@@ -690,6 +690,23 @@ def test_a_tiff_s_pixel_size_gives_lengths_in_micrometres_and_its_labels_keep_it
         assert 1e4 * denominator / numerator == pytest.approx(0.325, rel=1e-4)
 
 
+def test_a_picture_with_transparent_pixels_says_nothing_is_found_there(capsys, tmp_path):
+    """QA: an H&E section with its left half transparent (alpha 0) had as many nuclei found there as in the rest,
+    without a word."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    tissue = read_sample("tissue")
+    rgba = np.dstack([tissue, np.full(tissue.shape[:2], 255, np.uint8)])
+    rgba[:, : tissue.shape[1] // 2, 3] = 0
+    iio.imwrite(tmp_path / "half.png", rgba)
+    status, _, stderr = run(capsys, tmp_path / "half.png", "--out", tmp_path / "out", "--diameter", "16")
+    assert status == 0
+    assert (f"nucleiseg: note: {tmp_path / 'half.png'}: Its transparent pixels (alpha 0, 50% of it) are left out: "
+            "nothing is found there.") in stderr.splitlines()
+    labels = tifffile.imread(tmp_path / "out" / "half_labels.tif")
+    assert not labels[:, : tissue.shape[1] // 2].any() and labels.max() > 15
+
+
 def test_an_overlay_of_fluorescence_channels_says_it_was_read_as_blue(capsys, tmp_path, tiny_weights):
     """QA: DAPI in blue beside a marker in red was segmented as a colour picture, silently; it is read as its
     blue channel now, and the run says so and how to choose another."""

@@ -224,7 +224,18 @@ def test_cli_without_out_saves_in_the_model_folder_where_the_widget_lists_it(tin
     assert saved.is_file() and str(saved) in capsys.readouterr().out
     assert list_user_models() == [saved]
     assert main(argv) == 1  # the name is taken: refused, the file kept
-    assert "already exists" in capsys.readouterr().err and list_user_models() == [saved]
+    assert "already exists; choose another --name, or give --overwrite" in capsys.readouterr().err
+    assert list_user_models() == [saved]
+    # Without --name, the base's name and the date, then -2 on a second run of the day (as the widget names
+    # them; review: the second was refused); a '.safetensors' typed after a name is not doubled.
+    for _ in range(2):
+        assert main(argv[: argv.index("--name")] + argv[argv.index("--name") + 2:]) == 0
+    assert main(argv[: argv.index("--name")] + ["--name", " typed.safetensors "] + argv[argv.index("--name") + 2:]) == 0
+    names = sorted(path.name for path in list_user_models())
+    assert len(names) == 4 and "my cells.safetensors" in names and "typed.safetensors" in names
+    dated = [name for name in names if "-finetuned-" in name]
+    first = min(dated, key=len)
+    assert sorted(dated) == sorted([first, first.replace(".safetensors", "-2.safetensors")])
 
 
 @pytest.mark.parametrize("extra, status, sentence", [

@@ -1972,11 +1972,15 @@ def test_a_colour_of_an_rgb_layer_is_chosen_under_channel(viewer_and_widget, not
 
     from test_inference import marker_overlay
 
+    from napari_nucleiseg.weights import bundled_weights_path
+
     viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(bundled_weights_path("hrnet"))  # the real network, not the tiny test one
     dapi = read_sample("fluorescence")
-    viewer.add_image(dapi, name="dapi")
+    viewer.add_image(dapi.astype(np.uint16) * 257, name="dapi")  # 16-bit, as the channels below
     click_segment(qtbot, widget)
     (alone,) = labels_layers(viewer)
+    assert alone.data.max() > 90
     assert not widget.channel_combo.isVisible()  # a gray image has no channel to choose
 
     marker = marker_overlay(dapi, marker_at=1)[..., 1].astype(np.uint16) * 257
@@ -2000,6 +2004,16 @@ def test_a_colour_of_an_rgb_layer_is_chosen_under_channel(viewer_and_widget, not
     assert "mean_red" not in red.features and np.allclose(  # the table measures the red channel
         red.features["mean_intensity"].to_numpy()[:3],
         [stack[..., 0][red.data == label].mean() for label in red.features["label"][:3]])
+
+    # A colour of an RGBA picture shows nothing where it is fully transparent, and nothing is found there
+    # (review: blue of a half-transparent picture found as many nuclei in that half as in the other).
+    rgba = np.dstack([stack // 257, np.full(dapi.shape, 255)]).astype(np.uint8)
+    rgba[:, : dapi.shape[1] // 2, 3] = 0
+    viewer.add_image(rgba, name="four")
+    widget.channel_combo.setCurrentIndex(1)
+    click_segment(qtbot, widget)
+    four = viewer.layers["four red nuclei"]
+    assert not four.data[:, : dapi.shape[1] // 2].any() and four.data[:, dapi.shape[1] // 2 + 20:].any()
     assert notifications.messages["error"] == []
 
 

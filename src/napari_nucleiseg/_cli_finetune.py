@@ -69,7 +69,8 @@ def add_parser(commands: Any) -> None:
     tune.add_argument("--brown-nuclei", action="store_true",
                       help="read the brown (DAB) of the images as hematoxylin, as segment --brown-nuclei does "
                            "(immunohistochemistry of a nuclear marker); the new file records it")
-    tune.add_argument("--overwrite", action="store_true", help="replace the file given with --out")
+    tune.add_argument("--overwrite", action="store_true",
+                      help="replace the file given with --out (without --out: the model of that --name)")
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -88,6 +89,13 @@ def run_finetune(args: argparse.Namespace) -> int:
     images, labels = [], []
     if args.out is not None and args.out.exists() and not args.overwrite:  # before reading any image
         raise CommandError(f"{args.out} already exists; choose another name, or give --overwrite.")
+    if args.out is None and args.name is not None and not args.overwrite:
+        from .learn.finetune import new_model_name
+        from .user_models import name_problem, user_model_path
+
+        taken = None if name_problem(args.name.strip()) else user_model_path(new_model_name(args.name, None, None))
+        if taken is not None and taken.exists():
+            raise CommandError(f"{taken} already exists; choose another --name, or give --overwrite to replace it.")
     for image_path, labels_path in zip(args.images, args.labels):
         try:
             images.append(read_image(image_path, args.channel).data)

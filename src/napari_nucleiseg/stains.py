@@ -176,5 +176,21 @@ def colour_note(plane: Any, brown_nuclei: bool, choose_channel: str, choose_brow
 
     if np.ndim(plane) != 3 or np.shape(plane)[-1] not in (3, 4):
         return None
-    sample = as_rgb(_percentile_sample(plane))
-    return overlay_sentence(sample, choose_channel) or brown_note(plane, brown_nuclei, choose_brown, sample)
+    raw = _percentile_sample(plane)
+    sample = as_rgb(raw)
+    read = overlay_sentence(sample, choose_channel) or brown_note(plane, brown_nuclei, choose_brown, sample)
+    return " ".join(note for note in (transparency_note(raw), read) if note) or None
+
+
+def transparency_note(sample: np.ndarray) -> str | None:
+    """What to say of an RGBA ``sample``'s fully transparent pixels, which nothing is found under
+    (:func:`~napari_nucleiseg.inference.left_out_where_transparent`); None when under 1% of it is."""
+    if np.shape(sample)[-1] != 4:
+        return None
+    share = float(np.mean(np.asarray(sample[..., 3]) == 0))
+    if share == 1.0:
+        return ("It is transparent everywhere (its alpha channel is 0), so nothing is found in it; if its fourth "
+                "channel is not transparency, save the picture without it.")
+    if share >= 0.01:
+        return f"Its transparent pixels (alpha 0, {share:.0%} of it) are left out: nothing is found there."
+    return None

@@ -33,7 +33,7 @@ from ..pipeline import MIN_STACK_PLANE_SIDE
 from ..preprocess import as_rgb
 from ..scale import median_diameter
 from ..user_models import name_problem, user_model_path
-from ..weights import NucleiModel, load_weights, save_weights, weights_dir
+from ..weights import WEIGHTS_SUFFIX, NucleiModel, load_weights, save_weights, weights_dir
 from . import DEFAULT_MINUTES
 from .augment import CropDataset
 from .loop import train_steps
@@ -143,7 +143,7 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     if diameter is not None and not (isinstance(diameter, (int, float)) and np.isfinite(diameter) and diameter > 0):
         raise FineTuneError(f"The nucleus diameter must be a positive number of pixels, not {diameter!r}.")
     base = _load_base(model)
-    name = name or f"{base.name}-finetuned-{datetime.date.today():%Y%m%d}"
+    name = new_model_name(name, base, out)
     out_path = _output_path(out, name, base, overwrite)
     examples = prepare_examples(images, labels, regions, diameter, brown_nuclei)
     for note in examples.notes:
@@ -184,6 +184,24 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                          loss=float(np.mean(losses[-20:])), diameter=diameter, seed=seed)
     _save_atomically(out_path, network, metadata)
     return out_path
+
+
+def new_model_name(name: str | None, base: NucleiModel, out: str | os.PathLike | None) -> str:
+    """The new model's name: ``name`` (spaces around it and a ``.safetensors`` typed after it taken off), or
+    the base's name with ``-finetuned`` and the date; saved in the model folder (no ``out``), the first such
+    name not taken (``-2``, ``-3``, ...), as the widget names it (review: a second run of a day was refused)."""
+    if name is not None and name.strip():
+        name = name.strip()
+        bare = name.removesuffix(WEIGHTS_SUFFIX).strip()
+        return bare or name
+    name = f"{base.name}-finetuned-{datetime.date.today():%Y%m%d}"
+    if out is not None:
+        return name
+    taken, number = name, 1
+    while user_model_path(taken).exists():
+        number += 1
+        taken = f"{name}-{number}"
+    return taken
 
 
 def _load_base(model: str | os.PathLike | NucleiModel) -> NucleiModel:
