@@ -705,6 +705,11 @@ def test_a_picture_with_transparent_pixels_says_nothing_is_found_there(capsys, t
             "nothing is found there.") in stderr.splitlines()
     labels = tifffile.imread(tmp_path / "out" / "half_labels.tif")
     assert not labels[:, : tissue.shape[1] // 2].any() and labels.max() > 15
+    # One colour of it (--channel): nothing there either (review: 23 nuclei where the picture gives 13).
+    status, _, stderr = run(capsys, tmp_path / "half.png", "--out", tmp_path / "blue", "--diameter", "16",
+                            "--channel", "2")
+    assert status == 0, stderr
+    assert not tifffile.imread(tmp_path / "blue" / "half_labels.tif")[:, : tissue.shape[1] // 2].any()
 
 
 def test_an_overlay_of_fluorescence_channels_says_it_was_read_as_blue(capsys, tmp_path, tiny_weights):

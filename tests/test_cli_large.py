@@ -56,6 +56,46 @@ def test_an_ome_zarr_is_an_input_and_a_rerun_needs_overwrite(capsys, tmp_path, c
     assert status == 0 and written.is_dir() and not list((tmp_path / "out").glob("replaced-*"))
 
 
+def test_overwrite_of_one_image_keeps_the_rows_of_a_large_image_a_stack_and_a_name_a_formula_would_start(
+        capsys, tmp_path, cli_pixel_model):
+    """Review of --overwrite keeping the other images' rows: an OME-Zarr's labels (a folder), a name starting with
+    '-' (written after a quote) lost their rows; whole numbers read back beside a stack's empty cells came out
+    as 314.0; a run stopped before its first image left no tables."""
+    import imageio.v3 as iio
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_ome_zarr(folder / "plate.ome.zarr", [BIG[None]], "cyx")
+    tifffile.imwrite(folder / "stack.tif", np.stack([BIG[:300, :300]] * 3), imagej=True, metadata={"axes": "ZYX"})
+    iio.imwrite(folder / "-ctrl.png", BIG[:200, :200])
+    iio.imwrite(folder / "b.png", BIG[:200, :300])
+    out = tmp_path / "out"
+    assert run_cli(capsys, *(folder / name for name in ("plate.ome.zarr", "stack.tif", "-ctrl.png", "b.png")),
+                   "--out", out)[0] == 0
+    before = (out / "nuclei.csv").read_text().splitlines()
+    counts_before = (out / "counts.csv").read_text().splitlines()
+
+    status, _, stderr = run_cli(capsys, folder / "b.png", "--out", out, "--overwrite")
+    assert status == 0 and "keep the rows of 3 earlier images" in stderr
+    # The other images' lines exactly as they were, b's (the same settings) too: no 314.0 for 314.
+    assert (out / "nuclei.csv").read_text().splitlines() == before
+    assert (out / "counts.csv").read_text().splitlines() == counts_before
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+    import napari_nucleiseg.cli as cli
+
+    original = cli._outcomes
+    try:
+        cli._outcomes = stop  # stopped before b is done: the others' rows are still written
+        status, _, stderr = run_cli(capsys, folder / "b.png", "--out", out, "--overwrite")
+    finally:
+        cli._outcomes = original
+    assert status == 130
+    kept = pd.read_csv(out / "counts.csv")
+    assert sorted(kept["labels_file"]) == ["'-ctrl_labels.tif", "plate_labels.ome.zarr", "stack_labels.tif"]
+
+
 def test_a_stopped_run_leaves_no_half_written_labels(capsys, tmp_path, monkeypatch, large_from_1_mpx):
     model = pixel_model(interrupt_on_call=3)  # Ctrl+C in the third block
     monkeypatch.setattr(napari_nucleiseg.api, "load_model", lambda source: model)

@@ -656,10 +656,10 @@ def _check_diameter_fits(diameter: float | None, shape: tuple[int, ...]) -> None
 def _save_tables_so_far(tables: Tables, n_jobs: int, earlier: int = 0) -> str:
     """Write the tables of the images done before a run stopped; say so in a sentence ('' if none). The
     first ``earlier`` rows are of images not in the run (:func:`rows_of_other_images`)."""
-    if len(tables.rows) == earlier:
+    if not tables.rows:
         return ""
     try:
-        tables.flush()
+        tables.flush()  # (the rows of earlier images alone too: the run moved their tables aside)
     except CommandError:
         return ""
     kept = f" (and the rows of {earlier} earlier images not in the run)" if earlier else ""
@@ -870,10 +870,13 @@ def refuse_dropping_rows(jobs: list[Job], out: Path) -> None:
     left one row, without --overwrite)."""
     import pandas as pd
 
+    from .tables import unescaped
+
     try:
         rows = pd.read_csv(out / COUNTS_FILE, usecols=["file", "labels_file"], dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError):  # none, or not ours: nothing to keep
         return
+    rows = rows.map(unescaped)  # (a name starting with '-' is written after a quote: review)
     given = {job.labels_path.name for job in jobs}
     others = [name for name, labels in zip(rows["file"], rows["labels_file"]) if labels not in given]
     if others:
@@ -889,9 +892,11 @@ def rows_of_other_images(jobs: list[Job], out: Path) -> list[tuple[dict, Any]]:
     the earlier ones). Tables that cannot be read as ours give none."""
     import pandas as pd
 
+    from .tables import read_csv_as_written
+
     try:
-        counts = pd.read_csv(out / COUNTS_FILE)
-        nuclei = pd.read_csv(out / NUCLEI_FILE)
+        counts = read_csv_as_written(out / COUNTS_FILE)
+        nuclei = read_csv_as_written(out / NUCLEI_FILE)
     except (OSError, ValueError, pd.errors.ParserError):
         return []
     if not {"file", "labels_file"} <= set(counts.columns) or "file" not in nuclei.columns:
@@ -900,7 +905,7 @@ def rows_of_other_images(jobs: list[Job], out: Path) -> list[tuple[dict, Any]]:
     kept = []
     for row in counts.to_dict("records"):
         labels = str(row["labels_file"])
-        if labels not in given and (out / labels).is_file():
+        if labels not in given and (out / labels).exists():  # (a large image's labels: an OME-Zarr folder)
             kept.append((row, nuclei[nuclei["file"] == row["file"]].reset_index(drop=True)))
     return kept
 
@@ -998,7 +1003,8 @@ def read_image(path: Path, channel: int | None = None) -> InputImage:
     if len(channel_axes) > 1:
         raise UnreadableImage(f"its axes {axes} hold channels twice; save the channel that shows the nuclei "
                               "as an image of its own")
-    if not channel_axes and rgb and channel is not None:
+    colour = not channel_axes and rgb and channel is not None
+    if colour:
         channel_axes, rgb = [len(axes) - 1], False  # one colour of an RGB picture, e.g. the blue of a stain
     if not channel_axes and not rgb and channel is not None:  # --channel given: an axis the file does not name
         from .channels import short_unnamed_axis
@@ -1013,7 +1019,12 @@ def read_image(path: Path, channel: int | None = None) -> InputImage:
                                   f"with --channel N (0 to {count - 1})")
         if channel >= count:
             raise UnreadableImage(f"it has {count} channels (0 to {count - 1}), not a channel {channel}")
-        image, axes = np.take(image, channel, axis=index), axes[:index] + axes[index + 1 :]
+        if colour and stored.alpha and count == 4 and channel < 3:  # 0 where the picture is transparent (review)
+            from .channels import COLOUR_AXIS, take_channel
+
+            image, axes = take_channel(image, COLOUR_AXIS, channel), axes[:index] + axes[index + 1 :]
+        else:
+            image, axes = np.take(image, channel, axis=index), axes[:index] + axes[index + 1 :]
     elif channel:
         planes = f" (its {_plane_count(image.shape[:-2])} planes are segmented one by one)" if axes[:-2] else ""
         raise UnreadableImage(f"it has one channel{planes}; --channel {channel} needs more")

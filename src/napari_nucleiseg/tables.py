@@ -88,6 +88,32 @@ def count_labels(labels: np.ndarray) -> int:
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def read_csv_as_written(path: Any) -> Any:
+    """A table :func:`write_csv` wrote, back as it was: text cells unescaped (``'-ctrl.png`` is ``-ctrl.png``),
+    and columns of whole numbers with empty cells (a 2-D image's ``volume`` beside a stack's) whole numbers
+    (``Int64``), not floats that would be written back as ``314.0`` (review)."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    text = pd.read_csv(path, dtype=str, keep_default_na=False)  # each cell as it was written
+    for column in table.columns:
+        values = table[column]
+        if pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values):
+            table[column] = values.map(unescaped)
+        elif pd.api.types.is_float_dtype(values) and values.notna().any():
+            cells = text[column][text[column] != ""]
+            if cells.str.fullmatch(r"-?\d+").all():  # written as whole numbers (a float column's 1.0 stays)
+                table[column] = values.astype("Int64")
+    return table
+
+
+def unescaped(cell: Any) -> Any:
+    """A text cell as it was before :func:`_escaped` (a quote put before a formula's first character)."""
+    if isinstance(cell, str) and len(cell) > 1 and cell[0] == "'" and cell[1] in FORMULA_STARTS:
+        return cell[1:]
+    return cell
+
+
 def write_csv(table: Any, path: Any) -> None:
     """Write ``table`` (a DataFrame) to ``path`` as CSV, without its index, never half-written.
 
