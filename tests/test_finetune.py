@@ -238,6 +238,27 @@ def test_cli_without_out_saves_in_the_model_folder_where_the_widget_lists_it(tin
     assert sorted(dated) == sorted([first, first.replace(".safetensors", "-2.safetensors")])
 
 
+def test_a_model_of_the_users_is_found_by_its_name_everywhere(tiny_weights, tmp_path, monkeypatch, capsys):
+    """QA: 'region1', fine-tuned in the widget and listed there by name, was an unknown model to segment(),
+    nucleiseg segment --model and nucleiseg finetune --from."""
+    from napari_nucleiseg import segment
+    from napari_nucleiseg.api import load_model
+
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(tmp_path / "models"))
+    image, truth = field(14)
+    saved = finetune([image], [truth], tiny_weights["unet"], name="region1", minutes=1, max_steps=1)
+    assert load_model("region1").path == saved and segment(image, model=" region1 ").count >= 0
+    iio.imwrite(tmp_path / "cells.png", image)
+    tifffile.imwrite(tmp_path / "cells_labels.tif", truth.astype(np.uint16))
+    assert main(["segment", str(tmp_path / "cells.png"), "--model", "region1", "--out", str(tmp_path / "res")]) == 0
+    assert main(["finetune", str(tmp_path / "cells.png"), "--labels", str(tmp_path / "cells_labels.tif"),
+                 "--from", "region1", "--name", "region2", "--minutes", "0.05"]) == 0
+    assert read_metadata(tmp_path / "models" / "region2.safetensors")["fine_tuned"]["base"]["name"] == "region1"
+    capsys.readouterr()
+    assert main(["segment", str(tmp_path / "cells.png"), "--model", "region3", "--out", str(tmp_path / "res3")]) == 2
+    assert "no model 'region3': choose unet, unetpp, hrnet or one of yours (region1, region2)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, status, sentence", [
     (["--labels", "a.png", "a.png"], 2, "1 images but 2 label images"),
     (["--region", "2@0:10,0:10"], 2, "--region 2@... names image 2, but there is 1."),

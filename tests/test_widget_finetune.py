@@ -121,6 +121,21 @@ def test_fine_tuning_saves_a_model_the_picker_chooses_and_keeps_after_reopening(
     assert "fine-tuned from" in again.model_combo.itemData(3, Qt.ItemDataRole.ToolTipRole)
 
 
+def test_each_result_is_paired_with_the_image_it_was_made_of_among_images_of_one_size(viewer_and_widget, qtbot):
+    """QA: two images of one size segmented in turn; the second's result was listed (and trained) with the
+    first image, silently: the list refreshed when the layer was added, before the widget recorded whose it is."""
+    viewer, widget = viewer_and_widget
+    first_image, second_image = nuclei_field()[0], nuclei_field()[0][::-1].copy()
+    for image, name in ((first_image, "first"), (second_image, "second")):
+        viewer.add_image(image, name=name)
+        click_segment(qtbot, widget)
+    second_result = viewer.layers["second nuclei"]
+    second_result.data = nuclei_field()[1][::-1].copy()  # corrected: ticked
+    viewer.layers["first nuclei"].data = nuclei_field()[1]
+    pairs = [(pair.labels.name, pair.image.name) for pair in widget.finetune_panel.pairs.pairs()]
+    assert sorted(pairs) == [("first nuclei", "first"), ("second nuclei", "second")]
+
+
 def test_cancel_leaves_nothing_behind(viewer_and_widget, models_dir, notifications, qtbot):  # noqa: F811
     viewer, widget = viewer_and_widget
     corrected_result(viewer, widget, qtbot)

@@ -51,7 +51,7 @@ def add_parser(commands: Any) -> None:
     tune.add_argument("--labels", nargs="+", required=True, type=Path, metavar="LABEL",
                       help="the corrected label image of each IMAGE, in the same order")
     tune.add_argument("--from", dest="base", default=DEFAULT_MODEL, metavar="|".join(BUNDLED_MODELS) + "|FILE",
-                      help=f"the model to start from: a bundled one or any weights file (default: {DEFAULT_MODEL})")
+                      help=f"the model to start from: a bundled one, one of yours by name, or any weights file (default: {DEFAULT_MODEL})")
     tune.add_argument("--out", type=Path, default=None, metavar="NEW.safetensors",
                       help="the new weights file (default: NAME.safetensors in your model folder, where the widget "
                            "lists it: ~/.local/share/napari-nucleiseg/models on Linux, or NUCLEISEG_MODELS_DIR)")

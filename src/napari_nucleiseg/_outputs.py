@@ -356,10 +356,13 @@ class OutputLayers(QObject):
                    model: str = "") -> Labels:
         name = self._new_name(image, channel, model)
         axis = kept_axis(channel)
-        with self.self_writing():
-            layer = self.viewer.add_labels(shown(labels, channel), name=name, **placement(image, channel, kept=True),
-                                           metadata={} if axis is None else {KEPT_CHANNEL_AXIS: axis})
+        layer = Labels(shown(labels, channel), name=name, **placement(image, channel, kept=True),
+                       metadata={} if axis is None else {KEPT_CHANNEL_AXIS: axis})
+        # Recorded before it is added: what follows the insertion (the Fine-tune list) finds whose result it is
+        # (QA: the list paired a second image's result with the first image of its size, and trained on it).
         self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels), channel=channel)
+        with self.self_writing():
+            self.viewer.add_layer(layer)
         self._follow_placement(image)
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)

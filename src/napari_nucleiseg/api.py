@@ -369,6 +369,8 @@ def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
         path = bundled_weights_path(bundled)
     else:
         path = Path(model).expanduser()
+        if not path.exists() and isinstance(model, str):
+            path = _users_model(model) or path  # a model fine-tuned in the widget, by the name it lists
         if not path.exists() and isinstance(model, str) and path.suffix == "" and len(path.parts) == 1:
             # A bare word that is no file: most likely a mistyped model name.
             raise WeightsError(
@@ -381,6 +383,17 @@ def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
         return load_weights(path)  # raises the WeightsError that says what is missing
     stat = path.stat()
     return _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _users_model(name: str) -> Path | None:
+    """The file of the user's model called ``name`` (in their model folder: those the widget lists), if there
+    is one (QA: 'region1', made in the widget, was an unknown model to segment(), finetune and the CLI)."""
+    from .user_models import name_problem, user_model_path
+
+    if name_problem(name.strip()):
+        return None
+    path = user_model_path(name.strip())
+    return path if path.is_file() else None
 
 
 @functools.lru_cache(maxsize=MODEL_CACHE_SIZE)

@@ -205,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file or folder of images")
     seg.add_argument("--out", required=True, type=_output_folder, metavar="DIR",
                      help="output folder (created if missing)")
-    seg.add_argument("--model", type=_model_name, choices=BUNDLED_MODELS, default=None,
-                     help=f"bundled model, by name or title, e.g. hrnet or HRNet (default: {DEFAULT_MODEL})")
+    seg.add_argument("--model", type=_segment_model, default=None, metavar="|".join(BUNDLED_MODELS) + "|NAME",
+                     help=f"bundled model, by name or title, e.g. hrnet or HRNet, or the name of a model of yours "
+                          f"(fine-tuned, in your model folder, as the widget lists it) (default: {DEFAULT_MODEL})")
     seg.add_argument("--weights", type=Path, metavar="FILE", help="a weights file to use instead of a bundled model")
     seg.add_argument("--threshold", type=_probability, metavar="T",
                      help="nucleus probability threshold in [0, 1] (default: the model's calibrated one)")
@@ -1347,6 +1348,21 @@ def _model_name(text: str) -> str:
     from .weights import bundled_model_name
 
     return bundled_model_name(text) or text
+
+
+def _segment_model(text: str) -> str:
+    """--model: a bundled model's name (from its name or title in any case), or the name of one of the user's."""
+    from .api import _users_model
+    from .user_models import list_user_models
+    from .weights import BUNDLED_MODELS
+
+    name = _model_name(text)
+    if name in BUNDLED_MODELS or _users_model(text) is not None:
+        return name if name in BUNDLED_MODELS else text.strip()
+    yours = [path.stem for path in list_user_models()]
+    raise argparse.ArgumentTypeError(
+        f"no model {text!r}: choose {', '.join(BUNDLED_MODELS)}" + (f" or one of yours ({', '.join(yours)})" if yours
+                                                                    else "") + ", or give a file with --weights")
 
 
 def _probability(text: str) -> float:

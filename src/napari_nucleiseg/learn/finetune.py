@@ -207,7 +207,9 @@ def new_model_name(name: str | None, base: NucleiModel, out: str | os.PathLike |
 def _load_base(model: str | os.PathLike | NucleiModel) -> NucleiModel:
     if isinstance(model, NucleiModel):
         return model
-    return load_weights(model)  # a WeightsError names the file and what is wrong
+    from ..api import load_model
+
+    return load_model(model)  # a bundled name, a model of the user's by name, or a file; a WeightsError says why
 
 
 def _output_path(out: str | os.PathLike | None, name: str, base: NucleiModel, overwrite: bool) -> Path:
