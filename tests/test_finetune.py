@@ -163,8 +163,10 @@ def bad(tmp_path, **overrides) -> dict:
     ({"minutes": 0}, "The time budget must be a positive number of minutes"),
     ({"diameter": float("nan")}, "The nucleus diameter must be a positive number of pixels"),
     ({"name": "../x"}, "cannot be a model's name"),
+    ({"images": [np.stack([field(8)[0]] * 5)]},
+     "The image is a stack of 5 planes (5, 160, 160) but its labels are one plane (160, 160)"),
 ], ids=["no-nucleus-in-regions", "no-nucleus", "shapes-differ", "float-labels", "bool-labels", "rgb-labels",
-        "counts-differ", "region-outside", "no-minutes", "nan-diameter", "bad-name"])
+        "counts-differ", "region-outside", "no-minutes", "nan-diameter", "bad-name", "stack-with-one-plane"])
 def test_each_bad_input_gets_its_sentence_and_nothing_is_written(tiny_weights, tmp_path, overrides, sentence):
     call = bad(tmp_path, **overrides)
     with pytest.raises(FineTuneError, match=re.escape(sentence)) as error:

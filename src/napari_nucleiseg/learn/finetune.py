@@ -298,6 +298,11 @@ def _add_image(examples: Examples, number: int, total: int, image: np.ndarray, l
     if label.ndim == 3 and label.shape[-1] in (3, 4) and image.shape[:2] == label.shape[:2]:
         raise FineTuneError(f"The labels of {which} are a colour picture ({label.shape}); labels give each "
                             "nucleus its own whole number in one channel (0 for background).")
+    stack = image.ndim == 4 or (image.ndim == 3 and tuple(image.shape[1:]) == tuple(label.shape))
+    if label.ndim == 2 and stack:  # (QA: 'The image: An image of shape (5, 256, 256) is not a 2-D gray, RGB ...')
+        raise FineTuneError(f"{which.capitalize()} is a stack of {image.shape[0]} planes {image.shape} but its labels "
+                            f"are one plane {label.shape}: give labels of every plane (planes, height, width), or "
+                            "one plane of the image.")
     if label.ndim == 3:
         if image.shape[:3] != label.shape or min(label.shape[1:]) < MIN_STACK_PLANE_SIDE:
             raise FineTuneError(f"{which.capitalize()} has shape {image.shape} but its labels {label.shape}: a stack "
