@@ -220,6 +220,26 @@ def test_rectangles_pass_their_boxes_in_the_images_pixels(viewer_and_widget, mon
     assert asked["labels"][0] is not result.data and np.array_equal(asked["labels"][0], result.data)
 
 
+def test_a_result_made_without_its_border_nuclei_trains_away_from_its_border(viewer_and_widget, monkeypatch, qtbot):
+    """QA: labels made with Exclude border lost the nuclei touching the border, and fine-tuning read them as
+    background: a band of 1.5 nucleus diameters along the border is left out (unknown) instead."""
+    from napari_nucleiseg import _finetune_panel
+
+    viewer, widget = viewer_and_widget
+    widget.exclude_border_check.setChecked(True)
+    image, result = corrected_result(viewer, widget, qtbot)
+    assert result.metadata["exclude_border"] and result.metadata["diameter"] is None  # (a tiny model: not resized)
+    asked = {}
+    monkeypatch.setattr(_finetune_panel, "finetune_in_worker",
+                        lambda **job: asked.update(job) or _finetune_panel.Failure("Not this time."))
+    fine_tune(qtbot, widget)
+    assert asked["regions"] == [[(30, 162, 30, 162)]]  # 192 x 192, a band of 1.5 x 20 px
+    shapes = viewer.add_shapes([[[0, 0], [0, 100], [100, 100], [100, 0]]], shape_type="rectangle", name="checked")
+    widget.finetune_panel.choose_regions(shapes)
+    fine_tune(qtbot, widget)
+    assert asked["regions"] == [[(30, 100, 30, 100)]]  # a checked rectangle, cut to the band
+
+
 def test_a_users_model_is_renamed_and_deleted_from_the_picker(
     make_napari_viewer, tiny_weights, models_dir, notifications, qtbot  # noqa: F811
 ):

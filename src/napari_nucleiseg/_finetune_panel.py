@@ -166,6 +166,32 @@ def regions_over(shapes: Any, image: Any, plane: tuple[int, int]) -> list[Region
     return boxes
 
 
+#: A result made with Exclude border trains only this many nucleus diameters away from its border ...
+BORDER_BAND_DIAMETERS = 1.5
+#: ... the diameter it was segmented for, or this many pixels when it was not resized.
+BORDER_BAND_DEFAULT_DIAMETER = 20.0
+
+
+def inside_border_bands(pairs: list[Any], regions: list[list[Region] | None] | None) -> list[list[Region] | None] | None:
+    """``regions`` (per pair; None: whole images) with the band along the border of each result made with Exclude
+    border left out: its nuclei touching the border were taken out, and training would read them as background
+    (QA). The band is :data:`BORDER_BAND_DIAMETERS` nucleus diameters wide."""
+    if not any(pair.labels.metadata.get("exclude_border") for pair in pairs):
+        return regions
+    inside = []
+    for index, pair in enumerate(pairs):
+        boxes = None if regions is None else regions[index]
+        if pair.labels.metadata.get("exclude_border"):
+            height, width = labels_of(pair.labels).shape[-2:]
+            diameter = pair.labels.metadata.get("diameter") or BORDER_BAND_DEFAULT_DIAMETER
+            band = int(np.ceil(BORDER_BAND_DIAMETERS * float(diameter)))
+            boxes = [(max(y0, band), min(y1, height - band), max(x0, band), min(x1, width - band))
+                     for y0, y1, x0, x1 in (boxes if boxes is not None else [(0, height, 0, width)])]
+            boxes = [(y0, y1, x0, x1) for y0, y1, x0, x1 in boxes if y1 > y0 and x1 > x0]
+        inside.append(boxes)
+    return inside
+
+
 class _Reports(QObject):
     """The progress of a run, emitted from the worker thread."""
 
@@ -413,6 +439,7 @@ class FineTunePanel(QCollapsible):
             if not pairs:
                 raise Refused(f"No shape of '{shapes.name}' lies over the images chosen; draw rectangles over the "
                               "nuclei you checked, or choose Whole images.")
+        regions = inside_border_bands(pairs, regions)
         name = self.name_edit.text().strip()
         problem = name_problem(name)
         if problem:
