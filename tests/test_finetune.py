@@ -255,7 +255,9 @@ def test_a_model_of_the_users_is_found_by_its_name_everywhere(tiny_weights, tmp_
     assert main(["segment", str(tmp_path / "cells.png"), "--model", "region1", "--out", str(tmp_path / "res")]) == 0
     assert main(["finetune", str(tmp_path / "cells.png"), "--labels", str(tmp_path / "cells_labels.tif"),
                  "--from", "region1", "--name", "region2", "--minutes", "0.05"]) == 0
-    assert read_metadata(tmp_path / "models" / "region2.safetensors")["fine_tuned"]["base"]["name"] == "region1"
+    second = read_metadata(tmp_path / "models" / "region2.safetensors")
+    assert second["fine_tuned"]["base"]["name"] == "region1"
+    assert second["licence"].count("fine-tuned on the user's own images") == 1  # (QA: once per generation)
     capsys.readouterr()
     assert main(["segment", str(tmp_path / "cells.png"), "--model", "region3", "--out", str(tmp_path / "res3")]) == 2
     assert "no model 'region3': choose unet, unetpp, hrnet or one of yours (region1, region2)" in capsys.readouterr().err

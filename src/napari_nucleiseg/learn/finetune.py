@@ -417,6 +417,18 @@ def _random_batches(dataset: CropDataset, examples: Examples, seed: int):
         yield tuple(torch.stack(parts) for parts in zip(*items))
 
 
+#: What a fine-tuned model's licence adds to its base's.
+TUNED_LICENCE = "fine-tuned on the user's own images"
+
+
+def _tuned_licence(licence: str | None) -> str:
+    """The licence of a model fine-tuned from one of ``licence``: said once, however many generations (QA: a
+    third generation said 'fine-tuned on the user's own images' three times)."""
+    if licence and TUNED_LICENCE in licence:
+        return licence
+    return (f"{licence}; " if licence else "") + TUNED_LICENCE
+
+
 def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, minutes: float, loss: float,
               diameter: float | None, seed: int) -> dict[str, Any]:
     metadata = {key: value for key, value in base.metadata.items()
@@ -427,7 +439,7 @@ def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, m
     licence = metadata.get("licence")
     metadata.update({
         "name": name,
-        "licence": (f"{licence}; " if licence else "") + "fine-tuned on the user's own images",
+        "licence": _tuned_licence(licence),
         "fine_tuned": {
             "base": {"name": base.name, "file": None if base_file is None else base_file.name,
                      "sha256": None if base_file is None else hashlib.sha256(base_file.read_bytes()).hexdigest()},
