@@ -223,7 +223,7 @@ def test_cli_without_out_saves_in_the_model_folder_where_the_widget_lists_it(tin
             "--from", str(tiny_weights["unet"]), "--name", "my cells", "--minutes", "0.05"]
     assert main(argv) == 0
     saved = tmp_path / "models" / "my cells.safetensors"
-    assert saved.is_file() and str(saved) in capsys.readouterr().out
+    assert saved.is_file() and f"--weights '{saved}' --out DIR" in capsys.readouterr().out  # pasted as it is
     assert list_user_models() == [saved]
     assert main(argv) == 1  # the name is taken: refused, the file kept
     assert "already exists; choose another --name, or give --overwrite" in capsys.readouterr().err

@@ -55,7 +55,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise CommandError(" ".join(str(error).split()).rstrip(".") + ".") from None
     except OSError as error:  # e.g. a folder of --out that cannot be written to
         raise CommandError(f"cannot write {args.out}: {error.strerror or error}.") from None
-    print(f"Wrote {path}. Test it: bioimageio test {path}")
+    import shlex
+
+    print(f"Wrote {path}. Test it: bioimageio test {shlex.quote(str(path))}")  # (a path with spaces, pasted: QA)
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -135,7 +136,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise Interrupted("nothing was written", signum=signum) from None
     brown = " --brown-nuclei" if args.brown_nuclei else ""
     print(f"Fine-tuned for {reporter.last.elapsed / 60:.1f} min ({reporter.last.steps} steps): {path}. "
-          f"Segment with it: nucleiseg segment IMAGES --weights {path}{brown} --out DIR")
+          f"Segment with it: nucleiseg segment IMAGES --weights {shlex.quote(str(path))}{brown} --out DIR")
     return 0
 
 
