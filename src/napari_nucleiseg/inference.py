@@ -103,6 +103,25 @@ def predict_probabilities(
     return left_out_where_transparent(resize_probabilities(probabilities, rgb.shape[:2]), image)
 
 
+def filled_where_transparent(image: np.ndarray) -> np.ndarray:
+    """An RGBA ``image`` whose fully transparent pixels take the median colour of the others (alpha kept, so that
+    :func:`left_out_where_transparent` still leaves them out): the Auto diameter and the normalisation read only
+    what the picture shows (review: a visible part alone was sized 16.1 px with 24 nuclei, and inside a picture
+    whose transparent part held larger nuclei 21.6 px with 18). Any other image as it is."""
+    if np.ndim(image) != 3 or np.shape(image)[-1] != 4:
+        return image
+    transparent = image[..., 3] == 0
+    if not transparent.any() or transparent.all():
+        return image
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 1e6)))  # (a sample of 1 Mpx at most)
+    shown = image[::step, ::step][~transparent[::step, ::step]][:, :3]
+    if shown.size == 0:
+        shown = image[~transparent][:, :3]
+    filled = image.copy()
+    filled[transparent, :3] = np.median(shown, axis=0).astype(image.dtype)
+    return filled
+
+
 def left_out_where_transparent(probabilities: np.ndarray, image: Any) -> np.ndarray:
     """``probabilities`` (``(2, H, W)``) of ``image``, set to 0 under its fully transparent pixels if it is
     RGBA: nothing is found where the picture shows nothing, as napari shows it (QA: an H&E section exported

@@ -138,7 +138,9 @@ def segment_planes(
     check_settings(settings, model)
     model = model.reading(brown_nuclei)
     if not leading:  # one image: its estimate is checked against all its nuclei
-        prediction = predict_at_diameter(np.asarray(data), model, diameter, progress=on_progress,
+        from .inference import filled_where_transparent
+
+        prediction = predict_at_diameter(filled_where_transparent(np.asarray(data)), model, diameter, progress=on_progress,
                                          cancelled=cancelled, predict=predict, augment=augment)
         used, estimated, scale = prediction.diameter, prediction.estimated, prediction.scale
         probabilities = CompactProbabilities.from_float(prediction.probabilities) if compact \
