@@ -869,17 +869,7 @@ def refuse_dropping_rows(jobs: list[Job], out: Path) -> None:
     """Raise if the tables in ``out`` hold rows of images this run is not given: --resume writes the tables of
     the images it is given, and would drop theirs (QA: a run of one new image into a folder of earlier results
     left one row, without --overwrite)."""
-    import pandas as pd
-
-    from .tables import unescaped
-
-    try:
-        rows = pd.read_csv(out / COUNTS_FILE, usecols=["file", "labels_file"], dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError):  # none, or not ours: nothing to keep
-        return
-    rows = rows.map(unescaped)  # (a name starting with '-' is written after a quote: review)
-    given = {job.labels_path.name for job in jobs}
-    others = [name for name, labels in zip(rows["file"], rows["labels_file"]) if labels not in given]
+    others = [str(row["file"]) for row in _rows_not_given(jobs, out)]
     if others:
         raise CommandError(f"{out / COUNTS_FILE} holds the rows of images this run is not given "
                            f"({_listed(others)}), and --resume writes the tables of the images it is given: give "
@@ -895,20 +885,34 @@ def rows_of_other_images(jobs: list[Job], out: Path) -> list[tuple[dict, Any]]:
 
     from .tables import read_csv_as_written
 
+    rows = [row for row in _rows_not_given(jobs, out)
+            if (out / str(row["labels_file"])).exists()]  # (a large image's labels: an OME-Zarr folder)
+    if not rows:
+        return []
     try:
-        counts = read_csv_as_written(out / COUNTS_FILE)
         nuclei = read_csv_as_written(out / NUCLEI_FILE)
     except (OSError, ValueError, pd.errors.ParserError):
         return []
-    if not {"file", "labels_file"} <= set(counts.columns) or "file" not in nuclei.columns:
+    if "file" not in nuclei.columns:
+        return []
+    return [(row, nuclei[nuclei["file"] == row["file"]].reset_index(drop=True)) for row in rows]
+
+
+def _rows_not_given(jobs: list[Job], out: Path) -> list[dict]:
+    """The rows of ``out``'s counts.csv, as written (names unescaped: :func:`~.tables.read_csv_as_written`), of the
+    images whose label files this run does not write; none when there is no such table of ours."""
+    import pandas as pd
+
+    from .tables import read_csv_as_written
+
+    try:
+        counts = read_csv_as_written(out / COUNTS_FILE)
+    except (OSError, ValueError, pd.errors.ParserError):  # none, or not ours: nothing to keep
+        return []
+    if not {"file", "labels_file"} <= set(counts.columns):
         return []
     given = {job.labels_path.name for job in jobs}
-    kept = []
-    for row in counts.to_dict("records"):
-        labels = str(row["labels_file"])
-        if labels not in given and (out / labels).exists():  # (a large image's labels: an OME-Zarr folder)
-            kept.append((row, nuclei[nuclei["file"] == row["file"]].reset_index(drop=True)))
-    return kept
+    return [row for row in counts.to_dict("records") if str(row["labels_file"]) not in given]
 
 
 def prepare_output_folder(out: Path) -> None:

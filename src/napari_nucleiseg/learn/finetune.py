@@ -33,7 +33,7 @@ from ..pipeline import MIN_STACK_PLANE_SIDE
 from ..preprocess import as_rgb
 from ..scale import median_diameter
 from ..user_models import name_problem, user_model_path
-from ..weights import WEIGHTS_SUFFIX, NucleiModel, load_weights, save_weights, weights_dir
+from ..weights import WEIGHTS_SUFFIX, NucleiModel, save_weights, weights_dir
 from . import DEFAULT_MINUTES
 from .augment import CropDataset
 from .loop import train_steps
@@ -191,9 +191,7 @@ def new_model_name(name: str | None, base: NucleiModel, out: str | os.PathLike |
     the base's name with ``-finetuned`` and the date; saved in the model folder (no ``out``), the first such
     name not taken (``-2``, ``-3``, ...), as the widget names it (review: a second run of a day was refused)."""
     if name is not None and name.strip():
-        name = name.strip()
-        bare = name.removesuffix(WEIGHTS_SUFFIX).strip()
-        return bare or name
+        return typed_model_name(name)
     name = f"{base.name}-finetuned-{datetime.date.today():%Y%m%d}"
     if out is not None:
         return name
@@ -202,6 +200,12 @@ def new_model_name(name: str | None, base: NucleiModel, out: str | os.PathLike |
         number += 1
         taken = f"{name}-{number}"
     return taken
+
+
+def typed_model_name(name: str) -> str:
+    """A name as typed (not blank): without the spaces around it, nor a ``.safetensors`` typed after it."""
+    name = name.strip()
+    return name.removesuffix(WEIGHTS_SUFFIX).strip() or name
 
 
 def _load_base(model: str | os.PathLike | NucleiModel) -> NucleiModel:
