@@ -126,6 +126,9 @@ def test_a_fine_tuned_file_exports(tmp_path, offline):
     assert str(description.license) == "CC-BY-NC-SA-4.0"
     readme = description.documentation.get_reader().read().decode()
     assert "Fine-tuned from `unet`" in readme and "not scored by napari-nucleiseg" in readme
+    with zipfile.ZipFile(tmp_path / "mine.zip") as archive:  # unpacked on a shared server, others may read it
+        modes = {entry.filename: entry.external_attr >> 16 for entry in archive.infolist()}
+    assert modes and all(mode == 0o644 for mode in modes.values()), modes
 
 
 @pytest.mark.parametrize(("model", "out", "extra", "sentence"), [

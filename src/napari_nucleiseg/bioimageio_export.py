@@ -432,3 +432,25 @@ def _save_package(description: Any, path: Path) -> None:
     from bioimageio.spec import save_bioimageio_package
 
     save_bioimageio_package(description, output_path=path)
+    _readable_by_all(path)
+
+
+def _readable_by_all(path: Path) -> None:
+    """Give every file of the zip ``path`` the permissions of a file one writes (rw-r--r--).
+
+    bioimageio.spec writes its entries with :meth:`zipfile.ZipFile.writestr` and ``ZipFile.open(name, "w")``,
+    which record 0600: unpacked on a shared server, the model's files could be read by their owner alone.
+    """
+    import shutil
+    import zipfile
+
+    rewritten = path.with_name(path.name + ".tmp")
+    try:
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(rewritten, "w") as target:
+            for entry in source.infolist():
+                entry.external_attr = (0o644 << 16) | (entry.external_attr & 0xFFFF)
+                with source.open(entry) as data, target.open(entry, "w") as copy:
+                    shutil.copyfileobj(data, copy, 1 << 20)
+        os.replace(rewritten, path)
+    finally:
+        rewritten.unlink(missing_ok=True)
