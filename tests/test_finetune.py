@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 
 from conftest import TINY_THRESHOLD, blob_image, disk
 from napari_nucleiseg import finetune, segment
+from napari_nucleiseg._controls import _fine_tuned_line
 from napari_nucleiseg.cli import main
 from napari_nucleiseg.errors import Cancelled, FineTuneError, WeightsError
 from napari_nucleiseg.learn import finetune as finetune_module
-from napari_nucleiseg.weights import read_metadata, weights_dir
+from napari_nucleiseg.weights import fine_tune_generations, read_metadata, weights_dir
 
 #: Nuclei of a synthetic field: a grid of disks of radius 9 with some jitter.
 RADIUS = 9
@@ -97,6 +98,13 @@ def test_the_file_records_its_base_its_images_and_inherits_the_thresholds(tiny_w
     assert "date" in record and record["settings"]["lr"] > 0
     again = finetune([image], [truth], out, out=tmp_path / "again.safetensors", minutes=1, max_steps=1)
     assert read_metadata(again)["fine_tuned"]["base"]["name"] == "my cells"  # a user's model fine-tunes too
+    third = finetune([image[:100]], [truth[:100]], again, out=tmp_path / "third.safetensors", name="third",
+                     minutes=1, max_steps=1)
+    generations = fine_tune_generations(read_metadata(third))  # each round's images are kept, newest first
+    assert [generation["base"]["name"] for generation in generations] == [read_metadata(again)["name"], "my cells",
+                                                                          read_metadata(tiny_weights["unet"])["name"]]
+    assert [len(generation["images"]) for generation in generations] == [1, 1, 2]
+    assert f"(fine-tuned from {generations[-1]['base']['name']} in 3 rounds)" in _fine_tuned_line(read_metadata(third))
 
 
 def test_a_cancelled_run_leaves_nothing_behind(tiny_weights, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .weights import MODEL_TITLES, SCORED_KINDS, NucleiModel, bundled_evaluation
+from .weights import MODEL_TITLES, SCORED_KINDS, NucleiModel, bundled_evaluation, fine_tune_generations
 
 SOURCE_URL = "https://github.com/napari-nucleiseg/napari-nucleiseg"
 
@@ -141,13 +141,12 @@ def _training(model: NucleiModel, spdx: str) -> list[str]:
     if metadata.get("diameter"):
         lines.append(f"- Every training image was resized so that its nuclei are about {metadata['diameter']:g} px "
                      "across.")
-    tuned = metadata.get("fine_tuned")
-    if isinstance(tuned, dict):
+    for generation, tuned in enumerate(fine_tune_generations(metadata)):
         base = tuned.get("base") or {}
-        lines.append(f"- Fine-tuned from `{base.get('name', '?')}` (SHA-256 {base.get('sha256') or '?'}) on "
-                     f"{len(tuned.get('images') or [])} of the user's images ({tuned.get('nuclei', '?')} nuclei), "
-                     f"{tuned.get('steps', '?')} steps on {tuned.get('date', '?')}; those images are not part of "
-                     "this package.")
+        lines.append(f"- {'Fine-tuned' if generation == 0 else 'It was fine-tuned'} from `{base.get('name', '?')}` "
+                     f"(SHA-256 {base.get('sha256') or '?'}) on {len(tuned.get('images') or [])} of the user's "
+                     f"images ({tuned.get('nuclei', '?')} nuclei), {tuned.get('steps', '?')} steps on "
+                     f"{tuned.get('date', '?')}; those images are not part of this package.")
     if not lines:
         lines.append("- The weights file records no training data.")
     lines.append(f"- Licence of the weights: {spdx}. The weights file says: {metadata.get('licence') or 'nothing'}.")

@@ -40,6 +40,7 @@ from .weights import (
     bundled_evaluation,
     bundled_weights_path,
     describe_weights,
+    fine_tune_generations,
     read_metadata,
 )
 
@@ -535,8 +536,10 @@ def _fine_tuned_line(metadata: dict[str, Any]) -> str:
     tuned = metadata.get("fine_tuned")
     if not isinstance(tuned, dict):
         return ""
-    base = (tuned.get("base") or {}).get("name", "?")
-    return (f"Your model: fine-tuned from {MODEL_TITLES.get(base, base)} on {tuned.get('nuclei', '?')} nuclei of "
+    bases = [(generation.get("base") or {}).get("name", "?") for generation in fine_tune_generations(metadata)]
+    base, first = (MODEL_TITLES.get(name, name) for name in (bases[0], bases[-1]))
+    chain = f" (fine-tuned from {first} in {len(bases)} rounds)" if len(bases) > 1 else ""
+    return (f"Your model: fine-tuned from {base}{chain} on {tuned.get('nuclei', '?')} nuclei of "
             f"your images, {tuned.get('steps', '?')} steps, {str(tuned.get('date', '?'))[:10]}\n")
 
 

@@ -145,6 +145,15 @@ def bundled_weights_path(name: str) -> Path:
         raise WeightsError(f"The bundled weights of {name!r} are missing ({path}); reinstall napari-nucleiseg.")
     return path
 
+def fine_tune_generations(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fine-tunes a weights file's ``metadata`` records, newest first (each as its ``fine_tuned`` entry
+    without ``earlier``): none for a bundled model, one per generation for a fine-tune of a fine-tune."""
+    tuned = metadata.get("fine_tuned")
+    if not isinstance(tuned, dict):
+        return []
+    earlier = [entry for entry in tuned.get("earlier") or [] if isinstance(entry, dict)]
+    return [{key: value for key, value in tuned.items() if key != "earlier"}, *earlier]
+
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """Read and check the metadata of a weights file without importing torch.

@@ -33,7 +33,7 @@ from ..pipeline import MIN_STACK_PLANE_SIDE
 from ..preprocess import as_rgb
 from ..scale import median_diameter
 from ..user_models import name_problem, user_model_path
-from ..weights import WEIGHTS_SUFFIX, NucleiModel, save_weights, weights_dir
+from ..weights import WEIGHTS_SUFFIX, NucleiModel, fine_tune_generations, save_weights, weights_dir
 from . import DEFAULT_MINUTES
 from .augment import CropDataset
 from .loop import train_steps
@@ -459,9 +459,12 @@ def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, m
             "thresholds": "inherited from the base model",
             "brown_nuclei": [bool(record.get("brown_nuclei")) for record in examples.records],
             "package_version": __version__,
+            # a fine-tune of a fine-tune keeps what each earlier one learnt from (newest first)
+            "earlier": fine_tune_generations(base.metadata),
         },
     })
     return metadata
+
 
 
 def _save_atomically(path: Path, network: torch.nn.Module, metadata: dict[str, Any]) -> None:
