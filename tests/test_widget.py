@@ -186,6 +186,13 @@ def click_export(qtbot, widget: NucleiSegWidget, monkeypatch, path) -> None:
     """Export, choosing ``path`` in the save dialog."""
     monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(path), ""))
     qtbot.mouseClick(widget.export_button, Qt.MouseButton.LeftButton)
+    wait_for_export(qtbot, widget)
+
+
+def wait_for_export(qtbot, widget: NucleiSegWidget) -> None:
+    """Until the CSV is written (in a thread; the button says "Exporting..." meanwhile)."""
+    qtbot.waitUntil(widget.export_button.isEnabled, timeout=10_000)
+    assert widget.export_button.text() == "Export CSV..."
 
 
 def camera(viewer):
@@ -529,7 +536,12 @@ def test_export_adds_csv_to_a_name_typed_without_it_and_asks_before_replacing_th
     viewer.add_image(blobs(), name="blobs")
     widget.threshold_slider.setValue(0.3)
     click_segment(qtbot, widget)
-    click_export(qtbot, widget, monkeypatch, tmp_path / "mytable")
+    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", lambda *args: (str(tmp_path / "mytable"), ""))
+    qtbot.mouseClick(widget.export_button, Qt.MouseButton.LeftButton)
+    # written in a thread (50,000 rows held the window a second): the button says so until it is done
+    assert not widget.export_button.isEnabled() and widget.export_button.text() == "Exporting..."
+    wait_for_export(qtbot, widget)
+    assert notifications.messages["info"][-1] == f"Saved the 4 nuclei of 'blobs nuclei' to {tmp_path / 'mytable.csv'}."
     assert [path.name for path in tmp_path.iterdir()] == ["mytable.csv"]
     assert len(pd.read_csv(tmp_path / "mytable.csv")) == 4
 
@@ -543,6 +555,7 @@ def test_export_adds_csv_to_a_name_typed_without_it_and_asks_before_replacing_th
                             lambda parent, title, text, *args, answer=answer: (asked.append(text), answer)[1])
         typed[:] = [str(tmp_path / "mytable"), ""]  # No goes back to the dialog, where the user cancels
         qtbot.mouseClick(widget.export_button, Qt.MouseButton.LeftButton)
+        wait_for_export(qtbot, widget)
         rows = 4 if answer == QMessageBox.StandardButton.No else 3
         assert len(pd.read_csv(tmp_path / "mytable.csv")) == rows
     assert asked == ["mytable.csv already exists. Do you want to replace it?"] * 2

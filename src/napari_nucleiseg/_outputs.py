@@ -603,23 +603,36 @@ def export_csv(outputs: OutputLayers, path: Path, layer: Labels | None) -> tuple
     """Write the per-nucleus table of ``layer`` (one of ``outputs``' or any Labels layer) to ``path``; for
     a result of the widget's, an ``exclude_border`` column says whether the nuclei touching the border
     were left out. Returns how it went for the user: ``("info" | "warning" | "error", sentence)``."""
+    table, saved = table_to_export(outputs, path, layer)
+    return ("warning", saved) if table is None else write_exported(table, path, saved)
+
+
+def table_to_export(outputs: OutputLayers, path: Path, layer: Labels | None) -> tuple[Any, str]:
+    """The table :func:`export_csv` writes of ``layer`` (measured now if it is not up to date; on the main
+    thread) and the sentence that says it was saved to ``path``; ``(None, why not)`` without a layer."""
     if layer is None:
-        return "warning", "Segment an image first; there is no table to export."
+        return None, "Segment an image first; there is no table to export."
     table = outputs.table_now(layer)
     exported = table.drop(columns="index", errors="ignore")
     exported = exported.rename(columns=plane_columns(labels_axis_labels(outputs.viewer, layer), set(exported.columns)))
     if "exclude_border" in layer.metadata:
         exported = exported.assign(exclude_border=bool(layer.metadata["exclude_border"]))
-    try:
-        write_csv(exported, path)
-    except OSError as error:
-        return "error", f"Cannot write {path}: {error.strerror or error}."
     saved = f"Saved the {len(table)} nuclei of '{layer.name}' to {path}."
     record = outputs.record(layer)
     below = None if record is None else record.below
     if below is not None and outputs._in_viewer(below) and below.unique_id != layer.unique_id:
         # (QA: a nudge of the slider after a correction makes a new result, selected; its table lacks the edits)
         saved += f" Your corrections are in '{below.name}': select it and Export CSV for their table."
+    return exported, saved
+
+
+def write_exported(table: Any, path: Path, saved: str) -> tuple[str, str]:
+    """Write ``table`` (of :func:`table_to_export`) to ``path``: ``("info", saved)``, or ``("error", why)``.
+    Needs no viewer: the widget runs it in a thread (50,000 nuclei take a second or more to write)."""
+    try:
+        write_csv(table, path)
+    except OSError as error:
+        return "error", f"Cannot write {path}: {error.strerror or error}."
     return "info", saved
 
 

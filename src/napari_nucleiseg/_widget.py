@@ -23,12 +23,14 @@ result goes to a new layer.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
+from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
@@ -47,7 +49,15 @@ from ._controls import ChannelPicker, CountLabel, DiameterControl, ImagePicker, 
 from ._finetune_panel import FineTunePanel
 from ._large_layer import LargeFinished, layer_for, store_path
 from ._model_menu import UserModelMenu
-from ._outputs import OutputLayers, export_csv, labels_axis_labels, placement, plane_columns
+from ._outputs import (
+    OutputLayers,
+    export_csv,
+    labels_axis_labels,
+    placement,
+    plane_columns,
+    table_to_export,
+    write_exported,
+)
 from ._rethreshold import Cache, Rethresholder
 from ._run import PROGRESS_STEPS, Failure, Finished, Refused, SegmentationRun, check_runnable
 from ._table_view import NucleiTable
@@ -151,6 +161,7 @@ class NucleiSegWidget(QWidget):
         self.table_view.headers = lambda layer: plane_columns(labels_axis_labels(self.viewer, layer),
                                                               set(layer.features.columns))
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
+        self.exporting = None  # the last Export's worker (it writes the CSV in a thread)
         self.model_menu, self.finetune_panel = _fine_tuning_controls(self)
 
         _lay_out(self)
@@ -434,7 +445,23 @@ class NucleiSegWidget(QWidget):
         layer = self.labels_layer  # none: export_csv says there is nothing to export
         path = layer and self._ask_csv_path(f"{layer.name}.csv")
         if layer is None or path:
-            self.export_csv(path or "", layer)
+            self.export_in_background(path or "", layer)
+
+    def export_in_background(self, path: str | Path, layer: Labels | None) -> None:
+        """:meth:`export_csv`, the table taken now and written in a thread (QA: 52,351 rows held the window
+        0.5-1.7 s); the button says "Exporting..." until it is written, and a message then says how it went."""
+        table, saved = table_to_export(self.outputs, Path(path), layer)
+        if table is None:
+            show_warning(saved)
+            return
+        button = self.export_button
+        button.setEnabled(False)
+        button.setText("Exporting...")
+        worker = thread_worker(write_exported, start_thread=False)(table, Path(path), saved)
+        worker.returned.connect(_tell)
+        worker.finished.connect(partial(_export_done, button))
+        self.exporting = worker
+        worker.start()
 
     def _ask_csv_path(self, suggested: str) -> str:
         """The file the user chooses in the save dialog ("" if cancelled); a name typed without a suffix of
@@ -456,8 +483,21 @@ class NucleiSegWidget(QWidget):
         """Write the per-nucleus table of ``layer`` (default: :attr:`labels_layer`) to ``path``
         (:func:`~._outputs.export_csv`); says how it went, returns whether it was written."""
         level, message = export_csv(self.outputs, Path(path), layer or self.labels_layer)
-        {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
+        _tell((level, message))
         return level == "info"
+
+def _tell(how: tuple[str, str]) -> None:
+    """Show ``(level, sentence)`` as a notification of that level."""
+    level, message = how
+    {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
+
+
+def _export_done(button: QPushButton) -> None:
+    """The Export button, usable again after a write (unless the widget was closed meanwhile)."""
+    with contextlib.suppress(RuntimeError):  # its C++ object deleted with the widget: nothing to restore
+        button.setText("Export CSV...")
+        button.setEnabled(True)
+
 
 def _stop_workers(cancel: threading.Event, jobs: list, *_) -> None:
     """Cancel the run and quit the re-threshold of a widget that is being destroyed."""
