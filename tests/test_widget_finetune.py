@@ -136,6 +136,34 @@ def test_each_result_is_paired_with_the_image_it_was_made_of_among_images_of_one
     assert sorted(pairs) == [("first nuclei", "first"), ("second nuclei", "second")]
 
 
+def test_a_painted_result_is_ticked_and_an_undone_one_not_without_fingerprinting_each_result_per_layer_added(
+        viewer_and_widget, monkeypatch, qtbot):
+    """QA: each layer added fingerprinted every result again to tell if it was edited (23-77 ms per large
+    result); that is now looked at again only after an edit or a redraw of that result."""
+    viewer, widget = viewer_and_widget
+    viewer.add_image(nuclei_field()[0], name="cells")
+    click_segment(qtbot, widget)
+    result, pairs = widget.labels_layer, widget.finetune_panel.pairs
+
+    def ticked() -> list[str]:
+        return [pairs.item(row, 0).text() for row in range(pairs.rowCount())
+                if pairs.item(row, 0).checkState() == Qt.CheckState.Checked]
+
+    record = widget.outputs.record(result)
+    looked = []
+    edited = type(record).edited
+    monkeypatch.setattr(type(record), "edited", lambda self: (looked.append(1), edited(self))[1])
+    for number in range(3):
+        viewer.add_image(nuclei_field()[0], name=f"other {number}")
+    assert ticked() == [] and looked == []
+
+    result.paint((40, 40), 7)  # as the brush does: a paint event
+    qtbot.waitUntil(lambda: ticked() == ["cells nuclei"], timeout=5_000)
+    result.undo()  # redrawn without a paint event: looked at again when the list is rebuilt
+    viewer.add_image(nuclei_field()[0], name="after undo")
+    assert ticked() == []
+
+
 def test_cancel_leaves_nothing_behind(viewer_and_widget, models_dir, notifications, qtbot):  # noqa: F811
     viewer, widget = viewer_and_widget
     corrected_result(viewer, widget, qtbot)

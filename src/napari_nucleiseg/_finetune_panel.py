@@ -202,15 +202,20 @@ class TrainingPairs(QTableWidget):
     """The viewer's Labels layers, each with a box (train on it) and the image it corrects.
 
     ``source_of(layer)`` gives ``(image, channel, edited)`` for one of the widget's results (None for
-    another layer): a result is paired with its image, and ticked once edited by hand.
+    another layer; ``edited()`` says whether it was edited by hand): a result is paired with its image, and
+    ticked once edited by hand.
     """
 
-    def __init__(self, viewer, source_of: Callable[[Any], tuple[Any, Any, bool] | None], parent: QWidget | None = None):
+    def __init__(self, viewer, source_of: Callable[[Any], tuple[Any, Any, Callable[[], bool]] | None],
+                 parent: QWidget | None = None):
         super().__init__(0, 2, parent)
         self.viewer = viewer
         self._source_of = source_of
         self._ticked: dict[Any, bool] = {}  # by the Labels layer's unique id: what the user ticked
         self._image_of: dict[Any, Any] = {}  # ... and the image layer (unique id) they chose for it
+        # ... and whether a result was edited by hand, as last seen (a fingerprint of its labels: taken again
+        # after an edit, not for every result at each layer added; QA: 23-77 ms per large result)
+        self._edited: dict[Any, bool] = {}
         self.setHorizontalHeaderLabels(["Corrected labels", "Image it corrects"])
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.verticalHeader().setVisible(False)
@@ -235,11 +240,12 @@ class TrainingPairs(QTableWidget):
                 layer.events.name.connect(self.refresh)  # connecting twice is a no-op
                 layer.events.paint.connect(self._on_edit)
                 layer.events.data.connect(self._on_edit)
+                layer.events.set_data.connect(self._forget_edited)  # undo and redo redraw without a paint event
                 source = self._source_of(layer)
                 item = QTableWidgetItem(layer.name)
                 item.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled)
                 item.setData(Qt.ItemDataRole.UserRole, layer)
-                ticked = self._ticked.get(layer.unique_id, source is not None and source[2])
+                ticked = self._ticked.get(layer.unique_id, self._was_edited(layer, source))
                 item.setCheckState(Qt.CheckState.Checked if ticked else Qt.CheckState.Unchecked)
                 self.setItem(row, 0, item)
                 combo = NameComboBox(toolTip=f"The image '{layer.name}' corrects")
@@ -261,7 +267,24 @@ class TrainingPairs(QTableWidget):
         same = [image for image in images if _plane_shape(image.data.shape, image.rgb) == np.shape(labels_of(layer))]
         return same[0].unique_id if same else None
 
+    def _was_edited(self, layer: Any, source: tuple | None) -> bool:
+        """Whether the result ``layer`` (of ``source``, its ``source_of``) was edited by hand; False for another."""
+        if source is None:
+            return False
+        if layer.unique_id not in self._edited:
+            self._edited[layer.unique_id] = source[2]()
+        return self._edited[layer.unique_id]
+
+    def _forget_edited(self, event=None) -> None:
+        """Whether the layer of ``event`` was edited is to be looked at again (all layers, without an event)."""
+        layer = getattr(event, "source", None)
+        if layer is None:
+            self._edited.clear()
+        else:
+            self._edited.pop(getattr(layer, "unique_id", None), None)
+
     def _on_edit(self, event=None) -> None:
+        self._forget_edited(event)
         self._edits.start()
 
     def follow_edits(self) -> None:
@@ -271,7 +294,7 @@ class TrainingPairs(QTableWidget):
                 item = self.item(row, 0)
                 layer = item.data(Qt.ItemDataRole.UserRole)
                 source = self._source_of(layer)
-                if layer.unique_id not in self._ticked and source is not None and source[2]:
+                if layer.unique_id not in self._ticked and self._was_edited(layer, source):
                     item.setCheckState(Qt.CheckState.Checked)
 
     def _on_item_changed(self, item: QTableWidgetItem) -> None:
@@ -291,6 +314,7 @@ class TrainingPairs(QTableWidget):
 
     def pairs(self) -> list[Pair]:
         """The Labels layers ticked, each with its image (None where none is chosen)."""
+        self._forget_edited()  # (a script may have changed a layer's pixels without an event)
         self.follow_edits()
         chosen = []
         for row in range(self.rowCount()):
@@ -373,10 +397,11 @@ class FineTunePanel(QCollapsible):
         self._refresh_regions()
         self.suggest_name()
 
-    def _source_of(self, layer: Any) -> tuple[Any, Any, bool] | None:
-        """``(image, channel, edited)`` of one of the widget's results; None for another layer."""
+    def _source_of(self, layer: Any) -> tuple[Any, Any, Callable[[], bool]] | None:
+        """``(image, channel, edited)`` of one of the widget's results (``edited()``: whether it was edited by
+        hand); None for another layer."""
         record = self._outputs.record(layer)
-        return None if record is None else (record.image, record.channel, record.edited())
+        return None if record is None else (record.image, record.channel, record.edited)
 
     def _warm_up(self, *_) -> None:
         """The first time the section opens, import what training needs, in a worker, while the user
