@@ -7,6 +7,7 @@ import hashlib
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -105,6 +106,25 @@ def test_the_file_records_its_base_its_images_and_inherits_the_thresholds(tiny_w
                                                                           read_metadata(tiny_weights["unet"])["name"]]
     assert [len(generation["images"]) for generation in generations] == [1, 1, 2]
     assert f"(fine-tuned from {generations[-1]['base']['name']} in 3 rounds)" in _fine_tuned_line(read_metadata(third))
+
+
+def test_a_step_that_would_end_past_the_time_budget_is_not_begun(tiny_weights, tmp_path, monkeypatch):
+    """QA: a budget of 0.5 min took 41.5 s, one slow step over it. Steps of 12 s (a clock of the test's), 30 s:
+    two steps (24 s), not a third that would end at 36 s."""
+    image, truth = field(3)
+    train_steps, now = finetune_module.train_steps, [0.0]
+
+    def slow(*args, on_step, **kwargs):
+        def stepped(*step):
+            now[0] += 12.0  # a step of a large model on a slow laptop
+            on_step(*step)
+        train_steps(*args, on_step=stepped, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "train_steps", slow)
+    monkeypatch.setattr(finetune_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    out = finetune([image], [truth], tiny_weights["unet"], out=tmp_path / "new.safetensors", minutes=0.5)
+    record = read_metadata(out)["fine_tuned"]
+    assert (record["steps"], record["minutes"]) == (2, 0.4)
 
 
 def test_a_cancelled_run_leaves_nothing_behind(tiny_weights, tmp_path):
