@@ -10,6 +10,8 @@ Model picker, and *Segment with it* segments the image again with it, into a lay
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime
 import gc
 import logging
@@ -526,9 +528,10 @@ class FineTunePanel(QCollapsible):
         self.running = running
         if not running:
             self._worker = None
-        self.finetune_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        self.progress_bar.setVisible(running)
+        with contextlib.suppress(RuntimeError):  # (QA: the window closed mid-training: its buttons are gone)
+            self.finetune_button.setEnabled(not running)
+            self.cancel_button.setEnabled(running)
+            self.progress_bar.setVisible(running)
 
     def _on_progress(self, progress: Any) -> None:
         if not self.running:
