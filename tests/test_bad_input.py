@@ -1162,6 +1162,42 @@ def test_cli_a_cmyk_jpeg_is_read_as_its_rgb_picture(capsys, tmp_path, cli_pixel_
     assert labels.max() == len(BLOB_CENTERS) and all(labels[center] > 0 for center in BLOB_CENTERS)
 
 
+def test_cli_a_png_of_16_bit_colour_is_read_whole_as_a_tiff_of_it_is(capsys, tmp_path, cli_pixel_model):
+    """QA: Pillow read a 16-bit RGB PNG as 8 bits: every intensity of the table 257x too small, a marker's
+    0-20,000 cut to 78 levels. The same pixels as a TIFF were right; so is the PNG now (and gray + alpha)."""
+    import imagecodecs
+
+    rgb = np.zeros((*BLOBS.shape, 3), np.uint16)
+    rgb[..., 0] = np.arange(BLOBS.size, dtype=np.uint16).reshape(BLOBS.shape) * 7  # a marker, 0 to 86,000 / 2
+    rgb[..., 2] = BLOBS.astype(np.uint16) * 257  # the nuclear stain, in blue
+    gray_alpha = np.stack([rgb[..., 2], np.full(BLOBS.shape, 65535, np.uint16)], axis=-1)
+    (tmp_path / "rgb.png").write_bytes(imagecodecs.png_encode(rgb))
+    (tmp_path / "gray_alpha.png").write_bytes(imagecodecs.png_encode(gray_alpha))
+    tifffile.imwrite(tmp_path / "as_tiff.tif", rgb, photometric="rgb")
+    status, _, stderr = run_cli(capsys, *(tmp_path / name for name in ("rgb.png", "gray_alpha.png", "as_tiff.tif")),
+                                "--out", tmp_path / "out")
+    assert status == 0, stderr
+    table = pd.read_csv(tmp_path / "out" / "nuclei.csv")
+    of = {Path(name).name: rows.reset_index(drop=True) for name, rows in table.groupby("file")}
+    columns = ["label", "area", "mean_intensity", "mean_red", "mean_green", "mean_blue"]
+    pd.testing.assert_frame_equal(of["rgb.png"][columns], of["as_tiff.tif"][columns])
+    assert of["rgb.png"]["mean_blue"].max() > 255 * 100  # 16-bit values, not 8-bit ones
+    assert np.allclose(of["gray_alpha.png"]["mean_intensity"], of["rgb.png"]["mean_blue"])
+
+
+def test_compressed_tiffs_are_read_by_a_base_install(capsys, tmp_path, cli_pixel_model):
+    """Without imagecodecs (a dependency since), tifffile could not read LZW-, JPEG- or zstd-compressed TIFFs
+    (microscopes' and scanners' exports): 'requires the imagecodecs package'."""
+    from importlib.metadata import requires
+
+    assert any(requirement.startswith("imagecodecs") for requirement in requires("napari-nucleiseg"))
+    for compression in ("lzw", "zstd", "jpeg"):
+        tifffile.imwrite(tmp_path / f"{compression}.tif", BLOBS, compression=compression)
+    status, _, stderr = run_cli(capsys, *sorted(tmp_path.glob("*.tif")), "--out", tmp_path / "out")
+    assert status == 0, stderr
+    assert pd.read_csv(tmp_path / "out" / "counts.csv")["nuclei"].tolist() == [len(BLOB_CENTERS)] * 3
+
+
 @pytest.mark.parametrize("given, fragment", [("image.png", "not the path 'image.png'"), (None, "not nothing (None)")])
 def test_api_a_path_or_nothing_instead_of_an_image_is_one_sentence(given, fragment):
     with pytest.raises(ImageError) as error:

@@ -1155,6 +1155,12 @@ def _read_other(path: Path) -> np.ndarray:
         if mode == "CMYK":  # print colours, often inverted in JPEGs: Pillow's conversion gives the picture's RGB
             with Image.open(path) as opened:
                 return np.asarray(opened.convert("RGB"))
+        if isinstance(source, bytes) and _png_of_16_bit_colour(source):
+            # Pillow reads 16 bits of colour (or of gray with alpha) as 8 (QA: a 16-bit RGB PNG's intensities
+            # came out 257x too small, its green of 0-20,000 cut to 78 levels); libpng, through imagecodecs, not
+            import imagecodecs
+
+            return imagecodecs.png_decode(source)
         image = iio.imread(source, plugin="pillow")
     except OSError as error:
         cause = error.__cause__
@@ -1186,6 +1192,12 @@ def _check_declared_size(shape: tuple[int, int], bytes_per_pixel: int) -> None:
         shortfall = (f"its {shape[0]} x {shape[1]} pixels need {decoded / 2**30:.1f} GB to decode and "
                      f"{available / 2**30:.1f} GB is free")
     raise MemoryError(shortfall)
+
+
+def _png_of_16_bit_colour(data: bytes) -> bool:
+    """Whether ``data`` (a file's bytes) is a PNG of 16 bits per sample with colour or alpha (colour type
+    2, 4 or 6; 16-bit gray, type 0, Pillow reads whole)."""
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 4, 6)
 
 
 def _check_png_complete(data: bytes) -> None:
