@@ -528,6 +528,28 @@ def test_export_csv_writes_the_table_as_the_user_edited_it(
     assert message.startswith("Cannot write") and "\n" not in message
 
 
+def test_export_writes_the_table_of_the_labels_layer_selected_a_corrected_copy_too(
+    viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
+):
+    """QA: a copy of the result corrected by hand and selected; Export wrote the uncorrected result's table."""
+    viewer, widget = viewer_and_widget
+    widget.threshold_slider.setValue(0.3)
+    result = segment_new_image(qtbot, viewer, widget, blobs(), "blobs")
+    copy = viewer.add_labels(np.array(result.data), name="my corrections")
+    copy.fill((32, 25), 0)  # one nucleus erased in the copy
+    suggested = []
+    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName",
+                        lambda parent, caption, name, *args: (suggested.append(name), (str(tmp_path / "mine.csv"), ""))[1])
+    viewer.layers.selection.active = copy
+    qtbot.mouseClick(widget.export_button, Qt.MouseButton.LeftButton)
+    wait_for_export(qtbot, widget)
+    assert suggested == ["my corrections.csv"] and len(pd.read_csv(tmp_path / "mine.csv")) == 3
+    assert notifications.messages["info"][-1].startswith("Saved the 3 nuclei of 'my corrections'")
+    viewer.layers.selection.active = viewer.layers["blobs"]  # an image selected: the result shown, as before
+    click_export(qtbot, widget, monkeypatch, tmp_path / "result.csv")
+    assert len(pd.read_csv(tmp_path / "result.csv")) == 4
+
+
 def test_export_adds_csv_to_a_name_typed_without_it_and_asks_before_replacing_that_file(
     viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
 ):
@@ -1234,9 +1256,13 @@ def test_the_nuclei_of_a_channel_after_the_first_axis_lie_on_the_image_and_follo
     image = viewer.add_image(np.stack([marker, dapi], axis=1), name="zcyx", axis_labels=("z", "c", "y", "x"),
                              scale=(3, 1, 0.5, 0.5))
     widget.channel_combo.setCurrentIndex(widget.channel_combo.findText("channel 1"))
+    assert viewer.dims.current_step[1] == 0
     click_segment(qtbot, widget)
     (nuclei,) = labels_layers(viewer)
     assert nuclei.data.shape == (3, 1, 64, 200)
+    # the view goes to channel 1, where the result lies (QA: it stayed at 0, where a brush stroke painted the
+    # hidden labels, and napari raised an error)
+    assert viewer.dims.current_step[1] == 1
     assert widget.count_label.text() == ("3 nuclei in 'zcyx channel 1 nuclei', counted in 3-D "
                                          "(6 sections over its 3 planes)")
     assert np.array_equal(nuclei.extent.world[:, [0, 2, 3]], image.extent.world[:, [0, 2, 3]])
@@ -1262,6 +1288,7 @@ def test_the_nuclei_of_a_channel_after_the_first_axis_lie_on_the_image_and_follo
     widget.channel_combo.setCurrentIndex(widget.channel_combo.findText("channel 0"))  # the marker
     click_segment(qtbot, widget)
     assert np.array_equal(probability.extent.world[:, 1], [0, 0])  # the map moved to channel 0 with it
+    assert viewer.dims.current_step[1] == 0
     assert notifications.messages["error"] == []
 
 
@@ -1929,6 +1956,63 @@ def test_results_keep_their_probabilities_within_a_budget_and_a_freed_one_says_i
     assert widget.target_label.text() == ("The settings cannot change 'first nuclei' until 'first' is segmented "
                                           "again: its probabilities were freed to save memory")
     assert fake_network.calls == 3
+
+
+def test_an_image_given_new_data_after_its_run_is_not_relabelled_from_the_old_maps(
+    viewer_and_widget, fake_network, qtbot
+):
+    """QA: new data given to the image, then the slider moved: the result was re-labelled from the old image's
+    probabilities (IoU 0.84 with its nuclei, 0.09 with the new image's), the count and line as usual."""
+    viewer, widget = viewer_and_widget
+    image = viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    (result,) = labels_layers(viewer)
+    made = np.array(result.data)
+    image.data = blobs()[:, ::-1].copy()  # (a script, or a plugin's filter: its nuclei elsewhere)
+    assert widget.target_label.text() == ("Settings apply to: 'blobs nuclei'; its image was given new data: a "
+                                          "change needs it segmented again")
+    widget.threshold_slider.setValue(0.5)
+    assert np.array_equal(result.data, made) and labels_layers(viewer) == [result]
+    assert widget.target_label.text() == ("The settings cannot change 'blobs nuclei' until 'blobs' is segmented "
+                                          "again: its image was given new data")
+    click_segment(qtbot, widget)  # segmented again: the new data's nuclei, and the slider follows again
+    assert np.array_equal(result.data > 0, (blobs(values=(0, 140, 200, 240))[:, ::-1] > 0))
+    widget.threshold_slider.setValue(0.9)
+    assert result.data.max() == 1 and fake_network.calls == 2
+
+
+def test_a_result_renamed_is_named_anew_by_the_count_and_settings_lines(viewer_and_widget, fake_network, qtbot):
+    viewer, widget = viewer_and_widget
+    widget.threshold_slider.setValue(0.3)
+    result = segment_new_image(qtbot, viewer, widget, blobs(), "blobs")
+    result.name = "my corrections"
+    assert widget.count_label.text().startswith("4 nuclei in 'my corrections'")
+    assert widget.target_label.text() == "Settings apply to: 'my corrections'"
+
+
+def test_a_result_deleted_during_its_rethreshold_does_not_come_back(
+    viewer_and_widget, fake_network, in_a_worker, slow_postprocessing, notifications, qtbot
+):
+    """QA: the unedited result under an edited one deleted while a re-threshold ran: the re-threshold landed
+    and made it again ('... nuclei [2]', with the 'edited by hand and is kept' note once more)."""
+    viewer, widget = viewer_and_widget
+    widget.threshold_slider.setValue(0.3)
+    edited = segment_new_image(qtbot, viewer, widget, blobs(), "blobs")
+    edited.fill((32, 25), 0)  # a hand edit: the next setting goes to a new layer under it
+    widget.threshold_slider.setValue(0.4)
+    wait_for_postprocessing(qtbot, widget)
+    new, _ = labels_layers(viewer)
+    assert new.name == "blobs nuclei [2]"
+    slow = slow_postprocessing(delay=0.3)
+    viewer.layers.selection.active = new
+    widget.threshold_slider.setValue(0.6)
+    assert widget.postprocessing and slow.entered.wait(5)
+    viewer.layers.remove(new)
+    wait_for_postprocessing(qtbot, widget)
+    qtbot.wait(100)
+    assert labels_layers(viewer) == [edited]
+    assert fake_network.calls == 1
 
 
 def test_a_hand_edited_result_selected_again_sends_new_settings_to_the_layer_under_it(

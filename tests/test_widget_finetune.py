@@ -202,6 +202,13 @@ def test_bad_input_gets_one_sentence_and_writes_nothing(viewer_and_widget, model
     panel.pairs.tick(wrong, False)
     panel.pairs.tick(result)
 
+    made_of = image.data
+    image.data = made_of[::-1].copy()  # (QA: the result would be learnt with data it was not made of)
+    fine_tune(qtbot, widget)
+    assert errors[-1] == ("'cells nuclei' holds the nuclei of the data 'cells' had before it was given new data; "
+                          "segment 'cells' again and correct that result.")
+    image.data = made_of  # its own data back: the pair holds again
+
     empty_corner = viewer.add_shapes([[[0, 180], [0, 192], [10, 192], [10, 180]]], shape_type="rectangle",
                                      name="checked")
     panel.choose_regions(empty_corner)
@@ -224,7 +231,7 @@ def test_bad_input_gets_one_sentence_and_writes_nothing(viewer_and_widget, model
     assert errors[-1] == "There is a model called 'taken' already; choose another name."
     assert (models_dir / "taken.safetensors").read_bytes() == b"mine"
 
-    assert saved_files(models_dir) == ["taken.safetensors"] and len(errors) == 7
+    assert saved_files(models_dir) == ["taken.safetensors"] and len(errors) == 8
     for message in errors:
         assert "\n" not in message and "Traceback" not in message and message.endswith(".")
     assert panel.status_label.text() == errors[-1]

@@ -453,6 +453,10 @@ class FineTunePanel(QCollapsible):
             if pair.labels.multiscale or pair.image.multiscale:
                 raise Refused(f"'{(pair.labels if pair.labels.multiscale else pair.image).name}' is multiscale; "
                               "fine-tune on its full-resolution level.")
+            record = self._outputs.record(pair.labels)
+            if record is not None and record.image is pair.image and record.image_changed():
+                raise Refused(f"'{pair.labels.name}' holds the nuclei of the data '{pair.image.name}' had before "
+                              f"it was given new data; segment '{pair.image.name}' again and correct that result.")
             image_shape = _plane_shape(np.shape(pair.image_data()), reads_colour(pair.image.rgb, pair.channel))
             if image_shape != labels_of(pair.labels).shape:
                 raise Refused(f"'{pair.labels.name}' is {_size(labels_of(pair.labels).shape)} but its image "

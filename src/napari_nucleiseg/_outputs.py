@@ -12,6 +12,7 @@ the layers it returns are proxies, while layer events carry the layers themselve
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -158,6 +159,15 @@ def pixel_size(layer: Any, volume_axis: int | None = None) -> PixelSize | None:
     return PixelSize(float(scales[-2]), float(scales[-1]), unit, (float(translates[-2]), float(translates[-1])), z)
 
 
+def data_ref(image: Image) -> Callable[[], Any]:
+    """A weak reference to the data ``image`` holds now: it gives that data, or None once it is freed (the
+    layer was given new data). Data that takes no weak reference is taken to be the layer's, whatever it is."""
+    try:
+        return weakref.ref(image.data)
+    except TypeError:
+        return lambda: image.data
+
+
 def volume_axis(layer: Any) -> int | None:
     """The leading axis along which the planes of the result ``layer`` were linked into 3-D nuclei (None:
     they were not), as the widget recorded it in the layer's metadata."""
@@ -196,6 +206,11 @@ class OutputLayer:
     measured: int | None = None  # the fingerprint of the labels the layer's table was measured on
     channel: tuple[int, int] | None = None  # (axis, index) of the image's channel the nuclei were found in
     below: Labels | None = None  # the layer edited by hand that this new result was put under
+    image_data: Callable[[], Any] | None = None  # the image's data the labels were made of (:func:`data_ref`)
+
+    def image_changed(self) -> bool:
+        """Whether the image was given new data since the labels were made (they are the old data's)."""
+        return self.image_data is not None and self.image_data() is not self.image.data
 
     def edited(self) -> bool:
         """Whether the layer holds other labels than the widget last wrote there (a hand edit)."""
@@ -311,6 +326,7 @@ class OutputLayers(QObject):
             with self.self_writing():
                 layer.data = shown(labels, channel)
             self.record(layer).written = checksum(labels)
+            self.record(layer).image_data = data_ref(image)
         self._by_image[key] = layer
         layer.metadata.update(metadata or {}, model=model)
         record = self.record(layer)
@@ -360,14 +376,36 @@ class OutputLayers(QObject):
                        metadata={} if axis is None else {KEPT_CHANNEL_AXIS: axis})
         # Recorded before it is added: what follows the insertion (the Fine-tune list) finds whose result it is
         # (QA: the list paired a second image's result with the first image of its size, and trained on it).
-        self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels), channel=channel)
+        self.records[layer.unique_id] = OutputLayer(layer, image, checksum(labels), channel=channel,
+                                                    image_data=data_ref(image))
         with self.self_writing():
             self.viewer.add_layer(layer)
         self._follow_placement(image)
+        if axis is not None:
+            self._go_to_channel(layer, axis)
         layer.events.paint.connect(self._on_hand_edit)
         layer.events.data.connect(self._on_hand_edit)
         layer.events.set_data.connect(self._on_redrawn)
+        layer.events.name.connect(self._on_renamed)
         return layer
+
+    def _go_to_channel(self, layer: Labels, axis: int) -> None:
+        """Show the channel a new result of one channel lies on, along its ``axis`` (of length 1): QA chose
+        channel 1 of a (Z, C, Y, X) stack; the viewer stayed at channel 0, where nothing of the new (selected)
+        result showed, and a brush stroke there painted into its labels at channel 1 unseen (napari wraps the
+        index -1 round to 0), ending in a traceback of napari's."""
+        world_axis = self.viewer.dims.ndim - layer.ndim + axis
+        if 0 <= world_axis < self.viewer.dims.ndim:
+            self.viewer.dims.set_point(world_axis, layer.data_to_world([0] * layer.ndim)[axis])
+
+    def _on_renamed(self, event) -> None:
+        """A result renamed: the count line names it anew (QA: it kept the old name, which the next result
+        then took), as it does the edited layer a result lies under."""
+        shown = self.shown
+        record = self.record(shown)
+        below = None if record is None else record.below
+        if shown is not None and event.source in (shown, below) and self._in_viewer(shown):
+            self.show(shown)
 
     def _follow_placement(self, image: Image) -> None:
         """Have the results of ``image`` follow it when it is given a pixel size, unit or offset (or turned)."""

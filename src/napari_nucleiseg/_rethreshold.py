@@ -85,6 +85,7 @@ class _Job:
     worker: Any
     cache: Cache
     settings: PostprocessSettings
+    dropped: bool = False  # told to quit: what it returns is not delivered
 
 
 def label_in_worker(probabilities: Any, settings: PostprocessSettings) -> Generator[int, None, np.ndarray | Failure]:
@@ -143,12 +144,13 @@ class Rethresholder(QObject):
     def switch_to(self, cache: Cache | None) -> None:
         """Re-threshold from another result's ``cache`` from now on (None: a result whose maps were
         freed), whose labels are taken to be those the controls now show (they show its settings): no
-        labels are made until they change. Work on other maps stops."""
+        labels are made until they change. Work under way stops, on these maps too: its labels were for the
+        result acted on before (QA: that result deleted during a re-threshold came back as a new layer)."""
         self.cache = cache
         self._result_key = None if cache is None else (cache, self.wanted())
         for job in self.jobs:
-            if job.cache is not cache:
-                job.worker.quit()
+            job.worker.quit()
+            job.dropped = True
 
     def start_from(self, cache: Cache, settings: PostprocessSettings, labels: Any, *, follow: bool = True) -> None:
         """Re-threshold from a new run's ``cache`` from now on, starting with the ``labels`` it made with
@@ -191,7 +193,8 @@ class Rethresholder(QObject):
 
     def _on_returned(self, outcome: Any) -> None:
         (job,) = self.jobs
-        self.deliver(job.cache, job.settings, outcome)
+        if not job.dropped:  # (its result may come back after it was told to quit)
+            self.deliver(job.cache, job.settings, outcome)
 
     def _on_finished(self) -> None:
         self.jobs.clear()

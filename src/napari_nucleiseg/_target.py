@@ -81,6 +81,7 @@ class SettingsTarget(QObject):
 
     FREED = "its probabilities were freed to save memory"
     IMAGE_GONE = "its image was removed"
+    IMAGE_CHANGED = "its image was given new data"
 
     def __init__(self, viewer: Any, outputs: OutputLayers, rethresholder: Rethresholder,
                  controls: PostprocessControls, line: TargetLabel, parent: QObject | None = None):
@@ -135,6 +136,8 @@ class SettingsTarget(QObject):
             result = Result(layer, cache, settings, axis, image_key(self.viewer, cache.image, cache.channel),
                             cache.image.name)
             self.results[layer.unique_id] = result
+            cache.image.events.data.connect(self._on_image_data)  # (connecting twice is a no-op)
+            layer.events.name.connect(self._on_renamed)
         result.cache, result.settings, result.freed = cache, settings, ""
         if not self._is_target(layer):
             self.layer = layer
@@ -198,13 +201,30 @@ class SettingsTarget(QObject):
         self._use(result)
         self._show_line()
 
+    def _on_renamed(self, event=None) -> None:
+        self._show_line()  # (QA: the line named a renamed result by its old name)
+
+    def _on_image_data(self, event) -> None:
+        """An image given new data (``layer.data = ...``): its results' maps are of the old data, so the
+        settings no longer re-label them from those (QA: a slider nudge re-labelled from the old image, with
+        no word); the line says they need it segmented again."""
+        self._free_maps_of(event.source, self.IMAGE_CHANGED)
+        self._show_line()
+
+    def _free_maps_of(self, image: Any, reason: str) -> None:
+        """Free the maps of the results of ``image`` for ``reason``; work on the target's, if among them, stops."""
+        for result in self.results.values():
+            if result.cache is not None and result.cache.image.unique_id == image.unique_id:
+                result.cache, result.freed = None, reason
+        target = self.result(self.layer)
+        if self.rethresholder.cache is not (target.cache if target is not None else None):
+            self.rethresholder.switch_to(None)
+
     def removed(self, layer: Any) -> None:
         """Forget a result layer taken out of the viewer, and free the maps of an image taken out; a
         target taken out gives way to the result whose count is shown, if any."""
         uid = layer.unique_id
-        for result in self.results.values():
-            if result.cache is not None and result.cache.image.unique_id == uid:
-                result.cache, result.freed = None, self.IMAGE_GONE
+        self._free_maps_of(layer, self.IMAGE_GONE)
         self.results.pop(uid, None)
         if self._is_target(layer):
             shown = self.result(self.outputs.shown)

@@ -442,7 +442,7 @@ class NucleiSegWidget(QWidget):
         return self.outputs.shown
 
     def _on_export_clicked(self) -> None:
-        layer = self.labels_layer  # none: export_csv says there is nothing to export
+        layer = self.layer_to_export()  # none: export_csv says there is nothing to export
         path = layer and self._ask_csv_path(f"{layer.name}.csv")
         if layer is None or path:
             self.export_in_background(path or "", layer)
@@ -462,6 +462,15 @@ class NucleiSegWidget(QWidget):
         worker.finished.connect(partial(_export_done, button))
         self.exporting = worker
         worker.start()
+
+    def layer_to_export(self) -> Labels | None:
+        """The Labels layer selected in the layer list (a result, or one of the user's: a corrected copy of a
+        result; QA: the copy selected, the uncorrected result was exported), else the result whose count is
+        shown (:attr:`labels_layer`). A multiscale layer of the user's is not measured here: the shown result."""
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Labels) and (not active.multiscale or self.outputs.is_shown(active)):
+            return active
+        return self.labels_layer
 
     def _ask_csv_path(self, suggested: str) -> str:
         """The file the user chooses in the save dialog ("" if cancelled); a name typed without a suffix of
