@@ -72,9 +72,13 @@ def test_the_table_of_3d_nuclei_holds_volumes_and_centroids():
     saturated[4, 15, 15], saturated[5, 35, 30] = np.inf, np.nan  # left out of the means, as in 2-D
     assert measure_volumes(truth, saturated)["mean_intensity"].tolist() == pytest.approx([200, 100])
     stack = np.stack([truth, np.where(truth == 1, 1, 0)])  # (T, Z, Y, X): 2 nuclei, then 1
-    both = nuclei_table(stack, None, False, PixelSize(0.5, 0.5, "um", z=2.0), volume_axis=1)
+    both = nuclei_table(stack, None, False, PixelSize(0.5, 0.5, "um", (10.0, 0.0), z=2.0, z_origin=-3.0), volume_axis=1)
     assert list(both["axis_0"]) == [0, 0, 1] and "area" not in both
     assert both["volume_um3"].tolist() == pytest.approx(both["volume"] * 0.5)
+    # the centroid in micrometres along z as along y and x (QA: z was given in planes only)
+    assert both["centroid_z_um"].tolist() == pytest.approx(-3.0 + 2.0 * both["centroid_z"])
+    assert both["centroid_y_um"].tolist() == pytest.approx(10.0 + 0.5 * both["centroid_y"])
+    assert list(both.columns).index("centroid_z_um") + 1 == list(both.columns).index("centroid_y_um")
 
 
 def stack_image(shape=(7, 96, 96)) -> np.ndarray:

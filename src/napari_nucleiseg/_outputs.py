@@ -156,7 +156,8 @@ def pixel_size(layer: Any, volume_axis: int | None = None) -> PixelSize | None:
     unit = units[-1].replace("µ", "u").replace(" ", "")
     scales, translates = _of_labels_axes(layer, layer.scale), _of_labels_axes(layer, layer.translate)
     z = None if volume_axis is None or units[volume_axis] != units[-1] else float(scales[volume_axis])
-    return PixelSize(float(scales[-2]), float(scales[-1]), unit, (float(translates[-2]), float(translates[-1])), z)
+    return PixelSize(float(scales[-2]), float(scales[-1]), unit, (float(translates[-2]), float(translates[-1])), z,
+                     0.0 if z is None else float(translates[volume_axis]))
 
 
 def data_ref(image: Image) -> Callable[[], Any]:

@@ -17,17 +17,21 @@ class PixelSize:
     unit: str
     origin: tuple[float, float] = (0.0, 0.0)
     z: float | None = None  # between planes, for the volumes of 3-D nuclei; None: not known
+    z_origin: float = 0.0  # where plane 0 lies along z (the image's offset there in napari)
 
 
 def physical_columns(table, pixel: PixelSize):
     """``table`` with the measurements in ``pixel.unit`` added: area and centroid, and, for square
-    pixels, perimeter and equivalent diameter; for 3-D nuclei their centroid, and their volume when
-    the spacing of the planes is known."""
+    pixels, perimeter and equivalent diameter; for 3-D nuclei their centroid, and their centroid's z and
+    their volume when the spacing of the planes is known."""
     unit = pixel.unit
     table[f"centroid_y_{unit}"] = pixel.origin[0] + table["centroid_y"] * pixel.y
     table[f"centroid_x_{unit}"] = pixel.origin[1] + table["centroid_x"] * pixel.x
     if "volume" in table:
         if pixel.z is not None:
+            # (QA: the centroid's y and x were given in the unit, its z only in planes)
+            table.insert(table.columns.get_loc(f"centroid_y_{unit}"), f"centroid_z_{unit}",
+                         pixel.z_origin + table["centroid_z"] * pixel.z)
             table[f"volume_{unit}3"] = table["volume"] * (pixel.z * pixel.y * pixel.x)
         return table
     table.insert(table.columns.get_loc(f"centroid_y_{unit}"), f"area_{unit}2", table["area"] * (pixel.y * pixel.x))
