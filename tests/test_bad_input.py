@@ -1149,6 +1149,12 @@ def test_cli_a_tiff_of_pages_of_different_sizes_is_refused_with_a_sentence(capsy
     (line,) = stderr.strip().splitlines()[:1]
     assert line == (f"nucleiseg: skipped {path}: it holds 2 images of different sizes (32 x 32, 96 x 128); "
                     "save each as a file of its own")
+    positions = tmp_path / "positions.tif"  # two of one size (QA: they were said to differ)
+    tifffile.imwrite(positions, BLOBS)
+    tifffile.imwrite(positions, BLOBS, append=True)
+    status, _, stderr = run_cli(capsys, positions, "--out", tmp_path / "out")
+    assert stderr.strip().splitlines()[0] == (f"nucleiseg: skipped {positions}: it holds 2 images (96 x 128, 96 x 128); "
+                                              "save each as a file of its own")
 
 
 def test_cli_a_cmyk_jpeg_is_read_as_its_rgb_picture(capsys, tmp_path, cli_pixel_model):
@@ -1160,6 +1166,18 @@ def test_cli_a_cmyk_jpeg_is_read_as_its_rgb_picture(capsys, tmp_path, cli_pixel_
     assert status == 0, stderr
     labels = tifffile.imread(tmp_path / "out" / "cmyk_labels.tif")
     assert labels.max() == len(BLOB_CENTERS) and all(labels[center] > 0 for center in BLOB_CENTERS)
+
+
+def test_cli_an_rgb_tiff_stored_planar_is_one_colour_picture(capsys, tmp_path, cli_pixel_model):
+    """QA: tifffile.imwrite(f, (3, H, W), photometric='rgb') stores the colours one after another (planar): the
+    CLI segmented its colours as 3 gray planes, summed (2089 nuclei for 618)."""
+    rgb = np.repeat(BLOBS[..., None], 3, axis=2)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    status, _, stderr = run_cli(capsys, tmp_path / "planar.tif", "--out", tmp_path / "out")
+    assert status == 0, stderr
+    counts = pd.read_csv(tmp_path / "out" / "counts.csv")
+    assert counts["nuclei"].tolist() == [len(BLOB_CENTERS)] and counts["planes"].tolist() == [1]
+    assert tifffile.imread(tmp_path / "out" / "planar_labels.tif").shape == BLOBS.shape
 
 
 def test_cli_a_png_of_16_bit_colour_is_read_whole_as_a_tiff_of_it_is(capsys, tmp_path, cli_pixel_model):

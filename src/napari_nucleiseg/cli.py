@@ -1059,8 +1059,9 @@ def _read_tiff(path: Path) -> _Stored:
         series = tiff.series[0] if tiff.series else None
         if len(tiff.series) > 1:
             shapes = ", ".join(" x ".join(map(str, s.shape)) for s in tiff.series[:3])
-            raise UnreadableImage(f"it holds {len(tiff.series)} images of different sizes ({shapes}"
-                                  f"{', ...' if len(tiff.series) > 3 else ''}); save each as a file of its own")
+            same = len({tuple(s.shape) for s in tiff.series}) == 1  # (QA: positions of one size were 'different')
+            raise UnreadableImage(f"it holds {len(tiff.series)} images{'' if same else ' of different sizes'} "
+                                  f"({shapes}{', ...' if len(tiff.series) > 3 else ''}); save each as a file of its own")
         if series is not None and len(series.shape) >= 2:
             plane = tuple(series.shape[-3:-1]) if series.axes.endswith("S") else tuple(series.shape[-2:])
             bytes_per_pixel = int(np.prod(series.shape) // max(1, plane[0] * plane[1])) * series.dtype.itemsize
@@ -1072,6 +1073,9 @@ def _read_tiff(path: Path) -> _Stored:
                     for sample in page.extrasamples)
         axes = series.axes if series is not None and len(series.axes) == image.ndim else ""
         pixel = _tiff_pixel_size(tiff)
+    if colour and "S" in axes[:-1]:  # RGB stored planar (its colours one after another): colour last
+        # (QA: a planar RGB TIFF of H&E was segmented as 3 gray planes, 2089 nuclei for 618)
+        image, axes = np.moveaxis(image, axes.index("S"), -1), axes.replace("S", "") + "S"
     return _Stored(image, axes, colour, alpha, pixel)
 
 

@@ -58,7 +58,7 @@ def open_lazy(path: str | Path, channel: int | None = None) -> LazyImage:
     path = Path(path)
     if is_zarr(path):
         array, axes = _open_zarr(path)
-        return _plane(array, axes, channel)
+        return _plane(array, axes, channel, colour_in_c=True)
     import tifffile
     import zarr
 
@@ -98,16 +98,22 @@ def _open_zarr(path: Path) -> tuple[Any, str]:
     return level, axes
 
 
-def _plane(array: Any, axes: str, channel: int | None, source: Any = None) -> LazyImage:
-    """The one 2-D plane of ``array`` (axes named by ``axes``) as a dask array."""
+def _plane(array: Any, axes: str, channel: int | None, source: Any = None, colour_in_c: bool = False) -> LazyImage:
+    """The one 2-D plane of ``array`` (axes named by ``axes``) as a dask array. With ``colour_in_c`` (OME-Zarr,
+    which has no axis of colours), a C axis of 3 is an RGB picture's unless a channel is given; a TIFF's colours
+    are its samples (S), wherever they are stored, and its C axis holds channels (QA: a DAPI, GFP, Cy5
+    mosaic of 8192 x 8192 was read as one colour picture, 2,331 nuclei for about 25,000, without a word)."""
     import dask.array as da
 
     data = da.from_zarr(array)
     if len(axes) != data.ndim:
         axes = "?" * (data.ndim - 2) + "YX"
-    if "C" in axes and channel is None and data.shape[axes.index("C")] == 3:  # colour as OME-Zarr stores it
+    if colour_in_c and "C" in axes and channel is None and data.shape[axes.index("C")] == 3:
         data = da.moveaxis(data, axes.index("C"), -1)
         axes = axes.replace("C", "") + "S"
+    if "S" in axes[:-1]:  # a TIFF's RGB stored planar: colour last
+        data = da.moveaxis(data, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
     if "C" in axes:
         count = data.shape[axes.index("C")]
         if channel is None and count > 1:
