@@ -36,19 +36,15 @@ def test_a_channel_of_an_ome_tiff_is_chosen_and_a_missing_choice_is_one_sentence
         open_lazy(tmp_path / "two.ome.tif", channel=2)
 
 
-def test_three_channels_of_a_tiff_are_channels_and_its_planar_rgb_is_one_picture(tmp_path):
+def test_three_channels_of_a_tiff_are_channels(tmp_path):
     """QA: a DAPI, GFP, Cy5 OME-TIFF mosaic (axes CYX) was read as one colour picture, without a word (the small
-    file was refused, asking for --channel); an RGB TIFF stored planar (SYX) was refused as not one plane."""
+    file was refused, asking for --channel)."""
     stack = np.moveaxis(RGB, -1, 0)
     tifffile.imwrite(tmp_path / "three.ome.tif", stack, tile=(256, 256),
                      metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP", "Cy5"]}})
     with pytest.raises(ImageError, match="--channel 0..2"):
         open_lazy(tmp_path / "three.ome.tif")
     assert np.array_equal(np.asarray(open_lazy(tmp_path / "three.ome.tif", channel=2).data), RGB[..., 2])
-    tifffile.imwrite(tmp_path / "planar.tif", stack, tile=(256, 256), photometric="rgb", planarconfig="separate")
-    planar = open_lazy(tmp_path / "planar.tif")
-    assert (planar.axes, planar.rgb) == ("YXS", True) and np.array_equal(np.asarray(planar.data), RGB)
-    planar.close()
 
 
 def write_ome_zarr(path, levels, axes):

@@ -1181,6 +1181,19 @@ def test_an_image_of_six_channels_last_offers_each_channel(viewer_and_widget, no
     assert notifications.messages["error"] == []
 
 
+def test_a_gray_image_with_a_last_axis_of_one_is_segmented_as_gray(viewer_and_widget, notifications, fake_network, qtbot):
+    """QA: a (Y, X, 1) TIFF (or array) was refused: 'planes of 696 x 1 pixels ... choose the widget's Channel',
+    a picker it did not show. segment() and the command line take it as gray."""
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs()[..., None], name="one")
+    assert not widget.channel_combo.isHidden() and widget.channel_combo.currentText() == "channel 0"
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    (nuclei,) = labels_layers(viewer)
+    assert nuclei.data.shape == (*blobs().shape, 1) and shown_count(widget) == 4
+    assert notifications.messages["error"] == []
+
+
 def test_a_two_plane_image_nothing_names_is_offered_as_channels_and_the_count_says_so(
     viewer_and_widget, fake_network, qtbot
 ):

@@ -121,11 +121,12 @@ def _tiff_axes(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[int, ...
 
 
 def channels_last(shape: Sequence[int]) -> bool:
-    """Whether an image of ``shape`` has its channels last: ``(Y, X, C)`` with 2 to 15 channels
+    """Whether an image of ``shape`` has its channels last: ``(Y, X, C)`` with 1 to 15 channels
     (fewer than :data:`MIN_PLANE_SIDE`, as 5 or 6 stains of a multiplexed image), rows and columns
-    not. Read as a stack instead, its planes would be ``X`` by ``C`` pixels: too narrow for nuclei."""
+    not. Read as a stack instead, its planes would be ``X`` by ``C`` pixels: too narrow for nuclei (QA: a
+    gray ``(Y, X, 1)`` TIFF was refused so in the widget, with the Channel picker, which it advised, hidden)."""
     shape = tuple(int(side) for side in shape)
-    return len(shape) == 3 and 2 <= shape[-1] < MIN_PLANE_SIDE <= min(shape[:2])
+    return len(shape) == 3 and 1 <= shape[-1] < MIN_PLANE_SIDE <= min(shape[:2])
 
 
 def take_channel(data: Any, axis: int, index: int) -> Any:

@@ -533,7 +533,7 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     row = count_row(job, result, result.model_name, args.channel)
     table = _file_table(result.table, image, job.source)
     probabilities = result.probabilities if job.probability_path is not None else None  # only those written
-    note = None
+    note = image.note
     if image.rgb:
         note = colour_note(image.data[(0,) * len(image.plane_axes)], args.brown_nuclei)
     return Finished(job, result.labels, probabilities, row, table, image.plane_axes, identity, image.pixel, note)
@@ -940,6 +940,8 @@ class InputImage:
     rgb: bool
     #: The size of its pixels in micrometres, when the file says (:func:`_tiff_pixel_size`).
     pixel: PixelSize | None = None
+    #: What the log says of how it was read, if anything (an RGB TIFF stored planar, read as planes).
+    note: str | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -955,6 +957,7 @@ class _Stored(NamedTuple):
     colour: bool  # the photometric tag (or format) says RGB
     alpha: bool  # an extra sample is marked as alpha
     pixel: PixelSize | None = None  # the pixel size the file records (TIFF only)
+    planar: bool = False  # tagged RGB with its colours stored one after another (S before Y and X)
 
 
 def read_image(path: Path, channel: int | None = None) -> InputImage:
@@ -1040,7 +1043,16 @@ def read_image(path: Path, channel: int | None = None) -> InputImage:
     if plane_axes and min(plane) < MIN_STACK_PLANE_SIDE:
         raise UnreadableImage(f"its {_plane_count(image.shape[: len(plane_axes)])} planes (axes {axes}) are "
                               f"{plane[0]} x {plane[1]} pixels, too small to hold nuclei")
-    return InputImage(image, plane_axes, rgb, stored.pixel)
+    note = PLANAR_RGB_NOTE.format(count=image.shape[plane_axes.index("S")]) if "S" in plane_axes else None
+    return InputImage(image, plane_axes, rgb, stored.pixel, note)
+
+
+#: An RGB TIFF whose colours are stored one after another is what tifffile writes of a (3, H, W) or (4, H, W)
+#: array unless told otherwise (a stack of 3 or 4 planes, mostly), and napari reads it as planes: so it is
+#: segmented, with this note (QA: an H&E picture saved so gave 2,089 nuclei summed over its colours, not 618).
+PLANAR_RGB_NOTE = ("its tags say it is an RGB picture with its colours stored one after another, as tifffile saves "
+                   "a ({count}, H, W) array unless told otherwise; its {count} planes were segmented one by one. If "
+                   "it is one colour picture, save it with its colours last, (H, W, {count}).")
 
 
 def _plane_count(leading: tuple[int, ...]) -> int:
@@ -1073,10 +1085,7 @@ def _read_tiff(path: Path) -> _Stored:
                     for sample in page.extrasamples)
         axes = series.axes if series is not None and len(series.axes) == image.ndim else ""
         pixel = _tiff_pixel_size(tiff)
-    if colour and "S" in axes[:-1]:  # RGB stored planar (its colours one after another): colour last
-        # (QA: a planar RGB TIFF of H&E was segmented as 3 gray planes, 2089 nuclei for 618)
-        image, axes = np.moveaxis(image, axes.index("S"), -1), axes.replace("S", "") + "S"
-    return _Stored(image, axes, colour, alpha, pixel)
+    return _Stored(image, axes, colour, alpha, pixel, planar=colour and "S" in axes[:-1])
 
 
 #: Lengths in these units are converted to micrometres (the unit of the tables' physical columns).

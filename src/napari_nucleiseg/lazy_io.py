@@ -101,8 +101,8 @@ def _open_zarr(path: Path) -> tuple[Any, str]:
 def _plane(array: Any, axes: str, channel: int | None, source: Any = None, colour_in_c: bool = False) -> LazyImage:
     """The one 2-D plane of ``array`` (axes named by ``axes``) as a dask array. With ``colour_in_c`` (OME-Zarr,
     which has no axis of colours), a C axis of 3 is an RGB picture's unless a channel is given; a TIFF's colours
-    are its samples (S), wherever they are stored, and its C axis holds channels (QA: a DAPI, GFP, Cy5
-    mosaic of 8192 x 8192 was read as one colour picture, 2,331 nuclei for about 25,000, without a word)."""
+    are its samples stored last (S), and its C axis holds channels (QA: a DAPI, GFP, Cy5 mosaic of 8192 x
+    8192 was read as one colour picture, 2,331 nuclei for about 25,000, without a word)."""
     import dask.array as da
 
     data = da.from_zarr(array)
@@ -111,9 +111,6 @@ def _plane(array: Any, axes: str, channel: int | None, source: Any = None, colou
     if colour_in_c and "C" in axes and channel is None and data.shape[axes.index("C")] == 3:
         data = da.moveaxis(data, axes.index("C"), -1)
         axes = axes.replace("C", "") + "S"
-    if "S" in axes[:-1]:  # a TIFF's RGB stored planar: colour last
-        data = da.moveaxis(data, axes.index("S"), -1)
-        axes = axes.replace("S", "") + "S"
     if "C" in axes:
         count = data.shape[axes.index("C")]
         if channel is None and count > 1:
