@@ -1181,6 +1181,25 @@ def test_an_image_of_six_channels_last_offers_each_channel(viewer_and_widget, no
     assert notifications.messages["error"] == []
 
 
+def test_a_cmyk_jpeg_opened_by_napari_is_refused_with_how_to_segment_it(viewer_and_widget, notifications, qtbot,
+                                                                         tmp_path):
+    """QA: napari reads a CMYK JPEG's four inks as RGBA: an H&E picture gave 13,270 nuclei and a note calling it
+    a fluorescence overlay; a gray one nothing, 'transparent everywhere'. The command line converts such files."""
+    from PIL import Image as Picture
+
+    viewer, widget = viewer_and_widget
+    path = tmp_path / "cmyk.jpg"
+    Picture.fromarray(np.repeat(blobs()[..., None], 3, axis=2)).convert("CMYK").save(path, quality=95)
+    (layer,) = viewer.open(path)
+    assert layer.rgb and layer.data.shape[-1] == 4  # napari's reading, which the widget cannot change
+    widget.segment()
+    assert notifications.messages["error"] == [
+        "'cmyk' is a CMYK JPEG, which napari opens as its four inks (cyan, magenta, yellow, black) shown as red, "
+        "green, blue and transparency; save it as an RGB picture (in Fiji: Image > Type > RGB Color), or segment the "
+        f'file with the command line, which converts it: nucleiseg segment "{path}" --out nuclei-results.']
+    assert labels_layers(viewer) == []
+
+
 def test_a_gray_image_with_a_last_axis_of_one_is_segmented_as_gray(viewer_and_widget, notifications, fake_network, qtbot):
     """QA: a (Y, X, 1) TIFF (or array) was refused: 'planes of 696 x 1 pixels ... choose the widget's Channel',
     a picker it did not show. segment() and the command line take it as gray."""

@@ -84,6 +84,9 @@ def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
         others = [f"'{layer.name}' is a {type(layer).__name__} layer" for layer in layers]
         detail = f" ({', '.join(others[:2])})" if others else ""
         raise Refused(f"There is no image layer to segment{detail}; open an image first.")
+    cmyk = cmyk_jpeg_refusal(image)
+    if cmyk is not None:
+        raise Refused(cmyk)
     path = None
     try:
         shape = list(image.data.shape)  # a multiscale image's: its full-resolution level's
@@ -104,6 +107,28 @@ def check_runnable(image: Any, layers: Any, weights: Callable[[], Path],
     if shortfall is not None:
         raise Refused(shortfall)
     return int(np.prod(leading)), path, metadata, blocks
+
+
+def cmyk_jpeg_refusal(image: Any) -> str | None:
+    """Why the Image layer ``image`` cannot be segmented when it was read from a CMYK JPEG (None otherwise):
+    napari's reader gives its four inks, which napari shows as red, green, blue and alpha (QA: an H&E picture
+    so read gave 13,270 nuclei and a note that it was a fluorescence overlay; a gray one, nothing, 'transparent
+    everywhere'). The command line converts such files."""
+    path = getattr(getattr(image, "source", None), "path", None)
+    if not path or not image.rgb or np.shape(image.data)[-1] != 4 or not str(path).lower().endswith((".jpg", ".jpeg")):
+        return None
+    try:
+        from PIL import Image as Picture
+
+        with Picture.open(path) as opened:  # the header only
+            if opened.mode != "CMYK":
+                return None
+    except Exception:  # noqa: BLE001 - not readable now (moved, changed): nothing to say
+        return None
+    return (f"'{image.name}' is a CMYK JPEG, which napari opens as its four inks (cyan, magenta, yellow, black) "
+            "shown as red, green, blue and transparency; save it as an RGB picture (in Fiji: Image > Type > RGB "
+            f"Color), or segment the file with the command line, which converts it: nucleiseg segment "
+            f"\"{path}\" --out nuclei-results.")
 
 
 def file_key(path: Path) -> tuple[str, int]:
