@@ -1658,7 +1658,8 @@ def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
     assert fake_network.calls == 2 and fake_network.scales[-1] == 0.5  # one run, not one a keystroke
     assert labels_layers(viewer) == [labels]  # the result is updated in place
     assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "augmented": False,
-                               "brown_nuclei": False, "exclude_border": False, "link_axis": None, "model": "unet"}
+                               "brown_nuclei": False, "noise_smoothing": 0.0, "exclude_border": False, "link_axis": None,
+                               "model": "unet"}
     assert labels.data.shape == image.data.shape
     assert widget.diameter_auto_check.text() == "Auto" and not widget.diameter_auto_check.isChecked()
     assert widget.min_size_spin.value() == widget.run.model.settings_at(0.5).min_size
@@ -1691,7 +1692,8 @@ def test_the_threshold_after_a_diameter_run_rethresholds_the_cached_probabilitie
     assert fake_network.calls == 1  # the network ran once; the slider re-used its output
     assert widget.min_size_spin.value() == min_size and labels_layers(viewer) == [labels]
     assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "augmented": False,
-                               "brown_nuclei": False, "exclude_border": False, "link_axis": None, "model": "unet"}
+                               "brown_nuclei": False, "noise_smoothing": 0.0, "exclude_border": False, "link_axis": None,
+                               "model": "unet"}
 
 
 @pytest.mark.parametrize("bad", [0.0, -5.0, float("nan"), 300.0])

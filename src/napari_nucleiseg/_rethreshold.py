@@ -59,6 +59,7 @@ class Cache:
     brown_nuclei: bool = False  # whether brown (DAB) was read as hematoxylin (the widget's "Brown nuclei")
     #: The calibrated settings of the model that made the maps, at the run's scale (what Reset brings back).
     model_settings: PostprocessSettings | None = None
+    noise_smoothing: float = 0.0  # the sigma a noisy gray image was smoothed by before it was read (0: not)
 
     @classmethod
     def of_run(cls, image: Image, planes: Any, model_key: tuple[str, int],
@@ -67,14 +68,15 @@ class Cache:
         """The cache of a finished run's :class:`~napari_nucleiseg.pipeline.PlanesResult`."""
         return cls(image, planes.probabilities, planes.settings, model_key, planes.diameter,
                    planes.diameter_estimated, planes.scale, channel, model_name, planes.augmented,
-                   planes.brown_nuclei, model_settings)
+                   planes.brown_nuclei, model_settings, planes.noise_smoothing)
 
     def metadata(self) -> dict[str, Any]:
         """What a result layer records of the run: the diameter it ran for, whether estimated, the
         scale, whether the maps were averaged over flips, whether brown was read as hematoxylin, and the
-        channel segmented (None: the whole image)."""
+        channel segmented (None: the whole image), and the sigma of the smoothing of a noisy gray image (0: none)."""
         recorded = {"diameter": self.diameter, "diameter_estimated": self.diameter_estimated, "scale": self.scale,
-                    "augmented": self.augmented, "brown_nuclei": self.brown_nuclei}
+                    "augmented": self.augmented, "brown_nuclei": self.brown_nuclei,
+                    "noise_smoothing": self.noise_smoothing}
         return recorded if self.channel is None else recorded | {"channel": channel_value(self.channel)}
 
 

@@ -85,6 +85,10 @@ class SegmentationResult:
         (``segment(augment=True)``).
     brown_nuclei : bool
         Whether brown (DAB) was read as hematoxylin (``segment(brown_nuclei=True)``).
+    noise_smoothing : float
+        The sigma (pixels) of the Gaussian a noisy gray image was smoothed by before the Auto diameter and
+        the network read it (:func:`~napari_nucleiseg.scale.noise_smoothing`); 0: not smoothed. The table's
+        intensities are the image's own.
     """
 
     labels: np.ndarray
@@ -105,6 +109,7 @@ class SegmentationResult:
     link_axis: int | None = None
     augmented: bool = False
     brown_nuclei: bool = False
+    noise_smoothing: float = 0.0
 
     @property
     def settings(self) -> PostprocessSettings:
@@ -316,6 +321,7 @@ def result_from_planes(planes: PlanesResult, image: np.ndarray | None = None, *,
         scale=float(planes.scale),
         augmented=bool(planes.augmented),
         brown_nuclei=bool(planes.brown_nuclei),
+        noise_smoothing=float(planes.noise_smoothing),
     )
 
 

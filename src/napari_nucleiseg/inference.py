@@ -122,6 +122,24 @@ def filled_where_transparent(image: np.ndarray) -> np.ndarray:
     return filled
 
 
+def smoothed_if_noisy(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """``image`` smoothed by a Gaussian of :func:`~napari_nucleiseg.scale.noise_smoothing`'s sigma when it is a
+    noisy gray image (as float32; an alpha channel kept as it is), else as it is; and that sigma (0: not)."""
+    from scipy import ndimage as ndi
+
+    from .scale import noise_smoothing
+
+    sigma = noise_smoothing(image)
+    if not sigma:
+        return image, 0.0
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.ndim == 2:
+        return ndi.gaussian_filter(pixels, sigma), sigma
+    smoothed = pixels.copy()
+    smoothed[..., :3] = ndi.gaussian_filter(pixels[..., :3], (sigma, sigma, 0))
+    return smoothed, sigma
+
+
 def left_out_where_transparent(probabilities: np.ndarray, image: Any) -> np.ndarray:
     """``probabilities`` (``(2, H, W)``) of ``image``, set to 0 under its fully transparent pixels if it is
     RGBA: nothing is found where the picture shows nothing, as napari shows it (QA: an H&E section exported

@@ -74,6 +74,9 @@ class PlanesResult:
     scale: float = 1.0  # the factor the planes were resized by for the network (1: not resized)
     augmented: bool = False  # whether the network's maps are the mean over flips (``augment``)
     brown_nuclei: bool = False  # whether brown (DAB) was read as hematoxylin (``brown_nuclei``)
+    #: The sigma (pixels) of the Gaussian a noisy gray image was smoothed by before it was read (0: not smoothed;
+    #: a stack: its planes' largest), :func:`~napari_nucleiseg.scale.noise_smoothing`.
+    noise_smoothing: float = 0.0
 
 
 def segment_planes(
@@ -138,10 +141,12 @@ def segment_planes(
     check_settings(settings, model)
     model = model.reading(brown_nuclei)
     if not leading:  # one image: its estimate is checked against all its nuclei
-        from .inference import filled_where_transparent
+        from .inference import filled_where_transparent, smoothed_if_noisy
 
-        prediction = predict_at_diameter(filled_where_transparent(np.asarray(data)), model, diameter, progress=on_progress,
+        image, smoothing = smoothed_if_noisy(filled_where_transparent(np.asarray(data)))
+        prediction = predict_at_diameter(image, model, diameter, progress=on_progress,
                                          cancelled=cancelled, predict=predict, augment=augment)
+        del image
         used, estimated, scale = prediction.diameter, prediction.estimated, prediction.scale
         probabilities = CompactProbabilities.from_float(prediction.probabilities) if compact \
             else prediction.probabilities
@@ -152,15 +157,18 @@ def segment_planes(
         scale = model.scale_for(used, plane)
         probabilities = CompactProbabilities(leading, plane) if compact \
             else np.zeros((*leading, 2, *plane), dtype=np.float32)
+        smoothed: dict[tuple[int, ...], float] = {}
         planes = predict_planes(data, leading, model, scale=scale, on_progress=on_progress, cancelled=cancelled,
-                                predict=predict, augment=augment)
+                                predict=predict, augment=augment, smoothed=smoothed)
         for done, (index, plane_probabilities) in enumerate(planes, start=1):
             probabilities[index] = plane_probabilities
             del plane_probabilities  # stored: the float maps go before the next plane (or labels) start
             yield done
+        smoothing = max(smoothed.values(), default=0.0)
     chosen = resolve_settings(settings, model, scale)
     labels = run_to_end(label_planes(probabilities, chosen), cancelled) if label else None
-    return PlanesResult(probabilities, labels, chosen, used, estimated, scale, bool(augment), bool(brown_nuclei))
+    return PlanesResult(probabilities, labels, chosen, used, estimated, scale, bool(augment), bool(brown_nuclei),
+                        smoothing)
 
 
 def check_switches(**switches: Any) -> None:
@@ -330,16 +338,23 @@ def stack_diameter(
     if 1 < len(planes) <= MAX_PLANES_COMPARED:
         swept = {}
         for index in planes:
-            swept[index] = sweep(np.asarray(data[index]), model, cancelled=cancelled)
+            swept[index] = sweep(_as_read(data[index]), model, cancelled=cancelled)
             if cancelled is not None and cancelled():
                 raise Cancelled("Segmentation cancelled.")
         confidence = {index: sweep_confidence(rungs) for index, rungs in swept.items()}
         if max(confidence.values()) > -np.inf:
             chosen = max(planes, key=confidence.__getitem__)
         rungs = swept[chosen]
-    prediction = predict_at_diameter(np.asarray(data[chosen]), model, cancelled=cancelled, predict=predict,
+    prediction = predict_at_diameter(_as_read(data[chosen]), model, cancelled=cancelled, predict=predict,
                                      rungs=rungs)
     return prediction.diameter, prediction.estimated
+
+
+def _as_read(plane: Any) -> np.ndarray:
+    """A plane of a stack as the network reads it: smoothed if it is noisy gray (:func:`~.inference.smoothed_if_noisy`)."""
+    from .inference import smoothed_if_noisy
+
+    return smoothed_if_noisy(np.asarray(plane))[0]
 
 
 def predict_planes(
@@ -352,17 +367,23 @@ def predict_planes(
     cancelled: Callable[[], bool] | None = None,
     predict: Predict | None = None,
     augment: bool = False,
+    smoothed: dict[tuple[int, ...], float] | None = None,
 ) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Predict every plane of ``data`` in turn; yield ``(plane index, (2, Y, X) probabilities)``.
 
-    The network sees each plane resized by ``scale``; the probabilities are at the plane's own
-    resolution. ``cancelled`` is polled between planes and between tiles of a plane.
+    The network sees each plane resized by ``scale``, smoothed first if it is noisy gray (the sigma goes into
+    ``smoothed``, by plane); the probabilities are at the plane's own resolution. ``cancelled`` is polled
+    between planes and between tiles of a plane.
     """
+    from .inference import smoothed_if_noisy
+
     predict = predict or _network
     for index in np.ndindex(*leading):
         if cancelled is not None and cancelled():
             raise Cancelled("Segmentation cancelled.")
-        plane = np.asarray(data[index])
+        plane, sigma = smoothed_if_noisy(np.asarray(data[index]))
+        if smoothed is not None:
+            smoothed[index] = sigma
         yield index, predict(plane, model, progress=on_progress, cancelled=cancelled, scale=scale, augment=augment)
 
 
