@@ -1141,6 +1141,17 @@ def test_cli_a_declared_size_beyond_the_free_memory_is_refused_before_decoding(c
     assert all("GB of memory" in line or "GB is free" in line for line in lines[:2]), lines
 
 
+def test_cli_a_16_bit_colour_png_beyond_the_free_memory_is_refused_before_decoding(capsys, tmp_path, cli_pixel_model,
+                                                                                   free_memory):
+    """Review: Pillow calls 16 bits of colour 'RGB', so the check counted 3 bytes a pixel where libpng decodes 6."""
+    import imagecodecs
+
+    (tmp_path / "wide.png").write_bytes(imagecodecs.png_encode(np.zeros((1000, 1000, 3), np.uint16)))
+    free_memory(8 * 2**20)  # room for 3 bytes a pixel (twice over), not for 6
+    status, _, stderr = run_cli(capsys, tmp_path / "wide.png", "--out", tmp_path / "out")
+    assert status == 1 and "GB is free" in stderr.strip().splitlines()[0], stderr
+
+
 def test_cli_a_tiff_of_pages_of_different_sizes_is_refused_with_a_sentence(capsys, tmp_path, cli_pixel_model):
     path = tmp_path / "pages.tif"
     tifffile.imwrite(path, np.zeros((32, 32), dtype=np.uint8))
@@ -1182,6 +1193,9 @@ def test_cli_an_rgb_tiff_stored_planar_is_segmented_as_planes_and_says_so(capsys
                               "otherwise; its 3 planes were segmented one by one. If it is one colour picture, save "
                               "it with its colours last, (H, W, 3).")
     assert pd.read_csv(tmp_path / "out" / "counts.csv")["planes"].tolist() == [3]
+    tifffile.imwrite(tmp_path / "gray.tif", np.moveaxis(rgb, -1, 0)[:2], photometric="minisblack", planarconfig="separate")
+    status, _, stderr = run_cli(capsys, tmp_path / "gray.tif", "--out", tmp_path / "out2")  # not RGB: no such note
+    assert status == 0 and stderr == ""
 
 
 def test_cli_a_png_of_16_bit_colour_is_read_whole_as_a_tiff_of_it_is(capsys, tmp_path, cli_pixel_model):

@@ -539,6 +539,7 @@ def test_export_writes_the_table_of_the_labels_layer_selected_a_corrected_copy_t
     result = segment_new_image(qtbot, viewer, widget, blobs(), "blobs")
     copy = viewer.add_labels(np.array(result.data), name="my corrections")
     copy.fill((32, 25), 0)  # one nucleus erased in the copy
+    copy.features = pd.DataFrame({"index": [2, 3, 4], "cell_class": ["tumour", "stroma", "tumour"]})  # the user's
     suggested = []
     monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName",
                         lambda parent, caption, name, *args: (suggested.append(name), (str(tmp_path / "mine.csv"), ""))[1])
@@ -546,6 +547,9 @@ def test_export_writes_the_table_of_the_labels_layer_selected_a_corrected_copy_t
     qtbot.mouseClick(widget.export_button, Qt.MouseButton.LeftButton)
     wait_for_export(qtbot, widget)
     assert suggested == ["my corrections.csv"] and len(pd.read_csv(tmp_path / "mine.csv")) == 3
+    # measured on the image it lies on, and the user's own columns left as they were (review: both were lost)
+    assert pd.read_csv(tmp_path / "mine.csv")["mean_intensity"].round().tolist() == [140, 200, 240]
+    assert copy.features["cell_class"].tolist() == ["tumour", "stroma", "tumour"]
     assert notifications.messages["info"][-1].startswith("Saved the 3 nuclei of 'my corrections'")
     viewer.layers.selection.active = viewer.layers["blobs"]  # an image selected: the result shown, as before
     click_export(qtbot, widget, monkeypatch, tmp_path / "result.csv")

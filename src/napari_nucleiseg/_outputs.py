@@ -625,13 +625,32 @@ class OutputLayers(QObject):
     def _refresh_stale_tables(self) -> None:
         self.refresh_tables(busy=self._busy())
 
+    def _image_under(self, shape: tuple[int, ...]) -> Image | None:
+        """The image whose intensities a Labels layer of the user's of ``shape`` is measured on: that of the result
+        whose count is shown, when its labels have that shape (a corrected copy of it), else the first image
+        layer whose data has it (a gray or an RGB one); None when none has."""
+        record = self.record(self.shown)
+        candidates = ([] if record is None or record.channel is not None else [record.image]) + [
+            layer for layer in self.viewer.layers if isinstance(layer, Image) and not layer.multiscale]
+        for image in candidates:
+            if self._in_viewer(image) and tuple(np.shape(image.data)[: len(shape)]) == tuple(shape) and (
+                    np.ndim(image.data) == len(shape) + (1 if image.rgb else 0)):
+                return image
+        return None
+
     def table_now(self, layer: Labels) -> Any:
-        """The table of ``layer`` as it is now (measured here if it is not up to date)."""
+        """The table of ``layer`` as it is now (measured here if it is not up to date; a Labels layer of the user's
+        is measured each time, on the image it lies on, its features left as they are)."""
         record = self.record(layer)
         if layer.unique_id in self.lazy:  # segmented block by block: the run's table
             return layer.features
         if record is None:  # a Labels layer of the user's own (a copy of a result may keep a channel axis)
-            layer.features = nuclei_table(np.asarray(labels_of(layer)), None, False, pixel_size(layer))
+            # measured, not written into its features (review: a column of the user's, 'cell_class', was lost),
+            # with the intensities of the image it lies on (review: a corrected copy of a result had none)
+            labels = np.asarray(labels_of(layer))
+            image = self._image_under(labels.shape)
+            return nuclei_table(labels, None if image is None else image.data, bool(image is not None and image.rgb),
+                                pixel_size(layer))
         else:
             self._stale.pop(layer.unique_id, None)
             record.measure_now()

@@ -1044,7 +1044,8 @@ def read_image(path: Path, channel: int | None = None) -> InputImage:
     if plane_axes and min(plane) < MIN_STACK_PLANE_SIDE:
         raise UnreadableImage(f"its {_plane_count(image.shape[: len(plane_axes)])} planes (axes {axes}) are "
                               f"{plane[0]} x {plane[1]} pixels, too small to hold nuclei")
-    note = PLANAR_RGB_NOTE.format(count=image.shape[plane_axes.index("S")]) if "S" in plane_axes else None
+    planar = stored.planar and "S" in plane_axes  # (review: not of a gray TIFF's samples stored so, DAPI + GFP)
+    note = PLANAR_RGB_NOTE.format(count=image.shape[plane_axes.index("S")]) if planar else None
     return InputImage(image, plane_axes, rgb, stored.pixel, note)
 
 
@@ -1160,7 +1161,11 @@ def _read_other(path: Path) -> np.ndarray:
         width = height = bands = 0
         mode = ""
     if width and height:
-        _check_declared_size((height, width), bands * max(1, _BITS.get(mode, 8) // 8))
+        sample_bytes = max(1, _BITS.get(mode, 8) // 8)
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as stream:  # 16 bits of colour, which Pillow calls RGB, decode to 2 bytes a sample
+                sample_bytes = 2 if _png_of_16_bit_colour(stream.read(26)) else sample_bytes
+        _check_declared_size((height, width), bands * sample_bytes)
     source: Path | bytes = path
     if path.suffix.lower() == ".png":
         source = path.read_bytes()  # read once: checked whole, then decoded
@@ -1211,7 +1216,8 @@ def _check_declared_size(shape: tuple[int, int], bytes_per_pixel: int) -> None:
 def _png_of_16_bit_colour(data: bytes) -> bool:
     """Whether ``data`` (a file's bytes) is a PNG of 16 bits per sample with colour or alpha (colour type
     2, 4 or 6; 16-bit gray, type 0, Pillow reads whole)."""
-    return data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 4, 6)
+    return (len(data) >= 26 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data[24] == 16
+            and data[25] in (2, 4, 6))
 
 
 def _check_png_complete(data: bytes) -> None:
