@@ -1162,9 +1162,8 @@ def _read_other(path: Path) -> np.ndarray:
         mode = ""
     if width and height:
         sample_bytes = max(1, _BITS.get(mode, 8) // 8)
-        with contextlib.suppress(OSError):
-            with open(path, "rb") as stream:  # 16 bits of colour, which Pillow calls RGB, decode to 2 bytes a sample
-                sample_bytes = 2 if _png_of_16_bit_colour(stream.read(26)) else sample_bytes
+        with contextlib.suppress(OSError), open(path, "rb") as stream:  # 16 bits of colour (Pillow: RGB): 2 bytes a sample
+            sample_bytes = 2 if _png_of_16_bit_colour(stream.read(26)) else sample_bytes
         _check_declared_size((height, width), bands * sample_bytes)
     source: Path | bytes = path
     if path.suffix.lower() == ".png":
