@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import tifffile
 
 from napari_nucleiseg import segment
 from napari_nucleiseg.api import load_model
@@ -97,10 +100,11 @@ def test_a_few_small_nuclei_in_a_large_noisy_field_with_hot_pixels_are_something
     assert not empty_field(image) and structure(image) > 2 * MIN_STRUCTURE
 
 
-SAMPLES = __import__("pathlib").Path(__file__).parents[1] / "src" / "napari_nucleiseg" / "samples"
+SAMPLES = Path(__file__).parents[1] / "src" / "napari_nucleiseg" / "samples"
 
 
-def test_a_noisy_gray_image_is_smoothed_before_it_is_read_and_a_clean_or_coloured_one_is_not(monkeypatch):
+def test_a_noisy_gray_image_is_smoothed_before_it_is_read_and_a_clean_or_coloured_one_is_not(monkeypatch, tmp_path,
+                                                                                              capsys):
     """QA: camera noise the networks never met ruined gray fluorescence whose nuclei were plain to see (12 DSB2018
     val images at 15 photons at the peak: 0.011 where the clean ones scored 0.477). The fluorescence sample at 8
     photons at the peak, unsmoothed: 4 nuclei, or (another draw of the noise) 3,888 specks; smoothed 86; clean 108."""
@@ -118,6 +122,14 @@ def test_a_noisy_gray_image_is_smoothed_before_it_is_read_and_a_clean_or_coloure
     assert result.noise_smoothing == 1.5 and clean.noise_smoothing == 0
     assert abs(result.count - clean.count) < 0.25 * clean.count, (result.count, clean.count)
     assert result.table["mean_intensity"].max() > 100  # measured on the image itself (offset 100), not smoothed
+    from napari_nucleiseg.cli import main
+
+    tifffile.imwrite(tmp_path / "noisy.tif", noisy)
+    assert main(["segment", str(tmp_path / "noisy.tif"), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err.strip() == (f"nucleiseg: note: {tmp_path / 'noisy.tif'}: It is very noisy, so it was "
+                                               "smoothed (a Gaussian of 1.5 px) before the nuclei were sized and "
+                                               "found; the table's intensities are its own.")
+    assert pd.read_csv(tmp_path / "out" / "counts.csv")["noise_smoothing"].tolist() == [1.5]
     monkeypatch.setattr(scale, "NOISE_SMOOTHING", ())
     unsmoothed = segment(noisy, model="hrnet").count  # what it was: nearly none, or thousands of specks
     assert abs(unsmoothed - clean.count) > 0.75 * clean.count, unsmoothed

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -227,6 +228,23 @@ def test_the_sample_segmented_with_real_weights_gives_labels_count_and_table(vie
     assert shown_count(widget) == count and widget.count_label.text().endswith(f" in '{labels.name}'")
     wait_for_table(qtbot, labels, count)
     assert labels.features["area"].sum() == np.count_nonzero(labels.data)
+
+
+def test_a_very_noisy_gray_image_is_smoothed_and_the_widget_says_so(viewer_and_widget, notifications, qtbot):
+    from skimage.io import imread
+
+    from napari_nucleiseg.weights import bundled_weights_path
+
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(bundled_weights_path("hrnet"))
+    gray = imread(Path(__file__).parents[1] / "src" / "napari_nucleiseg" / "samples" / "fluorescence.png")
+    noisy = (np.random.default_rng(0).poisson(gray.astype(float) / gray.max() * 8) + 100).astype(np.uint16)
+    viewer.add_image(noisy, name="dark frame")
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert labels.metadata["noise_smoothing"] == 1.5 and 80 <= labels.data.max() <= 135  # 108 in the clean sample
+    assert ("'dark frame': It is very noisy, so it was smoothed (a Gaussian of 1.5 px) before the nuclei were sized "
+            "and found; the table's intensities are its own.") in notifications.messages["info"]
 
 
 def test_threshold_min_size_and_split_rerun_only_the_postprocessing(viewer_and_widget, fake_network, qtbot):

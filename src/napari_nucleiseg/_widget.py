@@ -64,7 +64,7 @@ from ._table_view import NucleiTable
 from ._target import SettingsTarget, TargetLabel
 from .channels import reads_colour, take_channel
 from .errors import WeightsError
-from .scale import resize_shortfall
+from .scale import resize_shortfall, smoothing_note
 from .settings import PostprocessSettings
 from .stains import colour_note
 
@@ -344,6 +344,9 @@ class NucleiSegWidget(QWidget):
         shortfall = resize_shortfall(run.diameter, run.scale, model.diameter)
         if shortfall is not None:
             show_info(shortfall)
+        smoothed = smoothing_note(getattr(run, "noise_smoothing", 0.0))
+        if smoothed is not None:
+            show_info(f"'{image.name}': {smoothed}")
         if isinstance(outcome, LargeFinished):
             self._show_in_blocks(image, outcome)
         else:

@@ -533,9 +533,11 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     row = count_row(job, result, result.model_name, args.channel)
     table = _file_table(result.table, image, job.source)
     probabilities = result.probabilities if job.probability_path is not None else None  # only those written
-    note = image.note
+    from .scale import smoothing_note
+
+    note = image.note or smoothing_note(result.noise_smoothing)
     if image.rgb:
-        note = colour_note(image.data[(0,) * len(image.plane_axes)], args.brown_nuclei)
+        note = colour_note(image.data[(0,) * len(image.plane_axes)], args.brown_nuclei) or note
     return Finished(job, result.labels, probabilities, row, table, image.plane_axes, identity, image.pixel, note)
 
 

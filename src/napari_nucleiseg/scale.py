@@ -329,6 +329,14 @@ def _structure(extremes: _Extremes | None) -> float:
 NOISE_SMOOTHING = ((8.0, 2.0), (12.0, 1.5))
 
 
+def smoothing_note(sigma: float) -> str | None:
+    """What the log and the widget say of an image smoothed by ``sigma`` (:func:`noise_smoothing`); None: not."""
+    if not sigma:
+        return None
+    return (f"It is very noisy, so it was smoothed (a Gaussian of {sigma:g} px) before the nuclei were sized and "
+            "found; the table's intensities are its own.")
+
+
 def noise_smoothing(image: np.ndarray) -> float:
     """The sigma (in pixels) of the Gaussian that ``image`` (2-D gray, or RGB / RGBA whose colours are equal) is
     smoothed by before it is read (:data:`NOISE_SMOOTHING`); 0 for a clean image, a colour one, or an
