@@ -135,6 +135,22 @@ def test_a_noisy_gray_image_is_smoothed_before_it_is_read_and_a_clean_or_coloure
     assert abs(unsmoothed - clean.count) > 0.75 * clean.count, unsmoothed
 
 
+@pytest.mark.parametrize(("diameter", "size"), [(40, 96), (50, 110)])
+def test_a_crop_holding_one_big_nucleus_is_sized_by_it(diameter, size, monkeypatch):
+    """QA: a 96 px crop of 1-2 nuclei of 33-50 px was sized 1.6 px (the rungs that saw the nuclei whole found one
+    each, under the 3 a rung needs; the 8x enlargement's specks set it) and 170-421 objects were found. One disk
+    of 40 px in 96 px: 1.4 px and 18 objects before; of 50 px in 110 px, no estimate."""
+    from napari_nucleiseg import scale
+
+    image, labels = disks_image(diameter, size)
+    assert labels.max() == 1
+    result = segment(image, model="hrnet")
+    assert abs(math.log(result.diameter / diameter)) < math.log(1.15) and result.count == 1
+    monkeypatch.setattr(scale, "FEW_NUCLEI_SIDES", 0.0)  # the rule off: as it was
+    before = segment(image, model="hrnet")
+    assert before.diameter is None or before.diameter < diameter / 2
+
+
 def test_a_given_diameter_is_used_and_not_estimated():
     image, _ = disks_image(40, 384, seed=2)
     result = segment(image, model="hrnet", diameter=40)

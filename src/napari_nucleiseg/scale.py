@@ -464,6 +464,8 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
                                    if nucleus.any() else 1.0),
                 "confidence": float(np.abs(2 * probabilities[0][likely] - 1).mean()) if likely.any() else 0.0,
                 "foreground_share": float(nucleus.mean()),
+                "whole": tuple(window.shape[:2]) == tuple(rgb.shape[:2]),  # the window is the whole image
+                "image_side": int(min(rgb.shape[:2])),
                 **_look(window, normalization),
             }
             if diameters.size:
@@ -578,9 +580,26 @@ def _choosable(rungs: list[dict]) -> tuple[ChoiceRule, list[dict], list[dict]]:
     cells), and those of them whose median object is within the rule's ``max_miss`` of the trained size."""
     gray = max((rung["colour"] for rung in rungs), default=0.0) < GRAY_COLOUR
     rule = GRAY_RULE if gray else STAINED_RULE
-    counted = [rung for rung in rungs if rung["count"] >= ESTIMATE_MIN_OBJECTS and not _found_cells(rung)]
+    counted = [rung for rung in rungs if (rung["count"] >= ESTIMATE_MIN_OBJECTS or (gray and _few_fit(rung)))
+               and not _found_cells(rung)]
     plausible = [rung for rung in counted if abs(rung["signed_miss"]) < math.log(rule.max_miss)]
     return rule, counted, plausible
+
+
+#: A gray image at most this many times as wide as a rung's nuclei (and no wider than :data:`ESTIMATE_WINDOW`: a
+#: crop) holds too few of them for :data:`ESTIMATE_MIN_OBJECTS`: a rung that saw all of it counts with 1 or 2 (QA: a 96 px crop of 1-2 nuclei of
+#: 33-50 px; the rungs that saw them whole found 1 each and did not count, and the rungs that enlarged it 8x and
+#: found specks set 1.6 px: 170-421 objects for 1-2).
+FEW_NUCLEI_SIDES = 4.0
+
+
+def _few_fit(rung: dict) -> bool:
+    """Whether ``rung`` saw the whole of an image too small to hold :data:`ESTIMATE_MIN_OBJECTS` of its nuclei
+    and found 1 or 2 (:data:`FEW_NUCLEI_SIDES`)."""
+    return (FEW_NUCLEI_SIDES > 0 and rung.get("whole", False) and rung["count"] >= 1 and "estimate" in rung
+            and rung.get("image_side", math.inf) <= ESTIMATE_WINDOW  # a crop (review: not a 603 x 1272 field
+            # shrunk 8x, whose 2 clusters of 155 px outscored its nuclei of 10 px)
+            and rung["image_side"] < FEW_NUCLEI_SIDES * rung["estimate"])
 
 
 def _found_cells(rung: dict) -> bool:
