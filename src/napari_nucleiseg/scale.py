@@ -595,11 +595,13 @@ FEW_NUCLEI_SIDES = 4.0
 
 def _few_fit(rung: dict) -> bool:
     """Whether ``rung`` saw the whole of an image too small to hold :data:`ESTIMATE_MIN_OBJECTS` of its nuclei
-    and found 1 or 2 (:data:`FEW_NUCLEI_SIDES`)."""
-    return (FEW_NUCLEI_SIDES > 0 and rung.get("whole", False) and rung["count"] >= 1 and "estimate" in rung
-            and rung.get("image_side", math.inf) <= ESTIMATE_WINDOW  # a crop (review: not a 603 x 1272 field
-            # shrunk 8x, whose 2 clusters of 155 px outscored its nuclei of 10 px)
-            and rung["image_side"] < FEW_NUCLEI_SIDES * rung["estimate"])
+    and found 1 or 2 (:data:`FEW_NUCLEI_SIDES`). Only a crop (review: a 603 x 1272 field shrunk 8x, whose 2
+    clusters of 155 px outscored its nuclei of 10 px), and only nuclei that fit in it (a random network's one
+    blob over a whole 120 x 140 image was sized 140 px)."""
+    if FEW_NUCLEI_SIDES <= 0 or not rung.get("whole", False) or rung["count"] < 1 or "estimate" not in rung:
+        return False
+    side = rung.get("image_side", math.inf)
+    return side <= ESTIMATE_WINDOW and rung["estimate"] < side < FEW_NUCLEI_SIDES * rung["estimate"]
 
 
 def _found_cells(rung: dict) -> bool:
