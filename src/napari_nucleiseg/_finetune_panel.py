@@ -11,7 +11,6 @@ Model picker, and *Segment with it* segments the image again with it, into a lay
 from __future__ import annotations
 
 import contextlib
-
 import datetime
 import gc
 import logging
@@ -45,7 +44,7 @@ from superqt.utils import signals_blocked
 
 from ._controls import ModelPicker, NameComboBox
 from ._model_menu import confirm
-from ._outputs import labels_of
+from ._outputs import labels_of, plane_shape
 from ._run import Failure
 from .channels import reads_colour, take_channel
 from .errors import Cancelled, FineTuneError, WeightsError
@@ -266,7 +265,7 @@ class TrainingPairs(QTableWidget):
         """The image a Labels layer corrects: a result's own; else the first of its shape, if any."""
         if source is not None:
             return source[0].unique_id
-        same = [image for image in images if _plane_shape(image.data.shape, image.rgb) == np.shape(labels_of(layer))]
+        same = [image for image in images if plane_shape(image.data.shape, image.rgb) == np.shape(labels_of(layer))]
         return same[0].unique_id if same else None
 
     def _was_edited(self, layer: Any, source: tuple | None) -> bool:
@@ -327,11 +326,6 @@ class TrainingPairs(QTableWidget):
                 same = source is not None and image is not None and source[0].unique_id == image.unique_id
                 chosen.append(Pair(layer, image, source[1] if same else None))
         return chosen
-
-
-def _plane_shape(shape: tuple[int, ...], rgb: bool) -> tuple[int, ...]:
-    return tuple(shape[:-1]) if rgb else tuple(shape)
-
 
 
 class FineTunePanel(QCollapsible):
@@ -457,7 +451,7 @@ class FineTunePanel(QCollapsible):
             if record is not None and record.image is pair.image and record.image_changed():
                 raise Refused(f"'{pair.labels.name}' holds the nuclei of the data '{pair.image.name}' had before "
                               f"it was given new data; segment '{pair.image.name}' again and correct that result.")
-            image_shape = _plane_shape(np.shape(pair.image_data()), reads_colour(pair.image.rgb, pair.channel))
+            image_shape = plane_shape(np.shape(pair.image_data()), reads_colour(pair.image.rgb, pair.channel))
             if image_shape != labels_of(pair.labels).shape:
                 raise Refused(f"'{pair.labels.name}' is {_size(labels_of(pair.labels).shape)} but its image "
                               f"'{pair.image.name}' is {_size(image_shape)}; choose the image it corrects.")

@@ -160,6 +160,11 @@ def pixel_size(layer: Any, volume_axis: int | None = None) -> PixelSize | None:
                      0.0 if z is None else float(translates[volume_axis]))
 
 
+def plane_shape(shape: tuple[int, ...], rgb: bool) -> tuple[int, ...]:
+    """The shape of an image's planes of ``shape`` without its colour axis (``rgb``): what its labels' shape is."""
+    return tuple(shape[:-1]) if rgb else tuple(shape)
+
+
 def data_ref(image: Image) -> Callable[[], Any]:
     """A weak reference to the data ``image`` holds now: it gives that data, or None once it is freed (the
     layer was given new data). Data that takes no weak reference is taken to be the layer's, whatever it is."""
@@ -633,8 +638,7 @@ class OutputLayers(QObject):
         candidates = ([] if record is None or record.channel is not None else [record.image]) + [
             layer for layer in self.viewer.layers if isinstance(layer, Image) and not layer.multiscale]
         for image in candidates:
-            if self._in_viewer(image) and tuple(np.shape(image.data)[: len(shape)]) == tuple(shape) and (
-                    np.ndim(image.data) == len(shape) + (1 if image.rgb else 0)):
+            if self._in_viewer(image) and plane_shape(np.shape(image.data), image.rgb) == tuple(shape):
                 return image
         return None
 

@@ -161,7 +161,6 @@ class NucleiSegWidget(QWidget):
         self.table_view.headers = lambda layer: plane_columns(labels_axis_labels(self.viewer, layer),
                                                               set(layer.features.columns))
         self.export_button = QPushButton("Export CSV...", toolTip="Save the per-nucleus table of the result")
-        self.exporting = None  # the last Export's worker (it writes the CSV in a thread)
         self.model_menu, self.finetune_panel = _fine_tuning_controls(self)
 
         _lay_out(self)
@@ -344,7 +343,7 @@ class NucleiSegWidget(QWidget):
         shortfall = resize_shortfall(run.diameter, run.scale, model.diameter)
         if shortfall is not None:
             show_info(shortfall)
-        smoothed = smoothing_note(getattr(run, "noise_smoothing", 0.0))
+        smoothed = smoothing_note(run.noise_smoothing)
         if smoothed is not None:
             show_info(f"'{image.name}': {smoothed}")
         if isinstance(outcome, LargeFinished):
@@ -463,7 +462,6 @@ class NucleiSegWidget(QWidget):
         worker = thread_worker(write_exported, start_thread=False)(table, Path(path), saved)
         worker.returned.connect(_tell)
         worker.finished.connect(partial(_export_done, button))
-        self.exporting = worker
         worker.start()
 
     def layer_to_export(self) -> Labels | None:
@@ -497,6 +495,7 @@ class NucleiSegWidget(QWidget):
         level, message = export_csv(self.outputs, Path(path), layer or self.labels_layer)
         _tell((level, message))
         return level == "info"
+
 
 def _tell(how: tuple[str, str]) -> None:
     """Show ``(level, sentence)`` as a notification of that level."""

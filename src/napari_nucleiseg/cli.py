@@ -576,7 +576,7 @@ def count_row(job: Job, result: Any, model_name: str, channel: int | None = None
         "scale": result.scale,
         "augmented": result.augmented,
         "brown_nuclei": result.brown_nuclei,
-        "noise_smoothing": getattr(result, "noise_smoothing", 0.0),  # (sigma in pixels; 0: not smoothed)
+        "noise_smoothing": result.noise_smoothing,  # (sigma in pixels; 0: not smoothed)
         "channel": channel if channel is not None else float("nan"),  # (two runs of one file, told apart)
     }
 

@@ -84,6 +84,7 @@ class LargeResult:
     levels: list = field(default_factory=list)  # labels, then halved copies of them (write_pyramid)
     augmented: bool = False  # whether each block's maps are the mean over flips (``augment``)
     brown_nuclei: bool = False  # whether brown (DAB) was read as hematoxylin (``brown_nuclei``)
+    noise_smoothing: float = 0.0  # (block by block, an image is read as it is: never smoothed for noise)
 
     @property
     def count(self) -> int:

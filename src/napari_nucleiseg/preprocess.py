@@ -274,12 +274,17 @@ class Normalization:
         return out
 
 
+def colours_equal(pixels: np.ndarray) -> bool:
+    """Whether the first three entries of the last axis of ``pixels`` (red, green, blue) are equal everywhere: a
+    gray picture saved in colour."""
+    return bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
+
+
 def _one_plane(sample: np.ndarray) -> np.ndarray | None:
     """The ``(h, w)`` plane of a one-channel percentile sample (2-D, a gray broadcast or equal channels) as
     float64, non-finite pixels at its finite minimum; None for a colour sample."""
     if sample.ndim == 3:
-        if sample.strides[-1] != 0 and not (np.array_equal(sample[..., 0], sample[..., 1])
-                                            and np.array_equal(sample[..., 0], sample[..., 2])):
+        if sample.strides[-1] != 0 and not colours_equal(sample):
             return None
         sample = sample[..., 0]
     plane = np.asarray(sample, dtype=np.float64)

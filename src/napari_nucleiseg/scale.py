@@ -344,24 +344,28 @@ def noise_smoothing(image: np.ndarray) -> float:
     if np.ndim(image) == 3 and not _equal_colours(image):
         return 0.0
     extremes = _extremes(image)
-    if extremes is None:
+    if extremes is None or _empty(extremes):
         return 0.0
     contrast_ = _contrast(extremes)
-    if contrast_ < MIN_CONTRAST or _structure(extremes) < MIN_STRUCTURE:
-        return 0.0
     return next((sigma for bound, sigma in NOISE_SMOOTHING if contrast_ < bound), 0.0)
 
 
 def _equal_colours(image: np.ndarray) -> bool:
     """Whether the colours of the RGB(A) ``image`` are equal (a gray picture saved in colour), on rows spread over it."""
+    from .preprocess import colours_equal
+
     step = max(1, image.shape[0] // 64)
     rows = np.asarray(image[::step, :, :3])
-    return bool(rows.shape[-1] == 3 and (rows[..., 0] == rows[..., 1]).all() and (rows[..., 0] == rows[..., 2]).all())
+    return rows.shape[-1] == 3 and colours_equal(rows)
 
 
 def empty_field(image: np.ndarray) -> bool:
     """Whether ``image`` holds nothing to size: too little :func:`contrast`, or noise alone (:func:`structure`)."""
-    extremes = _extremes(image)  # (read and smoothed once for both)
+    return _empty(_extremes(image))  # (read and smoothed once for both)
+
+
+def _empty(extremes: _Extremes | None) -> bool:
+    """:func:`empty_field` of what :func:`_extremes` read of an image."""
     return _contrast(extremes) < MIN_CONTRAST or _structure(extremes) < MIN_STRUCTURE
 
 
