@@ -95,7 +95,8 @@ def predict_probabilities(
     rgb = as_rgb(image)
     if normalization is None:
         normalization = model.normalization(rgb)
-    source = rgb if scale == 1.0 else rescale_image(np.asarray(rgb), scale)
+    # (the padding filled first: resized, its edge would blend into a band of values that are neither)
+    source = rgb if scale == 1.0 else rescale_image(np.asarray(normalization.unpadded(rgb)), scale)
     probabilities = _predict_tiled(
         source, normalization, model.network, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         progress=progress, cancelled=cancelled, device=None, augment=augment,

@@ -268,6 +268,7 @@ class _Extremes(NamedTuple):
     middle: float  # the median of ``smooth``
     bright: float  # how far its CONTRAST_TOP_PIXELS-th brightest pixel stands above the median
     dark: float  # ... and its CONTRAST_TOP_PIXELS-th darkest below
+    picture: np.ndarray | None  # ``rows``' pixels that are not padding (:data:`~.preprocess.PADDING_MIN_SHARE`); None: all
 
 
 def _extremes(image: np.ndarray) -> _Extremes | None:
@@ -277,12 +278,16 @@ def _extremes(image: np.ndarray) -> _Extremes | None:
     rows, below = _row_sample(image)
     if rows.shape[1] < 3:
         return None
+    from .preprocess import find_padding
+
+    padding = find_padding(rows)  # (the black or white fill of a mosaic is neither structure nor noise)
+    picture = None if padding is None else ~padding.mask
     smooth = ndi.median_filter(rows, size=(1, 3), mode="nearest")
-    middle = float(np.median(smooth))
-    values = smooth.ravel()
+    values = smooth.ravel() if picture is None else smooth[picture]
+    middle = float(np.median(values))
     k = min(CONTRAST_TOP_PIXELS, values.size)
     bottom, top = np.partition(values, k - 1)[k - 1], -np.partition(-values, k - 1)[k - 1]
-    return _Extremes(rows, below, smooth, middle, float(top) - middle, middle - float(bottom))
+    return _Extremes(rows, below, smooth, middle, float(top) - middle, middle - float(bottom), picture)
 
 
 def structure(image: np.ndarray) -> float:
@@ -303,6 +308,8 @@ def _structure(extremes: _Extremes | None) -> float:
         return math.inf
     values = extremes.smooth.ravel() - extremes.middle
     beside = ndi.median_filter(extremes.below, size=(1, 3), mode="nearest").ravel() - extremes.middle
+    if extremes.picture is not None:
+        values, beside = values[extremes.picture.ravel()], beside[extremes.picture.ravel()]
     sign = 1.0 if extremes.bright >= extremes.dark else -1.0  # the side that stands farther out
     k = min(STRUCTURE_PIXELS, values.size)
     extreme = np.argpartition(-sign * values, k - 1)[:k]
@@ -379,10 +386,15 @@ def contrast(image: np.ndarray) -> float:
     return _contrast(_extremes(image))
 
 
-def pixel_noise(rows: np.ndarray) -> float:
+def pixel_noise(rows: np.ndarray, picture: np.ndarray | None = None) -> float:
     """The standard deviation of the pixel noise of ``rows`` (2-D): the median absolute difference of neighbouring
-    pixels along the rows / 0.954, for Gaussian noise; their mean / 1.128 where most neighbours are equal."""
+    pixels along the rows / 0.954, for Gaussian noise; their mean / 1.128 where most neighbours are equal. With
+    ``picture`` (bool, as ``rows``), only of neighbours both in it."""
     steps = np.abs(np.diff(rows, axis=1))
+    if picture is not None:
+        steps = steps[picture[:, 1:] & picture[:, :-1]]
+        if steps.size == 0:
+            return 0.0
     return float(np.median(steps)) / 0.954 or float(steps.mean()) / 1.128
 
 
@@ -390,7 +402,7 @@ def _contrast(extremes: _Extremes | None) -> float:
     if extremes is None:
         return math.inf
     spread = max(extremes.bright, extremes.dark)
-    noise = pixel_noise(extremes.rows)
+    noise = pixel_noise(extremes.rows, extremes.picture)
     if spread <= 0:
         return 0.0
     return spread / noise if noise > 0 else math.inf
@@ -449,10 +461,10 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
             if cancelled is not None and cancelled():
                 return []
             factor = 1.0 / relative
-            window = np.asarray(_busiest_window(rgb, int(round(ESTIMATE_WINDOW / factor))))
+            window = np.asarray(_busiest_window(rgb, int(round(ESTIMATE_WINDOW / factor)), normalization))
             if min(window.shape[:2]) * factor < 32:
                 continue
-            scaled = rescale_image(window, factor) if factor != 1 else window
+            scaled = rescale_image(normalization.unpadded(window), factor) if factor != 1 else window
             if hook is not None:
                 hook.relative = relative
             probabilities = _predict_tiled(scaled, normalization, model.network, tile_size=512, overlap=64,
@@ -461,13 +473,14 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
             diameters = nucleus_diameters(labels)
             nucleus = probabilities[0] > settings.threshold
             likely = probabilities[0] > 0.2
+            inside = ~_padded_at(window, normalization, nucleus.shape)  # the picture, not its padding
             rung = {
                 "relative": relative,
                 "count": int(diameters.size),
                 "boundary_share": (float((probabilities[1][nucleus] > settings.boundary_threshold).mean())
                                    if nucleus.any() else 1.0),
                 "confidence": float(np.abs(2 * probabilities[0][likely] - 1).mean()) if likely.any() else 0.0,
-                "foreground_share": float(nucleus.mean()),
+                "foreground_share": float(nucleus[inside].mean()) if inside.any() else 0.0,
                 "whole": tuple(window.shape[:2]) == tuple(rgb.shape[:2]),  # the window is the whole image
                 "image_side": int(min(rgb.shape[:2])),
                 **_look(window, normalization),
@@ -480,6 +493,14 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
         if hook is not None:
             hook.remove()
     return rungs
+
+
+def _padded_at(window: np.ndarray, normalization, shape: tuple[int, int]) -> np.ndarray:
+    """``shape`` bool: where ``window``, resized to ``shape``, is the padding ``normalization`` found (none: all
+    False)."""
+    if normalization.padding is None:
+        return np.zeros(shape, dtype=bool)
+    return rescale_labels(normalization.padded(window).astype(np.uint8), shape).astype(bool)
 
 
 def _look(window: np.ndarray, normalization) -> dict:
@@ -675,9 +696,10 @@ def size_model_estimate(rungs: list[dict], size_model: dict) -> float | None:
     return float(math.exp(float(weights @ proposals)))
 
 
-def _busiest_window(rgb: np.ndarray, side: int) -> np.ndarray:
+def _busiest_window(rgb: np.ndarray, side: int, normalization=None) -> np.ndarray:
     """The ``side`` x ``side`` window (or the whole image, if smaller) whose pixels vary most,
-    chosen on a coarse grid: where the nuclei are, not an empty corner."""
+    chosen on a coarse grid: where the nuclei are, not an empty corner, nor the edge of the padding of
+    ``normalization`` (:meth:`~.preprocess.Normalization.unpadded`), if it found any."""
     height, width = rgb.shape[:2]
     if height <= side and width <= side:
         return rgb
@@ -687,6 +709,8 @@ def _busiest_window(rgb: np.ndarray, side: int) -> np.ndarray:
     for y in range(0, max(height - side, 0) + 1, step):
         for x in range(0, max(width - side, 0) + 1, step):
             patch = np.asarray(rgb[y : y + side : stride, x : x + side : stride], dtype=np.float32)
+            if normalization is not None and normalization.padding is not None:
+                patch = normalization.unpadded(patch)
             score = float(np.nan_to_num(patch, nan=0.0, posinf=0.0, neginf=0.0).std())  # (NaN, inf: no variation)
             if score > best_score:
                 best, best_score = (y, x), score
