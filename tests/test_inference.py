@@ -321,8 +321,9 @@ def test_a_fill_takes_the_ground_of_the_picture_and_leaves_its_percentiles():
 
 
 def test_a_dark_ground_and_saturated_nuclei_are_no_fill():
-    """A ground at the image's darkest value (clipped to 0: DSB2018 val's shrunk images have such) and nuclei
-    saturated over the border are the picture itself: the percentiles and the network's input are as before."""
+    """A ground at the image's darkest value (clipped to 0: DSB2018 val's shrunk images have such; set to 0 round
+    the nuclei, as background subtraction or a mask leaves it) and nuclei saturated over the border are the
+    picture itself: the percentiles and the network's input are as before."""
     from napari_nucleiseg._sample_data import read_sample
     from napari_nucleiseg.preprocess import find_padding
 
@@ -330,7 +331,13 @@ def test_a_dark_ground_and_saturated_nuclei_are_no_fill():
     clipped = np.clip(dapi - 30, 0, 255).astype(np.uint8)
     saturated = np.clip(dapi * 3, 0, 255).astype(np.uint8)
     saturated[:40, :60] = 255  # a nucleus at the border, saturated
-    for image in (clipped, saturated):
+    subtracted = np.where(dapi > 60, dapi, 0).astype(np.uint8)  # a ground set to 0 round sharp nuclei
+    masked = np.zeros((200, 260), np.uint8)  # textured nuclei on a ground of 0: a hole in it for each
+    rows, cols = np.indices(masked.shape)
+    for y, x in [(40, 40), (40, 130), (40, 220), (100, 80), (100, 180), (160, 40), (160, 130), (160, 220)]:
+        inside = np.hypot(rows - y, cols - x) <= 12
+        masked[inside] = np.random.default_rng(y + x).integers(100, 200, inside.sum())
+    for image in (clipped, saturated, subtracted, masked):
         assert find_padding(as_rgb(image)) is None
         assert Normalization.of(as_rgb(image)).padding is None
 

@@ -52,9 +52,11 @@ OUTLIER_MIN_CONTRAST = 10.0
 #: diameter estimate and the empty-field gate look at the picture (:func:`~.scale.sweep`, :func:`~.scale.contrast`).
 #: Padding is the pixels of that value that a square of :data:`PADDING_CORE` such pixels covers (an opening: the
 #: zeros scattered in a dark ground are not), in regions at the image's border, at least :data:`PADDING_MIN_SHARE`
-#: of the image, when fewer than :data:`PADDING_MAX_NEAR` of the other pixels come within :data:`PADDING_NEAR` of
-#: their percentile range of that value: a dark ground clipped to 0 (DSB2018 val's shrunk images have such) and
-#: nuclei saturated at the top are the picture's own. Measured (session 33, runs/s33/): DSB2018 val, 24 images
+#: of the image, with at most :data:`PADDING_MAX_HOLES` holes (a picture in the middle of a canvas is one; a
+#: ground of that value round the nuclei, as in a binary mask or a background-subtracted image, has one for each),
+#: when fewer than :data:`PADDING_MAX_NEAR` of the other pixels come within :data:`PADDING_NEAR` of their
+#: percentile range of that value, and that range is not 0: a dark ground clipped to 0 (DSB2018 val's shrunk
+#: images have such) and nuclei saturated at the top are the picture's own. Measured (session 33, runs/s33/): DSB2018 val, 24 images
 #: beside a black fill as wide as the image, HRNet at Auto, 0.499 -> 0.547 (0.553 without it; a brightfield image
 #: was sized 117 px for 18 and scored 0); beside a white fill 0.529 -> 0.539; rotated 20 degrees with black corners
 #: 0.459 -> 0.488 (most fluorescence images reach black themselves: left as they are). No image of DSB2018 val,
@@ -64,6 +66,7 @@ PADDING_MIN_SHARE = 0.05
 PADDING_CORE = 9
 PADDING_NEAR = 0.01
 PADDING_MAX_NEAR = 0.005
+PADDING_MAX_HOLES = 2
 
 #: Percentiles of very large images are estimated on at most this many pixels
 #: (a regular grid), so normalising a whole slide costs milliseconds, and a
@@ -383,15 +386,15 @@ def find_padding(sample: np.ndarray) -> Padding | None:
     for index in (int(np.nanargmin(brightness)), int(np.nanargmax(brightness))):
         value = pixels[index]
         mask = _on_border(padding_mask(sample, value if sample.ndim == 3 else value[0]))
-        if mask.mean() < PADDING_MIN_SHARE or mask.all():
-            continue
+        if mask.mean() < PADDING_MIN_SHARE or mask.all() or _holes(mask) > PADDING_MAX_HOLES:
+            continue  # (a ground of that value round the nuclei has a hole for each: a fill has none, or its picture)
         rest = sample[~mask].reshape(-1, pixels.shape[1]).astype(np.float64)
         rest = rest[np.isfinite(rest).all(axis=1)]
         if rest.shape[0] == 0:
             return None
         gray = rest.mean(axis=1)
         low, high = np.percentile(gray, DEFAULT_PERCENTILES)
-        if np.mean(np.abs(gray - float(np.mean(value))) <= PADDING_NEAR * (high - low)) >= PADDING_MAX_NEAR:
+        if high <= low or np.mean(np.abs(gray - float(np.mean(value))) <= PADDING_NEAR * (high - low)) >= PADDING_MAX_NEAR:
             continue  # the picture reaches that value itself: a flat dark ground, saturated nuclei
         return Padding(tuple(float(v) for v in value), tuple(float(v) for v in _ground(rest, gray, low, high)), mask)
     return None
@@ -406,6 +409,13 @@ def _filled(image: np.ndarray, mask: np.ndarray, value: tuple[float, ...]) -> np
     if image.ndim == 2:
         return np.where(mask, value[0], image)
     return np.where(mask[..., None], value, image)
+
+
+def _holes(mask: np.ndarray) -> int:
+    """How many holes the regions of ``mask`` have (regions of other pixels they enclose)."""
+    from scipy import ndimage as ndi
+
+    return int(ndi.label(ndi.binary_fill_holes(mask) & ~mask)[1])
 
 
 def _on_border(mask: np.ndarray) -> np.ndarray:
