@@ -871,7 +871,7 @@ def test_widget_cancel_in_the_middle_of_one_large_image_stops_between_tiles(
     qtbot.mouseClick(widget.cancel_button, _widget_left_button())
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
     assert model.network.calls < total
-    assert notifications.messages["info"] == ["Segmentation cancelled; no layer was changed."]
+    assert notifications.messages["info"] == ["Segmentation cancelled; the run added and changed no layer."]
     assert labels_layers(viewer) == [] and notifications.messages["error"] == []
 
 

@@ -627,7 +627,9 @@ def test_a_stack_is_segmented_plane_by_plane_with_progress(viewer_and_widget, fa
     assert fake_network.calls == 3
     assert [len(np.unique(plane[plane > 0])) for plane in labels.data] == [1, 2, 3]
     assert shown_count(widget) == 6  # every nucleus of the stack has its own label
-    assert widget.count_label.text() == ("6 nuclei in 'stack nuclei', summed over its 3 planes; "
+    here = int(viewer.dims.current_step[0]) + 1  # (plane i holds i + 1 nuclei)
+    assert widget.count_label.text() == (f"6 nuclei in 'stack nuclei', summed over its 3 planes ({here} in the plane "
+                                         "shown); "
                                          "if they are channels, choose the one with the nuclei under Channel")
     assert len(set(progress)) >= 3 and max(progress) == PROGRESS_STEPS
     wait_for_table(qtbot, labels, 6)
@@ -720,7 +722,7 @@ def test_cancel_stops_between_planes_and_leaves_the_layers_alone(
 
     assert slow.calls < 8
     assert labels_layers(viewer) == []
-    assert notifications.messages["info"] == ["Segmentation cancelled; no layer was changed."]
+    assert notifications.messages["info"] == ["Segmentation cancelled; the run added and changed no layer."]
     assert widget.segment_button.isEnabled() and not widget.progress_bar.isVisible()
 
 
@@ -1135,9 +1137,10 @@ def test_tiny_constant_and_odd_valued_images_segment_without_error(viewer_and_wi
 
 
 def test_two_models_results_lie_side_by_side_and_neither_overwrites_the_other(
-    viewer_and_widget, fake_network, tiny_weights, qtbot
+    viewer_and_widget, fake_network, tiny_weights, notifications, qtbot
 ):
-    """Issue 17, item 6: a run with another model goes to its own layer, named for its model."""
+    """Issue 17, item 6: a run with another model goes to its own layer, named for its model; the earlier result is
+    hidden, so the new one shows alone (QA: three models' results one over the other were unreadable)."""
     viewer, widget = viewer_and_widget
     viewer.add_image(blobs(), name="cells")
     click_segment(qtbot, widget)
@@ -1150,10 +1153,15 @@ def test_two_models_results_lie_side_by_side_and_neither_overwrites_the_other(
     first_again, second = labels_layers(viewer)
     assert first_again is first and np.array_equal(first.data, before)  # not overwritten, though unedited
     assert second.name == "cells nuclei (tiny-hrnet)" and second.metadata["model"] == "tiny-hrnet"
+    assert second.visible and not first.visible
+    assert notifications.messages["info"][-1] == ("Hidden: 'cells nuclei' (an earlier result of 'cells'), so that "
+                                                  "'cells nuclei (tiny-hrnet)' shows alone; tick the eye in the layer "
+                                                  "list to compare.")
+    first.visible = True  # the user compares: a re-threshold of the new result leaves it shown
 
     widget.threshold_slider.setValue(0.3)  # moves the second model's result, in its own layer
     qtbot.waitUntil(lambda: not np.array_equal(second.data, before) and shown_count(widget) == 4, timeout=5_000)
-    assert np.array_equal(first.data, before) and len(labels_layers(viewer)) == 2
+    assert np.array_equal(first.data, before) and len(labels_layers(viewer)) == 2 and first.visible
 
 
 def _dapi_and_marker(channels_last: bool = False) -> np.ndarray:
@@ -1760,6 +1768,41 @@ def test_a_diameter_entered_during_a_run_runs_again_when_it_ends(
     assert slow.scales == [0.75, 0.5] and labels.metadata["diameter"] == 36.0
 
 
+def test_the_diameter_box_is_blank_until_an_image_is_sized(viewer_and_widget, diameter_weights, qtbot):
+    """QA: before any run the box showed the model's own 18.0 px, greyed beside Auto, which read as an estimate;
+    a diameter of 132.1 px showed as '132.'."""
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(diameter_weights)
+    trained = widget.model_combo.metadata()["diameter"]
+    assert widget.diameter_auto_check.isChecked() and widget.diameter_spin.text() == "-"
+    spin = widget.diameter_spin
+    assert spin.minimumWidth() >= spin.fontMetrics().horizontalAdvance("132.1 px")
+    widget.diameter_auto_check.setChecked(False)  # a number of one's own: the model's diameter is the start
+    assert spin.value() == trained and widget.diameter_control.diameter == trained and spin.text() != "-"
+
+
+def test_a_cancelled_rerun_at_another_diameter_leaves_the_controls_at_the_results(
+    viewer_and_widget, diameter_weights, notifications, qtbot
+):
+    """QA: a result at 24 px, 36 typed, the run cancelled: the box said 36 px beside the result made at 24."""
+    slow = FakeNetwork(delay=0.5)
+    viewer, widget = viewer_and_widget
+    widget.predict = slow
+    assert widget.set_weights_file(diameter_weights)
+    viewer.add_image(np.stack([blobs(shape=(256, 256))] * 4), name="blobs")
+    widget.set_diameter(24.0)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert widget.set_diameter(36.0)
+    qtbot.waitUntil(lambda: widget.running and slow.calls > 4, timeout=RUN_TIMEOUT_MS)
+    qtbot.mouseClick(widget.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+    assert notifications.messages["info"][-1] == "Segmentation cancelled; the run added and changed no layer."
+    assert labels_layers(viewer) == [labels] and labels.metadata["diameter"] == 24.0
+    assert widget.diameter_spin.value() == 24.0 and not widget.diameter_auto_check.isChecked()
+    assert widget.diameter_control.diameter == 24.0
+
+
 def test_average_4_flips_gives_the_apis_augmented_labels_and_is_recorded(viewer_and_widget, tiny_weights, qtbot):
     viewer, widget = viewer_and_widget
     image = viewer.add_image(blobs(values=(120, 160, 200, 240), shape=(96, 200)), name="blobs")
@@ -1836,7 +1879,7 @@ def test_a_z_stack_is_counted_in_3d_and_the_box_relabels_it_without_the_network(
     assert table["first_plane"].tolist() == [0, 0, 2] and "axis_0" not in table.columns
 
     widget.volumes_check.setChecked(False)  # each plane's nuclei apart again, from the cached maps
-    assert shown_count(widget) == 10 and widget.count_label.text().endswith("summed over its 4 planes")
+    assert shown_count(widget) == 10 and "summed over its 4 planes (" in widget.count_label.text()
     click_export(qtbot, widget, monkeypatch, tmp_path / "planes.csv")
     assert pd.read_csv(tmp_path / "planes.csv")["z"].tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3, 3]  # the axis's label
     widget.volumes_check.setChecked(True)
@@ -1857,7 +1900,14 @@ def test_time_is_never_linked_and_an_unnamed_axis_only_when_ticked(viewer_and_wi
     viewer.add_image(z_stack(), name="movie", axis_labels=("t", "y", "x"))
     click_segment(qtbot, widget)
     assert widget.volumes_check.isHidden()
-    assert widget.count_label.text() == "10 nuclei in 'movie nuclei', summed over its 4 planes"
+    here = int(viewer.dims.current_step[0])
+    per_frame = [2, 2, 3, 3]  # the count of the frame on screen follows the frame (QA: only the sum was said)
+    assert widget.count_label.text() == (f"10 nuclei in 'movie nuclei', summed over its 4 planes ({per_frame[here]} in "
+                                         "the plane shown)")
+    viewer.dims.set_current_step(0, 0)
+    assert widget.count_label.text() == "10 nuclei in 'movie nuclei', summed over its 4 planes (2 in the plane shown)"
+    viewer.dims.set_current_step(0, 3)
+    assert widget.count_label.text() == "10 nuclei in 'movie nuclei', summed over its 4 planes (3 in the plane shown)"
     click_export(qtbot, widget, monkeypatch, tmp_path / "movie.csv")
     assert pd.read_csv(tmp_path / "movie.csv")["t"].tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3, 3]  # per time point
 
@@ -1902,6 +1952,8 @@ def test_the_settings_act_on_the_selected_result_and_show_how_it_was_made(
     widget.threshold_slider.setValue(0.5)
     assert four.data.max() == 3 and two.data.max() == 0
     assert widget.target_label.text() == "Settings apply to: 'four nuclei' (still: 'two' is not a result)"
+    two_image.name = "second"  # (QA: the line kept the old name)
+    assert widget.target_label.text() == "Settings apply to: 'four nuclei' (still: 'second' is not a result)"
 
     viewer.layers.selection.active = two
     assert widget.threshold_slider.value() == 0.9 and widget.exclude_border_check.isChecked()
@@ -1913,6 +1965,12 @@ def test_the_settings_act_on_the_selected_result_and_show_how_it_was_made(
     viewer.layers.remove(two)  # the target is taken out: the result still open is the target
     assert widget.target_label.text() == "Settings apply to: 'four nuclei'"
     assert widget.threshold_slider.value() == 0.5 and notifications.messages["error"] == []
+
+    viewer.layers.remove("four")  # its image taken out: no word of segmenting it again (QA), nothing changes
+    assert widget.target_label.text() == ("The settings cannot change 'four nuclei': its image was removed. They "
+                                          "apply to the next result")
+    widget.threshold_slider.setValue(0.3)
+    assert four.data.max() == 3 and "its image was removed" in widget.target_label.text()
 
 
 def test_choosing_another_model_shows_its_settings_for_the_next_run_and_leaves_the_result_alone(

@@ -201,7 +201,7 @@ def test_cancel_mid_run_stops_within_2_s_and_leaves_no_layer_and_no_store(
     qtbot.waitUntil(lambda: not widget.running, timeout=5_000)
     assert time.monotonic() - clicked < 2.0
     assert labels_layers(viewer) == [] and list(cache_folder(tmp_path).iterdir()) == []
-    assert notifications.messages["info"][-1] == "Segmentation cancelled; no layer was changed."
+    assert notifications.messages["info"][-1] == "Segmentation cancelled; the run added and changed no layer."
     assert not widget.progress_bar.isVisible() and widget.segment_button.isEnabled()
 
 

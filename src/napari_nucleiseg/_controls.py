@@ -250,6 +250,11 @@ class DiameterControl(QWidget):
         self.spin = QDoubleSpinBox(minimum=0.0, maximum=MAX_DIAMETER_PX, decimals=1, suffix=" px", enabled=False,
                                    toolTip="The nuclei's median diameter, in pixels")
         self.spin.setKeyboardTracking(False)  # one run when the number is entered, not one a keystroke
+        # Blank until there is a diameter to show (QA: the model's own 18.0 px, greyed beside "Auto" before any run,
+        # read as an estimate); wide enough for 3 digits beside "Auto (estimated 132.1 px)" (QA: '132.' was cut).
+        self.spin.setSpecialValueText("-")
+        self.spin.setMinimumWidth(self.spin.sizeHint().width())
+        self._start: float | None = None  # the number offered when Auto is unticked with the box blank
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.auto_check)
@@ -300,8 +305,8 @@ class DiameterControl(QWidget):
             self.asked.emit(None)
         else:
             # The box holds the diameter of the result shown: it stands, now as the user's own
-            # (nothing runs again), and is the start for one of theirs.
-            self.take(self.spin.value() or None)
+            # (nothing runs again), and is the start for one of theirs; blank, the model's diameter is.
+            self.take(self.spin.value() or self._start)
 
     def _on_entered(self, value: float) -> None:
         if not self.auto_check.isChecked():
@@ -324,13 +329,17 @@ class DiameterControl(QWidget):
         self.auto_check.setToolTip(
             "Estimate the nuclei's diameter from the image" if trained is not None
             else "This model records no nucleus diameter: images are segmented at their own scale")
-        if first and trained is not None and self.diameter is None:
+        self._start = None if trained is None else float(trained)
+        if first and self.diameter is None:
             with signals_blocked(self.spin):
-                self.spin.setValue(float(trained))
+                self.spin.setValue(0.0)  # (blank: no diameter of this image yet)
 
     def forget_estimate(self) -> None:
         """"Auto" without the estimate of an earlier run (of another image, or of one taken out)."""
         self.auto_check.setText("Auto")
+        if self.diameter is None:
+            with signals_blocked(self.spin):
+                self.spin.setValue(0.0)
 
     def show_used(self, diameter: float | None, estimated: bool, resizable: bool, asked_auto: bool) -> None:
         """After a run: "Auto" says what it estimated, and the number box holds it."""

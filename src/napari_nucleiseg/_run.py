@@ -169,7 +169,7 @@ def failure_of(error: Exception, shape: tuple[int, ...], weights: Path) -> Failu
     """What a run that raised ``error`` (on an image of ``shape``, with the weights file ``weights``) tells
     the user; an unexpected error is logged with its traceback."""
     if isinstance(error, Cancelled):
-        return Failure("Segmentation cancelled; no layer was changed.", cancelled=True)
+        return Failure("Segmentation cancelled; the run added and changed no layer.", cancelled=True)
     if isinstance(error, (WeightsError, ImageError)):
         return Failure(str(error), weights=weights if isinstance(error, WeightsError) else None)
     if isinstance(error, MemoryError):

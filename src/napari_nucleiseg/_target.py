@@ -186,6 +186,8 @@ class SettingsTarget(QObject):
         """Selecting a result layer makes it the target; selecting another layer keeps the target."""
         layer = self.viewer.layers.selection.active
         result = self.result(layer)
+        if layer is not None and result is None:  # the line names it ('still: ... is not a result'), renamed too
+            layer.events.name.connect(self._on_renamed)  # (connecting twice is a no-op)
         if result is not None and not self._is_target(layer):
             self._switch(result)
         else:
@@ -202,7 +204,7 @@ class SettingsTarget(QObject):
         self._show_line()
 
     def _on_renamed(self, event=None) -> None:
-        self._show_line()  # (QA: the line named a renamed result by its old name)
+        self._show_line()  # (QA: the line named a renamed result, or the layer selected, by its old name)
 
     def _on_image_data(self, event) -> None:
         """An image given new data (``layer.data = ...``): its results' maps are of the old data, so the
@@ -275,6 +277,9 @@ class SettingsTarget(QObject):
         if target.in_blocks:
             text = (f"'{target.layer.name}' was segmented block by block: change the settings and press Segment "
                     "to run it again")
+        elif target.cache is None and target.freed == self.IMAGE_GONE:  # (QA: 'segmented again', with no image)
+            text = (f"The settings cannot change '{target.layer.name}': {target.freed}. They apply to the next "
+                    "result")
         elif target.cache is None and self._changed_freed:
             text = (f"The settings cannot change '{target.layer.name}' until '{target.image_name}' is segmented "
                     f"again: {target.freed}")

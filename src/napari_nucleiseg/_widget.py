@@ -188,6 +188,16 @@ class NucleiSegWidget(QWidget):
         self.target.removed(layer)  # frees the maps of a result or image taken out
         self.image_combo.removed(layer)
 
+    def _show_result_diameter(self) -> None:
+        """The diameter controls show the diameter of the result the settings act on (after a run cancelled: QA
+        typed 16 px, cancelled, and the box said 16 px beside a result made at Auto's 26.5 px)."""
+        cache = self.rethresholder.cache
+        if cache is None:
+            return
+        auto = cache.diameter_estimated or cache.diameter is None
+        self.diameter_control.take(None if auto else cache.diameter)
+        self.diameter_control.show_used(cache.diameter, cache.diameter_estimated, cache.diameter is not None, auto)
+
     def _on_image_changed(self, *_) -> None:
         self.channel_combo.follow(self.image_layer)
         self.target.offer(self.image_layer, self.channel_combo.channel)
@@ -327,6 +337,8 @@ class NucleiSegWidget(QWidget):
             return
         if isinstance(outcome, Failure):
             (show_info if outcome.cancelled else show_error)(self.model_combo.refuse(outcome.message, outcome.weights))
+            if outcome.cancelled:
+                self._show_result_diameter()
             return
         model = outcome.model
         previous = self.rethresholder.cache
@@ -408,7 +420,13 @@ class NucleiSegWidget(QWidget):
         if isinstance(outcome, Failure):
             show_error(outcome.message)
             return
+        known = set(self.outputs.records)
         layer, edited = self.target.write(cache, settings, outcome)
+        hidden = self.outputs.hide_other_results(layer) if layer.unique_id not in known else []
+        if hidden:
+            earlier = "an earlier result" if len(hidden) == 1 else "earlier results"
+            show_info(f"Hidden: {', '.join(repr(name) for name in hidden)} ({earlier} of '{cache.image.name}'), so that "
+                      f"'{layer.name}' shows alone; tick the eye in the layer list to compare.")
         if edited is not None:
             show_info(f"'{edited.name}' was edited by hand and is kept, on top; the new result is in "
                       f"'{layer.name}', under it.")
