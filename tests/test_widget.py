@@ -427,7 +427,7 @@ def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
     second, first = labels_layers(viewer)  # issue 17, item 10: the corrections stay in sight, on top
     assert first is labels and np.array_equal(first.data, edited) and first.visible
     assert second.name == "blobs nuclei [2]" and second.data.max() == 4
-    assert any("edited by hand" in message for message in notifications.messages["info"])
+    assert any(message.startswith("Your corrections are kept: ") for message in notifications.messages["info"])
     assert widget.count_label.text() == ("4 nuclei in 'blobs nuclei [2]' (under your edited 'blobs nuclei', "
                                          "which stays on top)")
 
@@ -1507,7 +1507,7 @@ def test_a_result_computed_before_a_hand_edit_goes_to_a_new_layer(
     assert first is labels and np.array_equal(first.data, edited) and (first.data == 4).any()
     assert second.name == "blobs nuclei [2]" and second.data.max() == 4
     assert widget.count_label.text().startswith("4 nuclei in 'blobs nuclei [2]' (under your edited")
-    assert any("edited by hand" in message for message in notifications.messages["info"])
+    assert any(message.startswith("Your corrections are kept: ") for message in notifications.messages["info"])
 
 
 def test_a_result_for_an_image_since_removed_is_dropped(

@@ -428,7 +428,8 @@ class NucleiSegWidget(QWidget):
             show_info(f"Hidden: {', '.join(repr(name) for name in hidden)} ({earlier} of '{cache.image.name}'), so that "
                       f"'{layer.name}' shows alone; tick the eye in the layer list to compare.")
         if edited is not None:
-            show_info(f"'{edited.name}' was edited by hand and is kept, on top; the new result is in "
+            # (the point first: a toast shows its first words, and file names are long; QA)
+            show_info(f"Your corrections are kept: '{edited.name}', edited by hand, stays on top; the new result is in "
                       f"'{layer.name}', under it.")
 
     def closeEvent(self, event) -> None:
