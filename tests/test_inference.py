@@ -318,6 +318,24 @@ def test_a_fill_takes_the_ground_of_the_picture_and_leaves_its_percentiles():
         np.testing.assert_array_equal(network_input[:, : image.shape[1]], alone(image))
         fill = network_input[:, image.shape[1]:]
         assert np.ptp(fill) == 0 and fill.flat[0] == pytest.approx(np.median(alone(image)), abs=0.05)
+    gray = as_rgb(mosaic(read_sample("brightfield"), 0))
+    assert Normalization.of(gray).unpadded(gray).strides[-1] == 0  # (review: a gray image stays one plane, not three)
+
+
+def test_only_the_fill_is_filled_not_pixels_of_its_value_in_the_picture():
+    """Review: a white fill beside fluorescence whose brightest nucleus is saturated at the fill's value: the
+    nucleus kept its value only where it is no solid block of it (9 x 9 px)."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    dapi = read_sample("fluorescence").copy()
+    dapi[100:104, 100:106] = 255  # a saturated core, smaller than the fill's square
+    image = as_rgb(mosaic(dapi, 255))
+    normalization = Normalization.of(image)
+    assert normalization.padding is not None and normalization.padding[0] == (255.0, 255.0, 255.0)
+    network_input = normalization(image)
+    assert (network_input[100:104, 100:106] >= 1).all()  # the picture's brightest, as before
+    tile = image[:, 300:500]  # a tile across the fill's edge: its part of the fill is filled to its edges
+    assert np.ptp(normalization(tile)[:, dapi.shape[1] - 300:]) == 0
 
 
 def test_a_dark_ground_and_saturated_nuclei_are_no_fill():
@@ -337,7 +355,13 @@ def test_a_dark_ground_and_saturated_nuclei_are_no_fill():
     for y, x in [(40, 40), (40, 130), (40, 220), (100, 80), (100, 180), (160, 40), (160, 130), (160, 220)]:
         inside = np.hypot(rows - y, cols - x) <= 12
         masked[inside] = np.random.default_rng(y + x).integers(100, 200, inside.sum())
-    for image in (clipped, saturated, subtracted, masked):
+    two = np.zeros((200, 200), np.uint8)  # review: 1 or 2 nuclei on a ground of 0 leave no holes to count
+    for y, x in [(60, 60), (140, 130)]:
+        distance = np.hypot(rows[:200, :200] - y, cols[:200, :200] - x)
+        inside = distance <= 14  # a bright dome, textured, cut sharply at 20 gray levels
+        dome = 180 * np.sqrt(1 - (distance[inside] / 14) ** 2) + np.random.default_rng(y).normal(0, 8, inside.sum())
+        two[inside] = np.clip(dome, 0, 235) + 20
+    for image in (clipped, saturated, subtracted, masked, two, two[:100, :100]):
         assert find_padding(as_rgb(image)) is None
         assert Normalization.of(as_rgb(image)).padding is None
 

@@ -1904,10 +1904,14 @@ def test_time_is_never_linked_and_an_unnamed_axis_only_when_ticked(viewer_and_wi
     per_frame = [2, 2, 3, 3]  # the count of the frame on screen follows the frame (QA: only the sum was said)
     assert widget.count_label.text() == (f"10 nuclei in 'movie nuclei', summed over its 4 planes ({per_frame[here]} in "
                                          "the plane shown)")
-    viewer.dims.set_current_step(0, 0)
-    assert widget.count_label.text() == "10 nuclei in 'movie nuclei', summed over its 4 planes (2 in the plane shown)"
-    viewer.dims.set_current_step(0, 3)
-    assert widget.count_label.text() == "10 nuclei in 'movie nuclei', summed over its 4 planes (3 in the plane shown)"
+    for step, count in ((0, 2), (3, 3)):
+        viewer.dims.set_current_step(0, step)  # (counted once the slider rests)
+        qtbot.waitUntil(lambda count=count: widget.count_label.text() == (
+            f"10 nuclei in 'movie nuclei', summed over its 4 planes ({count} in the plane shown)"), timeout=2_000)
+    viewer.dims.ndisplay = 3  # every plane on screen: no plane's count
+    qtbot.waitUntil(lambda: widget.count_label.text() == "10 nuclei in 'movie nuclei', summed over its 4 planes",
+                    timeout=2_000)
+    viewer.dims.ndisplay = 2
     click_export(qtbot, widget, monkeypatch, tmp_path / "movie.csv")
     assert pd.read_csv(tmp_path / "movie.csv")["t"].tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3, 3]  # per time point
 

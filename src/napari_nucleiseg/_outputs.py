@@ -41,6 +41,10 @@ REDRAW_CHECK_MS = 100
 #: Labels layers larger than this are counted in a worker after a hand edit: counting takes
 #: 0.2 s at 8192 x 8192 and seconds at 20,000 x 20,000, too long to hold up the brush.
 COUNT_IN_WORKER_PIXELS = 1 << 24
+#: The count line of a stack of planes gives the count of the plane on screen (:meth:`OutputLayers._in_plane_shown`),
+#: counted on the main thread for planes up to this many pixels (about 20 ms), once the sliders have rested this long.
+PLANE_COUNT_PIXELS = 1 << 22
+STEP_COUNT_DELAY_MS = 100
 #: A result segmented block by block is shown this long after it is added (hidden): a timer, not a call
 #: posted with no delay, so that the event loop serves input and timers between the two steps.
 SHOW_LAZY_AFTER_MS = 10
@@ -299,7 +303,11 @@ class OutputLayers(QObject):
         self._table_timer = QTimer(self, singleShot=True, interval=TABLE_DELAY_MS)
         self._table_timer.timeout.connect(self._refresh_stale_tables)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
-        viewer.dims.events.current_step.connect(self._on_step)
+        # The count of the plane on screen follows the sliders, once they rest (not at every frame played).
+        self._step_timer = QTimer(self, singleShot=True, interval=STEP_COUNT_DELAY_MS)
+        self._step_timer.timeout.connect(self._on_step)
+        viewer.dims.events.current_step.connect(self._on_dims)
+        viewer.dims.events.ndisplay.connect(self._on_dims)
         self._shown_count: tuple[Any, int] | None = None  # (layer id, count) of the count line, for _on_step
 
     # ---- writing ----------------------------------------------------------------------------
@@ -595,15 +603,19 @@ class OutputLayers(QObject):
         """What the count line of a stack of planes adds: the count of the plane on screen (QA: a time-lapse of
         5 frames said '257 nuclei, summed over its 5 planes', and nothing of the frame shown: 53)."""
         data = layer.data
-        if not isinstance(data, np.ndarray) or data.ndim < 3 or data[(0,) * (data.ndim - 2)].size > \
-                self.count_in_worker_pixels:
-            return ""
+        if (not isinstance(data, np.ndarray) or data.ndim < 3 or self.viewer.dims.ndisplay == 3
+                or data[(0,) * (data.ndim - 2)].size > PLANE_COUNT_PIXELS):
+            return ""  # (in 3-D every plane is on screen; a plane this large is not counted on the main thread)
         place = np.round(np.asarray(layer.world_to_data(self.viewer.dims.point))[: data.ndim - 2]).astype(int)
         if not np.all((place >= 0) & (place < data.shape[: data.ndim - 2])):
             return ""  # (the view is past this layer's planes)
         return f" ({count_labels(data[tuple(place)])} in the plane shown)"
 
-    def _on_step(self, event=None) -> None:
+    def _on_dims(self, event=None) -> None:
+        if not self.closed:
+            self._step_timer.start()
+
+    def _on_step(self) -> None:
         """The view moved to another plane: the count line of a stack of planes says that plane's count."""
         layer = self.shown
         if (layer is not None and self._shown_count is not None and self._shown_count[0] == layer.unique_id

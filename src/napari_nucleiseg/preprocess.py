@@ -54,6 +54,8 @@ OUTLIER_MIN_CONTRAST = 10.0
 #: zeros scattered in a dark ground are not), in regions at the image's border, at least :data:`PADDING_MIN_SHARE`
 #: of the image, with at most :data:`PADDING_MAX_HOLES` holes (a picture in the middle of a canvas is one; a
 #: ground of that value round the nuclei, as in a binary mask or a background-subtracted image, has one for each),
+#: beside a picture that is one (nearly all, :data:`PADDING_WHOLE_PICTURE`, one region of at least
+#: :data:`PADDING_MIN_PICTURE` of the image: not 1 or 2 nuclei on such a ground, which leave no holes to count),
 #: when fewer than :data:`PADDING_MAX_NEAR` of the other pixels come within :data:`PADDING_NEAR` of their
 #: percentile range of that value, and that range is not 0: a dark ground clipped to 0 (DSB2018 val's shrunk
 #: images have such) and nuclei saturated at the top are the picture's own. Measured (session 33, runs/s33/): DSB2018 val, 24 images
@@ -67,6 +69,8 @@ PADDING_CORE = 9
 PADDING_NEAR = 0.01
 PADDING_MAX_NEAR = 0.005
 PADDING_MAX_HOLES = 2
+PADDING_MIN_PICTURE = 0.25
+PADDING_WHOLE_PICTURE = 0.9
 
 #: Percentiles of very large images are estimated on at most this many pixels
 #: (a regular grid), so normalising a whole slide costs milliseconds, and a
@@ -269,18 +273,25 @@ class Normalization:
                    None if padding is None else (padding.value, padding.ground))
 
     def unpadded(self, rgb: np.ndarray) -> np.ndarray:
-        """``rgb``, ``(h, w, 3)``, with its padding (:data:`PADDING_MIN_SHARE`) at the picture's ground; ``rgb``
-        itself if the image has none."""
+        """``rgb``, ``(h, w, 3)`` (or one channel of a gray image, ``(h, w, 1)``), with its padding
+        (:data:`PADDING_MIN_SHARE`) at the picture's ground; ``rgb`` itself if the image has none. A gray image's
+        broadcast view stays one (its one plane is filled: not three, nor resized three times after)."""
         if self.padding is None:
             return rgb
-        return _filled(np.asarray(rgb), self.padded(rgb), self.padding[1])
+        rgb = np.asarray(rgb)
+        if rgb.strides[-1] == 0 or rgb.shape[-1] == 1:
+            plane = rgb[..., 0]
+            filled = _filled(plane, padding_mask(plane, self.padding[0][0], edge=True), self.padding[1][:1])
+            return np.broadcast_to(filled[..., None], rgb.shape)
+        return _filled(rgb, self.padded(rgb), self.padding[1])
 
     def padded(self, rgb: np.ndarray) -> np.ndarray:
-        """``(h, w)`` bool: the pixels of ``rgb``, ``(h, w, 3)``, at the padding's value (none if the image has no
-        padding)."""
+        """``(h, w)`` bool: the padding of ``rgb``, ``(h, w, 3)``, a part of the image or all of it: its pixels at
+        the padding's value that a square of :data:`PADDING_CORE` such pixels covers, the edges of ``rgb`` left open
+        (a saturated core or a hot pixel at that value in the picture is not filled); none if the image has none."""
         if self.padding is None:
             return np.zeros(np.shape(rgb)[:2], dtype=bool)
-        return padding_mask(np.asarray(rgb), np.asarray(self.padding[0]), solid=False)
+        return padding_mask(np.asarray(rgb), np.asarray(self.padding[0]), edge=True)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``(h, w, 3)`` float32 network input of ``rgb``, the whole image or a part of it."""
@@ -386,7 +397,7 @@ def find_padding(sample: np.ndarray) -> Padding | None:
     for index in (int(np.nanargmin(brightness)), int(np.nanargmax(brightness))):
         value = pixels[index]
         mask = _on_border(padding_mask(sample, value if sample.ndim == 3 else value[0]))
-        if mask.mean() < PADDING_MIN_SHARE or mask.all() or _holes(mask) > PADDING_MAX_HOLES:
+        if mask.mean() < PADDING_MIN_SHARE or mask.all() or _holes(mask) > PADDING_MAX_HOLES or not _whole(~mask):
             continue  # (a ground of that value round the nuclei has a hole for each: a fill has none, or its picture)
         rest = sample[~mask].reshape(-1, pixels.shape[1]).astype(np.float64)
         rest = rest[np.isfinite(rest).all(axis=1)]
@@ -409,6 +420,17 @@ def _filled(image: np.ndarray, mask: np.ndarray, value: tuple[float, ...]) -> np
     if image.ndim == 2:
         return np.where(mask, value[0], image)
     return np.where(mask[..., None], value, image)
+
+
+def _whole(picture: np.ndarray) -> bool:
+    """Whether the ``picture`` beside a fill is one (at least :data:`PADDING_MIN_PICTURE` of the image, nearly all one
+    connected region): not 1 or 2 nuclei on a ground of the fill's value, which leave no holes to count."""
+    from scipy import ndimage as ndi
+
+    regions, count = ndi.label(picture)
+    if count == 0 or picture.mean() < PADDING_MIN_PICTURE:
+        return False
+    return np.bincount(regions.ravel())[1:].max() >= PADDING_WHOLE_PICTURE * np.count_nonzero(picture)
 
 
 def _holes(mask: np.ndarray) -> int:
@@ -439,17 +461,19 @@ def _ground(rest: np.ndarray, gray: np.ndarray, low: float, high: float) -> np.n
     return np.median(rest[(gray >= edges[commonest]) & (gray <= edges[commonest + 1])], axis=0)
 
 
-def padding_mask(image: np.ndarray, value: Any, solid: bool = True) -> np.ndarray:
-    """``(h, w)`` pixels of ``image`` (``(h, w)`` or ``(h, w, 3)``) equal to ``value`` (one per channel); with ``solid``
-    only those a square of :data:`PADDING_CORE` such pixels covers (an opening)."""
+def padding_mask(image: np.ndarray, value: Any, edge: bool = False) -> np.ndarray:
+    """``(h, w)`` pixels of ``image`` (``(h, w)`` or ``(h, w, 3)``) equal to ``value`` (one per channel) that a square of
+    :data:`PADDING_CORE` such pixels covers (an opening); with ``edge``, the square may reach past the edges (a tile of
+    an image: the padding goes on beyond it), and however few they are."""
     from scipy import ndimage as ndi
 
     equal = np.asarray(image) == value
     if equal.ndim == 3:
         equal = equal.all(axis=-1)
-    if not solid or equal.mean() < PADDING_MIN_SHARE:  # (too few to be padding: no opening to compute)
-        return equal if not solid else np.zeros_like(equal)
-    return ndi.binary_opening(equal, np.ones((PADDING_CORE, PADDING_CORE), dtype=bool))
+    if not equal.any() or (not edge and equal.mean() < PADDING_MIN_SHARE):  # (too few: no opening to compute)
+        return np.zeros_like(equal)
+    square = np.ones((PADDING_CORE, PADDING_CORE), dtype=bool)
+    return ndi.binary_opening(equal, square, border_value=1) & equal if edge else ndi.binary_opening(equal, square)
 
 
 def _objects(mask: np.ndarray, smallest: int) -> int:
