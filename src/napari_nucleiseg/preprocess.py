@@ -390,6 +390,9 @@ def find_padding(sample: np.ndarray) -> Padding | None:
     """The :class:`Padding` of an ``(h, w)`` or ``(h, w, 3)`` image (a percentile sample, rows), or None."""
     if min(sample.shape[:2]) < 3 * PADDING_CORE:
         return None
+    if sample.ndim == 3 and sample.strides[-1] == 0:  # a gray image's broadcast view: its one plane is read
+        found = find_padding(sample[..., 0])
+        return None if found is None else Padding(found.value * 3, found.ground * 3, found.mask)
     pixels = sample.reshape(-1, sample.shape[2]) if sample.ndim == 3 else sample.reshape(-1, 1)
     brightness = pixels.sum(axis=1, dtype=np.float64)
     if not np.isfinite(brightness).any():
