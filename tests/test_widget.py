@@ -1771,7 +1771,7 @@ def test_a_diameter_entered_during_a_run_runs_again_when_it_ends(
 def test_the_diameter_box_is_blank_until_an_image_is_sized(viewer_and_widget, diameter_weights, qtbot):
     """QA: before any run the box showed the model's own 18.0 px, greyed beside Auto, which read as an estimate;
     a diameter of 132.1 px showed as '132.'."""
-    viewer, widget = viewer_and_widget
+    _, widget = viewer_and_widget
     assert widget.set_weights_file(diameter_weights)
     trained = widget.model_combo.metadata()["diameter"]
     assert widget.diameter_auto_check.isChecked() and widget.diameter_spin.text() == "-"

@@ -425,8 +425,9 @@ class NucleiSegWidget(QWidget):
         hidden = self.outputs.hide_other_results(layer) if layer.unique_id not in known else []
         if hidden:
             earlier = "an earlier result" if len(hidden) == 1 else "earlier results"
-            show_info(f"Hidden: {', '.join(repr(name) for name in hidden)} ({earlier} of '{cache.image.name}'), so that "
-                      f"'{layer.name}' shows alone; tick the eye in the layer list to compare.")
+            names = ", ".join(repr(name) for name in hidden)
+            show_info(f"Hidden: {names} ({earlier} of '{cache.image.name}'), so that '{layer.name}' shows alone; tick "
+                      "the eye in the layer list to compare.")
         if edited is not None:
             # (the point first: a toast shows its first words, and file names are long; QA)
             show_info(f"Your corrections are kept: '{edited.name}', edited by hand, stays on top; the new result is in "

@@ -58,12 +58,13 @@ OUTLIER_MIN_CONTRAST = 10.0
 #: :data:`PADDING_MIN_PICTURE` of the image: not 1 or 2 nuclei on such a ground, which leave no holes to count),
 #: when fewer than :data:`PADDING_MAX_NEAR` of the other pixels come within :data:`PADDING_NEAR` of their
 #: percentile range of that value, and that range is not 0: a dark ground clipped to 0 (DSB2018 val's shrunk
-#: images have such) and nuclei saturated at the top are the picture's own. Measured (session 33, runs/s33/): DSB2018 val, 24 images
-#: beside a black fill as wide as the image, HRNet at Auto, 0.499 -> 0.549 (0.553 without it; a brightfield image
-#: was sized 117 px for 18 and scored 0); beside a white fill 0.529 -> 0.549; rotated 20 degrees with black corners
-#: 0.459 -> 0.489 (most fluorescence images reach black themselves: left as they are). No image of DSB2018 val,
-#: its x0.25-x3 sets, MoNuSeg or CoNSeP test is touched (a first version, without the last two conditions, took
-#: the flat ground of 13 val x0.25 images for padding).
+#: images have such) and nuclei saturated at the top are the picture's own.
+#: Measured (session 33, runs/s33/pad_probe.py): DSB2018 val, 24 images beside a black fill as wide as the image,
+#: HRNet at Auto, 0.499 -> 0.549 (0.553 without it; a brightfield image was sized 117 px for 18 and scored 0);
+#: beside a white fill 0.529 -> 0.549; rotated 20 degrees with black corners 0.459 -> 0.489 (most fluorescence
+#: images reach black themselves: left as they are). No image of DSB2018 val, its x0.25-x3 sets, MoNuSeg or
+#: CoNSeP test is touched (a first version, without the border and 'near' conditions, took the flat ground of 13
+#: val x0.25 images for padding).
 PADDING_MIN_SHARE = 0.05
 PADDING_CORE = 9
 PADDING_NEAR = 0.01
@@ -408,7 +409,8 @@ def find_padding(sample: np.ndarray) -> Padding | None:
             return None
         gray = rest.mean(axis=1)
         low, high = np.percentile(gray, DEFAULT_PERCENTILES)
-        if high <= low or np.mean(np.abs(gray - float(np.mean(value))) <= PADDING_NEAR * (high - low)) >= PADDING_MAX_NEAR:
+        near = np.abs(gray - float(np.mean(value))) <= PADDING_NEAR * (high - low)
+        if high <= low or np.mean(near) >= PADDING_MAX_NEAR:
             continue  # the picture reaches that value itself: a flat dark ground, saturated nuclei
         return Padding(tuple(float(v) for v in value), tuple(float(v) for v in _ground(rest, gray, low, high)), mask)
     return None
@@ -465,9 +467,9 @@ def _ground(rest: np.ndarray, gray: np.ndarray, low: float, high: float) -> np.n
 
 
 def padding_mask(image: np.ndarray, value: Any, edge: bool = False) -> np.ndarray:
-    """``(h, w)`` pixels of ``image`` (``(h, w)`` or ``(h, w, 3)``) equal to ``value`` (one per channel) that a square of
-    :data:`PADDING_CORE` such pixels covers (an opening); with ``edge``, the square may reach past the edges (a tile of
-    an image: the padding goes on beyond it), and however few they are."""
+    """``(h, w)`` pixels of ``image`` (``(h, w)`` or ``(h, w, 3)``) equal to ``value`` (one per channel) that a square
+    of :data:`PADDING_CORE` such pixels covers (an opening); with ``edge``, the square may reach past the edges (a
+    tile of an image: the padding goes on beyond it), and however few they are."""
     from scipy import ndimage as ndi
 
     equal = np.asarray(image) == value

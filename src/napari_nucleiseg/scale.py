@@ -268,7 +268,7 @@ class _Extremes(NamedTuple):
     middle: float  # the median of ``smooth``
     bright: float  # how far its CONTRAST_TOP_PIXELS-th brightest pixel stands above the median
     dark: float  # ... and its CONTRAST_TOP_PIXELS-th darkest below
-    picture: np.ndarray | None  # ``rows``' pixels that are not padding (:data:`~.preprocess.PADDING_MIN_SHARE`); None: all
+    picture: np.ndarray | None  # ``rows``' pixels not padding (:data:`~.preprocess.PADDING_MIN_SHARE`); None: all
 
 
 def _extremes(image: np.ndarray) -> _Extremes | None:
