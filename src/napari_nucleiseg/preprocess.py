@@ -273,18 +273,21 @@ class Normalization:
         return cls(float(low), float(high), max(scale, 0.0), divisor, float(log_gain), gray, channel, mapped, white,
                    None if padding is None else (padding.value, padding.ground))
 
-    def unpadded(self, rgb: np.ndarray) -> np.ndarray:
+    def unpadded(self, rgb: np.ndarray, padded: np.ndarray | None = None) -> np.ndarray:
         """``rgb``, ``(h, w, 3)`` (or one channel of a gray image, ``(h, w, 1)``), with its padding
-        (:data:`PADDING_MIN_SHARE`) at the picture's ground; ``rgb`` itself if the image has none. A gray image's
-        broadcast view stays one (its one plane is filled: not three, nor resized three times after)."""
+        (:data:`PADDING_MIN_SHARE`; ``padded``, its :meth:`padded` if known) at the picture's ground; ``rgb`` itself
+        if the image has none. A gray image's broadcast view stays one (its one plane is filled: not three, nor
+        resized three times after)."""
         if self.padding is None:
             return rgb
         rgb = np.asarray(rgb)
         if rgb.strides[-1] == 0 or rgb.shape[-1] == 1:
             plane = rgb[..., 0]
-            filled = _filled(plane, padding_mask(plane, self.padding[0][0], edge=True), self.padding[1][:1])
+            if padded is None:
+                padded = padding_mask(plane, self.padding[0][0], edge=True)
+            filled = _filled(plane, padded, self.padding[1][:1])
             return np.broadcast_to(filled[..., None], rgb.shape)
-        return _filled(rgb, self.padded(rgb), self.padding[1])
+        return _filled(rgb, self.padded(rgb) if padded is None else padded, self.padding[1])
 
     def padded(self, rgb: np.ndarray) -> np.ndarray:
         """``(h, w)`` bool: the padding of ``rgb``, ``(h, w, 3)``, a part of the image or all of it: its pixels at

@@ -464,7 +464,8 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
             window = np.asarray(_busiest_window(rgb, int(round(ESTIMATE_WINDOW / factor)), normalization))
             if min(window.shape[:2]) * factor < 32:
                 continue
-            scaled = rescale_image(normalization.unpadded(window), factor) if factor != 1 else window
+            padded = normalization.padded(window)  # (once a rung: the fill before the resize, the share beside it)
+            scaled = rescale_image(normalization.unpadded(window, padded), factor) if factor != 1 else window
             if hook is not None:
                 hook.relative = relative
             probabilities = _predict_tiled(scaled, normalization, model.network, tile_size=512, overlap=64,
@@ -473,7 +474,7 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
             diameters = nucleus_diameters(labels)
             nucleus = probabilities[0] > settings.threshold
             likely = probabilities[0] > 0.2
-            inside = ~_padded_at(window, normalization, nucleus.shape)  # the picture, not its padding
+            inside = ~rescale_labels(padded.astype(np.uint8), nucleus.shape).astype(bool)  # the picture, not its fill
             rung = {
                 "relative": relative,
                 "count": int(diameters.size),
@@ -493,14 +494,6 @@ def sweep(image: np.ndarray, model, *, normalization=None, cancelled=None, on_fe
         if hook is not None:
             hook.remove()
     return rungs
-
-
-def _padded_at(window: np.ndarray, normalization, shape: tuple[int, int]) -> np.ndarray:
-    """``shape`` bool: where ``window``, resized to ``shape``, is the padding ``normalization`` found (none: all
-    False)."""
-    if normalization.padding is None:
-        return np.zeros(shape, dtype=bool)
-    return rescale_labels(normalization.padded(window).astype(np.uint8), shape).astype(bool)
 
 
 def _look(window: np.ndarray, normalization) -> dict:
@@ -706,11 +699,18 @@ def _busiest_window(rgb: np.ndarray, side: int, normalization=None) -> np.ndarra
     step = max(1, side // 2)
     best, best_score = (0, 0), -1.0
     stride = max(1, side // 16)
+    filling = normalization is not None and normalization.padding is not None
     for y in range(0, max(height - side, 0) + 1, step):
+        # With a fill, a band of rows is filled once for its windows, not each window (tens of thousands of them on
+        # a 4096 px image's smallest rung: 8.4 s, not 1.7). Its columns are every stride-th from 0, as are the
+        # windows' (the ladder's sides are powers of 2: their halves are multiples of their 16ths).
+        band = normalization.unpadded(np.asarray(rgb[y : y + side : stride, ::stride], dtype=np.float32)) \
+            if filling else None
         for x in range(0, max(width - side, 0) + 1, step):
-            patch = np.asarray(rgb[y : y + side : stride, x : x + side : stride], dtype=np.float32)
-            if normalization is not None and normalization.padding is not None:
-                patch = normalization.unpadded(patch)
+            if band is None:
+                patch = np.asarray(rgb[y : y + side : stride, x : x + side : stride], dtype=np.float32)
+            else:
+                patch = band[:, x // stride : x // stride + -(-side // stride)]
             score = float(np.nan_to_num(patch, nan=0.0, posinf=0.0, neginf=0.0).std())  # (NaN, inf: no variation)
             if score > best_score:
                 best, best_score = (y, x), score
