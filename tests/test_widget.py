@@ -1077,6 +1077,32 @@ def test_the_docks_close_button_mid_run_cancels_the_run(make_napari_viewer, tiny
     assert labels_layers(viewer) == [] and not widget.running
 
 
+def test_the_widget_opened_again_after_its_dock_was_closed_still_acts_on_its_results(
+    viewer_and_widget, fake_network, qtbot
+):
+    """QA: napari's close button, then Plugins > Nuclei segmentation again: a new widget knew none of the
+    results (the threshold no longer moved them; their count and table were gone). The widget comes back with
+    them, and its settings."""
+    viewer, widget = viewer_and_widget
+    viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert labels.data.max() == 4 and shown_count(widget) == 4
+
+    widget.parentWidget().title.close_button.click()  # the dock's close button
+    qtbot.waitUntil(lambda: not widget.isVisible(), timeout=5_000)
+    again = open_widget(viewer)
+
+    assert again.count_label.text().startswith("4 nuclei in 'blobs nuclei'")
+    assert again.threshold_slider.value() == pytest.approx(0.3)
+    again.threshold_slider.setValue(0.7)
+    assert labels.data.max() == 2 and shown_count(again) == 2  # the same result, re-labelled in place
+    assert labels_layers(viewer) == [labels] and fake_network.calls == 1  # without the network
+    wait_for_table(qtbot, labels, 2)
+    assert again.table_view.model().rowCount() == 2
+
+
 def test_bad_input_gets_one_sentence_and_no_traceback(viewer_and_widget, notifications, monkeypatch, tmp_path, qtbot):
     viewer, widget = viewer_and_widget
     errors = notifications.messages["error"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from functools import partial
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QMainWindow,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -73,6 +75,51 @@ OVERLAY_CHOOSE_CHANNEL = "choose it under Channel"
 BROWN_CHOOSE = "tick Brown nuclei and segment again"
 
 
+#: Widgets whose dock was closed, kept hidden in their viewer's window (which owns them) until napari opens
+#: the widget again: weak references, so that a window closed meanwhile takes its widget with it.
+_CLOSED: list[weakref.ref] = []
+
+
+class NucleiSegDock:
+    """What napari calls to open the dock widget (napari.yaml): the viewer's widget whose dock was closed,
+    with its results, their probabilities and its settings, else a new :class:`NucleiSegWidget`.
+
+    QA: closed with the dock's close button and opened again from the menu, a new widget knew none of the
+    results: the threshold no longer moved them, and their count and table were gone.
+
+    napari passes the viewer to what its ``__init__`` asks for by name; ``__new__`` returns the widget, so
+    ``__init__`` never runs.
+    """
+
+    def __new__(cls, napari_viewer):
+        return _closed_widget_of(napari_viewer) or NucleiSegWidget(napari_viewer)
+
+    def __init__(self, napari_viewer):  # pragma: no cover - never called (see the class's docstring)
+        raise AssertionError("NucleiSegDock() returns a NucleiSegWidget")
+
+
+def _closed_widget_of(viewer) -> NucleiSegWidget | None:
+    """The kept widget of ``viewer`` (napari hands each widget a proxy of it), taken off :data:`_CLOSED`."""
+    viewer = getattr(viewer, "__wrapped__", viewer)
+    for ref in list(_CLOSED):
+        widget = ref()
+        if widget is None or not _alive(widget):
+            _CLOSED.remove(ref)
+        elif getattr(widget.viewer, "__wrapped__", widget.viewer) is viewer:
+            _CLOSED.remove(ref)
+            return widget
+    return None
+
+
+def _alive(widget: QWidget) -> bool:
+    """Whether Qt has not deleted ``widget`` (with its window)."""
+    try:
+        widget.isVisible()
+    except RuntimeError:
+        return False
+    return True
+
+
 class NucleiSegWidget(QWidget):
     """Dock widget of napari-nucleiseg, for ``napari_viewer``: its image layers are segmented, and
     the results go to it."""
@@ -88,6 +135,7 @@ class NucleiSegWidget(QWidget):
         self._estimated_image: int | None = None  # the image (unique id) the diameter line speaks of
         self._estimate_check = QTimer(self, singleShot=True, interval=0)
         self._estimate_check.timeout.connect(self._forget_estimate_of_another_image)
+        self._dock: weakref.ref | None = None  # the widget the widget was last put in (napari's dock)
         self.outputs = OutputLayers(self.viewer, self._show_count, busy=lambda: self.rethresholder.running,
                                     parent=self)
         self._build_ui()
@@ -444,10 +492,27 @@ class NucleiSegWidget(QWidget):
     def event(self, event) -> bool:
         if event.type() == QEvent.Type.ParentChange and self.parent() is None:
             self.close()  # the dock's close button: napari takes the widget out of its dock, and keeps it
+            self._keep_in_window()
+        elif event.type() == QEvent.Type.ParentChange and not isinstance(self.parent(), QMainWindow):
+            self._dock = weakref.ref(self.parent())  # docked (again: a hidden window shows no widget)
+            self._reopen()
         return super().event(event)
+
+    def _keep_in_window(self) -> None:
+        """Keep the closed widget, hidden, in the viewer's window (its dock's, which napari has not removed
+        yet), for napari to open again (:class:`NucleiSegDock`); the window owns it from then on."""
+        window = None if self._dock is None else self._dock()
+        while window is not None and _alive(window) and not isinstance(window, QMainWindow):
+            window = window.parentWidget()
+        if window is not None and _alive(window):
+            self.setParent(window)  # (hidden: a widget given a parent is)
+            _CLOSED.append(weakref.ref(self))
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
+        self._reopen()
+
+    def _reopen(self) -> None:
         self.outputs.closed = False
         self.rethresholder.reopen()
 
