@@ -427,6 +427,8 @@ def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
     second, first = labels_layers(viewer)  # issue 17, item 10: the corrections stay in sight, on top
     assert first is labels and np.array_equal(first.data, edited) and first.visible
     assert second.name == "blobs nuclei [2]" and second.data.max() == 4
+    # ... drawn as outlines: the erased nucleus, found again by the new threshold, does not look un-erased
+    assert second.contour > 0 and first.contour == 0
     assert any(message.startswith("Your corrections are kept: ") for message in notifications.messages["info"])
     assert widget.count_label.text() == ("4 nuclei in 'blobs nuclei [2]' (under your edited 'blobs nuclei', "
                                          "which stays on top)")

@@ -204,6 +204,10 @@ def _count_with_sections(labels: np.ndarray, linked: int | None) -> tuple[tuple[
     return count_and_fingerprint(labels), None if linked is None else count_sections(labels, linked)
 
 
+#: The outline width (pixels) of a new result put under a layer edited by hand (napari's ``contour``; 0: filled).
+UNDER_EDITED_CONTOUR = 2
+
+
 @dataclass(eq=False)
 class OutputLayer:
     """A Labels layer the widget wrote: for which image, and fingerprints of what it wrote and of
@@ -470,10 +474,13 @@ class OutputLayers(QObject):
                      and not record.edited()), None)
 
     def _put_under(self, layer: Labels, edited: Labels) -> None:
-        """The new result ``layer`` just under the ``edited`` one: the corrections stay in sight."""
+        """The new result ``layer`` just under the ``edited`` one, drawn as outlines: the corrections stay in
+        sight, and the two are told apart (QA: filled under the filled edited layer, a nucleus the user had erased
+        showed through from the new result, as if the erasure were undone)."""
         ids = [other.unique_id for other in self.viewer.layers]
         with self.self_writing():
             self.viewer.layers.move(ids.index(layer.unique_id), ids.index(edited.unique_id))
+            layer.contour = UNDER_EDITED_CONTOUR
         self.record(layer).below = edited
 
     def _in_viewer(self, layer: Any) -> bool:

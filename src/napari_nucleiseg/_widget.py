@@ -479,7 +479,7 @@ class NucleiSegWidget(QWidget):
         if edited is not None:
             # (the point first: a toast shows its first words, and file names are long; QA)
             show_info(f"Your corrections are kept: '{edited.name}', edited by hand, stays on top; the new result is in "
-                      f"'{layer.name}', under it.")
+                      f"'{layer.name}', under it, drawn as outlines.")
 
     def closeEvent(self, event) -> None:
         """Cancel the run and stop the re-threshold (waiting for it): no worker outlives the widget."""
