@@ -7,8 +7,9 @@ Writes to docs/images/:
 
 12_two_models.png   the fluorescence sample segmented with HRNet, then with UNet: two layers, the
                     UNet one drawn as outlines over the HRNet one
-13_edit_on_top.png  a nucleus painted by hand into the UNet result, then the threshold moved: the
-                    new result goes under the edited layer, which stays on top, and the count says so
+13_edit_on_top.png  a nucleus painted by hand into the UNet result and its largest erased, then the
+                    threshold moved: the new result goes under the edited layer, which stays on top, drawn
+                    as outlines (the erased nucleus shows as an outline), and the count says so
 
 Look at them before putting them in the README.
 """
@@ -40,6 +41,7 @@ def main() -> None:
     widget.segment_button.click()
     wait_for_run(widget)
     unet = viewer.layers[-1]
+    viewer.layers[1].visible = True  # HRNet's result, which the new one hid: its eye ticked, to compare
     unet.contour = 2
     shot("12_two_models.png")
 
@@ -50,6 +52,10 @@ def main() -> None:
     unet.brush_size = int(np.clip(2 * distance[y, x] - 6, 5, 30))
     unet.selected_label = int(unet.data.max()) + 1
     unet.paint((y, x), unet.selected_label)
+    # ... and one erased: the largest it found (the new result finds it again, drawn as an outline under the edit).
+    areas = np.bincount(unet.data.ravel())
+    areas[[0, unet.selected_label]] = 0
+    unet.fill(tuple(int(c) for c in np.argwhere(unet.data == np.argmax(areas))[0]), 0)
     wait()
     viewer.layers[1].visible = False  # HRNet's result
     widget.threshold_slider.setValue(round(widget.threshold_slider.value() - 0.2, 2))
