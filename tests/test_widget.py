@@ -1105,6 +1105,33 @@ def test_the_widget_opened_again_after_its_dock_was_closed_still_acts_on_its_res
     assert again.table_view.model().rowCount() == 2
 
 
+def test_the_plugins_menu_opens_the_widget_and_after_its_dock_was_closed_brings_it_back(
+    make_napari_viewer, tiny_weights, qtbot
+):
+    """QA: Plugins > Nuclei segmentation (napari's menu action, which takes only a QWidget class) raised a
+    TypeError and opened nothing once napari.yaml named a factory that was not one."""
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+
+    def open_from_menu() -> NucleiSegWidget:
+        widget, _ = get_app_model().commands.execute_command("napari-nucleiseg.open_widget").result()
+        assert isinstance(widget, NucleiSegWidget)
+        qtbot.waitUntil(lambda: widget.parentWidget() is not None, timeout=5_000)  # docked
+        return widget
+
+    widget = open_from_menu()
+    widget.predict = FakeNetwork()
+    assert widget.set_weights_file(tiny_weights["unet"])
+    viewer.add_image(blobs(), name="blobs")
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    assert shown_count(widget) == 4
+    widget.parentWidget().title.close_button.click()
+    qtbot.waitUntil(lambda: not widget.isVisible(), timeout=5_000)
+    assert open_from_menu() is widget and widget.count_label.text().startswith("4 nuclei in 'blobs nuclei'")
+
+
 def test_bad_input_gets_one_sentence_and_no_traceback(viewer_and_widget, notifications, monkeypatch, tmp_path, qtbot):
     viewer, widget = viewer_and_widget
     errors = notifications.messages["error"]

@@ -80,15 +80,16 @@ BROWN_CHOOSE = "tick Brown nuclei and segment again"
 _CLOSED: list[weakref.ref] = []
 
 
-class NucleiSegDock:
+class NucleiSegDock(QWidget):
     """What napari calls to open the dock widget (napari.yaml): the viewer's widget whose dock was closed,
     with its results, their probabilities and its settings, else a new :class:`NucleiSegWidget`.
 
     QA: closed with the dock's close button and opened again from the menu, a new widget knew none of the
     results: the threshold no longer moved them, and their count and table were gone.
 
-    napari passes the viewer to what its ``__init__`` asks for by name; ``__new__`` returns the widget, so
-    ``__init__`` never runs.
+    napari's menus take only a QWidget class (or a magicgui factory or function, given no viewer), and pass
+    the viewer to what its ``__init__`` asks for by name; ``__new__`` returns the widget, so ``__init__``
+    never runs.
     """
 
     def __new__(cls, napari_viewer):
