@@ -429,6 +429,9 @@ def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
     assert second.name == "blobs nuclei [2]" and second.data.max() == 4
     # ... drawn as outlines: the erased nucleus, found again by the new threshold, does not look un-erased
     assert second.contour > 0 and first.contour == 0
+    # ... and the edited layer stays selected: napari's paint and erase tools go on acting on it (QA: the new
+    # result, selected, took the next erasures unseen under the edited layer)
+    assert viewer.layers.selection.active is first
     assert any(message.startswith("Your corrections are kept: ") for message in notifications.messages["info"])
     assert widget.count_label.text() == ("4 nuclei in 'blobs nuclei [2]' (under your edited 'blobs nuclei', "
                                          "which stays on top)")
@@ -439,6 +442,7 @@ def test_hand_edits_update_the_count_and_table_and_are_never_overwritten(
 
     # Export writes the selected new result; the message says so, and where the corrections are (QA: a nudge of
     # the slider after a correction, then Export, wrote the table without them, 'Saved 24 nuclei to ...').
+    viewer.layers.selection.active = second
     click_export(qtbot, widget, monkeypatch, tmp_path / "nuclei.csv")
     assert notifications.messages["info"][-1] == (
         f"Saved the 2 nuclei of 'blobs nuclei [2]' to {tmp_path / 'nuclei.csv'}. Your corrections are in "
@@ -867,6 +871,8 @@ def test_a_pixel_size_given_to_the_image_after_a_run_reaches_its_result_and_tabl
     second, first = labels_layers(viewer)
     assert first is labels and np.array_equal(first.data, edited)
     lies_on_the_image(second)
+    assert len(exported_at_once(0.25)) == 4  # the edited layer, still selected
+    viewer.layers.selection.active = second
     assert len(exported_at_once(0.25)) == 2
 
 
@@ -2202,7 +2208,10 @@ def test_a_hand_edited_result_selected_again_sends_new_settings_to_the_layer_und
     new, _ = labels_layers(viewer)
     assert new.name == "blobs nuclei [2]"
 
-    viewer.layers.selection.active = edited  # its settings as made; a change goes to the layer under it
+    assert viewer.layers.selection.active is edited  # still selected, to go on correcting; the settings are new's
+    assert widget.threshold_slider.value() == 0.5
+    viewer.layers.selection.active = viewer.layers["blobs"]
+    viewer.layers.selection.active = edited  # selected again: its settings as made; a change goes to the layer under it
     assert widget.threshold_slider.value() == 0.3
     widget.threshold_slider.setValue(0.7)
     assert labels_layers(viewer) == [new, edited] and new.data.max() == 2

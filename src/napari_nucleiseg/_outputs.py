@@ -294,6 +294,7 @@ class OutputLayers(QObject):
         self._placed: set[Any] = set()  # the images (unique ids) whose results follow their placement
         self.shown: Labels | None = None  # the layer whose count is shown and whose table is exported
         self.writing = False  # see self_writing
+        self.reselecting = False  # the edited layer selected again under a new result (see _put_under)
         self.closed = False
         self._edited: dict[Any, Labels] = {}  # hand-edited layers whose count is not yet updated
         self._redrawn: dict[Any, Labels] = {}  # written layers redrawn since they were last checked
@@ -474,14 +475,22 @@ class OutputLayers(QObject):
                      and not record.edited()), None)
 
     def _put_under(self, layer: Labels, edited: Labels) -> None:
-        """The new result ``layer`` just under the ``edited`` one, drawn as outlines: the corrections stay in
-        sight, and the two are told apart (QA: filled under the filled edited layer, a nucleus the user had erased
-        showed through from the new result, as if the erasure were undone)."""
+        """The new result ``layer`` just under the ``edited`` one, drawn as outlines, and the edited one selected
+        again: the corrections stay in sight, the two are told apart (QA: filled under the filled edited layer,
+        a nucleus the user had erased showed through from the new result, as if the erasure were undone), and
+        the paint and erase tools go on acting on the edited layer (QA: napari selected the new result, hidden
+        under it, and the next erasures went there unseen, so neither layer held all the corrections). The count
+        and the settings stay the new result's."""
         ids = [other.unique_id for other in self.viewer.layers]
         with self.self_writing():
             self.viewer.layers.move(ids.index(layer.unique_id), ids.index(edited.unique_id))
             layer.contour = UNDER_EDITED_CONTOUR
         self.record(layer).below = edited
+        self.reselecting = True
+        try:
+            self.viewer.layers.selection.active = edited
+        finally:
+            self.reselecting = False
 
     def _in_viewer(self, layer: Any) -> bool:
         return any(other.unique_id == layer.unique_id for other in self.viewer.layers)
@@ -532,6 +541,8 @@ class OutputLayers(QObject):
 
     def _on_active_layer(self, event=None) -> None:
         """Selecting one of the widget's Labels layers shows its count, and Export writes its table."""
+        if self.reselecting:
+            return
         layer = self.viewer.layers.selection.active
         record = self.record(layer)
         lazy = self.lazy.get(getattr(layer, "unique_id", None))

@@ -183,7 +183,10 @@ class SettingsTarget(QObject):
     # ---- the layer list ---------------------------------------------------------------------
 
     def _on_active_layer(self, event=None) -> None:
-        """Selecting a result layer makes it the target; selecting another layer keeps the target."""
+        """Selecting a result layer makes it the target; selecting another layer keeps the target (as does the
+        edited layer selected again under a new result: :meth:`~._outputs.OutputLayers._put_under`)."""
+        if self.outputs.reselecting:
+            return
         layer = self.viewer.layers.selection.active
         result = self.result(layer)
         if layer is not None and result is None:  # the line names it ('still: ... is not a result'), renamed too
