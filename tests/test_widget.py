@@ -876,6 +876,16 @@ def test_a_pixel_size_given_to_the_image_after_a_run_reaches_its_result_and_tabl
     assert len(exported_at_once(0.25)) == 2
 
 
+def test_the_widget_opened_picks_the_image_selected(make_napari_viewer):
+    """QA: the tissue sample opened, then the fluorescence sample (selected by napari), then the widget opened:
+    it chose the tissue sample, and Segment segmented the image the user was not looking at."""
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs(), name="first")
+    viewer.add_image(blobs()[::-1].copy(), name="second")
+    assert viewer.layers.selection.active.name == "second"
+    assert open_widget(viewer).image_combo.layer.name == "second"
+
+
 def test_the_image_picker_follows_added_renamed_and_removed_layers(viewer_and_widget):
     viewer, widget = viewer_and_widget
     items = lambda: [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]  # noqa: E731

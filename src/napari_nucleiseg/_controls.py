@@ -385,6 +385,7 @@ class ImagePicker(NameComboBox):
         self._opened: list[Any] = []
         self._opening = QTimer(self, singleShot=True, interval=0, timeout=self._opened.clear)
         self.refresh()
+        self._on_active_layer()  # the image selected when the widget opens (QA: the first one was picked)
 
     def _on_removing(self, event=None) -> None:
         self._removing.start()
