@@ -133,14 +133,14 @@ def test_existing_outputs_are_not_overwritten(capsys, folder, tmp_path, tiny_wei
     out = tmp_path / "out"
     arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
     assert run(capsys, *arguments)[0] == EXIT_PARTIAL
-    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
     assert {"a_labels.tif", "b_labels.tif", "counts.csv", "nuclei.csv"} <= set(before)
 
     # A different threshold would change the outputs, if they were written.
     status, _, stderr = run(capsys, *arguments, "--threshold", "0.1")
     assert status == 1
     assert "--overwrite" in stderr and "a_labels.tif" in stderr and "counts.csv" in stderr
-    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
 
     status, _, _ = run(capsys, *arguments, "--threshold", "0.1", "--overwrite")
     assert status == EXIT_PARTIAL
@@ -255,6 +255,32 @@ def test_resume_measures_labels_corrected_since_again(capsys, tmp_path, tiny_wei
     status, stdout, stderr = run(capsys, *command)
     assert status == 0 and "a_labels.tif was changed since it was segmented and could not be measured again" in stderr
     assert pd.read_csv(out / "counts.csv").set_index("labels_file")["nuclei"].to_dict() == after.to_dict()
+
+
+def test_resume_keeps_what_a_plain_run_and_an_overwrite_run_finished(capsys, tmp_path, tiny_weights):
+    """QA: --resume after a plain run segmented its finished images again ('their file or the settings changed':
+    a plain run recorded nothing); after an --overwrite run with --threshold 0.9 it kept that run's labels but
+    took them for a hand edit of the first run's, and wrote the first run's threshold (0.6) beside them."""
+    from test_batch_stops import check_consistent
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed, name in enumerate(("a", "b")):
+        iio.imwrite(images / f"{name}.png", blob_image(seed=seed))
+    out = tmp_path / "out"
+    command = (images, "--out", out, "--weights", tiny_weights["unet"])
+    assert run(capsys, *command, "--threshold", "0.6")[0] == 0
+    status, stdout, stderr = run(capsys, *command, "--threshold", "0.6", "--resume")
+    assert status == 0 and stdout.startswith("Nothing left to segment: all 2 images were done before") and stderr == ""
+
+    assert run(capsys, *command, "--threshold", "0.9", "--overwrite")[0] == 0
+    nine = check_consistent(out)
+    status, stdout, stderr = run(capsys, *command, "--threshold", "0.9", "--resume")
+    assert status == 0 and stdout.startswith("Nothing left to segment") and stderr == ""
+    assert check_consistent(out).equals(nine) and (nine["threshold"] == 0.9).all()
+    status, stdout, _ = run(capsys, *command, "--threshold", "0.6", "--resume")  # other settings: done again
+    assert status == 0 and stdout.startswith("Segmented 2 of 2 images")
+    assert (check_consistent(out)["threshold"] == 0.6).all()
 
 
 @pytest.mark.parametrize("first", [(), ("--resume",)])
@@ -569,7 +595,7 @@ def test_overwrite_that_cannot_move_an_old_output_aside_changes_nothing(capsys, 
     out = tmp_path / "out"
     arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
     assert run(capsys, *arguments)[0] == EXIT_PARTIAL
-    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
     replace = os.replace
 
     def locked(source, target):
@@ -581,7 +607,7 @@ def test_overwrite_that_cannot_move_an_old_output_aside_changes_nothing(capsys, 
     status, _, stderr = run(capsys, *arguments, "--threshold", "0.1", "--overwrite")
     assert status == 1 and "Traceback" not in stderr
     assert "cannot move" in stderr and "a_labels.tif" in stderr and "no file was changed" in stderr
-    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # the tables moved first are back
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before  # the tables moved first are back
 
 
 def test_overwrite_keeps_the_old_output_of_an_image_that_fails_this_time(capsys, folder, tmp_path, tiny_weights):
@@ -604,12 +630,12 @@ def test_overwrite_that_segments_nothing_leaves_the_old_outputs_in_place(capsys,
     out = tmp_path / "out"
     arguments = [folder, "--out", out, "--weights", tiny_weights["unet"]]
     assert run(capsys, *arguments)[0] == EXIT_PARTIAL
-    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
 
     status, _, stderr = run(capsys, *arguments, "--overwrite", "--diameter", "5000")  # larger than every image
     assert status == 1
     assert "the earlier outputs are left as they were" in stderr
-    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
 
 
 def test_nuclei_that_cannot_be_brought_to_the_models_size_are_said_so(capsys, sample_png, tmp_path, sized_weights):

@@ -56,6 +56,22 @@ def test_an_ome_zarr_is_an_input_and_a_rerun_needs_overwrite(capsys, tmp_path, c
     assert status == 0 and written.is_dir() and not list((tmp_path / "out").glob("replaced-*"))
 
 
+def test_resume_keeps_an_ome_zarr_done_and_segments_it_again_once_changed(capsys, tmp_path, tiny_weights):
+    """Review: once every run recorded what it finished, an OME-Zarr input (a folder) could not be fingerprinted
+    (IsADirectoryError: 'no image could be segmented'), as with --resume before."""
+    store = tmp_path / "plate.ome.zarr"
+    write_ome_zarr(store, [BIG[None, :400, :400]], "cyx")
+    command = (store, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
+    status, _, stderr = run_cli(capsys, *command)
+    assert status == 0, stderr
+    status, stdout, stderr = run_cli(capsys, *command, "--resume")
+    assert status == 0 and stdout.startswith("Nothing left to segment") and stderr == ""
+    chunk = next(path for path in sorted(store.rglob("*")) if path.is_file() and path.name[0].isdigit())
+    chunk.write_bytes(chunk.read_bytes())  # written again: the store counts as changed
+    status, stdout, _ = run_cli(capsys, *command, "--resume")
+    assert status == 0 and stdout.startswith("Segmented 1 of 1 images")
+
+
 def test_overwrite_of_one_image_keeps_the_rows_of_a_large_image_a_stack_and_a_name_a_formula_would_start(
         capsys, tmp_path, cli_pixel_model):
     """Review of --overwrite keeping the other images' rows: an OME-Zarr's labels (a folder), a name starting with

@@ -1,7 +1,7 @@
 """The manifest of a resumable batch run: which images of an output folder are done, from which input and
 with which settings, so that ``nucleiseg segment --resume`` segments only the rest.
 
-A run given ``--resume``, ``--workers`` or ``--scheduler`` writes one record per finished image,
+Every run writes one record per finished image,
 ``<out>/.nucleiseg/done/<stem>_labels.json``, once the image's files are in place (atomically, like every
 file of a run). A record holds:
 
@@ -57,9 +57,21 @@ def file_sha256(path: Path) -> str:
 
 def input_fingerprint(path: Path) -> dict[str, Any]:
     """What identifies an input file: path, size, modification time (ns) and SHA-256 (stat first, so that a
-    file changed while it is hashed looks changed next time)."""
-    stat = os.stat(path)
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(path)}
+    file changed while it is hashed looks changed next time). An OME-Zarr store (a folder) is not hashed (a
+    whole slide's chunks can be gigabytes): its size is its files' and its time the newest of theirs, so a
+    store touched since counts as changed."""
+    size, mtime_ns = _size_and_time(path)
+    return {"path": str(path), "size": size, "mtime_ns": mtime_ns,
+            "sha256": None if Path(path).is_dir() else file_sha256(path)}
+
+
+def _size_and_time(path: Path) -> tuple[int, int]:
+    """A file's size and modification time (ns); a folder's files' total size and newest time."""
+    if not Path(path).is_dir():
+        stat = os.stat(path)
+        return stat.st_size, stat.st_mtime_ns
+    stats = [os.stat(os.path.join(folder, name)) for folder, _, names in os.walk(path) for name in names]
+    return sum(stat.st_size for stat in stats), max((stat.st_mtime_ns for stat in stats), default=0)
 
 
 def run_settings(args: argparse.Namespace, model_sha256: str) -> dict[str, Any]:
@@ -126,7 +138,8 @@ class Manifest:
         record = self._read(outputs[0])
         if record is None or record.get("settings") != self.settings:
             return None
-        if not all(path.is_file() for path in outputs) or not _same_input(record.get("input"), source):
+        in_place = all(path.is_dir() if path.suffix == ".zarr" else path.is_file() for path in outputs)  # (a store)
+        if not in_place or not _same_input(record.get("input"), source):
             return None
         try:
             row, table = record["row"], _table(record["nuclei"])
@@ -153,10 +166,11 @@ def _same_input(recorded: Any, source: Path) -> bool:
     if not isinstance(recorded, dict) or recorded.get("path") != str(source):
         return False
     try:
-        stat = os.stat(source)
-        if stat.st_size != recorded.get("size"):
+        size, mtime_ns = _size_and_time(source)
+        if size != recorded.get("size"):
             return False
-        return stat.st_mtime_ns == recorded.get("mtime_ns") or file_sha256(source) == recorded.get("sha256")
+        return mtime_ns == recorded.get("mtime_ns") or (
+            not source.is_dir() and file_sha256(source) == recorded.get("sha256"))
     except OSError:
         return False
 

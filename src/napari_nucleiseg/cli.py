@@ -113,8 +113,8 @@ describes the label file beside it. Existing outputs are only replaced with
 is deleted when the run completes (but for the outputs of images that failed this
 time) and kept (and named) when it stops; the tables keep the rows of earlier images
 not given to the run whose label files are there. One run
-at a time writes to a folder. A run with --resume, --workers or --scheduler records each image it
-finishes (in .nucleiseg/ in --out); --resume then keeps the images done with the same input file and
+at a time writes to a folder. Every run records each image it finishes (in
+.nucleiseg/ in --out); --resume then keeps the images done with the same input file and
 settings and segments the rest; their earlier outputs are kept in a replaced-<time> folder (named).
 --resume refuses a folder whose counts.csv holds images it is not given: it would drop their rows.
 """
@@ -249,8 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--resume", action="store_true",
                      help="keep the images an earlier run into --out finished from the same file with the same "
-                          "settings and model, and segment the rest (a run given --resume, --workers or --scheduler "
-                          "records what it finishes)")
+                          "settings and model, and segment the rest (every run records what it finishes)")
     seg.add_argument("--workers", type=_worker_count, metavar="N",
                      help="segment N images at a time, in N worker processes of one thread each (a dask.distributed "
                           "cluster on this machine; needs the [cluster] extra)")
@@ -325,7 +324,11 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     remove_partial_files(args.out)  # of a run killed outright (SIGKILL) while it wrote
     remove_partial_files(args.out / MANIFEST_FOLDER / "done")
     remove_partial_files(args.out / MANIFEST_FOLDER / "writing")
-    manifest = _manifest(model, args) if args.resume or on_cluster(args) else None
+    # Every run records what it finishes (QA: a plain run stopped by Ctrl+C had recorded nothing, so --resume
+    # segmented its finished images again, 'their file or the settings changed'; an --overwrite run left the
+    # records of the images it replaced, so a later --resume took its labels for a hand edit of the earlier
+    # run's and wrote the earlier settings beside them).
+    manifest = _manifest(model, args)
     order = {job: index for index, job in enumerate(jobs)}
     done = _finished_before(jobs, manifest, args) if args.resume else {}
     todo = [job for job in jobs if job not in done]
@@ -411,10 +414,11 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
 
 
 def _manifest(model: Any, args: argparse.Namespace) -> Any:
-    """The :class:`~._manifest.Manifest` of this run's settings, with the SHA-256 of the model's file."""
+    """The :class:`~._manifest.Manifest` of this run's settings, with the SHA-256 of the model's file (None for a
+    model made in memory, which no file identifies: a script's, the tests')."""
     from ._manifest import Manifest, file_sha256, run_settings
 
-    return Manifest(args.out, run_settings(args, file_sha256(model.path)))
+    return None if model.path is None else Manifest(args.out, run_settings(args, file_sha256(model.path)))
 
 
 def _finished_before(jobs: list[Job], manifest: Any, args: argparse.Namespace) -> dict[Job, tuple[dict, Any]]:
@@ -486,7 +490,7 @@ def _outcomes(jobs: list[Job], model: Any, args: argparse.Namespace,
     """Each job and its :class:`Finished`, or why it was skipped, as the images are done: one after the other
     in this process, or as a dask cluster finishes them (``--workers``, ``--scheduler``)."""
     if not on_cluster(args):
-        yield ((job, segment_image(job, model, args, stops, fingerprint=args.resume)) for job in jobs)
+        yield ((job, segment_image(job, model, args, stops, fingerprint=True)) for job in jobs)
         return
     from ._cluster import segment_on_cluster
 
