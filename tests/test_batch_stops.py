@@ -97,9 +97,15 @@ def test_a_run_stopped_by_a_signal_keeps_the_tables_of_every_image_it_finished(f
     assert len(stderr.strip().splitlines()) == 1, stderr
     line = stderr.strip()
     assert line.startswith("nucleiseg: interrupted") and "counts.csv and nuclei.csv hold the" in line
+    assert line.endswith("To segment the rest, run the same command with --resume.")
     counts = check_consistent(out)
     assert 3 <= len(counts) < N_IMAGES
     assert not (out / ".nucleiseg.lock").exists()
+    if signum == signal.SIGINT:  # ... and it does: the images finished are kept (a plain run records them too)
+        resumed = start(folder, out, tiny_weights["unet"], "--resume")
+        stdout, stderr = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, stderr
+        assert f"images left ({len(counts)} of {N_IMAGES} were done before)" in stdout
 
 
 def test_a_rerun_with_overwrite_stopped_half_way_never_mixes_two_runs(folder, tmp_path, tiny_weights):

@@ -382,6 +382,8 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     except (KeyboardInterrupt, CommandError) as stop:
         # Hours of work may be done: the tables of the images finished so far are kept.
         saved = _save_tables_so_far(tables, len(jobs), earlier=len(others))
+        if saved and manifest is not None:  # (QA: after a plain run's stop, the way on was not said)
+            saved += " To segment the rest, run the same command with --resume."
         if aside is not None:
             saved += f" The files this run was to replace are in {aside}."
         if isinstance(stop, CommandError):
