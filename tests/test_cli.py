@@ -424,6 +424,7 @@ def test_the_exit_status_says_whether_every_image_was_segmented(capsys, folder, 
 
     status, stdout, stderr = run(capsys, *good, folder / "gone.png", "--out", tmp_path / "some", *weights)
     assert status == EXIT_PARTIAL and "Segmented 2 of 2 images" in stdout
+    assert stdout.strip().endswith("1 more image named on the command line could not be found (see above).")  # QA
     assert stderr.strip().splitlines() == [f"nucleiseg: skipped {folder / 'gone.png'}: no such file or folder"]
 
     status, _, stderr = run(capsys, folder / "broken.png", folder / "gone.png", "--out", tmp_path / "none", *weights)

@@ -412,6 +412,9 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
               f"were done before): {total} nuclei in all. Results in {args.out}")
     else:
         print(f"Segmented {len(segmented)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
+    if missed:  # (QA: 'Segmented 1 of 1 images' beside exit status 3, for a path that did not exist)
+        print(f"{missed} more image{'s' if missed > 1 else ''} named on the command line could not be found "
+              "(see above).")
     return EXIT_PARTIAL if skipped else EXIT_OK  # each image skipped was named on stderr
 
 
