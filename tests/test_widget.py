@@ -1452,6 +1452,21 @@ def test_a_hyperstack_tiff_opened_by_napari_is_segmented_in_a_channel_as_its_fil
         "3 nuclei in 'hyperstack channel 0 nuclei', counted in 3-D")
 
 
+def test_a_z_stack_tiff_opened_by_napari_offers_no_channels(viewer_and_widget, fake_network, tmp_path, qtbot):
+    """QA: an ImageJ (Z, Y, X) TIFF of 3 planes was offered channels 0-2 (a short axis nothing seemed to name),
+    and its count said 'counted in 3-D ...; if they are channels, choose the one with the nuclei under Channel'."""
+    import tifffile
+
+    viewer, widget = viewer_and_widget
+    path = tmp_path / "zstack.tif"
+    tifffile.imwrite(path, np.stack([blobs()] * 3), imagej=True, metadata={"axes": "ZYX"})
+    (image,) = viewer.open(str(path), plugin="napari")
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText(image.name))
+    assert widget.channel_combo.isHidden() and widget.volumes_check.isChecked()
+    click_segment(qtbot, widget)
+    assert "counted in 3-D" in widget.count_label.text() and "channels" not in widget.count_label.text()
+
+
 def test_a_z_axis_named_after_the_image_was_opened_ticks_the_3d_box_before_segment(
     viewer_and_widget, fake_network, qtbot
 ):
