@@ -1467,6 +1467,28 @@ def test_a_z_stack_tiff_opened_by_napari_offers_no_channels(viewer_and_widget, f
     assert "counted in 3-D" in widget.count_label.text() and "channels" not in widget.count_label.text()
 
 
+def test_a_tiff_opened_by_napari_gives_the_table_in_the_micrometres_its_file_records(
+    viewer_and_widget, fake_network, monkeypatch, tmp_path, qtbot
+):
+    """QA: napari's reader sets no scale from a file, so the table and Export of a TIFF recording 0.5 um pixels
+    had no um columns in the widget, where the command line's nuclei.csv had them."""
+    import tifffile
+
+    viewer, widget = viewer_and_widget
+    path = tmp_path / "calibrated.tif"
+    tifffile.imwrite(path, blobs(), imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"})
+    (image,) = viewer.open(str(path), plugin="napari")
+    assert tuple(image.scale) == (1, 1)  # napari's reader: no scale
+    widget.threshold_slider.setValue(0.3)
+    click_segment(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    wait_for_table(qtbot, labels, 4)
+    np.testing.assert_allclose(labels.features["area_um2"], labels.features["area"] * 0.25)
+    click_export(qtbot, widget, monkeypatch, tmp_path / "nuclei.csv")
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "nuclei.csv")["equivalent_diameter_um"],
+                               labels.features["equivalent_diameter"] * 0.5)
+
+
 def test_a_z_axis_named_after_the_image_was_opened_ticks_the_3d_box_before_segment(
     viewer_and_widget, fake_network, qtbot
 ):

@@ -120,14 +120,14 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
 
 
 def stored_pixel_size(path: Path, image: Any) -> PixelSize | None:
-    """The pixel size, in micrometres, that a large input records: a TIFF's (``cli._tiff_pixel_size``, from
+    """The pixel size, in micrometres, that a large input records: a TIFF's (``cli.tiff_pixel_size``, from
     the header ``image`` keeps open) or an OME-Zarr image's (the y and x scale of its full-resolution level,
     in the unit its axes name); None when it records none, or one that is no microscope's."""
-    from .cli import _micrometres, _tiff_pixel_size
+    from .cli import _micrometres, tiff_pixel_size
     from .lazy_io import is_zarr
 
     if not is_zarr(path):
-        return _tiff_pixel_size(image.source) if hasattr(image.source, "pages") else None
+        return tiff_pixel_size(image.source) if hasattr(image.source, "pages") else None
     import zarr
 
     try:

@@ -27,7 +27,7 @@ from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, QTimer
 
 from ._controls import PROBABILITY_MAP_KEY, is_default_label, layer_axis_labels
-from .channels import channel_name, is_colour, reads_colour, take_channel
+from .channels import channel_name, file_pixel_size, is_colour, reads_colour, take_channel
 from .tables import PixelSize, count_labels, nuclei_table, write_csv
 from .volumes import TIME_LABELS, count_sections
 from .weights import MODEL_TITLES
@@ -239,7 +239,9 @@ class OutputLayer:
         labels = labels_of(self.layer)
         same_shape = np.shape(data)[: labels.ndim] == labels.shape
         linked = volume_axis(self.layer)
-        return ((data if same_shape else None), reads_colour(source.rgb, self.channel), pixel_size(self.layer, linked),
+        pixel = pixel_size(self.layer, linked) or file_pixel_size(getattr(source.source, "path", None),
+                                                                   source.data.shape)  # (napari's reader sets none)
+        return ((data if same_shape else None), reads_colour(source.rgb, self.channel), pixel,
                 linked)
 
     def measure_now(self) -> None:

@@ -102,26 +102,42 @@ def with_file_axes(metadata: dict[str, Any] | None, path: Any, shape: Sequence[i
         stat = os.stat(path)
     except (OSError, ValueError):
         return metadata
-    axes, file_shape = _tiff_axes(str(path), stat.st_mtime_ns, stat.st_size)
+    axes, file_shape, _ = _tiff_header(str(path), stat.st_mtime_ns, stat.st_size)
     if axes and tuple(file_shape) == tuple(int(side) for side in shape):
         metadata["axes"] = axes
     return metadata
 
 
+def file_pixel_size(path: Any, shape: Sequence[int]) -> Any:
+    """The pixel size (a :class:`~napari_nucleiseg.tables.PixelSize` in micrometres, as the command line reads
+    it) that the TIFF at ``path`` records, when its shape is ``shape``; None when it records none. napari's own
+    reader sets no scale from a file (QA: the command line's nuclei.csv had area_um2 for a file whose table in
+    the widget had none)."""
+    if not path or not str(path).lower().endswith((".tif", ".tiff")):
+        return None
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    _, file_shape, pixel = _tiff_header(str(path), stat.st_mtime_ns, stat.st_size)
+    return pixel if tuple(file_shape) == tuple(int(side) for side in shape) else None
+
+
 @functools.lru_cache(maxsize=64)
-def _tiff_axes(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[int, ...]]:
-    """The axes and shape of the first series of the TIFF at ``path`` (its header only), ``("", ())`` when
-    it cannot be read; ``mtime_ns`` and ``size`` make a changed file read again."""
+def _tiff_header(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[int, ...], Any]:
+    """The axes, shape and recorded pixel size of the first series of the TIFF at ``path`` (its header only),
+    ``("", (), None)`` when it cannot be read; ``mtime_ns`` and ``size`` make a changed file read again."""
     import tifffile
 
+    from .cli import tiff_pixel_size
     from .lazy_io import quiet_tifffile
 
     try:
         with quiet_tifffile(), tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
-            return str(series.axes).upper(), tuple(int(side) for side in series.shape)
+            return str(series.axes).upper(), tuple(int(side) for side in series.shape), tiff_pixel_size(tiff)
     except Exception:  # noqa: BLE001 - any file napari read but tifffile cannot: no axes, as before
-        return "", ()
+        return "", (), None
 
 
 def channels_last(shape: Sequence[int]) -> bool:

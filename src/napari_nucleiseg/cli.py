@@ -950,7 +950,7 @@ class InputImage:
     plane_axes: str
     #: Whether the last axis holds the colours of one picture (RGB or RGBA).
     rgb: bool
-    #: The size of its pixels in micrometres, when the file says (:func:`_tiff_pixel_size`).
+    #: The size of its pixels in micrometres, when the file says (:func:`tiff_pixel_size`).
     pixel: PixelSize | None = None
     #: What the log says of how it was read, if anything (an RGB TIFF stored planar, read as planes).
     note: str | None = None
@@ -1097,7 +1097,7 @@ def _read_tiff(path: Path) -> _Stored:
         alpha = any(sample in (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
                     for sample in page.extrasamples)
         axes = series.axes if series is not None and len(series.axes) == image.ndim else ""
-        pixel = _tiff_pixel_size(tiff)
+        pixel = tiff_pixel_size(tiff)
     return _Stored(image, axes, colour, alpha, pixel, planar=colour and "S" in axes[:-1])
 
 
@@ -1107,7 +1107,7 @@ MICROMETRES_PER = {"um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, 
                    "cm": 1e4, "m": 1e6}
 
 
-def _tiff_pixel_size(tiff: Any) -> PixelSize | None:
+def tiff_pixel_size(tiff: Any) -> PixelSize | None:
     """The pixel size a TIFF records, in micrometres: OME's PhysicalSizeX/Y (and Z), or ImageJ's unit with
     the resolution tags (and its slice spacing), or resolution tags in centimetres or inches. None when it
     records none, or one that is no microscope's (under 1 nm or over 20 um a pixel: a scanner's 72 or 600 dpi)."""
