@@ -96,14 +96,7 @@ def with_file_axes(metadata: dict[str, Any] | None, path: Any, shape: Sequence[i
     napari's own reader hands a hyperstack over as a bare array: without its axes, the channels of a
     ``(Z, C, Y, X)`` stack were segmented as planes."""
     metadata = dict(metadata or {})
-    if "axes" in metadata or not path or not str(path).lower().endswith((".tif", ".tiff")):
-        return metadata
-    try:
-        stat = os.stat(path)
-    except (OSError, ValueError):
-        return metadata
-    axes, file_shape, _ = _tiff_header(str(path), stat.st_mtime_ns, stat.st_size)
-    if axes and tuple(file_shape) == tuple(int(side) for side in shape):
+    if "axes" not in metadata and (axes := _file_header(path, shape)[0]):
         metadata["axes"] = axes
     return metadata
 
@@ -113,14 +106,19 @@ def file_pixel_size(path: Any, shape: Sequence[int]) -> Any:
     it) that the TIFF at ``path`` records, when its shape is ``shape``; None when it records none. napari's own
     reader sets no scale from a file (QA: the command line's nuclei.csv had area_um2 for a file whose table in
     the widget had none)."""
+    return _file_header(path, shape)[2]
+
+
+def _file_header(path: Any, shape: Sequence[int]) -> tuple[str, tuple[int, ...], Any]:
+    """:func:`_tiff_header` of the TIFF at ``path`` when its shape is ``shape``, else ``("", (), None)``."""
     if not path or not str(path).lower().endswith((".tif", ".tiff")):
-        return None
+        return "", (), None
     try:
         stat = os.stat(path)
     except (OSError, ValueError):
-        return None
-    _, file_shape, pixel = _tiff_header(str(path), stat.st_mtime_ns, stat.st_size)
-    return pixel if tuple(file_shape) == tuple(int(side) for side in shape) else None
+        return "", (), None
+    header = _tiff_header(str(path), stat.st_mtime_ns, stat.st_size)
+    return header if tuple(header[1]) == tuple(int(side) for side in shape) else ("", (), None)
 
 
 @functools.lru_cache(maxsize=64)
