@@ -1259,13 +1259,16 @@ def test_a_channels_last_image_is_segmented_in_the_channel_chosen_never_summed(
     assert dapi.name == "two channels channel 0 nuclei" and dapi.metadata["channel"] == 0
     wait_for_table(qtbot, dapi, 3)
     assert dapi.features["mean_intensity"].round().tolist() == [140, 200, 240]  # measured in channel 0
+    # channel 0 by default, and said so (QA: a file with DAPI second was segmented in its marker without a word)
+    assert notifications.messages["info"] == ["'two channels': Channel 0 of 2 is segmented (none was chosen); if "
+                                              "the nuclei are in another, choose it under Channel."]
 
     widget.channel_combo.setCurrentIndex(1)
     click_segment(qtbot, widget)
     marker = labels_layers(viewer)[-1]
     assert marker is not dapi and shown_count(widget) == 2 and marker.name == "two channels channel 1 nuclei"
     assert np.array_equal(labels_layers(viewer)[0].data, dapi.data)  # the DAPI result is kept
-    assert notifications.messages["error"] == []
+    assert notifications.messages["error"] == [] and len(notifications.messages["info"]) == 1  # chosen: no note
 
 
 def test_an_image_of_six_channels_last_offers_each_channel(viewer_and_widget, notifications, fake_network, qtbot):

@@ -472,6 +472,18 @@ class ChannelPicker(NameComboBox):
         if self._shown_for is not None and index >= 0:
             self._chosen[self._shown_for] = index
 
+    def unchosen_default(self) -> str | None:
+        """One sentence when the channel to segment is the first of an axis named as channels that the user has
+        not chosen from (said once per layer); else None. QA: a ZCYX file with DAPI second was segmented in its
+        marker channel 0 without a word, where the command line asks for --channel."""
+        key = self._shown_for
+        if (self.axis is None or self.axis.axis == COLOUR_AXIS or not self.axis.named or key is None
+                or key in self._chosen or self.currentData() != 0):
+            return None
+        self._chosen[key] = 0  # (said once)
+        return (f"Channel 0 of {self.axis.count} is segmented (none was chosen); if the nuclei are in another, "
+                "choose it under Channel.")
+
     def follow(self, layer: Any) -> None:
         """Offer the channels of ``layer`` (an Image layer or None), keeping the choice made for the
         layer while its shape and axis labels stay the same."""

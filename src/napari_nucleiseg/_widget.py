@@ -333,6 +333,8 @@ class NucleiSegWidget(QWidget):
         else:
             self._on_image_changed()  # its shape or axis labels may have changed since it was picked
             self._run_channel = self.channel_combo.channel
+            if (default := self.channel_combo.unchosen_default()) is not None and image is not None:
+                show_info(f"'{image.name}': {default}")
         try:
             planes, weights, metadata, in_blocks = check_runnable(image, self.viewer.layers,
                                                                   self.model_combo.weights_path, self._run_channel)
