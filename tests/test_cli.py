@@ -305,6 +305,19 @@ def test_resume_with_other_images_keeps_the_rows_of_the_earlier_ones(capsys, tmp
     assert sorted(pd.read_csv(out / "counts.csv")["labels_file"]) == ["a_labels.tif", "b_labels.tif", "new_labels.tif"]
 
 
+def test_a_short_axis_the_file_does_not_name_is_segmented_as_planes_and_said_so(capsys, tmp_path, tiny_weights):
+    """QA: DAPI + a marker saved as a plain (2, H, W) array gave their nuclei summed in one row with no word on
+    stderr (the widget's count says it); a Z the file names is no question."""
+    plain, named = tmp_path / "plain.tif", tmp_path / "named.tif"
+    tifffile.imwrite(plain, np.stack([blob_image(), blob_image(seed=1)]))
+    tifffile.imwrite(named, np.stack([blob_image(), blob_image(seed=1)]), imagej=True, metadata={"axes": "ZYX"})
+    status, _, stderr = run(capsys, plain, named, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
+    assert status == 0
+    assert stderr.strip().splitlines() == [
+        f"nucleiseg: note: {plain}: its 2 planes (an axis the file does not name) were segmented one by one and their "
+        "nuclei counted together; if they are channels, give --channel N for the one with the nuclei."]
+
+
 def test_the_channel_given_is_recorded(capsys, tmp_path, tiny_weights):
     """QA: the same file segmented with --channel 0 and --channel 1 gave tables that could not be told apart."""
     source = tmp_path / "dapi+marker.tif"
