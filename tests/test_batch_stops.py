@@ -129,6 +129,7 @@ def test_a_rerun_with_overwrite_stopped_half_way_never_mixes_two_runs(folder, tm
     assert (counts["threshold"] == 0.9).all() and 3 <= len(counts) < N_IMAGES
     (aside,) = out.glob("replaced-*")  # the first run's files, whole, in a folder of their own
     assert "replaced-" in stderr and len(pd.read_csv(aside / "counts.csv")) == N_IMAGES
+    assert "--resume" not in stderr  # which --overwrite beside it refuses (review)
     assert len(list(aside.glob("*_labels.tif"))) == N_IMAGES
 
     third = start(folder, out, tiny_weights["unet"], "--threshold", "0.9", "--overwrite")

@@ -46,23 +46,26 @@ RESULT_SETTINGS = ("threshold", "min_size", "split", "neck_ratio", "exclude_bord
                    "brown_nuclei", "channel", "volumes")
 
 
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, as hex."""
+def file_sha256(path: Path, check: Any = None) -> str:
+    """The SHA-256 of a file's bytes, as hex; ``check()``, if given, is called between chunks (a stop asked for
+    raises there: a whole slide's hash takes minutes from a network disk)."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         while chunk := stream.read(HASH_CHUNK):
             digest.update(chunk)
+            if check is not None:
+                check()
     return digest.hexdigest()
 
 
-def input_fingerprint(path: Path) -> dict[str, Any]:
+def input_fingerprint(path: Path, check: Any = None) -> dict[str, Any]:
     """What identifies an input file: path, size, modification time (ns) and SHA-256 (stat first, so that a
     file changed while it is hashed looks changed next time). An OME-Zarr store (a folder) is not hashed (a
     whole slide's chunks can be gigabytes): its size is its files' and its time the newest of theirs, so a
     store touched since counts as changed."""
     size, mtime_ns = _size_and_time(path)
     return {"path": str(path), "size": size, "mtime_ns": mtime_ns,
-            "sha256": None if Path(path).is_dir() else file_sha256(path)}
+            "sha256": None if Path(path).is_dir() else file_sha256(path, check)}
 
 
 def _size_and_time(path: Path) -> tuple[int, int]:

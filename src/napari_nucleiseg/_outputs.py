@@ -533,6 +533,10 @@ class OutputLayers(QObject):
         self._probability_layers.pop(uid, None)
         self.records.pop(uid, None)
         self.lazy.pop(uid, None)
+        for record in self.records.values():  # a result drawn as outlines under an edited layer taken out: filled
+            if record.below is not None and record.below.unique_id == uid:
+                record.below = None
+                record.layer.contour = 0
         for pending in (self._edited, self._redrawn, self._stale):
             pending.pop(uid, None)
         if self.is_shown(layer):

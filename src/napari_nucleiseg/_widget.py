@@ -498,6 +498,7 @@ class NucleiSegWidget(QWidget):
             self._keep_in_window()
         elif event.type() == QEvent.Type.ParentChange and not isinstance(self.parent(), QMainWindow):
             self._dock = weakref.ref(self.parent())  # docked (again: a hidden window shows no widget)
+            _CLOSED[:] = [ref for ref in _CLOSED if ref() is not self]  # (review: docked again by a script)
             self._reopen()
         return super().event(event)
 

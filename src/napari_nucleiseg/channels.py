@@ -73,10 +73,6 @@ def find_channel_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str
         return ChannelAxis(2, shape[-1], named=True)  # (Y, X, C): napari would show X against C
     if min(shape[-2:]) < MIN_PLANE_SIDE:
         return None
-    if len(axes) == len(shape):  # an axis the file names as planes is no guess of channels (QA: an ImageJ ZYX
-        # stack of 3 was offered channel 0-2, and its count said 'if they are channels, choose ...')
-        labels = [letter.lower() if letter.lower() in PLANE_LABELS else (labels[axis] if labels else "")
-                  for axis, letter in enumerate(axes)]
     axis = short_unnamed_axis(shape, labels)
     return None if axis is None else ChannelAxis(axis, shape[axis], named=False)
 

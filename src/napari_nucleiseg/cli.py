@@ -46,7 +46,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -382,7 +382,8 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     except (KeyboardInterrupt, CommandError) as stop:
         # Hours of work may be done: the tables of the images finished so far are kept.
         saved = _save_tables_so_far(tables, len(jobs), earlier=len(others))
-        if saved and manifest is not None:  # (QA: after a plain run's stop, the way on was not said)
+        if saved and manifest is not None and not args.overwrite:  # (QA: after a plain run's stop, the way on was
+            # not said; not after --overwrite, which --resume refuses beside, and may refuse instead: review)
             saved += " To segment the rest, run the same command with --resume."
         if aside is not None:
             saved += f" The files this run was to replace are in {aside}."
@@ -413,8 +414,7 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     else:
         print(f"Segmented {len(segmented)} of {len(jobs)} images: {total} nuclei. Results in {args.out}")
     if missed:  # (QA: 'Segmented 1 of 1 images' beside exit status 3, for a path that did not exist)
-        print(f"{missed} more image{'s' if missed > 1 else ''} named on the command line could not be found "
-              "(see above).")
+        print(f"{missed} more input{'s' if missed > 1 else ''} could not be found or read (see above).")
     return EXIT_PARTIAL if skipped else EXIT_OK  # each image skipped was named on stderr
 
 
@@ -522,7 +522,7 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
         if fingerprint:
             from ._manifest import input_fingerprint
 
-            identity = input_fingerprint(job.source)
+            identity = input_fingerprint(job.source, None if stops is None else stops.check)
         if job.labels_path.name.endswith(LARGE_LABELS_SUFFIX):
             return segment_large_image(job, model, args, chosen_settings(args),
                                        stops.requested if stops is not None else None, identity)
@@ -544,6 +544,9 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     probabilities = result.probabilities if job.probability_path is not None else None  # only those written
     from .scale import smoothing_note
 
+    if image.note == UNNAMED_PLANES_NOTE.format(count=_plane_count(image.data.shape[: len(image.plane_axes)])) and \
+            args.volumes:  # linked into 3-D nuclei as asked, not counted plane by plane (review)
+        image = replace(image, note=None)
     note = image.note or smoothing_note(result.noise_smoothing)
     if image.rgb:
         note = colour_note(image.data[(0,) * len(image.plane_axes)], args.brown_nuclei) or note
