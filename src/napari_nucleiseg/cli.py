@@ -46,7 +46,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -544,10 +544,8 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     probabilities = result.probabilities if job.probability_path is not None else None  # only those written
     from .scale import smoothing_note
 
-    if image.note == UNNAMED_PLANES_NOTE.format(count=_plane_count(image.data.shape[: len(image.plane_axes)])) and \
-            args.volumes:  # linked into 3-D nuclei as asked, not counted plane by plane (review)
-        image = replace(image, note=None)
-    note = image.note or smoothing_note(result.noise_smoothing)
+    unnamed = None if args.volumes or args.channel is not None else _unnamed_planes_note(image)  # (--3d: linked)
+    note = image.note or unnamed or smoothing_note(result.noise_smoothing)
     if image.rgb:
         note = colour_note(image.data[(0,) * len(image.plane_axes)], args.brown_nuclei) or note
     return Finished(job, result.labels, probabilities, row, table, image.plane_axes, identity, image.pixel, note)
@@ -1060,13 +1058,20 @@ def read_image(path: Path, channel: int | None = None) -> InputImage:
                               f"{plane[0]} x {plane[1]} pixels, too small to hold nuclei")
     planar = stored.planar and "S" in plane_axes  # (review: not of a gray TIFF's samples stored so, DAPI + GFP)
     note = PLANAR_RGB_NOTE.format(count=image.shape[plane_axes.index("S")]) if planar else None
-    if note is None and channel is None and not rgb:
-        from .channels import short_unnamed_axis
-
-        short = short_unnamed_axis(image.shape, axes.lower())
-        if short is not None and image.shape[short] == _plane_count(image.shape[: len(plane_axes)]):
-            note = UNNAMED_PLANES_NOTE.format(count=image.shape[short])
     return InputImage(image, plane_axes, rgb, stored.pixel, note)
+
+
+def _unnamed_planes_note(image: InputImage) -> str | None:
+    """:data:`UNNAMED_PLANES_NOTE` for a gray image whose only plane axis is a short one the file does not name."""
+    from .channels import short_unnamed_axis
+
+    if image.rgb:
+        return None
+    shape = image.data.shape
+    short = short_unnamed_axis(shape, (image.plane_axes + "YX").lower())
+    if short is None or shape[short] != _plane_count(shape[: len(image.plane_axes)]):
+        return None
+    return UNNAMED_PLANES_NOTE.format(count=shape[short])
 
 
 #: A short axis that the file does not name is segmented as planes, their nuclei counted together: said, as the
