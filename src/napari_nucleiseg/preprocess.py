@@ -281,13 +281,10 @@ class Normalization:
         if self.padding is None:
             return rgb
         rgb = np.asarray(rgb)
-        if rgb.strides[-1] == 0 or rgb.shape[-1] == 1:
-            plane = rgb[..., 0]
-            if padded is None:
-                padded = padding_mask(plane, self.padding[0][0], edge=True)
-            filled = _filled(plane, padded, self.padding[1][:1])
-            return np.broadcast_to(filled[..., None], rgb.shape)
-        return _filled(rgb, self.padded(rgb) if padded is None else padded, self.padding[1])
+        padded = self.padded(rgb) if padded is None else padded
+        if _is_one_plane(rgb):
+            return np.broadcast_to(_filled(rgb[..., 0], padded, self.padding[1][:1])[..., None], rgb.shape)
+        return _filled(rgb, padded, self.padding[1])
 
     def padded(self, rgb: np.ndarray) -> np.ndarray:
         """``(h, w)`` bool: the padding of ``rgb``, ``(h, w, 3)``, a part of the image or all of it: its pixels at
@@ -295,7 +292,10 @@ class Normalization:
         (a saturated core or a hot pixel at that value in the picture is not filled); none if the image has none."""
         if self.padding is None:
             return np.zeros(np.shape(rgb)[:2], dtype=bool)
-        return padding_mask(np.asarray(rgb), np.asarray(self.padding[0]), edge=True)
+        rgb = np.asarray(rgb)
+        if _is_one_plane(rgb):  # (a gray image's one plane is compared, not its broadcast view's three)
+            return padding_mask(rgb[..., 0], self.padding[0][0], edge=True)
+        return padding_mask(rgb, np.asarray(self.padding[0]), edge=True)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``(h, w, 3)`` float32 network input of ``rgb``, the whole image or a part of it."""
@@ -428,6 +428,12 @@ def _filled(image: np.ndarray, mask: np.ndarray, value: tuple[float, ...]) -> np
     if image.ndim == 2:
         return np.where(mask, value[0], image)
     return np.where(mask[..., None], value, image)
+
+
+def _is_one_plane(rgb: np.ndarray) -> bool:
+    """Whether ``rgb`` is one gray plane: :func:`as_rgb`'s broadcast view of a gray image, or ``(h, w, 1)``
+    (:func:`_one_plane` reads a sample's plane, equal colours too)."""
+    return rgb.strides[-1] == 0 or rgb.shape[-1] == 1
 
 
 def _whole(picture: np.ndarray) -> bool:
