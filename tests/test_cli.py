@@ -14,7 +14,7 @@ import tifffile
 
 from napari_nucleiseg import segment
 from napari_nucleiseg.api import load_model
-from napari_nucleiseg.cli import EXIT_PARTIAL, main
+from napari_nucleiseg.cli import EXIT_PARTIAL, main, tiff_pixel_size
 
 from conftest import blob_image
 
@@ -748,6 +748,24 @@ def test_a_tiff_s_pixel_size_gives_lengths_in_micrometres_and_its_labels_keep_it
         numerator, denominator = tiff.pages.first.tags["XResolution"].value
         assert tiff.pages.first.tags["ResolutionUnit"].value == 3  # centimetres
         assert 1e4 * denominator / numerator == pytest.approx(0.325, rel=1e-4)
+
+
+def test_a_z_stack_s_labels_keep_its_plane_spacing(capsys, tmp_path, tiny_weights):
+    """QA: the label TIFF of a Z stack from Fiji kept the pixel size but lost the spacing of its planes, so the
+    nuclei opened beside their image in 3-D came out flattened."""
+    stack = np.stack([blob_image((64, 80))] * 3)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"axes": "ZYX", "spacing": 1.5, "unit": "um"})
+    out = tmp_path / "out"
+    status, _, stderr = run(capsys, tmp_path / "stack.tif", "--out", out, "--weights", tiny_weights["hrnet"],
+                            "--save-probability")
+    assert status == 0, stderr
+    for name in ("stack_labels.tif", "stack_probability.tif"):
+        with tifffile.TiffFile(out / name) as tiff:
+            assert tiff.series[0].axes.startswith("Z")
+            recorded = tiff_pixel_size(tiff)
+            assert (recorded.y, recorded.x, recorded.z) == pytest.approx((0.25, 0.25, 1.5))
+    assert tifffile.imread(out / "stack_labels.tif").shape == stack.shape
 
 
 def test_a_picture_with_transparent_pixels_says_nothing_is_found_there(capsys, tmp_path):

@@ -1292,20 +1292,26 @@ def write_outputs(job: Job, labels: np.ndarray, probabilities: np.ndarray | None
     """Write the labels (and, when the job has a probability file, the probabilities) of one image as
     zlib-compressed TIFF; a stack's keep its plane axes (``plane_axes``, e.g. ``Z``; an axis the file did not
     name is written as ``Q``), and the input's ``pixel`` size, when it had one, is recorded in the
-    resolution tags (in centimetres, which any TIFF reader understands)."""
+    resolution tags (in centimetres, which any TIFF reader understands). A Z stack whose plane spacing is known
+    is written as OME-TIFF, which records it (PhysicalSizeZ, beside PhysicalSizeX and Y)."""
     import tifffile
 
     planes = "".join(letter if letter in "TZ" else "Q" for letter in plane_axes)
     calibration = {} if pixel is None else {"resolution": (1e4 / pixel.x, 1e4 / pixel.y), "resolutionunit": "CENTIMETER"}
+    physical = {}
+    if pixel is not None and pixel.z is not None and pixel.unit == "um" and "Z" in planes:
+        calibration["ome"] = True
+        physical = {"PhysicalSizeX": pixel.x, "PhysicalSizeY": pixel.y, "PhysicalSizeZ": pixel.z,
+                    **{f"PhysicalSize{axis}Unit": "\u00b5m" for axis in "XYZ"}}
     try:
         # The probabilities first: the label file, in place, is what makes the image count as done.
         if job.probability_path is not None:
             write_atomically(job.probability_path, lambda path: tifffile.imwrite(
                 path, probabilities.astype(np.float32, copy=False), compression="zlib",
-                photometric="minisblack", metadata={"axes": f"{planes}CYX"}, **calibration))
+                photometric="minisblack", metadata={"axes": f"{planes}CYX", **physical}, **calibration))
         def write_labels(path: Path) -> None:
             tifffile.imwrite(path, labels, compression="zlib", photometric="minisblack",
-                             metadata={"axes": f"{planes}YX"}, **calibration)
+                             metadata={"axes": f"{planes}YX", **physical}, **calibration)
             if before_rename is not None:
                 before_rename(path)
 
