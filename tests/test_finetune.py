@@ -193,13 +193,74 @@ def bad(tmp_path, **overrides) -> dict:
     ({"name": "../x"}, "cannot be a model's name"),
     ({"images": [np.stack([field(8)[0]] * 5)]},
      "The image is a stack of 5 planes (5, 160, 160) but its labels are one plane (160, 160)"),
+    ({"labels": [np.where(field(8)[1] == 3, -1, field(8)[1])]}, "The labels of the image hold negative numbers"),
+    ({"labels": [(field(8)[1] > 0).astype(np.uint8) * 255]},
+     "The labels of the image look like a mask, not labels: 25 separate objects share one number"),
+    ({"regions": [[]]}, "There is no labelled nucleus in any image"),
+    ({"name": "HRNet", "out": None}, "'HRNet' is the name of the bundled HRNet; give your model another name"),
+    ({"name": "x" * 101, "out": None}, "A model's name of 101 characters is too long; keep it to 100 or fewer"),
 ], ids=["no-nucleus-in-regions", "no-nucleus", "shapes-differ", "float-labels", "bool-labels", "rgb-labels",
-        "counts-differ", "region-outside", "no-minutes", "nan-diameter", "bad-name", "stack-with-one-plane"])
+        "counts-differ", "region-outside", "no-minutes", "nan-diameter", "bad-name", "stack-with-one-plane",
+        "negative-labels", "a-mask", "nothing-checked", "a-bundled-name", "a-long-name"])
 def test_each_bad_input_gets_its_sentence_and_nothing_is_written(tiny_weights, tmp_path, overrides, sentence):
     call = bad(tmp_path, **overrides)
     with pytest.raises(FineTuneError, match=re.escape(sentence)) as error:
         finetune(call.pop("images"), call.pop("labels"), tiny_weights["unet"], **call)
     assert "\n" not in str(error.value) and list(tmp_path.iterdir()) == []
+
+
+def test_labels_numbered_past_int32_train_as_their_nuclei(tiny_weights, tmp_path):
+    """QA: uint32 labels numbered from 4e9 were 'no labelled nucleus' (cast to int32)."""
+    image, truth = field(8)
+    huge = np.where(truth > 0, truth.astype(np.uint64) + 4_000_000_000, 0)
+    out = finetune([image], [huge], tiny_weights["unet"], out=tmp_path / "new.safetensors", minutes=1, max_steps=1)
+    assert read_metadata(out)["fine_tuned"]["nuclei"] == int(truth.max())
+
+
+def test_a_model_of_a_bundled_name_may_be_saved_outside_the_model_folder(tiny_weights, tmp_path):
+    image, truth = field(8)
+    out = finetune([image], [truth], tiny_weights["unet"], out=tmp_path / "hrnet.safetensors", minutes=1, max_steps=1)
+    assert out.is_file()
+
+
+def test_a_name_taken_while_training_saves_under_the_next_free_one_and_says_so(tiny_weights, tmp_path, monkeypatch):
+    """QA: two fine-tunes started together both chose '<base>-finetuned-<date>-2', and one model was lost."""
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(tmp_path))
+    image, truth = field(8)
+    taken = tmp_path / "mine.safetensors"
+
+    def the_other_run_saves(*args, **kwargs):
+        taken.write_bytes(b"the other run's model")
+        return original(*args, **kwargs)
+
+    original = finetune_module.train_steps
+    monkeypatch.setattr(finetune_module, "train_steps", the_other_run_saves)
+    notes = []
+    out = finetune([image], [truth], tiny_weights["unet"], name="mine", minutes=1, max_steps=1, log=notes.append)
+    assert out == tmp_path / "mine-2.safetensors" and read_metadata(out)["name"] == "mine-2"
+    assert taken.read_bytes() == b"the other run's model"
+    assert notes == ["mine.safetensors was saved by another run while this one trained; this model is saved as "
+                     "mine-2.safetensors."]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mine-2.safetensors", "mine.safetensors"]
+
+
+def test_the_base_file_renamed_while_training_loses_nothing(tiny_weights, tmp_path, monkeypatch):
+    """QA: renaming the base model (the widget's menu) during a run lost the run at its end ([Errno 2])."""
+    import shutil
+
+    base = tmp_path / "base.safetensors"
+    shutil.copy(tiny_weights["unet"], base)
+    digest = hashlib.sha256(base.read_bytes()).hexdigest()
+
+    def renamed_meanwhile(*args, **kwargs):
+        base.rename(tmp_path / "renamed.safetensors")
+        return original(*args, **kwargs)
+
+    original = finetune_module.train_steps
+    monkeypatch.setattr(finetune_module, "train_steps", renamed_meanwhile)
+    image, truth = field(8)
+    out = finetune([image], [truth], base, out=tmp_path / "new.safetensors", minutes=1, max_steps=1)
+    assert read_metadata(out)["fine_tuned"]["base"]["sha256"] == digest
 
 
 def test_an_existing_file_the_bundled_weights_and_the_base_are_never_overwritten(tiny_weights, tmp_path):

@@ -199,6 +199,14 @@ def test_bad_input_gets_one_sentence_and_writes_nothing(viewer_and_widget, model
     panel.pairs.tick(wrong, image=image)
     fine_tune(qtbot, widget)
     assert errors[-1] == "'wrong' is 50 x 60 pixels but its image 'cells' is 192 x 192 pixels; choose the image it corrects."
+    two = viewer.add_image(np.stack([image.data, image.data]), name="two channels")
+    panel.pairs.tick(wrong, image=two)
+    wrong.data = np.ones((192, 192), dtype=np.int32)
+    fine_tune(qtbot, widget)
+    assert errors[-1] == ("'wrong' is 192 x 192 pixels but its image 'two channels' is 2 x 192 x 192 pixels; choose "
+                          "the image it corrects (for one of its channels, right-click it in the layer list, Split "
+                          "Stack, and choose the channel with the nuclei).")
+    viewer.layers.remove(two)
     panel.pairs.tick(wrong, False)
     panel.pairs.tick(result)
 
@@ -229,9 +237,13 @@ def test_bad_input_gets_one_sentence_and_writes_nothing(viewer_and_widget, model
     panel.confirm = lambda question: False  # the user does not want it replaced
     fine_tune(qtbot, widget, "taken")
     assert errors[-1] == "There is a model called 'taken' already; choose another name."
+    fine_tune(qtbot, widget, "taken.safetensors")  # (QA: asked nothing, then named an option the widget lacks)
+    assert errors[-1] == "There is a model called 'taken' already; choose another name."
     assert (models_dir / "taken.safetensors").read_bytes() == b"mine"
+    fine_tune(qtbot, widget, "UNet")
+    assert errors[-1] == "'UNet' is the name of the bundled UNet; give your model another name."
 
-    assert saved_files(models_dir) == ["taken.safetensors"] and len(errors) == 8
+    assert saved_files(models_dir) == ["taken.safetensors"] and len(errors) == 11
     for message in errors:
         assert "\n" not in message and "Traceback" not in message and message.endswith(".")
     assert panel.status_label.text() == errors[-1]
@@ -273,6 +285,15 @@ def test_a_result_made_without_its_border_nuclei_trains_away_from_its_border(vie
     widget.finetune_panel.choose_regions(shapes)
     fine_tune(qtbot, widget)
     assert asked["regions"] == [[(30, 100, 30, 100)]]  # a checked rectangle, cut to the band
+    # A rectangle within the band leaves nothing to train on: refused (QA: the whole image trained, band and all).
+    shapes.data = [[[2, 2], [2, 40], [25, 40], [25, 2]]]
+    asked.clear()
+    fine_tune(qtbot, widget)
+    assert asked == {}
+    assert widget.finetune_panel.status_label.text() == (
+        "'cells nuclei' was segmented with Exclude border: its nuclei near the border were left out, and nothing "
+        "checked lies far enough inside to train on. Untick Exclude border and segment again, or check a region "
+        "nearer the middle.")
 
 
 def test_a_users_model_is_renamed_and_deleted_from_the_picker(

@@ -97,6 +97,30 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
         raise
 
 
+def write_new(path: Path, write: Callable[[Path], Any]) -> None:
+    """As :func:`write_atomically`, but ``path`` is never replaced: FileExistsError when it exists as the file is
+    put in place, so two runs that chose the same free name do not overwrite each other (QA: two fine-tunes
+    started together both saved '<base>-finetuned-<date>-2', and one model was lost)."""
+    import errno
+    import threading
+
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")  # (one per writer)
+    try:
+        write(partial)
+        try:
+            os.link(partial, path)  # fails if the name is taken, whoever took it
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: checked, then renamed (a short race, as before)
+            if path.exists():
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+            os.replace(partial, path)
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+
+
 class Tables:
     """The rows of ``counts.csv`` and ``nuclei.csv`` of a run, written so they are never wrong."""
 

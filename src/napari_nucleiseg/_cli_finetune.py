@@ -91,8 +91,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists() and not args.overwrite:  # before reading any image
         raise CommandError(f"{args.out} already exists; choose another name, or give --overwrite.")
     if args.out is None and args.name is not None and not args.overwrite:
-        from .learn.finetune import typed_model_name
-        from .user_models import name_problem, user_model_path
+        from .user_models import name_problem, typed_model_name, user_model_path
 
         taken = None if name_problem(args.name.strip()) else user_model_path(typed_model_name(args.name))
         if taken is not None and taken.exists():

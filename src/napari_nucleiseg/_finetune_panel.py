@@ -49,7 +49,7 @@ from ._run import Failure
 from .channels import reads_colour, take_channel
 from .errors import Cancelled, FineTuneError, WeightsError
 from .learn import DEFAULT_MINUTES
-from .user_models import list_user_models, name_problem, user_model_path
+from .user_models import list_user_models, name_problem, typed_model_name, user_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -453,8 +453,13 @@ class FineTunePanel(QCollapsible):
                               f"it was given new data; segment '{pair.image.name}' again and correct that result.")
             image_shape = plane_shape(np.shape(pair.image_data()), reads_colour(pair.image.rgb, pair.channel))
             if image_shape != labels_of(pair.labels).shape:
+                # one channel of a stack (QA: a corrected copy of a channel's result was a dead end): split it
+                channels = (pair.channel is None and len(image_shape) == len(labels_of(pair.labels).shape) + 1
+                            and image_shape[1:] == labels_of(pair.labels).shape)
+                hint = (" (for one of its channels, right-click it in the layer list, Split Stack, and choose the "
+                        "channel with the nuclei)" if channels else "")
                 raise Refused(f"'{pair.labels.name}' is {_size(labels_of(pair.labels).shape)} but its image "
-                              f"'{pair.image.name}' is {_size(image_shape)}; choose the image it corrects.")
+                              f"'{pair.image.name}' is {_size(image_shape)}; choose the image it corrects{hint}.")
         shapes = self.regions_combo.currentData()
         regions = None
         if shapes is not None:
@@ -465,7 +470,14 @@ class FineTunePanel(QCollapsible):
                 raise Refused(f"No shape of '{shapes.name}' lies over the images chosen; draw rectangles over the "
                               "nuclei you checked, or choose Whole images.")
         regions = inside_border_bands(pairs, regions)
-        name = self.name_edit.text().strip()
+        if regions is not None:  # the band may leave nothing of a small result (QA: it then trained the whole image)
+            kept = [(pair, boxes) for pair, boxes in zip(pairs, regions) if boxes is None or boxes]
+            if not kept:
+                raise Refused(f"'{pairs[0].labels.name}' was segmented with Exclude border: its nuclei near the border "
+                              "were left out, and nothing checked lies far enough inside to train on. Untick Exclude "
+                              "border and segment again, or check a region nearer the middle.")
+            pairs, regions = [pair for pair, _ in kept], [boxes for _, boxes in kept]
+        name = typed_model_name(self.name_edit.text())  # (QA: 'x.safetensors' typed skipped the question below)
         problem = name_problem(name)
         if problem:
             raise Refused(problem)
@@ -473,7 +485,10 @@ class FineTunePanel(QCollapsible):
             base = self.picker.weights_path()
         except WeightsError as error:
             raise Refused(str(error)) from None
-        overwrite = user_model_path(name).exists()
+        target = user_model_path(name)
+        if target.resolve() == Path(base).resolve():  # (QA: asked to replace it, then refused after Yes)
+            raise Refused(f"'{name}' is the model being fine-tuned; give the new model another name.")
+        overwrite = target.exists()
         if overwrite and not self.confirm(f"You have a model called '{name}' already. Replace it?"):
             raise Refused(f"There is a model called '{name}' already; choose another name.")
         # Copies: the layers stay the user's to edit while the worker trains.

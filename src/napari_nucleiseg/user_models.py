@@ -33,13 +33,19 @@ def user_model_path(name: str) -> Path:
     return user_models_dir() / f"{name}{WEIGHTS_SUFFIX}"
 
 
+def typed_model_name(name: str) -> str:
+    """A name as typed (not blank): without the spaces around it, nor a ``.safetensors`` typed after it."""
+    name = name.strip()
+    return name.removesuffix(WEIGHTS_SUFFIX).strip() or name
+
+
 def list_user_models() -> list[Path]:
     """The weights files in the user's model folder, by name (none when the folder does not exist)."""
     folder = user_models_dir()
     if not folder.is_dir():
         return []
     return sorted((path for path in folder.glob(f"*{WEIGHTS_SUFFIX}") if path.is_file() and not path.name.startswith(".")),
-                  key=lambda path: path.name.lower())
+                  key=lambda path: path.stem.lower())  # (by name: '-2' after the name without it)
 
 
 def is_user_model(path: str | os.PathLike) -> bool:
@@ -48,10 +54,25 @@ def is_user_model(path: str | os.PathLike) -> bool:
     return path.suffix == WEIGHTS_SUFFIX and path.parent.resolve() == user_models_dir().resolve()
 
 
-def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a model (one sentence; None: it can): it becomes a file name."""
+#: Longest name a model may have, in characters (and twice as many bytes in UTF-8): it becomes a file name, which
+#: most file systems keep to 255 bytes, with ``.safetensors`` and a temporary prefix beside it.
+MAX_NAME_LENGTH = 100
+
+
+def name_problem(name: str, *, outside_folder: bool = False) -> str | None:
+    """Why ``name`` cannot name a model (one sentence; None: it can): it becomes a file name, and in the user's
+    model folder a bundled model's name or title (``HRNet``, ``unetpp``, in any case) would make the user's model
+    unreachable by its name (QA: a model named 'HRNet' was listed twice, and ``--model HRNet`` ran the bundled
+    one); ``outside_folder``: a file saved elsewhere, which is named by its path, may take it."""
+    from .weights import MODEL_TITLES, bundled_model_name
+
     if not name.strip() or any(char in name for char in '/\\:*?"<>|') or name.startswith("."):
         return f"{name!r} cannot be a model's name: use letters, digits, spaces, '-' or '_'."
+    if len(name) > MAX_NAME_LENGTH or len(name.encode("utf-8")) > 2 * MAX_NAME_LENGTH:
+        return f"A model's name of {len(name)} characters is too long; keep it to {MAX_NAME_LENGTH} or fewer."
+    bundled = None if outside_folder else bundled_model_name(name)
+    if bundled is not None:
+        return f"{name!r} is the name of the bundled {MODEL_TITLES[bundled]}; give your model another name."
     return None
 
 

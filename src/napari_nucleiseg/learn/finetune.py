@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._batch import write_atomically
+from .._batch import write_atomically, write_new
 from ..errors import Cancelled, FineTuneError
 from ..memory import free_memory
 from ..pipeline import MIN_STACK_PLANE_SIDE
 from ..preprocess import as_rgb
 from ..scale import median_diameter
-from ..user_models import name_problem, user_model_path
-from ..weights import WEIGHTS_SUFFIX, NucleiModel, fine_tune_generations, save_weights, weights_dir
+from ..user_models import is_user_model, name_problem, typed_model_name, user_model_path
+from ..weights import NucleiModel, fine_tune_generations, save_weights, weights_dir
 from . import DEFAULT_MINUTES
 from .augment import CropDataset
 from .loop import train_steps
@@ -112,7 +112,8 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     minutes : float
         Time budget of the training.
     regions : one sequence of ``(y0, y1, x0, x1)`` rectangles per image (or None), optional
-        The regions the user checked; only their pixels train. None: each image counts as checked whole.
+        The regions the user checked; only their pixels train. None: each image counts as checked whole; an
+        empty sequence: nothing of that image was checked, and it does not train.
     diameter : float, optional
         The median nucleus diameter of the images (pixels); default: measured on the labels.
     overwrite : bool
@@ -143,6 +144,8 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     if diameter is not None and not (isinstance(diameter, (int, float)) and np.isfinite(diameter) and diameter > 0):
         raise FineTuneError(f"The nucleus diameter must be a positive number of pixels, not {diameter!r}.")
     base = _load_base(model)
+    # Hashed now: the file may be renamed or deleted while the network trains (QA: the run was lost at its end).
+    base_sha256 = None if base.path is None else hashlib.sha256(Path(base.path).read_bytes()).hexdigest()
     name = new_model_name(name, base, out)
     out_path = _output_path(out, name, base, overwrite)
     examples = prepare_examples(images, labels, regions, diameter, brown_nuclei)
@@ -187,9 +190,26 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
         raise FineTuneError("The time budget ended before the first training step; give it more minutes.")
     network.eval()
     metadata = _metadata(base, name, examples, steps=len(losses), minutes=(time.perf_counter() - clock) / 60,
-                         loss=float(np.mean(losses[-20:])), diameter=diameter, seed=seed)
-    _save_atomically(out_path, network, metadata)
-    return out_path
+                         loss=float(np.mean(losses[-20:])), diameter=diameter, seed=seed, base_sha256=base_sha256)
+    while True:
+        try:
+            _save_atomically(out_path, network, metadata, replace=overwrite)
+            return out_path
+        except FileExistsError:  # another run saved under this name while this one trained: the next free one
+            taken, out_path = out_path, _free_path(out_path)
+            if metadata["name"] == taken.stem:
+                metadata["name"] = out_path.stem
+            (log or (lambda text: warnings.warn(text, stacklevel=3)))(
+                f"{taken.name} was saved by another run while this one trained; this model is saved as "
+                f"{out_path.name}.")
+
+
+def _free_path(path: Path) -> Path:
+    """``path`` with the first of ``-2``, ``-3``, ... after its name that no file takes."""
+    number = 2
+    while path.with_name(f"{path.stem}-{number}{path.suffix}").exists():
+        number += 1
+    return path.with_name(f"{path.stem}-{number}{path.suffix}")
 
 
 def new_model_name(name: str | None, base: NucleiModel, out: str | os.PathLike | None) -> str:
@@ -208,12 +228,6 @@ def new_model_name(name: str | None, base: NucleiModel, out: str | os.PathLike |
     return taken
 
 
-def typed_model_name(name: str) -> str:
-    """A name as typed (not blank): without the spaces around it, nor a ``.safetensors`` typed after it."""
-    name = name.strip()
-    return name.removesuffix(WEIGHTS_SUFFIX).strip() or name
-
-
 def _load_base(model: str | os.PathLike | NucleiModel) -> NucleiModel:
     if isinstance(model, NucleiModel):
         return model
@@ -224,7 +238,7 @@ def _load_base(model: str | os.PathLike | NucleiModel) -> NucleiModel:
 
 def _output_path(out: str | os.PathLike | None, name: str, base: NucleiModel, overwrite: bool) -> Path:
     """The file to write; refused when it exists (without ``overwrite``), or is shipped or the base."""
-    problem = name_problem(name)
+    problem = name_problem(name, outside_folder=out is not None and not is_user_model(Path(out).expanduser()))
     if problem:
         raise FineTuneError(problem)
     if out is None:
@@ -305,6 +319,13 @@ def _add_image(examples: Examples, number: int, total: int, image: np.ndarray, l
     if label.ndim not in (2, 3) or 0 in label.shape:
         raise FineTuneError(f"The labels of {which} have shape {label.shape}; expected (height, width), "
                             "or (planes, height, width) for a stack.")
+    if label.min() < 0:  # (QA: -1, a common 'ignore' value, ended in a traceback)
+        raise FineTuneError(f"The labels of {which} hold negative numbers (down to {label.min()}); labels give each "
+                            "nucleus its own positive whole number, 0 for background.")
+    if label.max() > np.iinfo(np.int32).max:  # numbered 1, 2, ... (QA: numbers from 2**31 up were lost to int32)
+        from skimage.segmentation import relabel_sequential
+
+        label = relabel_sequential(label)[0]
     if label.ndim == 3 and label.shape[-1] in (3, 4) and image.shape[:2] == label.shape[:2]:
         raise FineTuneError(f"The labels of {which} are a colour picture ({label.shape}); labels give each "
                             "nucleus its own whole number in one channel (0 for background).")
@@ -346,8 +367,10 @@ def _add_plane(examples: Examples, which: str, image: np.ndarray, label: np.ndar
     if rgb.shape[:2] != label.shape:
         raise FineTuneError(f"{which.capitalize()} is {rgb.shape[0]} x {rgb.shape[1]} pixels but its labels are "
                             f"{label.shape[0]} x {label.shape[1]}; the labels must be of the image they correct.")
+    _check_not_a_mask(which, label)
     height, width = label.shape
-    boxes = [(0, height, 0, width)] if not rects else [_check_region(which, rect, label.shape) for rect in rects]
+    # (an empty list is nothing checked; QA: it trained the whole image, with Exclude border's band left out)
+    boxes = [(0, height, 0, width)] if rects is None else [_check_region(which, rect, label.shape) for rect in rects]
     read = _brown_as_hematoxylin(rgb) if brown else rgb
     scaled = _unit_rgb(read)
     kept = 0
@@ -374,6 +397,31 @@ def _add_plane(examples: Examples, which: str, image: np.ndarray, label: np.ndar
             "region": [y0, y1, x0, x1], "nuclei": nuclei, "brown_nuclei": brown and read is not rgb,
             "labelled_pixels": int(np.count_nonzero(checked)), "checked_pixels": int((y1 - y0) * (x1 - x0)),
         })
+
+
+#: Labels whose nuclei share at most this many numbers ...
+MASK_MAX_NUMBERS = 2
+#: ... among at least this many times as many separate objects are a mask (foreground / background), not labels.
+MASK_OBJECTS_PER_NUMBER = 3
+
+
+def _check_not_a_mask(which: str, label: np.ndarray) -> None:
+    """Refuse labels that are a mask: a few numbers over many separate objects (QA: a 0/255 mask made in Fiji was
+    taken as one nucleus of 110 px, the image shrunk 6x to bring it to the trained size, and touching nuclei
+    taught as one; a model worse than its base was saved without a word)."""
+    from skimage.measure import label as connected
+
+    numbers = np.unique(label[label > 0])
+    if not 0 < numbers.size <= MASK_MAX_NUMBERS:
+        return
+    objects = int(connected(label, background=0, connectivity=1).max())
+    if objects >= MASK_OBJECTS_PER_NUMBER * numbers.size:
+        raise FineTuneError(
+            f"The labels of {which} look like a mask, not labels: {objects} separate objects share "
+            f"{'one number' if numbers.size == 1 else f'{numbers.size} numbers'}. Labels give each nucleus its own "
+            "number (0 for background): in napari, click 'new' beside the label number before painting each "
+            "nucleus; from a mask, Fiji's Analyze Particles (Show: Count Masks), or skimage.measure.label where no "
+            "two nuclei touch.")
 
 
 def _check_region(which: str, rect: Sequence[int], shape: tuple[int, int]) -> Region:
@@ -440,7 +488,7 @@ def _tuned_licence(licence: str | None) -> str:
 
 
 def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, minutes: float, loss: float,
-              diameter: float | None, seed: int) -> dict[str, Any]:
+              diameter: float | None, seed: int, base_sha256: str | None = None) -> dict[str, Any]:
     metadata = {key: value for key, value in base.metadata.items()
                 if key not in ("format", "format_version", "package_version", "metrics", "name", "brown_nuclei")}
     if examples.records and all(record.get("brown_nuclei") for record in examples.records):
@@ -452,7 +500,7 @@ def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, m
         "licence": _tuned_licence(licence),
         "fine_tuned": {
             "base": {"name": base.name, "file": None if base_file is None else base_file.name,
-                     "sha256": None if base_file is None else hashlib.sha256(base_file.read_bytes()).hexdigest()},
+                     "sha256": base_sha256},
             "images": examples.records,
             "nuclei": examples.nuclei,
             "labelled_pixels": sum(record["labelled_pixels"] for record in examples.records),
@@ -473,14 +521,17 @@ def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, m
 
 
 
-def _save_atomically(path: Path, network: torch.nn.Module, metadata: dict[str, Any]) -> None:
+def _save_atomically(path: Path, network: torch.nn.Module, metadata: dict[str, Any], replace: bool = True) -> None:
     """Write the weights under a temporary name beside ``path`` and rename it into place, readable as any
-    file the user makes is (the user's umask; safetensors writes a private temporary file)."""
+    file the user makes is (the user's umask; safetensors writes a private temporary file). Without
+    ``replace``, a file at ``path`` is never replaced: FileExistsError (:func:`~.._batch.write_new`)."""
     from safetensors import SafetensorError
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda partial: save_weights(partial, network, metadata))
+        (write_atomically if replace else write_new)(path, lambda partial: save_weights(partial, network, metadata))
+    except FileExistsError:
+        raise
     except (OSError, SafetensorError) as error:
         raise FineTuneError(f"Could not write {path}: {getattr(error, 'strerror', None) or error}.") from None
     with contextlib.suppress(OSError):  # written: a file system that keeps its own modes changes nothing
