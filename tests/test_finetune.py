@@ -358,7 +358,8 @@ def test_a_model_of_the_users_is_found_by_its_name_everywhere(tiny_weights, tmp_
     (["--labels", "a.png"], 1, "a.png is a colour picture, not labels"),
     (["--labels", "gray.png"], 1, "gray.png has no background (no pixel is 0): it looks like an image, not labels"),
     (["--out", "exists.safetensors"], 1, "exists.safetensors already exists; choose another name, or give --overwrite."),
-], ids=["label-count", "region-image", "rgb-labels", "gray-image-as-labels", "exists"])
+    (["--out", "x" * 260 + ".safetensors"], 1, ".safetensors: File name too long."),
+], ids=["label-count", "region-image", "rgb-labels", "gray-image-as-labels", "exists", "name-too-long"])
 def test_cli_bad_input_is_one_sentence_and_writes_nothing(tiny_weights, tmp_path, monkeypatch, capsys,
                                                            extra, status, sentence):
     monkeypatch.chdir(tmp_path)

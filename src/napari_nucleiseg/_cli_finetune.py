@@ -88,8 +88,13 @@ def run_finetune(args: argparse.Namespace) -> int:
             raise CommandError(f"--region {number}@... names image {number}, but there "
                                f"{'is' if len(args.images) == 1 else 'are'} {len(args.images)}.", 2)
     images, labels = [], []
-    if args.out is not None and args.out.exists() and not args.overwrite:  # before reading any image
-        raise CommandError(f"{args.out} already exists; choose another name, or give --overwrite.")
+    if args.out is not None:  # before reading any image
+        try:
+            exists = args.out.exists()
+        except OSError as error:  # (QA: a name too long for the folder ended in a traceback)
+            raise CommandError(f"cannot write {args.out}: {error.strerror or error}.") from None
+        if exists and not args.overwrite:
+            raise CommandError(f"{args.out} already exists; choose another name, or give --overwrite.")
     if args.out is None and args.name is not None and not args.overwrite:
         from .user_models import name_problem, typed_model_name, user_model_path
 
@@ -134,7 +139,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         signum = stops.received[0] if stops is not None and stops.received else 2
         raise Interrupted("nothing was written", signum=signum) from None
     brown = " --brown-nuclei" if args.brown_nuclei else ""
-    print(f"Fine-tuned for {reporter.last.elapsed / 60:.1f} min ({reporter.last.steps} steps): {path}. "
+    print(f"Fine-tuned for {reporter.last.elapsed / 60:.1f} min ({reporter.last.steps} step{'' if reporter.last.steps == 1 else 's'}): {path}. "
           f"Segment with it: nucleiseg segment IMAGES --weights {shlex.quote(str(path))}{brown} --out DIR")
     return 0
 

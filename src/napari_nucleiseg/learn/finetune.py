@@ -252,7 +252,11 @@ def _output_path(out: str | os.PathLike | None, name: str, base: NucleiModel, ov
         raise FineTuneError(f"{path} is where the bundled weights are; save the new model elsewhere.")
     if base.path is not None and resolved == Path(base.path).resolve():
         raise FineTuneError(f"{path.name} is the model being fine-tuned; save the new model under another name.")
-    if path.exists() and not overwrite:
+    try:
+        exists = path.exists()
+    except OSError as error:  # (QA: a name too long for its folder)
+        raise FineTuneError(f"Cannot write {path}: {error.strerror or error}; save the new model elsewhere.") from None
+    if exists and not overwrite:
         raise FineTuneError(f"{path} already exists; choose another name, or allow overwriting it.")
     if path.is_dir():
         raise FineTuneError(f"{path} is a folder; name a file ending in .safetensors.")
