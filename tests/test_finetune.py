@@ -350,6 +350,10 @@ def test_a_model_of_the_users_is_found_by_its_name_everywhere(tiny_weights, tmp_
     capsys.readouterr()
     assert main(["segment", str(tmp_path / "cells.png"), "--model", "region3", "--out", str(tmp_path / "res3")]) == 2
     assert "no model 'region3': choose unet, unetpp, hrnet or one of yours (region1, region2)" in capsys.readouterr().err
+    assert main(["finetune", str(tmp_path / "cells.png"), "--labels", str(tmp_path / "cells_labels.tif"),
+                 "--from", "region3", "--minutes", "0.05"]) == 1  # (QA: yours were not named)
+    assert ("Unknown model 'region3'; expected one of unet, unetpp, hrnet, one of yours (region1, region2), or the "
+            "path of a weights file.") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, status, sentence", [

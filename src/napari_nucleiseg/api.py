@@ -379,8 +379,12 @@ def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
             path = _users_model(model) or path  # a model fine-tuned in the widget, by the name it lists
         if not path.exists() and isinstance(model, str) and path.suffix == "" and len(path.parts) == 1:
             # A bare word that is no file: most likely a mistyped model name.
+            from .user_models import list_user_models
+
+            yours = ", ".join(path.stem for path in list_user_models())
             raise WeightsError(
-                f"Unknown model {model!r}; expected one of {', '.join(BUNDLED_MODELS)} or the path of a weights file."
+                f"Unknown model {model!r}; expected one of {', '.join(BUNDLED_MODELS)}"
+                + (f", one of yours ({yours})," if yours else "") + " or the path of a weights file."
             )
     path = path.resolve()
     if not path.is_file():
