@@ -42,6 +42,7 @@ def test_a_large_tiff_is_segmented_block_by_block_into_an_ome_zarr(capsys, tmp_p
     assert (counts.loc["slide_labels.ome.zarr", "height"], counts.loc["slide_labels.ome.zarr", "width"]) == BIG.shape
     nuclei = pd.read_csv(out / "nuclei.csv")
     assert (nuclei["file"] == str(tmp_path / "slide.tif")).sum() == 144
+    assert list(nuclei.columns[:2]) == ["file", "label"]  # (QA: an 'index' column beside 'label', for the slide only)
 
 
 def test_an_ome_zarr_is_an_input_and_a_rerun_needs_overwrite(capsys, tmp_path, cli_pixel_model):

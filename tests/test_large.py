@@ -135,6 +135,9 @@ def test_the_image_is_read_a_block_at_a_time_and_the_labels_written_to_zarr(tmp_
     assert result.count == len(np.unique(full[:])) - 1 == 256
     assert np.array_equal(half[:], full[::2, ::2])  # a pyramid for napari to show lazily
     assert [d["path"] for d in reopened.attrs["multiscales"][0]["datasets"]] == ["0", "1"]
+    # OME-Zarr 0.4 as other readers take it: Zarr v2, chunks named y/x (QA: a v3 store with 0.4 metadata)
+    assert reopened.metadata.zarr_format == 2 and reopened.attrs["multiscales"][0]["version"] == "0.4"
+    assert (tmp_path / "labels.zarr" / ".zattrs").is_file() and (tmp_path / "labels.zarr" / "1" / "0" / "0").is_file()
 
 
 def test_an_object_wider_than_any_block_view_is_left_out_and_counted_not_written_in_pieces(tmp_path):

@@ -115,7 +115,8 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
     finally:
         image.close()
     row = count_row(job, result, model.name, args.channel)
-    table = result.table if pixel is None else physical_columns(result.table, pixel)
+    table = result.table.drop(columns="index")  # (napari's row key; QA: an 'index' column in nuclei.csv)
+    table = table if pixel is None else physical_columns(table, pixel)
     return LargeImageWritten(job, row, table.assign(file=str(job.source)), identity, note=note)
 
 
