@@ -1467,6 +1467,29 @@ def test_a_hyperstack_tiff_opened_by_napari_is_segmented_in_a_channel_as_its_fil
         "3 nuclei in 'hyperstack channel 0 nuclei', counted in 3-D")
 
 
+def test_a_time_series_hyperstack_offers_no_channels_and_its_table_names_its_time_axis(
+    viewer_and_widget, fake_network, monkeypatch, tmp_path, qtbot
+):
+    """QA: an ImageJ TZYX hyperstack opened by napari had its 3 time points offered as channels (and the count
+    said 'if they are channels'), and the table and Export named its time column 'plane_0' (the CLI: 't')."""
+    import tifffile
+
+    viewer, widget = viewer_and_widget
+    stack = np.stack([blobs((200,)), blobs((200, 200)), blobs((200, 200, 200))] + [blobs((200,))] * 3)  # 6 planes
+    path = tmp_path / "timelapse.tif"
+    tifffile.imwrite(path, np.stack([stack] * 3), imagej=True, metadata={"axes": "TZYX"})
+    (image,) = viewer.open(str(path), plugin="napari")
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText(image.name))
+    assert widget.channel_combo.count() == 0 and widget.channel_combo.isHidden()
+    click_segment(qtbot, widget)
+    (nuclei,) = labels_layers(viewer)
+    assert "channels" not in widget.count_label.text() and "counted in 3-D" in widget.count_label.text()
+    wait_for_table(qtbot, nuclei, 9)
+    click_export(qtbot, widget, monkeypatch, tmp_path / "nuclei.csv")
+    exported = pd.read_csv(tmp_path / "nuclei.csv")
+    assert list(exported.columns[:2]) == ["t", "label"] and sorted(set(exported["t"])) == [0, 1, 2]
+
+
 def test_a_tiff_opened_by_napari_gives_the_table_in_the_micrometres_its_file_records(
     viewer_and_widget, fake_network, monkeypatch, tmp_path, qtbot
 ):

@@ -141,8 +141,17 @@ def _of_labels_axes(layer: Any, values: Any) -> list:
 
 
 def labels_axis_labels(viewer: Any, layer: Any) -> tuple[str, ...]:
-    """:func:`~._controls.layer_axis_labels` of the axes of :func:`labels_of` ``layer``."""
-    return tuple(_of_labels_axes(layer, layer_axis_labels(viewer, layer)))
+    """:func:`~._controls.layer_axis_labels` of the axes of :func:`labels_of` ``layer``; where those are napari's
+    defaults, ``t`` and ``z`` as the image's file names them (``file_axes``, recorded with a result), as the
+    command line names its columns (QA: a TZYX file's time column was 't' there and 'plane_0' here)."""
+    labels = list(layer_axis_labels(viewer, layer))
+    letters = str(getattr(layer, "metadata", {}).get("file_axes", "")).upper().replace("S", "")
+    if len(letters) == len(labels) + 1 and "C" in letters:  # the channel segmented, not kept as an axis
+        letters = letters.replace("C", "")
+    if len(letters) == len(labels):
+        labels = [letter.lower() if letter in "TZ" and is_default_label(label) else label
+                  for label, letter in zip(labels, letters)]
+    return tuple(_of_labels_axes(layer, labels))
 
 
 def layer_position(layer: Any, position: list[float]) -> list[float]:

@@ -67,6 +67,11 @@ def find_channel_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str
     if len(axes) == len(shape) and "C" in axes[: len(shape) - plane_axes]:
         axis = axes.index("C")
         return ChannelAxis(axis, shape[axis], named=True)
+    if len(axes) == len(shape) and "T" in axes[: len(shape) - plane_axes]:
+        # A file that names time points (ImageJ writes frames only for a hyperstack made so) names its other axes
+        # too: none is guessed to be channels (QA: a TZYX hyperstack's 3 time points were offered as channels).
+        # A file naming Z alone may still hold channels: ImageJ writes any plain stack as slices.
+        return None
     if rgb:
         return None
     if channels_last(shape):
