@@ -14,7 +14,7 @@ import tifffile
 
 from napari_nucleiseg import segment
 from napari_nucleiseg.api import load_model
-from napari_nucleiseg.cli import EXIT_PARTIAL, main, tiff_pixel_size
+from napari_nucleiseg.cli import EXIT_PARTIAL, _tiff_calibration, main, tiff_pixel_size
 
 from conftest import blob_image
 
@@ -762,10 +762,18 @@ def test_a_z_stack_s_labels_keep_its_plane_spacing(capsys, tmp_path, tiny_weight
     assert status == 0, stderr
     for name in ("stack_labels.tif", "stack_probability.tif"):
         with tifffile.TiffFile(out / name) as tiff:
-            assert tiff.series[0].axes.startswith("Z")
+            assert tiff.series[0].axes.startswith("Z") and tiff.is_imagej  # (a hyperstack: Fiji opens it calibrated)
             recorded = tiff_pixel_size(tiff)
             assert (recorded.y, recorded.x, recorded.z) == pytest.approx((0.25, 0.25, 1.5))
     assert tifffile.imread(out / "stack_labels.tif").shape == stack.shape
+    # 32-bit labels (more than 65,535 nuclei), which ImageJ's format cannot hold: OME-TIFF, the spacing kept
+    many = np.arange(3 * 64 * 80, dtype=np.uint32).reshape(3, 64, 80)
+    pixel = tiff_pixel_size(tifffile.TiffFile(tmp_path / "stack.tif"))
+    tifffile.imwrite(tmp_path / "many.tif", many, **_tiff_calibration(pixel, "Z", "ZYX", many.dtype))
+    with tifffile.TiffFile(tmp_path / "many.tif") as tiff:
+        recorded = tiff_pixel_size(tiff)
+        assert tiff.is_ome and (recorded.y, recorded.x, recorded.z) == pytest.approx((0.25, 0.25, 1.5))
+        assert np.array_equal(tiff.asarray(), many)
 
 
 def test_a_picture_with_transparent_pixels_says_nothing_is_found_there(capsys, tmp_path):

@@ -1293,25 +1293,19 @@ def write_outputs(job: Job, labels: np.ndarray, probabilities: np.ndarray | None
     zlib-compressed TIFF; a stack's keep its plane axes (``plane_axes``, e.g. ``Z``; an axis the file did not
     name is written as ``Q``), and the input's ``pixel`` size, when it had one, is recorded in the
     resolution tags (in centimetres, which any TIFF reader understands). A Z stack whose plane spacing is known
-    is written as OME-TIFF, which records it (PhysicalSizeZ, beside PhysicalSizeX and Y)."""
+    records it too (:func:`_tiff_calibration`)."""
     import tifffile
 
     planes = "".join(letter if letter in "TZ" else "Q" for letter in plane_axes)
-    calibration = {} if pixel is None else {"resolution": (1e4 / pixel.x, 1e4 / pixel.y), "resolutionunit": "CENTIMETER"}
-    physical = {}
-    if pixel is not None and pixel.z is not None and pixel.unit == "um" and "Z" in planes:
-        calibration["ome"] = True
-        physical = {"PhysicalSizeX": pixel.x, "PhysicalSizeY": pixel.y, "PhysicalSizeZ": pixel.z,
-                    **{f"PhysicalSize{axis}Unit": "\u00b5m" for axis in "XYZ"}}
     try:
         # The probabilities first: the label file, in place, is what makes the image count as done.
         if job.probability_path is not None:
             write_atomically(job.probability_path, lambda path: tifffile.imwrite(
-                path, probabilities.astype(np.float32, copy=False), compression="zlib",
-                photometric="minisblack", metadata={"axes": f"{planes}CYX", **physical}, **calibration))
+                path, probabilities.astype(np.float32, copy=False), compression="zlib", photometric="minisblack",
+                **_tiff_calibration(pixel, planes, f"{planes}CYX", np.float32)))
         def write_labels(path: Path) -> None:
             tifffile.imwrite(path, labels, compression="zlib", photometric="minisblack",
-                             metadata={"axes": f"{planes}YX", **physical}, **calibration)
+                             **_tiff_calibration(pixel, planes, f"{planes}YX", labels.dtype))
             if before_rename is not None:
                 before_rename(path)
 
@@ -1321,6 +1315,23 @@ def write_outputs(job: Job, labels: np.ndarray, probabilities: np.ndarray | None
             raise UnwritableName(f"its output name is too long for the folder ({len(job.labels_path.name) + 9} "
                                  "characters with the temporary prefix); rename the image") from None
         raise CommandError(f"cannot write {job.labels_path.parent}: {error.strerror or error}.") from None
+
+
+def _tiff_calibration(pixel: PixelSize | None, planes: str, axes: str, dtype: Any) -> dict[str, Any]:
+    """tifffile.imwrite's keywords that record ``pixel`` in an output of ``axes``: the resolution tags (in
+    centimetres); for a Z stack whose plane spacing is known, the spacing too (QA: it was lost, and 3-D nuclei
+    opened flattened): as an ImageJ hyperstack, which Fiji opens calibrated, where ImageJ takes the axes and the
+    type (8 or 16 bit, float), else as OME-TIFF (PhysicalSizeX/Y/Z)."""
+    if pixel is None:
+        return {"metadata": {"axes": axes}}
+    if pixel.z is None or pixel.unit != "um" or "Z" not in planes:
+        return {"metadata": {"axes": axes}, "resolution": (1e4 / pixel.x, 1e4 / pixel.y), "resolutionunit": "CENTIMETER"}
+    if planes in ("Z", "TZ") and np.dtype(dtype) in (np.uint8, np.uint16, np.float32):
+        return {"imagej": True, "resolution": (1 / pixel.x, 1 / pixel.y),
+                "metadata": {"axes": axes, "spacing": pixel.z, "unit": "um"}}
+    return {"ome": True, "resolution": (1e4 / pixel.x, 1e4 / pixel.y), "resolutionunit": "CENTIMETER",
+            "metadata": {"axes": axes, "PhysicalSizeX": pixel.x, "PhysicalSizeY": pixel.y, "PhysicalSizeZ": pixel.z,
+                         **{f"PhysicalSize{axis}Unit": "\u00b5m" for axis in "XYZ"}}}
 
 
 def write_tables(out: Path, count_rows: list[dict], tables: list[pd.DataFrame]) -> None:
