@@ -318,6 +318,12 @@ def test_a_short_axis_the_file_does_not_name_is_segmented_as_planes_and_said_so(
         "nuclei counted together; if they are channels, give --channel N for the one with the nuclei."]
     status, _, stderr = run(capsys, plain, "--out", tmp_path / "3d", "--weights", tiny_weights["unet"], "--3d")
     assert status == 0 and stderr == ""  # linked into 3-D nuclei, as asked (review: the note said otherwise)
+    timelapse = tmp_path / "timelapse.tif"
+    tifffile.imwrite(timelapse, np.stack([blob_image(), blob_image(seed=1)]), imagej=True, metadata={"axes": "TYX"})
+    status, _, stderr = run(capsys, timelapse, "--out", tmp_path / "t", "--weights", tiny_weights["unet"], "--3d")
+    assert status == 0 and stderr.strip().splitlines() == [  # (QA: --3d did nothing here, without a word)
+        f"nucleiseg: note: {timelapse}: its planes are time points (T), which are never linked into 3-D nuclei "
+        "(--3d); each was segmented on its own."]
 
 
 def test_hashing_an_input_stops_when_a_stop_is_asked_for(tmp_path):

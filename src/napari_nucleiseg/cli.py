@@ -545,7 +545,9 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     from .scale import smoothing_note
 
     unnamed = None if args.volumes or args.channel is not None else _unnamed_planes_note(image)  # (--3d: linked)
-    note = image.note or unnamed or smoothing_note(result.noise_smoothing)
+    unlinked = (UNLINKED_TIME_NOTE if args.volumes and image.plane_axes and volume_axis(image.plane_axes, True) is None
+                else None)  # (QA: --3d on a time series did nothing, without a word)
+    note = image.note or unnamed or unlinked or smoothing_note(result.noise_smoothing)
     if image.rgb:
         note = colour_note(image.data[(0,) * len(image.plane_axes)], args.brown_nuclei) or note
     return Finished(job, result.labels, probabilities, row, table, image.plane_axes, identity, image.pixel, note)
@@ -1079,6 +1081,10 @@ def _unnamed_planes_note(image: InputImage) -> str | None:
 #: with no word on stderr).
 UNNAMED_PLANES_NOTE = ("its {count} planes (an axis the file does not name) were segmented one by one and their "
                        "nuclei counted together; if they are channels, give --channel N for the one with the nuclei.")
+
+
+#: --3d on a stack whose planes are time points: never linked, said.
+UNLINKED_TIME_NOTE = "its planes are time points (T), which are never linked into 3-D nuclei (--3d); each was segmented on its own."
 
 
 #: An RGB TIFF whose colours are stored one after another is what tifffile writes of a (3, H, W) or (4, H, W)
