@@ -324,6 +324,10 @@ def test_a_short_axis_the_file_does_not_name_is_segmented_as_planes_and_said_so(
     assert status == 0 and stderr.strip().splitlines() == [  # (QA: --3d did nothing here, without a word)
         f"nucleiseg: note: {timelapse}: its planes are time points (T), which are never linked into 3-D nuclei "
         "(--3d); each was segmented on its own."]
+    plain4d = tmp_path / "plain4d.tif"  # two unnamed axes: nothing to link, and no time points either (review)
+    tifffile.imwrite(plain4d, np.stack([np.stack([blob_image(), blob_image(seed=1)])] * 2))
+    status, _, stderr = run(capsys, plain4d, "--out", tmp_path / "q", "--weights", tiny_weights["unet"], "--3d")
+    assert status == 0 and "time points" not in stderr
 
 
 def test_hashing_an_input_stops_when_a_stop_is_asked_for(tmp_path):
@@ -780,6 +784,7 @@ def test_a_z_stack_s_labels_keep_its_plane_spacing(capsys, tmp_path, tiny_weight
         recorded = tiff_pixel_size(tiff)
         assert tiff.is_ome and (recorded.y, recorded.x, recorded.z) == pytest.approx((0.25, 0.25, 1.5))
         assert np.array_equal(tiff.asarray(), many)
+    assert "ome" not in _tiff_calibration(pixel, "QQZ", "QQZYX", np.uint32)  # (OME takes one Q: the spacing is lost)
 
 
 def test_a_picture_with_transparent_pixels_says_nothing_is_found_there(capsys, tmp_path):

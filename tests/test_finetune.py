@@ -196,17 +196,23 @@ def bad(tmp_path, **overrides) -> dict:
     ({"labels": [np.where(field(8)[1] == 3, -1, field(8)[1])]}, "The labels of the image hold negative numbers"),
     ({"labels": [(field(8)[1] > 0).astype(np.uint8) * 255]},
      "The labels of the image look like a mask, not labels: 25 separate objects share one number"),
-    ({"regions": [[]]}, "There is no labelled nucleus in any image"),
+    ({"regions": [[]]}, "No region of any image was checked (each region list is empty)"),
     ({"name": "HRNet", "out": None}, "'HRNet' is the name of the bundled HRNet; give your model another name"),
     ({"name": "x" * 101, "out": None}, "A model's name of 101 characters is too long; keep it to 100 or fewer"),
+    ({"name": "\u6838" * 80, "out": None}, "A model's name of 240 bytes (its letters beyond ASCII take 2-4 each)"),
+    ({"out": "broken-link/new.safetensors"}, "Could not write broken-link/new.safetensors"),
 ], ids=["no-nucleus-in-regions", "no-nucleus", "shapes-differ", "float-labels", "bool-labels", "rgb-labels",
         "counts-differ", "region-outside", "no-minutes", "nan-diameter", "bad-name", "stack-with-one-plane",
-        "negative-labels", "a-mask", "nothing-checked", "a-bundled-name", "a-long-name"])
-def test_each_bad_input_gets_its_sentence_and_nothing_is_written(tiny_weights, tmp_path, overrides, sentence):
+        "negative-labels", "a-mask", "nothing-checked", "a-bundled-name", "a-long-name", "long-in-bytes",
+        "folder-a-broken-link"])
+def test_each_bad_input_gets_its_sentence_and_nothing_is_written(tiny_weights, tmp_path, monkeypatch, overrides,
+                                                                 sentence):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken-link").symlink_to(tmp_path / "nowhere")  # (review: the save looped, then a traceback)
     call = bad(tmp_path, **overrides)
     with pytest.raises(FineTuneError, match=re.escape(sentence)) as error:
         finetune(call.pop("images"), call.pop("labels"), tiny_weights["unet"], **call)
-    assert "\n" not in str(error.value) and list(tmp_path.iterdir()) == []
+    assert "\n" not in str(error.value) and [path.name for path in tmp_path.iterdir()] == ["broken-link"]
 
 
 def test_labels_numbered_past_int32_train_as_their_nuclei(tiny_weights, tmp_path):
@@ -215,6 +221,31 @@ def test_labels_numbered_past_int32_train_as_their_nuclei(tiny_weights, tmp_path
     huge = np.where(truth > 0, truth.astype(np.uint64) + 4_000_000_000, 0)
     out = finetune([image], [huge], tiny_weights["unet"], out=tmp_path / "new.safetensors", minutes=1, max_steps=1)
     assert read_metadata(out)["fine_tuned"]["nuclei"] == int(truth.max())
+
+
+def test_nuclei_painted_with_one_number_train_each_at_its_own_size_a_mask_of_many_is_refused(tiny_weights, tmp_path):
+    """QA: a mask (one number over many nuclei) was one nucleus of 110 px, and the image shrunk 6x; review: the
+    check must not refuse a few nuclei painted with one number, nor one nucleus whose outline touches at a corner."""
+    image, truth = field(8)
+    painted = np.where(np.isin(truth, (1, 2, 3)), 1, 0).astype(np.int32)  # 3 nuclei, all painted 1
+    painted[0, 0] = painted[1, 1] = 5  # and a nucleus of two pixels touching at a corner
+    out = finetune([image], [painted], tiny_weights["unet"], out=tmp_path / "a.safetensors", minutes=1, max_steps=1)
+    measured = read_metadata(out)["fine_tuned"]["diameter"]["images"][0]
+    assert measured == pytest.approx(2 * RADIUS, rel=0.1)  # each painted nucleus, not the three as one
+    mask = np.where(np.isin(truth, range(1, 11)), 1, 0).astype(np.int32)  # 10 nuclei sharing a number
+    with pytest.raises(FineTuneError, match="look like a mask, not labels: 10 separate objects share one number"):
+        finetune([image], [mask], tiny_weights["unet"], out=tmp_path / "b.safetensors", minutes=1, max_steps=1)
+
+
+def test_a_model_named_past_the_length_limit_before_it_was_set_is_still_found_by_its_name(tiny_weights, tmp_path,
+                                                                                          monkeypatch):
+    import shutil
+
+    from napari_nucleiseg.api import load_model
+
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(tmp_path))
+    shutil.copy(tiny_weights["unet"], tmp_path / f"{'x' * 120}.safetensors")
+    assert load_model("x" * 120).path == tmp_path / f"{'x' * 120}.safetensors"
 
 
 def test_a_model_of_a_bundled_name_may_be_saved_outside_the_model_folder(tiny_weights, tmp_path):
@@ -231,17 +262,19 @@ def test_a_name_taken_while_training_saves_under_the_next_free_one_and_says_so(t
 
     def the_other_run_saves(*args, **kwargs):
         taken.write_bytes(b"the other run's model")
+        (tmp_path / "mine-2.safetensors").write_bytes(b"a third run's")  # (review: then 'mine-2-2', not 'mine-3')
         return original(*args, **kwargs)
 
     original = finetune_module.train_steps
     monkeypatch.setattr(finetune_module, "train_steps", the_other_run_saves)
     notes = []
     out = finetune([image], [truth], tiny_weights["unet"], name="mine", minutes=1, max_steps=1, log=notes.append)
-    assert out == tmp_path / "mine-2.safetensors" and read_metadata(out)["name"] == "mine-2"
+    assert out == tmp_path / "mine-3.safetensors" and read_metadata(out)["name"] == "mine-3"
     assert taken.read_bytes() == b"the other run's model"
     assert notes == ["mine.safetensors was saved by another run while this one trained; this model is saved as "
-                     "mine-2.safetensors."]
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["mine-2.safetensors", "mine.safetensors"]
+                     "mine-3.safetensors."]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "mine-2.safetensors", "mine-3.safetensors", "mine.safetensors"]
 
 
 def test_the_base_file_renamed_while_training_loses_nothing(tiny_weights, tmp_path, monkeypatch):

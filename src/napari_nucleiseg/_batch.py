@@ -97,8 +97,12 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
         raise
 
 
+class NameTaken(FileExistsError):
+    """:func:`write_new`'s file name was taken (by another run) when the file was to be put in place."""
+
+
 def write_new(path: Path, write: Callable[[Path], Any]) -> None:
-    """As :func:`write_atomically`, but ``path`` is never replaced: FileExistsError when it exists as the file is
+    """As :func:`write_atomically`, but ``path`` is never replaced: :class:`NameTaken` when it exists as the file is
     put in place, so two runs that chose the same free name do not overwrite each other (QA: two fine-tunes
     started together both saved '<base>-finetuned-<date>-2', and one model was lost)."""
     import errno
@@ -111,10 +115,10 @@ def write_new(path: Path, write: Callable[[Path], Any]) -> None:
         try:
             os.link(partial, path)  # fails if the name is taken, whoever took it
         except FileExistsError:
-            raise
+            raise NameTaken(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
         except OSError:  # a file system without hard links: checked, then renamed (a short race, as before)
             if path.exists():
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+                raise NameTaken(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
             os.replace(partial, path)
     finally:
         with contextlib.suppress(OSError):

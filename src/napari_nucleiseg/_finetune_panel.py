@@ -352,6 +352,7 @@ class FineTunePanel(QCollapsible):
         self.running = False
         self.last_model: Path | None = None  # the model the last run made
         self._last_image: Any = None  # ... and the image to segment with it
+        self._left_out_note = ""  # the results the last run left out, said with its outcome
         self._name_typed = False  # the user typed a name: it is not replaced by a default
         self._reports = _Reports()  # no parent: the worker may still report while the widget goes
         self._reports.progress.connect(self._on_progress)
@@ -476,9 +477,12 @@ class FineTunePanel(QCollapsible):
                 raise Refused(f"'{pairs[0].labels.name}' was segmented with Exclude border: its nuclei near the border "
                               "were left out, and nothing checked lies far enough inside to train on. Untick Exclude "
                               "border and segment again, or check a region nearer the middle.")
+            band_only = [pair.labels.name for pair, boxes in zip(pairs, regions) if boxes is not None and not boxes]
             pairs, regions = [pair for pair, _ in kept], [boxes for _, boxes in kept]
+        else:
+            band_only = []
         name = typed_model_name(self.name_edit.text())  # (QA: 'x.safetensors' typed skipped the question below)
-        problem = name_problem(name)
+        problem = name_problem(name, typed=True)
         if problem:
             raise Refused(problem)
         try:
@@ -495,7 +499,7 @@ class FineTunePanel(QCollapsible):
         return {"images": [np.array(pair.image_data()) for pair in pairs],
                 "labels": [np.asarray(labels_of(pair.labels)).copy() for pair in pairs],
                 "base": base, "name": name, "minutes": self.minutes_spin.value(), "regions": regions,
-                "overwrite": overwrite, "image": pairs[0].image,
+                "overwrite": overwrite, "image": pairs[0].image, "left_out": band_only,
                 # each image read as its result was (its brown as hematoxylin or not); other labels as the box says
                 "brown_nuclei": [bool(pair.labels.metadata.get("brown_nuclei", self._brown_nuclei())) for pair in pairs]}
 
@@ -511,6 +515,9 @@ class FineTunePanel(QCollapsible):
             self._say(str(refusal), self._error)
             return
         self._last_image = job.pop("image")
+        left_out = job.pop("left_out")  # (review: a result whose checked part lay in its border band, dropped unsaid)
+        self._left_out_note = (f"{', '.join(repr(name) for name in left_out)} did not train: made with Exclude border, "
+                               "nothing checked of it lies far enough inside." if left_out else "")
         # The garbage collector's full collections scan every object of the process, napari's and torch's:
         # 0.6 s holding the interpreter (measured: benchmarks/bench_finetune_gui.py), which training's
         # allocations trigger. Objects alive now are left out of them until training ends (the window then
@@ -561,8 +568,9 @@ class FineTunePanel(QCollapsible):
         self.last_model, self._name_typed = outcome.path, False
         self.picker.set_weights_file(outcome.path)  # listed, and chosen
         self.segment_button.setEnabled(True)
+        notes = [self._left_out_note] * bool(self._left_out_note) + list(outcome.notes)
         self._say(f"Saved your model '{outcome.path.stem}', chosen under Model; Segment with it to see what it "
-                  f"learnt.{''.join(' ' + note for note in outcome.notes)}", self._info)
+                  f"learnt.{''.join(' ' + note for note in notes)}", self._info)
         self.suggest_name()
 
     def _say(self, message: str, how: Callable[[str], None]) -> None:

@@ -545,8 +545,8 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     from .scale import smoothing_note
 
     unnamed = None if args.volumes or args.channel is not None else _unnamed_planes_note(image)  # (--3d: linked)
-    unlinked = (UNLINKED_TIME_NOTE if args.volumes and image.plane_axes and volume_axis(image.plane_axes, True) is None
-                else None)  # (QA: --3d on a time series did nothing, without a word)
+    unlinked = (UNLINKED_TIME_NOTE if args.volumes and "T" in image.plane_axes
+                and volume_axis(image.plane_axes, True) is None else None)  # (QA: --3d on TYX did nothing, unsaid)
     note = image.note or unnamed or unlinked or smoothing_note(result.noise_smoothing)
     if image.rgb:
         note = colour_note(image.data[(0,) * len(image.plane_axes)], args.brown_nuclei) or note
@@ -1084,7 +1084,8 @@ UNNAMED_PLANES_NOTE = ("its {count} planes (an axis the file does not name) were
 
 
 #: --3d on a stack whose planes are time points: never linked, said.
-UNLINKED_TIME_NOTE = "its planes are time points (T), which are never linked into 3-D nuclei (--3d); each was segmented on its own."
+UNLINKED_TIME_NOTE = ("its planes are time points (T), which are never linked into 3-D nuclei (--3d); each was "
+                      "segmented on its own.")
 
 
 #: An RGB TIFF whose colours are stored one after another is what tifffile writes of a (3, H, W) or (4, H, W)
@@ -1330,8 +1331,9 @@ def _tiff_calibration(pixel: PixelSize | None, planes: str, axes: str, dtype: An
     type (8 or 16 bit, float), else as OME-TIFF (PhysicalSizeX/Y/Z)."""
     if pixel is None:
         return {"metadata": {"axes": axes}}
-    if pixel.z is None or pixel.unit != "um" or "Z" not in planes:
-        return {"metadata": {"axes": axes}, "resolution": (1e4 / pixel.x, 1e4 / pixel.y), "resolutionunit": "CENTIMETER"}
+    if pixel.z is None or pixel.unit != "um" or "Z" not in planes or len(set(planes)) < len(planes):  # (OME: one Q)
+        return {"metadata": {"axes": axes}, "resolution": (1e4 / pixel.x, 1e4 / pixel.y),
+                "resolutionunit": "CENTIMETER"}
     if planes in ("Z", "TZ") and np.dtype(dtype) in (np.uint8, np.uint16, np.float32):
         return {"imagej": True, "resolution": (1 / pixel.x, 1 / pixel.y),
                 "metadata": {"axes": axes, "spacing": pixel.z, "unit": "um"}}

@@ -59,17 +59,21 @@ def is_user_model(path: str | os.PathLike) -> bool:
 MAX_NAME_LENGTH = 100
 
 
-def name_problem(name: str, *, outside_folder: bool = False) -> str | None:
+def name_problem(name: str, *, outside_folder: bool = False, typed: bool = False) -> str | None:
     """Why ``name`` cannot name a model (one sentence; None: it can): it becomes a file name, and in the user's
     model folder a bundled model's name or title (``HRNet``, ``unetpp``, in any case) would make the user's model
     unreachable by its name (QA: a model named 'HRNet' was listed twice, and ``--model HRNet`` ran the bundled
-    one); ``outside_folder``: a file saved elsewhere, which is named by its path, may take it."""
+    one); ``outside_folder``: a file saved elsewhere, which is named by its path, may take it. A name ``typed`` for
+    a new model is kept to :data:`MAX_NAME_LENGTH` characters (a model named so already is found as before)."""
     from .weights import MODEL_TITLES, bundled_model_name
 
     if not name.strip() or any(char in name for char in '/\\:*?"<>|') or name.startswith("."):
         return f"{name!r} cannot be a model's name: use letters, digits, spaces, '-' or '_'."
-    if len(name) > MAX_NAME_LENGTH or len(name.encode("utf-8")) > 2 * MAX_NAME_LENGTH:
+    if typed and len(name) > MAX_NAME_LENGTH:
         return f"A model's name of {len(name)} characters is too long; keep it to {MAX_NAME_LENGTH} or fewer."
+    if typed and len(name.encode("utf-8")) > 2 * MAX_NAME_LENGTH:
+        return (f"A model's name of {len(name.encode('utf-8'))} bytes (its letters beyond ASCII take 2-4 each) is too "
+                f"long for a file name; keep it to {2 * MAX_NAME_LENGTH}.")
     bundled = None if outside_folder else bundled_model_name(name)
     if bundled is not None:
         return f"{name!r} is the name of the bundled {MODEL_TITLES[bundled]}; give your model another name."
@@ -89,7 +93,7 @@ def rename_user_model(path: str | os.PathLike, name: str) -> Path:
     from .weights import METADATA_KEY, read_metadata
 
     path, name = Path(path), name.strip()
-    problem = _not_users(path) or name_problem(name)
+    problem = _not_users(path) or name_problem(name, typed=True)
     if problem:
         raise ValueError(problem)
     target = user_model_path(name)

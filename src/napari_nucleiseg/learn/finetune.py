@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._batch import write_atomically, write_new
+from .._batch import NameTaken, write_atomically, write_new
 from ..errors import Cancelled, FineTuneError
 from ..memory import free_memory
 from ..pipeline import MIN_STACK_PLANE_SIDE
@@ -146,8 +146,9 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     base = _load_base(model)
     # Hashed now: the file may be renamed or deleted while the network trains (QA: the run was lost at its end).
     base_sha256 = None if base.path is None else hashlib.sha256(Path(base.path).read_bytes()).hexdigest()
+    typed = name is not None and bool(name.strip())
     name = new_model_name(name, base, out)
-    out_path = _output_path(out, name, base, overwrite)
+    out_path = _output_path(out, name, base, overwrite, typed=typed and out is None)
     examples = prepare_examples(images, labels, regions, diameter, brown_nuclei)
     for note in examples.notes:
         (log or (lambda text: warnings.warn(text, stacklevel=3)))(note)
@@ -191,17 +192,25 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     network.eval()
     metadata = _metadata(base, name, examples, steps=len(losses), minutes=(time.perf_counter() - clock) / 60,
                          loss=float(np.mean(losses[-20:])), diameter=diameter, seed=seed, base_sha256=base_sha256)
-    while True:
+    chosen = out_path
+    for _ in range(MAX_NAME_TRIES):
         try:
             _save_atomically(out_path, network, metadata, replace=overwrite)
-            return out_path
-        except FileExistsError:  # another run saved under this name while this one trained: the next free one
-            taken, out_path = out_path, _free_path(out_path)
+        except NameTaken:  # another run saved under this name while this one trained: the next free one
+            taken, out_path = out_path, _free_path(chosen)
             if metadata["name"] == taken.stem:
                 metadata["name"] = out_path.stem
+            continue
+        if out_path != chosen:
             (log or (lambda text: warnings.warn(text, stacklevel=3)))(
-                f"{taken.name} was saved by another run while this one trained; this model is saved as "
+                f"{chosen.name} was saved by another run while this one trained; this model is saved as "
                 f"{out_path.name}.")
+        return out_path
+    raise FineTuneError(f"Could not save the model: {MAX_NAME_TRIES} names after {chosen.name} were taken meanwhile.")
+
+
+#: How many free names :func:`finetune` tries when others are taken while it saves.
+MAX_NAME_TRIES = 20
 
 
 def _free_path(path: Path) -> Path:
@@ -236,9 +245,11 @@ def _load_base(model: str | os.PathLike | NucleiModel) -> NucleiModel:
     return load_model(model)  # a bundled name, a model of the user's by name, or a file; a WeightsError says why
 
 
-def _output_path(out: str | os.PathLike | None, name: str, base: NucleiModel, overwrite: bool) -> Path:
+def _output_path(out: str | os.PathLike | None, name: str, base: NucleiModel, overwrite: bool,
+                 typed: bool = False) -> Path:
     """The file to write; refused when it exists (without ``overwrite``), or is shipped or the base."""
-    problem = name_problem(name, outside_folder=out is not None and not is_user_model(Path(out).expanduser()))
+    problem = name_problem(name, outside_folder=out is not None and not is_user_model(Path(out).expanduser()),
+                           typed=typed)
     if problem:
         raise FineTuneError(problem)
     if out is None:
@@ -305,7 +316,10 @@ def prepare_examples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     for number, (image, label, rects, brown) in enumerate(zip(images, labels, regions, browns), start=1):
         _add_image(examples, number, len(images), np.asarray(image), np.asarray(label), rects, diameter, bool(brown))
     if not examples.pairs:
-        where = "in the checked regions of any image" if any(r for r in regions) else "in any image"
+        if all(r is not None and len(r) == 0 for r in regions):  # (review: said 'no labelled nucleus in any image')
+            raise FineTuneError("No region of any image was checked (each region list is empty); give the regions "
+                                "you checked, or None for whole images.")
+        where = "in the checked regions of any image" if any(r is not None for r in regions) else "in any image"
         raise FineTuneError(f"There is no labelled nucleus {where}; paint (or keep) the nuclei there first.")
     return examples
 
@@ -330,6 +344,7 @@ def _add_image(examples: Examples, number: int, total: int, image: np.ndarray, l
         from skimage.segmentation import relabel_sequential
 
         label = relabel_sequential(label)[0]
+    _check_not_a_mask(which, label)
     if label.ndim == 3 and label.shape[-1] in (3, 4) and image.shape[:2] == label.shape[:2]:
         raise FineTuneError(f"The labels of {which} are a colour picture ({label.shape}); labels give each "
                             "nucleus its own whole number in one channel (0 for background).")
@@ -371,7 +386,6 @@ def _add_plane(examples: Examples, which: str, image: np.ndarray, label: np.ndar
     if rgb.shape[:2] != label.shape:
         raise FineTuneError(f"{which.capitalize()} is {rgb.shape[0]} x {rgb.shape[1]} pixels but its labels are "
                             f"{label.shape[0]} x {label.shape[1]}; the labels must be of the image they correct.")
-    _check_not_a_mask(which, label)
     height, width = label.shape
     # (an empty list is nothing checked; QA: it trained the whole image, with Exclude border's band left out)
     boxes = [(0, height, 0, width)] if rects is None else [_check_region(which, rect, label.shape) for rect in rects]
@@ -393,6 +407,8 @@ def _add_plane(examples: Examples, which: str, image: np.ndarray, label: np.ndar
             continue
         examples.pairs.append((np.ascontiguousarray(scaled[top:bottom, left:right]), crop_labels))
         examples.known.append(known)
+        if diameter is None and nuclei <= MASK_MAX_NUMBERS:  # (QA: nuclei painted with one number: one large nucleus)
+            checked = _objects(checked)  # each separate object measured on its own
         examples.diameters.append(diameter if diameter is not None else median_diameter(checked))
         kept += 1
         examples.records.append({
@@ -403,29 +419,34 @@ def _add_plane(examples: Examples, which: str, image: np.ndarray, label: np.ndar
         })
 
 
-#: Labels whose nuclei share at most this many numbers ...
+#: Labels (of an image, or a whole stack) whose nuclei share at most this many numbers ...
 MASK_MAX_NUMBERS = 2
-#: ... among at least this many times as many separate objects are a mask (foreground / background), not labels.
-MASK_OBJECTS_PER_NUMBER = 3
+#: ... among at least this many separate objects are a mask (foreground / background), not labels. A few nuclei
+#: painted with one number are measured apart (:func:`_objects`) and train as they are.
+MASK_MIN_OBJECTS = 10
+
+
+def _objects(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with each separate object (8-connected, of one number) numbered on its own."""
+    from skimage.measure import label as connected
+
+    return connected(labels, background=0, connectivity=labels.ndim)
 
 
 def _check_not_a_mask(which: str, label: np.ndarray) -> None:
     """Refuse labels that are a mask: a few numbers over many separate objects (QA: a 0/255 mask made in Fiji was
     taken as one nucleus of 110 px, the image shrunk 6x to bring it to the trained size, and touching nuclei
     taught as one; a model worse than its base was saved without a word)."""
-    from skimage.measure import label as connected
-
     numbers = np.unique(label[label > 0])
     if not 0 < numbers.size <= MASK_MAX_NUMBERS:
         return
-    objects = int(connected(label, background=0, connectivity=1).max())
-    if objects >= MASK_OBJECTS_PER_NUMBER * numbers.size:
+    objects = int(_objects(label).max())
+    if objects >= MASK_MIN_OBJECTS:
         raise FineTuneError(
             f"The labels of {which} look like a mask, not labels: {objects} separate objects share "
-            f"{'one number' if numbers.size == 1 else f'{numbers.size} numbers'}. Labels give each nucleus its own "
-            "number (0 for background): in napari, click 'new' beside the label number before painting each "
-            "nucleus; from a mask, Fiji's Analyze Particles (Show: Count Masks), or skimage.measure.label where no "
-            "two nuclei touch.")
+            f"{'one number' if numbers.size == 1 else f'{numbers.size} numbers'}; give each nucleus its own number "
+            "(0 for background), e.g. with Fiji's Analyze Particles (Show: Count Masks), or in napari with 'new' "
+            "beside the label number before painting each.")
 
 
 def _check_region(which: str, rect: Sequence[int], shape: tuple[int, int]) -> Region:
@@ -528,13 +549,13 @@ def _metadata(base: NucleiModel, name: str, examples: Examples, *, steps: int, m
 def _save_atomically(path: Path, network: torch.nn.Module, metadata: dict[str, Any], replace: bool = True) -> None:
     """Write the weights under a temporary name beside ``path`` and rename it into place, readable as any
     file the user makes is (the user's umask; safetensors writes a private temporary file). Without
-    ``replace``, a file at ``path`` is never replaced: FileExistsError (:func:`~.._batch.write_new`)."""
+    ``replace``, a file at ``path`` is never replaced: NameTaken (:func:`~.._batch.write_new`)."""
     from safetensors import SafetensorError
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         (write_atomically if replace else write_new)(path, lambda partial: save_weights(partial, network, metadata))
-    except FileExistsError:
+    except NameTaken:
         raise
     except (OSError, SafetensorError) as error:
         raise FineTuneError(f"Could not write {path}: {getattr(error, 'strerror', None) or error}.") from None
