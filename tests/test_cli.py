@@ -787,6 +787,19 @@ def test_a_z_stack_s_labels_keep_its_plane_spacing(capsys, tmp_path, tiny_weight
     assert "ome" not in _tiff_calibration(pixel, "QQZ", "QQZYX", np.uint32)  # (OME takes one Q: the spacing is lost)
 
 
+def test_an_image_auto_cannot_size_says_so_and_what_to_do(capsys, tmp_path):
+    """QA: a field of noise (and a noisy one whose nuclei were plain to see) was judged empty, segmented at its own
+    scale, and the log said nothing."""
+    noise = tmp_path / "noise.tif"
+    tifffile.imwrite(noise, np.random.default_rng(0).poisson(5, (200, 200)).astype(np.uint16))
+    status, _, stderr = run(capsys, noise, "--out", tmp_path / "out")
+    assert status == 0 and stderr.strip().splitlines() == [
+        f"nucleiseg: note: {noise}: no nucleus size could be estimated (it looks empty, or too noisy to size), so it "
+        "was segmented at its own scale; if it holds nuclei, give their diameter with --diameter PX."]
+    status, _, stderr = run(capsys, noise, "--out", tmp_path / "given", "--diameter", "12")
+    assert status == 0 and stderr == ""
+
+
 def test_a_picture_with_transparent_pixels_says_nothing_is_found_there(capsys, tmp_path):
     """QA: an H&E section with its left half transparent (alpha 0) had as many nuclei found there as in the rest,
     without a word."""

@@ -127,8 +127,9 @@ class SettingsTarget(QObject):
         Returns the layer, and the layer edited by hand that was kept (None if none was)."""
         target = self.result(self.layer)
         into = self.layer if target is not None and target.cache is cache else None
-        metadata = cache.metadata() | {"exclude_border": settings.exclude_border, "link_axis": settings.link_axis,
-                                       "file_axes": str(image_metadata(cache.image).get("axes", ""))}
+        metadata = cache.metadata() | {"exclude_border": settings.exclude_border, "link_axis": settings.link_axis}
+        if axes := str(image_metadata(cache.image).get("axes", "")):  # what its file names them (plane columns)
+            metadata["file_axes"] = axes
         layer, edited = self.outputs.write(cache.image, labels, count=int(labels.max(initial=0)), metadata=metadata,
                                            channel=cache.channel, model=cache.model_name, into=into)
         result = self.result(layer)

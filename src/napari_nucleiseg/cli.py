@@ -547,7 +547,9 @@ def segment_image(job: Job, model: Any, args: argparse.Namespace, stops: Stops |
     unnamed = None if args.volumes or args.channel is not None else _unnamed_planes_note(image)  # (--3d: linked)
     unlinked = (UNLINKED_TIME_NOTE if args.volumes and "T" in image.plane_axes
                 and volume_axis(image.plane_axes, True) is None else None)  # (QA: --3d on TYX did nothing, unsaid)
-    note = image.note or unnamed or unlinked or smoothing_note(result.noise_smoothing)
+    unsized = (NO_ESTIMATE_NOTE if args.diameter is None and model.diameter is not None and result.diameter is None
+               else None)  # (QA: a noisy field judged empty gave 1 of 258 nuclei, and the log said nothing)
+    note = image.note or unnamed or unlinked or unsized or smoothing_note(result.noise_smoothing)
     if image.rgb:
         note = colour_note(image.data[(0,) * len(image.plane_axes)], args.brown_nuclei) or note
     return Finished(job, result.labels, probabilities, row, table, image.plane_axes, identity, image.pixel, note)
@@ -1081,6 +1083,11 @@ def _unnamed_planes_note(image: InputImage) -> str | None:
 #: with no word on stderr).
 UNNAMED_PLANES_NOTE = ("its {count} planes (an axis the file does not name) were segmented one by one and their "
                        "nuclei counted together; if they are channels, give --channel N for the one with the nuclei.")
+
+
+#: Auto sized nothing: said, with what to do if the image holds nuclei.
+NO_ESTIMATE_NOTE = ("no nucleus size could be estimated (it looks empty, or too noisy to size), so it was segmented at "
+                    "its own scale; if it holds nuclei, give their diameter with --diameter PX.")
 
 
 #: --3d on a stack whose planes are time points: never linked, said.
