@@ -143,7 +143,7 @@ def segment_planes(
     if not leading:  # one image: its estimate is checked against all its nuclei
         from .inference import filled_where_transparent, smoothed_if_noisy
 
-        image, smoothing = smoothed_if_noisy(filled_where_transparent(np.asarray(data)))
+        image, smoothing = smoothed_if_noisy(filled_where_transparent(np.asarray(data)), model)
         prediction = predict_at_diameter(image, model, diameter, progress=on_progress,
                                          cancelled=cancelled, predict=predict, augment=augment)
         del image
