@@ -162,6 +162,15 @@ def test_a_gray_image_of_middling_contrast_is_smoothed_only_where_the_network_is
     assert scale.noise_smoothing(noisy, model) == 1.0 and scale.noise_smoothing(small.image, model) == 0
     smoothed = segment(noisy, model=model)
     assert smoothed.noise_smoothing == 1.0
+    # A stack of such frames is judged once (its first plane in the band), and its planes read as judged.
+    from napari_nucleiseg.pipeline import run_to_end, segment_planes
+
+    judgements = []
+    surer = scale._surer_smoothed
+    monkeypatch.setattr(scale, "_surer_smoothed", lambda *args: judgements.append(1) or surer(*args))
+    stack = run_to_end(segment_planes(np.stack([noisy] * 3), model, None))
+    assert stack.noise_smoothing == 1.0 and len(judgements) == 1
+    assert [int(plane.max() - plane[plane > 0].min() + 1) for plane in stack.labels] == [smoothed.count] * 3
     monkeypatch.setattr(scale, "NOISE_CHECK_BAND", (0.0, 0.0))  # the rule off: as it was
     as_it_was = segment(noisy, model=model)
     assert as_it_was.noise_smoothing == 0

@@ -153,13 +153,15 @@ def segment_planes(
         del prediction
         yield 1
     else:
-        used, estimated = stack_diameter(data, leading, model, diameter, cancelled=cancelled, predict=predict)
+        judged: dict = {}  # the network's judgement of the noise of the stack's planes, made once (scale.py)
+        used, estimated = stack_diameter(data, leading, model, diameter, cancelled=cancelled, predict=predict,
+                                         judged=judged)
         scale = model.scale_for(used, plane)
         probabilities = CompactProbabilities(leading, plane) if compact \
             else np.zeros((*leading, 2, *plane), dtype=np.float32)
         smoothed: dict[tuple[int, ...], float] = {}
         planes = predict_planes(data, leading, model, scale=scale, on_progress=on_progress, cancelled=cancelled,
-                                predict=predict, augment=augment, smoothed=smoothed)
+                                predict=predict, augment=augment, smoothed=smoothed, judged=judged)
         for done, (index, plane_probabilities) in enumerate(planes, start=1):
             probabilities[index] = plane_probabilities
             del plane_probabilities  # stored: the float maps go before the next plane (or labels) start
@@ -319,6 +321,7 @@ def stack_diameter(
     *,
     cancelled: Callable[[], bool] | None = None,
     predict: Predict | None = None,
+    judged: dict | None = None,
 ) -> tuple[float | None, bool]:
     """``(diameter, estimated)`` for a whole stack, as :func:`resolve_diameter` gives for one plane.
 
@@ -338,23 +341,23 @@ def stack_diameter(
     if 1 < len(planes) <= MAX_PLANES_COMPARED:
         swept = {}
         for index in planes:
-            swept[index] = sweep(_as_read(data[index]), model, cancelled=cancelled)
+            swept[index] = sweep(_as_read(data[index], model, judged), model, cancelled=cancelled)
             if cancelled is not None and cancelled():
                 raise Cancelled("Segmentation cancelled.")
         confidence = {index: sweep_confidence(rungs) for index, rungs in swept.items()}
         if max(confidence.values()) > -np.inf:
             chosen = max(planes, key=confidence.__getitem__)
         rungs = swept[chosen]
-    prediction = predict_at_diameter(_as_read(data[chosen]), model, cancelled=cancelled, predict=predict,
+    prediction = predict_at_diameter(_as_read(data[chosen], model, judged), model, cancelled=cancelled, predict=predict,
                                      rungs=rungs)
     return prediction.diameter, prediction.estimated
 
 
-def _as_read(plane: Any) -> np.ndarray:
+def _as_read(plane: Any, model: NucleiModel | None = None, judged: dict | None = None) -> np.ndarray:
     """A plane of a stack as the network reads it: smoothed if it is noisy gray (:func:`~.inference.smoothed_if_noisy`)."""
     from .inference import smoothed_if_noisy
 
-    return smoothed_if_noisy(np.asarray(plane))[0]
+    return smoothed_if_noisy(np.asarray(plane), model, judged)[0]
 
 
 def predict_planes(
@@ -368,20 +371,23 @@ def predict_planes(
     predict: Predict | None = None,
     augment: bool = False,
     smoothed: dict[tuple[int, ...], float] | None = None,
+    judged: dict | None = None,
 ) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Predict every plane of ``data`` in turn; yield ``(plane index, (2, Y, X) probabilities)``.
 
     The network sees each plane resized by ``scale``, smoothed first if it is noisy gray (the sigma goes into
-    ``smoothed``, by plane); the probabilities are at the plane's own resolution. ``cancelled`` is polled
+    ``smoothed``, by plane; ``judged``: the network's judgement of the stack's noise, made once, see
+    :func:`~.scale.noise_smoothing`); the probabilities are at the plane's own resolution. ``cancelled`` is polled
     between planes and between tiles of a plane.
     """
     from .inference import smoothed_if_noisy
 
     predict = predict or _network
+    judged = {} if judged is None else judged
     for index in np.ndindex(*leading):
         if cancelled is not None and cancelled():
             raise Cancelled("Segmentation cancelled.")
-        plane, sigma = smoothed_if_noisy(np.asarray(data[index]))
+        plane, sigma = smoothed_if_noisy(np.asarray(data[index]), model, judged)
         if smoothed is not None:
             smoothed[index] = sigma
         yield index, predict(plane, model, progress=on_progress, cancelled=cancelled, scale=scale, augment=augment)

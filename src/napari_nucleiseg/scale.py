@@ -340,10 +340,12 @@ NOISE_SMOOTHING = ((8.0, 2.0), (12.0, 1.5))
 #: tells them apart: the image is smoothed when the best rung of its sweep on the smoothed image is surer
 #: (:func:`sweep_confidence`) by :data:`NOISE_CHECK_MARGIN`. Chosen on DSB2018 val (session 35, HRNet, Auto,
 #: benchmarks/bench_noise_band.py: its gray images at x0.25 and its fluorescence images with camera noise of 30
-#: photons at the peak on 0.5 and of 60 on 2; 65 in the band): the 7 clean x0.25 images all lose confidence smoothed (-0.035
-#: to -0.086; 27c30f90 would fall 0.371 -> 0.048, 75120baa 0.509 -> 0.209); 35 of the 58 noisy ones gain 0.01 or
-#: more and are smoothed, their score +0.100 on average (3 fall, by at most 0.042): the 58 noisy 0.444 -> 0.504.
-#: A single image only (a stack's planes as before); an image in the band costs two more sweeps.
+#: photons at the peak on 0.5 and of 60 on 2; 65 in the band): the 7 clean x0.25 images all lose confidence
+#: smoothed (-0.035 to -0.086; 27c30f90 would fall 0.371 -> 0.048, 75120baa 0.509 -> 0.209); 35 of the 58 noisy
+#: ones gain 0.01 or more and are smoothed, their score +0.100 on average (3 fall, by at most 0.042): the 58 noisy
+#: 0.444 -> 0.504.
+#: A stack is judged once, on its first plane in the band (its planes come from one camera); an image (a stack) in
+#: the band costs two more sweeps.
 NOISE_CHECK_BAND = (12.0, 22.0)
 NOISE_CHECK_SIGMA = 1.0
 NOISE_CHECK_MARGIN = 0.01
@@ -357,11 +359,11 @@ def smoothing_note(sigma: float) -> str | None:
             "found; the table's intensities are its own.")
 
 
-def noise_smoothing(image: np.ndarray, model=None) -> float:
+def noise_smoothing(image: np.ndarray, model=None, judged: dict | None = None) -> float:
     """The sigma (in pixels) of the Gaussian that ``image`` (2-D gray, or RGB / RGBA whose colours are equal) is
     smoothed by before it is read (:data:`NOISE_SMOOTHING`; with ``model``, in :data:`NOISE_CHECK_BAND` as its
     network is surer of); 0 for a clean image, a colour one, or an :func:`empty_field` (smoothed noise would pass
-    for structure)."""
+    for structure). ``judged``: where the network's judgement of one plane of a stack is kept for the others."""
     if np.ndim(image) == 3 and not _equal_colours(image):
         return 0.0
     extremes = _extremes(image)
@@ -372,7 +374,14 @@ def noise_smoothing(image: np.ndarray, model=None) -> float:
     if sigma or model is None or getattr(model, "diameter", None) is None:
         return sigma
     low, high = NOISE_CHECK_BAND
-    return NOISE_CHECK_SIGMA if low <= contrast_ < high and _surer_smoothed(image, model) else 0.0
+    if not low <= contrast_ < high:
+        return 0.0
+    if judged is not None and "sigma" in judged:
+        return judged["sigma"]
+    sigma = NOISE_CHECK_SIGMA if _surer_smoothed(image, model) else 0.0
+    if judged is not None:
+        judged["sigma"] = sigma
+    return sigma
 
 
 def _surer_smoothed(image: np.ndarray, model) -> bool:
