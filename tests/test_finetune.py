@@ -396,7 +396,8 @@ def test_a_model_of_the_users_is_found_by_its_name_everywhere(tiny_weights, tmp_
     (["--labels", "gray.png"], 1, "gray.png has no background (no pixel is 0): it looks like an image, not labels"),
     (["--out", "exists.safetensors"], 1, "exists.safetensors already exists; choose another name, or give --overwrite."),
     (["--out", "x" * 260 + ".safetensors"], 1, ".safetensors: File name too long."),
-], ids=["label-count", "region-image", "rgb-labels", "gray-image-as-labels", "exists", "name-too-long"])
+    (["--labels", "."], 1, ". is a folder; give image files, each with its --labels file, in order."),
+], ids=["label-count", "region-image", "rgb-labels", "gray-image-as-labels", "exists", "name-too-long", "a-folder"])
 def test_cli_bad_input_is_one_sentence_and_writes_nothing(tiny_weights, tmp_path, monkeypatch, capsys,
                                                            extra, status, sentence):
     monkeypatch.chdir(tmp_path)

@@ -102,6 +102,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         if taken is not None and taken.exists():
             raise CommandError(f"{taken} already exists; choose another --name, or give --overwrite to replace it.")
     for image_path, labels_path in zip(args.images, args.labels):
+        for path in (image_path, labels_path):
+            if Path(path).is_dir():  # (QA: "not a readable image ([Errno 21] Is a directory ...)")
+                raise CommandError(f"{path} is a folder; give image files, each with its --labels file, in order.")
         try:
             images.append(read_image(image_path, args.channel).data)
         except (UnreadableImage, OSError) as error:
