@@ -247,6 +247,27 @@ def test_a_very_noisy_gray_image_is_smoothed_and_the_widget_says_so(viewer_and_w
             "and found; the table's intensities are its own.") in notifications.messages["info"]
 
 
+def test_an_image_auto_cannot_size_is_said_with_what_to_do(viewer_and_widget, notifications, qtbot):
+    """QA: a noisy field judged empty showed only 'Auto (no estimate: not resized)' (the CLI now says more)."""
+    from napari_nucleiseg.weights import bundled_weights_path
+
+    viewer, widget = viewer_and_widget
+    assert widget.set_weights_file(bundled_weights_path("hrnet"))
+    viewer.add_image(np.random.default_rng(0).poisson(5, (200, 200)).astype(np.uint16), name="noise")
+    click_segment(qtbot, widget)
+    assert ("'noise': No nucleus size could be estimated (it looks empty, or too noisy to size), so it was segmented "
+            "at its own scale; if it holds nuclei, type their diameter beside Auto.") in notifications.messages["info"]
+    widget.diameter_auto_check.setChecked(False)
+    spin = widget.diameter_spin
+    spin.lineEdit().selectAll()
+    qtbot.keyClicks(spin, "12")
+    qtbot.keyClick(spin, Qt.Key.Key_Return)
+    wait_for_run(qtbot, widget)
+    (labels,) = labels_layers(viewer)
+    assert labels.metadata["diameter"] == 12.0  # given: run again, and nothing more said of it
+    assert sum("No nucleus size could be estimated" in message for message in notifications.messages["info"]) == 1
+
+
 def test_threshold_min_size_and_split_rerun_only_the_postprocessing(viewer_and_widget, fake_network, qtbot):
     viewer, widget = viewer_and_widget
     image = viewer.add_image(blobs(), name="blobs")

@@ -409,6 +409,9 @@ class NucleiSegWidget(QWidget):
         smoothed = smoothing_note(run.noise_smoothing)
         if smoothed is not None:
             show_info(f"'{image.name}': {smoothed}")
+        if run.diameter is None and self._run_diameter is None and model.diameter is not None:  # Auto sized nothing
+            show_info(f"'{image.name}': No nucleus size could be estimated (it looks empty, or too noisy to size), so "
+                      "it was segmented at its own scale; if it holds nuclei, type their diameter beside Auto.")
         if isinstance(outcome, LargeFinished):
             self._show_in_blocks(image, outcome)
         else:
