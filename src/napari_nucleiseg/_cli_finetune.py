@@ -142,7 +142,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         signum = stops.received[0] if stops is not None and stops.received else 2
         raise Interrupted("nothing was written", signum=signum) from None
     brown = " --brown-nuclei" if args.brown_nuclei else ""
-    print(f"Fine-tuned for {reporter.last.elapsed / 60:.1f} min ({reporter.last.steps} step{'' if reporter.last.steps == 1 else 's'}): {path}. "
+    steps = reporter.last.steps
+    print(f"Fine-tuned for {reporter.last.elapsed / 60:.1f} min ({steps} step{'' if steps == 1 else 's'}): {path}. "
           f"Segment with it: nucleiseg segment IMAGES --weights {shlex.quote(str(path))}{brown} --out DIR")
     return 0
 

@@ -150,8 +150,9 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     name = new_model_name(name, base, out)
     out_path = _output_path(out, name, base, overwrite, typed=typed and out is None)
     examples = prepare_examples(images, labels, regions, diameter, brown_nuclei)
+    say = log or (lambda text: warnings.warn(text, stacklevel=3))
     for note in examples.notes:
-        (log or (lambda text: warnings.warn(text, stacklevel=3)))(note)
+        say(note)
 
     network = copy.deepcopy(base.network).float()
     frame_diameter = base.diameter
@@ -202,8 +203,7 @@ def finetune(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                 metadata["name"] = out_path.stem
             continue
         if out_path != chosen:
-            (log or (lambda text: warnings.warn(text, stacklevel=3)))(
-                f"{chosen.name} was saved by another run while this one trained; this model is saved as "
+            say(f"{chosen.name} was saved by another run while this one trained; this model is saved as "
                 f"{out_path.name}.")
         return out_path
     raise FineTuneError(f"Could not save the model: {MAX_NAME_TRIES} names after {chosen.name} were taken meanwhile.")
@@ -230,11 +230,8 @@ def new_model_name(name: str | None, base: NucleiModel, out: str | os.PathLike |
     name = f"{base.name}-finetuned-{datetime.date.today():%Y%m%d}"
     if out is not None:
         return name
-    taken, number = name, 1
-    while user_model_path(taken).exists():
-        number += 1
-        taken = f"{name}-{number}"
-    return taken
+    path = user_model_path(name)
+    return _free_path(path).stem if path.exists() else name
 
 
 def _load_base(model: str | os.PathLike | NucleiModel) -> NucleiModel:
