@@ -605,6 +605,33 @@ def test_export_writes_the_table_of_the_labels_layer_selected_a_corrected_copy_t
     assert len(pd.read_csv(tmp_path / "result.csv")) == 4
 
 
+def test_a_duplicated_result_is_measured_on_the_image_it_was_segmented_from(
+    viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
+):
+    """QA: a copy of A's result (Layers > Duplicate Layer), exported after B's result (same shape) was shown,
+    had B's intensities."""
+    from napari.layers._layer_actions import _duplicate_layer
+
+    viewer, widget = viewer_and_widget
+    widget.threshold_slider.setValue(0.3)
+    a_result = segment_new_image(qtbot, viewer, widget, blobs((200,) * 4), "A")
+    b_result = segment_new_image(qtbot, viewer, widget, blobs((100,) * 4), "B")
+    viewer.layers.selection.active = a_result
+    _duplicate_layer(viewer.layers)
+    copy = viewer.layers.selection.active
+    assert copy is not a_result and np.array_equal(copy.data, a_result.data)
+    copy.fill((32, 25), 0)  # one nucleus erased in the copy
+    viewer.layers.selection.active = b_result  # B's result looked at, then the copy again
+    viewer.layers.selection.active = copy
+    click_export(qtbot, widget, monkeypatch, tmp_path / "copy.csv")
+    assert pd.read_csv(tmp_path / "copy.csv")["mean_intensity"].round().tolist() == [200] * 3
+    viewer.layers.remove(viewer.layers["A"])  # its image closed: measured on the image under it, as before
+    viewer.layers.selection.active = copy
+    click_export(qtbot, widget, monkeypatch, tmp_path / "without_a.csv")
+    assert pd.read_csv(tmp_path / "without_a.csv")["mean_intensity"].round().tolist() == [100] * 3
+    assert notifications.messages["error"] == []
+
+
 def test_export_adds_csv_to_a_name_typed_without_it_and_asks_before_replacing_that_file(
     viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
 ):
@@ -1841,7 +1868,7 @@ def test_a_diameter_typed_in_runs_the_network_again_and_is_recorded_as_given(
     assert labels_layers(viewer) == [labels]  # the result is updated in place
     assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "augmented": False,
                                "brown_nuclei": False, "noise_smoothing": 0.0, "exclude_border": False, "link_axis": None,
-                               "model": "unet"}
+                               "model": "unet", "source_image": str(image.unique_id)}
     assert labels.data.shape == image.data.shape
     assert widget.diameter_auto_check.text() == "Auto" and not widget.diameter_auto_check.isChecked()
     assert widget.min_size_spin.value() == widget.run.model.settings_at(0.5).min_size
@@ -1857,7 +1884,7 @@ def test_the_threshold_after_a_diameter_run_rethresholds_the_cached_probabilitie
 ):
     viewer, widget = viewer_and_widget
     assert widget.set_weights_file(diameter_weights)
-    viewer.add_image(blobs(shape=(256, 256)), name="blobs")
+    image = viewer.add_image(blobs(shape=(256, 256)), name="blobs")
     assert widget.set_diameter(36.0) and fake_network.calls == 0  # nothing segmented yet: nothing runs
     assert not widget.diameter_auto_check.isChecked() and widget.diameter_spin.value() == 36.0
     click_segment(qtbot, widget)
@@ -1875,7 +1902,7 @@ def test_the_threshold_after_a_diameter_run_rethresholds_the_cached_probabilitie
     assert widget.min_size_spin.value() == min_size and labels_layers(viewer) == [labels]
     assert labels.metadata == {"diameter": 36.0, "diameter_estimated": False, "scale": 0.5, "augmented": False,
                                "brown_nuclei": False, "noise_smoothing": 0.0, "exclude_border": False, "link_axis": None,
-                               "model": "unet"}
+                               "model": "unet", "source_image": str(image.unique_id)}
 
 
 @pytest.mark.parametrize("bad", [0.0, -5.0, float("nan"), 300.0])

@@ -50,6 +50,9 @@ STEP_COUNT_DELAY_MS = 100
 SHOW_LAZY_AFTER_MS = 10
 #: Layer metadata: the axis of the image's channels that a result layer keeps, of length 1 (see kept_axis).
 KEPT_CHANNEL_AXIS = "kept_channel_axis"
+#: Layer metadata: the ``unique_id`` of the image a result was segmented from. A copy of the result (Duplicate
+#: Layer) keeps it, so the copy's table is measured on that image (QA: on whichever result was shown last).
+SOURCE_IMAGE = "source_image"
 
 
 def checksum(labels: np.ndarray) -> int:
@@ -360,7 +363,7 @@ class OutputLayers(QObject):
             self.record(layer).written = checksum(labels)
             self.record(layer).image_data = data_ref(image)
         self._by_image[key] = layer
-        layer.metadata.update(metadata or {}, model=model)
+        layer.metadata.update(metadata or {}, model=model, **{SOURCE_IMAGE: str(image.unique_id)})
         record = self.record(layer)
         self.mark_changed(layer, count=count, fingerprint=record.written)
         return layer, edited
@@ -710,13 +713,15 @@ class OutputLayers(QObject):
     def _refresh_stale_tables(self) -> None:
         self.refresh_tables(busy=self._busy())
 
-    def _image_under(self, shape: tuple[int, ...]) -> Image | None:
-        """The image whose intensities a Labels layer of the user's of ``shape`` is measured on: that of the result
-        whose count is shown, when its labels have that shape (a corrected copy of it), else the first image
-        layer whose data has it (a gray or an RGB one); None when none has."""
+    def _image_under(self, shape: tuple[int, ...], source: Any = None) -> Image | None:
+        """The image whose intensities a Labels layer of the user's of ``shape`` is measured on: the image named
+        by ``source`` (the :data:`SOURCE_IMAGE` of a copy of a result) when it is open and has that shape, else
+        that of the result whose count is shown, when its labels have that shape (a corrected copy of it), else
+        the first image layer whose data has it (a gray or an RGB one); None when none has."""
+        images = [layer for layer in self.viewer.layers if isinstance(layer, Image) and not layer.multiscale]
         record = self.record(self.shown)
-        candidates = ([] if record is None or record.channel is not None else [record.image]) + [
-            layer for layer in self.viewer.layers if isinstance(layer, Image) and not layer.multiscale]
+        candidates = ([layer for layer in images if source is not None and str(layer.unique_id) == source]
+                      + ([] if record is None or record.channel is not None else [record.image]) + images)
         for image in candidates:
             if self._in_viewer(image) and plane_shape(np.shape(image.data), image.rgb) == tuple(shape):
                 return image
@@ -732,7 +737,8 @@ class OutputLayers(QObject):
             # measured, not written into its features (review: a column of the user's, 'cell_class', was lost),
             # with the intensities of the image it lies on (review: a corrected copy of a result had none)
             labels = np.asarray(labels_of(layer))
-            image = self._image_under(labels.shape)
+            source = None if KEPT_CHANNEL_AXIS in layer.metadata else layer.metadata.get(SOURCE_IMAGE)
+            image = self._image_under(labels.shape, source)
             return nuclei_table(labels, None if image is None else image.data, bool(image is not None and image.rgb),
                                 pixel_size(layer))
         else:
