@@ -158,6 +158,10 @@ def test_the_axis_to_link_is_a_named_z_axis_or_an_unnamed_stacks_only_axis_never
     assert find_volume_axis((2, 5, 64, 64), False, ()) == (None, False)  # two axes, neither named Z
     assert find_volume_axis((2, 5, 64, 64), False, ("c", "z", "y", "x"), channel_axis=0) == (0, True)  # of ZYX
     assert find_volume_axis((64, 64, 3), True, ()) == (None, False)
+    # an RGB stack: the viewer labels its axes without the colours (QA: its Z was not read, its T was offered)
+    assert find_volume_axis((3, 64, 64, 3), True, ("z", "y", "x")) == (0, True)
+    assert find_volume_axis((3, 64, 64, 3), True, ("t", "y", "x")) == (None, False)
+    assert find_volume_axis((3, 64, 64, 3), True, ("0", "1", "2"), {"axes": "ZYXS"}) == (0, True)
 
 
 def test_the_cli_links_a_files_z_axis_unless_told_not_and_an_unnamed_stack_only_with_3d():

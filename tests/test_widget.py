@@ -2102,6 +2102,16 @@ def test_time_is_never_linked_and_an_unnamed_axis_only_when_ticked(viewer_and_wi
     table = pd.read_csv(tmp_path / "tz.csv")
     assert table["t"].tolist() == [0, 0, 0, 1, 1, 1] and "volume" in table.columns
 
+    # an RGB stack likewise (QA: its "z" was not read, and its time points were offered for linking)
+    colour = np.repeat(z_stack()[..., None], 3, axis=-1)
+    viewer.add_image(colour, name="rgb movie", rgb=True, axis_labels=("t", "y", "x"))
+    click_segment(qtbot, widget)
+    assert widget.volumes_check.isHidden() and shown_count(widget) == 10
+    viewer.add_image(colour, name="rgb z", rgb=True, axis_labels=("z", "y", "x"))
+    click_segment(qtbot, widget)
+    assert not widget.volumes_check.isHidden() and widget.volumes_check.isChecked()
+    assert shown_count(widget) == 3 and "counted in 3-D" in widget.count_label.text()
+
 
 # ---- whose result the settings move (issue 17, item 8) --------------------------------------------
 

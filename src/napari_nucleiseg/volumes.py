@@ -45,9 +45,10 @@ def find_volume_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str]
     """
     shape = tuple(shape)
     leading = [axis for axis in range(len(shape) - (3 if rgb else 2)) if axis != channel_axis]
-    labels = [str(label).strip().lower() for label in axis_labels][-len(shape):] if axis_labels else []
-    letters = str((metadata or {}).get("axes", "")).lower()
-    names = [{labels[axis] if len(labels) == len(shape) else "",
+    dims = len(shape) - rgb  # the viewer labels the axes of an RGB layer without its colours (QA: RGB "z" unread)
+    labels = [str(label).strip().lower() for label in axis_labels][-dims:] if axis_labels else []
+    letters = str((metadata or {}).get("axes", "")).lower()  # (a reader's "ZYXS" names the colours)
+    names = [{labels[axis] if len(labels) == dims else "",
               letters[axis] if len(letters) == len(shape) else ""} for axis in leading]
     for position, named in enumerate(names):
         if named & Z_LABELS:
