@@ -125,6 +125,11 @@ def test_missing_file(tmp_path):
     _expect_error(tmp_path / "absent.safetensors", "no such file")
 
 
+def test_a_folder_is_said_to_be_a_folder(tmp_path):
+    (tmp_path / "models").mkdir()
+    _expect_error(tmp_path / "models", "is a folder, not a weights file")
+
+
 def test_empty_file(tmp_path):
     _expect_error(_write_bytes(tmp_path / "empty.safetensors", b""), "empty")
 

@@ -164,6 +164,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         If the file is missing, empty, truncated, not a safetensors file, or not ours.
     """
     path = Path(path)
+    if path.is_dir():  # (QA: a folder was "no such file")
+        raise WeightsError(f"{path.name} is a folder, not a weights file: choose a .safetensors file in it ({path}).")
     if not path.is_file():
         raise WeightsError(f"{path.name}: no such file ({path}).")
     size = path.stat().st_size
