@@ -1515,6 +1515,30 @@ def test_a_hyperstack_tiff_opened_by_napari_is_segmented_in_a_channel_as_its_fil
         "3 nuclei in 'hyperstack channel 0 nuclei', counted in 3-D")
 
 
+def test_a_planar_rgb_tiff_is_segmented_as_planes_and_the_count_says_how_to_read_it_in_colour(
+    viewer_and_widget, fake_network, tmp_path, qtbot
+):
+    """QA: an RGB TIFF with its colours stored one after another (tifffile's default for a (3, H, W) array) is
+    opened by napari as 3 gray planes; the count said 'if they are channels', not what the CLI says of it."""
+    import tifffile
+
+    viewer, widget = viewer_and_widget
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, np.stack([blobs((200,) * 3)] * 3), photometric="rgb")  # (3, 64, 200), stored planar
+    (image,) = viewer.open(str(path), plugin="napari")
+    assert image.data.shape == (3, 64, 200) and not image.rgb
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText(image.name))
+    click_segment(qtbot, widget)
+    assert shown_count(widget) == 9 and widget.count_label.text().endswith(
+        "its file's tags say it is one RGB picture with its colours stored one after another: if it is, save it "
+        "with its colours last, (H, W, 3), and open that to segment it in colour")
+    tifffile.imwrite(path, np.stack([blobs((200,) * 3)] * 3), photometric="minisblack")  # a plain stack: as before
+    (stack,) = viewer.open(str(path), plugin="napari")
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText(stack.name))
+    click_segment(qtbot, widget)
+    assert "RGB picture" not in widget.count_label.text()
+
+
 def test_a_time_series_hyperstack_offers_no_channels_and_its_table_names_its_time_axis(
     viewer_and_widget, fake_network, monkeypatch, tmp_path, qtbot
 ):
