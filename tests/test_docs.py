@@ -43,3 +43,27 @@ def test_the_speed_table_is_what_the_benchmark_measured():
     assert text == write_blocks(text, evaluation, speed)
     speed["runs"][0]["times_s"] = [12.345]
     assert "12.3 s" in write_blocks(text, evaluation, speed) and "12.3 s" not in text
+
+
+def test_collect_update_replaces_only_the_sets_measured_again_and_only_for_the_file_measured(tmp_path):
+    from napari_nucleiseg.weights import bundled_weights_path
+    from training.doc_tables import collect
+
+    before = json.loads(EVALUATION.read_text())
+    metrics = {"dsb_score": 0.4321, "f1_iou50": 0.8, "count_error_median": 0.1}
+
+    def report(model: str, weights: Path) -> Path:
+        path = tmp_path / f"{model}.json"
+        path.write_text(json.dumps({"sets": {"val_x0.5": {"n_images": 68, "source": "val, resized x0.5", "results": [
+            {"method": model, "weights": str(weights), "metrics": metrics},
+            {"method": "Otsu + connected components", "metrics": {"dsb_score": 0.3}}]}}}))
+        return path
+
+    after = collect([report("hrnet", bundled_weights_path("hrnet"))], before)
+    assert after["models"]["hrnet"]["sets"]["val_x0.5"]["dsb_score"] == 0.4321
+    assert after["sets"]["val_x0.5"]["n_images"] == 68 and after["otsu"]["val_x0.5"] == 0.3
+    for name in ("val", "val_x2", "monuseg_test"):  # the others kept as they were
+        assert after["models"]["hrnet"]["sets"][name] == before["models"]["hrnet"]["sets"][name]
+    assert after["models"]["unet"] == before["models"]["unet"] and before == json.loads(EVALUATION.read_text())
+    with pytest.raises(SystemExit, match="another file"):  # another hrnet file's figures never mixed in
+        collect([report("hrnet", bundled_weights_path("unet"))], before)

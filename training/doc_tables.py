@@ -4,6 +4,7 @@ Two steps:
 
     # 1. collect what evaluate.py measured for the shipped files into weights/evaluation.json
     python -m training.doc_tables collect runs/eval_unet/report.json runs/eval_unet_scaled/report.json ...
+    #    (--update: keep the other sets of weights/evaluation.json, replace those these reports measured)
     # 2. rewrite the generated blocks of the docs from it (and README's speed table from
     #    benchmarks/results/inference.json: python benchmarks/bench_inference.py --repeats 3 --json ...)
     python -m training.doc_tables write README.md weights/README.md
@@ -37,9 +38,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def collect(reports: list[Path]) -> dict:
-    """The figures of evaluate.py's ``report.json`` files, by model and set, with each file's hash."""
-    evaluation: dict = {"models": {}, "otsu": {}, "sets": {}}
+def collect(reports: list[Path], into: dict | None = None) -> dict:
+    """The figures of evaluate.py's ``report.json`` files, by model and set, with each file's hash; with
+    ``into`` (an evaluation collected before), its figures with the sets measured in ``reports`` replaced
+    (a set measured again, e.g. on all its images), refused when a model's file is not the one measured there."""
+    evaluation: dict = json.loads(json.dumps(into)) if into else {"models": {}, "otsu": {}, "sets": {}}
     for report_path in reports:
         report = json.loads(Path(report_path).read_text())
         for set_name, entry in report["sets"].items():
@@ -182,12 +185,14 @@ def main(argv=None) -> None:
     gather = commands.add_parser("collect", help="evaluate.py report.json files -> weights/evaluation.json")
     gather.add_argument("reports", type=Path, nargs="+")
     gather.add_argument("--out", type=Path, default=EVALUATION)
+    gather.add_argument("--update", action="store_true",
+                        help="keep the sets of --out that the reports do not measure, replace those they do")
     write = commands.add_parser("write", help="rewrite the generated blocks of these markdown files")
     write.add_argument("files", type=Path, nargs="+")
     write.add_argument("--evaluation", type=Path, default=EVALUATION)
     args = parser.parse_args(argv)
     if args.command == "collect":
-        evaluation = collect(args.reports)
+        evaluation = collect(args.reports, json.loads(args.out.read_text()) if args.update else None)
         args.out.write_text(json.dumps(evaluation, indent=1) + "\n")
         print(f"wrote {args.out}: {', '.join(evaluation['models'])} on {', '.join(evaluation['sets'])}")
         return
