@@ -605,6 +605,25 @@ def test_export_writes_the_table_of_the_labels_layer_selected_a_corrected_copy_t
     assert len(pd.read_csv(tmp_path / "result.csv")) == 4
 
 
+def test_a_column_added_to_a_results_table_is_kept_through_hand_edits(
+    viewer_and_widget, fake_network, monkeypatch, qtbot, tmp_path
+):
+    """QA: a column another plugin or the user added to a result's table (a cell class) was dropped at the next
+    erase; a new result (the slider) starts a new table."""
+    viewer, widget = viewer_and_widget
+    widget.threshold_slider.setValue(0.3)
+    result = segment_new_image(qtbot, viewer, widget, blobs(), "blobs")
+    wait_for_table(qtbot, result, 4)
+    result.features = result.features.assign(cell_class=["a", "b", "c", "d"])
+    result.fill((32, 25), 0)  # nucleus 1 erased
+    result.paint((10, 190), 9)  # a new one painted
+    qtbot.waitUntil(lambda: len(result.features) == 4 and 9 in set(result.features["label"]), timeout=5_000)
+    classes = dict(zip(result.features["label"], result.features["cell_class"]))
+    assert {label: classes[label] for label in (2, 3, 4)} == {2: "b", 3: "c", 4: "d"} and pd.isna(classes[9])
+    click_export(qtbot, widget, monkeypatch, tmp_path / "classes.csv")
+    assert pd.read_csv(tmp_path / "classes.csv")["cell_class"].tolist()[:3] == ["b", "c", "d"]
+
+
 def test_a_duplicated_result_is_measured_on_the_image_it_was_segmented_from(
     viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path
 ):

@@ -261,7 +261,7 @@ class OutputLayer:
         labels = labels_of(self.layer)
         current = checksum(labels)
         if self.measured != current:
-            self.layer.features = nuclei_table(np.asarray(labels), *self.table_source())
+            self.layer.features = self._kept_columns(nuclei_table(np.asarray(labels), *self.table_source()), current)
             self.measured = current
 
     def measure_in_worker(self, on_finished: Callable[[], None]) -> None:
@@ -278,8 +278,25 @@ class OutputLayer:
         """Take the table measured on labels of checksum ``measured``, unless they changed since."""
         measured, table = measured_table
         if checksum(labels_of(self.layer)) == measured:
-            self.layer.features = table
+            self.layer.features = self._kept_columns(table, measured)
             self.measured = measured
+
+    def _kept_columns(self, table: Any, measured: int) -> Any:
+        """``table``, measured on labels of checksum ``measured``, with the columns of the layer's features that
+        the widget does not measure (one the user or another plugin added: a cell class) when those labels are
+        the widget's corrected by hand, matched by nucleus (QA: a 'cell_class' column was dropped at the
+        user's next erase); a new result of the widget's starts a new table."""
+        return table if measured == self.written else with_columns_of(table, self.layer.features)
+
+
+def with_columns_of(table: Any, before: Any) -> Any:
+    """``table`` with the columns of ``before`` (a table of the same labels before a hand edit) that it lacks,
+    matched on ``label`` and the plane columns (``axis_0``, ...); empty for a nucleus new since."""
+    extra = [column for column in getattr(before, "columns", ()) if column not in table.columns]
+    keys = [column for column in table.columns if column == "label" or str(column).startswith("axis_")]
+    if not extra or "label" not in keys or not set(keys) <= set(before.columns):
+        return table
+    return table.merge(before[keys + extra].drop_duplicates(keys), on=keys, how="left")
 
 
 class OutputLayers(QObject):
