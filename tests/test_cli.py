@@ -665,9 +665,11 @@ def test_overwrite_keeps_the_old_output_of_an_image_that_fails_this_time(capsys,
     assert status == EXIT_PARTIAL
     assert not (out / "b_labels.tif").exists()  # no row of the new tables would describe it
     (aside,) = out.glob("replaced-*")
-    assert sorted(path.name for path in aside.iterdir()) == ["b_labels.tif"]  # the replaced ones are gone
+    # the replaced ones are gone; the earlier tables, which hold b's row, are kept with its labels
+    assert sorted(path.name for path in aside.iterdir()) == ["b_labels.tif", "counts.csv", "nuclei.csv"]
     assert (aside / "b_labels.tif").read_bytes() == old_b
-    assert f"kept in {aside}" in stderr
+    assert f"the earlier tables hold rows the new ones do not; they are kept in {aside}." in stderr
+    assert f"the earlier outputs of the images not segmented this time are kept in {aside} (b_labels.tif)" in stderr
 
 
 def test_overwrite_that_segments_nothing_leaves_the_old_outputs_in_place(capsys, folder, tmp_path, tiny_weights):
@@ -864,3 +866,61 @@ def test_one_channel_shown_through_a_colour_map_says_how_it_was_read(capsys, tmp
     status, _, stderr = run(capsys, image, "--out", tmp_path / "out", "--weights", tiny_weights["hrnet"])
     assert status == 0
     assert stderr.startswith(f"nucleiseg: note: {image}: Read as one channel shown through a colour map")
+
+
+def test_an_earlier_probability_file_is_replaced_with_its_labels_never_left_stale(capsys, folder, tmp_path,
+                                                                                  tiny_weights):
+    """QA: HRNet's probability file stayed beside the UNet labels of an --overwrite run without
+    --save-probability, and a later --resume --save-probability took it as its own ('Nothing left to segment')."""
+    out = tmp_path / "out"
+    first = [folder / "a.png", "--out", out, "--weights", tiny_weights["hrnet"], "--save-probability"]
+    assert run(capsys, *first)[0] == 0 and (out / "a_probability.tif").is_file()
+    other = [folder / "a.png", "--out", out, "--weights", tiny_weights["unet"]]
+    assert run(capsys, *other, "--overwrite")[0] == 0
+    assert not (out / "a_probability.tif").exists() and not list(out.glob("replaced-*"))  # replaced, like its labels
+    status, stdout, _ = run(capsys, *other, "--resume", "--save-probability")
+    assert status == 0 and stdout.startswith("Segmented 1 of 1 images") and (out / "a_probability.tif").is_file()
+    written = (out / "a_probability.tif").read_bytes()
+    assert run(capsys, *other, "--resume", "--save-probability")[1].startswith("Nothing left to segment")
+    assert (out / "a_probability.tif").read_bytes() == written
+
+
+def test_earlier_tables_the_new_ones_do_not_cover_are_kept_aside(capsys, folder, tmp_path, tiny_weights):
+    """QA: a counts.csv saved from a spreadsheet with ';' (unreadable as ours) was deleted by --resume with the
+    rows of images it was not given; so were the other images' rows by --overwrite after nuclei.csv was deleted."""
+    out = tmp_path / "out"
+    weights = ["--weights", tiny_weights["unet"]]
+    assert run(capsys, folder / "a.png", "--out", out, *weights)[0] == 0
+    edited = (out / "counts.csv").read_text().replace(",", ";")
+    (out / "counts.csv").write_text(edited)
+    status, _, stderr = run(capsys, folder / "b.tif", "--out", out, *weights, "--resume")
+    assert status == 0
+    (aside,) = out.glob("replaced-*")
+    assert (aside / "counts.csv").read_text() == edited and f"they are kept in {aside}" in stderr
+    assert pd.read_csv(out / "counts.csv")["labels_file"].tolist() == ["b_labels.tif"]
+    shutil.rmtree(aside)
+
+    assert run(capsys, folder, "--out", out, *weights, "--overwrite")[0] == EXIT_PARTIAL
+    before = (out / "counts.csv").read_text()
+    (out / "nuclei.csv").unlink()
+    status, _, stderr = run(capsys, folder / "b.tif", "--out", out, *weights, "--overwrite")
+    assert status == 0
+    (aside,) = out.glob("replaced-*")
+    assert (aside / "counts.csv").read_text() == before and f"they are kept in {aside}" in stderr
+
+
+def test_an_overwrite_that_segments_nothing_keeps_the_records_resume_needs(capsys, folder, tmp_path, tiny_weights):
+    """QA: it deleted the records of the finished images while putting their files back, so a later --resume
+    segmented them again and set the hand-corrected labels aside, 'their file or the settings changed'."""
+    out = tmp_path / "out"
+    arguments = [folder / "a.png", folder / "b.tif", "--out", out, "--weights", tiny_weights["unet"]]
+    assert run(capsys, *arguments)[0] == 0
+    labels = tifffile.imread(out / "a_labels.tif")
+    labels[labels == labels.max()] = 0  # corrected by hand
+    tifffile.imwrite(out / "a_labels.tif", labels)
+    status, _, stderr = run(capsys, *arguments, "--overwrite", "--diameter", "5000")  # larger than every image
+    assert status == 1 and "the earlier outputs are left as they were" in stderr
+    status, stdout, stderr = run(capsys, *arguments, "--resume")
+    assert status == 0 and stdout.startswith("Nothing left to segment") and not list(out.glob("replaced-*"))
+    assert "a_labels.tif was changed since it was segmented: measured again" in stderr
+    assert np.array_equal(tifffile.imread(out / "a_labels.tif"), labels)

@@ -155,6 +155,9 @@ class Job:
     source: Path
     labels_path: Path
     probability_path: Path | None
+    #: An earlier run's probability file of this image, when this run writes none: replaced with the labels
+    #: (QA: HRNet's probabilities stayed beside UNet's labels, and a later --resume took them as its own).
+    earlier_probability: Path | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,7 +337,10 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     todo = [job for job in jobs if job not in done]
     if not args.overwrite and not args.resume:
         refuse_existing(jobs, args.out)  # again: a run that ended since the first check may have written them
+    forgotten = {}  # the records forgotten, put back with the outputs if nothing replaces them
     for job in todo if manifest is not None else ():
+        with contextlib.suppress(OSError):
+            forgotten[job.labels_path] = manifest.path(job.labels_path).read_bytes()
         manifest.forget(job.labels_path)  # first: a record never describes the files that replace its image's
     # --overwrite replaces everything; --resume the outputs of the images it segments again, and the tables,
     # keeping them aside, except those a stopped run wrote and did not get to record: its own
@@ -392,17 +398,22 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
         raise Interrupted(saved.strip().rstrip("."), signum=stops.received[0] if stops.received else signal.SIGINT) from None
     if not segmented and not done:
         if aside is not None:
-            put_back(aside, replaced)  # nothing replaced them
+            for labels_path in put_back(aside, replaced):  # nothing replaced them: nor their records (QA: a
+                if labels_path in forgotten:  # later --resume segmented them again, hand corrections set aside)
+                    with contextlib.suppress(OSError):
+                        write_atomically(manifest.path(labels_path), partial(Path.write_bytes, data=forgotten[labels_path]))
             if not any(aside.iterdir()):
                 shutil.rmtree(aside, ignore_errors=True)
                 raise CommandError("no image could be segmented; the earlier outputs are left as they were.")
         raise CommandError("no image could be segmented." + (f" The files it was to replace are in {aside}."
                                                                if aside is not None else ""))
     tables.flush()
+    in_tables = {str(row["labels_file"]) for row in [*(row for row, _ in done.values()), *(row for row, _ in others),
+                                                     *new_rows]}
     if aside is not None and args.overwrite:
-        _keep_outputs_of_failed(aside, replaced, planned_outputs(segmented, args.out))
+        _keep_outputs_of_failed(aside, replaced, planned_outputs(segmented, args.out), in_tables)
     elif aside is not None:  # --resume: the user asked to go on, not to replace; an output may be hand-corrected
-        _keep_outputs(aside, "the earlier outputs of the images segmented again (their file or the settings changed) "
+        _keep_outputs(aside, in_tables, "the earlier outputs of the images segmented again (their file or the settings changed) "
                              "are kept in {aside} ({names}); delete it once you do not need them.")
     total = sum(row["nuclei"] for row in [*(row for row, _ in done.values()), *new_rows])
     if done and not todo:
@@ -793,7 +804,8 @@ def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list
         by_stem[stem] = source
         # An image segmented block by block has no probability file: its probabilities are never held whole.
         probability = out / f"{stem}_probability.tif" if save_probability and not large else None
-        job = Job(source, out / labels, probability)
+        job = Job(source, out / labels, probability,
+                  None if large or probability is not None else _file_or_none(out / f"{stem}_probability.tif"))
         for output in (job.labels_path, job.probability_path):
             if output is not None and output.resolve() in inputs:  # not even with --overwrite
                 raise CommandError(
@@ -823,30 +835,55 @@ def _note_shortfall(job: Job, row: dict[str, Any], model: Any) -> None:
         _report(f"nucleiseg: note: {job.source}: {note}")
 
 
-def _keep_outputs(aside: Path, sentence: str) -> None:
-    """Delete the earlier tables from ``aside`` (the new ones hold every row) and keep the rest there,
-    saying so with ``sentence`` (``{aside}`` and ``{names}`` filled in); remove it if nothing is left."""
+def _keep_outputs(aside: Path, in_tables: set[str], sentence: str) -> None:
+    """Delete the earlier tables from ``aside`` when the new ones hold a row of every label file of theirs
+    (``in_tables``: the label files the new tables name) and keep the rest there, saying so with ``sentence``
+    (``{aside}`` and ``{names}`` filled in); remove it if nothing is left. Earlier tables the new ones do not
+    cover (unreadable as ours: edited in a spreadsheet; their nuclei.csv gone) are kept and named (QA: deleted,
+    with the rows of images this run was not given)."""
     import shutil
 
-    for name in (COUNTS_FILE, NUCLEI_FILE):
-        with contextlib.suppress(OSError):
-            (aside / name).unlink()
-    kept = sorted(p.name for p in aside.iterdir()) if aside.is_dir() else []
-    if not kept:
+    tables = (COUNTS_FILE, NUCLEI_FILE)
+    if _covered(aside / COUNTS_FILE, in_tables):
+        for name in tables:
+            with contextlib.suppress(OSError):
+                (aside / name).unlink()
+    elif any((aside / name).exists() for name in tables):
+        _report(f"nucleiseg: the earlier tables hold rows the new ones do not; they are kept in {aside}.")
+    if not aside.is_dir() or not any(aside.iterdir()):
         shutil.rmtree(aside, ignore_errors=True)
+        return
+    kept = sorted(p.name for p in aside.iterdir() if p.name not in tables)
+    if not kept:
         return
     names = f"{', '.join(kept[:LISTED_EXISTING])}{' ...' if len(kept) > LISTED_EXISTING else ''}"
     _report("nucleiseg: " + sentence.format(aside=aside, names=names))
 
 
-def _keep_outputs_of_failed(aside: Path, replaced: list[Path], rewritten: list[Path]) -> None:
+def _covered(counts: Path, in_tables: set[str]) -> bool:
+    """Whether the earlier ``counts`` table (set aside) is ours and each of its rows' label files has a row in the
+    new tables (``in_tables``), or there is none."""
+    import pandas as pd
+
+    from .tables import read_csv_as_written
+
+    if not counts.exists():
+        return True
+    try:
+        table = read_csv_as_written(counts)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return False
+    return "labels_file" in table.columns and {str(name) for name in table["labels_file"]} <= in_tables
+
+
+def _keep_outputs_of_failed(aside: Path, replaced: list[Path], rewritten: list[Path], in_tables: set[str]) -> None:
     """After a run that completed, delete what it replaced (the outputs of the images it segmented again;
     the tables go in :func:`_keep_outputs`) from ``aside``; the earlier outputs of images it could not
     segment this time stay there, and the user is told where (they are not put back: no row of the new
     tables describes them)."""
     import shutil
 
-    rewritten_names = {path.name for path in rewritten}
+    rewritten_names = {path.name for path in rewritten} - {COUNTS_FILE, NUCLEI_FILE}
     for path in replaced:
         old = aside / path.name
         if path.name in rewritten_names and old.is_dir() and not old.is_symlink():
@@ -854,16 +891,26 @@ def _keep_outputs_of_failed(aside: Path, replaced: list[Path], rewritten: list[P
         elif path.name in rewritten_names:
             with contextlib.suppress(OSError):
                 old.unlink()
-    _keep_outputs(aside, "the earlier outputs of the images not segmented this time are kept in {aside} ({names}).")
+    _keep_outputs(aside, in_tables,
+                  "the earlier outputs of the images not segmented this time are kept in {aside} ({names}).")
+
+
+def _file_or_none(path: Path) -> Path | None:
+    """``path`` if a file is there; None if not, or if its name is too long for the disk."""
+    try:
+        return path if path.is_file() else None
+    except OSError:
+        return None
 
 
 def planned_outputs(jobs: list[Job], out: Path) -> list[Path]:
-    """Every file the run writes: the tables, and each image's labels (and probabilities)."""
+    """Every file the run writes or replaces: the tables, and each image's labels and probabilities (an
+    earlier run's, when this one writes none)."""
     planned = [out / COUNTS_FILE, out / NUCLEI_FILE]
     for job in jobs:
         planned.append(job.labels_path)
-        if job.probability_path is not None:
-            planned.append(job.probability_path)
+        if job.probability_path is not None or job.earlier_probability is not None:
+            planned.append(job.probability_path or job.earlier_probability)
     return planned
 
 
