@@ -146,9 +146,30 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(slow_
     _, stderr = second.communicate(timeout=120)
     assert second.returncode == 1
     assert stderr.strip() == (f"nucleiseg: another nucleiseg run (process {first.pid}) is writing to {out}; "
-                              "wait for it to end, or choose another --out folder.")
+                              "wait for it to end, or choose another --out folder (if no run is writing there, "
+                              f"delete {out / '.nucleiseg.lock'}).")
     assert first.wait(timeout=300) == 0
     assert (check_consistent(out)["model"] == "tiny-unet").all()  # nothing of the second run's
+
+
+def test_a_lock_left_by_a_killed_run_whose_process_id_is_taken_since_is_taken_over(capsys, folder, tmp_path,
+                                                                                   tiny_weights):
+    """QA: after a reboot the id in the lock of a run killed outright was another live process's (here, this one,
+    started at another time), and every run into the folder was refused for good."""
+    from napari_nucleiseg._batch import _start_time
+    from napari_nucleiseg.cli import main
+
+    if _start_time(os.getpid()) is None:
+        pytest.skip("no process start times here (/proc)")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".nucleiseg.lock").write_text(f"{os.getpid()} 1\n")  # this process's id, another start
+    assert main(["segment", str(folder / "image00.png"), "--out", str(out), "--weights", str(tiny_weights["unet"])]) == 0
+    assert not (out / ".nucleiseg.lock").exists()
+    (out / ".nucleiseg.lock").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")  # a run of this process's
+    assert main(["segment", str(folder / "image00.png"), "--out", str(out), "--weights", str(tiny_weights["unet"]),
+                 "--overwrite"]) == 1
+    assert "another nucleiseg run" in capsys.readouterr().err
 
 
 def test_a_run_killed_outright_at_random_moments_leaves_only_whole_files(folder, tmp_path, tiny_weights):

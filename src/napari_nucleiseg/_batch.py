@@ -47,15 +47,16 @@ class OutputLock:
             try:
                 descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                owner = _lock_owner(self.path)
-                if owner is not None and _alive(owner):
+                owner, started = _lock_owner(self.path)
+                if owner is not None and _alive(owner, started):
                     raise FolderBusy(f"another nucleiseg run (process {owner}) is writing to {self.path.parent}; "
-                                     "wait for it to end, or choose another --out folder.") from None
+                                     "wait for it to end, or choose another --out folder (if no run is writing "
+                                     f"there, delete {self.path}).") from None
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()  # the lock of a run that died: take it over
                 continue
             with os.fdopen(descriptor, "w") as stream:
-                stream.write(f"{os.getpid()}\n")
+                stream.write(f"{os.getpid()} {_start_time(os.getpid()) or ''}\n")
             self.held = True
             return self
         raise FolderBusy(f"cannot take the lock {self.path}; another run may be starting there.")
@@ -67,21 +68,35 @@ class OutputLock:
             self.held = False
 
 
-def _lock_owner(path: Path) -> int | None:
+def _lock_owner(path: Path) -> tuple[int | None, str | None]:
+    """The process id in a lock file, and its start time when the file records one."""
     try:
-        return int(path.read_text().split()[0])
+        words = path.read_text().split()
+        return int(words[0]), (words[1] if len(words) > 1 else None)
     except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks since boot, from /proc); None where that is not known."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[19]  # field 22; the name in brackets may hold spaces
+    except (OSError, IndexError):
         return None
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` runs, and is the one that started at ``started`` where both are known (QA: a lock
+    left by a run killed outright blocked the folder for good once its id was another process's, after a reboot)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    now = _start_time(pid)
+    return started is None or now is None or now == started
 
 
 def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
