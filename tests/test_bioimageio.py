@@ -132,7 +132,8 @@ def test_a_fine_tuned_file_exports(tmp_path, offline):
 
 
 @pytest.mark.parametrize(("model", "out", "extra", "sentence"), [
-    ("cellpose", "new.zip", [], "unknown model 'cellpose'; give one of unet, unetpp, hrnet or a weights file."),
+    ("cellpose", "new.zip", [], "unknown model 'cellpose'; give one of unet, unetpp, hrnet, the name of one of your "
+                                "models or a weights file."),
     ("unet", "exists.zip", [], "exists; give --overwrite to replace it."),
     ("notes.txt", "new.zip", [], "notes.txt: not a napari-nucleiseg weights file"),
     ("missing.safetensors", "new.zip", [], "missing.safetensors: no such weights file."),
@@ -151,6 +152,20 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tiny_weights, tmp_path, mo
     assert sentence in err and len(err.splitlines()) == 1 and err.endswith("."), err
     assert sorted(path.name for path in tmp_path.iterdir()) == before
     assert Path("exists.zip").read_bytes() == b"keep"
+
+
+def test_a_model_of_the_users_is_exported_by_its_name_as_segment_takes_it(tiny_weights, tmp_path, monkeypatch):
+    """QA: 'my cells', saved in the model folder, was an unknown model to export-bioimageio (segment --model and
+    finetune --from take it)."""
+    import shutil
+
+    from napari_nucleiseg.bioimageio_export import _weights_source
+
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    shutil.copy(tiny_weights["unet"], tmp_path / "models" / "my cells.safetensors")
+    assert _weights_source("my cells") == tmp_path / "models" / "my cells.safetensors"
+    assert _weights_source("unet") == "unet"
 
 
 def test_a_licence_the_spec_does_not_know_is_one_sentence(tmp_path, capsys):

@@ -149,9 +149,15 @@ def _weights_source(model: str | os.PathLike) -> str | Path:
         return str(model)
     path = Path(model)
     if not path.is_file():
+        from .api import _users_model
+
+        mine = _users_model(str(model))  # one of the user's models by its name, as segment and finetune take it (QA)
+        if mine is not None:
+            return mine
         if path.suffix or os.sep in str(model) or path.exists():
             raise ExportError(f"{model}: no such weights file.")
-        raise ExportError(f"unknown model {str(model)!r}; give one of {', '.join(BUNDLED_MODELS)} or a weights file.")
+        raise ExportError(f"unknown model {str(model)!r}; give one of {', '.join(BUNDLED_MODELS)}, the name of one "
+                          "of your models or a weights file.")
     return path
 
 
