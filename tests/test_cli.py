@@ -481,6 +481,11 @@ def test_same_stem_twice_is_a_usage_error(capsys, folder, tmp_path, tiny_weights
     status, _, stderr = run(capsys, folder / "a.png", other / "a.tif", "--out", tmp_path / "out",
                             "--weights", tiny_weights["unet"])
     assert status == 2 and "a_labels.tif" in stderr
+    shutil.copy(folder / "a.png", other / "A.tif")  # the same file where names ignore case (macOS, Windows)
+    status, _, stderr = run(capsys, folder / "a.png", other / "A.tif", "--out", tmp_path / "out",
+                            "--weights", tiny_weights["unet"])
+    assert status == 2 and "would both write A_labels.tif (names that differ only in case" in stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_same_file_twice_is_segmented_once(capsys, folder, tmp_path, tiny_weights):
