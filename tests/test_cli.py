@@ -929,3 +929,25 @@ def test_an_overwrite_that_segments_nothing_keeps_the_records_resume_needs(capsy
     assert status == 0 and stdout.startswith("Nothing left to segment") and not list(out.glob("replaced-*"))
     assert "a_labels.tif was changed since it was segmented: measured again" in stderr
     assert np.array_equal(tifffile.imread(out / "a_labels.tif"), labels)
+
+
+def test_overwrite_of_one_image_measures_the_others_corrected_labels_again(capsys, folder, tmp_path, tiny_weights):
+    """QA: --overwrite of one image copied the other's row (35 nuclei) beside its label file, corrected by hand
+    since, holding 32."""
+    out = tmp_path / "out"
+    weights = ["--weights", tiny_weights["unet"]]
+    assert run(capsys, folder / "a.png", folder / "b.tif", "--out", out, *weights)[0] == 0
+    labels = tifffile.imread(out / "a_labels.tif")
+    labels[labels == labels.max()] = 0  # corrected by hand
+    tifffile.imwrite(out / "a_labels.tif", labels)
+    status, _, stderr = run(capsys, folder / "b.tif", "--out", out, *weights, "--overwrite", "--threshold", "0.1")
+    assert status == 0 and "a_labels.tif was changed since it was segmented: measured again" in stderr
+    counts = pd.read_csv(out / "counts.csv").set_index("labels_file")
+    assert counts.loc["a_labels.tif", "nuclei"] == len(np.unique(labels[labels > 0]))
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    assert (nuclei["file"] == counts.loc["a_labels.tif", "file"]).sum() == counts.loc["a_labels.tif", "nuclei"]
+    # recorded with a's own settings, measured once: its record says so, not the --overwrite run's threshold
+    import json
+
+    record = json.loads((out / ".nucleiseg" / "done" / "a_labels.json").read_text())
+    assert record["settings"]["threshold"] is None and record["row"]["nuclei"] == counts.loc["a_labels.tif", "nuclei"]

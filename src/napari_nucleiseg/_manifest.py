@@ -150,6 +150,18 @@ class Manifest:
             return None  # a record damaged by hand: the image is segmented again
         return Done(row, table, record["input"], _labels_changed(record.get("labels"), outputs[0]))
 
+    def corrected(self, labels_path: Path) -> tuple[Done, dict] | None:
+        """The record of an image that any run finished (whatever its settings, returned with it) whose labels
+        were changed since (corrected by hand); None if they were not, or no record says."""
+        record = self._read(labels_path)
+        if record is None or not _labels_changed(record.get("labels"), labels_path):
+            return None
+        try:
+            row, table, settings = record["row"], _table(record["nuclei"]), dict(record["settings"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return Done(row, table, record.get("input"), True), settings
+
     def forget(self, labels_path: Path) -> None:
         """Delete an image's record (before its outputs are replaced)."""
         with contextlib.suppress(FileNotFoundError):

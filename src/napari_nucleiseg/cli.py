@@ -347,6 +347,7 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     kept = todo if manifest is None else [job for job in todo if not manifest.written_before_a_stop(job.labels_path)]
     replaced = planned_outputs(jobs if args.overwrite else kept, args.out) if args.overwrite or args.resume else []
     others = rows_of_other_images(jobs, args.out) if args.overwrite else []  # (read before the tables move aside)
+    others = [_as_corrected(row, table, args) for row, table in others] if manifest is not None else others
     try:
         aside = set_aside(replaced, args.out)
     except SetAsideError as error:
@@ -481,6 +482,22 @@ def _remeasured(job: Job, before: Any, manifest: Any, args: argparse.Namespace) 
     with contextlib.suppress(OSError):  # recorded with the labels as they are now: said once
         manifest.record(job.labels_path, before.input, row, table)
     return row, table
+
+
+def _as_corrected(row: dict, table: Any, args: argparse.Namespace) -> tuple[dict, Any]:
+    """The row and nuclei of an earlier image that --overwrite keeps: measured again when its labels were
+    corrected by hand since (with the settings it was segmented with, and recorded so), as --resume does (QA: an
+    --overwrite of another image copied its row, 35 nuclei, beside a label file holding 32)."""
+    from ._manifest import Manifest
+
+    labels_path = args.out / str(row["labels_file"])
+    found = None if labels_path.name.endswith(LARGE_LABELS_SUFFIX) else Manifest(args.out, {}).corrected(labels_path)
+    source = found[0].input.get("path") if found is not None and isinstance(found[0].input, dict) else None
+    if source is None:
+        return row, table
+    before, settings = found
+    theirs = argparse.Namespace(**{**vars(args), "channel": settings.get("channel"), "volumes": settings.get("volumes")})
+    return _remeasured(Job(Path(source), labels_path, None), before, Manifest(args.out, settings), theirs)
 
 
 def _note_written(manifest: Any, job: Job, written: Path) -> None:
