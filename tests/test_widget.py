@@ -519,6 +519,15 @@ def test_undo_and_redo_of_a_hand_edit_update_the_count_and_table(
     wait_for_table(qtbot, labels, 4)
     assert list(labels.features["label"]) == [1, 2, 3, 4]
 
+    labels.undo()  # the stroke undone, then a new result written in place: the stroke is not redone onto it (QA)
+    qtbot.waitUntil(lambda: shown_count(widget) == 3, timeout=5_000)
+    widget.threshold_slider.setValue(0.3)
+    qtbot.waitUntil(lambda: shown_count(widget) == 4, timeout=5_000)
+    assert labels_layers(viewer) == [labels]
+    written = np.array(labels.data)
+    labels.redo()
+    assert np.array_equal(labels.data, written)
+
 
 def test_count_and_export_follow_the_labels_layer_the_user_selects(
     viewer_and_widget, fake_network, notifications, monkeypatch, qtbot, tmp_path

@@ -377,6 +377,9 @@ class OutputLayers(QObject):
         else:
             with self.self_writing():
                 layer.data = shown(labels, channel)
+            reset_history = getattr(layer, "_reset_history", None)  # napari's undo steps are of the labels replaced
+            if callable(reset_history):  # (QA: a redo after undo and a slider move painted an old stroke on these)
+                reset_history()
             self.record(layer).written = checksum(labels)
             self.record(layer).image_data = data_ref(image)
         self._by_image[key] = layer
