@@ -525,12 +525,13 @@ class ChannelPicker(NameComboBox):
         if record is None or record.channel is not None:
             return ""
         image = record.image
-        axes = str(image_metadata(image).get("axes", "")).upper()
+        metadata = image_metadata(image)  # (the file's header, when napari's reader named no axes)
+        axes = str(metadata.get("axes", "")).upper()
         if not image.rgb and len(axes) == image.data.ndim and "S" in axes[:-2]:  # (QA: as the CLI's PLANAR_RGB_NOTE)
             count = image.data.shape[axes.index("S")]
             return ("; its file's tags say it is one RGB picture with its colours stored one after another: if it is, "
                     f"save it with its colours last, (H, W, {count}), and open that to segment it in colour")
-        if find_channel_axis(image.data.shape, image.rgb, self.axis_labels(image), image_metadata(image)) is None:
+        if find_channel_axis(image.data.shape, image.rgb, self.axis_labels(image), metadata) is None:
             return ""
         return "; if they are channels, choose the one with the nuclei under Channel"
 

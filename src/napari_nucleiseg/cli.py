@@ -347,7 +347,7 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
     kept = todo if manifest is None else [job for job in todo if not manifest.written_before_a_stop(job.labels_path)]
     replaced = planned_outputs(jobs if args.overwrite else kept, args.out) if args.overwrite or args.resume else []
     others = rows_of_other_images(jobs, args.out) if args.overwrite else []  # (read before the tables move aside)
-    others = [_as_corrected(row, table, args) for row, table in others] if manifest is not None else others
+    others = [_as_corrected(row, table, manifest, args) for row, table in others] if manifest is not None else others
     try:
         aside = set_aside(replaced, args.out)
     except SetAsideError as error:
@@ -409,14 +409,14 @@ def _run_jobs(jobs: list[Job], model: Any, args: argparse.Namespace, stops: Stop
         raise CommandError("no image could be segmented." + (f" The files it was to replace are in {aside}."
                                                                if aside is not None else ""))
     tables.flush()
-    in_tables = {str(row["labels_file"]) for row in [*(row for row, _ in done.values()), *(row for row, _ in others),
-                                                     *new_rows]}
+    rows = [*(row for row, _ in done.values()), *new_rows]  # this run's, and those done before
+    in_tables = {str(row["labels_file"]) for row in [*rows, *(row for row, _ in others)]}
     if aside is not None and args.overwrite:
         _keep_outputs_of_failed(aside, replaced, planned_outputs(segmented, args.out), in_tables)
     elif aside is not None:  # --resume: the user asked to go on, not to replace; an output may be hand-corrected
         _keep_outputs(aside, in_tables, "the earlier outputs of the images segmented again (their file or the settings changed) "
                              "are kept in {aside} ({names}); delete it once you do not need them.")
-    total = sum(row["nuclei"] for row in [*(row for row, _ in done.values()), *new_rows])
+    total = sum(row["nuclei"] for row in rows)
     if done and not todo:
         print(f"Nothing left to segment: all {len(jobs)} images were done before ({total} nuclei). "
               f"Results in {args.out}")
@@ -484,18 +484,20 @@ def _remeasured(job: Job, before: Any, manifest: Any, args: argparse.Namespace) 
     return row, table
 
 
-def _as_corrected(row: dict, table: Any, args: argparse.Namespace) -> tuple[dict, Any]:
+def _as_corrected(row: dict, table: Any, manifest: Any, args: argparse.Namespace) -> tuple[dict, Any]:
     """The row and nuclei of an earlier image that --overwrite keeps: measured again when its labels were
     corrected by hand since (with the settings it was segmented with, and recorded so), as --resume does (QA: an
     --overwrite of another image copied its row, 35 nuclei, beside a label file holding 32)."""
     from ._manifest import Manifest
 
     labels_path = args.out / str(row["labels_file"])
-    found = None if labels_path.name.endswith(LARGE_LABELS_SUFFIX) else Manifest(args.out, {}).corrected(labels_path)
-    source = found[0].input.get("path") if found is not None and isinstance(found[0].input, dict) else None
-    if source is None:
+    found = None if labels_path.name.endswith(LARGE_LABELS_SUFFIX) else manifest.corrected(labels_path)
+    if found is None:
         return row, table
     before, settings = found
+    source = before.input.get("path") if isinstance(before.input, dict) else None
+    if source is None:
+        return row, table
     theirs = argparse.Namespace(**{**vars(args), "channel": settings.get("channel"), "volumes": settings.get("volumes")})
     return _remeasured(Job(Path(source), labels_path, None), before, Manifest(args.out, settings), theirs)
 
