@@ -162,6 +162,10 @@ def test_the_axis_to_link_is_a_named_z_axis_or_an_unnamed_stacks_only_axis_never
     assert find_volume_axis((3, 64, 64, 3), True, ("z", "y", "x")) == (0, True)
     assert find_volume_axis((3, 64, 64, 3), True, ("t", "y", "x")) == (None, False)
     assert find_volume_axis((3, 64, 64, 3), True, ("0", "1", "2"), {"axes": "ZYXS"}) == (0, True)
+    assert find_volume_axis((3, 64, 64, 3), True, ("z", "t", "y", "x")) == (None, False)  # the viewer's last 3
+    assert find_volume_axis((4, 3, 64, 64, 3), True, ("c", "z", "y", "x"), channel_axis=0) == (0, True)
+    assert find_volume_axis((3, 64, 64), False, ("0", "1", "2"), {"axes": "SYX"}) == (None, False)  # planar RGB
+    assert find_volume_axis((3, 64, 64), False, ("c", "y", "x")) == (None, False)  # channels as planes
 
 
 def test_the_cli_links_a_files_z_axis_unless_told_not_and_an_unnamed_stack_only_with_3d():

@@ -1470,6 +1470,25 @@ def test_an_axis_the_viewer_names_as_channels_starts_at_channel_0_and_z_stays_pl
     assert widget.count_label.text() == "5 nuclei in 'named nuclei', counted in 3-D (5 sections over its 2 planes)"
 
 
+def test_an_rgb_stack_whose_axis_the_viewer_names_c_offers_each_picture_as_a_channel(
+    viewer_and_widget, fake_network, notifications, qtbot
+):
+    """QA: the viewer labels an RGB layer's axes without its colours, and the Channel picker read those labels one
+    axis off: two RGB pictures on an axis named c were offered as red, green and blue of both at once."""
+    viewer, widget = viewer_and_widget
+    pictures = np.repeat(_dapi_and_marker()[..., None], 3, axis=-1)  # (2, Y, X, 3): DAPI's picture, the marker's
+    viewer.add_image(pictures, name="two pictures", rgb=True, axis_labels=("c", "y", "x"))
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("two pictures"))
+    items = [widget.channel_combo.itemText(i) for i in range(widget.channel_combo.count())]
+    assert items == ["channel 0", "channel 1", "all 2, as planes of a stack"]
+    click_segment(qtbot, widget)
+    assert shown_count(widget) == 3 and labels_layers(viewer)[-1].data.shape == pictures.shape[1:3]
+    widget.channel_combo.setCurrentIndex(1)
+    click_segment(qtbot, widget)
+    assert shown_count(widget) == 2  # the marker's picture alone
+    assert notifications.messages["error"] == []
+
+
 def test_the_nuclei_of_a_channel_after_the_first_axis_lie_on_the_image_and_follow_its_sliders(
     viewer_and_widget, fake_network, notifications, qtbot
 ):
@@ -1560,11 +1579,12 @@ def test_a_planar_rgb_tiff_is_segmented_as_planes_and_the_count_says_how_to_read
     assert shown_count(widget) == 9 and widget.count_label.text().endswith(
         "its file's tags say it is one RGB picture with its colours stored one after another: if it is, save it "
         "with its colours last, (H, W, 3), and open that to segment it in colour")
+    assert widget.volumes_check.isHidden()  # its colours are not planes of nuclei (QA: "3-D nuclei" was offered)
     tifffile.imwrite(path, np.stack([blobs((200,) * 3)] * 3), photometric="minisblack")  # a plain stack: as before
     (stack,) = viewer.open(str(path), plugin="napari")
     widget.image_combo.setCurrentIndex(widget.image_combo.findText(stack.name))
     click_segment(qtbot, widget)
-    assert "RGB picture" not in widget.count_label.text()
+    assert "RGB picture" not in widget.count_label.text() and not widget.volumes_check.isHidden()
 
 
 def test_a_time_series_hyperstack_offers_no_channels_and_its_table_names_its_time_axis(

@@ -58,8 +58,8 @@ def find_channel_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str
     if len(shape) <= plane_axes:
         return None
     candidates = range(len(shape) - plane_axes)  # the axes before the plane
-    labels = [str(label).strip().lower() for label in axis_labels][-len(shape):] if axis_labels else []
-    if len(labels) == len(shape):
+    labels = data_axis_labels(shape, rgb, axis_labels)
+    if labels:
         for axis in candidates:
             if labels[axis] in CHANNEL_LABELS:
                 return ChannelAxis(axis, shape[axis], named=True)
@@ -80,6 +80,15 @@ def find_channel_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str
         return None
     axis = short_unnamed_axis(shape, labels)
     return None if axis is None else ChannelAxis(axis, shape[axis], named=False)
+
+
+def data_axis_labels(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str] = ()) -> list[str]:
+    """The viewer's ``axis_labels`` of an image of ``shape`` (the last ones), lower case, one per axis of its
+    data; ``""`` for an RGB layer's colours, which the viewer does not count among its axes (QA: an RGB stack's
+    "z" and "c" were read one axis off). ``[]`` when there are too few."""
+    dims = len(shape) - bool(rgb)
+    labels = [str(label).strip().lower() for label in axis_labels][-dims:] if dims > 0 else []
+    return labels + [""] * bool(rgb) if len(labels) == dims else []
 
 
 def short_unnamed_axis(shape: Sequence[int], labels: Sequence[str] = ()) -> int | None:

@@ -16,15 +16,19 @@ from typing import Any
 
 import numpy as np
 
+from .channels import CHANNEL_LABELS, data_axis_labels
+
 #: Intersection over union two objects of neighbouring planes need to be one nucleus. Consecutive
 #: sections of a nucleus overlap far more (a sphere 10 planes across keeps IoU >= 0.6 between its
 #: middle planes); two nuclei side by side overlap far less. Cellpose's documentation suggests 0.1-0.5.
 LINK_IOU = 0.25
 
-#: Axis labels (the viewer's, or a reader's ``axes`` letters) that name a Z axis, and those of time: a
-#: Z axis is linked by default, time never.
+#: Axis labels (the viewer's, or a reader's ``axes`` letters) that name a Z axis, and those of time and of
+#: colours or channels (a TIFF's ``S``: an RGB picture stored one colour after another): a Z axis is linked by
+#: default, the others never.
 Z_LABELS = frozenset({"z", "depth", "slice", "slices"})
 TIME_LABELS = frozenset({"t", "time"})
+COLOUR_LABELS = CHANNEL_LABELS | {"s"}
 
 #: The columns of the table of 3-D nuclei, after any plane columns of unlinked axes (time).
 VOLUME_COLUMNS = ("label", "volume", "centroid_z", "centroid_y", "centroid_x", "first_plane", "last_plane",
@@ -40,20 +44,19 @@ def find_volume_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str]
     ``axis_labels`` are the labels of the image's axes (the viewer's), ``metadata`` the layer's (a
     reader's ``axes``, e.g. ``"ZYX"``); ``channel_axis``, the image's axis a channel is taken from (the
     labels lack it). An axis labelled Z is the answer; else the only leading axis of a stack, unless it
-    is time (unnamed: off by default, the user may tick it). ``(None, False)``: nothing to link (a single
+    is time, colours or channels (unnamed: off by default, the user may tick it). ``(None, False)``: nothing to link (a single
     plane, time, or several leading axes none of which is Z).
     """
     shape = tuple(shape)
     leading = [axis for axis in range(len(shape) - (3 if rgb else 2)) if axis != channel_axis]
-    dims = len(shape) - rgb  # the viewer labels the axes of an RGB layer without its colours (QA: RGB "z" unread)
-    labels = [str(label).strip().lower() for label in axis_labels][-dims:] if axis_labels else []
+    labels = data_axis_labels(shape, rgb, axis_labels)
     letters = str((metadata or {}).get("axes", "")).lower()  # (a reader's "ZYXS" names the colours)
-    names = [{labels[axis] if len(labels) == dims else "",
-              letters[axis] if len(letters) == len(shape) else ""} for axis in leading]
+    names = [{labels[axis] if labels else "", letters[axis] if len(letters) == len(shape) else ""}
+             for axis in leading]
     for position, named in enumerate(names):
         if named & Z_LABELS:
             return position, True
-    if len(leading) == 1 and not names[0] & TIME_LABELS:
+    if len(leading) == 1 and not names[0] & (TIME_LABELS | COLOUR_LABELS):  # (QA: a planar RGB's S offered)
         return 0, False
     return None, False
 
