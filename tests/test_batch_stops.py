@@ -172,6 +172,25 @@ def test_a_lock_left_by_a_killed_run_whose_process_id_is_taken_since_is_taken_ov
     assert "another nucleiseg run" in capsys.readouterr().err
 
 
+def test_a_lock_another_run_is_still_making_is_not_taken_over_but_an_old_empty_one_is(capsys, folder, tmp_path,
+                                                                                        tiny_weights):
+    """QA: a run that found the lock of a run starting that instant, made but not yet written, took it for a dead
+    run's lock, deleted it, and both wrote into the folder."""
+    from napari_nucleiseg.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".nucleiseg.lock"
+    lock.write_text("")  # made this instant, its process id not yet in it
+    command = ["segment", str(folder / "image00.png"), "--out", str(out), "--weights", str(tiny_weights["unet"])]
+    assert main(command) == 1
+    assert "another nucleiseg run is starting to write to" in capsys.readouterr().err
+    assert lock.exists() and not list(out.glob("*_labels.tif"))
+    os.utime(lock, (time.time() - 60, time.time() - 60))  # a minute old and still empty: a dead run's
+    assert main(command) == 0
+    assert not lock.exists() and len(list(out.glob("*_labels.tif"))) == 1
+
+
 def test_a_run_killed_outright_at_random_moments_leaves_only_whole_files(folder, tmp_path, tiny_weights):
     rng = random.Random(0)
     for attempt in range(3):

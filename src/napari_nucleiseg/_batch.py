@@ -29,6 +29,8 @@ from typing import Any
 #: The tables are rewritten at most this often while a run goes on (each rewrite writes them whole).
 TABLES_EVERY_S = 20.0
 LOCK_FILE = ".nucleiseg.lock"
+#: A lock that names no process is another run's being made while younger than this; older, a dead run's.
+FRESH_LOCK_SECONDS = 10.0
 
 
 class FolderBusy(Exception):
@@ -52,6 +54,11 @@ class OutputLock:
                     raise FolderBusy(f"another nucleiseg run (process {owner}) is writing to {self.path.parent}; "
                                      "wait for it to end, or choose another --out folder (if no run is writing "
                                      f"there, delete {self.path}).") from None
+                if owner is None and _age(self.path) < FRESH_LOCK_SECONDS:
+                    # (QA: a lock another run has made but not yet written its id into was taken over: both ran)
+                    raise FolderBusy(f"another nucleiseg run is starting to write to {self.path.parent}; wait for "
+                                     "it to end, or choose another --out folder (if no run is writing there, delete "
+                                     f"{self.path}).") from None
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()  # the lock of a run that died: take it over
                 continue
@@ -75,6 +82,17 @@ def _lock_owner(path: Path) -> tuple[int | None, str | None]:
         return int(words[0]), (words[1] if len(words) > 1 else None)
     except (OSError, ValueError, IndexError):
         return None, None
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last written: infinite when it is gone, 0 when it cannot be read (as if just
+    made)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+    except OSError:
+        return 0.0
 
 
 def _start_time(pid: int) -> str | None:
