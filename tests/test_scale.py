@@ -160,8 +160,18 @@ def test_a_gray_image_of_middling_contrast_is_smoothed_only_where_the_network_is
     assert low <= scale.contrast(noisy) < high and low <= scale.contrast(small.image) < high  # contrast cannot tell
     assert scale.noise_smoothing(noisy) == scale.noise_smoothing(small.image) == 0  # (without the network)
     assert scale.noise_smoothing(noisy, model) == 1.0 and scale.noise_smoothing(small.image, model) == 0
+    sweeps = []
+    sweep = scale.sweep
+    monkeypatch.setattr(scale, "sweep", lambda *args, **kwargs: sweeps.append(1) or sweep(*args, **kwargs))
     smoothed = segment(noisy, model=model)
     assert smoothed.noise_smoothing == 1.0
+    # the judgement's sweep of the image as read is the Auto diameter's: 2 sweeps, not 3 (the same estimate)
+    from scipy import ndimage as ndi
+
+    from napari_nucleiseg.pipeline import predict_at_diameter
+
+    assert len(sweeps) == 2
+    assert smoothed.diameter == predict_at_diameter(ndi.gaussian_filter(noisy.astype(np.float32), 1.0), model).diameter
     # A stack of such frames is judged once (its first plane in the band), and its planes read as judged.
     from napari_nucleiseg.pipeline import run_to_end, segment_planes
 

@@ -123,16 +123,17 @@ def filled_where_transparent(image: np.ndarray) -> np.ndarray:
     return filled
 
 
-def smoothed_if_noisy(image: np.ndarray, model: Any = None, judged: dict | None = None) -> tuple[np.ndarray, float]:
+def smoothed_if_noisy(image: np.ndarray, model: Any = None, judged: dict | None = None, *, swept: list | None = None,
+                      cancelled: Any = None) -> tuple[np.ndarray, float]:
     """``image`` smoothed by a Gaussian of :func:`~napari_nucleiseg.scale.noise_smoothing`'s sigma when it is a
     noisy gray image (as float32; an alpha channel kept as it is), else as it is; and that sigma (0: not).
     ``model``: the network's judgement where the image's contrast alone does not tell (``judged``: a stack's,
-    kept for its other planes)."""
+    kept for its other planes; ``swept``: where the sweep it made of the image as returned is kept)."""
     from scipy import ndimage as ndi
 
     from .scale import noise_smoothing
 
-    sigma = noise_smoothing(image, model, judged)
+    sigma = noise_smoothing(image, model, judged, swept=swept, cancelled=cancelled)
     if not sigma:
         return image, 0.0
     pixels = np.asarray(image, dtype=np.float32)

@@ -143,9 +143,13 @@ def segment_planes(
     if not leading:  # one image: its estimate is checked against all its nuclei
         from .inference import filled_where_transparent, smoothed_if_noisy
 
-        image, smoothing = smoothed_if_noisy(filled_where_transparent(np.asarray(data)), model)
-        prediction = predict_at_diameter(image, model, diameter, progress=on_progress,
-                                         cancelled=cancelled, predict=predict, augment=augment)
+        swept: list = []  # the network's sweep of the image as read, when it judged its noise (not made twice)
+        image, smoothing = smoothed_if_noisy(filled_where_transparent(np.asarray(data)), model, swept=swept,
+                                             cancelled=cancelled)
+        if cancelled is not None and cancelled():
+            raise Cancelled("Segmentation cancelled.")
+        prediction = predict_at_diameter(image, model, diameter, progress=on_progress, cancelled=cancelled,
+                                         predict=predict, augment=augment, rungs=swept or None)
         del image
         used, estimated, scale = prediction.diameter, prediction.estimated, prediction.scale
         probabilities = CompactProbabilities.from_float(prediction.probabilities) if compact \

@@ -359,11 +359,14 @@ def smoothing_note(sigma: float) -> str | None:
             "found; the table's intensities are its own.")
 
 
-def noise_smoothing(image: np.ndarray, model=None, judged: dict | None = None) -> float:
+def noise_smoothing(image: np.ndarray, model=None, judged: dict | None = None, *, swept: list | None = None,
+                    cancelled=None) -> float:
     """The sigma (in pixels) of the Gaussian that ``image`` (2-D gray, or RGB / RGBA whose colours are equal) is
     smoothed by before it is read (:data:`NOISE_SMOOTHING`; with ``model``, in :data:`NOISE_CHECK_BAND` as its
     network is surer of); 0 for a clean image, a colour one, or an :func:`empty_field` (smoothed noise would pass
-    for structure). ``judged``: where the network's judgement of one plane of a stack is kept for the others."""
+    for structure). ``judged``: where the network's judgement of one plane of a stack is kept for the others.
+    ``swept``: filled, when the network judged a 2-D ``image``, with the :func:`sweep` of the image as it is to be
+    read (as it is, or smoothed), so that its Auto diameter need not sweep it again; ``cancelled``: polled."""
     if np.ndim(image) == 3 and not _equal_colours(image):
         return 0.0
     extremes = _extremes(image)
@@ -378,21 +381,25 @@ def noise_smoothing(image: np.ndarray, model=None, judged: dict | None = None) -
         return 0.0
     if judged is not None and "sigma" in judged:
         return judged["sigma"]
-    sigma = NOISE_CHECK_SIGMA if _surer_smoothed(image, model) else 0.0
+    sigma = NOISE_CHECK_SIGMA if _surer_smoothed(image, model, swept, cancelled) else 0.0
     if judged is not None:
         judged["sigma"] = sigma
     return sigma
 
 
-def _surer_smoothed(image: np.ndarray, model) -> bool:
-    """Whether ``model``'s network is surer of the nuclei of ``image`` smoothed by :data:`NOISE_CHECK_SIGMA`."""
+def _surer_smoothed(image: np.ndarray, model, swept: list | None = None, cancelled=None) -> bool:
+    """Whether ``model``'s network is surer of the nuclei of ``image`` smoothed by :data:`NOISE_CHECK_SIGMA`
+    (``swept``: see :func:`noise_smoothing`)."""
     from scipy import ndimage as ndi
 
     gray = np.asarray(image, dtype=np.float32)
     gray = gray[..., 0] if gray.ndim == 3 else gray  # (colours equal: one of them)
-    as_is = sweep_confidence(sweep(gray, model))
-    smoothed = sweep_confidence(sweep(ndi.gaussian_filter(gray, NOISE_CHECK_SIGMA), model))
-    return smoothed >= as_is + NOISE_CHECK_MARGIN
+    as_is = sweep(gray, model, cancelled=cancelled)
+    smoothed = sweep(ndi.gaussian_filter(gray, NOISE_CHECK_SIGMA), model, cancelled=cancelled)
+    surer = sweep_confidence(smoothed) >= sweep_confidence(as_is) + NOISE_CHECK_MARGIN
+    if swept is not None and np.ndim(image) == 2:  # (the estimate sweeps a picture in colour: not this sweep)
+        swept[:] = smoothed if surer else as_is  # (a sweep reads the pixels' values, not their type)
+    return surer
 
 
 def _equal_colours(image: np.ndarray) -> bool:
