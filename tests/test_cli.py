@@ -197,6 +197,7 @@ def test_what_a_folder_holds_besides_images_is_named_not_passed_over(capsys, tmp
     """QA: a subfolder of images and files that are not images were ignored without a word."""
     images = tmp_path / "images"
     (images / "day 2").mkdir(parents=True)
+    (images / "scans.tif").mkdir()  # a folder named as an image (QA: passed over without a word)
     iio.imwrite(images / "a.png", blob_image())
     iio.imwrite(images / "day 2" / "b.png", blob_image())
     (images / "notes.txt").write_text("plate 3")  # notes and metadata beside images are not worth a word
@@ -207,7 +208,7 @@ def test_what_a_folder_holds_besides_images_is_named_not_passed_over(capsys, tmp
     status, _, stderr = run(capsys, images, "--out", tmp_path / "out", "--weights", tiny_weights["unet"])
     assert status == 0  # what there is to segment is segmented
     assert (f"left out of {images}: 1 image (c.czi; not png, tif, tiff, jpg or jpeg: save such images as TIFF); "
-            "1 subfolder (day 2; not searched: give a subfolder as an input)") in stderr
+            "2 subfolders (day 2, scans.tif; not searched: give a subfolder as an input)") in stderr
     assert "notes.txt" not in stderr and ".DS_Store" not in stderr
     assert len(pd.read_csv(tmp_path / "out" / "counts.csv")) == 1
 

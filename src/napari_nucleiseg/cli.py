@@ -738,7 +738,7 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str], int]:
                 problems.append(f"cannot read folder {path}: {error.strerror or error}")
                 missed += 1
                 continue
-            candidates = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+            candidates = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()]
             broken = [f"skipped {p}: a link to a file that does not exist" for p in candidates
                       if p.is_symlink() and not p.exists()]
             problems += broken
