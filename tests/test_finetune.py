@@ -191,6 +191,7 @@ def bad(tmp_path, **overrides) -> dict:
     ({"minutes": 0}, "The time budget must be a positive number of minutes"),
     ({"diameter": float("nan")}, "The nucleus diameter must be a positive number of pixels"),
     ({"name": "../x"}, "cannot be a model's name"),
+    ({"name": "cells\nv2"}, "cannot be a model's name"),
     ({"images": [np.stack([field(8)[0]] * 5)]},
      "The image is a stack of 5 planes (5, 160, 160) but its labels are one plane (160, 160)"),
     ({"labels": [np.where(field(8)[1] == 3, -1, field(8)[1])]}, "The labels of the image hold negative numbers"),
@@ -202,7 +203,8 @@ def bad(tmp_path, **overrides) -> dict:
     ({"name": "\u6838" * 80, "out": None}, "A model's name of 240 bytes (its letters beyond ASCII take 2-4 each)"),
     ({"out": "broken-link/new.safetensors"}, "Could not write broken-link/new.safetensors"),
 ], ids=["no-nucleus-in-regions", "no-nucleus", "shapes-differ", "float-labels", "bool-labels", "rgb-labels",
-        "counts-differ", "region-outside", "no-minutes", "nan-diameter", "bad-name", "stack-with-one-plane",
+        "counts-differ", "region-outside", "no-minutes", "nan-diameter", "bad-name", "a-newline-in-a-name",
+        "stack-with-one-plane",
         "negative-labels", "a-mask", "nothing-checked", "a-bundled-name", "a-long-name", "long-in-bytes",
         "folder-a-broken-link"])
 def test_each_bad_input_gets_its_sentence_and_nothing_is_written(tiny_weights, tmp_path, monkeypatch, overrides,
@@ -360,6 +362,11 @@ def test_cli_without_out_saves_in_the_model_folder_where_the_widget_lists_it(tin
     dated = [name for name in names if "-finetuned-" in name]
     first = min(dated, key=len)
     assert sorted(dated) == sorted([first, first.replace(".safetensors", "-2.safetensors")])
+    # from a model named so, its suffix is not doubled (QA: "x-finetuned-DATE-finetuned-DATE")
+    from_dated = argv[: argv.index("--from") + 1] + [first.removesuffix(".safetensors")] + argv[argv.index("--from") + 2:]
+    assert main(from_dated[: from_dated.index("--name")] + from_dated[from_dated.index("--name") + 2:]) == 0
+    assert (tmp_path / "models" / first.replace(".safetensors", "-3.safetensors")).is_file()
+    assert not [path for path in list_user_models() if path.name.count("-finetuned-") > 1]
 
 
 def test_a_model_of_the_users_is_found_by_its_name_everywhere(tiny_weights, tmp_path, monkeypatch, capsys):
@@ -372,6 +379,9 @@ def test_a_model_of_the_users_is_found_by_its_name_everywhere(tiny_weights, tmp_
     image, truth = field(14)
     saved = finetune([image], [truth], tiny_weights["unet"], name="region1", minutes=1, max_steps=1)
     assert load_model("region1").path == saved and segment(image, model=" region1 ").count >= 0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "region1").mkdir()  # a folder of that name where one works (QA: "region1 is a folder")
+    assert load_model("region1").path == saved
     iio.imwrite(tmp_path / "cells.png", image)
     tifffile.imwrite(tmp_path / "cells_labels.tif", truth.astype(np.uint16))
     assert main(["segment", str(tmp_path / "cells.png"), "--model", "region1", "--out", str(tmp_path / "res")]) == 0

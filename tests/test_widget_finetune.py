@@ -327,7 +327,7 @@ def test_a_users_model_is_renamed_and_deleted_from_the_picker(
     combo.setCurrentIndex(combo.findText("mine"))
     assert menu.isEnabled()
 
-    menu.ask_name = lambda current: "better"
+    menu.ask_name = lambda current: "better.safetensors"  # (QA: became better.safetensors.safetensors)
     menu.rename_action.trigger()
     assert saved_files(models_dir) == ["better.safetensors"]
     assert read_metadata(models_dir / "better.safetensors")["name"] == "better"  # the name its layers get
@@ -338,6 +338,11 @@ def test_a_users_model_is_renamed_and_deleted_from_the_picker(
     menu.ask_name = lambda current: "taken"
     menu.rename_action.trigger()
     assert notifications.messages["error"][-1] == "There is a model called 'taken' already; choose another name."
+    menu.ask_name = lambda current: "two\nlines"  # (QA: a newline went into the file's name)
+    menu.rename_action.trigger()
+    assert notifications.messages["error"][-1] == ("'two\\nlines' cannot be a model's name: use letters, digits, "
+                                                   "spaces, '-' or '_'.")
+    assert saved_files(models_dir) == ["better.safetensors", "taken.safetensors"]
 
     asked = []
     menu.confirm = lambda question: asked.append(question) or False

@@ -11,10 +11,8 @@ Model picker, and *Segment with it* segments the image again with it, into a lay
 from __future__ import annotations
 
 import contextlib
-import datetime
 import gc
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +47,7 @@ from ._run import Failure
 from .channels import reads_colour, take_channel
 from .errors import Cancelled, FineTuneError, WeightsError
 from .learn import DEFAULT_MINUTES
-from .user_models import list_user_models, name_problem, typed_model_name, user_model_path
+from .user_models import finetuned_name, list_user_models, name_problem, typed_model_name, user_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +55,6 @@ logger = logging.getLogger(__name__)
 PROGRESS_STEPS = 1000
 #: The shortest and longest time budgets offered (minutes).
 MINUTES_RANGE = (0.05, 120.0)
-#: A default name's date suffix ("-finetuned-20261204", "-finetuned-20261204-2"), taken off a base's name.
-FINETUNED_SUFFIX = re.compile(r"-finetuned-\d{8}(-\d+)?$")
 
 #: A Labels layer edited by hand is ticked this long after the edit (not at every stroke of the brush).
 EDIT_CHECK_MS = 300
@@ -625,7 +621,7 @@ def _lay_out(panel: FineTunePanel) -> None:
 def default_name(base: str) -> str:
     """A new model's name: "<base>-finetuned-<date>" (its own such suffix taken off a base made so), with
     a number added when the user has a model of that name already."""
-    stem = f"{FINETUNED_SUFFIX.sub('', base)}-finetuned-{datetime.date.today():%Y%m%d}"
+    stem = finetuned_name(base)
     taken = {path.stem for path in list_user_models()}
     number, name = 1, stem
     while name in taken:

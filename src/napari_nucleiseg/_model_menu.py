@@ -11,7 +11,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QInputDialog, QMenu, QMessageBox, QToolButton, QWidget
 
 from ._controls import ModelPicker
-from .user_models import delete_user_model, rename_user_model
+from .user_models import delete_user_model, rename_user_model, typed_model_name
 
 
 def confirm(parent: QWidget | None, title: str, question: str) -> bool:
@@ -66,7 +66,7 @@ class UserModelMenu(QToolButton):
         if path is None:
             return False
         name = self.ask_name(path.stem) if name is None else name
-        if name is None or name.strip() == path.stem:
+        if name is None or typed_model_name(name) == path.stem:
             return False
         try:
             new = rename_user_model(path, name)

@@ -375,7 +375,7 @@ def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
         path = bundled_weights_path(bundled)
     else:
         path = Path(model).expanduser()
-        if not path.exists() and isinstance(model, str):
+        if not path.is_file() and isinstance(model, str):  # (QA: not hidden by a folder of its name where one runs)
             path = _users_model(model) or path  # a model fine-tuned in the widget, by the name it lists
         if not path.exists() and isinstance(model, str) and path.suffix == "" and len(path.parts) == 1:
             # A bare word that is no file: most likely a mistyped model name.

@@ -7,8 +7,10 @@ environment variable :data:`MODELS_DIR_VARIABLE` (for a lab's shared folder, and
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 from pathlib import Path
 
 from ._batch import write_atomically
@@ -16,6 +18,8 @@ from .weights import WEIGHTS_SUFFIX
 
 #: Environment variable naming another folder for the user's models.
 MODELS_DIR_VARIABLE = "NUCLEISEG_MODELS_DIR"
+#: A default name's date suffix ("-finetuned-20261204", "-finetuned-20261204-2"), taken off a base's name.
+FINETUNED_SUFFIX = re.compile(r"-finetuned-\d{8}(-\d+)?$")
 
 
 def user_models_dir() -> Path:
@@ -31,6 +35,12 @@ def user_models_dir() -> Path:
 def user_model_path(name: str) -> Path:
     """Where the model called ``name`` is saved: ``<user_models_dir>/<name>.safetensors``."""
     return user_models_dir() / f"{name}{WEIGHTS_SUFFIX}"
+
+
+def finetuned_name(base: str) -> str:
+    """The name of a model fine-tuned from the model called ``base`` today, before any number that makes it free:
+    "<base>-finetuned-<date>", with such a suffix of the base's own taken off (not doubled)."""
+    return f"{FINETUNED_SUFFIX.sub('', base)}-finetuned-{datetime.date.today():%Y%m%d}"
 
 
 def typed_model_name(name: str) -> str:
@@ -67,7 +77,8 @@ def name_problem(name: str, *, outside_folder: bool = False, typed: bool = False
     a new model is kept to :data:`MAX_NAME_LENGTH` characters (a model named so already is found as before)."""
     from .weights import MODEL_TITLES, bundled_model_name
 
-    if not name.strip() or any(char in name for char in '/\\:*?"<>|') or name.startswith("."):
+    if (not name.strip() or any(char in name for char in '/\\:*?"<>|') or name.startswith(".")
+            or not name.isprintable()):  # (QA: a newline or tab in a file's name)
         return f"{name!r} cannot be a model's name: use letters, digits, spaces, '-' or '_'."
     if typed and len(name) > MAX_NAME_LENGTH:
         return f"A model's name of {len(name)} characters is too long; keep it to {MAX_NAME_LENGTH} or fewer."
@@ -92,7 +103,7 @@ def rename_user_model(path: str | os.PathLike, name: str) -> Path:
     """
     from .weights import METADATA_KEY, read_metadata
 
-    path, name = Path(path), name.strip()
+    path, name = Path(path), typed_model_name(name)  # (QA: "x.safetensors" made x.safetensors.safetensors)
     problem = _not_users(path) or name_problem(name, typed=True)
     if problem:
         raise ValueError(problem)

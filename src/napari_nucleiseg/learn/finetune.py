@@ -32,7 +32,7 @@ from ..memory import free_memory
 from ..pipeline import MIN_STACK_PLANE_SIDE
 from ..preprocess import as_rgb
 from ..scale import median_diameter
-from ..user_models import is_user_model, name_problem, typed_model_name, user_model_path
+from ..user_models import finetuned_name, is_user_model, name_problem, typed_model_name, user_model_path
 from ..weights import NucleiModel, fine_tune_generations, save_weights, weights_dir
 from . import DEFAULT_MINUTES
 from .augment import CropDataset
@@ -227,7 +227,7 @@ def new_model_name(name: str | None, base: NucleiModel, out: str | os.PathLike |
     name not taken (``-2``, ``-3``, ...), as the widget names it (review: a second run of a day was refused)."""
     if name is not None and name.strip():
         return typed_model_name(name)
-    name = f"{base.name}-finetuned-{datetime.date.today():%Y%m%d}"
+    name = finetuned_name(base.name)  # (QA: from x-finetuned-DATE, x-finetuned-DATE-finetuned-DATE)
     if out is not None:
         return name
     path = user_model_path(name)
