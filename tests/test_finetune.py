@@ -178,6 +178,19 @@ def bad(tmp_path, **overrides) -> dict:
     return call
 
 
+def test_a_crop_is_never_zoomed_more_than_segment_resizes_an_image():
+    """QA: a diameter of 0.001 px enlarged 0.01 px of an image to a 192 px crop; segment resizes by 8x at most."""
+    from napari_nucleiseg.learn.augment import Augmenter
+    from napari_nucleiseg.scale import MAX_SCALE
+
+    augmenter = Augmenter(64, np.random.default_rng(0), diameter=18.0)
+    low, high = augmenter.SCALE_JITTER
+    for tiny, huge in [(0.001, 1e6), (18 / 20, 18 * 20)]:
+        assert MAX_SCALE * low <= augmenter.scale_for(tiny) <= MAX_SCALE * high
+        assert low / MAX_SCALE <= augmenter.scale_for(huge) <= high / MAX_SCALE
+    assert low <= augmenter.scale_for(18.0) <= high  # (within the range: as before)
+
+
 @pytest.mark.parametrize("overrides, sentence", [
     ({"regions": [[(100, 160, 130, 160)]], "labels": [np.where(np.indices((160, 160))[0] < 100, field(8)[1], 0)]},
      "There is no labelled nucleus in the checked regions of any image"),
@@ -192,6 +205,7 @@ def bad(tmp_path, **overrides) -> dict:
     ({"diameter": float("nan")}, "The nucleus diameter must be a positive number of pixels"),
     ({"name": "../x"}, "cannot be a model's name"),
     ({"name": "cells\nv2"}, "cannot be a model's name"),
+    ({"diameter": 1e9}, "A nucleus diameter of 1e+09 pixels is larger than the image (160 x 160 pixels)."),
     ({"images": [np.stack([field(8)[0]] * 5)]},
      "The image is a stack of 5 planes (5, 160, 160) but its labels are one plane (160, 160)"),
     ({"labels": [np.where(field(8)[1] == 3, -1, field(8)[1])]}, "The labels of the image hold negative numbers"),
@@ -203,7 +217,7 @@ def bad(tmp_path, **overrides) -> dict:
     ({"name": "\u6838" * 80, "out": None}, "A model's name of 240 bytes (its letters beyond ASCII take 2-4 each)"),
     ({"out": "broken-link/new.safetensors"}, "Could not write broken-link/new.safetensors"),
 ], ids=["no-nucleus-in-regions", "no-nucleus", "shapes-differ", "float-labels", "bool-labels", "rgb-labels",
-        "counts-differ", "region-outside", "no-minutes", "nan-diameter", "bad-name", "a-newline-in-a-name",
+        "counts-differ", "region-outside", "no-minutes", "nan-diameter", "bad-name", "a-newline-in-a-name", "diameter-past-the-image",
         "stack-with-one-plane",
         "negative-labels", "a-mask", "nothing-checked", "a-bundled-name", "a-long-name", "long-in-bytes",
         "folder-a-broken-link"])
@@ -427,6 +441,23 @@ def test_cli_bad_input_is_one_sentence_and_writes_nothing(tiny_weights, tmp_path
     err = capsys.readouterr().err.strip()
     assert sentence in err and len(err.splitlines()) == 1, err
     assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+def test_cli_refuses_an_image_given_as_its_own_labels(tiny_weights, tmp_path, monkeypatch, capsys):
+    """QA: a background-subtracted gray image (0 around its nuclei) given as its own labels trained a model of
+    154 'nuclei', one per gray level."""
+    monkeypatch.chdir(tmp_path)
+    image, _ = field(12)
+    dark = np.where(image > 60, image, 0).astype(np.uint8)  # background subtracted: 0 around the nuclei
+    iio.imwrite("dark.png", dark)
+    iio.imwrite("copy.png", dark)
+    for labels in ("dark.png", "./dark.png", "copy.png"):
+        assert main(["finetune", "dark.png", "--labels", labels, "--from", str(tiny_weights["unet"]),
+                     "--out", "new.safetensors", "--minutes", "0.05"]) == 1
+        assert capsys.readouterr().err.strip() == (
+            f"nucleiseg: {Path(labels)} is the image itself, not its labels; give the label file that corrects it (one "
+            "whole number per nucleus, 0 for background, e.g. the _labels.tif of nucleiseg segment).")
+    assert not Path("new.safetensors").exists()
 
 
 def test_importing_the_package_and_its_cli_imports_no_torch():

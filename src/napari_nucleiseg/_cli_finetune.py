@@ -11,6 +11,7 @@ Then ``nucleiseg segment images/ --weights my-cells.safetensors --out results/``
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import sys
@@ -116,6 +117,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         if label.rgb:
             raise CommandError(f"{labels_path} is a colour picture, not labels (one whole number per nucleus, "
                                "0 for background, e.g. the _labels.tif of nucleiseg segment).")
+        if _same_file(image_path, labels_path) or np.array_equal(label.data, images[-1]):
+            raise CommandError(f"{labels_path} is the image itself, not its labels; give the label file that "
+                               "corrects it (one whole number per nucleus, 0 for background, e.g. the _labels.tif "
+                               "of nucleiseg segment).")  # (QA: a background-subtracted image trained on as labels)
         if np.size(label.data) and np.min(label.data) > 0:
             raise CommandError(f"{labels_path} has no background (no pixel is 0): it looks like an image, not labels "
                                "(one whole number per nucleus, 0 for background, e.g. the _labels.tif of nucleiseg "
@@ -187,3 +192,11 @@ def _positive(text: str) -> float:
 
 def _minutes(text: str) -> float:
     return _positive(text)
+
+
+def _same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    """Whether two paths are one file (also through a link, or written two ways)."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False

@@ -16,7 +16,7 @@ from skimage.segmentation import find_boundaries
 from torch.utils.data import Dataset
 
 from ..preprocess import normalize_image
-from ..scale import median_diameter, rescale_image
+from ..scale import MAX_SCALE, median_diameter, rescale_image
 
 
 def make_targets(labels: np.ndarray) -> np.ndarray:
@@ -98,7 +98,8 @@ class Augmenter:
         if self.diameter is None or not image_diameter:
             return float(np.exp(self.rng.uniform(np.log(0.6), np.log(1.6))))
         low, high = self.SCALE_JITTER
-        return self.diameter / image_diameter * float(np.exp(self.rng.uniform(np.log(low), np.log(high))))
+        toward = min(max(self.diameter / image_diameter, 1 / MAX_SCALE), MAX_SCALE)  # (as segment resizes at most)
+        return toward * float(np.exp(self.rng.uniform(np.log(low), np.log(high))))
 
     def warp_crop(self, image: np.ndarray, labels: np.ndarray,
                   scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:

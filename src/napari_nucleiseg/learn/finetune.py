@@ -384,6 +384,9 @@ def _add_plane(examples: Examples, which: str, image: np.ndarray, label: np.ndar
         raise FineTuneError(f"{which.capitalize()} is {rgb.shape[0]} x {rgb.shape[1]} pixels but its labels are "
                             f"{label.shape[0]} x {label.shape[1]}; the labels must be of the image they correct.")
     height, width = label.shape
+    if diameter is not None and diameter > max(height, width):  # (QA: 1e9 px trained on without a word)
+        raise FineTuneError(f"A nucleus diameter of {diameter:g} pixels is larger than {which} ({height} x {width} "
+                            "pixels).")
     # (an empty list is nothing checked; QA: it trained the whole image, with Exclude border's band left out)
     boxes = [(0, height, 0, width)] if rects is None else [_check_region(which, rect, label.shape) for rect in rects]
     read = _brown_as_hematoxylin(rgb) if brown else rgb
