@@ -249,6 +249,25 @@ def test_bad_input_gets_one_sentence_and_writes_nothing(viewer_and_widget, model
     assert panel.status_label.text() == errors[-1]
 
 
+def test_a_base_model_deleted_since_is_taken_out_of_the_model_list(viewer_and_widget, models_dir, notifications,
+                                                                   tiny_weights, qtbot):
+    """QA: fine-tuning from a model of the user's whose file was deleted said 'no such file' but left it listed and
+    chosen, where Segment takes it out of the list and says so."""
+    viewer, widget = viewer_and_widget
+    corrected_result(viewer, widget, qtbot)
+    models_dir.mkdir()
+    shutil.copy(tiny_weights["unet"], models_dir / "base A.safetensors")
+    combo = widget.model_combo
+    assert widget.set_weights_file(models_dir / "base A.safetensors") and combo.currentText() == "base A"
+    (models_dir / "base A.safetensors").unlink()
+    fine_tune(qtbot, widget, "new")
+    message = notifications.messages["error"][-1]
+    assert "no such file" in message and message.endswith(
+        "; it is taken out of the Model list, and tiny-unet.safetensors is chosen again.")
+    assert "base A" not in items(combo) and combo.currentText() == "tiny-unet.safetensors"
+    assert saved_files(models_dir) == []
+
+
 def test_rectangles_pass_their_boxes_in_the_images_pixels(viewer_and_widget, monkeypatch, qtbot):
     """The checked regions are the shapes' bounding boxes in the image's pixels, cut to it."""
     from napari_nucleiseg import _finetune_panel

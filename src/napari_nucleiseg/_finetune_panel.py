@@ -99,8 +99,10 @@ def finetune_in_worker(images: list[np.ndarray], labels: list[np.ndarray], base:
                         brown_nuclei=brown_nuclei, progress=on_progress, cancelled=cancelled, log=notes.append)
     except Cancelled:
         return Failure("Fine-tuning cancelled; no model was saved.", cancelled=True)
-    except (FineTuneError, WeightsError) as error:
+    except FineTuneError as error:
         return Failure(str(error))
+    except WeightsError as error:  # the base's file: gone or broken (taken out of the Model list, as Segment does)
+        return Failure(str(error), weights=Path(base))
     except MemoryError:
         return Failure("Not enough memory to fine-tune on these images; mark smaller regions you checked, or use "
                        "fewer images.")
@@ -559,7 +561,8 @@ class FineTunePanel(QCollapsible):
 
     def _on_returned(self, outcome: Tuned | Failure) -> None:
         if isinstance(outcome, Failure):
-            self._say(outcome.message, self._info if outcome.cancelled else self._error)
+            message = self.picker.refuse(outcome.message, outcome.weights)  # (QA: a deleted base stayed chosen)
+            self._say(message, self._info if outcome.cancelled else self._error)
             return
         self.last_model, self._name_typed = outcome.path, False
         self.picker.set_weights_file(outcome.path)  # listed, and chosen
