@@ -412,6 +412,37 @@ def test_every_control_of_the_section_says_what_it_does(viewer_and_widget):
     assert widget.model_menu.toolTip().startswith("Rename or delete the model chosen")
 
 
+QUIT_WHILE_IMPORTING = """
+import time
+
+import napari
+from qtpy.QtWidgets import QApplication
+
+from napari_nucleiseg import _finetune_panel
+
+_finetune_panel.import_training = lambda: time.sleep(2)  # the section's import of training, still running at quit
+viewer = napari.Viewer(show=False)
+_, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei segmentation")
+widget.finetune_panel.expand(animate=False)
+for _ in range(10):
+    QApplication.processEvents()
+    time.sleep(0.02)
+viewer.close()
+"""
+
+
+def test_quitting_napari_while_the_section_imports_training_exits_cleanly(tmp_path):
+    """QA: quitting right after opening Fine-tune ended the process with 'Aborted' (exit status 134): the import
+    ran in a Qt worker whose signals were deleted before it finished."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "quit.py"
+    script.write_text(QUIT_WHILE_IMPORTING)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("closed", ["widget", "window"])
 def test_closing_the_widget_or_the_window_mid_training_stops_it_and_saves_nothing(viewer_and_widget, models_dir,
                                                                                    qtbot, closed):

@@ -112,6 +112,14 @@ def finetune_in_worker(images: list[np.ndarray], labels: list[np.ndarray], base:
     return Tuned(path, notes)
 
 
+def _import_quietly() -> None:
+    """:func:`import_training`; a failure is logged only (training imports again, and says what fails)."""
+    try:
+        import_training()
+    except Exception:
+        logger.debug("The training code could not be imported ahead", exc_info=True)
+
+
 def import_training() -> None:
     """Import the training code. Torch's optimisers import ``torch._dynamo`` when the first one is made
     (2 s on a laptop CPU, 822 modules), and part of that import holds the interpreter, so the main
@@ -403,7 +411,9 @@ class FineTunePanel(QCollapsible):
         chooses the layers: it takes seconds, and part of it holds the main thread (see :func:`import_training`)."""
         if not self._warmed:
             self._warmed = True
-            thread_worker(import_training, start_thread=True, ignore_errors=True)()
+            # A Python thread, not a Qt worker: one still importing when napari is quit ended the process with
+            # "Aborted" (its Qt signals were deleted before it finished; QA). Python waits for it at exit.
+            threading.Thread(target=_import_quietly, name="nucleiseg-import-training").start()
 
     # ---- inputs ---------------------------------------------------------------------------
 
