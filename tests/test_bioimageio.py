@@ -131,6 +131,20 @@ def test_a_fine_tuned_file_exports(tmp_path, offline):
     assert modes and all(mode == 0o644 for mode in modes.values()), modes
 
 
+def test_the_readme_of_a_model_run_with_brown_nuclei_says_how_to_convert_its_images():
+    """QA: a model fine-tuned with --brown-nuclei exported without a word of it, so a consumer fed it raw IHC."""
+    import dataclasses
+
+    from napari_nucleiseg._bioimageio_readme import readme
+    from napari_nucleiseg.api import load_model
+
+    model = load_model("unet")
+    brown = dataclasses.replace(model, metadata=model.metadata | {"brown_nuclei": True})
+    assert "Brown nuclei" not in readme(model, "CC-BY-NC-SA-4.0")
+    assert "- **Brown nuclei.** This model was fine-tuned on immunohistochemistry images" in readme(
+        brown, "CC-BY-NC-SA-4.0")
+
+
 @pytest.mark.parametrize(("model", "out", "extra", "sentence"), [
     ("cellpose", "new.zip", [], "unknown model 'cellpose'; give one of unet, unetpp, hrnet, the name of one of your "
                                 "models or a weights file."),

@@ -62,6 +62,14 @@ def readme(model: NucleiModel, spdx: str) -> str:
             "estimated from the image) and resizes the probabilities back. Resize your image by "
             f"{model.diameter:g} / (its nuclei's diameter in pixels) before running the package, and the output "
             "back after; images whose nuclei are far from that size give poor results.")
+    if model.metadata.get("brown_nuclei") is True:  # (QA: a consumer fed it raw IHC, unconverted)
+        lines.append(
+            "- **Brown nuclei.** This model was fine-tuned on immunohistochemistry images whose brown (DAB) "
+            "napari-nucleiseg read as hematoxylin (its *Brown nuclei* option, `--brown-nuclei`), and it is run "
+            "so: before the network, in each pixel whose optical density in blue exceeds that in green (DAB's "
+            "mark), the DAB is replaced by as much hematoxylin (Ruifrok & Johnston's stain vectors; "
+            "`napari_nucleiseg.stains.brown_as_hematoxylin`). The package takes the picture as it is: convert it "
+            "so first, or the brown nuclei are missed.")
     lines += [
         f"- **Large images.** napari-nucleiseg estimates the percentiles of an image of more than "
         f"{PERCENTILE_SAMPLE_PIXELS:,} pixels on a regular grid of at most that many; the package takes all "
