@@ -334,7 +334,7 @@ def test_a_base_file_that_is_not_ours_is_named(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["other.safetensors"]
 
 
-def test_cli_fine_tunes_on_files_and_the_result_segments(tiny_weights, tmp_path):
+def test_cli_fine_tunes_on_files_and_the_result_segments(tiny_weights, tmp_path, capsys):
     image, truth = field(11)
     iio.imwrite(tmp_path / "cells.png", image)
     tifffile.imwrite(tmp_path / "cells_labels.tif", truth.astype(np.uint16))
@@ -344,6 +344,7 @@ def test_cli_fine_tunes_on_files_and_the_result_segments(tiny_weights, tmp_path)
     assert main(argv) == 0
     record = read_metadata(out)["fine_tuned"]
     assert record["images"][0]["region"] == [0, 100, 0, 160] and record["steps"] >= 1
+    assert re.search(r"^Fine-tuned for \d+ s \(\d+ steps?\)", capsys.readouterr().out, re.M)  # (QA: "0.0 min")
     assert main(["segment", str(tmp_path / "cells.png"), "--weights", str(out), "--out", str(tmp_path / "res")]) == 0
 
 

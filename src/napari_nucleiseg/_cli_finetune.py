@@ -78,7 +78,7 @@ def add_parser(commands: Any) -> None:
 def run_finetune(args: argparse.Namespace) -> int:
     """The ``finetune`` command: read, check, train, write."""
     from ._batch import stops_as_interrupts
-    from .cli import CommandError, Interrupted, UnreadableImage, read_image
+    from .cli import CommandError, Interrupted, UnreadableImage, _duration, read_image
     from .errors import Cancelled, FineTuneError, WeightsError
 
     if len(args.labels) != len(args.images):
@@ -148,7 +148,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise Interrupted("nothing was written", signum=signum) from None
     brown = " --brown-nuclei" if args.brown_nuclei else ""
     steps = reporter.last.steps
-    print(f"Fine-tuned for {reporter.last.elapsed / 60:.1f} min ({steps} step{'' if steps == 1 else 's'}): {path}. "
+    print(f"Fine-tuned for {_duration(reporter.last.elapsed)} ({steps} step{'' if steps == 1 else 's'}): {path}. "
           f"Segment with it: nucleiseg segment IMAGES --weights {shlex.quote(str(path))}{brown} --out DIR")
     return 0
 
