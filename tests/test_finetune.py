@@ -397,9 +397,12 @@ def test_a_model_of_the_users_is_found_by_its_name_everywhere(tiny_weights, tmp_
     monkeypatch.chdir(tmp_path)
     (tmp_path / "region1").mkdir()  # a folder of that name where one works (QA: "region1 is a folder")
     assert load_model("region1").path == saved
+    assert load_model("region1.safetensors").path == saved  # as typed for finetune --name
     iio.imwrite(tmp_path / "cells.png", image)
     tifffile.imwrite(tmp_path / "cells_labels.tif", truth.astype(np.uint16))
     assert main(["segment", str(tmp_path / "cells.png"), "--model", "region1", "--out", str(tmp_path / "res")]) == 0
+    assert main(["segment", str(tmp_path / "cells.png"), "--model", "region1.safetensors", "--out",
+                 str(tmp_path / "res1")]) == 0
     assert main(["finetune", str(tmp_path / "cells.png"), "--labels", str(tmp_path / "cells_labels.tif"),
                  "--from", "region1", "--name", "region2", "--minutes", "0.05"]) == 0
     second = read_metadata(tmp_path / "models" / "region2.safetensors")

@@ -398,11 +398,12 @@ def load_model(model: ModelSource = DEFAULT_MODEL) -> NucleiModel:
 def _users_model(name: str) -> Path | None:
     """The file of the user's model called ``name`` (in their model folder: those the widget lists), if there
     is one (QA: 'region1', made in the widget, was an unknown model to segment(), finetune and the CLI)."""
-    from .user_models import name_problem, user_model_path
+    from .user_models import name_problem, typed_model_name, user_model_path
 
-    if name_problem(name.strip()):
+    name = typed_model_name(name)  # (QA: "first.safetensors", as finetune --name takes it, was unknown)
+    if name_problem(name):
         return None
-    path = user_model_path(name.strip())
+    path = user_model_path(name)
     return path if path.is_file() else None
 
 
