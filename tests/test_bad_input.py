@@ -195,6 +195,20 @@ def test_api_image_in_another_encoding_gives_the_same_labels(make_image, referen
     np.testing.assert_array_equal(image, before)  # the user's array is left as it was (NaN included)
 
 
+def test_a_float_image_far_outside_float32s_range_is_sized_and_resized_as_the_image_is():
+    """QA: the fluorescence sample times 1e38 or 1e-300 (float64) gave 0 nuclei whenever it was resized (cast to
+    float32 before the normalisation divided it), and the Auto diameter read the wrong window (every window's
+    spread underflowed to 0)."""
+    from napari_nucleiseg._sample_data import read_sample
+
+    sample = read_sample("fluorescence").astype(np.float64)
+    plain = segment(sample)
+    assert plain.scale != 1.0  # (resized: where it failed)
+    for factor in (1e38, 1e-300):
+        result = segment(sample * factor)
+        assert result.count == plain.count and result.diameter == pytest.approx(plain.diameter, rel=1e-3), factor
+
+
 @pytest.mark.parametrize("make_image", NOTHING_TO_FIND)
 def test_api_image_without_nuclei_gives_empty_labels(make_image):
     image = make_image()

@@ -100,7 +100,8 @@ def rescaled_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
 
 def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
     """``image`` (``(H, W)`` or ``(H, W, C)``) resized by ``factor``: linear interpolation, after a
-    Gaussian anti-aliasing filter when shrinking; float32 (float images) or the image's integer dtype.
+    Gaussian anti-aliasing filter when shrinking; float32 (float images; float64 ones whose values float32
+    cannot hold stay float64, as the normalisation divides them first) or the image's integer dtype.
 
     One channel at a time, and a gray image broadcast to three channels (:func:`~.preprocess.as_rgb`)
     only once, so the temporaries stay at one float32 plane of the result.
@@ -111,17 +112,20 @@ def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
         return image
     image = np.asarray(image)
     shape = rescaled_shape(image.shape, factor)
-    out_dtype = image.dtype if image.dtype.kind in "ui" else np.float32
     planes = image[..., None] if image.ndim == 2 else image
     gray = planes.shape[-1] > 1 and planes.strides[-1] == 0  # as_rgb's view of a gray image
+    out_dtype = image.dtype if image.dtype.kind in "ui" else np.dtype(np.float32)
+    if image.dtype == np.float64 and not _float32_holds(planes[..., :1] if gray else planes):
+        out_dtype = image.dtype  # (QA: values of 1e38 or 1e-300 overflowed or vanished: 0 nuclei when resized)
+    work = np.float64 if out_dtype == np.float64 else np.float32
     out = np.empty((*shape, planes.shape[-1]), dtype=out_dtype)
     zoom = (shape[0] / image.shape[0], shape[1] / image.shape[1])
     for channel in range(1 if gray else planes.shape[-1]):
-        plane = planes[..., channel].astype(np.float32)
+        plane = planes[..., channel].astype(work)
         if factor < 1:
             plane = ndi.gaussian_filter(plane, sigma=(1 / factor - 1) / 2, mode="mirror")
-        resized = ndi.zoom(plane, zoom, order=1, mode="grid-mirror", grid_mode=True, output=np.float32)
-        if out_dtype != np.float32:
+        resized = ndi.zoom(plane, zoom, order=1, mode="grid-mirror", grid_mode=True, output=work)
+        if out_dtype.kind in "ui":
             info = np.iinfo(out_dtype)
             np.rint(resized, out=resized)
             np.clip(resized, info.min, info.max, out=resized)
@@ -129,6 +133,17 @@ def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
     if gray:
         out = np.broadcast_to(out[..., :1], out.shape)
     return out[..., 0] if image.ndim == 2 else out
+
+
+def _float32_holds(image: np.ndarray) -> bool:
+    """Whether float32 holds the finite values of the float ``image`` (:data:`~.preprocess.FLOAT32_SAFE_MAGNITUDE`)."""
+    from .preprocess import FLOAT32_SAFE_MAGNITUDE
+
+    peak = 0.0
+    for start in range(0, image.shape[0], 256):  # (rows at a time: no float64 copy of a large image)
+        rows = np.abs(image[start:start + 256])
+        peak = max(peak, float(np.max(rows, where=np.isfinite(rows), initial=0.0)))
+    return peak == 0 or FLOAT32_SAFE_MAGNITUDE[0] <= peak <= FLOAT32_SAFE_MAGNITUDE[1]
 
 
 def rescale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -745,18 +760,20 @@ def _busiest_window(rgb: np.ndarray, side: int, normalization=None) -> np.ndarra
     best, best_score = (0, 0), -1.0
     stride = max(1, side // 16)
     filling = normalization is not None and normalization.padding is not None
+    divisor = getattr(normalization, "divisor", None) or 1.0  # (a float image far outside float32's range: its
+    # pixels' squares under- or overflow float64 too, and every window scored 0; QA)
     for y in range(0, max(height - side, 0) + 1, step):
         # With a fill, a band of rows is filled once for its windows, not each window (tens of thousands of them on
         # a 4096 px image's smallest rung: 8.4 s, not 1.7). Its columns are every stride-th from 0, as are the
         # windows' (the ladder's sides are powers of 2: their halves are multiples of their 16ths).
-        band = normalization.unpadded(np.asarray(rgb[y : y + side : stride, ::stride], dtype=np.float32)) \
-            if filling else None
+        band = normalization.unpadded(np.asarray(rgb[y : y + side : stride, ::stride], dtype=np.float64)) \
+            if filling else None  # (float64: a float image's values beyond float32's range, QA)
         for x in range(0, max(width - side, 0) + 1, step):
             if band is None:
-                patch = np.asarray(rgb[y : y + side : stride, x : x + side : stride], dtype=np.float32)
+                patch = np.asarray(rgb[y : y + side : stride, x : x + side : stride], dtype=np.float64)
             else:
                 patch = band[:, x // stride : x // stride + -(-side // stride)]
-            score = float(np.nan_to_num(patch, nan=0.0, posinf=0.0, neginf=0.0).std())  # (NaN, inf: no variation)
+            score = float(np.nan_to_num(patch / divisor, nan=0.0, posinf=0.0, neginf=0.0).std())  # (NaN, inf: none)
             if score > best_score:
                 best, best_score = (y, x), score
     y, x = best
