@@ -481,7 +481,8 @@ def test_same_stem_twice_is_a_usage_error(capsys, folder, tmp_path, tiny_weights
     shutil.copy(folder / "a.png", other / "a.tif")
     status, _, stderr = run(capsys, folder / "a.png", other / "a.tif", "--out", tmp_path / "out",
                             "--weights", tiny_weights["unet"])
-    assert status == 2 and "a_labels.tif" in stderr
+    assert status == 2 and stderr.strip() == (f"nucleiseg: {folder / 'a.png'} and {other / 'a.tif'} would both write "
+                                              "a_labels.tif; segment them into different --out folders.")
     shutil.copy(folder / "a.png", other / "A.tif")  # the same file where names ignore case (macOS, Windows)
     status, _, stderr = run(capsys, folder / "a.png", other / "A.tif", "--out", tmp_path / "out",
                             "--weights", tiny_weights["unet"])

@@ -817,11 +817,11 @@ def plan_jobs(sources: list[Path], out: Path, *, save_probability: bool) -> list
         labels = f"{stem}{LARGE_LABELS_SUFFIX}" if large else f"{stem}_labels.tif"
         if stem.casefold() in by_stem:  # (QA: A.png and a.tif: one file on macOS and Windows disks, whose names
             # ignore case: one image's labels would replace the other's)
-            raise CommandError(
-                f"{by_stem[stem.casefold()]} and {source} would both write {labels} (names that differ only in case "
-                "are one file on most laptops' disks); segment them into different --out folders.",
-                EXIT_USAGE,
-            )
+            earlier = by_stem[stem.casefold()]
+            why = (" (names that differ only in case are one file on most laptops' disks)"
+                   if output_stem(earlier) != stem else "")  # (QA: said so of a/x.png and b/x.png too)
+            raise CommandError(f"{earlier} and {source} would both write {labels}{why}; segment them into different "
+                               "--out folders.", EXIT_USAGE)
         by_stem[stem.casefold()] = source
         # An image segmented block by block has no probability file: its probabilities are never held whole.
         probability = out / f"{stem}_probability.tif" if save_probability and not large else None
