@@ -191,6 +191,28 @@ def test_a_lock_another_run_is_still_making_is_not_taken_over_but_an_old_empty_o
     assert not lock.exists() and len(list(out.glob("*_labels.tif"))) == 1
 
 
+def test_a_folder_whose_writes_land_after_it_is_deleted_is_deleted_again(tmp_path):
+    """QA: a block-by-block run that failed on a full disk left a store: zarr's chunk writes, in threads of its
+    own, landed after the store was deleted."""
+    import threading
+
+    from napari_nucleiseg._batch import remove_tree
+
+    store = tmp_path / "slide_labels.ome.zarr"
+    (store / "0" / "0").mkdir(parents=True)
+
+    def late_chunk():
+        time.sleep(0.02)
+        (store / "0" / "1").mkdir(parents=True, exist_ok=True)
+        (store / "0" / "1" / "0").write_bytes(b"chunk")
+
+    writer = threading.Thread(target=late_chunk)
+    writer.start()
+    remove_tree(store)
+    writer.join()
+    assert not store.exists()
+
+
 def test_a_run_killed_outright_at_random_moments_leaves_only_whole_files(folder, tmp_path, tiny_weights):
     rng = random.Random(0)
     for attempt in range(3):

@@ -277,6 +277,24 @@ def stops_as_interrupts() -> Iterator[Stops]:
             signal.signal(signum, handler)
 
 
+#: A folder being written by threads of their own (zarr writes a store's chunks so) is deleted again after this
+#: many seconds while writes of a failed run still land in it, up to :data:`REMOVE_TRIES` times.
+REMOVE_SETTLE_SECONDS = 0.1
+REMOVE_TRIES = 20
+
+
+def remove_tree(folder: Path) -> None:
+    """Delete ``folder`` and what it holds, and delete it again while writes that were under way come back (QA: a
+    block-by-block run that failed on a full disk left a store of chunks that landed after it was deleted)."""
+    import shutil
+
+    for _ in range(REMOVE_TRIES):
+        shutil.rmtree(folder, ignore_errors=True)
+        time.sleep(REMOVE_SETTLE_SECONDS)
+        if not os.path.lexists(folder):
+            return
+
+
 def remove_partial_files(folder: Path) -> None:
     """Delete the temporary files (and folders: the OME-Zarr labels of a large image) of a run that was
     killed outright while it wrote them."""

@@ -94,6 +94,7 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
         As :func:`~napari_nucleiseg.lazy_io.open_lazy` and :func:`~napari_nucleiseg.large.segment_large` do;
         a cancelled or failed run leaves no temporary folder.
     """
+    from ._batch import remove_tree
     from .cli import colour_note, count_row
     from .large import segment_large
     from .lazy_io import open_lazy
@@ -110,7 +111,7 @@ def segment_large_image(job: Any, model: Any, args: Any, chosen: dict[str, Any],
             calibrate_pyramid(partial, pixel)
         note = colour_note(image.data, args.brown_nuclei) if image.rgb else None
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree(partial)  # (chunks of a failed write may land after a first delete)
         raise
     finally:
         image.close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ._batch import remove_tree
 from ._run import Failure, failure_of, file_key
 from .channels import channel_value
 from .pipeline import ChosenSettings
@@ -127,10 +127,10 @@ def segment_in_blocks(data: Any, rgb: bool, weights: Path, out: Path, *, model: 
         finished = LargeFinished(result, model, key, Path(out), placement=placement)
         finished.layer = labels_layer(finished, channel, placement)
     except Exception as error:
-        shutil.rmtree(out, ignore_errors=True)
+        remove_tree(out)
         return failure_of(error, np.shape(data), weights)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        remove_tree(out)
         raise
     _compute_line_patterns()
     return finished
