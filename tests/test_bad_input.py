@@ -780,6 +780,20 @@ def test_cli_interrupted_before_any_image_is_done_writes_no_tables(capsys, tmp_p
     assert not (tmp_path / "out" / "counts.csv").exists()
 
 
+def test_cli_overwrite_interrupted_before_any_image_says_where_the_files_it_replaced_are(capsys, tmp_path,
+                                                                                        monkeypatch):
+    """QA: the line read "interrupted by SIGTERM; The files ..." (a capital after the semicolon)."""
+    iio.imwrite(tmp_path / "a.png", BLOBS)
+    monkeypatch.setattr(napari_nucleiseg.api, "load_model", lambda source: pixel_model())
+    assert run_cli(capsys, tmp_path / "a.png", "--out", tmp_path / "out")[0] == 0
+    model = pixel_model(interrupt_on_call=1)
+    monkeypatch.setattr(napari_nucleiseg.api, "load_model", lambda source: model)
+    status, _, stderr = run_cli(capsys, tmp_path / "a.png", "--out", tmp_path / "out", "--overwrite")
+    (aside,) = (tmp_path / "out").glob("replaced-*")
+    assert status == 130 and stderr.strip().splitlines()[-1] == (
+        f"nucleiseg: interrupted; the files this run was to replace are in {aside}.")
+
+
 @pytest.mark.slow
 def test_cli_more_than_65535_nuclei_are_written_as_uint32(capsys, tmp_path, cli_pixel_model):
     iio.imwrite(tmp_path / "crowded.png", checkerboard())

@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted) as interrupt:
         signum = getattr(interrupt, "signum", signal.SIGINT)
         name = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-        print(f"nucleiseg: interrupted{name}{'; ' + str(interrupt) if str(interrupt) else ''}.", file=sys.stderr)
+        detail = str(interrupt)
+        detail = detail[:1].lower() + detail[1:]  # (after a semicolon; QA: "interrupted by SIGTERM; The files ...")
+        print(f"nucleiseg: interrupted{name}{'; ' + detail if detail else ''}.", file=sys.stderr)
         return 128 + int(signum)
 
 
