@@ -448,14 +448,24 @@ def contrast(image: np.ndarray) -> float:
 
 def pixel_noise(rows: np.ndarray, picture: np.ndarray | None = None) -> float:
     """The standard deviation of the pixel noise of ``rows`` (2-D): the median absolute difference of neighbouring
-    pixels along the rows / 0.954, for Gaussian noise; their mean / 1.128 where most neighbours are equal. With
-    ``picture`` (bool, as ``rows``), only of neighbours both in it."""
+    pixels along the rows / 0.954, for Gaussian noise; where most neighbours are equal, their mean / 1.128, each
+    difference capped at the 99th percentile of them (at least the smallest above 0), so that the two steps of each
+    of a few dead or hot pixels are not read as noise (QA: 50 dead pixels in a 16-bit image whose nuclei stand 15
+    levels above its ground, 0.27 -> 1.25, and it was smoothed as very noisy: 0 of 108 nuclei found; 5 hot pixels
+    made it an empty field). With ``picture`` (bool, as ``rows``), only of neighbours both in it."""
     steps = np.abs(np.diff(rows, axis=1))
     if picture is not None:
         steps = steps[picture[:, 1:] & picture[:, :-1]]
         if steps.size == 0:
             return 0.0
-    return float(np.median(steps)) / 0.954 or float(steps.mean()) / 1.128
+    median = float(np.median(steps))
+    if median:
+        return median / 0.954
+    positive = steps[steps > 0]
+    if positive.size == 0:
+        return 0.0
+    cap = max(float(np.percentile(steps, 99)), float(positive.min()))
+    return float(np.minimum(steps, cap).mean()) / 1.128
 
 
 def _contrast(extremes: _Extremes | None) -> float:
