@@ -394,8 +394,8 @@ def _outlier_free_high(plane: np.ndarray, low: float, high: float, percentile: f
 
 
 def _sparse_high(plane: np.ndarray, high: float, percentile: float, step: int = 1) -> float:
-    """``high``, or, in a sparse field (:data:`SPARSE_MAX_HIGH`), the ``percentile`` of the pixels of its few
-    nuclei; ``plane`` is read every ``step`` pixels of the image."""
+    """``high``, or, in a sparse field (:data:`SPARSE_MIN_CONTRAST`, :data:`SPARSE_MAX_SHARE`), the ``percentile``
+    of the pixels of its few nuclei; ``plane`` is read every ``step`` pixels of the image."""
     from scipy import ndimage as ndi
 
     from .scale import pixel_noise

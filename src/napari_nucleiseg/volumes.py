@@ -44,8 +44,8 @@ def find_volume_axis(shape: Sequence[int], rgb: bool, axis_labels: Sequence[str]
     ``axis_labels`` are the labels of the image's axes (the viewer's), ``metadata`` the layer's (a
     reader's ``axes``, e.g. ``"ZYX"``); ``channel_axis``, the image's axis a channel is taken from (the
     labels lack it). An axis labelled Z is the answer; else the only leading axis of a stack, unless it
-    is time, colours or channels (unnamed: off by default, the user may tick it). ``(None, False)``: nothing to link (a single
-    plane, time, or several leading axes none of which is Z).
+    is time, colours or channels (unnamed: off by default, the user may tick it). ``(None, False)``: nothing to
+    link (a single plane, time, colours, channels, or several leading axes none of which is Z).
     """
     shape = tuple(shape)
     leading = [axis for axis in range(len(shape) - (3 if rgb else 2)) if axis != channel_axis]
